@@ -1,0 +1,158 @@
+"""The interface every backbone implements, and the pooling that turns its outputs into features.
+
+A backbone is a frozen ``torch.nn.Module`` with:
+
+- ``transform()``: its own preprocessing, PIL image -> float tensor (C, H, W);
+- ``feature_points()``: named layers, each of a kind: ``map`` (B, C, H, W), ``tokens``
+  (B, N, C, first token CLS when ``has_cls``) or ``vector`` (B, D);
+- ``forward_features(x, layers, sample_ids)``: raw outputs of several layers from one forward
+  pass, stopping after the deepest requested layer where the model allows it. ``sample_ids``
+  (one int per image: its index in the split) lets stochastic backbones (diffusion noise) draw
+  the same noise for the same image on every run;
+- ``config``: everything besides the weights that changes the features (JSON-able); together
+  with ``weights_digest()`` it goes into the feature-cache key.
+
+Pooling is part of the feature spec and lives here so every backbone gets the same pools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+MAP, TOKENS, VECTOR = "map", "tokens", "vector"
+POOLS_BY_KIND = {
+    MAP: "'1','2','4','8' (adaptive average to p x p, flattened), 'mapN' (adaptive average to "
+    "at most N x N, kept as a map for attention heads), 'max'",
+    TOKENS: "'cls', 'mean' (mean of patch tokens), 'cls+mean', 'tokens' (all tokens kept)",
+    VECTOR: "'none'",
+}
+
+
+@dataclass(frozen=True)
+class FeaturePoint:
+    name: str
+    kind: str  # MAP | TOKENS | VECTOR
+    description: str = ""
+    has_cls: bool = False  # tokens only: the first token is a CLS token
+
+
+class Backbone(nn.Module):
+    """Base class; subclasses set the attributes below and implement ``forward_features``."""
+
+    name: str = ""
+    family: str = ""
+    input_size: int = 224
+    default_layers: tuple[str, ...] = ()
+    default_pool: str = "1"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._digest: str | None = None
+
+    # --- what subclasses provide -------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        raise NotImplementedError
+
+    def feature_points(self) -> list[FeaturePoint]:
+        raise NotImplementedError
+
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str],
+        sample_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- shared behaviour ---------------------------------------------------------------------
+    def weights_digest(self) -> str:
+        """sha256 of the weights: subclasses loading a file may set ``self._digest`` to its hash."""
+        if self._digest is None:
+            self._digest = state_dict_digest(self)
+        return self._digest
+
+    def canonical_layer(self, layer: str) -> str:
+        """The one name of a layer given any of its aliases (override to accept aliases)."""
+        return layer
+
+    def feature_point(self, layer: str) -> FeaturePoint:
+        points = {p.name: p for p in self.feature_points()}
+        layer = self.canonical_layer(layer)
+        if layer in points:
+            return points[layer]
+        names = ", ".join(points)
+        raise ValueError(f"backbone {self.name!r} has no layer {layer!r}; its layers: {names}")
+
+    def extract(
+        self,
+        x: torch.Tensor,
+        requests: Sequence[tuple[str, str]],
+        sample_ids: torch.Tensor | None = None,
+    ) -> dict[tuple[str, str], torch.Tensor]:
+        """Pooled features for each (layer, pool), all from one forward pass.
+
+        Layers must be canonical names (``canonical_layer``); results are keyed like requests.
+        """
+        for layer, pool in requests:
+            check_pool(self.feature_point(layer), pool)
+        layers = list(dict.fromkeys(layer for layer, _ in requests))
+        raw = self.forward_features(x, layers, sample_ids)
+        return {
+            (layer, pool): pool_features(raw[layer], self.feature_point(layer), pool)
+            for layer, pool in requests
+        }
+
+
+def check_pool(point: FeaturePoint, pool: str) -> None:
+    ok = {
+        MAP: re.fullmatch(r"\d+|map\d+|max", pool),
+        TOKENS: pool in {"cls", "mean", "cls+mean", "tokens"} and (point.has_cls or "cls" not in pool),
+        VECTOR: pool == "none",
+    }[point.kind]
+    if not ok:
+        raise ValueError(
+            f"pool {pool!r} does not apply to layer {point.name!r} ({point.kind}); "
+            f"use one of {POOLS_BY_KIND[point.kind]}"
+        )
+
+
+def pool_features(out: torch.Tensor, point: FeaturePoint, pool: str) -> torch.Tensor:
+    """(B, ...) raw output -> (B, D) vector, or (B, C, h, w) / (B, N, C) for map/token pools."""
+    if point.kind == VECTOR:
+        return out.flatten(1)
+    if point.kind == TOKENS:
+        patches = out[:, 1:] if point.has_cls else out
+        if pool == "cls":
+            return out[:, 0]
+        if pool == "mean":
+            return patches.mean(1)
+        if pool == "cls+mean":
+            return torch.cat([out[:, 0], patches.mean(1)], dim=1)
+        return out  # "tokens"
+    if pool == "max":
+        return out.amax(dim=(2, 3))
+    if pool.startswith("map"):
+        side = min(int(pool[3:]), out.shape[-2], out.shape[-1])
+        return nn.functional.adaptive_avg_pool2d(out.float(), side)
+    return nn.functional.adaptive_avg_pool2d(out.float(), int(pool)).flatten(1)
+
+
+def state_dict_digest(module: nn.Module) -> str:
+    """sha256 over parameter names, shapes and bytes: identifies randomly initialised weights too."""
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(str(tuple(value.shape)).encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
