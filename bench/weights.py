@@ -10,7 +10,9 @@ file is an error that says where to put it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -68,26 +70,59 @@ def resolve(source: str | os.PathLike, sha256: str | None = None) -> Path:
     return target
 
 
-def download(url: str, target: Path, sha256: str | None = None) -> None:
+def download(
+    url: str, target: Path, sha256: str | None = None, md5: str | None = None
+) -> None:
+    """Fetch ``url`` to ``target``, resumably and atomically.
+
+    Bytes go to ``TARGET.partial``, which survives an interrupted run; the next call asks the
+    server only for the missing tail (HTTP Range) and starts over if the server ignores that.
+    The file is renamed to ``target`` only once complete and matching every digest given.
+    """
     from tqdm.auto import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    h = hashlib.sha256()
+    start = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    retry = f"Run the same command again to resume, or fetch {url} by hand to {target}."
     try:
-        with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if response.status != 206:  # a full response: the server ignored the Range
+                start = 0
+            length = int(response.headers.get("Content-Length") or 0)
+            total = start + length if length else None
+            with open(partial, "ab" if start else "wb") as out, tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, desc=target.name
+            ) as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
-                    h.update(block)
                     bar.update(len(block))
-    except OSError as e:
-        partial.unlink(missing_ok=True)
-        raise WeightsError(f"download of {url} failed: {e}. Retry, or fetch it by hand to {target}.")
-    digest = h.hexdigest()
-    if sha256 and digest != sha256:
-        partial.unlink(missing_ok=True)
-        raise WeightsError(f"{url}: sha256 {digest} does not match the expected {sha256}")
+    except urllib.error.HTTPError as e:
+        if not (e.code == 416 and start):  # 416 after a partial: nothing left to fetch
+            raise WeightsError(f"download of {url} failed: {e}. {retry}") from e
+    except (OSError, http.client.HTTPException) as e:
+        raise WeightsError(f"download of {url} failed: {e}. {retry}") from e
+    size = partial.stat().st_size
+    if total is not None and size != total:
+        raise WeightsError(f"download of {url} stopped at {size} of {total} bytes. {retry}")
+    digests = file_digests(partial)
+    for kind, expected in (("sha256", sha256), ("md5", md5)):
+        if expected and digests[kind] != expected.lower():
+            partial.unlink()
+            raise WeightsError(
+                f"{url}: {kind} {digests[kind]} does not match the expected {expected}; the "
+                "corrupt download was deleted. Run again; if it persists the source has changed."
+            )
     os.replace(partial, target)
-    target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
+    target.with_name(target.name + ".sha256").write_text(f"{digests['sha256']}  {target.name}\n")
+
+
+def file_digests(path: str | os.PathLike, chunk: int = 1 << 22) -> dict[str, str]:
+    """sha256 and md5 of a file in one read (datasets publish md5, we record sha256)."""
+    hashes = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            for h in hashes.values():
+                h.update(block)
+    return {kind: h.hexdigest() for kind, h in hashes.items()}

@@ -1,0 +1,152 @@
+"""Content-addressed feature cache on disk, written in shards that survive preemption.
+
+An entry's key is the sha256 of everything that changes its features: the cache format version,
+the backbone's config and weights digest, the layer, the pooling, the numeric precision, the
+task's config, the split's name and file manifest. Nothing else can reach a cached feature, so a
+stale cache is never silently reused (anchors.md, complaint 7).
+
+Layout of one entry (``ROOT/ab/abcdef.../``)::
+
+    manifest.json           the key's fields, item count, shard size, dtype, feature shape
+    labels.npy              int64 labels of the split, so probes need no dataset
+    shard-00000.npy         features of items [0, shard_size), memory-mappable numpy
+    shard-00000.json        which items of the shard were skipped as corrupt (written first)
+
+A shard appears only once complete (written to a temporary name, then renamed), so an
+interrupted extraction resumes at the first missing shard and never reads half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+CACHE_FORMAT = 1
+
+
+def results_dir() -> Path:
+    """Where runs, caches and leaderboards go: $BENCH_RESULTS, else ./results."""
+    return Path(os.environ.get("BENCH_RESULTS", "results")).resolve()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ["BENCH_CACHE"]).resolve() if os.environ.get("BENCH_CACHE") else (
+        results_dir() / "cache"
+    )
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    from bench.task import json_digest
+
+    return json_digest({"cache_format": CACHE_FORMAT, **fields})
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    key: str
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    def exists(self) -> bool:
+        return (self.path / "manifest.json").exists()
+
+    def create(self, fields: dict[str, Any], labels: np.ndarray, shard_size: int) -> None:
+        """Write manifest and labels once; a second extraction of the same key reuses them."""
+        if self.exists():
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path / "labels.npy", lambda f: np.save(f, np.asarray(labels, np.int64)))
+        manifest = {
+            "key": self.key,
+            "cache_format": CACHE_FORMAT,
+            "fields": fields,
+            "num_items": int(len(labels)),
+            "shard_size": int(shard_size),
+            "num_shards": max(1, -(-len(labels) // shard_size)),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        text = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
+        _atomic_write(self.path / "manifest.json", lambda f: f.write(text))
+
+    def shard_path(self, index: int) -> Path:
+        return self.path / f"shard-{index:05d}.npy"
+
+    def missing_shards(self) -> list[int]:
+        if not self.exists():
+            raise FileNotFoundError(self.path)
+        return [i for i in range(self.manifest["num_shards"]) if not self.shard_path(i).exists()]
+
+    def complete(self) -> bool:
+        return self.exists() and not self.missing_shards()
+
+    def write_shard(self, index: int, features: np.ndarray, skipped: list[int]) -> None:
+        meta = json.dumps({"shard": index, "skipped": skipped, "shape": list(features.shape)})
+        _atomic_write(self.path / f"shard-{index:05d}.json", lambda f: f.write(meta.encode()))
+        _atomic_write(self.shard_path(index), lambda f: np.save(f, features))
+
+    def skipped(self) -> list[int]:
+        """Global indices of items left out as corrupt."""
+        size, out = self.manifest["shard_size"], []
+        for i in range(self.manifest["num_shards"]):
+            meta = json.loads((self.path / f"shard-{i:05d}.json").read_text())
+            out += [i * size + j for j in meta["skipped"]]
+        return out
+
+    def feature_shape(self) -> list[int]:
+        """Shape of one item's features (from the first shard's metadata)."""
+        return json.loads((self.path / "shard-00000.json").read_text())["shape"][1:]
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features as float32, labels, keep mask): corrupt items are in the mask as False."""
+        missing = self.missing_shards()
+        if missing:
+            raise RuntimeError(f"cache entry {self.key[:12]} is incomplete: shards {missing} missing")
+        shards = [np.load(self.shard_path(i), mmap_mode="r") for i in range(self.manifest["num_shards"])]
+        features = np.concatenate(shards).astype(np.float32)
+        labels = np.load(self.path / "labels.npy")
+        keep = np.ones(len(labels), dtype=bool)
+        keep[self.skipped()] = False
+        return features, labels, keep
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+class FeatureCache:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).resolve() if root else default_cache_dir()
+
+    def entry(self, fields: dict[str, Any]) -> CacheEntry:
+        key = cache_key(fields)
+        return CacheEntry(self.root / key[:2] / key, key)
+
+    def entries(self) -> Iterator[CacheEntry]:
+        if not self.root.exists():
+            return
+        for manifest in sorted(self.root.glob("??/*/manifest.json")):
+            yield CacheEntry(manifest.parent, manifest.parent.name)
+
+    def find(self, prefix: str) -> list[CacheEntry]:
+        return [e for e in self.entries() if e.key.startswith(prefix)]
+
+    def remove(self, entry: CacheEntry) -> None:
+        shutil.rmtree(entry.path)

@@ -1,0 +1,189 @@
+"""Feature extraction: one backbone pass over a split feeds every requested (layer, pool).
+
+Works shard by shard, so memory stays flat as the dataset grows and an interrupted extraction
+resumes at the first missing shard. A SLURM array shares one extraction: task k of n writes the
+missing shards i with i % n == k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from bench.backbone import Backbone
+from bench.cache import CacheEntry, FeatureCache
+from bench.task import DatasetError, Split
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 autocast on a GPU (mixed precision) and fp32 on the CPU."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def entry_fields(
+    backbone: Backbone, task_config: dict, split: Split, layer: str, pool: str, precision: str
+) -> dict[str, Any]:
+    """Everything that changes a cached feature (see bench.cache)."""
+    return {
+        "backbone": backbone.config,
+        "weights_sha256": backbone.weights_digest(),
+        "layer": layer,
+        "pool": pool,
+        "precision": precision,
+        "task": task_config,
+        "split": split.name,
+        "split_manifest": split.manifest_digest(),
+    }
+
+
+class _Images(torch.utils.data.Dataset):
+    """Items of a split through the backbone's transform.
+
+    An unreadable item becomes a blank image plus its error text (exceptions with custom
+    constructors do not survive DataLoader workers); the main process raises or skips it.
+    """
+
+    def __init__(self, split: Split, transform):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(self.split.load(index)), index, ""
+        except DatasetError as e:
+            from PIL import Image
+
+            return self.transform(Image.new("RGB", (64, 64))), index, str(e)
+
+
+def _collate(batch):
+    images = torch.stack([x for x, _, _ in batch])
+    ids = torch.tensor([i for _, i, _ in batch], dtype=torch.long)
+    return images, ids, [(i, err) for _, i, err in batch if err]
+
+
+@dataclass
+class ExtractionReport:
+    entries: dict[tuple[str, str], CacheEntry]
+    shards_written: int
+    images_processed: int
+    skipped: list[str]
+
+
+def extract(
+    backbone: Backbone,
+    split: Split,
+    requests: Sequence[tuple[str, str]],
+    cache: FeatureCache,
+    task_config: dict,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 64,
+    workers: int = 0,
+    shard_size: int = 4096,
+    storage_dtype: str = "float16",
+    skip_corrupt: bool = False,
+    array_index: int = 0,
+    array_size: int = 1,
+    progress: bool = True,
+) -> ExtractionReport:
+    """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``."""
+    requests = list(dict.fromkeys(requests))
+    entries = {}
+    for req in requests:
+        fields = entry_fields(backbone, task_config, split, *req, precision)
+        entries[req] = cache.entry(fields)
+        entries[req].create(fields, split.labels, shard_size)
+    sizes = {e.manifest["shard_size"] for e in entries.values()}
+    if len(sizes) > 1:
+        raise RuntimeError(f"cached entries of one extraction disagree on shard size {sizes}; "
+                           "remove them with `bench cache rm` or extract them separately")
+    shard_size = sizes.pop()
+    missing = sorted(set().union(*(e.missing_shards() for e in entries.values())))
+    mine = [s for s in missing if s % array_size == array_index]
+    report = ExtractionReport(entries, 0, 0, [])
+    if not mine:
+        return report
+
+    batches = []
+    for shard in mine:
+        lo, hi = shard * shard_size, min((shard + 1) * shard_size, len(split))
+        batches += [list(range(i, min(i + batch_size, hi))) for i in range(lo, hi, batch_size)]
+    loader = torch.utils.data.DataLoader(
+        _Images(split, backbone.transform()),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    from tqdm.auto import tqdm
+
+    backbone.eval().to(device)
+    total = sum(len(b) for b in batches)
+    bar = tqdm(total=total, desc=f"extract {backbone.name}/{split.name}", unit="img",
+               disable=not progress)
+    buffers: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in requests}
+    shard_skips: list[int] = []
+    current = mine[0]
+    dtype = np.dtype(storage_dtype)
+
+    def flush(shard: int) -> None:
+        for req, entry in entries.items():
+            if not entry.shard_path(shard).exists():
+                entry.write_shard(shard, np.concatenate(buffers[req]).astype(dtype), shard_skips)
+            buffers[req] = []
+        report.shards_written += 1
+
+    with torch.inference_mode():
+        for images, ids, errors in loader:
+            shard = int(ids[0]) // shard_size
+            if shard != current:
+                flush(current)
+                shard_skips, current = [], shard
+            for index, message in errors:
+                if not skip_corrupt:
+                    raise DatasetError(message)
+                shard_skips.append(index - shard * shard_size)
+                report.skipped.append(str(split.items[index]))
+            images = images.to(device, non_blocking=True)
+            with autocast(precision, device):
+                outputs = backbone.extract(images, requests, ids.to(device))
+            for req in requests:
+                buffers[req].append(outputs[req].float().cpu().numpy())
+            report.images_processed += len(ids) - len(errors)
+            bar.update(len(ids))
+        flush(current)
+    bar.close()
+    return report

@@ -1,0 +1,191 @@
+"""The job boundary: a picklable spec in, metrics out. Executors (local, submitit, SLURM) run it.
+
+A ``BenchJob`` names a backbone and a task (by registry name, with overrides), the feature
+requests (layer, pool) and the probe protocol. Running it extracts every request's features in one
+backbone pass per split (or reuses them from the cache), probes each (layer, pool) and logs one
+MLflow run per cell. ``ExtractJob`` does the extraction alone (for SLURM arrays: task k of n).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class FeatureJob:
+    """What every job needs to produce features: the backbone, the data, how to run."""
+
+    backbone: str
+    task: str
+    layers: list[str] = field(default_factory=list)  # empty: the backbone's default layers
+    pools: list[str] = field(default_factory=list)  # empty: the backbone's default pool
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    task_args: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+    shard_size: int = 4096
+    skip_corrupt: bool = False
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def build(self):
+        """(backbone, task, requests, device, precision), validated before any heavy work."""
+        from bench.extract import resolve_device, resolve_precision
+        from bench.registry import backbones, tasks
+        from bench.task import DatasetError
+
+        task = tasks.create(self.task, **self.task_args)
+        problems = task.verify(full=False)
+        if problems:
+            raise DatasetError(f"task {self.task!r}: " + "\n".join(problems))
+        backbones.entry(self.backbone)  # unknown names fail before the model is built
+        backbone = backbones.create(self.backbone, **self.backbone_args)
+        layers = self.layers or list(backbone.default_layers)
+        pools = self.pools or [backbone.default_pool]
+        requests = []
+        for layer in layers:
+            canonical = backbone.canonical_layer(layer)
+            point = backbone.feature_point(canonical)
+            for pool in pools:
+                from bench.backbone import check_pool
+
+                check_pool(point, pool)
+                requests.append((canonical, pool))
+        device = resolve_device(self.device)
+        return backbone, task, requests, device, resolve_precision(self.precision, device)
+
+    def extract_all(self, array_index: int = 0, array_size: int = 1):
+        from bench.cache import FeatureCache
+        from bench.extract import extract
+
+        backbone, task, requests, device, precision = self.build()
+        cache = FeatureCache(self.cache_dir)
+        reports = {}
+        for split in SPLIT_NAMES:
+            reports[split] = extract(
+                backbone, task.split(split), requests, cache, task.config,
+                device=device, precision=precision, batch_size=self.batch_size,
+                workers=self.workers, shard_size=self.shard_size, skip_corrupt=self.skip_corrupt,
+                array_index=array_index, array_size=array_size, progress=self.progress,
+            )
+        return backbone, task, requests, device, precision, reports
+
+
+@dataclass
+class ExtractJob(FeatureJob):
+    array_index: int = 0
+    array_size: int = 1
+
+    def __call__(self) -> dict[str, Any]:
+        *_, reports = self.extract_all(self.array_index, self.array_size)
+        return {s: {"shards_written": r.shards_written, "images": r.images_processed,
+                    "skipped": r.skipped} for s, r in reports.items()}
+
+
+@dataclass
+class BenchJob(FeatureJob):
+    head: str = "linear"
+    probe: dict[str, Any] = field(default_factory=dict)  # ProbeConfig overrides
+    seed: int = 0
+    experiment_id: str | None = None
+    suite: str = "bench"
+
+    def __call__(self) -> list[dict[str, Any]]:
+        from bench.probe import ProbeConfig, fit_probe
+        from bench.tracking import ensure_experiment
+
+        cfg = ProbeConfig(head=self.head, seed=self.seed, **self.probe)  # bad values fail early
+        backbone, task, requests, device, precision, reports = self.extract_all()
+        experiment_id = self.experiment_id or ensure_experiment(self.suite)
+        results = []
+        for request in requests:
+            entries = {s: reports[s].entries[request] for s in SPLIT_NAMES}
+            feats, labels = {}, {}
+            for split, entry in entries.items():
+                x, y, keep = entry.load()
+                feats[split], labels[split] = x[keep], y[keep]
+            started = time.time()
+            result = fit_probe(feats, labels, task.num_classes, cfg, task.headline_metric,
+                               device=device, progress=self.progress)
+            skipped = [s for r in reports.values() for s in r.skipped]
+            results.append(self._log(backbone, task, request, precision, cfg, result, entries,
+                                     skipped, time.time() - started, experiment_id))
+        return results
+
+    def _log(self, backbone, task, request, precision, cfg, result, entries, skipped, seconds,
+             experiment_id) -> dict[str, Any]:
+        from bench.tracking import log_run
+
+        layer, pool = request
+        metrics = {f"test_{k}": v for k, v in result.test.items()}
+        metrics |= {f"val_{k}": v for k, v in result.val.items()}
+        metrics["probe_seconds"] = seconds
+        params = {
+            "backbone": self.backbone, "task": self.task, "layer": layer, "pool": pool,
+            "head": self.head, "precision": precision, "seed": self.seed,
+            "feature_shape": entries["train"].feature_shape(),
+            "backbone_config": backbone.config, "task_config": task.config,
+            "best": result.best, **cfg.as_params(),
+        }
+        tags = {
+            "bench.kind": "result",
+            "bench.backbone": self.backbone,
+            "bench.task": self.task,
+            "bench.headline": task.headline_metric,
+            "bench.cache_key": entries["test"].key,
+            "bench.cache_keys": json.dumps({s: e.key for s, e in entries.items()}),
+            "bench.weights_sha256": backbone.weights_digest(),
+            "bench.skipped_count": str(len(skipped)),
+        }
+        if skipped:
+            tags["bench.skipped"] = json.dumps(skipped)[:5000]
+        run_name = f"{self.backbone}/{self.task}/{layer}/{pool}/{self.head}"
+        artifacts = {
+            "config.json": json.dumps(asdict(self) | {"resolved": params}, indent=1,
+                                      default=str).encode(),
+            "per_class_accuracy.csv": _per_class_csv(task, result).encode(),
+            "grid.csv": _grid_csv(result.grid).encode(),
+            "confusion_matrix.png": _confusion_png(result.confusion, run_name),
+        }
+        run_id = log_run(experiment_id, run_name, params, metrics, tags, artifacts)
+        return {"run_id": run_id, "run_name": run_name, "layer": layer, "pool": pool, **metrics,
+                "best": result.best, "skipped": len(skipped)}
+
+
+def _per_class_csv(task, result) -> str:
+    names = task.class_names or [str(i) for i in range(task.num_classes)]
+    rows = ["class_index,class_name,test_accuracy,test_count"]
+    for i, acc in enumerate(result.per_class):
+        rows.append(f"{i},\"{names[i]}\",{acc:.4f},{int(result.confusion[i].sum())}")
+    return "\n".join(rows) + "\n"
+
+
+def _grid_csv(grid: list[dict[str, float]]) -> str:
+    if not grid:
+        return ""
+    cols = list(grid[0])
+    return "\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in grid]) + "\n"
+
+
+def _confusion_png(confusion, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(confusion, cmap="Blues")
+    ax.set(xlabel="predicted", ylabel="true", title=f"test confusion: {title}")
+    fig.colorbar(image, ax=ax)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
