@@ -1,0 +1,241 @@
+"""The engine on real offline data (digits) and the pixels control: cache, extraction, probes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+from bench.cache import FeatureCache
+from bench.extract import extract
+from bench.probe import ProbeConfig, fit_probe
+from bench.registry import UnknownNameError
+from bench.task import CorruptImageError, DatasetError, Split, holdout_split
+
+from .conftest import REPO
+
+CPU = torch.device("cpu")
+
+
+def _extract(split_name="train", cache_dir=None, **kw):
+    task = bench.create_task("digits")
+    backbone = bench.create_backbone("pixels", size=8)
+    cache = FeatureCache(cache_dir)
+    report = extract(backbone, task.split(split_name), [("image", "8")], cache, task.config,
+                     device=CPU, progress=False, **kw)
+    return report, report.entries[("image", "8")]
+
+
+def _digit_features(size: int = 8):
+    task = bench.create_task("digits")
+    feats, labels = {}, {}
+    for s in ("train", "val", "test"):
+        report, entry = _extract(s)
+        x, y, keep = entry.load()
+        feats[s], labels[s] = x, y
+    return task, feats, labels
+
+
+def test_registry_lists_creates_and_suggests():
+    assert "pixels" in bench.list_backbones() and "digits" in bench.list_tasks()
+    assert bench.list_backbones("pix*") == ["pixels"]
+    assert bench.create_backbone("pixels", size=4).input_size == 4
+    with pytest.raises(UnknownNameError, match="Did you mean pixels"):
+        bench.create_backbone("pixel")
+    with pytest.raises(UnknownNameError, match="takes no ':ARG'"):
+        bench.create_task("digits:foo")
+
+
+def test_second_identical_extraction_computes_nothing(tmp_path):
+    first, entry = _extract(shard_size=256)
+    assert first.images_processed == 1295 and first.shards_written == 6
+    stamps = {p: p.stat().st_mtime_ns for p in entry.path.glob("shard-*.npy")}
+    second, again = _extract(shard_size=256)
+    assert (second.images_processed, second.shards_written) == (0, 0)
+    assert again.key == entry.key
+    assert stamps == {p: p.stat().st_mtime_ns for p in again.path.glob("shard-*.npy")}
+
+
+def test_cache_key_covers_what_changes_features():
+    task = bench.create_task("digits")
+    backbone = bench.create_backbone("pixels", size=8)
+    from bench.extract import entry_fields
+
+    base = entry_fields(backbone, task.config, task.split("train"), "image", "8", "fp32")
+    cache = FeatureCache()
+    variants = [
+        entry_fields(backbone, task.config, task.split("train"), "image", "4", "fp32"),
+        entry_fields(backbone, task.config, task.split("val"), "image", "8", "fp32"),
+        entry_fields(backbone, task.config, task.split("train"), "image", "8", "bf16"),
+        entry_fields(bench.create_backbone("pixels", size=16), task.config, task.split("train"),
+                     "image", "8", "fp32"),
+        entry_fields(backbone, task.config, task.split("train").subset(range(10)), "image", "8",
+                     "fp32"),
+    ]
+    keys = {cache.entry(f).key for f in [base, *variants]}
+    assert len(keys) == 1 + len(variants)
+
+
+SLOW_EXTRACTION = """
+import sys, time
+import bench
+from bench.cache import FeatureCache
+from bench.extract import extract
+import torch
+backbone = bench.create_backbone("pixels", size=8)
+inner = backbone.forward_features
+def slow(x, layers, sample_ids=None):
+    time.sleep(0.2)
+    return inner(x, layers, sample_ids)
+backbone.forward_features = slow
+task = bench.create_task("digits")
+extract(backbone, task.split("train"), [("image", "8")], FeatureCache(sys.argv[1]), task.config,
+        device=torch.device("cpu"), shard_size=128, batch_size=32, progress=False)
+"""
+
+
+def test_killed_extraction_resumes_to_identical_features(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_EXTRACTION)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)], cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(killed.glob("*/*/shard-00002.npy")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    entry_dir = next(killed.glob("*/*/manifest.json")).parent
+    done_before = sorted(p.name for p in entry_dir.glob("shard-*.npy"))
+    assert 3 <= len(done_before) < 11, done_before  # killed midway (11 shards in all)
+    resumed, entry = _extract(cache_dir=killed, shard_size=128, batch_size=32)
+    assert resumed.shards_written == 11 - len(done_before)  # finished shards are not redone
+    _, clean = _extract(cache_dir=tmp_path / "clean", shard_size=128, batch_size=32)
+    assert entry.key == clean.key
+    np.testing.assert_array_equal(entry.load()[0], clean.load()[0])
+
+
+def test_corrupt_image_stops_or_is_skipped_and_recorded(tmp_path):
+    from PIL import Image
+
+    def loader(i):
+        if i == 3:
+            raise CorruptImageError(f"img{i}.jpg", "truncated")
+        return Image.new("RGB", (8, 8), color=(i, i, i))
+
+    split = Split("train", list(range(10)), np.arange(10) % 2, loader)
+    backbone = bench.create_backbone("pixels", size=8)
+    cache = FeatureCache(tmp_path / "c")
+    with pytest.raises(DatasetError, match="img3.jpg"):
+        extract(backbone, split, [("image", "1")], cache, {"task": "t"}, device=CPU,
+                progress=False)
+    report = extract(backbone, split, [("image", "1")], cache, {"task": "t"}, device=CPU,
+                     progress=False, skip_corrupt=True)
+    assert report.skipped == ["3"]
+    x, y, keep = report.entries[("image", "1")].load()
+    assert keep.tolist() == [i != 3 for i in range(10)]
+    assert np.allclose(x[5], 5 / 255, atol=1e-3)
+
+
+def test_grid_probe_agrees_with_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    task, feats, labels = _digit_features()
+    result = fit_probe(feats, labels, 10, ProbeConfig())
+    best_c, best_val = None, -1.0
+    scaler = StandardScaler().fit(feats["train"])
+    for c in (1e-3, 1e-2, 1e-1, 1, 10, 100):
+        model = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(feats["train"]),
+                                                           labels["train"])
+        val = model.score(scaler.transform(feats["val"]), labels["val"])
+        if val > best_val:
+            best_c, best_val = c, val
+    x_all = np.concatenate([feats["train"], feats["val"]])
+    y_all = np.concatenate([labels["train"], labels["val"]])
+    scaler = StandardScaler().fit(x_all)
+    model = LogisticRegression(C=best_c, max_iter=3000).fit(scaler.transform(x_all), y_all)
+    sklearn_top1 = 100 * model.score(scaler.transform(feats["test"]), labels["test"])
+    assert result.test["top1"] > 90
+    assert abs(result.test["top1"] - sklearn_top1) <= 1.0, (result.test, sklearn_top1)
+    assert len(result.grid) == 25 * len(ProbeConfig().checkpoints())
+
+
+def test_probe_is_deterministic_and_all_heads_train():
+    task, feats, labels = _digit_features()
+    small = dict(lrs=(1e-3, 1e-2), weight_decays=(0.0, 1e-3), epochs=10, eval_every=5)
+    a = fit_probe(feats, labels, 10, ProbeConfig(**small))
+    b = fit_probe(feats, labels, 10, ProbeConfig(**small))
+    assert a.test == b.test and a.best == b.best
+    for head in ("bn-linear", "mlp"):
+        r = fit_probe(feats, labels, 10, ProbeConfig(head=head, hidden=64, **small))
+        assert r.test["top1"] > 80, (head, r.test)
+    assert a.confusion.sum() == len(labels["test"])
+    assert np.isclose(np.nanmean(a.per_class), a.test["mean_per_class"], atol=1e-3)
+
+
+def test_bad_probe_config_is_rejected():
+    with pytest.raises(ValueError, match="unknown head"):
+        ProbeConfig(head="svm")
+
+
+def test_holdout_is_stable_balanced_and_order_independent():
+    items = [f"class{c}/img{i}.jpg" for c in range(5) for i in range(20)]
+    labels = [c for c in range(5) for _ in range(20)]
+    train, val = holdout_split(items, labels)
+    perm = np.random.default_rng(0).permutation(len(items))
+    train2, val2 = holdout_split([items[i] for i in perm], [labels[i] for i in perm])
+    assert {items[i] for i in val} == {items[perm[i]] for i in val2}
+    assert not set(train) & set(val) and len(train) + len(val) == len(items)
+    assert np.bincount([labels[i] for i in val]).tolist() == [2] * 5
+
+
+def test_run_logs_to_mlflow_and_leaderboard_reads_it_back(tmp_path):
+    from bench.cli import main
+
+    assert main(["run", "--backbone", "pixels", "--task", "digits", "--workers", "0",
+                 "--backbone-arg", "size=8", "--pool", "8,4", "--epochs", "10",
+                 "--no-progress"]) == 0
+    from bench import leaderboard
+    from bench.tracking import find_runs
+
+    runs = find_runs(["bench"])
+    assert len(runs) == 2
+    assert set(runs["params.pool"]) == {"8", "4"}
+    assert (runs["metrics.test_top1"] > 80).all()
+    assert runs["tags.bench.weights_sha256"].str.len().eq(64).all()
+    cells, table = leaderboard.build(["bench"])
+    best = runs.sort_values("metrics.val_top1", ascending=False).iloc[0]
+    assert table.loc["pixels", "digits"] == round(best["metrics.test_top1"], 2)
+    assert main(["leaderboard"]) == 0
+    text = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "pixels" in text and "digits" in text
+    import mlflow
+
+    run_id = runs.iloc[0]["run_id"]
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"config.json", "per_class_accuracy.csv", "confusion_matrix.png", "grid.csv"} <= names
+
+
+def test_cli_help_is_light_and_errors_are_clear(capsys):
+    code = ("import sys, bench.cli; bench.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out
+    from bench.cli import main
+
+    assert main(["run", "--backbone", "pixel", "--task", "digits"]) == 2
+    assert "Did you mean pixels" in capsys.readouterr().err
+    assert main(["run", "--backbone", "pixels", "--task", "digits", "--layer", "nope"]) == 2
+    assert "has no layer 'nope'" in capsys.readouterr().err
+    assert main(["run", "--backbone", "pixels", "--task", "digits", "--pool", "cls"]) == 2
+    assert "does not apply" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--backbone", "pixels"])
+    assert e.value.code == 2
