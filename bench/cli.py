@@ -66,6 +66,8 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wds", type=_floats, help="weight-decay grid, e.g. 0,1e-4,1e-2")
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--executor", default="local", choices=["local", "submitit-local", "slurm"])
+    p.add_argument("--force", action="store_true",
+                   help="recompute cells that already have a finished MLflow run")
 
 
 def feature_job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.tracking import ensure_experiment
 
     job = BenchJob(**feature_job_kwargs(args), head=args.head, probe=probe_overrides(args),
-                   seed=args.seed, suite=args.suite)
+                   seed=args.seed, suite=args.suite, force=args.force)
     job.build()  # fail fast on bad names, layers, pools or missing data, before any submission
     job.experiment_id = ensure_experiment(args.suite)
     [results] = run_jobs([job], args.executor)
@@ -101,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{r['run_name']}: test_top1 {r['test_top1']:.2f}  test_mean_per_class "
               f"{r['test_mean_per_class']:.2f}  val_top1 {r['val_top1']:.2f}  "
               f"(lr {r['best']['lr']:g}, wd {r['best']['weight_decay']:g}, "
-              f"{r['best']['epochs']} epochs)  run {r['run_id']}")
+              f"{int(r['best']['epochs'])} epochs)  run {r['run_id']}"
+              + ("  [already logged: reused; --force recomputes]" if r.get("reused") else ""))
     return 0
 
 

@@ -36,6 +36,17 @@ class FeatureJob:
     cache_dir: str | None = None
     progress: bool = True
 
+    def cells(self) -> list[tuple[str, str]]:
+        """(layer, pool) as given ('' = the preset's default), in the order ``build`` resolves."""
+        return [(layer, pool) for layer in self.layers or [""] for pool in self.pools or [""]]
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit calls this on preemption or timeout: requeue the same job, which resumes
+        extraction at the first missing shard and skips cells already logged."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
     def build(self):
         """(backbone, task, requests, device, precision), validated before any heavy work."""
         from bench.extract import resolve_device, resolve_precision
@@ -48,17 +59,14 @@ class FeatureJob:
             raise DatasetError(f"task {self.task!r}: " + "\n".join(problems))
         backbones.entry(self.backbone)  # unknown names fail before the model is built
         backbone = backbones.create(self.backbone, **self.backbone_args)
-        layers = self.layers or list(backbone.default_layers)
-        pools = self.pools or [backbone.default_pool]
-        requests = []
-        for layer in layers:
-            canonical = backbone.canonical_layer(layer)
-            point = backbone.feature_point(canonical)
-            for pool in pools:
-                from bench.backbone import check_pool
+        from bench.backbone import check_pool
 
-                check_pool(point, pool)
-                requests.append((canonical, pool))
+        requests = []
+        for layer, pool in self.cells():
+            canonical = backbone.canonical_layer(layer or backbone.default_layers[0])
+            pool = pool or backbone.default_pool
+            check_pool(backbone.feature_point(canonical), pool)
+            requests.append((canonical, pool))
         device = resolve_device(self.device)
         return backbone, task, requests, device, resolve_precision(self.precision, device)
 
@@ -97,16 +105,39 @@ class BenchJob(FeatureJob):
     seed: int = 0
     experiment_id: str | None = None
     suite: str = "bench"
+    tracking_uri: str | None = None  # passed explicitly so SLURM jobs log where the driver reads
+    force: bool = False  # recompute cells that already have a finished run
+
+    def cell_id(self, layer: str, pool: str) -> str:
+        """Identity of one result cell, as given by the user: a rerun of the same command skips it."""
+        from bench.task import json_digest
+
+        return json_digest({
+            "backbone": self.backbone, "backbone_args": self.backbone_args, "task": self.task,
+            "task_args": self.task_args, "layer": layer, "pool": pool, "head": self.head,
+            "probe": self.probe, "seed": self.seed, "precision": self.precision,
+        })[:20]
 
     def __call__(self) -> list[dict[str, Any]]:
-        from bench.probe import ProbeConfig, fit_probe
-        from bench.tracking import ensure_experiment
+        import os
 
+        from bench.probe import ProbeConfig, fit_probe
+        from bench.tracking import ensure_experiment, finished_cells
+
+        if self.tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
         cfg = ProbeConfig(head=self.head, seed=self.seed, **self.probe)  # bad values fail early
-        backbone, task, requests, device, precision, reports = self.extract_all()
         experiment_id = self.experiment_id or ensure_experiment(self.suite)
+        ids = [self.cell_id(*cell) for cell in self.cells()]
+        done = {} if self.force else finished_cells(experiment_id, ids)
+        if len(done) == len(ids):
+            return [done[i] for i in ids]
+        backbone, task, requests, device, precision, reports = self.extract_all()
         results = []
-        for request in requests:
+        for cell, request in zip(ids, requests):
+            if cell in done:
+                results.append(done[cell])
+                continue
             entries = {s: reports[s].entries[request] for s in SPLIT_NAMES}
             feats, labels = {}, {}
             for split, entry in entries.items():
@@ -117,11 +148,11 @@ class BenchJob(FeatureJob):
                                device=device, progress=self.progress)
             skipped = [s for r in reports.values() for s in r.skipped]
             results.append(self._log(backbone, task, request, precision, cfg, result, entries,
-                                     skipped, time.time() - started, experiment_id))
+                                     skipped, time.time() - started, experiment_id, cell))
         return results
 
     def _log(self, backbone, task, request, precision, cfg, result, entries, skipped, seconds,
-             experiment_id) -> dict[str, Any]:
+             experiment_id, cell) -> dict[str, Any]:
         from bench.tracking import log_run
 
         layer, pool = request
@@ -137,6 +168,7 @@ class BenchJob(FeatureJob):
         }
         tags = {
             "bench.kind": "result",
+            "bench.cell": cell,
             "bench.backbone": self.backbone,
             "bench.task": self.task,
             "bench.headline": task.headline_metric,

@@ -32,6 +32,7 @@ class Entry:
     description: str = ""
     licence: str = ""
     argument: str | None = None  # keyword that receives ARG in "name:ARG" (e.g. folder:PATH)
+    layer_template: str | None = None  # sweep axes -> layer name, e.g. "block{block}@t{t}"
 
 
 class Registry:
@@ -48,12 +49,14 @@ class Registry:
         description: str,
         licence: str = "",
         argument: str | None = None,
+        layer_template: str | None = None,
         **defaults: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``factory`` under ``name`` with preset ``defaults``; stackable."""
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(Entry(name, factory, dict(defaults), description, licence, argument))
+            self.add(Entry(name, factory, dict(defaults), description, licence, argument,
+                           layer_template))
             return factory
 
         return decorator

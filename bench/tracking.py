@@ -138,3 +138,27 @@ def find_runs(experiment_names: list[str], filter_string: str = "") -> "Any":
     if filter_string:
         query += f" and {filter_string}"
     return mlflow.search_runs(experiment_ids=ids, filter_string=query, max_results=50000)
+
+
+def finished_cells(experiment_id: str, cell_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Cells among ``cell_ids`` that already have a finished result run: id -> its metrics."""
+    if not cell_ids:
+        return {}
+    client = _client()
+    wanted = set(cell_ids)
+    runs = client.search_runs(  # tags cannot be matched with IN: filter here
+        [experiment_id], "tags.`bench.kind` = 'result' and attributes.status = 'FINISHED'",
+        max_results=50000)
+    out: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        cell = run.data.tags.get("bench.cell")
+        if cell not in wanted:
+            continue
+        out.setdefault(cell, {"run_id": run.info.run_id, "run_name": run.info.run_name,
+                              "layer": run.data.params.get("layer"),
+                              "pool": run.data.params.get("pool"),
+                              "best": {k: float(run.data.params.get(f"best.{k}", "nan"))
+                                       for k in ("lr", "weight_decay", "epochs")},
+                              "skipped": int(run.data.tags.get("bench.skipped_count", 0)),
+                              "reused": True, **run.data.metrics})
+    return out

@@ -86,10 +86,14 @@ def download(
     start = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     retry = f"Run the same command again to resume, or fetch {url} by hand to {target}."
+    total = None
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             if response.status != 206:  # a full response: the server ignored the Range
                 start = 0
+            elif not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+                partial.unlink()
+                raise WeightsError(f"{url}: the server resumed at the wrong offset. {retry}")
             length = int(response.headers.get("Content-Length") or 0)
             total = start + length if length else None
             with open(partial, "ab" if start else "wb") as out, tqdm(

@@ -1,0 +1,375 @@
+"""The paper's attention head and the DifFormer fusion head, trained on cached feature maps.
+
+Both heads read maps cached with pool ``map16`` (adaptive average pool to at most 16 x 16, the
+paper's ``AdaptiveAvgPool2d(min(size, 16))``), so the frozen backbone runs once per image instead
+of once per training step as in the reference code.
+
+- ``attention`` (paper.md, "Heads"): per block LayerNorm([C, H, W]) -> 1x1 conv to ``dim`` ->
+  tokens; a zero-initialised CLS token is prepended (no positional embedding); ``depth`` pre-LN
+  transformer blocks (``heads`` heads, MLP ratio 4, no qkv bias, GELU, no dropout); the CLS output
+  goes straight to a Linear classifier (no final LayerNorm, as in the paper and its code).
+- ``difformer`` (the follow-up): the same for several blocks at several timesteps. Each block has
+  one LayerNorm + 1x1 conv and there is one transformer, both shared across timesteps; each
+  timestep's tokens (all its blocks, plus CLS) pass through it separately and the CLS outputs of
+  all timesteps are concatenated before the classifier.
+
+Training follows ``bench.probe.fit_probe``: each learning rate of the grid is trained with
+validation checkpoints every ``eval_every`` epochs, the best (lr, epochs) on validation is retrained
+on train+val identically and evaluated on test once. Recipes: ``paper`` is the released scripts'
+SGD (no momentum, no weight decay), StepLR(7, 0.1), 28 epochs, lr 5e-2, batch 128; ``adamw`` is
+AdamW with a cosine schedule over a small lr grid.
+
+Cache bytes per image (fp16, maps pooled to at most 16 x 16; shapes checked against the 256x256
+unconditional U-Net): the attention head on block 24 (1024 x 16 x 16, kept as is) needs
+1024 * 256 * 2 B = 512 KiB; DifFormer on blocks 19 (1024 x 8 x 8 -> 128 KiB), 24 (512 KiB) and
+30 (512 x 64 x 64, pooled to 512 x 16 x 16 -> 256 KiB) is 896 KiB per timestep, 2688 KiB
+(2.625 MiB) for t in {90, 150, 300}. For ImageNet's 1,281,167 training images that is about
+626 GiB and 3.2 TiB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.probe import ProbeResult, metrics
+
+HEADS = ("attention", "difformer")
+RECIPES = ("paper", "adamw")
+MAX_SIDE = 16  # the paper pools every block to at most 16 x 16 before its attention head
+DEFAULT_LRS = {"paper": (5e-2,), "adamw": (1e-4, 3e-4, 1e-3)}
+DEFAULT_WEIGHT_DECAY = {"paper": 0.0, "adamw": 0.05}
+
+
+def cache_bytes_per_image(
+    shapes: dict[str, tuple[int, int, int]], side: int = MAX_SIDE, itemsize: int = 2
+) -> int:
+    """Bytes one image takes in the cache when raw (C, H, W) block outputs are pooled ``map<side>``.
+
+    Mirrors ``bench.backbone.pool_features``: a map is pooled to min(side, H, W) squared.
+    """
+    total = 0
+    for channels, height, width in shapes.values():
+        s = min(side, height, width)
+        total += channels * s * s * itemsize
+    return total
+
+
+def timestep_groups(layers: Sequence[str]) -> list[list[str]]:
+    """One group per ``@`` suffix (``block19@t90`` -> group ``t90``), blocks in first-seen order.
+
+    Layers without a suffix form a single group, so any backbone's layers give a valid grouping.
+    """
+    bases = list(dict.fromkeys(name.partition("@")[0] for name in layers))
+    suffixes = list(dict.fromkeys(name.partition("@")[2] for name in layers))
+    by_key = {name.partition("@")[::2]: name for name in layers}
+    if len(by_key) != len(bases) * len(suffixes):
+        raise ValueError(f"layers {list(layers)} do not hold every block at every timestep")
+    return [[by_key[b, s] for b in bases] for s in suffixes]
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)); qkv without bias, GELU, no dropout."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(attended.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class MapTokens(nn.Module):
+    """(B, C, H, W) map -> (B, H*W, dim) tokens: LayerNorm over [C, H, W], then a 1x1 conv."""
+
+    def __init__(self, shape: tuple[int, int, int], dim: int):
+        super().__init__()
+        channels, height, width = shape
+        if height > MAX_SIDE or width > MAX_SIDE:
+            raise ValueError(
+                f"map {shape} is larger than {MAX_SIDE}x{MAX_SIDE}: cache it with pool 'map16'"
+            )
+        self.norm = nn.LayerNorm([channels, height, width])
+        self.conv = nn.Conv2d(channels, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x)).flatten(2).transpose(1, 2)
+
+
+class AttentionHead(nn.Module):
+    """The paper's attention head over the maps of one or more layers (their tokens concatenated)."""
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, int, int]],
+        num_classes: int,
+        dim: int = 1024,
+        heads: int = 8,
+        depth: int = 2,
+        mlp_ratio: int = 4,
+    ):
+        super().__init__()
+        self.layers = list(shapes)
+        self.embed = nn.ModuleList(MapTokens(tuple(s), dim) for s in shapes.values())
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def encode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """CLS output (B, dim) for one map per embedding, in order."""
+        tokens = [embed(m) for embed, m in zip(self.embed, maps)]
+        cls = self.cls_token.expand(len(maps[0]), -1, -1).to(tokens[0].dtype)
+        return self.blocks(torch.cat([cls, *tokens], dim=1))[:, 0]
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.encode([x[name] for name in self.layers]))
+
+
+class DifFormerHead(AttentionHead):
+    """Attention head shared across groups (timesteps); CLS outputs concatenated, then classified.
+
+    ``groups[g][i]`` is block i at timestep g: position i has one embedding for all timesteps,
+    so every group must list the same blocks (same map shapes) in the same order.
+    """
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, int, int]],
+        groups: list[list[str]],
+        num_classes: int,
+        dim: int = 1024,
+        heads: int = 8,
+        depth: int = 2,
+        mlp_ratio: int = 4,
+    ):
+        first = {name: tuple(shapes[name]) for name in groups[0]}
+        for group in groups[1:]:
+            if [tuple(shapes[name]) for name in group] != list(first.values()):
+                raise ValueError(f"group {group} does not match {groups[0]} block for block")
+        super().__init__(first, num_classes, dim, heads, depth, mlp_ratio)
+        self.groups = [list(g) for g in groups]
+        self.classifier = nn.Linear(len(groups) * dim, num_classes)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        # All timesteps go through the shared transformer as one batch (G*B sequences).
+        maps = [torch.cat([x[g[i]] for g in self.groups]) for i in range(len(self.groups[0]))]
+        cls = self.encode(maps)
+        g, b = len(self.groups), len(cls) // len(self.groups)
+        return self.classifier(cls.view(g, b, -1).transpose(0, 1).reshape(b, -1))
+
+
+@dataclass
+class HeadConfig:
+    head: str = "attention"
+    recipe: str = "paper"
+    lrs: tuple[float, ...] | None = None  # None: (5e-2,) for paper, (1e-4, 3e-4, 1e-3) for adamw
+    weight_decay: float | None = None  # None: 0 for paper (it has none), 0.05 for adamw
+    epochs: int = 28
+    eval_every: int = 7  # validation checkpoints: every N epochs, and the last
+    batch_size: int = 128
+    dim: int = 1024
+    heads: int = 8
+    depth: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; heads: {', '.join(HEADS)}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
+        self.lrs = tuple(self.lrs) if self.lrs is not None else DEFAULT_LRS[self.recipe]
+        if self.weight_decay is None:
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.recipe]
+        if self.recipe == "paper" and self.weight_decay != 0:
+            raise ValueError("the paper recipe has no weight decay; use recipe='adamw'")
+        if self.epochs < 1 or self.eval_every < 1 or not self.lrs:
+            raise ValueError("head needs epochs >= 1, eval_every >= 1 and a non-empty lr grid")
+
+    def checkpoints(self) -> list[int]:
+        return sorted(set(range(self.eval_every, self.epochs + 1, self.eval_every)) | {self.epochs})
+
+    def as_params(self) -> dict[str, Any]:
+        return {f"probe.{k}": v for k, v in asdict(self).items()}
+
+
+def make_optimizer(
+    params, cfg: HeadConfig, lr: float
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer and its scheduler, stepped once per epoch."""
+    if cfg.recipe == "paper":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+
+class _Maps:
+    """Maps of one or more splits, left on the host in their stored dtype (fp16 stays fp16) and
+    moved to the device a minibatch at a time: ImageNet-sized caches do not fit in GPU memory."""
+
+    def __init__(self, parts: list[dict[str, np.ndarray]], labels: list[np.ndarray]):
+        self.parts = parts
+        self.bounds = np.cumsum([0] + [len(y) for y in labels])
+        self.labels = np.concatenate(labels).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: np.ndarray, layers: Sequence[str], device: torch.device):
+        """(maps, labels) of the sorted ``index``: sorted reads are fast on memory-mapped arrays."""
+        index = np.sort(index)
+        maps = {}
+        for layer in layers:
+            rows = [part[layer][index[(index >= lo) & (index < hi)] - lo]
+                    for part, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:])]
+            maps[layer] = torch.from_numpy(np.concatenate(rows)).to(device).float()
+        return maps, torch.from_numpy(self.labels[index]).to(device)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, data: _Maps, layers: Sequence[str], device: torch.device,
+            batch_size: int) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(data), batch_size):
+        maps, _ = data.batch(np.arange(i, min(i + batch_size, len(data))), layers, device)
+        with _autocast(device):
+            out.append(model(maps).float().cpu())
+    return torch.cat(out)
+
+
+def _train(
+    build: Callable[[], nn.Module],
+    data: _Maps,
+    layers: Sequence[str],
+    cfg: HeadConfig,
+    lr: float,
+    device: torch.device,
+    evaluate_at: dict[int, Callable[[nn.Module], None]],
+    stop_at: int,
+    progress: bool,
+) -> nn.Module:
+    """Train one head at ``lr`` for ``stop_at`` of the schedule's ``cfg.epochs`` epochs."""
+    with torch.random.fork_rng(devices=[]):  # same initial weights for every lr and the retrain
+        torch.manual_seed(cfg.seed)
+        model = build().to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    optimizer, scheduler = make_optimizer(model.parameters(), cfg, lr)
+    from tqdm.auto import tqdm
+
+    for epoch in tqdm(range(1, stop_at + 1), desc=f"{cfg.head} lr={lr:g}", unit="epoch",
+                      disable=not progress, leave=False):
+        model.train()
+        order = torch.randperm(len(data), generator=gen).numpy()
+        for i in range(0, len(order), cfg.batch_size):
+            maps, y = data.batch(order[i : i + cfg.batch_size], layers, device)
+            with _autocast(device):
+                loss = F.cross_entropy(model(maps).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if epoch in evaluate_at:
+            evaluate_at[epoch](model)
+    return model
+
+
+def fit_head(
+    features: dict[str, dict[str, np.ndarray]],
+    labels: dict[str, np.ndarray],
+    num_classes: int,
+    cfg: HeadConfig,
+    headline: str = "top1",
+    device: torch.device | str = "cpu",
+    groups: list[list[str]] | None = None,
+    progress: bool = False,
+) -> ProbeResult:
+    """Select (lr, epochs) on val, retrain the winner on train+val, test once (as ``fit_probe``).
+
+    ``features[split][layer]`` is an (N, C, h, w) map with h, w <= 16. The attention head uses
+    every layer given; DifFormer groups them per timestep (``groups``, default
+    ``timestep_groups`` of the layer names).
+    """
+    dev = torch.device(device)
+    layers = list(features["train"])
+    shapes = {name: tuple(features["train"][name].shape[1:]) for name in layers}
+    for split in ("val", "test"):
+        if {n: tuple(a.shape[1:]) for n, a in features[split].items()} != shapes:
+            raise ValueError(f"split {split!r} does not have the train split's layers and shapes")
+    if any(len(s) != 3 for s in shapes.values()):
+        raise ValueError(f"heads need (N, C, h, w) maps (pool 'map16'); got shapes {shapes}")
+    if cfg.head == "attention":
+        if groups is not None:
+            raise ValueError("groups apply to the difformer head only")
+
+        def build() -> nn.Module:
+            return AttentionHead(shapes, num_classes, cfg.dim, cfg.heads, cfg.depth)
+    else:
+        groups = groups or timestep_groups(layers)
+
+        def build() -> nn.Module:
+            return DifFormerHead(shapes, groups, num_classes, cfg.dim, cfg.heads, cfg.depth)
+    build()  # bad shapes or groups fail before any training
+
+    data = {s: _Maps([features[s]], [labels[s]]) for s in ("train", "val", "test")}
+    y_val = torch.as_tensor(data["val"].labels)
+    records: list[dict[str, float]] = []
+
+    def record(lr: float, epoch: int) -> Callable[[nn.Module], None]:
+        def at(model: nn.Module) -> None:
+            logits = _logits(model, data["val"], layers, dev, cfg.batch_size)
+            m = metrics(logits, y_val, num_classes)
+            records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch, **m})
+        return at
+
+    for lr in cfg.lrs:
+        _train(build, data["train"], layers, cfg, lr, dev,
+               {e: record(lr, e) for e in cfg.checkpoints()}, cfg.epochs, progress)
+    best = records[int(np.argmax([r[headline] for r in records]))]  # first maximum
+
+    train_val = _Maps([features["train"], features["val"]], [labels["train"], labels["val"]])
+    model = _train(build, train_val, layers, cfg, best["lr"], dev, {}, int(best["epochs"]),
+                   progress)
+    test_logits = _logits(model, data["test"], layers, dev, cfg.batch_size)
+    return _result(best, test_logits, torch.as_tensor(data["test"].labels), num_classes, records)
+
+
+def _result(best: dict[str, float], test_logits: torch.Tensor, y_test: torch.Tensor,
+            num_classes: int, grid: list[dict[str, float]]) -> ProbeResult:
+    """The tail of ``bench.probe.fit_probe``: test metrics, per-class accuracy and confusion."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y_test.numpy(), test_logits.argmax(-1).numpy()), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = 100.0 * np.diag(confusion) / confusion.sum(1)
+    return ProbeResult(
+        best={k: best[k] for k in ("lr", "weight_decay", "epochs")},
+        val={k: best[k] for k in ("top1", "top5", "mean_per_class")},
+        test=metrics(test_logits, y_test, num_classes),
+        per_class=per_class,
+        confusion=confusion,
+        grid=grid,
+    )
