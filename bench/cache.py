@@ -22,9 +22,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class CacheEntry:
             "key": self.key,
             "cache_format": CACHE_FORMAT,
             "fields": fields,
-            "num_items": int(len(labels)),
+            "num_items": len(labels),
             "shard_size": int(shard_size),
             "num_shards": max(1, -(-len(labels) // shard_size)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -115,13 +116,18 @@ class CacheEntry:
         """Shape of one item's features (from the first shard's metadata)."""
         return json.loads((self.path / "shard-00000.json").read_text())["shape"][1:]
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(features as float32, labels, keep mask): corrupt items are in the mask as False."""
+    def load(self, dtype: str | None = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features, labels, keep mask): corrupt items are in the mask as False.
+
+        ``dtype=None`` keeps the stored precision (half the memory of float32 for fp16 caches).
+        """
         missing = self.missing_shards()
         if missing:
             raise RuntimeError(f"cache entry {self.key[:12]} is incomplete: shards {missing} missing")
         shards = [np.load(self.shard_path(i), mmap_mode="r") for i in range(self.manifest["num_shards"])]
-        features = np.concatenate(shards).astype(np.float32)
+        features = np.concatenate(shards)
+        if dtype is not None:
+            features = features.astype(dtype, copy=False)
         labels = np.load(self.path / "labels.npy")
         keep = np.ones(len(labels), dtype=bool)
         keep[self.skipped()] = False

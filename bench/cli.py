@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
@@ -59,7 +60,12 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--head", default="linear", choices=["linear", "bn-linear", "mlp"])
+    p.add_argument("--head", default="linear",
+                   choices=["linear", "bn-linear", "mlp", "attention", "difformer"],
+                   help="linear/bn-linear/mlp: batched grid on pooled vectors; attention/difformer:"
+                   " the paper's transformer heads on maps (pool map16 by default)")
+    p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="other probe/head settings, e.g. hidden=512, recipe=adamw, dim=512")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="probe epochs (default 40)")
     p.add_argument("--lrs", type=_floats, help="learning-rate grid, e.g. 1e-3,1e-2")
@@ -73,6 +79,12 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
 def feature_job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     task_args = _key_values(args.task_arg)
     if args.data_root:
+        import inspect
+
+        from bench.registry import tasks
+
+        if "root" not in inspect.signature(tasks.entry(args.task).factory).parameters:
+            raise ValueError(f"task {args.task!r} reads no files: --data-root does not apply")
         task_args["root"] = args.data_root
     return dict(
         backbone=args.backbone, task=args.task,
@@ -85,8 +97,12 @@ def feature_job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def probe_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"epochs": "epochs", "lrs": "lrs", "wds": "weight_decays"}
-    return {key: getattr(args, arg) for arg, key in names.items() if getattr(args, arg) is not None}
+    names = {"epochs": "epochs", "lrs": "lrs"}
+    out = {key: getattr(args, arg) for arg, key in names.items() if getattr(args, arg) is not None}
+    if args.wds is not None:  # the grid probe searches weight decays; attention heads take one
+        out["weight_decay" if args.head in ("attention", "difformer") else "weight_decays"] = (
+            args.wds[0] if args.head in ("attention", "difformer") else args.wds)
+    return out | _key_values(args.probe_arg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

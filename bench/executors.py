@@ -6,8 +6,9 @@ Every job is a picklable callable (``bench.jobs``); an executor only decides whe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 

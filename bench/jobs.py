@@ -118,51 +118,95 @@ class BenchJob(FeatureJob):
             "probe": self.probe, "seed": self.seed, "precision": self.precision,
         })[:20]
 
+    def __post_init__(self) -> None:
+        from bench.heads import HEADS as MAP_HEADS
+
+        if self.head in MAP_HEADS and not self.pools:
+            self.pools = ["map16"]  # attention heads read lightly pooled maps
+
+    def probe_config(self):
+        """ProbeConfig for the batched grid heads, HeadConfig for the attention heads."""
+        from bench.heads import HEADS as MAP_HEADS
+        from bench.heads import HeadConfig
+        from bench.probe import ProbeConfig
+
+        config = HeadConfig if self.head in MAP_HEADS else ProbeConfig
+        return config(head=self.head, seed=self.seed, **self.probe)
+
+    def probe_cells(self) -> list[tuple[str, str, list[int]]]:
+        """(layer label, pool, indices into cells()): one result each.
+
+        DifFormer fuses every layer (blocks x timesteps) of a pool into one cell; every other head
+        probes each (layer, pool) on its own.
+        """
+        cells = self.cells()
+        if self.head != "difformer":
+            return [(layer, pool, [i]) for i, (layer, pool) in enumerate(cells)]
+        pools = list(dict.fromkeys(pool for _, pool in cells))
+        return [("+".join(layer for layer, p in cells if p == pool), pool,
+                 [i for i, (_, p) in enumerate(cells) if p == pool]) for pool in pools]
+
     def __call__(self) -> list[dict[str, Any]]:
         import os
 
-        from bench.probe import ProbeConfig, fit_probe
         from bench.tracking import ensure_experiment, finished_cells
 
         if self.tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
-        cfg = ProbeConfig(head=self.head, seed=self.seed, **self.probe)  # bad values fail early
+        cfg = self.probe_config()  # bad values fail before any work
         experiment_id = self.experiment_id or ensure_experiment(self.suite)
-        ids = [self.cell_id(*cell) for cell in self.cells()]
+        ids = [self.cell_id(layer, pool) for layer, pool, _ in self.probe_cells()]
         done = {} if self.force else finished_cells(experiment_id, ids)
         if len(done) == len(ids):
             return [done[i] for i in ids]
         backbone, task, requests, device, precision, reports = self.extract_all()
+        skipped = [s for r in reports.values() for s in r.skipped]
         results = []
-        for cell, request in zip(ids, requests):
+        for cell, (_, _, members) in zip(ids, self.probe_cells()):
             if cell in done:
                 results.append(done[cell])
                 continue
-            entries = {s: reports[s].entries[request] for s in SPLIT_NAMES}
-            feats, labels = {}, {}
-            for split, entry in entries.items():
-                x, y, keep = entry.load()
-                feats[split], labels[split] = x[keep], y[keep]
+            chosen = [requests[i] for i in members]
+            entries = {s: [reports[s].entries[r] for r in chosen] for s in SPLIT_NAMES}
             started = time.time()
-            result = fit_probe(feats, labels, task.num_classes, cfg, task.headline_metric,
-                               device=device, progress=self.progress)
-            skipped = [s for r in reports.values() for s in r.skipped]
-            results.append(self._log(backbone, task, request, precision, cfg, result, entries,
+            result = self._fit(cfg, chosen, entries, task, device)
+            results.append(self._log(backbone, task, chosen, precision, cfg, result, entries,
                                      skipped, time.time() - started, experiment_id, cell))
         return results
 
-    def _log(self, backbone, task, request, precision, cfg, result, entries, skipped, seconds,
+    def _fit(self, cfg, requests, entries, task, device):
+        from bench.heads import HEADS as MAP_HEADS
+        from bench.heads import fit_head
+        from bench.probe import fit_probe
+
+        maps = self.head in MAP_HEADS
+        feats: dict[str, Any] = {}
+        labels: dict[str, Any] = {}
+        for split, split_entries in entries.items():
+            loaded = [e.load(dtype=None if maps else "float32") for e in split_entries]
+            keep = loaded[0][2]
+            labels[split] = loaded[0][1][keep]
+            if maps:
+                feats[split] = {layer: x[keep] for (layer, _), (x, _, _) in zip(requests, loaded)}
+            else:
+                feats[split] = loaded[0][0][keep]
+        fit = fit_head if maps else fit_probe
+        return fit(feats, labels, task.num_classes, cfg, task.headline_metric, device=device,
+                   progress=self.progress)
+
+    def _log(self, backbone, task, requests, precision, cfg, result, entries, skipped, seconds,
              experiment_id, cell) -> dict[str, Any]:
         from bench.tracking import log_run
 
-        layer, pool = request
+        layer = "+".join(layer for layer, _ in requests)
+        pool = requests[0][1]
         metrics = {f"test_{k}": v for k, v in result.test.items()}
         metrics |= {f"val_{k}": v for k, v in result.val.items()}
         metrics["probe_seconds"] = seconds
         params = {
             "backbone": self.backbone, "task": self.task, "layer": layer, "pool": pool,
             "head": self.head, "precision": precision, "seed": self.seed,
-            "feature_shape": entries["train"].feature_shape(),
+            "feature_shape": [e.feature_shape() for e in entries["train"]],
             "backbone_config": backbone.config, "task_config": task.config,
             "best": result.best, **cfg.as_params(),
         }
@@ -172,8 +216,8 @@ class BenchJob(FeatureJob):
             "bench.backbone": self.backbone,
             "bench.task": self.task,
             "bench.headline": task.headline_metric,
-            "bench.cache_key": entries["test"].key,
-            "bench.cache_keys": json.dumps({s: e.key for s, e in entries.items()}),
+            "bench.cache_key": entries["test"][0].key,
+            "bench.cache_keys": json.dumps({s: [e.key for e in es] for s, es in entries.items()}),
             "bench.weights_sha256": backbone.weights_digest(),
             "bench.skipped_count": str(len(skipped)),
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-def select_cells(runs: "Any", metric: str = "test_top1") -> "Any":
+def select_cells(runs: Any, metric: str = "test_top1") -> Any:
     """One row per (backbone, task): the run with the best val score (headline metric)."""
     import pandas as pd
 
@@ -32,7 +32,7 @@ def select_cells(runs: "Any", metric: str = "test_top1") -> "Any":
     return best[["backbone", "task", "run", metric, "val"]].reset_index(drop=True)
 
 
-def pivot(cells: "Any", metric: str = "test_top1") -> "Any":
+def pivot(cells: Any, metric: str = "test_top1") -> Any:
     if cells.empty:
         return cells
     table = cells.pivot(index="backbone", columns="task", values=metric)
@@ -40,14 +40,14 @@ def pivot(cells: "Any", metric: str = "test_top1") -> "Any":
     return table.round(2)
 
 
-def build(experiments: list[str], metric: str = "test_top1") -> tuple["Any", "Any"]:
+def build(experiments: list[str], metric: str = "test_top1") -> tuple[Any, Any]:
     from bench.tracking import find_runs
 
     cells = select_cells(find_runs(experiments), metric)
     return cells, pivot(cells, metric)
 
 
-def write(table: "Any", cells: "Any", out_dir: Path, title: str) -> dict[str, Path]:
+def write(table: Any, cells: Any, out_dir: Path, title: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv"}
     body = table.to_markdown() if not table.empty else "(no finished runs yet)"
@@ -58,7 +58,7 @@ def write(table: "Any", cells: "Any", out_dir: Path, title: str) -> dict[str, Pa
     return paths
 
 
-def log_to_mlflow(experiment_id: str, table: "Any", cells: "Any", paths: dict[str, Path]) -> str:
+def log_to_mlflow(experiment_id: str, table: Any, cells: Any, paths: dict[str, Path]) -> str:
     """Log (or refresh) the experiment's leaderboard run; returns its run id."""
     from bench.tracking import _client
 

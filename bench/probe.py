@@ -43,10 +43,15 @@ class ProbeConfig:
             raise ValueError("probe needs epochs >= 1, eval_every >= 1 and non-empty lr/wd grids")
 
     def checkpoints(self) -> list[int]:
-        return sorted(set(range(self.eval_every, self.epochs + 1, self.eval_every)) | {self.epochs})
+        return checkpoints(self.epochs, self.eval_every)
 
     def as_params(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in asdict(self).items()}
+
+
+def checkpoints(epochs: int, eval_every: int) -> list[int]:
+    """Epochs at which validation is scored: every ``eval_every``, and the last."""
+    return sorted(set(range(eval_every, epochs + 1, eval_every)) | {epochs})
 
 
 @dataclass
@@ -231,17 +236,21 @@ def fit_probe(
                               torch.tensor([best["weight_decay"]]), cfg, {},
                               stop_at=int(best["epochs"]), progress=progress)
     test_logits = _logits(heads, norm, x["test"])[0]
-    predicted = test_logits.argmax(-1).cpu().numpy()
-    truth = y["test"].cpu().numpy()
+    return test_result(best, test_logits.cpu(), y["test"].cpu(), num_classes, records)
+
+
+def test_result(best: dict[str, float], test_logits: torch.Tensor, y_test: torch.Tensor,
+                num_classes: int, grid: list[dict[str, float]]) -> ProbeResult:
+    """The selected grid point's result: test metrics, per-class accuracy, confusion matrix."""
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (truth, predicted), 1)
+    np.add.at(confusion, (y_test.numpy(), test_logits.argmax(-1).numpy()), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = 100.0 * np.diag(confusion) / confusion.sum(1)
     return ProbeResult(
         best={k: best[k] for k in ("lr", "weight_decay", "epochs")},
         val={k: best[k] for k in ("top1", "top5", "mean_per_class")},
-        test=metrics(test_logits, y["test"], num_classes),
+        test=metrics(test_logits, y_test, num_classes),
         per_class=per_class,
         confusion=confusion,
-        grid=records,
+        grid=grid,
     )

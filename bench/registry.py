@@ -13,8 +13,9 @@ import difflib
 import fnmatch
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 class UnknownNameError(KeyError):

@@ -123,7 +123,7 @@ def log_run(
     return run.info.run_id
 
 
-def find_runs(experiment_names: list[str], filter_string: str = "") -> "Any":
+def find_runs(experiment_names: list[str], filter_string: str = "") -> Any:
     """Finished bench result runs as a pandas DataFrame (mlflow.search_runs)."""
     import mlflow
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -239,3 +238,20 @@ def test_cli_help_is_light_and_errors_are_clear(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--backbone", "pixels"])
     assert e.value.code == 2
+
+
+def test_attention_and_difformer_heads_run_through_the_job(capsys):
+    from bench.cli import main
+    from bench.tracking import find_runs
+
+    tiny = ["--probe-arg", "dim=16", "--probe-arg", "heads=2", "--probe-arg", "depth=1",
+            "--epochs", "8", "--probe-arg", "eval_every=4", "--lrs", "0.01",
+            "--probe-arg", "recipe=adamw",
+            "--backbone", "pixels", "--task", "digits", "--workers", "0", "--no-progress"]
+    assert main(["run", "--head", "attention", "--pool", "map2", *tiny]) == 0
+    assert main(["run", "--head", "difformer", "--pool", "map2,map1", *tiny]) == 0
+    runs = find_runs(["bench"]).set_index("params.head")
+    assert runs.loc["attention", "params.pool"] == "map2"
+    assert runs.loc["attention", "metrics.test_top1"] > 20  # chance is 10; learning: test_heads
+    # difformer fuses each pool's layers into one cell: two pools -> two runs
+    assert len(runs.loc["difformer"]) == 2

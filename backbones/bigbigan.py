@@ -1,0 +1,259 @@
+"""BigBiGAN (Donahue & Simonyan 2019): DeepMind's official encoder, run as its TF Hub module.
+
+No PyTorch port of the encoder exists, and a conversion could only be trusted after proving parity
+against the module, which needs the module anyway; so bench runs the module itself. Images go from
+torch (B, 3, H, W) in [-1, 1] to a NHWC numpy batch, through the module's ``encode`` signature,
+and its outputs come back as torch tensors: ``avepool_feat`` (2048-d for ResNet-50) and
+``bn_crelu_feat`` (4096-d: BatchNorm then CReLU of the average pool, the paper's best linear
+features). Needs the optional extra: ``pip install 'bench[bigbigan]'`` (TensorFlow only; the
+module is read with ``tf.saved_model.load``, so tensorflow-hub is not needed).
+
+Modules are TF1 Hub format folders (``saved_model.pb`` + ``tfhub_module.pb`` + ``variables/``).
+A handle URL is downloaded once as ``HANDLE?tf-hub-format=compressed`` (tfhub.dev redirects to
+Kaggle Models) and extracted to ``$BENCH_WEIGHTS/tfhub/``; a local folder is used as it is. The
+weights digest hashes every file of the folder.
+
+Preprocessing (the Hub page: 256x256 RGB in [-1, 1]; the paper: a central crop at test time):
+resize the short side to 256 / 0.875 (bilinear), centre-crop 256, scale to [-1, 1]; ``crop_pct``
+changes the crop fraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backbones.supervised import RANDOM_LICENCE, FrozenBackbone, resize_crop
+from bench.backbone import VECTOR, FeaturePoint
+from bench.registry import register_backbone
+from bench.weights import WeightsError, download, file_sha256, offline, weights_dir
+
+HUB = "https://tfhub.dev/deepmind/bigbigan-{}/1"
+OUTPUTS = ("avepool_feat", "bn_crelu_feat")
+LICENCE = "Apache-2.0"
+
+
+def import_tensorflow() -> Any:
+    """TensorFlow, quiet, and not grabbing all GPU memory from torch."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:  # triton (torch's compiler, pulled in by torchvision.ops) segfaults if loaded after TF
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ImportError(
+            "BigBiGAN runs DeepMind's TF Hub module and needs TensorFlow: "
+            "pip install 'bench[bigbigan]' (or pip install tensorflow-cpu)"
+        ) from e
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # TF already initialised its GPUs in this process
+            pass
+    return tf
+
+
+def module_dir(source: str) -> Path:
+    """The folder of a TF Hub module: a local folder, or a handle URL downloaded once."""
+    if not source.startswith(("http://", "https://")):
+        path = Path(source).expanduser()
+        if not (path / "saved_model.pb").is_file():
+            raise WeightsError(
+                f"no TF Hub module at {path}: expected saved_model.pb in it "
+                "(extract the module's .tar.gz into that folder)"
+            )
+        return path
+    name = source.split("://", 1)[1].rstrip("/").replace("/", "_")
+    target = weights_dir() / "tfhub" / name
+    if (target / "saved_model.pb").is_file():
+        return target
+    url = f"{source}?tf-hub-format=compressed"
+    if offline():
+        raise WeightsError(
+            f"TF Hub module {source} is not in the cache and downloads are off (offline mode). "
+            f"Download {url} elsewhere (a .tar.gz), extract it into {target}, or pass the "
+            f"extracted folder as module=."
+        )
+    archive = target.with_name(name + ".tar.gz")
+    download(url, archive)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    if target.exists():  # another job finished first
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, target)
+    for leftover in (archive, archive.with_name(archive.name + ".sha256")):
+        leftover.unlink(missing_ok=True)
+    return target
+
+
+def folder_digest(path: Path) -> str:
+    """sha256 over the relative names and sha256s of every file of a module folder."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(".sha256"))
+    for f in files:
+        h.update(f"{f.relative_to(path).as_posix()}\t{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+class BigBiGAN(FrozenBackbone):
+    """The ``encode`` signature of a BigBiGAN TF Hub module; one call gives both features."""
+
+    def __init__(self, path: Path, config: dict[str, Any], size: int, crop_pct: float):
+        half = (0.5, 0.5, 0.5)
+        super().__init__(
+            config,
+            resize_crop(size, crop_pct, "bilinear", half, half),
+            size,
+            ("bn_crelu_feat",),
+            "none",
+            folder_digest(path),
+        )
+        self._tf = import_tensorflow()
+        tags = (
+            [] if (path / "tfhub_module.pb").is_file() else None
+        )  # TF1 Hub format: untagged graph
+        self._module = self._tf.saved_model.load(str(path), tags=tags)  # keeps variables alive
+        if "encode" not in self._module.signatures:
+            raise WeightsError(
+                f"{path} has no 'encode' signature (it has "
+                f"{', '.join(self._module.signatures)}): not a BigBiGAN module"
+            )
+        self._encode = self._module.signatures["encode"]
+        (self._input,) = self._encode.structured_input_signature[1]
+        outputs = self._encode.structured_outputs
+        missing = [name for name in OUTPUTS if name not in outputs]
+        if missing:
+            raise WeightsError(f"{path}: the encode signature lacks {', '.join(missing)}")
+        self._dims = {name: outputs[name].shape[-1] for name in OUTPUTS}
+
+    def feature_points(self) -> list[FeaturePoint]:
+        return [
+            FeaturePoint(
+                "avepool_feat",
+                VECTOR,
+                f"encoder's global average pool ({self._dims['avepool_feat']}-d)",
+            ),
+            FeaturePoint(
+                "bn_crelu_feat",
+                VECTOR,
+                f"BatchNorm + CReLU of the average pool "
+                f"({self._dims['bn_crelu_feat']}-d), the paper's linear-probe feature",
+            ),
+        ]
+
+    def forward_features(
+        self, x: torch.Tensor, layers: Sequence[str], sample_ids: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        images = x.detach().float().permute(0, 2, 3, 1).cpu().numpy()  # NCHW torch -> NHWC numpy
+        result = self._encode(**{self._input: self._tf.constant(images)})
+        return {name: torch.from_numpy(result[name].numpy()).to(x.device) for name in layers}
+
+
+def build_tiny_module(path: Path, seed: int = 0, size: int = 32, width: int = 16) -> Path:
+    """A small TF1 Hub format module with BigBiGAN's ``encode`` interface and seeded random weights.
+
+    Input ``x`` (N, size, size, 3) in [-1, 1]; two strided convolutions, global average pool
+    (``avepool_feat``, ``width``-d), inference BatchNorm + CReLU (``bn_crelu_feat``, 2 x width):
+    the same graph format, signature and output names as the real module, for offline tests.
+    """
+    tf = import_tensorflow()
+    v1 = tf.compat.v1
+    rng = np.random.default_rng(seed)
+
+    def variable(name: str, value: np.ndarray) -> Any:
+        return v1.get_variable(name, initializer=value.astype(np.float32))
+
+    tmp = Path(tempfile.mkdtemp(dir=path.parent)) / "module"
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        x = v1.placeholder(tf.float32, [None, size, size, 3], name="x")
+        h = tf.nn.relu(
+            tf.nn.conv2d(x, variable("conv1", rng.normal(0, 0.3, (3, 3, 3, 16))), 2, "SAME")
+        )
+        h = tf.nn.relu(
+            tf.nn.conv2d(h, variable("conv2", rng.normal(0, 0.1, (3, 3, 16, width))), 2, "SAME")
+        )
+        pooled = tf.reduce_mean(h, axis=[1, 2])
+        mean, var = (
+            variable("bn_mean", rng.uniform(0, 0.1, width)),
+            variable("bn_var", np.ones(width)),
+        )
+        bn = tf.nn.batch_normalization(
+            pooled,
+            mean,
+            var,
+            variable("bn_beta", np.zeros(width)),
+            variable("bn_gamma", np.ones(width)),
+            1e-5,
+        )
+        crelu = tf.concat([tf.nn.relu(bn), tf.nn.relu(-bn)], axis=-1)
+        session.run(v1.global_variables_initializer())
+        builder = v1.saved_model.Builder(str(tmp))
+        signature = v1.saved_model.signature_def_utils.predict_signature_def(
+            {"x": x}, {"avepool_feat": pooled, "bn_crelu_feat": crelu}
+        )
+        builder.add_meta_graph_and_variables(
+            session, tags=[], signature_def_map={"encode": signature}
+        )
+        builder.save()
+    (tmp / "tfhub_module.pb").write_bytes(b"\x08\x03")  # ModuleDef{format: 3}, as Hub modules have
+    if not path.exists():
+        os.replace(tmp, path)
+    shutil.rmtree(tmp.parent, ignore_errors=True)
+    return path
+
+
+@register_backbone(
+    "bigbigan",
+    description="BigBiGAN RevNet-50x4 encoder (DeepMind TF Hub module, needs bench[bigbigan]); "
+    "default feature = BN+CReLU of the average pool, 256 px in [-1, 1]",
+    licence=LICENCE,
+)
+@register_backbone(
+    "bigbigan-resnet50",
+    description="BigBiGAN ResNet-50 encoder (TF Hub module); bn_crelu_feat 4096-d, avepool_feat "
+    "2048-d",
+    licence=LICENCE,
+    module=HUB.format("resnet50"),
+)
+@register_backbone(
+    "bigbigan-tiny",
+    description="test-sized module with BigBiGAN's encode signature and seeded random weights "
+    "(32 px), built once in the weights dir; needs TensorFlow",
+    licence=RANDOM_LICENCE,
+    size=32,
+    seed=0,
+)
+def bigbigan(
+    module: str = HUB.format("revnet50x4"),
+    size: int = 256,
+    crop_pct: float = 0.875,
+    seed: int | None = None,
+) -> BigBiGAN:
+    """``module``: a TF Hub handle URL or an extracted module folder."""
+    if seed is not None:
+        folder = weights_dir() / f"bigbigan-tiny-{size}px-seed{seed}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        module = str(folder if folder.is_dir() else build_tiny_module(folder, seed, size))
+    config = {
+        "family": "bigbigan",
+        "module": module if seed is None else f"tiny, random seed {seed}",
+        "size": size,
+        "crop_pct": crop_pct,
+        "interpolation": "bilinear",
+        "range": [-1, 1],
+    }
+    return BigBiGAN(module_dir(module), config, size, crop_pct)

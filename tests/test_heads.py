@@ -1,0 +1,195 @@
+"""The paper's attention head and DifFormer head: architecture against paper.md, recipe, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench.heads import (
+    AttentionHead,
+    DifFormerHead,
+    HeadConfig,
+    MapTokens,
+    TransformerBlock,
+    _Maps,
+    cache_bytes_per_image,
+    fit_head,
+    make_optimizer,
+    timestep_groups,
+)
+
+CLASSES, CHANNELS, SIDE = 4, 8, 4
+TINY = {"dim": 32, "heads": 4, "depth": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds overhead (and contention on shared CPUs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _maps(n: int, seed: int, noise: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent spatial patterns with zero spatial mean: a global average pool sees nothing."""
+    patterns = np.random.default_rng(123).standard_normal((CLASSES, CHANNELS, SIDE, SIDE))
+    patterns -= patterns.mean(axis=(2, 3), keepdims=True)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = patterns[y] + noise * rng.standard_normal((n, CHANNELS, SIDE, SIDE))
+    return x.astype(np.float16), y
+
+
+def _splits(layers: list[str], sizes=(256, 96, 96), dtype=np.float16):
+    feats, labels = {}, {}
+    for i, (split, n) in enumerate(zip(("train", "val", "test"), sizes)):
+        x, y = _maps(n, seed=i)
+        # Each further layer is a transformed view of the same images, as blocks/timesteps are.
+        feats[split] = {name: (x * (1 + j)).astype(dtype) for j, name in enumerate(layers)}
+        labels[split] = y
+    return feats, labels
+
+
+def test_attention_head_learns_spatial_patterns():
+    feats, labels = _splits(["block24@t90"])
+    cfg = HeadConfig(epochs=8, eval_every=4, batch_size=32, **TINY)
+    result = fit_head(feats, labels, CLASSES, cfg)
+    assert result.test["top1"] >= 90.0
+    assert result.best["lr"] == 5e-2 and result.best["epochs"] in (4, 8)
+    assert [(r["lr"], r["epochs"]) for r in result.grid] == [(5e-2, 4), (5e-2, 8)]
+    assert result.confusion.sum() == len(labels["test"]) and result.per_class.shape == (CLASSES,)
+
+
+def test_attention_head_is_the_paper_head():
+    head = AttentionHead({"block24": (CHANNELS, SIDE, SIDE)}, num_classes=1000)  # paper defaults
+    assert torch.equal(head.cls_token, torch.zeros(1, 1, 1024))
+    prefixes = {name.split(".")[0] for name, _ in head.named_parameters()}
+    assert prefixes == {"embed", "cls_token", "blocks", "classifier"}  # no positional embedding
+    (embed,) = head.embed
+    assert embed.norm.normalized_shape == (CHANNELS, SIDE, SIDE)
+    assert embed.conv.kernel_size == (1, 1) and embed.conv.out_channels == 1024
+    assert len(head.blocks) == 2
+    for block in head.blocks:
+        assert block.heads == 8 and block.qkv.bias is None and block.qkv.out_features == 3 * 1024
+        assert block.mlp[0].out_features == 4 * 1024 and isinstance(block.mlp[1], nn.GELU)
+    assert not any(isinstance(m, nn.Dropout) for m in head.modules())
+    assert (head.classifier.in_features, head.classifier.out_features) == (1024, 1000)
+    with pytest.raises(ValueError, match="map16"):
+        MapTokens((CHANNELS, 32, 32), 1024)
+
+
+def test_block_is_pre_ln_multi_head_attention():
+    torch.manual_seed(0)
+    block = TransformerBlock(dim=16, heads=4).eval()
+    x = torch.randn(2, 5, 16)
+    # The attention branch by hand: 4 heads of 4 dims over LN(x).
+    q, k, v = block.qkv(block.norm1(x)).split(16, dim=-1)
+    split = [t.view(2, 5, 4, 4).transpose(1, 2) for t in (q, k, v)]
+    weights = torch.softmax(split[0] @ split[1].mT / 2.0, dim=-1)
+    attended = (weights @ split[2]).transpose(1, 2).reshape(2, 5, 16)
+    after_attention = x + block.proj(attended)
+    expected = after_attention + block.mlp(block.norm2(after_attention))
+    torch.testing.assert_close(block(x), expected)
+    # Pre-LN: with the MLP branch silenced, the update block(x) - x depends on LN(x) only, so it
+    # does not change when x is scaled (a post-LN block would normalise the sum instead).
+    nn.init.zeros_(block.mlp[2].weight)
+    nn.init.zeros_(block.mlp[2].bias)
+    torch.testing.assert_close(block(3 * x) - 3 * x, block(x) - x, atol=1e-4, rtol=1e-4)
+
+
+def test_tokens_have_no_position():
+    """At initialisation (LayerNorm affine is the identity) shuffling pixels leaves logits unchanged."""
+    torch.manual_seed(0)
+    head = AttentionHead({"a": (CHANNELS, SIDE, SIDE)}, CLASSES, **TINY).eval()
+    x = torch.randn(3, CHANNELS, SIDE, SIDE)
+    shuffled = x.flatten(2)[..., torch.randperm(SIDE * SIDE)].view_as(x)
+    torch.testing.assert_close(head({"a": shuffled}), head({"a": x}), atol=1e-5, rtol=1e-5)
+
+
+def test_difformer_shares_one_transformer_and_concatenates_cls():
+    blocks = {"block19": (CHANNELS, 2, 2), "block24": (CHANNELS // 2, SIDE, SIDE)}
+
+    def head(timesteps: list[int]) -> DifFormerHead:
+        shapes = {f"{b}@t{t}": s for t in timesteps for b, s in blocks.items()}
+        torch.manual_seed(0)
+        return DifFormerHead(shapes, timestep_groups(list(shapes)), CLASSES, **TINY).eval()
+
+    def count(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    one, two = head([90]), head([90, 150])
+    assert count(one) - count(one.classifier) == count(two) - count(two.classifier)
+    assert two.classifier.in_features == 2 * TINY["dim"]
+    assert len(two.embed) == len(blocks)  # one embedding per block, shared across timesteps
+    assert two.groups == [["block19@t90", "block24@t90"], ["block19@t150", "block24@t150"]]
+
+    x = {name: torch.randn(3, *blocks[name.split("@")[0]]) for g in two.groups for name in g}
+    cls = [two.encode([x[name] for name in group]) for group in two.groups]
+    torch.testing.assert_close(two(x), two.classifier(torch.cat(cls, dim=1)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="every block at every timestep"):
+        timestep_groups(["block19@t90", "block24@t90", "block19@t150"])
+    assert timestep_groups(["layer3", "layer4"]) == [["layer3", "layer4"]]
+
+
+def test_fit_is_deterministic_given_seed():
+    # float32, as ``CacheEntry.load`` returns (the other tests use the cache's float16).
+    feats, labels = _splits(["block19@t90", "block19@t150"], sizes=(96, 32, 32), dtype=np.float32)
+    cfg = HeadConfig(head="difformer", recipe="adamw", lrs=(1e-3, 3e-3), epochs=2, eval_every=1,
+                     batch_size=32, **TINY)
+    a = fit_head(feats, labels, CLASSES, cfg)
+    b = fit_head(feats, labels, CLASSES, cfg)
+    assert a.grid == b.grid and a.test == b.test and a.best == b.best
+    assert np.array_equal(a.confusion, b.confusion)
+    assert len(a.grid) == 2 * 2 and a.best["weight_decay"] == 0.05
+
+
+def test_paper_recipe_is_sgd_without_momentum_and_step_lr():
+    cfg = HeadConfig()
+    assert (cfg.recipe, cfg.lrs, cfg.epochs, cfg.batch_size, cfg.weight_decay) == (
+        "paper", (5e-2,), 28, 128, 0.0)
+    assert (cfg.dim, cfg.heads, cfg.depth) == (1024, 8, 2) and cfg.checkpoints() == [7, 14, 21, 28]
+    optimizer, scheduler = make_optimizer([nn.Parameter(torch.zeros(1))], cfg, 5e-2)
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.0, 0.0, False)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR)
+    assert (scheduler.step_size, scheduler.gamma) == (7, 0.1)
+    trace = []
+    for _ in range(cfg.epochs):
+        trace.append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(trace, np.repeat([5e-2, 5e-3, 5e-4, 5e-5], 7))
+
+    adamw = HeadConfig(recipe="adamw")
+    optimizer, scheduler = make_optimizer([nn.Parameter(torch.zeros(1))], adamw, 1e-3)
+    assert type(optimizer) is torch.optim.AdamW and adamw.lrs == (1e-4, 3e-4, 1e-3)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    with pytest.raises(ValueError, match="no weight decay"):
+        HeadConfig(weight_decay=1e-4)
+    with pytest.raises(ValueError, match="unknown head"):
+        HeadConfig(head="mlp")
+
+
+def test_cache_bytes_per_image_in_the_papers_setting():
+    # Raw block outputs of the 256x256 unconditional U-Net (paper.md's spatial sizes).
+    raw = {19: (1024, 8, 8), 24: (1024, 16, 16), 30: (512, 64, 64)}
+    assert cache_bytes_per_image({"block24@t90": raw[24]}) == 1024 * 16 * 16 * 2 == 512 * 1024
+    difformer = {f"block{b}@t{t}": raw[b] for b in raw for t in (90, 150, 300)}
+    assert cache_bytes_per_image(difformer) == 3 * (128 + 512 + 256) * 1024 == 2688 * 1024
+
+
+def test_minibatches_span_splits_with_their_labels():
+    """Train+val is read in place, without concatenating the (possibly huge) arrays."""
+    parts = [{"a": np.arange(n * 2, dtype=np.float16).reshape(n, 2, 1, 1) + 100 * k}
+             for k, n in enumerate((5, 3))]
+    data = _Maps(parts, [np.arange(5), np.arange(5, 8)])
+    whole = np.concatenate([p["a"] for p in parts])
+    chunks = [np.array([6, 1, 4]), np.array([7, 0]), np.array([2, 3, 5])]
+    for chunk, (maps, y) in zip(chunks, data.batches(chunks, ["a"], torch.device("cpu"))):
+        assert np.array_equal(y.numpy(), np.sort(chunk))
+        assert maps["a"].dtype == torch.float32
+        assert np.array_equal(maps["a"].numpy(), whole[np.sort(chunk)])

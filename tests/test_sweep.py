@@ -1,0 +1,67 @@
+"""bench sweep on this machine: grid expansion, dry run, resume, failures, profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+from bench.sweep import grid_layers, load_profile, parse_grid
+
+FAST = ["--epochs", "4", "--workers", "0", "--lrs", "1e-2", "--wds", "0"]
+
+
+def test_grid_axes_expand_through_the_layer_template():
+    grid = parse_grid(["block=19,24", "t=90,150", "pool=1,2"])
+    layers = grid_layers("block{block}@t{t}", "diffusion", grid)
+    assert layers == ["block19@t90", "block19@t150", "block24@t90", "block24@t150"]
+    assert grid_layers("block{block}@t{t}", "d", parse_grid(["block=19"])) == ["block19"]
+    assert grid_layers(None, "pixels", parse_grid(["layer=image", "pool=4"])) == ["image"]
+    with pytest.raises(ValueError, match="no sweep axis t"):
+        grid_layers(None, "pixels", parse_grid(["t=90"]))
+    with pytest.raises(ValueError, match="NAME=V1,V2"):
+        parse_grid(["block"])
+
+
+def test_sweep_dry_run_then_run_then_resume(capsys):
+    args = ["sweep", "--backbones", "pixels", "--tasks", "digits", "--grid", "pool=4,8", *FAST]
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "2 cells, 0 already done" in plan and "GB new cache" in plan
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "pixels/digits/image/4/linear" in out and "pixels/digits/image/8/linear" in out
+    assert main([*args, "--dry-run"]) == 0
+    assert "2 cells, 2 already done" in capsys.readouterr().out
+    assert main(args) == 0
+    assert out.count("(reused)") == 0 and capsys.readouterr().out.count("(reused)") == 2
+
+
+def test_a_failing_job_is_reported_and_the_rest_completes(tmp_path, capsys):
+    missing = tmp_path / "no-such-tree"
+    code = main(["sweep", "--backbones", "pixels", "--tasks", f"digits,folder:{missing}",
+                 "--grid", "pool=8", *FAST])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "pixels/digits/image/8/linear" in captured.out
+    assert "FAILED pixels x folder:" in captured.err and str(missing) in captured.err
+
+
+def test_profiles_are_read_and_checked(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("gpu:\n  executor: slurm\n  partition: a100\n  gpus: 1\n  mem_gb: 64\n"
+                        "bad:\n  partiton: x\n")
+    assert load_profile("gpu", str(profiles))["partition"] == "a100"
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_profile("bad", str(profiles))
+    with pytest.raises(ValueError, match="no profile 'cpu'"):
+        load_profile("cpu", str(profiles))
+    from argparse import Namespace
+
+    from bench.sweep import SLURM_FIELDS, executor_params
+
+    ns = Namespace(profile="gpu", profiles=str(profiles), executor=None,
+                   **{k: None for k in SLURM_FIELDS})
+    ns.mem_gb = 32  # a flag overrides the profile
+    params = executor_params(ns)
+    assert ns.executor == "slurm"
+    assert params == {"slurm_partition": "a100", "gpus_per_node": 1, "mem_gb": 32}
