@@ -255,3 +255,19 @@ def test_attention_and_difformer_heads_run_through_the_job(capsys):
     assert runs.loc["attention", "metrics.test_top1"] > 20  # chance is 10; learning: test_heads
     # difformer fuses each pool's layers into one cell: two pools -> two runs
     assert len(runs.loc["difformer"]) == 2
+
+
+def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
+    from bench.cli import main
+    from bench.tracking import find_runs
+
+    assert main(["demo", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    runs = find_runs(["demo"]).set_index("tags.bench.backbone")
+    assert set(runs.index) == {"pixels", "random-unet"}
+    for backbone in ("pixels", "random-unet"):
+        top1 = runs.loc[backbone, "metrics.test_top1"]
+        assert top1 > 80, (backbone, top1)  # chance is 10
+        assert f"{top1:.2f}" in out  # the printed numbers are the logged ones
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert (tmp_path / "results" / "leaderboard.md").exists()
