@@ -1,0 +1,445 @@
+"""The bench backbone around the ADM U-Net: weights, noising, named block features, precision.
+
+Features of an image are block outputs of ONE U-Net pass on a noised copy of it (no denoising
+loop). Layers are named ``block24@t90``: the paper's 1-based block number and the timestep; the
+noise of image ``sample_id`` i in draw k comes from a generator seeded by (noise_seed, i, k) on
+the CPU, so it is the same whatever the batch, the device or the other timesteps asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backbones.adm.diffusion import NoiseSchedule
+from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
+from bench.backbone import MAP, Backbone, FeaturePoint
+from bench.weights import file_sha256, resolve, weights_dir
+
+LICENCE = "MIT (openai/guided-diffusion)"
+BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
+_COMMON = {
+    "attention_resolutions": "32,16,8",
+    "learn_sigma": True,
+    "resblock_updown": True,
+    "use_fp16": True,
+    "use_scale_shift_norm": True,
+}
+# The released checkpoints: preset -> (create_model flags, noise schedule, URL), from the README
+# of openai/guided-diffusion (MODEL_FLAGS).
+RELEASED: dict[str, tuple[dict[str, Any], str, str]] = {
+    "diffusion": (
+        dict(
+            _COMMON,
+            image_size=256,
+            num_channels=256,
+            num_head_channels=64,
+            num_res_blocks=2,
+            class_cond=False,
+        ),
+        "linear",
+        f"{BASE_URL}/256x256_diffusion_uncond.pt",
+    ),
+    "adm-64": (
+        dict(
+            _COMMON,
+            image_size=64,
+            num_channels=192,
+            num_head_channels=64,
+            num_res_blocks=3,
+            class_cond=True,
+            dropout=0.1,
+            use_new_attention_order=True,
+        ),
+        "cosine",
+        f"{BASE_URL}/64x64_diffusion.pt",
+    ),
+    "adm-128": (
+        dict(
+            _COMMON,
+            image_size=128,
+            num_channels=256,
+            num_heads=4,
+            num_res_blocks=2,
+            class_cond=True,
+        ),
+        "linear",
+        f"{BASE_URL}/128x128_diffusion.pt",
+    ),
+    "adm-256": (
+        dict(
+            _COMMON,
+            image_size=256,
+            num_channels=256,
+            num_head_channels=64,
+            num_res_blocks=2,
+            class_cond=True,
+        ),
+        "linear",
+        f"{BASE_URL}/256x256_diffusion.pt",
+    ),
+    "adm-512": (
+        dict(
+            _COMMON,
+            image_size=512,
+            num_channels=256,
+            num_head_channels=64,
+            num_res_blocks=2,
+            class_cond=True,
+            use_fp16=False,
+        ),
+        "linear",
+        f"{BASE_URL}/512x512_diffusion.pt",
+    ),
+}
+# A 256-structured U-Net small enough for CPU tests (37 blocks, 8.1M parameters at 64 px).
+TINY_FLAGS: dict[str, Any] = dict(
+    _COMMON,
+    image_size=64,
+    num_channels=32,
+    num_heads=4,
+    num_head_channels=16,
+    num_res_blocks=2,
+    channel_mult="1,1,2,2,4,4",
+    class_cond=False,
+    use_fp16=False,
+)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_LAYER = re.compile(r"(?:block)?(\d+)|(input_blocks\.\d+|middle_block|output_blocks\.\d+)")
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict that does not fit the flags; the message names the mismatch and the fix."""
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.pt`` (guided-diffusion's format) or ``.safetensors`` state dict, floats upcast to fp32."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise CheckpointMismatchError(f"{path} does not hold a state dict (name -> tensor)")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def meta_unet(flags: Mapping[str, Any]) -> ADMUNet:
+    with torch.device("meta"):  # structure only: no memory, no initialisation
+        return ADMUNet(**flags)
+
+
+def mismatch_message(flags: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into the U-Net of ``flags`` and how to fix it; None if fine."""
+    want, got = _shapes(meta_unet(flags).state_dict()), _shapes(state)
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    shapes = [
+        f"{k}: checkpoint {got[k]} vs flags {want[k]}"
+        for k in want
+        if k in got and got[k] != want[k]
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    for label, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+    hints = []
+    if "time_embed.0.weight" in got:
+        hints.append(f"num_channels={got['time_embed.0.weight'][1]}")
+    hints.append(f"class_cond={'label_emb.weight' in got}")
+    if "out.2.weight" in got:
+        hints.append(f"learn_sigma={got['out.2.weight'][0] == 6}")
+    presets = [
+        name
+        for name, (f, _, _) in RELEASED.items()
+        if _shapes(meta_unet(complete_flags(f)).state_dict()) == got
+    ]
+    fix = (
+        f"the weights look like preset {' or '.join(presets)} (use it, or its flags)"
+        if presets
+        else ("check num_res_blocks, channel_mult, attention_resolutions and image_size")
+    )
+    return (
+        f"checkpoint does not fit flags: {'; '.join(parts)}. From the weights: {', '.join(hints)}; "
+        f"{fix}. (Head count and attention order are not visible in the weights: take them from "
+        "the checkpoint's published MODEL_FLAGS.)"
+    )
+
+
+def load_unet(flags: Mapping[str, Any], path: Path) -> ADMUNet:
+    """The U-Net of ``flags`` holding the weights at ``path``; a clear error if they do not fit."""
+    state = load_state_dict(path)
+    problem = mismatch_message(flags, state)
+    if problem:
+        raise CheckpointMismatchError(f"{path}: {problem}")
+    unet = meta_unet(flags)
+    unet.load_state_dict(state, strict=True, assign=True)
+    return unet
+
+
+def noise_seed_for(noise_seed: int, sample_id: int, draw: int) -> int:
+    """A 63-bit generator seed from (noise_seed, sample_id, draw): no collisions between images."""
+    digest = hashlib.sha256(f"adm-noise/{noise_seed}/{sample_id}/{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class ADMBackbone(Backbone):
+    """Frozen ADM U-Net features: block outputs at chosen timesteps of the forward noising.
+
+    ``precision`` "bf16"/"fp16" runs the U-Net under autocast; "fp32" (default) adds none, so a
+    caller's autocast (bench's ``--precision``) still applies, and on CUDA so does PyTorch's TF32
+    setting for convolutions (on by default: about 1e-3 relative difference to exact fp32). ``channels_last`` is off by default: PyTorch's CUDA GroupNorm
+    works in NCHW, so on an H100 channels_last made block 24 in bf16 slower (226 vs 317 img/s).
+    """
+
+    family = "diffusion"
+
+    def __init__(
+        self,
+        flags: Mapping[str, Any],
+        weights: str | os.PathLike,
+        *,
+        schedule: str = "linear",
+        diffusion_steps: int = 1000,
+        t: int = 90,
+        layers: Sequence[str] = ("output_blocks.4",),
+        pool: str = "2",
+        noise_seed: int = 0,
+        noise_draws: int = 1,
+        class_label: int = 0,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        interpolation: str = "bicubic",
+    ):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        if noise_draws < 1:
+            raise ValueError("noise_draws must be at least 1")
+        if not 0 <= class_label < NUM_CLASSES:
+            raise ValueError(f"class_label must lie in [0, {NUM_CLASSES})")
+        self.flags = complete_flags(flags)
+        self.schedule = NoiseSchedule(schedule, diffusion_steps)
+        self._check_t(t)
+        path = resolve(weights)
+        self.unet = load_unet(self.flags, path)
+        self._digest = file_sha256(path)
+        self.unet.eval().requires_grad_(False)
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.t = t
+        self.noise_seed = noise_seed
+        self.noise_draws = noise_draws
+        self.class_label = class_label
+        self.precision = precision
+        self.channels_last = channels_last
+        self.interpolation = interpolation
+        self.input_size = int(self.flags["image_size"])
+        self._numbers = {name: i for i, name in enumerate(self.unet.block_names(), start=1)}
+        self.default_layers = tuple(self.canonical_layer(layer) for layer in layers)
+        self.default_pool = pool
+
+    # --- bench interface ------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "family": "adm",
+            "flags": self.flags,
+            "schedule": self.schedule.schedule,
+            "diffusion_steps": self.schedule.steps,
+            "t": self.t,
+            "noise_seed": self.noise_seed,
+            "noise_draws": self.noise_draws,
+            "class_label": self.class_label if self.flags["class_cond"] else None,
+            "precision": self.precision,
+            "transform": self.transform_description(),
+        }
+
+    def transform_description(self) -> str:
+        s = self.input_size
+        return (
+            f"resize shorter side to {s} ({self.interpolation}), center crop {s}, scale to [-1, 1]"
+        )
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        from torchvision import transforms as T
+
+        mode = T.InterpolationMode(self.interpolation)
+        return T.Compose(
+            [
+                T.Resize(self.input_size, interpolation=mode),
+                T.CenterCrop(self.input_size),
+                T.ToTensor(),
+                T.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
+            ]
+        )
+
+    def canonical_layer(self, layer: str) -> str:
+        """``block24@t90`` from ``24``, ``block24``, ``output_blocks.4``, each with optional ``@t90``/``@90``."""
+        block, t = self._parse(layer)
+        return f"block{block}@t{t}"
+
+    def feature_points(self) -> list[FeaturePoint]:
+        """Every block at the default timestep; any other ``@tT`` is accepted too."""
+        return [self.feature_point(f"block{n}") for n in range(1, self.unet.num_blocks + 1)]
+
+    def feature_point(self, layer: str) -> FeaturePoint:
+        block, t = self._parse(layer)
+        channels, ds = self.unet.block_shapes[block - 1]
+        side = self.input_size // ds
+        module = self.unet.block_names()[block - 1]
+        return FeaturePoint(
+            f"block{block}@t{t}",
+            MAP,
+            f"{module} at t={t}: {channels}x{side}x{side} (any @tT works)",
+        )
+
+    @torch.no_grad()
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        layers: Sequence[str],
+        sample_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Block outputs of noised ``x`` (images in [-1, 1]), keyed like ``layers``.
+
+        All timesteps go through the U-Net as one batch (B images x T timesteps), stopping after
+        the deepest block asked for; with ``noise_draws`` K the features are averaged over K
+        noises (one such pass per draw). Without ``sample_ids`` image i of the batch counts as i.
+        """
+        parsed = {layer: self._parse(layer) for layer in layers}
+        if not parsed:
+            return {}
+        b = x.shape[0]
+        ids = range(b) if sample_ids is None else sample_ids.tolist()
+        timesteps = sorted({t for _, t in parsed.values()})
+        blocks = sorted({block for block, _ in parsed.values()})
+        t_all = torch.tensor(timesteps, device=x.device).repeat_interleave(b)
+        x_all = x.float().repeat(len(timesteps), 1, 1, 1)
+        total: dict[int, torch.Tensor] = {}
+        for draw in range(self.noise_draws):
+            eps = self.noise(ids, draw, tuple(x.shape[1:])).to(x.device)
+            x_t = self.schedule.q_sample(x_all, t_all, eps.repeat(len(timesteps), 1, 1, 1))
+            out = self.unet_features(x_t, t_all, blocks)
+            for block, value in out.items():
+                total[block] = value.float() + total[block] if block in total else value.float()
+        return {
+            layer: total[block][timesteps.index(t) * b : (timesteps.index(t) + 1) * b]
+            / self.noise_draws
+            for layer, (block, t) in parsed.items()
+        }
+
+    # --- public API -------------------------------------------------------------------------
+    @torch.no_grad()
+    def unet_features(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        blocks: Sequence[int],
+        y: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Raw outputs of paper blocks (1-based) for already-noised ``x_t`` at timesteps ``t``.
+
+        ``t`` is one integer timestep per image (or one for all); ``y`` defaults to
+        ``class_label`` for class-conditional checkpoints. Runs in this backbone's precision.
+        """
+        t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
+        if self.flags["class_cond"] and y is None:
+            y = torch.full((x_t.shape[0],), self.class_label, device=x_t.device, dtype=torch.long)
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        with self._autocast(x_t.device):
+            return self.unet.features(x_t, t, [int(b) for b in blocks], y)
+
+    def noise(self, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Gaussian noise per image, from its own generator: independent of the batch it is in."""
+        return torch.stack(
+            [
+                torch.randn(
+                    shape,
+                    generator=torch.Generator().manual_seed(
+                        noise_seed_for(self.noise_seed, i, draw)
+                    ),
+                )
+                for i in sample_ids
+            ]
+        )
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        return (
+            contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+        )
+
+    def _check_t(self, t: int) -> None:
+        if not 0 <= t < self.schedule.steps:
+            raise ValueError(f"timestep {t} outside [0, {self.schedule.steps})")
+
+    def _parse(self, layer: str) -> tuple[int, int]:
+        base, _, suffix = str(layer).partition("@")
+        match = _LAYER.fullmatch(base.strip())
+        t_match = re.fullmatch(r"t?(\d+)", suffix.strip()) if suffix else None
+        if match is None or (suffix and t_match is None):
+            raise ValueError(
+                f"layer {layer!r}: use a block number or module name, optionally with a timestep: "
+                "'24', 'block24', 'output_blocks.4', 'middle_block', each optionally '@t90' or '@90'"
+            )
+        n = self.unet.num_blocks
+        if match.group(1) is not None:
+            block = int(match.group(1))
+        elif match.group(2) in self._numbers:
+            block = self._numbers[match.group(2)]
+        else:
+            raise ValueError(
+                f"layer {layer!r}: this U-Net has input_blocks.0..{len(self.unet.input_blocks) - 1}, "
+                f"middle_block, output_blocks.0..{len(self.unet.output_blocks) - 1}"
+            )
+        if not 1 <= block <= n:
+            raise ValueError(f"layer {layer!r}: blocks are numbered 1..{n}")
+        t = int(t_match.group(1)) if t_match else self.t
+        self._check_t(t)
+        return block, t
+
+
+def random_weights(flags: Mapping[str, Any], seed: int = 0) -> Path:
+    """A safetensors file of seeded random weights for ``flags`` in the weights cache.
+
+    Lets tests and demos run offline through the same loading path as a real checkpoint.
+    """
+    flags = complete_flags(flags)
+    key = hashlib.sha256(json.dumps({"flags": flags, "seed": seed}, sort_keys=True).encode())
+    path = weights_dir() / f"adm-random-{key.hexdigest()[:16]}.safetensors"
+    if not path.is_file():
+        from safetensors.torch import save_file
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = ADMUNet(**flags)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        save_file(unet.state_dict(), str(partial))
+        os.replace(partial, path)
+    return path
