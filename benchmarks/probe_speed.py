@@ -34,7 +34,7 @@ def digits_features() -> tuple[dict, dict, int]:
 def synthetic_features(n: int, dim: int, classes: int, seed: int = 0) -> tuple[dict, dict, int]:
     """Gaussian classes in `dim` dimensions: a realistic size for a mid-sized fine-grained task."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, dim)).astype(np.float32) * 0.3
+    centres = rng.normal(size=(classes, dim)).astype(np.float32) * 0.1
     feats, labels = {}, {}
     for split, count in (("train", n), ("val", n // 5), ("test", n // 2)):
         y = rng.integers(0, classes, count)
