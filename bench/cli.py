@@ -146,6 +146,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     suites = [s for a in args.suite for s in _csv(a)] or ["bench"]
     cells, table = leaderboard.build(suites, args.metric)
+    if args.paper:
+        table = leaderboard.with_paper(table)
     paths = leaderboard.write(table, cells, results_dir(), f"bench leaderboard: {', '.join(suites)}"
                               f" ({args.metric}, best validation protocol per cell)")
     print(table.to_markdown() if not table.empty else "no finished runs yet")
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--metric", default="test_top1",
                        choices=["test_top1", "test_top5", "test_mean_per_class"])
     board.add_argument("--no-log", action="store_true", help="do not log the table to MLflow")
+    board.add_argument("--paper", action="store_true",
+                       help="add the paper's reported numbers for these tasks as 'paper:' rows")
     board.set_defaults(func=cmd_leaderboard)
 
     demo = sub.add_parser("demo", help="offline end-to-end run: two controls on digits (minutes, CPU)")

@@ -40,6 +40,28 @@ def pivot(cells: Any, metric: str = "test_top1") -> Any:
     return table.round(2)
 
 
+def with_paper(table: Any) -> Any:
+    """The table plus rows 'paper: METHOD' with the paper's reported numbers for its tasks."""
+    import pandas as pd
+
+    from bench.figures import PAPER_DIR
+
+    frames = []
+    if (PAPER_DIR / "finegrained.csv").exists():
+        frames.append(pd.read_csv(PAPER_DIR / "finegrained.csv"))
+    if (PAPER_DIR / "imagenet_headline.csv").exists():
+        frames.append(pd.read_csv(PAPER_DIR / "imagenet_headline.csv").assign(task="imagenet"))
+    if not frames or table.empty:
+        return table
+    paper = pd.concat(frames)
+    paper = paper[paper["task"].isin(table.columns)]
+    if paper.empty:
+        return table
+    rows = paper.pivot_table(index="method", columns="task", values="acc", aggfunc="first")
+    rows.index = [f"paper: {m}" for m in rows.index]
+    return pd.concat([table, rows.reindex(columns=table.columns)])
+
+
 def build(experiments: list[str], metric: str = "test_top1") -> tuple[Any, Any]:
     from bench.tracking import find_runs
 
@@ -58,8 +80,9 @@ def write(table: Any, cells: Any, out_dir: Path, title: str) -> dict[str, Path]:
     return paths
 
 
-def log_to_mlflow(experiment_id: str, table: Any, cells: Any, paths: dict[str, Path]) -> str:
-    """Log (or refresh) the experiment's leaderboard run; returns its run id."""
+def log_to_mlflow(experiment_id: str, table: Any, cells: Any, paths: dict[str, Path],
+                  figures: dict[str, Path] | None = None) -> str:
+    """Log (or refresh) the experiment's leaderboard run (table, files, figures); its run id."""
     from bench.tracking import _client
 
     client = _client()
@@ -71,9 +94,20 @@ def log_to_mlflow(experiment_id: str, table: Any, cells: Any, paths: dict[str, P
         run_id = client.create_run(experiment_id, run_name="leaderboard",
                                    tags={"bench.kind": "leaderboard"}).info.run_id
     flat = table.reset_index() if not table.empty else cells
-    client.log_table(run_id, data=flat, artifact_file="leaderboard.json")
-    client.log_table(run_id, data=cells, artifact_file="leaderboard_runs.json")
+    for name, data in (("leaderboard.json", flat), ("leaderboard_runs.json", cells)):
+        if not found:
+            client.log_table(run_id, data=data, artifact_file=name)
+            continue
+        # log_table appends rows to an existing table: a refresh overwrites the file instead
+        # (same format as log_table's, so the UI still shows it as a table)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data.to_json(Path(tmp) / name, orient="split", index=False, date_format="iso")
+            client.log_artifact(run_id, str(Path(tmp) / name))
     for path in paths.values():
         client.log_artifact(run_id, str(path))
+    for path in (figures or {}).values():
+        client.log_artifact(run_id, str(path), "figures")
     client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -193,10 +193,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     failures = execute(plan, args, params)
     cells, table = leaderboard.build([args.suite])
+    table = leaderboard.with_paper(table)
     paths = leaderboard.write(table, cells, results_dir(), f"bench sweep: {args.suite}")
+    figures = write_figures(args.suite)
     if not table.empty:
-        leaderboard.log_to_mlflow(experiment_id, table, cells, paths)
+        leaderboard.log_to_mlflow(experiment_id, table, cells, paths, figures)
         print("\n" + table.to_markdown())
+    for path in figures.values():
+        print(f"figure: {path}")
     print(f"\nleaderboard: {paths['md']}; MLflow: {tracking_uri()} (experiment {args.suite})")
     for job, error, log in failures:
         print(f"FAILED {job.backbone} x {job.task} head={job.head}: {error}\n  log: {log}",
@@ -204,11 +208,31 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def write_figures(suite: str) -> dict[str, Path]:
+    """The paper's ablation plots for this suite's block x timestep x pool runs, as PNG files."""
+    from bench.cache import results_dir
+    from bench.figures import ablation_figures
+    from bench.tracking import find_runs
+
+    folder = results_dir() / "figures"
+    paths = {}
+    for name, png in ablation_figures(find_runs([suite])).items():
+        folder.mkdir(parents=True, exist_ok=True)
+        paths[name] = folder / name
+        paths[name].write_bytes(png)
+    return paths
+
+
 def execute(plan: SweepPlan, args: argparse.Namespace, params: dict[str, Any]) -> list[tuple]:
-    """Run every job, retrying failures; returns (job, error, log path) of those that failed."""
+    """Run every job, retrying failures; returns (job, error, log path) of those that failed.
+
+    Jobs whose cells all have a finished run are not run (or submitted) again: their results
+    are printed as reused, so a rerun of a finished sweep puts nothing in the SLURM queue.
+    """
+    todo = _unfinished_jobs(plan, args.force)
     if args.executor == "local":
         failures = []
-        for job in plan.jobs:
+        for job in (plan.jobs[i] for i in todo):
             try:
                 _print_results(job, job())
             except Exception as e:  # one failing cell must not stop the sweep
@@ -218,7 +242,7 @@ def execute(plan: SweepPlan, args: argparse.Namespace, params: dict[str, Any]) -
 
     folder = Path(args.job_dir or Path(os.environ.get("BENCH_RESULTS", "results")) / "jobs")
     executor = submitit_executor(args.executor, folder.resolve(), **params)
-    pending = set(range(len(plan.jobs)))
+    pending = set(todo)
     tries = {i: 0 for i in pending}
     running: dict[int, Any] = {}
     failures: list[tuple] = []
@@ -241,15 +265,50 @@ def execute(plan: SweepPlan, args: argparse.Namespace, params: dict[str, Any]) -
             tries[i] += 1
             if tries[i] <= args.retries:
                 print(f"retrying {plan.jobs[i].backbone} x {plan.jobs[i].task} "
-                      f"({tries[i]}/{args.retries}): {str(error).strip().splitlines()[-1][:200]}")
+                      f"({tries[i]}/{args.retries}): {_error_summary(error)[:200]}")
                 pending.add(i)
             else:
-                failures.append((plan.jobs[i], str(error).strip().splitlines()[-1][:300],
+                failures.append((plan.jobs[i], _error_summary(error)[:300],
                                  str(handle.paths.stderr)))
         _print_states(plan, states)
         if running:
             time.sleep(args.poll)
     return failures
+
+
+def _unfinished_jobs(plan: SweepPlan, force: bool) -> list[int]:
+    """Indices of the jobs with a cell still to compute; the others' results are printed."""
+    if force or not plan.jobs:
+        return list(range(len(plan.jobs)))
+    from bench.tracking import finished_cells
+
+    done = finished_cells(plan.jobs[0].experiment_id, [c for *_, c in plan.cells()])
+    todo = []
+    for i, job in enumerate(plan.jobs):
+        ids = [job.cell_id(layer, pool) for layer, pool, _ in job.probe_cells()]
+        if all(c in done for c in ids):
+            _print_results(job, [done[c] for c in ids])
+        else:
+            todo.append(i)
+    if len(todo) < len(plan.jobs):
+        print(f"{len(plan.jobs) - len(todo)} of {len(plan.jobs)} jobs already done "
+              "(finished MLflow runs): not run again; --force recomputes", flush=True)
+    return todo
+
+
+def _error_summary(error: BaseException) -> str:
+    """The job's own exception line(s), out of submitit's FailedJobError text (traceback, then
+    "You can check full logs ... at paths:" and the log paths), or the error's last line."""
+    lines = str(error).strip().splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith("You can check full logs"):
+            trace = [t for t in lines[:k] if t.strip() and set(t.strip()) != {"-"}]
+            code = [j for j, t in enumerate(trace) if t[:1].isspace()]  # traceback frames
+            exception = trace[code[-1] + 1:] if code else trace[-1:]
+            if exception:
+                return " ".join(t.strip() for t in exception)
+            break
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def _submit(executor, jobs: list[Any], extract_array: int) -> list[Any]:

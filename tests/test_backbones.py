@@ -373,3 +373,21 @@ def test_bigbigan_runs_the_module_signature(weights, digits):
     direct = module.signatures["encode"](x=tf.constant(x.permute(0, 2, 3, 1).numpy()))
     for name in ("avepool_feat", "bn_crelu_feat"):
         assert torch.allclose(out[name], torch.from_numpy(direct[name].numpy()))
+
+
+@pytest.mark.parametrize("preset", ["mae-tiny", "clip-tiny", "simclr-tiny", "bigbigan-tiny",
+                                    "dinov2-tiny", "resnet50-tiny", "diffusion-tiny"])
+def test_bench_run_works_offline_for_every_family(preset):
+    """Issue 5/3: `bench run --backbone B --task digits` end to end with the test-sized preset."""
+    if preset == "bigbigan-tiny":
+        pytest.importorskip("tensorflow", reason="BigBiGAN runs in TensorFlow: pip install "
+                            "'bench[bigbigan]' (CI installs it)")
+    from bench.cli import main
+    from bench.tracking import find_runs
+
+    assert main(["run", "--backbone", preset, "--task", "digits", "--task-arg", "limit=40",
+                 "--workers", "0", "--epochs", "2", "--lrs", "1e-2", "--wds", "0",
+                 "--no-progress"]) == 0
+    [run] = find_runs(["bench"]).to_dict("records")
+    assert run["tags.bench.backbone"] == preset and 0 <= run["metrics.test_top1"] <= 100
+    assert len(run["tags.bench.weights_sha256"]) == 64

@@ -65,3 +65,38 @@ def test_profiles_are_read_and_checked(tmp_path):
     params = executor_params(ns)
     assert ns.executor == "slurm"
     assert params == {"slurm_partition": "a100", "gpus_per_node": 1, "mem_gb": 32}
+
+
+def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):
+    """block x t x pool on the tiny ADM: one job, eight cells, figures logged to MLflow."""
+    import mlflow
+
+    args = ["sweep", "--backbones", "diffusion-tiny", "--tasks", "digits", "--task-arg", "limit=60",
+            "--grid", "block=19,24", "t=90,300", "pool=1,2", *FAST]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for layer in ("block19@t90", "block19@t300", "block24@t90", "block24@t300"):
+        assert f"diffusion-tiny/digits/{layer}/2/linear" in out
+    figures = tmp_path / "results" / "figures"
+    assert {p.name for p in figures.glob("*.png")} == {
+        "diffusion-tiny_digits_vs_t.png", "diffusion-tiny_digits_vs_pool.png"}
+    assert all(p.stat().st_size > 10_000 for p in figures.glob("*.png"))
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("bench")
+    [board] = client.search_runs([experiment.experiment_id], "tags.`bench.kind` = 'leaderboard'")
+    logged = {a.path for a in client.list_artifacts(board.info.run_id, "figures")}
+    assert logged == {"figures/diffusion-tiny_digits_vs_t.png",
+                      "figures/diffusion-tiny_digits_vs_pool.png"}
+
+
+def test_paper_rows_sit_beside_ours():
+    import pandas as pd
+
+    from bench.leaderboard import with_paper
+
+    ours = pd.DataFrame({"cub": [40.0], "digits": [95.0]}, index=["diffusion"])
+    table = with_paper(ours)
+    assert table.loc["paper: GD linear (v1)", "cub"] == 31.57
+    assert table.loc["paper: DifFormer", "cub"] == 72.4
+    assert pd.isna(table.loc["paper: GD linear (v1)", "digits"])
+    assert "paper: GD linear (v1)" not in with_paper(ours[["digits"]]).index
