@@ -25,11 +25,10 @@ from backbones.supervised import (
     block_numbers,
     block_points,
     frozen,
-    random_weights_file,
 )
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, offline, resolve
+from bench.weights import WeightsError, file_sha256, offline, random_weights_file, resolve
 
 TINY = {
     "embed_dim": 16,

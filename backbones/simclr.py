@@ -31,12 +31,11 @@ from backbones.supervised import (
     RANDOM_LICENCE,
     ResNetBackbone,
     load_state_dict_file,
-    random_weights_file,
     resize_crop,
     resnet50_net,
 )
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, resolve
+from bench.weights import WeightsError, file_sha256, random_weights_file, resolve
 
 HUB = "https://huggingface.co/lightly-ai/simclrv1-imagenet1k-resnet50-{w}x/resolve/main/resnet50-{w}x.pth"
 NORMALISED_FORMATS = {"simclr-converter": False, "vissl": True}

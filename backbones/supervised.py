@@ -9,10 +9,7 @@ tests exercise the same loading code as real weights and the digest is always th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from torch import nn
 
 from bench.backbone import MAP, TOKENS, VECTOR, Backbone, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, offline, resolve, weights_dir
+from bench.weights import WeightsError, file_sha256, offline, random_weights_file, resolve
 
 RANDOM_LICENCE = "none (random weights)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,30 +59,6 @@ class FrozenBackbone(Backbone):
 def frozen(module: nn.Module) -> nn.Module:
     """Inference mode for good: eval statistics, no gradients."""
     return module.eval().requires_grad_(False)
-
-
-def random_weights_file(key: dict[str, Any], seed: int, build: Callable[[], nn.Module]) -> Path:
-    """Seeded random weights of a real architecture, saved once (safetensors) in the weights dir.
-
-    Test-sized presets load this file through the same path as downloaded weights. safetensors is
-    byte-deterministic (torch.save is not), so the digest is the same on every machine.
-    """
-    from safetensors.torch import save_file
-
-    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = weights_dir() / f"random-{key['family']}-{tag}-seed{seed}.safetensors"
-    if path.is_file():
-        return path
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = build()
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as tmp:
-        pass
-    save_file(state, tmp.name, metadata={"format": "pt", "seed": str(seed)})
-    os.replace(tmp.name, path)  # atomic: concurrent jobs may race to write the same bytes
-    return path
 
 
 def hub_file(repo_id: str, filenames: Sequence[str]) -> Path:

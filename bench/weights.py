@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class WeightsError(RuntimeError):
@@ -130,3 +133,30 @@ def file_digests(path: str | os.PathLike, chunk: int = 1 << 22) -> dict[str, str
             for h in hashes.values():
                 h.update(block)
     return {kind: h.hexdigest() for kind, h in hashes.items()}
+
+
+def random_weights_file(key: dict[str, Any], seed: int, build: Callable[[], Any]) -> Path:
+    """Seeded random weights of a real architecture, saved once (safetensors) in the weights dir.
+
+    Test-sized presets load this file through the same path as downloaded weights. safetensors is
+    byte-deterministic (torch.save is not), so the digest is the same on every machine.
+    """
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = weights_dir() / f"random-{key['family']}-{tag}-seed{seed}.safetensors"
+    if path.is_file():
+        return path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build()
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as tmp:
+        pass
+    save_file(state, tmp.name, metadata={"format": "pt", "seed": str(seed)})
+    os.replace(tmp.name, path)  # atomic: concurrent jobs may race to write the same bytes
+    return path

@@ -220,7 +220,7 @@ def test_real_preset_offline_without_cache_is_a_clear_error():
 
 def test_tiny_preset_saves_and_reloads_random_weights():
     a = bench.create_backbone("diffusion-tiny")
-    files = list(Path(os.environ["BENCH_WEIGHTS"]).glob("adm-random-*.safetensors"))
+    files = list(Path(os.environ["BENCH_WEIGHTS"]).glob("random-adm-*.safetensors"))
     assert len(files) == 1
     assert a.weights_digest() == file_sha256(files[0])
     b = bench.create_backbone("diffusion-tiny", t=150)

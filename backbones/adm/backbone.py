@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +21,7 @@ import torch
 from backbones.adm.diffusion import NoiseSchedule
 from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
-from bench.weights import file_sha256, resolve, weights_dir
+from bench.weights import file_sha256, random_weights_file, resolve
 
 LICENCE = "MIT (openai/guided-diffusion)"
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
@@ -430,16 +429,4 @@ def random_weights(flags: Mapping[str, Any], seed: int = 0) -> Path:
     Lets tests and demos run offline through the same loading path as a real checkpoint.
     """
     flags = complete_flags(flags)
-    key = hashlib.sha256(json.dumps({"flags": flags, "seed": seed}, sort_keys=True).encode())
-    path = weights_dir() / f"adm-random-{key.hexdigest()[:16]}.safetensors"
-    if not path.is_file():
-        from safetensors.torch import save_file
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            unet = ADMUNet(**flags)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        save_file(unet.state_dict(), str(partial))
-        os.replace(partial, path)
-    return path
+    return random_weights_file({"family": "adm", "flags": flags}, seed, lambda: ADMUNet(**flags))
