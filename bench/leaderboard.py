@@ -59,7 +59,9 @@ def with_paper(table: Any) -> Any:
         return table
     rows = paper.pivot_table(index="method", columns="task", values="acc", aggfunc="first")
     rows.index = [f"paper: {m}" for m in rows.index]
-    return pd.concat([table, rows.reindex(columns=table.columns)])
+    out = pd.concat([table, rows.reindex(columns=table.columns)])
+    out.index.name = table.index.name
+    return out
 
 
 def build(experiments: list[str], metric: str = "test_top1") -> tuple[Any, Any]:

@@ -340,14 +340,24 @@ def _submit(executor, jobs: list[Any], extract_array: int) -> list[Any]:
 
 
 def _state(handle) -> str:
-    try:
-        raw = handle.state
-    except Exception:  # sacct unavailable: submitit may raise or say UNKNOWN
-        raw = "UNKNOWN"
     if handle.done():
         return "failed" if handle.exception() is not None else "done"
+    try:
+        raw = handle.state
+    except Exception:  # noqa: BLE001  (sacct unavailable: submitit may raise)
+        raw = "UNKNOWN"
+    if raw == "UNKNOWN" and getattr(handle, "job_id", None):  # no accounting: ask squeue
+        import subprocess
+
+        try:
+            raw = subprocess.run(["squeue", "-h", "-j", str(handle.job_id), "-o", "%T"],
+                                 capture_output=True, text=True, timeout=10,
+                                 check=False).stdout.split("\n")[0].strip() or "UNKNOWN"
+        except (OSError, subprocess.SubprocessError):
+            pass
     return {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending",
-            "COMPLETING": "running"}.get(raw, "running" if raw == "UNKNOWN" else raw.lower())
+            "CONFIGURING": "pending", "COMPLETING": "running"}.get(
+        raw, "running" if raw == "UNKNOWN" else raw.lower())
 
 
 _last_table: list[str] = []
