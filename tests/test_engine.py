@@ -271,3 +271,17 @@ def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
         assert f"{top1:.2f}" in out  # the printed numbers are the logged ones
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     assert (tmp_path / "results" / "leaderboard.md").exists()
+
+
+def test_extraction_array_tasks_split_the_shards_and_the_probe_reuses_them(tmp_path):
+    from bench.jobs import BenchJob, ExtractJob
+
+    spec = dict(backbone="pixels", task="digits", backbone_args={"size": 8}, workers=0,
+                shard_size=256, cache_dir=str(tmp_path / "cache"), progress=False)
+    first = ExtractJob(**spec, array_index=0, array_size=2)()
+    second = ExtractJob(**spec, array_index=1, array_size=2)()
+    assert first["train"]["shards_written"] == 3 and second["train"]["shards_written"] == 3
+    assert first["train"]["images"] + second["train"]["images"] == 1295
+    assert ExtractJob(**spec)()["train"]["shards_written"] == 0  # all there: nothing to do
+    [result] = BenchJob(**spec, probe={"epochs": 4})()
+    assert result["test_top1"] > 80

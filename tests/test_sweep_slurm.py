@@ -263,3 +263,26 @@ def test_failing_job_is_retried_reported_with_its_log_and_the_rest_completes(
     assert run["metrics"]["test_top1"] > 50
     assert "pixels/digits/image/16/linear: test_top1" in captured.out
     assert re.search(r"\| pixels +\| +\d+\.\d+ \|", captured.out), captured.out
+
+
+@pytest.mark.slurm
+@pytest.mark.server
+def test_extraction_array_then_dependent_probe_job(server, job_dir, tmp_path, capsys):
+    """--extract-array 2: two extraction tasks split the shards, the probe job waits (afterok)."""
+    suite = _suite("extract-array")
+    cache = tmp_path / "cache"
+    code = main(["sweep", "--backbones", "pixels", "--tasks", "digits", "--suite", suite,
+                 "--job-dir", str(job_dir), "--extract-array", "2", "--shard-size", "256",
+                 "--cache-dir", str(cache), *SLURM, *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    scripts = sorted(job_dir.glob("*_submission.sh"))
+    assert len(scripts) == 2  # the extraction array, then the probe job
+    texts = [s.read_text() for s in scripts]
+    assert any("#SBATCH --array=0-1" in t for t in texts), texts
+    dependent = [t for t in texts if "--dependency=afterok:" in t]
+    assert len(dependent) == 1 and "--array" not in dependent[0]
+    shards = sorted(p.name for p in cache.glob("*/*/shard-*.npy"))
+    assert len(shards) == 6 + 1 + 2  # train, val, test at 256 images a shard
+    [run] = _runs(server, suite)
+    assert run["status"] == "FINISHED" and run["metrics"]["test_top1"] > 80
