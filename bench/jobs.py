@@ -183,13 +183,14 @@ class BenchJob(FeatureJob):
         feats: dict[str, Any] = {}
         labels: dict[str, Any] = {}
         for split, split_entries in entries.items():
-            loaded = [e.load(dtype=None if maps else "float32") for e in split_entries]
+            loaded = [e.load(dtype=None) for e in split_entries]  # stored fp16: half the memory
             keep = loaded[0][2]
-            labels[split] = loaded[0][1][keep]
+            kept = (lambda a: a) if keep.all() else (lambda a: a[keep])  # no copy when all kept
+            labels[split] = kept(loaded[0][1])
             if maps:
-                feats[split] = {layer: x[keep] for (layer, _), (x, _, _) in zip(requests, loaded)}
+                feats[split] = {layer: kept(x) for (layer, _), (x, _, _) in zip(requests, loaded)}
             else:
-                feats[split] = loaded[0][0][keep]
+                feats[split] = kept(loaded[0][0])
         fit = fit_head if maps else fit_probe
         return fit(feats, labels, task.num_classes, cfg, task.headline_metric, device=device,
                    progress=self.progress)

@@ -285,3 +285,16 @@ def test_extraction_array_tasks_split_the_shards_and_the_probe_reuses_them(tmp_p
     assert ExtractJob(**spec)()["train"]["shards_written"] == 0  # all there: nothing to do
     [result] = BenchJob(**spec, probe={"epochs": 4})()
     assert result["test_top1"] > 80
+
+
+def test_cache_cli_lists_and_removes_entries(capsys):
+    from bench.cli import main
+
+    _, entry = _extract()
+    assert main(["cache", "ls"]) == 0
+    listing = capsys.readouterr().out
+    assert entry.key[:12] in listing and "digits/train" in listing and "complete" in listing
+    assert main(["cache", "rm", "ffffffffffff"]) == 1  # nothing matches: says so, exit 1
+    assert main(["cache", "rm", entry.key[:12]]) == 0
+    assert not entry.path.exists()
+    assert f"removed {entry.key[:12]}" in capsys.readouterr().out
