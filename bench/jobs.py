@@ -159,6 +159,7 @@ class BenchJob(FeatureJob):
         done = {} if self.force else finished_cells(experiment_id, ids)
         if len(done) == len(ids):
             return [done[i] for i in ids]
+        job_started = time.time()  # the first cell's run covers the extraction too
         backbone, task, requests, device, precision, reports = self.extract_all()
         skipped = [s for r in reports.values() for s in r.skipped]
         results = []
@@ -171,7 +172,8 @@ class BenchJob(FeatureJob):
             started = time.time()
             result = self._fit(cfg, chosen, entries, task, device)
             results.append(self._log(backbone, task, chosen, precision, cfg, result, entries,
-                                     skipped, time.time() - started, experiment_id, cell))
+                                     skipped, started, experiment_id, cell,
+                                     job_started if not results else started))
         return results
 
     def _fit(self, cfg, requests, entries, task, device):
@@ -185,25 +187,25 @@ class BenchJob(FeatureJob):
         for split, split_entries in entries.items():
             loaded = [e.load(dtype=None) for e in split_entries]  # stored fp16: half the memory
             keep = loaded[0][2]
-            kept = (lambda a: a) if keep.all() else (lambda a: a[keep])  # no copy when all kept
-            labels[split] = kept(loaded[0][1])
+            labels[split] = _kept(loaded[0][1], keep)
             if maps:
-                feats[split] = {layer: kept(x) for (layer, _), (x, _, _) in zip(requests, loaded)}
+                feats[split] = {layer: _kept(x, keep)
+                                for (layer, _), (x, _, _) in zip(requests, loaded)}
             else:
-                feats[split] = kept(loaded[0][0])
+                feats[split] = _kept(loaded[0][0], keep)
         fit = fit_head if maps else fit_probe
         return fit(feats, labels, task.num_classes, cfg, task.headline_metric, device=device,
                    progress=self.progress)
 
-    def _log(self, backbone, task, requests, precision, cfg, result, entries, skipped, seconds,
-             experiment_id, cell) -> dict[str, Any]:
+    def _log(self, backbone, task, requests, precision, cfg, result, entries, skipped,
+             probe_started, experiment_id, cell, run_started) -> dict[str, Any]:
         from bench.tracking import log_run
 
         layer = "+".join(layer for layer, _ in requests)
         pool = requests[0][1]
         metrics = {f"test_{k}": v for k, v in result.test.items()}
         metrics |= {f"val_{k}": v for k, v in result.val.items()}
-        metrics["probe_seconds"] = seconds
+        metrics["probe_seconds"] = time.time() - probe_started
         params = {
             "backbone": self.backbone, "task": self.task, "layer": layer, "pool": pool,
             "head": self.head, "precision": precision, "seed": self.seed,
@@ -232,9 +234,14 @@ class BenchJob(FeatureJob):
             "grid.csv": _grid_csv(result.grid).encode(),
             "confusion_matrix.png": _confusion_png(result.confusion, run_name),
         }
-        run_id = log_run(experiment_id, run_name, params, metrics, tags, artifacts)
+        run_id = log_run(experiment_id, run_name, params, metrics, tags, artifacts, run_started)
         return {"run_id": run_id, "run_name": run_name, "layer": layer, "pool": pool, **metrics,
                 "best": result.best, "skipped": len(skipped)}
+
+
+def _kept(array: Any, keep: Any) -> Any:
+    """Rows not skipped as corrupt; no copy when none was."""
+    return array if keep.all() else array[keep]
 
 
 def _per_class_csv(task, result) -> str:

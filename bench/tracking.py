@@ -94,19 +94,24 @@ def log_run(
     metrics: dict[str, float],
     tags: dict[str, str],
     artifacts: dict[str, bytes],
+    started: float | None = None,
 ) -> str:
-    """Log one finished run; returns its id. Artifacts are (file name -> content)."""
+    """Log one finished run; returns its id. Artifacts are (file name -> content).
+
+    The run is created once its result exists (a crashed job leaves no half-logged run), with
+    ``started`` (epoch seconds) as its start time so the UI shows how long the cell took.
+    """
     import tempfile
+    import time
 
     client = _client()
     run = client.create_run(experiment_id, run_name=run_name,
+                            start_time=int((started or time.time()) * 1000),
                             tags={"bench.schema": RESULT_SCHEMA, "bench.version": code_version(),
                                   **tags})
     from mlflow.entities import Metric, Param, RunTag
 
     flat = flatten("", params, {})
-    import time
-
     now = int(time.time() * 1000)
     client.log_batch(
         run.info.run_id,

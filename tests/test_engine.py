@@ -298,3 +298,26 @@ def test_cache_cli_lists_and_removes_entries(capsys):
     assert main(["cache", "rm", entry.key[:12]]) == 0
     assert not entry.path.exists()
     assert f"removed {entry.key[:12]}" in capsys.readouterr().out
+
+
+def test_skip_corrupt_run_leaves_the_image_out_and_records_it(tmp_path, capsys):
+    from PIL import Image
+
+    from bench.cli import main
+    from bench.tracking import find_runs
+
+    tree = tmp_path / "tree"
+    for c in range(3):
+        (tree / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (8, 8), color=(80 * c, 40, 10 * i)).save(tree / f"class{c}/{i}.png")
+    bad = tree / "class1" / "5.png"
+    bad.write_bytes(bad.read_bytes()[:20])  # truncated file
+    run = ["run", "--backbone", "pixels", "--task", f"folder:{tree}", "--workers", "0",
+           "--backbone-arg", "size=4", "--epochs", "4", "--no-progress"]
+    assert main(run) == 2
+    assert "class1/5.png" in capsys.readouterr().err
+    assert main([*run, "--skip-corrupt"]) == 0
+    [logged] = find_runs(["bench"]).to_dict("records")
+    assert logged["tags.bench.skipped_count"] == "1"
+    assert "class1/5.png" in logged["tags.bench.skipped"]
