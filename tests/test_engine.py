@@ -321,3 +321,19 @@ def test_skip_corrupt_run_leaves_the_image_out_and_records_it(tmp_path, capsys):
     [logged] = find_runs(["bench"]).to_dict("records")
     assert logged["tags.bench.skipped_count"] == "1"
     assert "class1/5.png" in logged["tags.bench.skipped"]
+
+
+def test_list_shows_every_family_with_description_and_licence(capsys):
+    from bench.cli import main
+
+    assert main(["list", "backbones"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    expected = {"diffusion": "MIT", "bigbigan": "Apache-2.0", "simclr": "Apache-2.0",
+                "mae": "CC-BY-NC", "clip": "MIT", "resnet50-supervised": "BSD-3-Clause",
+                "dinov2": "Apache-2.0", "pixels": "none", "random-unet": "none"}
+    for name, licence in expected.items():
+        assert f"[weights licence: {licence}" in lines[name], lines[name]
+        assert len(lines[name].split("[weights licence")[0].split(None, 1)[1]) > 20
+    assert main(["list", "tasks", "c*"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["cars", "cifar10", "cifar100", "cub"]
