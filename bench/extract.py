@@ -20,6 +20,7 @@ from bench.cache import CacheEntry, FeatureCache
 from bench.task import DatasetError, Split
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+STORAGE_DTYPE = "float16"  # of cached features (part of the cache format: see bench.cache)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -113,7 +114,6 @@ def extract(
     batch_size: int = 64,
     workers: int = 0,
     shard_size: int = 4096,
-    storage_dtype: str = "float16",
     skip_corrupt: bool = False,
     array_index: int = 0,
     array_size: int = 1,
@@ -158,12 +158,19 @@ def extract(
     buffers: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in requests}
     shard_skips: list[int] = []
     current = mine[0]
-    dtype = np.dtype(storage_dtype)
+    dtype = np.dtype(STORAGE_DTYPE)
 
     def flush(shard: int) -> None:
         for req, entry in entries.items():
             if not entry.shard_path(shard).exists():
-                entry.write_shard(shard, np.concatenate(buffers[req]).astype(dtype), shard_skips)
+                features = np.concatenate(buffers[req])
+                stored = features.astype(dtype)
+                if not np.isfinite(stored).all():
+                    raise FloatingPointError(
+                        f"features of {req} are not finite in {STORAGE_DTYPE} (max |x| "
+                        f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
+                        "precision or is NaN: check the weights and inputs")
+                entry.write_shard(shard, stored, shard_skips)
             buffers[req] = []
         report.shards_written += 1
 

@@ -337,3 +337,13 @@ def test_list_shows_every_family_with_description_and_licence(capsys):
     assert main(["list", "tasks", "c*"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == ["cars", "cifar10", "cifar100", "cub"]
+
+
+def test_features_that_overflow_the_cache_precision_are_refused(tmp_path):
+    backbone = bench.create_backbone("pixels", size=4)
+    backbone.forward_features = lambda x, layers, ids=None: {"image": x * 1e6}
+    task = bench.create_task("digits", limit=8)
+    with pytest.raises(FloatingPointError, match="not finite in float16"):
+        extract(backbone, task.split("train"), [("image", "4")], FeatureCache(tmp_path / "c"),
+                task.config, device=CPU, progress=False)
+    assert not list((tmp_path / "c").glob("*/*/shard-*.npy"))  # nothing half-good is cached
