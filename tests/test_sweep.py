@@ -100,3 +100,15 @@ def test_paper_rows_sit_beside_ours():
     assert table.loc["paper: DifFormer", "cub"] == 72.4
     assert pd.isna(table.loc["paper: GD linear (v1)", "digits"])
     assert "paper: GD linear (v1)" not in with_paper(ours[["digits"]]).index
+
+
+def test_run_through_submitits_local_executor(capsys, tmp_path):
+    """The job boundary: the same BenchJob pickled into a subprocess by submitit."""
+    from bench.tracking import find_runs
+
+    assert main(["run", "--backbone", "pixels", "--task", "digits", "--executor",
+                 "submitit-local", "--backbone-arg", "size=8", *FAST, "--no-progress"]) == 0
+    assert "pixels/digits/image/8/linear: test_top1" in capsys.readouterr().out
+    [run] = find_runs(["bench"]).to_dict("records")
+    assert run["metrics.test_top1"] > 80
+    assert list((tmp_path / "results" / "jobs").glob("*_result.pkl"))  # it ran out of process
