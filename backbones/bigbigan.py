@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones.supervised import RANDOM_LICENCE, FrozenBackbone, resize_crop
+from backbones._shared import FrozenBackbone, RANDOM_LICENCE, resize_crop
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.weights import WeightsError, download, file_sha256, offline, weights_dir

@@ -19,13 +19,7 @@ from typing import Any
 
 import torch
 
-from backbones.supervised import (
-    RANDOM_LICENCE,
-    FrozenBackbone,
-    block_numbers,
-    block_points,
-    frozen,
-)
+from backbones._shared import FrozenBackbone, RANDOM_LICENCE, block_numbers, block_points, frozen
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.weights import WeightsError, file_sha256, offline, random_weights_file, resolve

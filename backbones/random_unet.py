@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from backbones.supervised import FrozenBackbone, frozen, resize_crop
+from backbones._shared import FrozenBackbone, frozen, resize_crop
 from bench.backbone import MAP, FeaturePoint
 from bench.registry import register_backbone
 

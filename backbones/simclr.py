@@ -25,15 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backbones.supervised import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RANDOM_LICENCE,
-    ResNetBackbone,
-    load_state_dict_file,
-    resize_crop,
-    resnet50_net,
-)
+from backbones._resnet import ResNetBackbone, resnet50_net
+from backbones._shared import IMAGENET_MEAN, IMAGENET_STD, RANDOM_LICENCE, load_state_dict_file, resize_crop
 from bench.registry import register_backbone
 from bench.weights import WeightsError, file_sha256, random_weights_file, resolve
 
