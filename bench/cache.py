@@ -116,6 +116,18 @@ class CacheEntry:
         """Shape of one item's features (from the first shard's metadata)."""
         return json.loads((self.path / "shard-00000.json").read_text())["shape"][1:]
 
+    def open(self) -> tuple[ShardedArray, np.ndarray, np.ndarray]:
+        """Like ``load`` but memory-mapped: rows are read from disk only when taken, so caches
+        larger than RAM (attention-head maps of ImageNet) can be trained on."""
+        missing = self.missing_shards()
+        if missing:
+            raise RuntimeError(f"cache entry {self.key[:12]} is incomplete: shards {missing} missing")
+        shards = [np.load(self.shard_path(i), mmap_mode="r") for i in range(self.manifest["num_shards"])]
+        labels = np.load(self.path / "labels.npy")
+        keep = np.ones(len(labels), dtype=bool)
+        keep[self.skipped()] = False
+        return ShardedArray(shards, self.manifest["shard_size"]), labels, keep
+
     def load(self, dtype: str | None = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, labels, keep mask): corrupt items are in the mask as False.
 
@@ -135,6 +147,54 @@ class CacheEntry:
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+class ShardedArray:
+    """The rows of an entry's memory-mapped shards as one (N, ...) array for reading.
+
+    Supports what probes need: ``len``, ``shape``, ``dtype``, boolean-mask selection (a view)
+    and ``np.take`` / integer-array indexing (reads just those rows).
+    """
+
+    def __init__(self, shards: list[np.ndarray], shard_size: int, rows: np.ndarray | None = None):
+        self.shards, self.shard_size = shards, shard_size
+        self.rows = rows  # logical row -> global row, after a selection
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else sum(len(s) for s in self.shards)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.shards[0].shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.shards[0].dtype
+
+    def __getitem__(self, key: np.ndarray) -> ShardedArray | np.ndarray:
+        key = np.asarray(key)
+        if key.dtype == bool:
+            rows = np.flatnonzero(key)
+            return ShardedArray(self.shards, self.shard_size,
+                                rows if self.rows is None else self.rows[rows])
+        return self.take(key)
+
+    def take(self, indices, axis: int = 0, out: np.ndarray | None = None, mode: str = "raise"):
+        if axis != 0:
+            raise ValueError("ShardedArray takes rows only (axis=0)")
+        index = np.asarray(indices, dtype=np.int64)
+        rows = self.rows[index] if self.rows is not None else index
+        if out is None:
+            out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        shard_of = rows // self.shard_size
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            out[where] = self.shards[shard][rows[where] - shard * self.shard_size]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self.take(np.arange(len(self)))
+        return data if dtype is None else data.astype(dtype)
 
 
 class FeatureCache:

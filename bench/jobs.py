@@ -185,7 +185,8 @@ class BenchJob(FeatureJob):
         feats: dict[str, Any] = {}
         labels: dict[str, Any] = {}
         for split, split_entries in entries.items():
-            loaded = [e.load(dtype=None) for e in split_entries]  # stored fp16: half the memory
+            # stored fp16 (half the memory); maps stay on disk, read a minibatch at a time
+            loaded = [e.open() if maps else e.load(dtype=None) for e in split_entries]
             keep = loaded[0][2]
             labels[split] = _kept(loaded[0][1], keep)
             if maps:

@@ -347,3 +347,21 @@ def test_features_that_overflow_the_cache_precision_are_refused(tmp_path):
         extract(backbone, task.split("train"), [("image", "4")], FeatureCache(tmp_path / "c"),
                 task.config, device=CPU, progress=False)
     assert not list((tmp_path / "c").glob("*/*/shard-*.npy"))  # nothing half-good is cached
+
+
+def test_memory_mapped_entry_reads_the_same_rows_as_load(tmp_path):
+    _, entry = _extract(cache_dir=tmp_path / "c", shard_size=100)
+    full, labels, keep = entry.load(dtype=None)
+    mapped, labels2, keep2 = entry.open()
+    assert mapped.shape == full.shape and mapped.dtype == full.dtype and len(mapped) == 1295
+    np.testing.assert_array_equal(labels, labels2)
+    index = np.array([1294, 0, 99, 100, 650, 650])  # across shards, unsorted, repeated
+    np.testing.assert_array_equal(mapped[index], full[index])
+    out = np.empty((len(index), *full.shape[1:]), full.dtype)
+    np.take(mapped, index, axis=0, out=out, mode="clip")  # what the attention heads call
+    np.testing.assert_array_equal(out, full[index])
+    mask = np.arange(1295) % 3 != 0
+    selected = mapped[mask]
+    assert len(selected) == mask.sum()
+    np.testing.assert_array_equal(selected.take(np.array([0, 5, 800])), full[mask][[0, 5, 800]])
+    np.testing.assert_array_equal(np.asarray(selected), full[mask])
