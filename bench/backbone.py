@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ class FeaturePoint:
     has_cls: bool = False  # tokens only: the first token is a CLS token
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, metaclass=ABCMeta):
     """Base class; subclasses set the attributes below and implement ``forward_features``."""
 
     name: str = ""
@@ -58,22 +59,22 @@ class Backbone(nn.Module):
 
     # --- what subclasses provide -------------------------------------------------------------
     @property
-    def config(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def config(self) -> dict[str, Any]: ...
 
-    def transform(self) -> Callable[[Any], torch.Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def transform(self) -> Callable[[Any], torch.Tensor]: ...
 
-    def feature_points(self) -> list[FeaturePoint]:
-        raise NotImplementedError
+    @abstractmethod
+    def feature_points(self) -> list[FeaturePoint]: ...
 
+    @abstractmethod
     def forward_features(
         self,
         x: torch.Tensor,
         layers: Sequence[str],
         sample_ids: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+    ) -> dict[str, torch.Tensor]: ...
 
     # --- shared behaviour ---------------------------------------------------------------------
     def weights_digest(self) -> str:
