@@ -10,6 +10,7 @@ from torch import nn
 
 from backbones._shared import FrozenBackbone, block_numbers, block_points, frozen, hub_file
 from bench.backbone import TOKENS, VECTOR, FeaturePoint
+from bench.errors import UsageError
 from bench.weights import file_sha256, random_weights_file, resolve
 
 FINAL_POINTS = ("cls", "patch-mean", "tokens")
@@ -35,7 +36,7 @@ class TimmViT(FrozenBackbone):
     ):
         super().__init__(config, transform, size, default_layers, default_pool, digest)
         if getattr(net, "cls_token", None) is None:
-            raise ValueError(
+            raise UsageError(
                 f"{config['model']} has no CLS token; bench's timm ViT wrapper needs one"
             )
         self.net = frozen(net)

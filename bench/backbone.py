@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.errors import UsageError
+
 MAP, TOKENS, VECTOR = "map", "tokens", "vector"
 POOLS_BY_KIND = {
     MAP: "'1','2','4','8' (adaptive average to p x p, flattened), 'mapN' (adaptive average to "
@@ -87,13 +89,19 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         """The one name of a layer given any of its aliases (override to accept aliases)."""
         return layer
 
+    def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
+        """How a fusing head (DifFormer) groups these canonical layers: ``groups[g][i]`` is layer
+        i of group g, and every group holds the same layers in the same order. One group by
+        default; backbones with a second axis (a diffusion timestep) group along it."""
+        return [list(layers)]
+
     def feature_point(self, layer: str) -> FeaturePoint:
         points = {p.name: p for p in self.feature_points()}
         layer = self.canonical_layer(layer)
         if layer in points:
             return points[layer]
         names = ", ".join(points)
-        raise ValueError(f"backbone {self.name!r} has no layer {layer!r}; its layers: {names}")
+        raise UsageError(f"backbone {self.name!r} has no layer {layer!r}; its layers: {names}")
 
     def extract(
         self,
@@ -122,7 +130,7 @@ def check_pool(point: FeaturePoint, pool: str) -> None:
         VECTOR: pool == "none",
     }[point.kind]
     if not ok:
-        raise ValueError(
+        raise UsageError(
             f"pool {pool!r} does not apply to layer {point.name!r} ({point.kind}); "
             f"use one of {POOLS_BY_KIND[point.kind]}"
         )

@@ -29,18 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.paths import cache_dir
+
 CACHE_FORMAT = 1
-
-
-def results_dir() -> Path:
-    """Where runs, caches and leaderboards go: $BENCH_RESULTS, else ./results."""
-    return Path(os.environ.get("BENCH_RESULTS", "results")).resolve()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ["BENCH_CACHE"]).resolve() if os.environ.get("BENCH_CACHE") else (
-        results_dir() / "cache"
-    )
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -180,9 +171,22 @@ class ShardedArray:
         return self.take(key)
 
     def take(self, indices, axis: int = 0, out: np.ndarray | None = None, mode: str = "raise"):
+        """``np.take`` along rows: ``mode`` "raise" refuses out-of-range indices, "clip" and
+        "wrap" map them into range, as numpy does."""
         if axis != 0:
             raise ValueError("ShardedArray takes rows only (axis=0)")
         index = np.asarray(indices, dtype=np.int64)
+        n = len(self)
+        if mode == "clip":
+            index = np.clip(index, 0, n - 1)
+        elif mode == "wrap":
+            index = np.mod(index, n)
+        elif mode == "raise":
+            if index.size and (index.min() < -n or index.max() >= n):
+                raise IndexError(f"row index out of range for {n} rows")
+            index = np.where(index < 0, index + n, index)
+        else:
+            raise ValueError(f"mode {mode!r}: use 'raise', 'clip' or 'wrap'")
         rows = self.rows[index] if self.rows is not None else index
         if out is None:
             out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
@@ -199,7 +203,7 @@ class ShardedArray:
 
 class FeatureCache:
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root).resolve() if root else default_cache_dir()
+        self.root = cache_dir(root)
 
     def entry(self, fields: dict[str, Any]) -> CacheEntry:
         key = cache_key(fields)

@@ -5,13 +5,11 @@ a checksum, and extracted atomically: an archive unpacks into a temporary folder
 destination and each top-level entry is renamed into place, so an interrupted run never leaves a
 half-filled dataset folder that looks complete. Archives are deleted once extracted.
 
-The CLI imports this module at start-up: nothing heavy (torch, PIL, scipy) is imported here
-except inside functions.
+Nothing heavy (torch, PIL, scipy) is imported here except inside functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import shutil
@@ -108,61 +106,3 @@ def extract(archive: Path, dest: Path) -> None:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(entry, target)
-
-
-def _task_args(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.cli import _key_values
-
-    return _key_values(args.task_arg)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    task = create_task(args.task, args.data_root, **_task_args(args))
-    problems = task.verify(full=args.full)
-    if problems:
-        print(f"{args.task}: {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  - {problem}")
-        return 1
-    sizes = ", ".join(f"{s} {len(task.split(s)):,}" for s in ("train", "val", "test"))
-    where = getattr(task, "dir", "")
-    print(f"{args.task}: OK ({sizes} images, {task.num_classes} classes) {where}".rstrip())
-    return 0
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    from bench.task import DatasetError
-    from bench.weights import WeightsError
-
-    try:
-        problems = download(args.task, args.data_root, **_task_args(args))
-    except (DatasetError, WeightsError) as e:
-        print(f"{args.task}: {e}")
-        return 1
-    if problems:
-        print(f"{args.task}: downloaded, but verification found {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  - {problem}")
-        return 1
-    print(f"{args.task}: ready. `bench data verify --task {args.task} --full` also decodes every image.")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Adds ``bench data download`` and ``bench data verify``; handlers are ``args.func``."""
-    data = subparsers.add_parser("data", help="download or verify datasets")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    fetch = commands.add_parser(
-        "download", help="fetch a dataset (checksummed, resumable) or print how to get it by hand"
-    )
-    check = commands.add_parser(
-        "verify", help="check layout and image counts (exit 0 when all is well)"
-    )
-    check.add_argument("--full", action="store_true",
-                       help="also decode every image and check checksums where known")
-    for parser, handler in ((fetch, cmd_download), (check, cmd_verify)):
-        parser.add_argument("--task", required=True, help="task name, e.g. cub or folder:PATH")
-        parser.add_argument("--data-root", help="data folder (default: $BENCH_DATA or ~/.cache/bench/data)")
-        parser.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a task argument (JSON values), e.g. partition=2")
-        parser.set_defaults(func=handler)

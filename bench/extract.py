@@ -7,7 +7,6 @@ missing shards i with i % n == k.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,41 +16,13 @@ import torch
 
 from bench.backbone import Backbone
 from bench.cache import CacheEntry, FeatureCache
+from bench.precision import PrecisionPolicy, autocast, resolve_precision
 from bench.task import DatasetError, Split
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-STORAGE_DTYPE = "float16"  # of cached features (part of the cache format: see bench.cache)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 autocast on a GPU (mixed precision) and fp32 on the CPU."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: use auto, {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def entry_fields(
-    backbone: Backbone, task_config: dict, split: Split, layer: str, pool: str, precision: str
+    backbone: Backbone, task_config: dict, split: Split, layer: str, pool: str,
+    precision: PrecisionPolicy,
 ) -> dict[str, Any]:
     """Everything that changes a cached feature (see bench.cache)."""
     return {
@@ -59,7 +30,8 @@ def entry_fields(
         "weights_sha256": backbone.weights_digest(),
         "layer": layer,
         "pool": pool,
-        "precision": precision,
+        "precision": precision.extraction,
+        "storage": precision.storage,
         "task": task_config,
         "split": split.name,
         "split_manifest": split.manifest_digest(),
@@ -110,7 +82,7 @@ def extract(
     task_config: dict,
     *,
     device: torch.device,
-    precision: str = "fp32",
+    precision: PrecisionPolicy | str = "fp32",
     batch_size: int = 64,
     workers: int = 0,
     shard_size: int = 4096,
@@ -119,7 +91,12 @@ def extract(
     array_size: int = 1,
     progress: bool = True,
 ) -> ExtractionReport:
-    """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``."""
+    """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
+
+    ``precision`` is a policy, or its name (``bench.precision``) resolved for ``device``.
+    """
+    if isinstance(precision, str):
+        precision = resolve_precision(precision, device.type)
     requests = list(dict.fromkeys(requests))
     entries = {}
     for req in requests:
@@ -158,7 +135,7 @@ def extract(
     buffers: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in requests}
     shard_skips: list[int] = []
     current = mine[0]
-    dtype = np.dtype(STORAGE_DTYPE)
+    dtype = np.dtype(precision.storage)
 
     def flush(shard: int) -> None:
         for req, entry in entries.items():
@@ -167,7 +144,7 @@ def extract(
                 stored = features.astype(dtype)
                 if not np.isfinite(stored).all():
                     raise FloatingPointError(
-                        f"features of {req} are not finite in {STORAGE_DTYPE} (max |x| "
+                        f"features of {req} are not finite in {precision.storage} (max |x| "
                         f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
                         "precision or is NaN: check the weights and inputs")
                 entry.write_shard(shard, stored, shard_skips)
@@ -186,7 +163,7 @@ def extract(
                 shard_skips.append(index - shard * shard_size)
                 report.skipped.append(str(split.items[index]))
             images = images.to(device, non_blocking=True)
-            with autocast(precision, device):
+            with autocast(precision.extraction, device):
                 outputs = backbone.extract(images, requests, ids.to(device))
             for req in requests:
                 buffers[req].append(outputs[req].float().cpu().numpy())

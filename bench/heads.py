@@ -13,7 +13,7 @@ of once per training step as in the reference code.
   timestep's tokens (all its blocks, plus CLS) pass through it separately and the CLS outputs of
   all timesteps are concatenated before the classifier.
 
-Training follows ``bench.probe.fit_probe``: each learning rate of the grid is trained with
+Training follows ``bench.protocol.evaluate``: each learning rate of the grid is trained with
 validation checkpoints every ``eval_every`` epochs, the best (lr, epochs) on validation is retrained
 on train+val identically and evaluated on test once. Recipes: ``paper`` is the released scripts'
 SGD (no momentum, no weight decay), StepLR(7, 0.1), 28 epochs, lr 5e-2, batch 128; ``adamw`` is
@@ -31,15 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.probe import ProbeResult, checkpoints, metrics, test_result
+from bench.errors import UsageError
+from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
 
 HEADS = ("attention", "difformer")
 RECIPES = ("paper", "adamw")
@@ -62,26 +62,13 @@ def cache_bytes_per_image(
     return total
 
 
-def timestep_groups(layers: Sequence[str]) -> list[list[str]]:
-    """One group per ``@`` suffix (``block19@t90`` -> group ``t90``), blocks in first-seen order.
-
-    Layers without a suffix form a single group, so any backbone's layers give a valid grouping.
-    """
-    bases = list(dict.fromkeys(name.partition("@")[0] for name in layers))
-    suffixes = list(dict.fromkeys(name.partition("@")[2] for name in layers))
-    by_key = {name.partition("@")[::2]: name for name in layers}
-    if len(by_key) != len(bases) * len(suffixes):
-        raise ValueError(f"layers {list(layers)} do not hold every block at every timestep")
-    return [[by_key[b, s] for b in bases] for s in suffixes]
-
-
 class TransformerBlock(nn.Module):
     """Pre-LN block: x + Attn(LN(x)), then x + MLP(LN(x)); qkv without bias, GELU, no dropout."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 4):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+            raise UsageError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -107,7 +94,7 @@ class MapTokens(nn.Module):
         super().__init__()
         channels, height, width = shape
         if height > MAX_SIDE or width > MAX_SIDE:
-            raise ValueError(
+            raise UsageError(
                 f"map {shape} is larger than {MAX_SIDE}x{MAX_SIDE}: cache it with pool 'map16'"
             )
         self.norm = nn.LayerNorm([channels, height, width])
@@ -166,7 +153,7 @@ class DifFormerHead(AttentionHead):
         first = {name: tuple(shapes[name]) for name in groups[0]}
         for group in groups[1:]:
             if [tuple(shapes[name]) for name in group] != list(first.values()):
-                raise ValueError(f"group {group} does not match {groups[0]} block for block")
+                raise UsageError(f"group {group} does not match {groups[0]} block for block")
         super().__init__(first, num_classes, dim, heads, depth, mlp_ratio)
         self.groups = [list(g) for g in groups]
         self.classifier = nn.Linear(len(groups) * dim, num_classes)
@@ -195,22 +182,19 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; heads: {', '.join(HEADS)}")
+            raise UsageError(f"unknown head {self.head!r}; heads: {', '.join(HEADS)}")
         if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
+            raise UsageError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
         self.lrs = tuple(self.lrs) if self.lrs is not None else DEFAULT_LRS[self.recipe]
         if self.weight_decay is None:
             self.weight_decay = DEFAULT_WEIGHT_DECAY[self.recipe]
         if self.recipe == "paper" and self.weight_decay != 0:
-            raise ValueError("the paper recipe has no weight decay; use recipe='adamw'")
+            raise UsageError("the paper recipe has no weight decay; use recipe='adamw'")
         if self.epochs < 1 or self.eval_every < 1 or not self.lrs:
-            raise ValueError("head needs epochs >= 1, eval_every >= 1 and a non-empty lr grid")
+            raise UsageError("head needs epochs >= 1, eval_every >= 1 and a non-empty lr grid")
 
     def checkpoints(self) -> list[int]:
         return checkpoints(self.epochs, self.eval_every)
-
-    def as_params(self) -> dict[str, Any]:
-        return {f"probe.{k}": v for k, v in asdict(self).items()}
 
 
 def make_optimizer(
@@ -269,18 +253,21 @@ class _Maps:
                        y.to(device))
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, kind: str | None = None):
+    """The policy's head autocast; by default bf16 on a GPU, none on the CPU."""
+    from bench.precision import autocast
+
+    return autocast(kind or ("bf16" if device.type == "cuda" else "fp32"), device)
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, data: _Maps, layers: Sequence[str], device: torch.device,
-            batch_size: int) -> torch.Tensor:
+            batch_size: int, autocast_kind: str | None = None) -> torch.Tensor:
     model.eval()
     out = []
     chunks = [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
     for maps, _ in data.batches(chunks, layers, device):
-        with _autocast(device):
+        with _autocast(device, autocast_kind):
             out.append(model(maps).float().cpu())
     return torch.cat(out)
 
@@ -295,6 +282,7 @@ def _train(
     evaluate_at: dict[int, Callable[[nn.Module], None]],
     stop_at: int,
     progress: bool,
+    autocast_kind: str | None = None,
 ) -> nn.Module:
     """Train one head at ``lr`` for ``stop_at`` of the schedule's ``cfg.epochs`` epochs."""
     with torch.random.fork_rng(devices=[]):  # same initial weights for every lr and the retrain
@@ -310,7 +298,7 @@ def _train(
         order = torch.randperm(len(data), generator=gen).numpy()
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for maps, y in data.batches(chunks, layers, device):
-            with _autocast(device):
+            with _autocast(device, autocast_kind):
                 loss = F.cross_entropy(model(maps).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -319,6 +307,70 @@ def _train(
         if epoch in evaluate_at:
             evaluate_at[epoch](model)
     return model
+
+
+class AttentionTrainer:
+    """The attention and DifFormer heads as a ``bench.protocol`` trainer: one model per learning
+    rate, validation checkpoints every ``eval_every`` epochs.
+
+    ``features[split][layer]`` is an (N, C, h, w) map with h, w <= 16. The attention head uses every
+    layer given; DifFormer needs ``groups`` (``groups[g][i]``: block i at timestep g), which the
+    backbone provides (``Backbone.layer_groups``).
+    """
+
+    def __init__(self, cfg: HeadConfig, device: torch.device | str = "cpu", precision=None,
+                 progress: bool = False, groups: list[list[str]] | None = None):
+        if cfg.head == "attention" and groups is not None and len(groups) > 1:
+            raise UsageError("groups apply to the difformer head only")
+        self.cfg, self.device, self.progress, self.groups = cfg, torch.device(device), progress, groups
+        self.autocast = precision.heads if precision is not None else None
+
+    def _prepare(self, data: ProbeData) -> tuple[Callable[[], nn.Module], list[str]]:
+        cfg, features = self.cfg, data.features
+        layers = list(features["train"])
+        shapes = {name: tuple(features["train"][name].shape[1:]) for name in layers}
+        for split in ("val", "test"):
+            if {n: tuple(a.shape[1:]) for n, a in features[split].items()} != shapes:
+                raise UsageError(f"split {split!r} does not have the train split's layers and shapes")
+        if any(len(s) != 3 for s in shapes.values()):
+            raise UsageError(f"heads need (N, C, h, w) maps (pool 'map16'); got shapes {shapes}")
+        if cfg.head == "attention":
+            return (lambda: AttentionHead(shapes, data.num_classes, cfg.dim, cfg.heads, cfg.depth),
+                    layers)
+        groups = self.groups or [layers]
+        used = [name for group in groups for name in group]  # read only what the head uses
+        return (lambda: DifFormerHead(shapes, groups, data.num_classes, cfg.dim, cfg.heads,
+                                      cfg.depth), used)
+
+    def search(self, data: ProbeData) -> list[dict[str, float]]:
+        cfg = self.cfg
+        build, layers = self._prepare(data)
+        train = _Maps([data.features["train"]], [data.labels["train"]])
+        val = _Maps([data.features["val"]], [data.labels["val"]])
+        y_val = torch.as_tensor(val.labels)
+        records: list[dict[str, float]] = []
+
+        def record(lr: float, epoch: int) -> Callable[[nn.Module], None]:
+            def at(model: nn.Module) -> None:
+                logits = _logits(model, val, layers, self.device, cfg.batch_size, self.autocast)
+                m = metrics(logits, y_val, data.num_classes)
+                records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch, **m})
+            return at
+
+        for lr in cfg.lrs:
+            _train(build, train, layers, cfg, lr, self.device,
+                   {e: record(lr, e) for e in cfg.checkpoints()}, cfg.epochs, self.progress,
+                   self.autocast)
+        return records
+
+    def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
+        build, layers = self._prepare(data)
+        train_val = _Maps([data.features["train"], data.features["val"]],
+                          [data.labels["train"], data.labels["val"]])
+        model = _train(build, train_val, layers, self.cfg, point["lr"], self.device, {},
+                       int(point["epochs"]), self.progress, self.autocast)
+        test = _Maps([data.features["test"]], [data.labels["test"]])
+        return _logits(model, test, layers, self.device, self.cfg.batch_size, self.autocast)
 
 
 def fit_head(
@@ -331,52 +383,6 @@ def fit_head(
     groups: list[list[str]] | None = None,
     progress: bool = False,
 ) -> ProbeResult:
-    """Select (lr, epochs) on val, retrain the winner on train+val, test once (as ``fit_probe``).
-
-    ``features[split][layer]`` is an (N, C, h, w) map with h, w <= 16. The attention head uses
-    every layer given; DifFormer groups them per timestep (``groups``, default
-    ``timestep_groups`` of the layer names).
-    """
-    dev = torch.device(device)
-    layers = list(features["train"])
-    shapes = {name: tuple(features["train"][name].shape[1:]) for name in layers}
-    for split in ("val", "test"):
-        if {n: tuple(a.shape[1:]) for n, a in features[split].items()} != shapes:
-            raise ValueError(f"split {split!r} does not have the train split's layers and shapes")
-    if any(len(s) != 3 for s in shapes.values()):
-        raise ValueError(f"heads need (N, C, h, w) maps (pool 'map16'); got shapes {shapes}")
-    if cfg.head == "attention":
-        if groups is not None:
-            raise ValueError("groups apply to the difformer head only")
-
-        def build() -> nn.Module:
-            return AttentionHead(shapes, num_classes, cfg.dim, cfg.heads, cfg.depth)
-    else:
-        groups = groups or timestep_groups(layers)
-        layers = [name for group in groups for name in group]  # read only what the head uses
-
-        def build() -> nn.Module:
-            return DifFormerHead(shapes, groups, num_classes, cfg.dim, cfg.heads, cfg.depth)
-
-    data = {s: _Maps([features[s]], [labels[s]]) for s in ("train", "val", "test")}
-    y_val = torch.as_tensor(data["val"].labels)
-    records: list[dict[str, float]] = []
-
-    def record(lr: float, epoch: int) -> Callable[[nn.Module], None]:
-        def at(model: nn.Module) -> None:
-            logits = _logits(model, data["val"], layers, dev, cfg.batch_size)
-            m = metrics(logits, y_val, num_classes)
-            records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch, **m})
-        return at
-
-    for lr in cfg.lrs:
-        _train(build, data["train"], layers, cfg, lr, dev,
-               {e: record(lr, e) for e in cfg.checkpoints()}, cfg.epochs, progress)
-    best = records[int(np.argmax([r[headline] for r in records]))]  # first maximum
-
-    train_val = _Maps([features["train"], features["val"]], [labels["train"], labels["val"]])
-    model = _train(build, train_val, layers, cfg, best["lr"], dev, {}, int(best["epochs"]),
-                   progress)
-    test_logits = _logits(model, data["test"], layers, dev, cfg.batch_size)
-    return test_result(best, test_logits, torch.as_tensor(data["test"].labels), num_classes,
-                       records)
+    """``bench.protocol.evaluate`` with an attention/DifFormer head trainer."""
+    trainer = AttentionTrainer(cfg, device, progress=progress, groups=groups)
+    return evaluate(trainer, ProbeData(features, labels, num_classes), headline)

@@ -1,45 +1,24 @@
-"""The job boundary: a picklable spec in, metrics out. Executors (local, submitit, SLURM) run it.
+"""The job boundary: a picklable (spec, options) in, result records out. Executors run it anywhere.
 
-A ``BenchJob`` names a backbone and a task (by registry name, with overrides), the feature
-requests (layer, pool) and the probe protocol. Running it extracts every request's features in one
-backbone pass per split (or reuses them from the cache), probes each (layer, pool) and logs one
-MLflow run per cell. ``ExtractJob`` does the extraction alone (for SLURM arrays: task k of n).
+A ``BenchJob`` resolves its spec (building the backbone once, in the process that runs it), reuses
+every cell whose identity already has a finished result, extracts the features the others need in
+one backbone pass per split (or finds them in the cache), evaluates each cell with the head's
+protocol and logs one record per cell, marking what it supersedes. ``ExtractJob`` does the
+extraction alone (for SLURM arrays: task k of n).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-SPLIT_NAMES = ("train", "val", "test")
+from bench.record import RunRecord
+from bench.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
 
 
-@dataclass
-class FeatureJob:
-    """What every job needs to produce features: the backbone, the data, how to run."""
-
-    backbone: str
-    task: str
-    layers: list[str] = field(default_factory=list)  # empty: the backbone's default layers
-    pools: list[str] = field(default_factory=list)  # empty: the backbone's default pool
-    backbone_args: dict[str, Any] = field(default_factory=dict)
-    task_args: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 64
-    workers: int = 2
-    shard_size: int = 4096
-    skip_corrupt: bool = False
-    cache_dir: str | None = None
-    progress: bool = True
-
-    def cells(self) -> list[tuple[str, str]]:
-        """(layer, pool) as given ('' = the preset's default), in the order ``build`` resolves."""
-        return [(layer, pool) for layer in self.layers or [""] for pool in self.pools or [""]]
-
+class _Requeueable:
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit calls this on preemption or timeout: requeue the same job, which resumes
         extraction at the first missing shard and skips cells already logged."""
@@ -47,197 +26,137 @@ class FeatureJob:
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
-    def build(self):
-        """(backbone, task, requests, device, precision), validated before any heavy work."""
-        from bench.extract import resolve_device, resolve_precision
-        from bench.registry import backbones, tasks
-        from bench.task import DatasetError
 
-        task = tasks.create(self.task, **self.task_args)
-        problems = task.verify(full=False)
-        if problems:
-            raise DatasetError(f"task {self.task!r}: " + "\n".join(problems))
-        backbones.entry(self.backbone)  # unknown names fail before the model is built
-        backbone = backbones.create(self.backbone, **self.backbone_args)
-        from bench.backbone import check_pool
+def extract_features(prepared: Prepared, options: RunOptions, array_index: int = 0,
+                     array_size: int = 1) -> dict[str, Any]:
+    """Every request of the resolved run for train, val and test: split -> ExtractionReport."""
+    from bench.cache import FeatureCache
+    from bench.extract import extract
 
-        requests = []
-        for layer, pool in self.cells():
-            canonical = backbone.canonical_layer(layer or backbone.default_layers[0])
-            pool = pool or backbone.default_pool
-            check_pool(backbone.feature_point(canonical), pool)
-            requests.append((canonical, pool))
-        device = resolve_device(self.device)
-        return backbone, task, requests, device, resolve_precision(self.precision, device)
-
-    def extract_all(self, array_index: int = 0, array_size: int = 1):
-        from bench.cache import FeatureCache
-        from bench.extract import extract
-
-        backbone, task, requests, device, precision = self.build()
-        cache = FeatureCache(self.cache_dir)
-        reports = {}
-        for split in SPLIT_NAMES:
-            reports[split] = extract(
-                backbone, task.split(split), requests, cache, task.config,
-                device=device, precision=precision, batch_size=self.batch_size,
-                workers=self.workers, shard_size=self.shard_size, skip_corrupt=self.skip_corrupt,
-                array_index=array_index, array_size=array_size, progress=self.progress,
-            )
-        return backbone, task, requests, device, precision, reports
+    run, cache = prepared.run, FeatureCache(options.cache_dir)
+    return {split: extract(
+        prepared.backbone, prepared.task.split(split), run.requests, cache, run.task_config,
+        device=prepared.device, precision=run.precision, batch_size=options.batch_size,
+        workers=options.workers, shard_size=options.shard_size,
+        skip_corrupt=run.spec.skip_corrupt, array_index=array_index, array_size=array_size,
+        progress=options.progress,
+    ) for split in SPLITS}
 
 
 @dataclass
-class ExtractJob(FeatureJob):
+class ExtractJob(_Requeueable):
+    spec: RunSpec
+    options: RunOptions
     array_index: int = 0
     array_size: int = 1
 
-    def __call__(self) -> dict[str, Any]:
-        *_, reports = self.extract_all(self.array_index, self.array_size)
-        return {s: {"shards_written": r.shards_written, "images": r.images_processed,
-                    "skipped": r.skipped} for s, r in reports.items()}
+    def __call__(self) -> dict[str, int]:
+        from bench.spec import resolve
+
+        reports = extract_features(resolve(self.spec, self.options), self.options,
+                                   self.array_index, self.array_size)
+        return {split: r.shards_written for split, r in reports.items()}
 
 
 @dataclass
-class BenchJob(FeatureJob):
-    head: str = "linear"
-    probe: dict[str, Any] = field(default_factory=dict)  # ProbeConfig overrides
-    seed: int = 0
-    experiment_id: str | None = None
-    suite: str = "bench"
-    tracking_uri: str | None = None  # passed explicitly so SLURM jobs log where the driver reads
-    force: bool = False  # recompute cells that already have a finished run
+class BenchJob(_Requeueable):
+    spec: RunSpec
+    options: RunOptions
+    # Resolved already in this process (local executor): the backbone is not built twice.
+    # Never pickled: a job on another machine resolves (and loads the weights) there.
+    prepared: Prepared | None = field(default=None, repr=False, compare=False)
 
-    def cell_id(self, layer: str, pool: str) -> str:
-        """Identity of one result cell, as given by the user: a rerun of the same command skips it."""
-        from bench.task import json_digest
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "prepared": None}
 
-        return json_digest({
-            "backbone": self.backbone, "backbone_args": self.backbone_args, "task": self.task,
-            "task_args": self.task_args, "layer": layer, "pool": pool, "head": self.head,
-            "probe": self.probe, "seed": self.seed, "precision": self.precision,
-        })[:20]
+    def extraction_jobs(self, parts: int) -> list[ExtractJob]:
+        """This job's extraction split over ``parts`` array tasks (task k writes shards k mod n)."""
+        return [ExtractJob(self.spec, self.options, k, parts) for k in range(parts)]
 
-    def __post_init__(self) -> None:
-        from bench.heads import HEADS as MAP_HEADS
-
-        if self.head in MAP_HEADS and not self.pools:
-            self.pools = ["map16"]  # attention heads read lightly pooled maps
-
-    def probe_config(self):
-        """ProbeConfig for the batched grid heads, HeadConfig for the attention heads."""
-        from bench.heads import HEADS as MAP_HEADS
-        from bench.heads import HeadConfig
-        from bench.probe import ProbeConfig
-
-        config = HeadConfig if self.head in MAP_HEADS else ProbeConfig
-        return config(head=self.head, seed=self.seed, **self.probe)
-
-    def probe_cells(self) -> list[tuple[str, str, list[int]]]:
-        """(layer label, pool, indices into cells()): one result each.
-
-        DifFormer fuses every layer (blocks x timesteps) of a pool into one cell; every other head
-        probes each (layer, pool) on its own.
-        """
-        cells = self.cells()
-        if self.head != "difformer":
-            return [(layer, pool, [i]) for i, (layer, pool) in enumerate(cells)]
-        pools = list(dict.fromkeys(pool for _, pool in cells))
-        return [("+".join(layer for layer, p in cells if p == pool), pool,
-                 [i for i, (_, p) in enumerate(cells) if p == pool]) for pool in pools]
-
-    def __call__(self) -> list[dict[str, Any]]:
+    def __call__(self) -> list[RunRecord]:
         import os
 
-        from bench.tracking import ensure_experiment, finished_cells
+        from bench.spec import resolve
+        from bench.tracking import ensure_experiment, find_records
 
-        if self.tracking_uri:
-            os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
-        cfg = self.probe_config()  # bad values fail before any work
-        experiment_id = self.experiment_id or ensure_experiment(self.suite)
-        ids = [self.cell_id(layer, pool) for layer, pool, _ in self.probe_cells()]
-        done = {} if self.force else finished_cells(experiment_id, ids)
-        if len(done) == len(ids):
-            return [done[i] for i in ids]
-        job_started = time.time()  # the first cell's run covers the extraction too
-        backbone, task, requests, device, precision, reports = self.extract_all()
-        skipped = [s for r in reports.values() for s in r.skipped]
-        results = []
-        for cell, (_, _, members) in zip(ids, self.probe_cells()):
-            if cell in done:
-                results.append(done[cell])
+        if self.options.tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = self.options.tracking_uri
+        experiment_id = self.options.experiment_id or ensure_experiment(self.options.suite)
+        job_started = time.time()  # the first computed cell's run covers the extraction too
+        prepared = self.prepared or resolve(self.spec, self.options)
+        cells = prepared.run.cells
+        done = {} if self.options.force else {
+            r.identity: r for r in find_records([experiment_id], [c.identity for c in cells])}
+        if all(c.identity in done for c in cells):
+            return [done[c.identity] for c in cells]
+        reports = extract_features(prepared, self.options)
+        records = []
+        for cell in cells:
+            if cell.identity in done:
+                records.append(done[cell.identity])
                 continue
-            chosen = [requests[i] for i in members]
-            entries = {s: [reports[s].entries[r] for r in chosen] for s in SPLIT_NAMES}
             started = time.time()
-            result = self._fit(cfg, chosen, entries, task, device)
-            results.append(self._log(backbone, task, chosen, precision, cfg, result, entries,
-                                     skipped, started, experiment_id, cell,
-                                     job_started if not results else started))
-        return results
+            records.append(self._evaluate(prepared, cell, reports, experiment_id,
+                                          job_started if len(records) == 0 else started))
+        return records
 
-    def _fit(self, cfg, requests, entries, task, device):
-        from bench.heads import HEADS as MAP_HEADS
-        from bench.heads import fit_head
-        from bench.probe import fit_probe
+    def _evaluate(self, prepared: Prepared, cell: ResolvedCell, reports: dict[str, Any],
+                  experiment_id: str, run_started: float) -> RunRecord:
+        from bench.protocol import evaluate, head_kind
+        from bench.tracking import log_record, supersede
 
-        maps = self.head in MAP_HEADS
-        feats: dict[str, Any] = {}
-        labels: dict[str, Any] = {}
-        for split, split_entries in entries.items():
-            # stored fp16 (half the memory); maps stay on disk, read a minibatch at a time
-            loaded = [e.open() if maps else e.load(dtype=None) for e in split_entries]
-            keep = loaded[0][2]
-            labels[split] = _kept(loaded[0][1], keep)
-            if maps:
-                feats[split] = {layer: _kept(x, keep)
-                                for (layer, _), (x, _, _) in zip(requests, loaded)}
-            else:
-                feats[split] = _kept(loaded[0][0], keep)
-        fit = fit_head if maps else fit_probe
-        return fit(feats, labels, task.num_classes, cfg, task.headline_metric, device=device,
-                   progress=self.progress)
-
-    def _log(self, backbone, task, requests, precision, cfg, result, entries, skipped,
-             probe_started, experiment_id, cell, run_started) -> dict[str, Any]:
-        from bench.tracking import log_run
-
-        layer = "+".join(layer for layer, _ in requests)
-        pool = requests[0][1]
+        run = prepared.run
+        kind = head_kind(run.spec.head)
+        entries = {s: [reports[s].entries[r] for r in cell.features] for s in SPLITS}
+        data = _probe_data(entries, kind.inputs == "maps", run.num_classes)
+        trainer = kind.make_trainer(kind.make_config(run.spec.head_args, run.spec.seed),
+                                    prepared.device, run.precision, self.options.progress,
+                                    run.groups)
+        probe_started = time.time()
+        result = evaluate(trainer, data, run.headline)
         metrics = {f"test_{k}": v for k, v in result.test.items()}
         metrics |= {f"val_{k}": v for k, v in result.val.items()}
         metrics["probe_seconds"] = time.time() - probe_started
-        params = {
-            "backbone": self.backbone, "task": self.task, "layer": layer, "pool": pool,
-            "head": self.head, "precision": precision, "seed": self.seed,
-            "feature_shape": [e.feature_shape() for e in entries["train"]],
-            "backbone_config": backbone.config, "task_config": task.config,
-            "best": result.best, **cfg.as_params(),
-        }
-        tags = {
-            "bench.kind": "result",
-            "bench.cell": cell,
-            "bench.backbone": self.backbone,
-            "bench.task": self.task,
-            "bench.headline": task.headline_metric,
-            "bench.cache_key": entries["test"][0].key,
-            "bench.cache_keys": json.dumps({s: [e.key for e in es] for s, es in entries.items()}),
-            "bench.weights_sha256": backbone.weights_digest(),
-            "bench.skipped_count": str(len(skipped)),
-        }
-        if skipped:
-            tags["bench.skipped"] = json.dumps(skipped)[:5000]
-        run_name = f"{self.backbone}/{self.task}/{layer}/{pool}/{self.head}"
+        skipped = [item for r in reports.values() for item in r.skipped]
+        record = RunRecord(
+            identity=cell.identity, name=run.run_name(cell), backbone=run.spec.backbone,
+            task=run.spec.task, layer=cell.layer, pool=cell.pool, head=run.spec.head,
+            seed=run.spec.seed, headline=run.headline, metrics=metrics, best=result.best,
+            weights_sha256=run.weights_sha256,
+            cache_keys={s: [e.key for e in es] for s, es in entries.items()},
+            skipped=skipped, skipped_count=len(skipped),
+            protocol=run.protocol(cell) | {"feature_shapes": [e.feature_shape()
+                                                               for e in entries["train"]]},
+            start_time=run_started,
+        )
         artifacts = {
-            "config.json": json.dumps(asdict(self) | {"resolved": params}, indent=1,
-                                      default=str).encode(),
-            "per_class_accuracy.csv": _per_class_csv(task, result).encode(),
+            "protocol.json": record.protocol_json(),
+            "per_class_accuracy.csv": _per_class_csv(prepared.task, result).encode(),
             "grid.csv": _grid_csv(result.grid).encode(),
-            "confusion_matrix.png": _confusion_png(result.confusion, run_name),
+            "confusion_matrix.png": _confusion_png(result.confusion, record.name),
         }
-        run_id = log_run(experiment_id, run_name, params, metrics, tags, artifacts, run_started)
-        return {"run_id": run_id, "run_name": run_name, "layer": layer, "pool": pool, **metrics,
-                "best": result.best, "skipped": len(skipped)}
+        log_record(experiment_id, record, artifacts)
+        supersede(experiment_id, record)
+        return record
+
+
+def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int):
+    """Features of each split as the head reads them: vectors loaded at their stored precision,
+    maps left memory-mapped on disk and read a minibatch at a time."""
+    from bench.protocol import ProbeData
+
+    features: dict[str, Any] = {}
+    labels: dict[str, Any] = {}
+    for split, split_entries in entries.items():
+        loaded = [e.open() if maps else e.load(dtype=None) for e in split_entries]
+        keep = loaded[0][2]
+        labels[split] = _kept(loaded[0][1], keep)
+        if maps:
+            features[split] = {e.manifest["fields"]["layer"]: _kept(x, keep)
+                               for e, (x, _, _) in zip(split_entries, loaded)}
+        else:
+            features[split] = _kept(loaded[0][0], keep)
+    return ProbeData(features, labels, num_classes)
 
 
 def _kept(array: Any, keep: Any) -> Any:

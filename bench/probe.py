@@ -14,12 +14,15 @@ running statistics at evaluation, then Linear) and ``mlp`` (standardise, then Re
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from bench.errors import UsageError
+from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
 
 HEADS = ("linear", "bn-linear", "mlp")
 
@@ -38,46 +41,12 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; heads: {', '.join(HEADS)}")
+            raise UsageError(f"unknown head {self.head!r}; heads: {', '.join(HEADS)}")
         if self.epochs < 1 or self.eval_every < 1 or not self.lrs or not self.weight_decays:
-            raise ValueError("probe needs epochs >= 1, eval_every >= 1 and non-empty lr/wd grids")
+            raise UsageError("probe needs epochs >= 1, eval_every >= 1 and non-empty lr/wd grids")
 
     def checkpoints(self) -> list[int]:
         return checkpoints(self.epochs, self.eval_every)
-
-    def as_params(self) -> dict[str, Any]:
-        return {f"probe.{k}": v for k, v in asdict(self).items()}
-
-
-def checkpoints(epochs: int, eval_every: int) -> list[int]:
-    """Epochs at which validation is scored: every ``eval_every``, and the last."""
-    return sorted(set(range(eval_every, epochs + 1, eval_every)) | {epochs})
-
-
-@dataclass
-class ProbeResult:
-    best: dict[str, float]  # lr, weight_decay, epochs
-    val: dict[str, float]  # metrics of the selected grid point on validation
-    test: dict[str, float]  # metrics of the retrained head on test
-    per_class: np.ndarray  # test accuracy per class
-    confusion: np.ndarray  # test confusion matrix (true x predicted)
-    grid: list[dict[str, float]] = field(default_factory=list)  # every grid point's val metrics
-
-
-def metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """top1, top5, mean per-class accuracy, in percent."""
-    k = min(5, logits.shape[-1])
-    topk = logits.topk(k, dim=-1).indices
-    hit1 = topk[:, 0] == labels
-    hit5 = (topk == labels[:, None]).any(-1)
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    correct = torch.bincount(labels[hit1], minlength=num_classes).float()
-    present = counts > 0
-    return {
-        "top1": 100.0 * hit1.float().mean().item(),
-        "top5": 100.0 * hit5.float().mean().item(),
-        "mean_per_class": 100.0 * (correct[present] / counts[present]).mean().item(),
-    }
 
 
 class _GridHeads(nn.Module):
@@ -193,6 +162,55 @@ def _logits(heads: _GridHeads, norm: _Normaliser, x: torch.Tensor, chunk: int = 
                       for i in range(0, len(x), chunk)], dim=1)
 
 
+class GridProbeTrainer:
+    """The batched grid on pooled vectors, as a ``bench.protocol`` trainer."""
+
+    def __init__(self, cfg: ProbeConfig, device: torch.device | str = "cpu", precision=None,
+                 progress: bool = False, groups=None):
+        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+        if precision is not None:
+            self.store = getattr(torch, precision.probe_inputs)
+        else:  # half the memory on a GPU, where fp16 matmuls are fast
+            self.store = torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(np.asarray(a).reshape(len(a), -1))).to(
+            self.device, self.store)
+
+    def _labels(self, y: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
+
+    def search(self, data: ProbeData) -> list[dict[str, float]]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        x_train, x_val = self._tensor(data.features["train"]), self._tensor(data.features["val"])
+        y_train, y_val = self._labels(data.labels["train"]), self._labels(data.labels["val"])
+        grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
+        records: list[dict[str, float]] = []
+
+        def record(epoch: int):
+            def at(heads, norm):
+                logits = _logits(heads, norm, x_val)
+                for g, (lr, wd) in enumerate(grid):
+                    m = metrics(logits[g], y_val, data.num_classes)
+                    records.append({"lr": lr, "weight_decay": wd, "epochs": epoch, **m})
+            return at
+
+        _train_grid(x_train, y_train, data.num_classes, torch.tensor([g[0] for g in grid]),
+                    torch.tensor([g[1] for g in grid]), cfg,
+                    {e: record(e) for e in cfg.checkpoints()}, progress=self.progress)
+        return records
+
+    def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
+        torch.manual_seed(self.cfg.seed)
+        x_all = torch.cat([self._tensor(data.features["train"]), self._tensor(data.features["val"])])
+        y_all = torch.cat([self._labels(data.labels["train"]), self._labels(data.labels["val"])])
+        heads, norm = _train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
+                                  torch.tensor([point["weight_decay"]]), self.cfg, {},
+                                  stop_at=int(point["epochs"]), progress=self.progress)
+        return _logits(heads, norm, self._tensor(data.features["test"]))[0]
+
+
 def fit_probe(
     features: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
@@ -202,55 +220,6 @@ def fit_probe(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> ProbeResult:
-    """Select on val with the batched grid, retrain the winner on train+val, test once."""
-    torch.manual_seed(cfg.seed)
-    dev = torch.device(device)
-    store = torch.float16 if dev.type == "cuda" else torch.float32
-
-    def tensor(a: np.ndarray, dtype=store) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a.reshape(len(a), -1))).to(dev, dtype)
-
-    x = {s: tensor(features[s]) for s in ("train", "val", "test")}
-    y = {s: torch.as_tensor(labels[s], dtype=torch.long, device=dev) for s in x}
-    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
-    lrs = torch.tensor([g[0] for g in grid])
-    wds = torch.tensor([g[1] for g in grid])
-    records: list[dict[str, float]] = []
-
-    def record(epoch: int):
-        def at(heads, norm):
-            logits = _logits(heads, norm, x["val"])
-            for g, (lr, wd) in enumerate(grid):
-                m = metrics(logits[g], y["val"], num_classes)
-                records.append({"lr": lr, "weight_decay": wd, "epochs": epoch, **m})
-        return at
-
-    _train_grid(x["train"], y["train"], num_classes, lrs, wds, cfg,
-                {e: record(e) for e in cfg.checkpoints()}, progress=progress)
-    best_index = int(np.argmax([r[headline] for r in records]))  # first maximum: deterministic
-    best = records[best_index]
-
-    x_all = torch.cat([x["train"], x["val"]])
-    y_all = torch.cat([y["train"], y["val"]])
-    heads, norm = _train_grid(x_all, y_all, num_classes, torch.tensor([best["lr"]]),
-                              torch.tensor([best["weight_decay"]]), cfg, {},
-                              stop_at=int(best["epochs"]), progress=progress)
-    test_logits = _logits(heads, norm, x["test"])[0]
-    return test_result(best, test_logits.cpu(), y["test"].cpu(), num_classes, records)
-
-
-def test_result(best: dict[str, float], test_logits: torch.Tensor, y_test: torch.Tensor,
-                num_classes: int, grid: list[dict[str, float]]) -> ProbeResult:
-    """The selected grid point's result: test metrics, per-class accuracy, confusion matrix."""
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y_test.numpy(), test_logits.argmax(-1).numpy()), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = 100.0 * np.diag(confusion) / confusion.sum(1)
-    return ProbeResult(
-        best={k: best[k] for k in ("lr", "weight_decay", "epochs")},
-        val={k: best[k] for k in ("top1", "top5", "mean_per_class")},
-        test=metrics(test_logits, y_test, num_classes),
-        per_class=per_class,
-        confusion=confusion,
-        grid=grid,
-    )
+    """``bench.protocol.evaluate`` with the batched grid: select on val, retrain, test once."""
+    trainer = GridProbeTrainer(cfg, device, progress=progress)
+    return evaluate(trainer, ProbeData(features, labels, num_classes), headline)

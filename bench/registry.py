@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.errors import BenchError, UsageError
 
-class UnknownNameError(KeyError):
+
+class UnknownNameError(BenchError, KeyError):
     """An unknown backbone or task name; the message suggests close matches."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
@@ -97,7 +99,7 @@ class Registry:
         kwargs = {**entry.defaults, **overrides}
         if entry.name != name:  # "name:ARG"
             if entry.argument is None:
-                raise UnknownNameError(f"{self.kind} {entry.name!r} takes no ':ARG' suffix")
+                raise UsageError(f"{self.kind} {entry.name!r} takes no ':ARG' suffix")
             kwargs[entry.argument] = name.split(":", 1)[1]
         obj = entry.factory(**kwargs)
         try:

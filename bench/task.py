@@ -21,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.errors import BenchError
+from bench.paths import data_root  # noqa: F401  (tasks import it from here)
+
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(BenchError, RuntimeError):
     """Missing or malformed data; the message says what is wrong and how to fix it."""
 
 
@@ -123,16 +126,6 @@ def holdout_split(
         val += [i for _, i in members[:n_val]]
         train += [i for _, i in members[n_val:]]
     return sorted(train), sorted(val)
-
-
-def data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """--data-root, else $BENCH_DATA, else ~/.cache/bench/data."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get("BENCH_DATA"):
-        return Path(os.environ["BENCH_DATA"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bench" / "data"
 
 
 def load_rgb(path: str | os.PathLike) -> Any:

@@ -19,16 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.errors import BenchError
+from bench.paths import weights_dir
 
-class WeightsError(RuntimeError):
+
+class WeightsError(BenchError, RuntimeError):
     """Weights that cannot be found, fetched or verified; the message says how to fix it."""
-
-
-def weights_dir() -> Path:
-    if os.environ.get("BENCH_WEIGHTS"):
-        return Path(os.environ["BENCH_WEIGHTS"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bench" / "weights"
 
 
 def offline() -> bool:

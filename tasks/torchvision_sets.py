@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import Download
+from bench.errors import UsageError
 from bench.registry import register_task
 from bench.task import DatasetError, FileTask, Partitions, data_root
 
@@ -95,7 +96,7 @@ class DTD(FileTask):
 
     def __init__(self, root: str | None, partition: int, expected_counts: dict[str, int] | None):
         if not 1 <= partition <= 10:
-            raise ValueError(f"dtd: partition must be 1..10, got {partition}")
+            raise UsageError(f"dtd: partition must be 1..10, got {partition}")
         base = data_root(root)
         super().__init__("dtd", base / "dtd" / "dtd", base, "Describable Textures (DTD)",
                          expected_counts=expected_counts)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import urllib.request
+
 import pytest
+
+from tests.services import MLFLOW_ENV, PARTITION, SLURM_ENV, _require, _sh
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -23,3 +27,38 @@ def isolated_results(tmp_path, monkeypatch):
     if not os.environ.get("BENCH_TEST_KEEP_TRACKING_URI"):
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+def records(suite: str = "bench", include_superseded: bool = False):
+    """The finished result records of a suite, as leaderboards read them."""
+    from bench.tracking import experiment_ids, find_records
+
+    return find_records(experiment_ids([suite]), include_superseded=include_superseded)
+
+
+# --- real services (see tests/services.py) ------------------------------------------------
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    value = _require(SLURM_ENV, "`sudo scripts/slurm-up.sh`", "1")
+    if value != "1":
+        pytest.fail(f"{SLURM_ENV} must be 1 (or 0 to skip), got {value!r}")
+    state = _sh("sinfo", "-h", "-p", PARTITION, "-o", "%T")
+    if not {"idle", "mixed", "allocated"} & set(state.split()):
+        pytest.fail(
+            f"{SLURM_ENV}=1 but partition {PARTITION!r} is not usable (sinfo: {state!r}); "
+            "run `sudo scripts/slurm-up.sh`"
+        )
+    return PARTITION
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_uri() -> str:
+    uri = _require(MLFLOW_ENV, "`scripts/mlflow-up.sh DIR PORT`", "http://127.0.0.1:PORT").rstrip(
+        "/"
+    )
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:
+            assert resp.status == 200
+    except OSError as e:
+        pytest.fail(f"{MLFLOW_ENV}={uri} but GET /health fails ({e}); run scripts/mlflow-up.sh")
+    return uri

@@ -228,3 +228,14 @@ def test_tiny_preset_saves_and_reloads_random_weights():
     assert bench.create_backbone("diffusion-tiny", seed=1).weights_digest() != a.weights_digest()
     assert b.config["t"] == 150 and b.default_layers == ("block24@t150",)
     assert a.config["flags"]["channel_mult"] == "1,1,2,2,4,4"
+
+
+def test_layers_group_by_timestep_for_difformer():
+    """The ADM family owns its block@t grammar: DifFormer's groups come from the backbone."""
+    tiny = bench.create_backbone("diffusion-tiny")
+    layers = [tiny.canonical_layer(n) for n in ("19@90", "block24@t90", "19@t150", "24@150")]
+    assert tiny.layer_groups(layers) == [["block19@t90", "block24@t90"],
+                                         ["block19@t150", "block24@t150"]]
+    with pytest.raises(ValueError, match="every block at every timestep"):
+        tiny.layer_groups(["block19@t90", "block24@t90", "block19@t150"])
+    assert bench.create_backbone("pixels").layer_groups(["image"]) == [["image"]]

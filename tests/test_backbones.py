@@ -382,12 +382,22 @@ def test_bench_run_works_offline_for_every_family(preset):
     if preset == "bigbigan-tiny":
         pytest.importorskip("tensorflow", reason="BigBiGAN runs in TensorFlow: pip install "
                             "'bench[bigbigan]' (CI installs it)")
+    from bench.cache import FeatureCache
     from bench.cli import main
-    from bench.tracking import find_runs
+    from bench.probe import ProbeConfig, fit_probe
+
+    from .conftest import records
 
     assert main(["run", "--backbone", preset, "--task", "digits", "--task-arg", "limit=40",
                  "--workers", "0", "--epochs", "2", "--lrs", "1e-2", "--wds", "0",
                  "--no-progress"]) == 0
-    [run] = find_runs(["bench"]).to_dict("records")
-    assert run["tags.bench.backbone"] == preset and 0 <= run["metrics.test_top1"] <= 100
-    assert len(run["tags.bench.weights_sha256"]) == 64
+    [record] = records()
+    assert record.backbone == preset
+    assert record.weights_sha256 == bench.create_backbone(preset).weights_digest()
+    # A second path to the same number: the cached features, probed directly.
+    cache = FeatureCache()
+    loaded = {s: cache.find(keys[0])[0].load() for s, keys in record.cache_keys.items()}
+    direct = fit_probe({s: f for s, (f, _, _) in loaded.items()},
+                       {s: y for s, (_, y, _) in loaded.items()}, 10,
+                       ProbeConfig(lrs=(1e-2,), weight_decays=(0.0,), epochs=2))
+    assert record.metrics["test_top1"] == direct.test["top1"]

@@ -154,9 +154,9 @@ def test_dataset_download_extracts_atomically(server, tmp_path, monkeypatch):
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench")
-    data.add_cli(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["data", *argv])
+    from bench.cli import build_parser
+
+    return build_parser().parse_args(["data", *argv])
 
 
 def test_verify_command_exit_codes_and_messages(tmp_path, capsys):

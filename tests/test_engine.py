@@ -15,6 +15,7 @@ import bench
 from bench.cache import FeatureCache
 from bench.extract import extract
 from bench.probe import ProbeConfig, fit_probe
+from bench.errors import UsageError
 from bench.registry import UnknownNameError
 from bench.task import CorruptImageError, DatasetError, Split, holdout_split
 
@@ -48,7 +49,7 @@ def test_registry_lists_creates_and_suggests():
     assert bench.create_backbone("pixels", size=4).input_size == 4
     with pytest.raises(UnknownNameError, match="Did you mean pixels"):
         bench.create_backbone("pixel")
-    with pytest.raises(UnknownNameError, match="takes no ':ARG'"):
+    with pytest.raises(UsageError, match="takes no ':ARG'"):
         bench.create_task("digits:foo")
 
 
@@ -67,16 +68,19 @@ def test_cache_key_covers_what_changes_features():
     backbone = bench.create_backbone("pixels", size=8)
     from bench.extract import entry_fields
 
-    base = entry_fields(backbone, task.config, task.split("train"), "image", "8", "fp32")
+    from bench.precision import resolve_precision
+
+    fp32, bf16 = resolve_precision("fp32", "cpu"), resolve_precision("bf16", "cpu")
+    base = entry_fields(backbone, task.config, task.split("train"), "image", "8", fp32)
     cache = FeatureCache()
     variants = [
-        entry_fields(backbone, task.config, task.split("train"), "image", "4", "fp32"),
-        entry_fields(backbone, task.config, task.split("val"), "image", "8", "fp32"),
-        entry_fields(backbone, task.config, task.split("train"), "image", "8", "bf16"),
+        entry_fields(backbone, task.config, task.split("train"), "image", "4", fp32),
+        entry_fields(backbone, task.config, task.split("val"), "image", "8", fp32),
+        entry_fields(backbone, task.config, task.split("train"), "image", "8", bf16),
         entry_fields(bench.create_backbone("pixels", size=16), task.config, task.split("train"),
-                     "image", "8", "fp32"),
+                     "image", "8", fp32),
         entry_fields(backbone, task.config, task.split("train").subset(range(10)), "image", "8",
-                     "fp32"),
+                     fp32),
     ]
     keys = {cache.entry(f).key for f in [base, *variants]}
     assert len(keys) == 1 + len(variants)
@@ -202,24 +206,24 @@ def test_run_logs_to_mlflow_and_leaderboard_reads_it_back(tmp_path):
                  "--backbone-arg", "size=8", "--pool", "8,4", "--epochs", "10",
                  "--no-progress"]) == 0
     from bench import leaderboard
-    from bench.tracking import find_runs
 
-    runs = find_runs(["bench"])
+    from .conftest import records
+
+    runs = records()
     assert len(runs) == 2
-    assert set(runs["params.pool"]) == {"8", "4"}
-    assert (runs["metrics.test_top1"] > 80).all()
-    assert runs["tags.bench.weights_sha256"].str.len().eq(64).all()
-    cells, table = leaderboard.build(["bench"])
-    best = runs.sort_values("metrics.val_top1", ascending=False).iloc[0]
-    assert table.loc["pixels", "digits"] == round(best["metrics.test_top1"], 2)
+    assert {r.pool for r in runs} == {"8", "4"}
+    assert all(r.metrics["test_top1"] > 80 for r in runs)
+    assert all(len(r.weights_sha256) == 64 for r in runs)
+    board = leaderboard.build(["bench"])
+    best = max(runs, key=lambda r: r.metrics["val_top1"])
+    assert board.table.loc["pixels", "digits"] == round(best.metrics["test_top1"], 2)
     assert main(["leaderboard"]) == 0
     text = (tmp_path / "results" / "leaderboard.md").read_text()
     assert "pixels" in text and "digits" in text
     import mlflow
 
-    run_id = runs.iloc[0]["run_id"]
-    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
-    assert {"config.json", "per_class_accuracy.csv", "confusion_matrix.png", "grid.csv"} <= names
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].run_id)}
+    assert {"protocol.json", "per_class_accuracy.csv", "confusion_matrix.png", "grid.csv"} <= names
 
 
 def test_cli_help_is_light_and_errors_are_clear(capsys):
@@ -242,7 +246,8 @@ def test_cli_help_is_light_and_errors_are_clear(capsys):
 
 def test_attention_and_difformer_heads_run_through_the_job(capsys):
     from bench.cli import main
-    from bench.tracking import find_runs
+
+    from .conftest import records
 
     tiny = ["--probe-arg", "dim=16", "--probe-arg", "heads=2", "--probe-arg", "depth=1",
             "--epochs", "8", "--probe-arg", "eval_every=4", "--lrs", "0.01",
@@ -250,23 +255,25 @@ def test_attention_and_difformer_heads_run_through_the_job(capsys):
             "--backbone", "pixels", "--task", "digits", "--workers", "0", "--no-progress"]
     assert main(["run", "--head", "attention", "--pool", "map2", *tiny]) == 0
     assert main(["run", "--head", "difformer", "--pool", "map2,map1", *tiny]) == 0
-    runs = find_runs(["bench"]).set_index("params.head")
-    assert runs.loc["attention", "params.pool"] == "map2"
-    assert runs.loc["attention", "metrics.test_top1"] > 20  # chance is 10; learning: test_heads
+    runs = records()
+    [attention] = [r for r in runs if r.head == "attention"]
+    assert attention.pool == "map2"
+    assert attention.metrics["test_top1"] > 20  # chance is 10; learning: test_heads
     # difformer fuses each pool's layers into one cell: two pools -> two runs
-    assert len(runs.loc["difformer"]) == 2
+    assert len([r for r in runs if r.head == "difformer"]) == 2
 
 
 def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
     from bench.cli import main
-    from bench.tracking import find_runs
+
+    from .conftest import records
 
     assert main(["demo", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    runs = find_runs(["demo"]).set_index("tags.bench.backbone")
-    assert set(runs.index) == {"pixels", "random-unet"}
+    runs = {r.backbone: r for r in records("demo")}
+    assert set(runs) == {"pixels", "random-unet"}
     for backbone in ("pixels", "random-unet"):
-        top1 = runs.loc[backbone, "metrics.test_top1"]
+        top1 = runs[backbone].metrics["test_top1"]
         assert top1 > 80, (backbone, top1)  # chance is 10
         assert f"{top1:.2f}" in out  # the printed numbers are the logged ones
     assert "mlflow ui --backend-store-uri sqlite:///" in out
@@ -276,15 +283,18 @@ def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
 def test_extraction_array_tasks_split_the_shards_and_the_probe_reuses_them(tmp_path):
     from bench.jobs import BenchJob, ExtractJob
 
-    spec = dict(backbone="pixels", task="digits", backbone_args={"size": 8}, workers=0,
-                shard_size=256, cache_dir=str(tmp_path / "cache"), progress=False)
-    first = ExtractJob(**spec, array_index=0, array_size=2)()
-    second = ExtractJob(**spec, array_index=1, array_size=2)()
-    assert first["train"]["shards_written"] == 3 and second["train"]["shards_written"] == 3
-    assert first["train"]["images"] + second["train"]["images"] == 1295
-    assert ExtractJob(**spec)()["train"]["shards_written"] == 0  # all there: nothing to do
-    [result] = BenchJob(**spec, probe={"epochs": 4})()
-    assert result["test_top1"] > 80
+    from bench.spec import RunOptions, RunSpec
+
+    spec = RunSpec(backbone="pixels", task="digits", backbone_args={"size": 8},
+                   head_args={"epochs": 4})
+    options = RunOptions(workers=0, shard_size=256, cache_dir=str(tmp_path / "cache"),
+                         progress=False)
+    first = ExtractJob(spec, options, array_index=0, array_size=2)()
+    second = ExtractJob(spec, options, array_index=1, array_size=2)()
+    assert first["train"] == 3 and second["train"] == 3  # shards written: 6 of 1295 // 256 + 1
+    assert ExtractJob(spec, options)()["train"] == 0  # all there: nothing to do
+    [record] = BenchJob(spec, options)()
+    assert record.metrics["test_top1"] > 80
 
 
 def test_cache_cli_lists_and_removes_entries(capsys):
@@ -304,7 +314,8 @@ def test_skip_corrupt_run_leaves_the_image_out_and_records_it(tmp_path, capsys):
     from PIL import Image
 
     from bench.cli import main
-    from bench.tracking import find_runs
+
+    from .conftest import records
 
     tree = tmp_path / "tree"
     for c in range(3):
@@ -318,9 +329,8 @@ def test_skip_corrupt_run_leaves_the_image_out_and_records_it(tmp_path, capsys):
     assert main(run) == 2
     assert "class1/5.png" in capsys.readouterr().err
     assert main([*run, "--skip-corrupt"]) == 0
-    [logged] = find_runs(["bench"]).to_dict("records")
-    assert logged["tags.bench.skipped_count"] == "1"
-    assert "class1/5.png" in logged["tags.bench.skipped"]
+    [logged] = records()
+    assert logged.skipped_count == 1 and logged.skipped == ["class1/5.png"]
 
 
 def test_list_shows_every_family_with_description_and_licence(capsys):
@@ -343,9 +353,9 @@ def test_features_that_overflow_the_cache_precision_are_refused(tmp_path):
     backbone = bench.create_backbone("pixels", size=4)
     backbone.forward_features = lambda x, layers, ids=None: {"image": x * 1e6}
     task = bench.create_task("digits", limit=8)
-    with pytest.raises(FloatingPointError, match="not finite in float16"):
+    with pytest.raises(FloatingPointError, match="not finite in float16"):  # bf16 stores fp16
         extract(backbone, task.split("train"), [("image", "4")], FeatureCache(tmp_path / "c"),
-                task.config, device=CPU, progress=False)
+                task.config, device=CPU, precision="bf16", progress=False)
     assert not list((tmp_path / "c").glob("*/*/shard-*.npy"))  # nothing half-good is cached
 
 

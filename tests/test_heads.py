@@ -17,7 +17,6 @@ from bench.heads import (
     cache_bytes_per_image,
     fit_head,
     make_optimizer,
-    timestep_groups,
 )
 
 CLASSES, CHANNELS, SIDE = 4, 8, 4
@@ -114,8 +113,9 @@ def test_difformer_shares_one_transformer_and_concatenates_cls():
 
     def head(timesteps: list[int]) -> DifFormerHead:
         shapes = {f"{b}@t{t}": s for t in timesteps for b, s in blocks.items()}
+        groups = [[f"{b}@t{t}" for b in blocks] for t in timesteps]
         torch.manual_seed(0)
-        return DifFormerHead(shapes, timestep_groups(list(shapes)), CLASSES, **TINY).eval()
+        return DifFormerHead(shapes, groups, CLASSES, **TINY).eval()
 
     def count(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
@@ -129,9 +129,6 @@ def test_difformer_shares_one_transformer_and_concatenates_cls():
     x = {name: torch.randn(3, *blocks[name.split("@")[0]]) for g in two.groups for name in g}
     cls = [two.encode([x[name] for name in group]) for group in two.groups]
     torch.testing.assert_close(two(x), two.classifier(torch.cat(cls, dim=1)), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="every block at every timestep"):
-        timestep_groups(["block19@t90", "block24@t90", "block19@t150"])
-    assert timestep_groups(["layer3", "layer4"]) == [["layer3", "layer4"]]
 
 
 def test_fit_is_deterministic_given_seed():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from tests.test_cluster import _in_ci, _rest, mlflow_server_uri  # noqa: F401
+from tests.services import _in_ci, _rest
 
 FAST = ["--epochs", "4", "--lrs", "1e-2", "--wds", "0", "--workers", "0", "--no-progress"]
 BACKBONES = {"pixels": "image", "random-unet": "mid"}  # preset -> its default layer
@@ -28,7 +28,7 @@ POOLS = ("1", "2")
 
 
 @pytest.fixture(scope="module")
-def sweep(mlflow_server_uri, tmp_path_factory):  # noqa: F811
+def sweep(mlflow_server_uri, tmp_path_factory):
     """A 2 backbones x 1 task x 2 pools sweep logged to the server, run twice (the second run
     reuses every cell and refreshes the leaderboard run). Returns (uri, suite, experiment id)."""
     suite = f"test-ui-{uuid.uuid4().hex[:8]}"

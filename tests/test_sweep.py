@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.sweep import grid_layers, load_profile, parse_grid
+from bench.scheduler import executor_config, load_profile
+from bench.sweep import grid_layers, parse_grid
 
 FAST = ["--epochs", "4", "--workers", "0", "--lrs", "1e-2", "--wds", "0"]
 
@@ -55,16 +56,9 @@ def test_profiles_are_read_and_checked(tmp_path):
         load_profile("bad", str(profiles))
     with pytest.raises(ValueError, match="no profile 'cpu'"):
         load_profile("cpu", str(profiles))
-    from argparse import Namespace
-
-    from bench.sweep import SLURM_FIELDS, executor_params
-
-    ns = Namespace(profile="gpu", profiles=str(profiles), executor=None,
-                   **{k: None for k in SLURM_FIELDS})
-    ns.mem_gb = 32  # a flag overrides the profile
-    params = executor_params(ns)
-    assert ns.executor == "slurm"
-    assert params == {"slurm_partition": "a100", "gpus_per_node": 1, "mem_gb": 32}
+    config = executor_config(None, "gpu", str(profiles), mem_gb=32, qos=None)  # a flag wins
+    assert config.kind == "slurm"
+    assert config.params == {"slurm_partition": "a100", "gpus_per_node": 1, "mem_gb": 32}
 
 
 def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):
@@ -92,7 +86,7 @@ def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):
 def test_paper_rows_sit_beside_ours():
     import pandas as pd
 
-    from bench.leaderboard import with_paper
+    from bench.leaderboard import with_references as with_paper
 
     ours = pd.DataFrame({"cub": [40.0], "digits": [95.0]}, index=["diffusion"])
     table = with_paper(ours)
@@ -104,11 +98,11 @@ def test_paper_rows_sit_beside_ours():
 
 def test_run_through_submitits_local_executor(capsys, tmp_path):
     """The job boundary: the same BenchJob pickled into a subprocess by submitit."""
-    from bench.tracking import find_runs
+    from .conftest import records
 
     assert main(["run", "--backbone", "pixels", "--task", "digits", "--executor",
                  "submitit-local", "--backbone-arg", "size=8", *FAST, "--no-progress"]) == 0
     assert "pixels/digits/image/8/linear: test_top1" in capsys.readouterr().out
-    [run] = find_runs(["bench"]).to_dict("records")
-    assert run["metrics.test_top1"] > 80
+    [record] = records()
+    assert record.metrics["test_top1"] > 80
     assert list((tmp_path / "results" / "jobs").glob("*_result.pkl"))  # it ran out of process

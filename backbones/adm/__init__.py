@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from backbones.adm.backbone import LICENCE, RELEASED, TINY_FLAGS, ADMBackbone, random_weights
+from bench.errors import UsageError
 from bench.registry import register_backbone
 
 
@@ -83,7 +84,7 @@ def adm(
     flags: Mapping[str, Any] | None = None, weights: str | None = None, **kwargs: Any
 ) -> ADMBackbone:
     if flags is None or weights is None:
-        raise ValueError(
+        raise UsageError(
             "backbone 'adm' needs flags={...guided-diffusion create_model flags...} and "
             f"weights=PATH or URL; released checkpoints have presets: {', '.join(RELEASED)}, "
             "diffusion-fg"

@@ -21,6 +21,7 @@ import torch
 from backbones.adm.diffusion import NoiseSchedule
 from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
+from bench.errors import UsageError
 from bench.weights import file_sha256, random_weights_file, resolve
 
 LICENCE = "MIT (openai/guided-diffusion)"
@@ -115,7 +116,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LAYER = re.compile(r"(?:block)?(\d+)|(input_blocks\.\d+|middle_block|output_blocks\.\d+)")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UsageError):
     """A state dict that does not fit the flags; the message names the mismatch and the fix."""
 
 
@@ -234,11 +235,11 @@ class ADMBackbone(Backbone):
     ):
         super().__init__()
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+            raise UsageError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         if noise_draws < 1:
-            raise ValueError("noise_draws must be at least 1")
+            raise UsageError("noise_draws must be at least 1")
         if not 0 <= class_label < NUM_CLASSES:
-            raise ValueError(f"class_label must lie in [0, {NUM_CLASSES})")
+            raise UsageError(f"class_label must lie in [0, {NUM_CLASSES})")
         self.flags = complete_flags(flags)
         self.schedule = NoiseSchedule(schedule, diffusion_steps)
         self._check_t(t)
@@ -299,6 +300,15 @@ class ADMBackbone(Backbone):
         """``block24@t90`` from ``24``, ``block24``, ``output_blocks.4``, each with optional ``@t90``/``@90``."""
         block, t = self._parse(layer)
         return f"block{block}@t{t}"
+
+    def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
+        """One group per timestep (``block19@t90`` -> group t90), blocks in first-seen order."""
+        parsed = [self._parse(layer) for layer in layers]
+        blocks = list(dict.fromkeys(b for b, _ in parsed))
+        steps = list(dict.fromkeys(t for _, t in parsed))
+        if len(set(parsed)) != len(blocks) * len(steps):
+            raise UsageError(f"layers {list(layers)} do not hold every block at every timestep")
+        return [[f"block{b}@t{t}" for b in blocks] for t in steps]
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every block at the default timestep; any other ``@tT`` is accepted too."""
@@ -395,14 +405,14 @@ class ADMBackbone(Backbone):
 
     def _check_t(self, t: int) -> None:
         if not 0 <= t < self.schedule.steps:
-            raise ValueError(f"timestep {t} outside [0, {self.schedule.steps})")
+            raise UsageError(f"timestep {t} outside [0, {self.schedule.steps})")
 
     def _parse(self, layer: str) -> tuple[int, int]:
         base, _, suffix = str(layer).partition("@")
         match = _LAYER.fullmatch(base.strip())
         t_match = re.fullmatch(r"t?(\d+)", suffix.strip()) if suffix else None
         if match is None or (suffix and t_match is None):
-            raise ValueError(
+            raise UsageError(
                 f"layer {layer!r}: use a block number or module name, optionally with a timestep: "
                 "'24', 'block24', 'output_blocks.4', 'middle_block', each optionally '@t90' or '@90'"
             )
@@ -412,12 +422,12 @@ class ADMBackbone(Backbone):
         elif match.group(2) in self._numbers:
             block = self._numbers[match.group(2)]
         else:
-            raise ValueError(
+            raise UsageError(
                 f"layer {layer!r}: this U-Net has input_blocks.0..{len(self.unet.input_blocks) - 1}, "
                 f"middle_block, output_blocks.0..{len(self.unet.output_blocks) - 1}"
             )
         if not 1 <= block <= n:
-            raise ValueError(f"layer {layer!r}: blocks are numbered 1..{n}")
+            raise UsageError(f"layer {layer!r}: blocks are numbered 1..{n}")
         t = int(t_match.group(1)) if t_match else self.t
         self._check_t(t)
         return block, t

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from bench.errors import UsageError
+
 SCHEDULES = ("linear", "cosine")
 
 
@@ -29,7 +31,7 @@ def betas(schedule: str, steps: int = 1000) -> np.ndarray:
             [min(1 - abar((i + 1) / steps) / abar(i / steps), 0.999) for i in range(steps)],
             dtype=np.float64,
         )
-    raise ValueError(f"unknown noise schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    raise UsageError(f"unknown noise schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 
 class NoiseSchedule:
@@ -46,7 +48,7 @@ class NoiseSchedule:
         """(sqrt(abar_t), sqrt(1 - abar_t)) as float32, one per timestep."""
         t = torch.as_tensor(t, dtype=torch.long).cpu()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.steps):
-            raise ValueError(f"timesteps must lie in [0, {self.steps}); got {t.tolist()}")
+            raise UsageError(f"timesteps must lie in [0, {self.steps}); got {t.tolist()}")
         return self.sqrt_abar[t].float(), self.sqrt_one_minus_abar[t].float()
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.errors import UsageError
+
 NUM_CLASSES = 1000  # ImageNet labels of the class-conditional checkpoints
 GROUPS = 32
 DEFAULT_CHANNEL_MULT = {
@@ -125,12 +127,12 @@ class AttentionBlock(nn.Module):
         super().__init__()
         if num_head_channels != -1:
             if channels % num_head_channels:
-                raise ValueError(
+                raise UsageError(
                     f"{channels} channels are not divisible by num_head_channels={num_head_channels}"
                 )
             num_heads = channels // num_head_channels
         if channels % num_heads:
-            raise ValueError(f"{channels} channels are not divisible by num_heads={num_heads}")
+            raise UsageError(f"{channels} channels are not divisible by num_heads={num_heads}")
         self.heads = num_heads
         self.new_order = new_order
         self.norm = GroupNorm32(channels)
@@ -186,7 +188,7 @@ class EmbedSequential(nn.Sequential):
 def parse_channel_mult(channel_mult: str | Sequence[float], image_size: int) -> tuple[float, ...]:
     if isinstance(channel_mult, str) and not channel_mult.strip():
         if image_size not in DEFAULT_CHANNEL_MULT:
-            raise ValueError(
+            raise UsageError(
                 f"channel_mult='' has a default only for image_size in {sorted(DEFAULT_CHANNEL_MULT)}; "
                 f"pass channel_mult explicitly for image_size={image_size}"
             )
@@ -232,7 +234,7 @@ class ADMUNet(nn.Module):
         emb_dim = 4 * num_channels
         widths = [int(m * num_channels) for m in mults]
         if any(w % GROUPS for w in widths):
-            raise ValueError(
+            raise UsageError(
                 f"channel widths {widths} (num_channels x channel_mult) must be multiples of "
                 f"{GROUPS}, the GroupNorm group count"
             )
@@ -322,7 +324,7 @@ class ADMUNet(nn.Module):
             return {}
         bad = sorted(b for b in want if not 1 <= b <= self.num_blocks)
         if bad:
-            raise ValueError(
+            raise UsageError(
                 f"blocks {bad} out of range: this U-Net has blocks 1..{self.num_blocks}"
             )
         feats, _ = self._run(x, timesteps, y, want, max(want))
@@ -339,7 +341,7 @@ class ADMUNet(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.class_cond:
             if y is None:
-                raise ValueError(
+                raise UsageError(
                     "this U-Net is class-conditional: pass y, one class label per image"
                 )
             emb = emb + self.label_emb(y)
@@ -377,13 +379,13 @@ def complete_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
             if {"noise_schedule", "diffusion_steps"} & set(unknown)
             else ""
         )
-        raise ValueError(
+        raise UsageError(
             f"unknown ADM flags {unknown}{hint}; create_model's flags are: {', '.join(FLAG_DEFAULTS)}"
         )
     out = {k: flags.get(k, v) for k, v in FLAG_DEFAULTS.items()}
     missing = [k for k, v in out.items() if v is inspect.Parameter.empty]
     if missing:
-        raise ValueError(f"ADM flags need {missing}")
+        raise UsageError(f"ADM flags need {missing}")
     for key in ("channel_mult", "attention_resolutions"):  # JSON-stable string form
         if not isinstance(out[key], str):
             out[key] = ",".join(str(v) for v in out[key])

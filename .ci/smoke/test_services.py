@@ -1,21 +1,8 @@
-"""Tests against real services: a single-node SLURM cluster and an MLflow tracking server.
+"""CI's smoke checks of the services themselves: submitit on the single-node SLURM cluster
+(submission, arrays, requeue, preemption, failures) and the MLflow tracking server.
 
-They need the services that ``.ci/run`` starts (and that a developer can start by hand):
-
-    sudo scripts/slurm-up.sh                      # then: export BENCH_TEST_SLURM=1
-    scripts/mlflow-up.sh /tmp/bench-mlflow 5055   # then: export BENCH_TEST_MLFLOW_URI=http://127.0.0.1:5055
-
-Contract (env vars):
-  * ``BENCH_TEST_SLURM=1``: run the ``slurm`` tests. Unset: they are skipped, except under CI
-    (``CI`` set to true/1) where an unset variable is an error; ``BENCH_TEST_SLURM=0`` skips
-    them explicitly everywhere.
-  * ``BENCH_TEST_MLFLOW_URI=http://127.0.0.1:PORT``: run the ``server`` tests against that
-    server; same skip/CI rules (``BENCH_TEST_MLFLOW_URI=0`` skips explicitly).
-
-Jobs go to partition ``debug`` with 1 CPU and 1 GB each (the test node has ``nproc`` CPUs and
-80% of the RAM). There is no accounting database, so ``sacct`` fails and submitit reports job
-states as UNKNOWN: results and exceptions still come back through the result pickle, but a job
-that dies without writing one would be waited on forever, hence ``_wait`` and its deadline.
+They test the services, not bench, so they are not in the suite: ``.ci/run`` runs them before the
+suite (``python -m pytest -q .ci/smoke``) so that a broken service is reported as such.
 """
 
 from __future__ import annotations
@@ -33,48 +20,11 @@ from pathlib import Path
 import pytest
 from submitit.helpers import Checkpointable
 
-SLURM_ENV = "BENCH_TEST_SLURM"
-MLFLOW_ENV = "BENCH_TEST_MLFLOW_URI"
-PARTITION = "debug"
+from tests.services import PARTITION, _release_requeued, _rest, _sh
 
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _require(var: str, how: str, example: str) -> str:
-    """Value of ``var``; skip (or fail under CI) when it is unset or "0"."""
-    value = os.environ.get(var, "").strip()
-    if value == "0":
-        pytest.skip(f"{var}=0: skipped on request")
-    if not value:
-        message = f"{var} is not set: start the service with {how}, then export {var}={example}"
-        if _in_ci():
-            pytest.fail(f"CI must run this test. {message} (or set {var}=0 to opt out)")
-        pytest.skip(message)
-    return value
-
-
-def _sh(*cmd: str, timeout: float = 30) -> str:
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
-    return (proc.stdout + proc.stderr).strip()
 
 
 # ----------------------------------------------------------------------------- SLURM fixtures
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    value = _require(SLURM_ENV, "`sudo scripts/slurm-up.sh`", "1")
-    if value != "1":
-        pytest.fail(f"{SLURM_ENV} must be 1 (or 0 to skip), got {value!r}")
-    state = _sh("sinfo", "-h", "-p", PARTITION, "-o", "%T")
-    if not {"idle", "mixed", "allocated"} & set(state.split()):
-        pytest.fail(
-            f"{SLURM_ENV}=1 but partition {PARTITION!r} is not usable (sinfo: {state!r}); "
-            "run `sudo scripts/slurm-up.sh`"
-        )
-    return PARTITION
 
 
 @pytest.fixture
@@ -113,24 +63,6 @@ def _wait(job, timeout: float = 60.0):
             )
         time.sleep(0.25)
     return job.result()
-
-
-def _squeue_state(job_id: str) -> str:
-    return _sh("squeue", "-h", "-j", str(job_id), "-o", "%T")
-
-
-def _release_requeued(job_id: str, timeout: float = 30.0) -> None:
-    """Make a requeued job eligible now (SLURM holds requeued jobs back ~2 min: BeginTime)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _squeue_state(job_id) == "PENDING":
-            out = _sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-            assert not out, f"scontrol update StartTime=now: {out}"
-            return
-        time.sleep(0.25)
-    pytest.fail(
-        f"job {job_id} never went back to PENDING after the requeue: {_squeue_state(job_id)}"
-    )
 
 
 def _read_json(path: Path, default):
@@ -291,33 +223,6 @@ def test_exception_comes_back_as_failed_job_error(executor):
 
 
 # ----------------------------------------------------------------------------- MLflow server
-
-
-@pytest.fixture(scope="session")
-def mlflow_server_uri() -> str:
-    uri = _require(MLFLOW_ENV, "`scripts/mlflow-up.sh DIR PORT`", "http://127.0.0.1:PORT").rstrip(
-        "/"
-    )
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:
-            assert resp.status == 200
-    except OSError as e:
-        pytest.fail(f"{MLFLOW_ENV}={uri} but GET /health fails ({e}); run scripts/mlflow-up.sh")
-    return uri
-
-
-def _rest(uri: str, path: str, payload: dict | None = None) -> dict:
-    if payload is None:
-        req = urllib.request.Request(f"{uri}{path}")
-    else:
-        req = urllib.request.Request(
-            f"{uri}{path}",
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 @pytest.mark.server

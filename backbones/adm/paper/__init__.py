@@ -1,65 +1,86 @@
-"""The paper's ablation figures from a sweep's runs, with the paper's reported values beside ours.
+"""The paper's numbers (Mukhopadhyay et al. 2023) as data, its leaderboard rows and its ablation figures.
 
-Runs whose layer names carry a block and a timestep (``block24@t90``) give two figures per
-(backbone, task): test accuracy against the timestep, one line per block (and pool), and test
-accuracy against the pool size, one line per (block, timestep). The paper's numbers
-(``results/paper/*.csv``) are drawn dashed where they were measured on the same task
-(ImageNet ablations; CUB's timestep sweep), labelled as the paper's.
+The CSV files beside this module are package data (they ship in the wheel). Rows of
+``finegrained.csv`` and ``imagenet_headline.csv`` appear in leaderboards as ``paper: METHOD``;
+``bench sweep`` draws, per (backbone, task), test accuracy against the timestep (one line per
+block and pool) and against the pool size (one line per block and timestep) for runs whose
+layers are ``block{N}@t{T}``, with the paper's values dashed where it measured the same task
+(ImageNet's ablations; CUB's timestep sweep).
 """
 
 from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+from bench.record import RunRecord
+from bench.references import ReferenceSource, register_reference
+
 LAYER = re.compile(r"block(\d+)@t(\d+)$")
-PAPER_TASKS = {"imagenet": ["ablation_timestep.csv", "ablation_block.csv", "ablation_pool.csv"],
-               "cub": ["cub_timestep.csv"]}
+ABLATIONS = {"imagenet": ["ablation_timestep.csv", "ablation_block.csv", "ablation_pool.csv"],
+             "cub": ["cub_timestep.csv"]}
 
 
-def paper_points(task: str) -> Any:
+def table(name: str) -> Any:
+    """One of the paper's CSV tables as a DataFrame."""
+    import pandas as pd
+
+    with resources.files(__package__).joinpath(name).open() as f:
+        return pd.read_csv(f)
+
+
+def leaderboard_rows(tasks: list[str]) -> Any:
+    """The paper's reported accuracies for these tasks: rows 'paper: METHOD', one column per task."""
+    import pandas as pd
+
+    paper = pd.concat([table("finegrained.csv"),
+                       table("imagenet_headline.csv").assign(task="imagenet")])
+    paper = paper[paper["task"].isin(tasks)]
+    if paper.empty:
+        return pd.DataFrame()
+    rows = paper.pivot_table(index="method", columns="task", values="acc", aggfunc="first")
+    rows.index = [f"paper: {m}" for m in rows.index]
+    rows.columns.name = None
+    return rows
+
+
+def ablation_points(task: str) -> Any:
     """The paper's (block, t, pool, acc) rows measured on ``task`` (empty if none)."""
     import pandas as pd
 
-    base = task.split(":")[0]
-    frames = [pd.read_csv(PAPER_DIR / name) for name in PAPER_TASKS.get(base, [])
-              if (PAPER_DIR / name).exists()]
-    if not frames:
+    names = ABLATIONS.get(task.split(":")[0], [])
+    if not names:
         return pd.DataFrame(columns=["block", "t", "pool", "acc"])
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat([table(n) for n in names], ignore_index=True)
     if "pool" not in df:
         df["pool"] = 1
     df["pool"] = df["pool"].fillna(1).astype(int)  # the paper's block/t ablations use pool 1
     return df.drop_duplicates(["block", "t", "pool"])
 
 
-def sweep_points(runs: Any) -> Any:
-    """(backbone, task, block, t, pool, test_top1) of runs with block@t layers and p x p pools."""
+def sweep_points(records: list[RunRecord]) -> Any:
+    """(backbone, task, block, t, pool, acc) of results with block@t layers and p x p pools."""
     import pandas as pd
 
     rows = []
-    for _, run in runs.iterrows():
-        match = LAYER.match(str(run.get("params.layer", "")))
-        pool = str(run.get("params.pool", ""))
-        if match and pool.isdigit():
-            rows.append({"backbone": run["tags.bench.backbone"], "task": run["tags.bench.task"],
-                         "head": run.get("params.head", ""), "block": int(match[1]),
-                         "t": int(match[2]), "pool": int(pool),
-                         "acc": run["metrics.test_top1"], "val": run["metrics.val_top1"]})
+    for r in records:
+        match = LAYER.match(r.layer)
+        if match and r.pool.isdigit():
+            rows.append({"backbone": r.backbone, "task": r.task, "block": int(match[1]),
+                         "t": int(match[2]), "pool": int(r.pool), "acc": r.metrics["test_top1"]})
     return pd.DataFrame(rows)
 
 
-def ablation_figures(runs: Any) -> dict[str, bytes]:
+def ablation_figures(records: list[RunRecord]) -> dict[str, bytes]:
     """PNG bytes per figure name, e.g. 'diffusion_cub_vs_t.png'."""
-    points = sweep_points(runs)
+    points = sweep_points(records)
     figures: dict[str, bytes] = {}
     if points.empty:
         return figures
     for (backbone, task), ours in points.groupby(["backbone", "task"]):
-        paper = paper_points(task)
+        paper = ablation_points(task)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{backbone}_{task}")
         if ours["t"].nunique() > 1:
             figures[f"{safe}_vs_t.png"] = _plot(ours, paper, x="t", lines=["block", "pool"],
@@ -97,3 +118,6 @@ def _plot(ours: Any, paper: Any, x: str, lines: list[str], title: str) -> bytes:
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+register_reference(ReferenceSource("paper", leaderboard_rows, ablation_figures))

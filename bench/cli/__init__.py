@@ -1,0 +1,49 @@
+"""The ``bench`` command line: one small module per command, each with ``add_parser`` and ``main``.
+
+Only argparse loads at start-up (``bench --help`` imports no torch, mlflow or pandas); a command
+imports the library when it runs. Errors a user can cause (``bench.errors.BenchError``) print
+as one line and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from bench.cli import cache, data, demo, leaderboard, listing, run, sweep
+
+COMMANDS = (run, listing, leaderboard, demo, cache, data, sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Benchmark frozen representations: backbones x tasks, cached features, "
+        "batched probes, MLflow leaderboards.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished cache shards and logged runs are kept", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from bench.errors import BenchError
+
+        if isinstance(e, BenchError) and not os.environ.get("BENCH_DEBUG"):
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""``bench leaderboard``: finished results pivoted backbone x task, from MLflow."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.cli import options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leaderboard", help="pivot finished runs backbone x task from MLflow")
+    p.add_argument("--suite", action="append", default=[], help="experiment(s); default bench")
+    p.add_argument("--metric", default="test_top1",
+                   choices=["test_top1", "test_top5", "test_mean_per_class"])
+    p.add_argument("--no-log", action="store_true", help="do not log the table to MLflow")
+    p.add_argument("--paper", action="store_true",
+                   help="add the paper's reported numbers for these tasks as 'paper:' rows")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.api import leaderboard
+    from bench.paths import tracking_uri
+
+    suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
+    board, paths = leaderboard(suites, args.metric, references=args.paper, log=not args.no_log)
+    print(board.table.to_markdown() if not board.table.empty else "no finished runs yet")
+    print(f"\nwritten: {paths['md']}, {paths['csv']}")
+    print(options.ui_hint(tracking_uri()))
+    return 0

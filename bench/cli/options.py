@@ -1,0 +1,163 @@
+"""Flags shared by several commands, and their translation into library objects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from bench.errors import UsageError
+
+SLURM_FLAGS = {  # flag -> help; the values go to bench.scheduler.executor_config by name
+    "partition": "SLURM partition", "gpus": "GPUs per node", "cpus": "CPUs per task",
+    "mem_gb": "memory per node (GB)", "time_min": "time limit (minutes)",
+    "account": "SLURM account", "qos": "SLURM QOS", "constraint": "node constraint",
+    "array_parallelism": "array tasks running at once",
+}
+
+
+def key_values(pairs: Sequence[str]) -> dict[str, Any]:
+    """['t=90', 'flags={"a": 1}'] -> {'t': 90, 'flags': {'a': 1}}.
+
+    Values are read as JSON where they are JSON (numbers, booleans, lists, objects) and as text
+    otherwise; a value that starts like a JSON object or list but does not parse is an error."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as e:
+            if value.lstrip()[:1] in "[{":
+                raise UsageError(f"{key}={value}: not valid JSON ({e})") from e
+            out[key] = value
+    return out
+
+
+def csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task argument (JSON values), e.g. limit=200")
+    p.add_argument("--data-root", help="dataset folder (default: $BENCH_DATA or ~/.cache/bench/data)")
+
+
+def add_feature_args(p: argparse.ArgumentParser) -> None:
+    """How features are computed and where they go (everything but the backbone and task)."""
+    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a backbone preset argument (JSON values), e.g. t=150")
+    add_data_args(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see README)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per cache shard")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave out unreadable images (recorded in the run) instead of stopping")
+    p.add_argument("--cache-dir", help="feature cache (default: $BENCH_CACHE or results/cache)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> None:
+    p.add_argument("--head", default="linear", choices=list(head_choices),
+                   help="linear/bn-linear/mlp: batched grid on pooled vectors; attention/difformer:"
+                   " the paper's transformer heads on maps (pool map16 by default)")
+    p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="other settings of the head, e.g. hidden=512, recipe=adamw, dim=512")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int,
+                   help="training epochs (default: the head's; linear/mlp 40, attention 28)")
+    p.add_argument("--lrs", type=floats, help="learning-rate grid, e.g. 1e-3,1e-2")
+    p.add_argument("--wds", type=floats,
+                   help="weight-decay grid of the linear/mlp heads, e.g. 0,1e-4,1e-2")
+    p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute cells that already have a finished result")
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
+                   help="where jobs run (default: the profile's, else local)")
+    p.add_argument("--profile", help="named executor profile from the profiles file")
+    p.add_argument("--profiles", help="profiles YAML (default $BENCH_PROFILES or "
+                   "~/.config/bench/profiles.yaml)")
+    p.add_argument("--job-dir", help="submitit logs and pickles (default results/jobs)")
+    for name, help_text in SLURM_FLAGS.items():
+        kind = str if name in ("partition", "account", "qos", "constraint") else int
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=help_text)
+
+
+def task_args(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    out = key_values(args.task_arg)
+    if args.data_root:
+        import inspect
+
+        from bench.registry import tasks
+
+        if "root" not in inspect.signature(tasks.entry(task).factory).parameters:
+            raise UsageError(f"task {task!r} reads no files: --data-root does not apply")
+        out["root"] = args.data_root
+    return out
+
+
+def head_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The head's settings from --epochs/--lrs/--wds/--probe-arg; a flag the head does not take is
+    refused, naming the head and what it takes instead."""
+    from bench.protocol import head_kind
+
+    kind = head_kind(args.head)
+    given = {"--epochs": args.epochs, "--lrs": args.lrs, "--wds": args.wds}
+    out = {}
+    for flag, value in given.items():
+        if value is None:
+            continue
+        if flag not in kind.flags:
+            takes = ", ".join(kind.flags) or "none"
+            raise UsageError(f"{flag} does not apply to head {args.head!r} (its flags: {takes}; "
+                             "other settings go through --probe-arg KEY=VALUE)")
+        out[kind.flags[flag]] = value
+    return out | key_values(args.probe_arg)
+
+
+def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[str],
+             pools: list[str]):
+    from bench.spec import RunSpec
+
+    return RunSpec(backbone=backbone, task=task, layers=layers, pools=pools, head=args.head,
+                   backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
+                   head_args=head_args(args), seed=args.seed, precision=args.precision,
+                   skip_corrupt=args.skip_corrupt)
+
+
+def run_options(args: argparse.Namespace):
+    from bench.spec import RunOptions
+
+    return RunOptions(device=args.device, batch_size=args.batch_size, workers=args.workers,
+                      shard_size=args.shard_size, cache_dir=args.cache_dir,
+                      progress=not args.no_progress, force=args.force, suite=args.suite)
+
+
+def executor(args: argparse.Namespace):
+    from bench.scheduler import executor_config
+
+    return executor_config(args.executor, args.profile, args.profiles, args.job_dir,
+                           **{name: getattr(args, name) for name in SLURM_FLAGS})
+
+
+def ui_hint(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return (f"open it in the MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000"
+                f"  (then http://127.0.0.1:5000)")
+    return f"open it in the MLflow UI: {uri}"

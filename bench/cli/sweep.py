@@ -1,0 +1,94 @@
+"""``bench sweep``: backbones x tasks x grid as jobs, here, in subprocesses or on SLURM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench.cli import options
+
+
+def add_parser(sub) -> None:
+    from bench.protocol import HEADS
+
+    p = sub.add_parser("sweep", help="backbones x tasks x grid as jobs (local, submitit, SLURM)")
+    p.add_argument("--backbones", required=True, type=options.csv,
+                   help="comma-separated backbone presets")
+    p.add_argument("--tasks", required=True, type=options.csv, help="comma-separated tasks")
+    p.add_argument("--grid", nargs="*", default=[], metavar="AXIS=V1,V2",
+                   help="grid axes: layer, pool, head, and backbone axes such as block and t")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve every job here and print its cells, what is done and the cache "
+                   "it adds; run nothing")
+    p.add_argument("--retries", type=int, default=1, help="resubmissions of a failed job")
+    p.add_argument("--extract-array", type=int, default=1,
+                   help="split each extraction over an N-task job array (SLURM)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls")
+    options.add_feature_args(p)
+    options.add_probe_args(p, list(HEADS))
+    options.add_executor_args(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.api import leaderboard, sweep
+    from bench.paths import tracking_uri
+    from bench.sweep import describe, make_plan, parse_grid
+
+    executor = options.executor(args)
+    grid = parse_grid(args.grid)
+    template = options.run_spec(args, args.backbones[0], args.tasks[0], [], [])
+    run_options = options.run_options(args)
+    run_options.progress = False
+    plan = make_plan(args.backbones, args.tasks, grid, template, run_options)
+    if args.dry_run:
+        print(f"executor: {executor.kind} {executor.params or ''}")
+        print("\n".join(describe(plan)))
+        return 0
+    table = LiveTable([f"{j.spec.backbone:>20s} x {j.spec.task:<12s} head={j.spec.head:<9s}"
+                       for j in plan.jobs])
+    report = sweep(plan, executor, args.retries, args.extract_array, args.poll,
+                   table.show if executor.kind != "local" else None, _print_retry(args.retries))
+    for record in report.records:
+        note = " (reused)" if record.reused else ""
+        print(f"  {record.name}: test_top1 {record.metrics['test_top1']:.2f} val_{record.headline}"
+              f" {record.val_score:.2f}{note}", flush=True)
+    board, paths = leaderboard([args.suite], references=True, figures=True,
+                               title=f"bench sweep: {args.suite}")
+    if not board.table.empty:
+        print("\n" + board.table.to_markdown())
+    for name, path in paths.items():
+        if name.startswith("figure:"):
+            print(f"figure: {path}")
+    print(f"\nleaderboard: {paths['md']}; MLflow: {tracking_uri()} (experiment {args.suite})")
+    from bench.scheduler import summary
+
+    for failure in report.failures:
+        spec = failure.job.spec
+        print(f"FAILED {spec.backbone} x {spec.task} head={spec.head}: {summary(failure)}\n"
+              f"  log: {failure.log or '(this process)'}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def _print_retry(retries: int):
+    from bench.scheduler import summary
+
+    def show(outcome) -> None:
+        spec = outcome.job.spec
+        print(f"retrying {spec.backbone} x {spec.task} ({outcome.tries}/{retries}): "
+              f"{summary(outcome)}", flush=True)
+    return show
+
+
+class LiveTable:
+    """The jobs' states, reprinted whenever one changes."""
+
+    def __init__(self, labels: list[str]):
+        self.labels = labels
+
+    def show(self, states: list[str]) -> None:
+        counts = {s: states.count(s) for s in ("pending", "running", "done", "failed")}
+        print(time.strftime("%H:%M:%S"), " ".join(f"{k} {v}" for k, v in counts.items()))
+        print("\n".join(f"  {label}  {state}" for label, state in zip(self.labels, states)),
+              flush=True)

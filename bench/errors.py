@@ -1,0 +1,17 @@
+"""The errors a user can cause. The CLI prints these as one line (exit 2); anything else is a bug
+and keeps its traceback.
+
+Each class also derives from the built-in exception it refines (ValueError for a bad argument,
+KeyError for an unknown name, RuntimeError for missing data or weights), so library callers can
+catch either.
+"""
+
+from __future__ import annotations
+
+
+class BenchError(Exception):
+    """Base of every error whose message tells the user what is wrong and how to fix it."""
+
+
+class UsageError(BenchError, ValueError):
+    """A bad argument: an option that does not apply, a value out of range, a malformed spec."""

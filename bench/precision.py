@@ -1,0 +1,76 @@
+"""Devices and the one precision policy every stage follows, resolved once and logged in full.
+
+``--precision`` names a policy; the policy fixes each stage's numeric type:
+
+| policy | extraction autocast | cached features | probe inputs | head training autocast |
+| --- | --- | --- | --- | --- |
+| ``fp32`` | none | float32 | float32 | none |
+| ``bf16`` | bfloat16 | float16 | float16 on a GPU, float32 on the CPU | bfloat16 on a GPU |
+| ``fp16`` (GPU) | float16 | float16 | float16 | bfloat16 |
+| ``auto`` | ``bf16`` on a GPU, ``fp32`` on the CPU | | | |
+
+"fp32 everywhere it can" is the point of ``fp32``: nothing is rounded on the way from the backbone
+to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.errors import UsageError
+
+POLICIES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    name: str  # fp32 | bf16 | fp16 (never "auto": that is resolved for a device)
+    extraction: str  # autocast of the backbone forward: fp32 | bf16 | fp16
+    storage: str  # numpy dtype of cached features
+    probe_inputs: str  # numpy/torch dtype features are held in while probes train
+    heads: str  # autocast of attention-head training: fp32 | bf16
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: str = "auto"):
+    """A torch.device: CUDA when present for ``auto``; a clear error for a GPU that is not there."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {device!r}: {e}; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def resolve_precision(name: str, device_type: str) -> PrecisionPolicy:
+    """The policy ``name`` means on a device of ``device_type`` ("cpu", "cuda")."""
+    if name not in POLICIES:
+        raise UsageError(f"precision {name!r}: use one of {', '.join(POLICIES)}")
+    gpu = device_type == "cuda"
+    if name == "auto":
+        name = "bf16" if gpu else "fp32"
+    if name == "fp32":
+        return PrecisionPolicy("fp32", "fp32", "float32", "float32", "fp32")
+    if name == "fp16" and not gpu:
+        raise UsageError("fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
+    return PrecisionPolicy(name, name, "float16", "float16" if gpu else "float32",
+                           "bf16" if gpu else "fp32")
+
+
+def autocast(kind: str, device) -> contextlib.AbstractContextManager:
+    """torch.autocast for ``kind`` (fp32 | bf16 | fp16) on ``device``; none for fp32."""
+    import torch
+
+    if kind == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

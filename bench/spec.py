@@ -1,0 +1,219 @@
+"""What a run is: the spec a user asks for, and the resolved run whose digest is a result's identity.
+
+``RunSpec`` holds names and overrides as typed. ``resolve`` turns it, once per process, into a
+``ResolvedRun``: canonical layer and pool names, the backbone's full config and weights digest,
+the task's config and split manifests, the head's full settings after defaults, the precision
+policy, and the versions of the result schema and the evaluation protocol. Each result cell's
+identity is a digest of exactly that, so
+
+- the same protocol typed two ways (``--layer image --pool 16`` spelled out, or left to the
+  preset's defaults) is one result, reused;
+- a changed preset default, head default, protocol version or weights file is a new result,
+  computed afresh; the old run stays in MLflow, marked superseded.
+
+``RunOptions`` says how and where to run (device, batch size, workers, cache folder...): nothing in
+it changes a number, so nothing in it enters an identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import bench
+from bench.errors import UsageError
+from bench.precision import PrecisionPolicy
+from bench import protocol as protocols
+from bench.protocol import HeadKind, head_kind
+
+if TYPE_CHECKING:
+    from bench.backbone import Backbone
+    from bench.task import Task
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class RunSpec:
+    """A run as the user asked for it: registry names, overrides, head and its settings."""
+
+    backbone: str
+    task: str
+    layers: list[str] = field(default_factory=list)  # empty: the backbone's default layers
+    pools: list[str] = field(default_factory=list)  # empty: the head's or backbone's default
+    head: str = "linear"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    task_args: dict[str, Any] = field(default_factory=dict)
+    head_args: dict[str, Any] = field(default_factory=dict)  # settings of the head (epochs, lrs...)
+    seed: int = 0
+    precision: str = "auto"
+    skip_corrupt: bool = False  # leave unreadable images out (recorded) instead of stopping
+
+
+@dataclass
+class RunOptions:
+    """How and where a run executes; never part of a result's identity."""
+
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+    shard_size: int = 4096
+    cache_dir: str | None = None
+    progress: bool = True
+    force: bool = False  # recompute cells that already have a finished result
+    suite: str = "bench"  # the MLflow experiment
+    tracking_uri: str | None = None  # passed explicitly so SLURM jobs log where the driver reads
+    experiment_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedCell:
+    """One result: the (canonical layer, pool) features a head reads, and its identity."""
+
+    features: tuple[tuple[str, str], ...]
+    identity: str
+
+    @property
+    def layer(self) -> str:
+        return "+".join(layer for layer, _ in self.features)
+
+    @property
+    def pool(self) -> str:
+        return self.features[0][1]
+
+
+@dataclass
+class ResolvedRun:
+    """Everything that makes a run's numbers what they are, with every default filled in."""
+
+    spec: RunSpec
+    backbone_config: dict[str, Any]
+    weights_sha256: str
+    task_config: dict[str, Any]
+    headline: str
+    num_classes: int
+    split_manifests: dict[str, str]
+    head_config: dict[str, Any]
+    precision: PrecisionPolicy
+    requests: list[tuple[str, str]]  # every (canonical layer, pool) to extract
+    groups: list[list[str]] | None  # fusing heads: the backbone's grouping of the layers
+    cells: list[ResolvedCell]
+    result_schema: str
+    protocol_version: str
+    bench_version: str = bench.__version__
+
+    def protocol(self, cell: ResolvedCell) -> dict[str, Any]:
+        """The resolved protocol of one cell: what its identity digests, logged with its run."""
+        return {
+            "result_schema": self.result_schema,
+            "protocol_version": self.protocol_version,
+            "bench_version": self.bench_version,
+            "backbone": self.backbone_config,
+            "weights_sha256": self.weights_sha256,
+            "task": self.task_config,
+            "split_manifests": self.split_manifests,
+            "features": [list(f) for f in cell.features],
+            "head": self.head_config,
+            "groups": self.groups,
+            "precision": self.precision.as_dict(),
+            "skip_corrupt": self.spec.skip_corrupt,
+        }
+
+    def run_name(self, cell: ResolvedCell) -> str:
+        return f"{self.spec.backbone}/{self.spec.task}/{cell.layer}/{cell.pool}/{self.spec.head}"
+
+
+@dataclass
+class Prepared:
+    """A resolved run with the objects it was resolved from: built once per process, used to run."""
+
+    run: ResolvedRun
+    backbone: Backbone
+    task: Task
+    device: Any  # torch.device
+
+
+def build_task(spec: RunSpec) -> Task:
+    """The task, its data checked cheaply (layout, counts) before any model is built."""
+    from bench.registry import tasks
+    from bench.task import DatasetError
+
+    task = tasks.create(spec.task, **spec.task_args)
+    problems = task.verify(full=False)
+    if problems:
+        raise DatasetError(f"task {spec.task!r}: " + "\n".join(problems))
+    return task
+
+
+def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
+    """Resolve ``spec`` (building the task and, unless given, the backbone: once per process)."""
+    from bench.backbone import check_pool
+    from bench.precision import resolve_device, resolve_precision
+    from bench.registry import backbones
+    from bench.task import json_digest
+    from bench.tracking import RESULT_SCHEMA
+
+    kind = head_kind(spec.head)
+    head_settings = kind.make_config(spec.head_args, spec.seed)  # bad settings fail first
+    device = resolve_device(options.device)
+    policy = resolve_precision(spec.precision, device.type)
+    task = build_task(spec)
+    backbones.entry(spec.backbone)  # unknown names fail before any model is built
+    if backbone is None:
+        backbone = backbones.create(spec.backbone, **spec.backbone_args)
+    layers = [backbone.canonical_layer(layer) for layer in spec.layers] or list(
+        backbone.default_layers)
+    pools = list(spec.pools) or [kind.default_pool or backbone.default_pool]
+    requests = [(layer, pool) for layer in dict.fromkeys(layers) for pool in dict.fromkeys(pools)]
+    for layer, pool in requests:
+        check_pool(backbone.feature_point(layer), pool)
+    groups = None
+    if kind.fuses_layers:
+        groups = backbone.layer_groups(list(dict.fromkeys(layers)))
+    splits = {s: task.split(s) for s in SPLITS}
+    run = ResolvedRun(
+        spec=spec,
+        backbone_config=backbone.config,
+        weights_sha256=backbone.weights_digest(),
+        task_config=task.config,
+        headline=task.headline_metric,
+        num_classes=task.num_classes,
+        split_manifests={s: split.manifest_digest() for s, split in splits.items()},
+        head_config=_settings(head_settings),
+        precision=policy,
+        requests=requests,
+        groups=groups,
+        cells=[],
+        result_schema=RESULT_SCHEMA,
+        protocol_version=protocols.PROTOCOL_VERSION,
+    )
+    for features in _cell_features(kind, requests):
+        draft = ResolvedCell(features, "")
+        run.cells.append(ResolvedCell(features, json_digest(run.protocol(draft))[:32]))
+    return Prepared(run, backbone, task, device)
+
+
+def _cell_features(kind: HeadKind, requests: list[tuple[str, str]]) -> list[tuple]:
+    """One cell per request, or, for a fusing head, one per pool holding all its layers."""
+    if not kind.fuses_layers:
+        return [(request,) for request in requests]
+    pools = list(dict.fromkeys(pool for _, pool in requests))
+    return [tuple(r for r in requests if r[1] == pool) for pool in pools]
+
+
+def _settings(config: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def check_spec(spec: RunSpec) -> None:
+    """Cheap checks needing no model or data (names, head settings): a driver runs these before
+    submitting anything."""
+    from bench.registry import backbones, tasks
+
+    backbones.entry(spec.backbone)
+    tasks.entry(spec.task)
+    head_kind(spec.head).make_config(spec.head_args, spec.seed)
+    if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"precision {spec.precision!r}: use auto, fp32, bf16 or fp16")

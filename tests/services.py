@@ -1,0 +1,78 @@
+"""Helpers for the tests that use real services (SLURM, an MLflow server); fixtures are in conftest.py.
+
+Contract (env vars), set by ``.ci/run`` and by a developer who starts the services by hand:
+
+    sudo scripts/slurm-up.sh                      # then: export BENCH_TEST_SLURM=1
+    scripts/mlflow-up.sh /tmp/bench-mlflow 5055   # then: export BENCH_TEST_MLFLOW_URI=http://127.0.0.1:5055
+
+* ``BENCH_TEST_SLURM=1`` runs the ``slurm`` tests; ``BENCH_TEST_MLFLOW_URI`` the ``server`` tests.
+  Unset, they skip, except under CI (``CI`` true/1) where that is an error; ``=0`` skips on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+SLURM_ENV = "BENCH_TEST_SLURM"
+MLFLOW_ENV = "BENCH_TEST_MLFLOW_URI"
+PARTITION = "debug"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _require(var: str, how: str, example: str) -> str:
+    """Value of ``var``; skip (or fail under CI) when it is unset or "0"."""
+    value = os.environ.get(var, "").strip()
+    if value == "0":
+        pytest.skip(f"{var}=0: skipped on request")
+    if not value:
+        message = f"{var} is not set: start the service with {how}, then export {var}={example}"
+        if _in_ci():
+            pytest.fail(f"CI must run this test. {message} (or set {var}=0 to opt out)")
+        pytest.skip(message)
+    return value
+
+
+def _sh(*cmd: str, timeout: float = 30) -> str:
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    return (proc.stdout + proc.stderr).strip()
+
+
+def _squeue_state(job_id: str) -> str:
+    return _sh("squeue", "-h", "-j", str(job_id), "-o", "%T")
+
+
+def _release_requeued(job_id: str, timeout: float = 30.0) -> None:
+    """Make a requeued job eligible now (SLURM holds requeued jobs back ~2 min: BeginTime)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _squeue_state(job_id) == "PENDING":
+            out = _sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            assert not out, f"scontrol update StartTime=now: {out}"
+            return
+        time.sleep(0.25)
+    pytest.fail(
+        f"job {job_id} never went back to PENDING after the requeue: {_squeue_state(job_id)}"
+    )
+
+
+def _rest(uri: str, path: str, payload: dict | None = None) -> dict:
+    if payload is None:
+        req = urllib.request.Request(f"{uri}{path}")
+    else:
+        req = urllib.request.Request(
+            f"{uri}{path}",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
