@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--noise", type=float, default=5.0)  # top-1 ~75%, not trivial
+    parser.add_argument("--noise", type=float, default=4.0)  # top-1 ~84% at 100k x 1,000 classes
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
