@@ -1,0 +1,165 @@
+"""Weighted k-nearest-neighbour classification on cached features (DINOv2's kNN protocol).
+
+Features are L2-normalised, so a matrix product gives cosine similarities; each query's k most
+similar memory-bank features vote for their class with weight exp(similarity / T), T = 0.07, and
+a class's score is the sum of its votes. k is selected on validation with the train split as the
+memory bank; train+val then becomes the bank and test is scored once, as for the probes.
+
+Queries go through in chunks sized so that a chunk's similarity matrix stays under
+``MAX_SIMILARITIES`` entries: the N x N matrix never exists, and one neighbour search at the
+largest k serves every smaller k. On a CUDA device the bank lives in GPU memory in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.stats import Predictions
+
+KS = (10, 20, 50, 100, 200)
+TEMPERATURE = 0.07
+WEIGHTINGS = ("exponential", "uniform")
+MAX_SIMILARITIES = 1 << 26  # entries of one chunk's (queries x bank) matrix: 256 MB in float32
+
+
+@dataclass
+class KnnConfig:
+    ks: tuple[int, ...] = KS  # candidates, selected on validation
+    temperature: float = TEMPERATURE
+    weighting: str = "exponential"  # exp(similarity / temperature); "uniform": one vote each
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown kNN weighting {self.weighting!r}; "
+                             f"choose one of {', '.join(WEIGHTINGS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"kNN needs at least one k >= 1, got {self.ks}")
+        if self.temperature <= 0:
+            raise ValueError(f"kNN temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class KnnResult:
+    k: int  # selected on validation
+    val: dict[str, float]  # metrics of the selected k on validation (train as the bank)
+    test: dict[str, float]  # metrics on test with train+val as the bank
+    predictions: Predictions  # test: per-image top-5 and labels
+    grid: list[dict[str, float]] = field(default_factory=list)  # every k's val metrics
+
+
+def _normalised(x: Any, device: torch.device) -> torch.Tensor:
+    """(N, D) float32 unit rows on ``device``; zero rows stay zero."""
+    t = torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    t = t.reshape(len(t), -1).to(device=device, dtype=torch.float32)
+    return torch.nn.functional.normalize(t, dim=1)
+
+
+def _neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int,
+                progress: bool) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Per chunk of queries: (its rows, similarities (q, k) descending, bank indices (q, k))."""
+    from tqdm.auto import tqdm
+
+    chunk = max(1, min(len(queries), MAX_SIMILARITIES // max(len(bank), 1)))
+    starts = range(0, len(queries), chunk)
+    for start in tqdm(starts, desc=f"kNN k<={k}", unit="chunk", disable=not progress, leave=False):
+        rows = slice(start, start + chunk)
+        similarity = queries[rows] @ bank.T
+        sims, index = similarity.topk(k, dim=1)
+        yield rows, sims, index
+
+
+def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num_classes: int,
+          cfg: KnnConfig) -> torch.Tensor:
+    """(q, C) class scores from the k most similar neighbours of each query."""
+    sims, neighbour_labels = sims[:, :k], neighbour_labels[:, :k]
+    weights = (sims / cfg.temperature).exp() if cfg.weighting == "exponential" else (
+        torch.ones_like(sims))
+    scores = torch.zeros(len(sims), num_classes, dtype=sims.dtype, device=sims.device)
+    return scores.scatter_add_(1, neighbour_labels, weights)
+
+
+def _top5(scores: torch.Tensor) -> torch.Tensor:
+    """Best five classes, ties to the lower class id (as scikit-learn's argmax)."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return order[:, : min(5, scores.shape[1])]
+
+
+def _check_bank(bank: Any, bank_labels: Any, num_classes: int) -> np.ndarray:
+    labels = np.asarray(bank_labels, dtype=np.int64)
+    if len(bank) != len(labels):
+        raise ValueError(f"kNN memory bank has {len(bank)} features but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError("kNN memory bank is empty: the train split has no features")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"kNN bank labels must lie in [0, {num_classes}); got "
+                         f"[{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def knn_top5(bank: Any, bank_labels: Any, queries: Any, num_classes: int, ks: Sequence[int],
+             cfg: KnnConfig | None = None, device: torch.device | str = "cpu",
+             progress: bool = False) -> dict[int, np.ndarray]:
+    """Top-5 class ids (N, 5) of every query for each k, from one neighbour search.
+
+    Each k is capped by the bank size; the returned keys are the capped values.
+    """
+    cfg = cfg or KnnConfig()
+    labels = torch.as_tensor(_check_bank(bank, bank_labels, num_classes))
+    dev = torch.device(device)
+    bank_t, labels = _normalised(bank, dev), labels.to(dev)
+    capped = sorted({min(k, len(bank_t)) for k in ks})
+    out = {k: np.empty((len(queries), min(5, num_classes)), dtype=np.int64) for k in capped}
+    with torch.no_grad():
+        for rows, sims, index in _neighbours(bank_t, _normalised(queries, dev), capped[-1],
+                                             progress):
+            neighbour_labels = labels[index]
+            for k in capped:
+                out[k][rows] = _top5(_vote(sims, neighbour_labels, k, num_classes, cfg)).cpu()
+    return out
+
+
+def knn_scores(bank: Any, bank_labels: Any, queries: Any, num_classes: int, k: int,
+               cfg: KnnConfig | None = None, device: torch.device | str = "cpu") -> np.ndarray:
+    """(N, C) class scores of every query (sum of its neighbours' weights per class)."""
+    cfg = cfg or KnnConfig()
+    labels = torch.as_tensor(_check_bank(bank, bank_labels, num_classes))
+    dev = torch.device(device)
+    bank_t, labels = _normalised(bank, dev), labels.to(dev)
+    k = min(k, len(bank_t))
+    out = np.empty((len(queries), num_classes), dtype=np.float32)
+    with torch.no_grad():
+        for rows, sims, index in _neighbours(bank_t, _normalised(queries, dev), k, False):
+            out[rows] = _vote(sims, labels[index], k, num_classes, cfg).cpu().numpy()
+    return out
+
+
+def fit_knn(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], num_classes: int,
+            cfg: KnnConfig | None = None, headline: str = "top1",
+            device: torch.device | str = "cpu", progress: bool = False) -> KnnResult:
+    """Select k on val (train as the bank), then score test once with train+val as the bank."""
+    cfg = cfg or KnnConfig()
+    missing = [s for s in ("train", "val", "test") if s not in features or s not in labels]
+    if missing:
+        raise ValueError(f"fit_knn needs features and labels for train, val and test; "
+                         f"missing: {', '.join(missing)}")
+    val_top5 = knn_top5(features["train"], labels["train"], features["val"], num_classes,
+                        cfg.ks, cfg, device, progress)
+    grid = [{"k": k, **Predictions(top5, labels["val"], num_classes).metrics()}
+            for k, top5 in val_top5.items()]
+    if headline not in grid[0]:
+        raise ValueError(f"unknown headline metric {headline!r}; "
+                         "choose top1, top5 or mean_per_class")
+    best = grid[int(np.argmax([g[headline] for g in grid]))]  # first maximum: the smallest k
+    k = int(best["k"])
+    bank = np.concatenate([features["train"], features["val"]])
+    bank_labels = np.concatenate([labels["train"], labels["val"]])
+    test_top5 = knn_top5(bank, bank_labels, features["test"], num_classes, [k], cfg, device,
+                         progress)[k]
+    predictions = Predictions(test_top5, labels["test"], num_classes)
+    return KnnResult(k=k, val={m: v for m, v in best.items() if m != "k"},
+                     test=predictions.metrics(), predictions=predictions, grid=grid)

@@ -1,0 +1,159 @@
+"""Bootstrap intervals, paired comparisons, seed aggregation and the per-image predictions file."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench.probe import metrics as probe_metrics
+from bench.stats import (
+    Predictions,
+    aggregate_seeds,
+    bootstrap_intervals,
+    compare,
+    mcnemar_exact,
+)
+
+
+def synthetic_predictions(n: int, classes: int, accuracy: float, seed: int) -> Predictions:
+    """Top-1 right with probability ``accuracy``; the other top-5 slots are wrong classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    wrong = (labels[:, None] + np.arange(1, 6)[None, :]) % classes
+    top5 = wrong.copy()
+    hit = rng.random(n) < accuracy
+    top5[:, 0] = np.where(hit, labels, wrong[:, 0])
+    return Predictions(top5, labels, classes)
+
+
+def test_predictions_from_logits_match_probe_metrics_and_roundtrip(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 12, generator=gen)
+    labels = torch.randint(0, 12, (300,), generator=gen)
+    logits[torch.arange(150), labels[:150]] += 3.0  # half the images right
+    pred = Predictions.from_logits(logits, labels.numpy())
+    expected = probe_metrics(logits, labels, 12)
+    for name, value in pred.metrics().items():
+        assert value == pytest.approx(expected[name], abs=1e-4)  # probe computes in float32
+    path = pred.save(tmp_path / "predictions.npz")
+    assert path.exists() and path.stat().st_size < 3000
+    loaded = Predictions.load(path)
+    assert np.array_equal(loaded.top5, pred.top5) and np.array_equal(loaded.labels, pred.labels)
+    assert loaded.num_classes == 12
+
+
+def test_predictions_refuse_bad_shapes_and_labels():
+    with pytest.raises(ValueError, match="labels must lie"):
+        Predictions(np.zeros((3, 5), int), np.array([0, 1, 9]), num_classes=5)
+    with pytest.raises(ValueError, match="shape"):
+        Predictions(np.zeros((3, 5), int), np.array([0, 1]), num_classes=5)
+
+
+def test_bootstrap_width_matches_binomial_normal_approximation():
+    n, p = 20000, 0.7
+    pred = synthetic_predictions(n, classes=50, accuracy=p, seed=1)
+    intervals = bootstrap_intervals(pred, resamples=1000, seed=0)
+    observed = pred.metrics()["top1"] / 100
+    normal_width = 100 * 2 * 1.96 * math.sqrt(observed * (1 - observed) / n)
+    width = intervals.high["top1"] - intervals.low["top1"]
+    assert abs(width - normal_width) / normal_width < 0.10
+    assert intervals.low["top1"] < intervals.point["top1"] < intervals.high["top1"]
+
+
+def test_stratified_mean_per_class_interval_contains_point_and_is_seeded():
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(20), rng.integers(5, 60, 20))  # unbalanced classes
+    hit = rng.random(len(labels)) < np.linspace(0.2, 0.95, 20)[labels]
+    top5 = (labels[:, None] + np.arange(1, 6)) % 20
+    top5[hit, 0] = labels[hit]
+    pred = Predictions(top5, labels, 20)
+    a = bootstrap_intervals(pred, resamples=500, seed=3)
+    b = bootstrap_intervals(pred, resamples=500, seed=3)
+    assert a == b
+    assert a.low["mean_per_class"] < a.point["mean_per_class"] < a.high["mean_per_class"]
+    assert a.point["mean_per_class"] != pytest.approx(a.point["top1"])  # unbalanced: they differ
+    names = a.mlflow_metrics()
+    assert names["test_top1_ci95_low"] == a.low["top1"]
+    assert names["test_mean_per_class_ci95_high"] == a.high["mean_per_class"]
+    assert set(bootstrap_intervals(pred, 50, confidence=0.9).mlflow_metrics("val")) >= {
+        "val_top5_ci90_low", "val_top5_ci90_high"}
+
+
+def test_stratified_resampling_keeps_every_class_size():
+    """A class that is always right and one always wrong: mean per class is exactly 50 always."""
+    labels = np.array([0] * 30 + [1] * 70)
+    top5 = np.stack([np.zeros(100, int), np.ones(100, int)], axis=1)  # predicts class 0 always
+    intervals = bootstrap_intervals(Predictions(top5, labels, 2), resamples=200)
+    assert intervals.low["mean_per_class"] == intervals.high["mean_per_class"] == 50.0
+    assert intervals.low["top1"] < 30.0 < intervals.high["top1"]  # plain resampling varies
+
+
+def test_compare_finds_a_ten_point_difference():
+    rng = np.random.default_rng(4)
+    n, classes = 2000, 10
+    labels = rng.integers(0, classes, n)
+    wrong = (labels[:, None] + np.arange(1, 6)) % classes
+    u = rng.random(n)
+    better, worse = wrong.copy(), wrong.copy()
+    better[u < 0.80, 0] = labels[u < 0.80]
+    worse[u < 0.70, 0] = labels[u < 0.70]
+    result = compare(Predictions(better, labels, classes), Predictions(worse, labels, classes),
+                     names=("new", "old"))
+    assert result.difference == pytest.approx(10.0, abs=1.0)
+    assert result.distinguishable and result.low > 0
+    assert result.p_value < 0.01 and result.mcnemar_p < 1e-6
+    assert result.only_b_right == 0 and result.only_a_right == int(((u >= 0.7) & (u < 0.8)).sum())
+    assert "new is better" in result.summary()
+
+
+def test_compare_does_not_separate_runs_differing_on_one_percent_at_random():
+    rng = np.random.default_rng(5)
+    n, classes = 2000, 10
+    labels = rng.integers(0, classes, n)
+    wrong = (labels[:, None] + np.arange(1, 6)) % classes
+    a = wrong.copy()
+    right = rng.random(n) < 0.75
+    a[right, 0] = labels[right]
+    b = a.copy()
+    disagree = rng.choice(n, size=n // 100, replace=False)  # 1% of items; a coin says who is right
+    a_right = rng.random(len(disagree)) < 0.5
+    a[disagree, 0] = np.where(a_right, labels[disagree], wrong[disagree, 0])
+    b[disagree, 0] = np.where(a_right, wrong[disagree, 0], labels[disagree])
+    for metric in ("top1", "mean_per_class"):
+        result = compare(Predictions(a, labels, classes), Predictions(b, labels, classes),
+                         metric=metric)
+        assert not result.distinguishable, result.summary()
+        assert result.low < 0 < result.high and result.p_value > 0.05
+        assert "not distinguishable" in result.summary()
+    assert result.mcnemar_p > 0.05
+
+
+def test_compare_refuses_different_test_sets():
+    a = synthetic_predictions(100, 5, 0.5, seed=6)
+    shuffled = Predictions(a.top5[::-1], a.labels[::-1], 5)
+    with pytest.raises(ValueError, match="same test labels in the same order"):
+        compare(a, shuffled)
+    with pytest.raises(ValueError, match="same test labels"):
+        compare(a, Predictions(a.top5[:50], a.labels[:50], 5))
+    with pytest.raises(ValueError, match="unknown metric"):
+        compare(a, a, metric="top3")
+
+
+def test_mcnemar_exact_is_the_binomial_test_on_discordant_pairs():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == pytest.approx(1.0)
+    assert mcnemar_exact(10, 0) == pytest.approx(2 * 0.5**10)
+
+
+def test_aggregate_seeds_mean_and_sample_std():
+    runs = [{"top1": 70.0, "top5": 90.0}, {"top1": 72.0, "top5": 91.0}, {"top1": 74.0, "top5": 92.0}]
+    agg = aggregate_seeds(runs)
+    assert agg.mean == {"top1": 72.0, "top5": 91.0} and agg.seeds == 3
+    assert agg.std["top1"] == pytest.approx(2.0) and agg.std["top5"] == pytest.approx(1.0)
+    assert agg.as_metrics()["top1_std"] == pytest.approx(2.0)
+    assert math.isnan(aggregate_seeds(runs[:1]).std["top1"])
+    with pytest.raises(ValueError, match="run 1 has metrics"):
+        aggregate_seeds([{"top1": 1.0}, {"top5": 2.0}])
