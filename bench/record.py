@@ -110,6 +110,22 @@ class RunRecord:
         )
 
 
+def to_json(record: RunRecord) -> str:
+    """The whole record as JSON (results kept on disk while the tracking store is unreachable)."""
+    from dataclasses import asdict
+
+    return json.dumps(asdict(record), indent=1, default=str)
+
+
+def from_json(text: str) -> RunRecord:
+    return RunRecord(**json.loads(text))
+
+
+def running_filter(identity: str) -> str:
+    """Result runs of one identity left RUNNING (their logging process died)."""
+    return f"tags.`{IDENTITY}` = '{identity}' and attributes.status = 'RUNNING'"
+
+
 def result_filter(status: str = "FINISHED") -> str:
     """MLflow search filter for bench result runs of a status."""
     return f"tags.`{KIND}` = '{RESULT}' and attributes.status = '{status}'"

@@ -9,34 +9,96 @@ runs to the Default experiment (environment.md). What is written, under which na
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import record as names
+from bench.errors import BenchError
+from bench.locks import file_lock
 from bench.paths import results_dir, tracking_uri
 from bench.record import RunRecord
 
 RESULT_SCHEMA = "2"  # bump when the record's names or meaning change
+CHECK_TIMEOUT_S = 5  # an unreachable tracking server fails in seconds, not minutes
+_CHECKED: set[str] = set()
+
+
+class TrackingError(BenchError):
+    """The tracking store cannot be reached, read or written; the message names it."""
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """Serialise writes to a SQLite store across processes (its first-time schema setup too);
+    a server serialises its own."""
+    path = _sqlite_path(tracking_uri())
+    if path is None:
+        yield
+        return
+    with file_lock(path.with_name(path.name + ".lock")):
+        yield
 
 
 def client():
-    """An MlflowClient on ``tracking_uri()`` (creating the SQLite store's folder if needed)."""
+    """An MlflowClient on ``tracking_uri()``, the store checked once per process."""
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow retries an unreachable server for minutes by default; fail fast, clearly, instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    mlflow_client = MlflowClient(uri)
+    if uri not in _CHECKED:
+        _check_store(mlflow_client, uri)
+        _CHECKED.add(uri)
+    return mlflow_client
+
+
+def _check_store(mlflow_client, uri: str) -> None:
+    """Reach the store before any work: a server's /health, a SQLite file's schema (created here,
+    under the store lock, the first time)."""
+    path = _sqlite_path(uri)
+    if path is None:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S):
+                return
+        except (OSError, urllib.error.URLError) as e:
+            raise TrackingError(
+                f"tracking server {uri} is unreachable ({e}); start it (scripts/mlflow-up.sh) or "
+                "point MLFLOW_TRACKING_URI at a running one") from e
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with store_lock():
+            mlflow_client.search_experiments(max_results=1)
+    except PermissionError as e:
+        raise TrackingError(f"cannot write the tracking store at {path} ({e.strerror}): make "
+                            "the folder writable or set BENCH_RESULTS / MLFLOW_TRACKING_URI") from e
+    except Exception as e:
+        if type(e).__module__.startswith(("sqlalchemy", "sqlite3", "mlflow")):
+            raise TrackingError(
+                f"the tracking store {path} cannot be opened as an MLflow SQLite database "
+                f"({type(e).__name__}); if it is truncated or corrupt, move it aside (runs in it "
+                "are lost to bench, cached features are not) or set MLFLOW_TRACKING_URI") from e
+        raise
 
 
 def ensure_experiment(name: str) -> str:
@@ -85,6 +147,15 @@ def log_record(experiment_id: str, record: RunRecord, artifacts: dict[str, bytes
 
     mlflow_client = client()
     record.schema, record.code_version = RESULT_SCHEMA, code_version()
+    with store_lock():
+        return _log_record(mlflow_client, experiment_id, record, artifacts, Metric, Param, RunTag)
+
+
+def _log_record(mlflow_client, experiment_id, record, artifacts, Metric, Param, RunTag) -> str:
+    # A run of this identity left RUNNING had its process killed mid-logging (callers hold the
+    # cell's lock, so nobody else is logging it): mark it KILLED, never leave it RUNNING.
+    for stale in mlflow_client.search_runs([experiment_id], names.running_filter(record.identity)):
+        mlflow_client.set_terminated(stale.info.run_id, "KILLED")
     run = mlflow_client.create_run(experiment_id, run_name=record.name,
                                    start_time=int((record.start_time or time.time()) * 1000),
                                    tags=record.to_tags())
@@ -131,12 +202,44 @@ def supersede(experiment_id: str, record: RunRecord) -> list[str]:
     head, seed; another identity) as superseded by it; their run ids. Nothing is deleted."""
     mlflow_client = client()
     marked = []
-    for old in find_records([experiment_id]):
-        if old.slot == record.slot and old.identity != record.identity:
-            for key, value in names.superseded_tags(record.identity).items():
-                mlflow_client.set_tag(old.run_id, key, value)
-            marked.append(old.run_id)
+    with store_lock():
+        for old in find_records([experiment_id]):
+            if old.slot == record.slot and old.identity != record.identity:
+                for key, value in names.superseded_tags(record.identity).items():
+                    mlflow_client.set_tag(old.run_id, key, value)
+                marked.append(old.run_id)
     return marked
+
+
+def pending_dir() -> Path:
+    return results_dir() / "pending"
+
+
+def save_pending(suite: str, record: RunRecord, artifacts: dict[str, bytes]) -> Path:
+    """Keep a result that could not be logged on disk, for ``bench sync``; its folder."""
+    folder = pending_dir() / record.identity
+    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+    for name, content in artifacts.items():
+        (folder / "artifacts" / name).write_bytes(content)
+    (folder / "suite.txt").write_text(suite)
+    (folder / "record.json").write_text(names.to_json(record))  # last: marks it complete
+    return folder
+
+
+def sync_pending() -> list[RunRecord]:
+    """Log every result kept on disk (``save_pending``) and remove it; the records logged."""
+    logged = []
+    for folder in sorted(pending_dir().glob("*/record.json")):
+        folder = folder.parent
+        record = names.from_json((folder / "record.json").read_text())
+        experiment_id = ensure_experiment((folder / "suite.txt").read_text())
+        if not find_records([experiment_id], [record.identity]):
+            artifacts = {p.name: p.read_bytes() for p in (folder / "artifacts").iterdir()}
+            log_record(experiment_id, record, artifacts)
+            supersede(experiment_id, record)
+            logged.append(record)
+        shutil.rmtree(folder)
+    return logged
 
 
 def log_leaderboard(experiment_id: str, tables: dict[str, Any], files: Iterable[Path],
