@@ -88,6 +88,14 @@ class TimmModel(FrozenBackbone):
         return patches
 
 
+def tag_licence(model: str) -> str:
+    """The licence timm records for a tag's weights (``pretrained_cfg['license']``)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(model)
+    return (cfg.license if cfg is not None else None) or UNKNOWN_LICENCE
+
+
 def pretrained_file(model: str) -> Path:
     """The file of a timm tag: from the Hugging Face Hub through its cache, else its URL."""
     import timm
@@ -141,7 +149,7 @@ def timm_model(
     elif weights == "pretrained":
         path = pretrained_file(model)
         config["weights"] = f"pretrained {model}"
-        licence = timm.models.get_pretrained_cfg(model).license or UNKNOWN_LICENCE
+        licence = tag_licence(model)
     else:
         path = resolve(weights)
         config["weights"] = weights
