@@ -180,8 +180,6 @@ def build_clip(
 
     arch = dict(arch or {})
     config: dict[str, Any] = {"family": family, "model": model, "arch": arch}
-    if normalize:  # only when set, so the cache keys of unnormalised features stay as they were
-        config["normalize"] = True
     if seed is not None:
         path = random_weights_file(config, seed, lambda: open_clip.create_model(model, **arch))
         tag: dict[str, Any] = {}
@@ -190,6 +188,8 @@ def build_clip(
         path, tag = checkpoint(model, pretrained)
         config["pretrained"] = pretrained
     config["quick_gelu"] = tag.get("quick_gelu", False) if quick_gelu is None else quick_gelu
+    if normalize:  # only when set, so the cache keys of unnormalised features stay as they were
+        config["normalize"] = True
     preprocess = {arg: tag[key] for key, arg in PREPROCESS_KEYS.items() if key in tag}
     net, _, transform = open_clip.create_model_and_transforms(
         model, pretrained=str(path), force_quick_gelu=config["quick_gelu"], **preprocess, **arch

@@ -8,7 +8,6 @@ through the real path; features are compared with the library's own forward.
 from __future__ import annotations
 
 import re
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -211,6 +210,7 @@ def readme_example() -> str:
 def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's own-model example, saved as my_backbone.py, through `bench run`."""
     from bench.cli import main
+    from bench.tracking import find_runs
 
     (tmp_path / "my_backbone.py").write_text(readme_example())
     monkeypatch.chdir(tmp_path)
@@ -218,8 +218,9 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
                  "--task-arg", "limit=40", "--workers", "0", "--epochs", "2", "--lrs", "1e-2",
                  "--wds", "0", "--no-progress"]) == 0
     assert "test_top1" in capsys.readouterr().out
-    assert "my_backbone.py" in sys.modules[next(
-        n for n in sys.modules if n.startswith("bench_user_"))].__file__
+    [run] = find_runs(["bench"]).to_dict("records")
+    assert run["tags.bench.backbone"] == "my_backbone.py:tiny_cnn"
+    assert 0 <= run["metrics.test_top1"] <= 100
 
 
 # --- licences ---------------------------------------------------------------------------------------
