@@ -3,9 +3,10 @@
 No PyTorch port of the encoder exists, and a conversion could only be trusted after proving parity
 against the module, which needs the module anyway; so bench runs the module itself. Images go from
 torch (B, 3, H, W) in [-1, 1] to a NHWC numpy batch, through the module's ``encode`` signature,
-and its outputs come back as torch tensors: ``avepool_feat`` (2048-d for ResNet-50) and
-``bn_crelu_feat`` (4096-d: BatchNorm then CReLU of the average pool, the paper's best linear
-features). Needs the optional extra: ``pip install 'bench[bigbigan]'`` (TensorFlow only; the
+and its outputs come back as torch tensors: ``avepool_feat`` (the encoder's global average pool)
+and ``bn_crelu_feat`` (BatchNorm then CReLU of it, twice as wide: the paper's best linear
+features). The signatures give 2048-d / 4096-d for ResNet-50 and 8192-d / 16384-d for RevNet-50x4
+(the dimensions are read from the module's signature, not assumed). Needs the optional extra: ``pip install 'bench[bigbigan]'`` (TensorFlow only; the
 module is read with ``tf.saved_model.load``, so tensorflow-hub is not needed).
 
 Modules are TF1 Hub format folders (``saved_model.pb`` + ``tfhub_module.pb`` + ``variables/``).
@@ -13,9 +14,9 @@ A handle URL is downloaded once as ``HANDLE?tf-hub-format=compressed`` (tfhub.de
 Kaggle Models) and extracted to ``$BENCH_WEIGHTS/tfhub/``; a local folder is used as it is. The
 weights digest hashes every file of the folder.
 
-Preprocessing (the Hub page: 256x256 RGB in [-1, 1]; the paper: a central crop at test time):
-resize the short side to 256 / 0.875 (bilinear), centre-crop 256, scale to [-1, 1]; ``crop_pct``
-changes the crop fraction.
+Preprocessing follows DeepMind's published BigBiGAN colab on TF Hub (the Hub page asks for 256x256
+RGB in [-1, 1]): the largest centred square of the whole image, resized to 256 with bicubic
+interpolation, scaled to [-1, 1]. (Not ImageNet's 0.875 centre crop.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones._shared import FrozenBackbone, RANDOM_LICENCE, resize_crop
+from backbones._shared import FrozenBackbone, RANDOM_LICENCE
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.weights import WeightsError, download, file_sha256, offline, weights_dir
@@ -108,14 +109,36 @@ def folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+class CenterSquareCrop:
+    """The largest centred square of a PIL image (a class, not a lambda: DataLoader workers pickle
+    transforms)."""
+
+    def __call__(self, image: Any) -> Any:
+        from torchvision.transforms import functional as F
+
+        side = min(image.size)
+        return F.center_crop(image, [side, side])
+
+
+def colab_transform(size: int) -> Any:
+    """DeepMind's colab preprocessing: centre square crop, bicubic resize, [-1, 1]."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        CenterSquareCrop(),
+        T.Resize((size, size), T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+
+
 class BigBiGAN(FrozenBackbone):
     """The ``encode`` signature of a BigBiGAN TF Hub module; one call gives both features."""
 
-    def __init__(self, path: Path, config: dict[str, Any], size: int, crop_pct: float):
-        half = (0.5, 0.5, 0.5)
+    def __init__(self, path: Path, config: dict[str, Any], size: int):
         super().__init__(
             config,
-            resize_crop(size, crop_pct, "bilinear", half, half),
+            colab_transform(size),
             size,
             ("bn_crelu_feat",),
             "none",
@@ -240,7 +263,6 @@ def build_tiny_module(path: Path, seed: int = 0, size: int = 32, width: int = 16
 def bigbigan(
     module: str = HUB.format("revnet50x4"),
     size: int = 256,
-    crop_pct: float = 0.875,
     seed: int | None = None,
 ) -> BigBiGAN:
     """``module``: a TF Hub handle URL or an extracted module folder."""
@@ -252,8 +274,8 @@ def bigbigan(
         "family": "bigbigan",
         "module": module if seed is None else f"tiny, random seed {seed}",
         "size": size,
-        "crop_pct": crop_pct,
-        "interpolation": "bilinear",
+        "crop": "centre square of the whole image",
+        "interpolation": "bicubic",
         "range": [-1, 1],
     }
-    return BigBiGAN(module_dir(module), config, size, crop_pct)
+    return BigBiGAN(module_dir(module), config, size)

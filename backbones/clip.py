@@ -1,10 +1,17 @@
 """CLIP image towers via open_clip, with the layer users ask about named explicitly.
 
 Which CLIP feature a linear probe uses is a recurring confusion, so both are feature points:
-``image-embedding`` is ``encode_image`` (after the projection, unnormalised: what CLIP's README
-probe and CLIP_benchmark use) and ``pre-projection`` is the pooled feature before it (CLS token
-after ``ln_post``). ``block{i}`` are the transformer blocks' tokens. Preprocessing is the
-pretrained tag's own (resize the short side, centre crop, CLIP mean/std, bicubic).
+``image-embedding`` is ``encode_image`` (after the projection) and ``pre-projection`` is the pooled
+feature before it (CLS token after ``ln_post``). ``block{i}`` are the transformer blocks' tokens.
+Preprocessing is the pretrained tag's own (resize the short side, centre crop, CLIP mean/std,
+bicubic).
+
+Normalisation differs between the two reference protocols: the CLIP paper's logistic-regression
+probe (and the example in OpenAI's CLIP README) uses ``encode_image`` as it is, while
+CLIP_benchmark's linear probe L2-normalises ``encode_image`` before training its probe
+(``Featurizer`` in ``clip_benchmark/metrics/linear_probe.py``). ``normalize=false`` (default)
+reproduces the former, ``normalize=true`` the latter (it normalises ``image-embedding`` and
+``pre-projection``; block tokens are never normalised).
 
 open_clip 3.x builds a GELU model for every built-in name and only warns when a tag was trained
 with QuickGELU (all ``openai`` weights): we force QuickGELU from the tag's config, or features
@@ -47,19 +54,23 @@ class CLIPImage(FrozenBackbone):
         transform: Any,
         size: int,
         digest: str,
+        licence: str = "",
     ):
         super().__init__(config, transform, size, ("image-embedding",), "none", digest)
         from open_clip.transformer import VisionTransformer
 
         self.visual = frozen(visual)
         self.is_vit = isinstance(visual, VisionTransformer)
+        self.normalize = bool(config.get("normalize", False))
+        self.licence = licence
 
     def feature_points(self) -> list[FeaturePoint]:
+        norm = "L2-normalised" if self.normalize else "unnormalised"
         points = [
             FeaturePoint(
                 "image-embedding",
                 VECTOR,
-                "encode_image: pooled features after the projection, unnormalised",
+                f"encode_image: pooled features after the projection, {norm}",
             )
         ]
         if self.is_vit:
@@ -67,7 +78,8 @@ class CLIPImage(FrozenBackbone):
                 FeaturePoint(
                     "pre-projection",
                     VECTOR,
-                    "pooled features before the projection (OpenAI ViTs: CLS token after ln_post)",
+                    "pooled features before the projection (OpenAI ViTs: CLS token after "
+                    f"ln_post), {norm}",
                 )
             )
             points += block_points(len(self.visual.transformer.resblocks), "(before ln_post)")
@@ -77,7 +89,7 @@ class CLIPImage(FrozenBackbone):
         self, x: torch.Tensor, layers: Sequence[str], sample_ids: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         if not self.is_vit:
-            return {"image-embedding": self.visual(x)}
+            return {"image-embedding": self._normalized(self.visual(x))}
         v = self.visual
         blocks = block_numbers(layers)
         final = "image-embedding" in layers or "pre-projection" in layers
@@ -88,9 +100,13 @@ class CLIPImage(FrozenBackbone):
         out = {f"block{b}": t for b, t in zip(blocks, intermediates)}
         if final:
             pooled, _ = v._pool(h)
-            out["pre-projection"] = pooled
-            out["image-embedding"] = pooled @ v.proj if v.proj is not None else pooled
+            out["pre-projection"] = self._normalized(pooled)
+            out["image-embedding"] = self._normalized(pooled @ v.proj if v.proj is not None
+                                                      else pooled)
         return out
+
+    def _normalized(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(features, dim=-1) if self.normalize else features
 
 
 def checkpoint(model: str, pretrained: str) -> tuple[Path, dict[str, Any]]:
@@ -139,14 +155,31 @@ def clip(
     quick_gelu: bool | None = None,
     seed: int | None = None,
     arch: dict[str, Any] | None = None,
+    normalize: bool = False,
 ) -> CLIPImage:
     """``model``/``pretrained``: any open_clip name and tag (``open_clip.list_pretrained()``), or a
-    checkpoint path/URL as ``pretrained``; ``quick_gelu`` defaults to what the tag was trained with.
+    checkpoint path/URL as ``pretrained``; ``quick_gelu`` defaults to what the tag was trained with;
+    ``normalize``: L2-normalise the pooled features (CLIP_benchmark's protocol; see the module).
     The weights of other tags are under their own licences (LAION: MIT; DataComp: MIT)."""
+    return build_clip("clip", model, pretrained, quick_gelu, seed, arch, normalize)
+
+
+def build_clip(
+    family: str,
+    model: str,
+    pretrained: str,
+    quick_gelu: bool | None,
+    seed: int | None,
+    arch: dict[str, Any] | None,
+    normalize: bool,
+    licence: str = "",
+) -> CLIPImage:
+    """An open_clip image tower from a tag, a file, or seeded random weights (``seed``); ``arch``
+    overrides the registered model config (open_clip's ``create_model`` keyword arguments)."""
     import open_clip
 
     arch = dict(arch or {})
-    config: dict[str, Any] = {"family": "clip", "model": model, "arch": arch}
+    config: dict[str, Any] = {"family": family, "model": model, "arch": arch}
     if seed is not None:
         path = random_weights_file(config, seed, lambda: open_clip.create_model(model, **arch))
         tag: dict[str, Any] = {}
@@ -155,6 +188,8 @@ def clip(
         path, tag = checkpoint(model, pretrained)
         config["pretrained"] = pretrained
     config["quick_gelu"] = tag.get("quick_gelu", False) if quick_gelu is None else quick_gelu
+    if normalize:  # only when set, so the cache keys of unnormalised features stay as they were
+        config["normalize"] = True
     preprocess = {arg: tag[key] for key, arg in PREPROCESS_KEYS.items() if key in tag}
     net, _, transform = open_clip.create_model_and_transforms(
         model, pretrained=str(path), force_quick_gelu=config["quick_gelu"], **preprocess, **arch
@@ -162,5 +197,6 @@ def clip(
     config["transform"] = dict(net.visual.preprocess_cfg)
     size = config["transform"]["size"]
     return CLIPImage(
-        net.visual, config, transform, size if isinstance(size, int) else size[0], file_sha256(path)
+        net.visual, config, transform, size if isinstance(size, int) else size[0],
+        file_sha256(path), licence,
     )

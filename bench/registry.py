@@ -5,16 +5,37 @@ licence. Several presets may share one factory (``mae``, ``mae-large``); ``creat
 user's overrides over the preset's defaults. Family modules register themselves on import; the
 registry imports every module of its package the first time it is asked anything, so the CLI only
 pays for those imports when it lists or creates something.
+
+Beyond the presets of this repository, a name may be:
+
+- ``family:ARG`` for a registered family that takes an argument (``timm:NAME``, ``folder:PATH``);
+- ``path/to/file.py:factory`` or ``package.module:factory``: the user's own factory, any callable
+  returning a ``bench.Backbone`` (or a ``bench.task.Task``);
+- a preset of an installed package, declared as a Python entry point in the group
+  ``bench.backbones`` / ``bench.tasks``: a module (importing it registers its presets) or a factory
+  (registered under the entry point's name).
+
+``create`` checks every argument against the factory's signature and annotations before calling it,
+so the CLI and the Python API report a mistyped argument the same way, naming it.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
 import importlib
+import importlib.util
+import inspect
+import json
 import pkgutil
+import sys
+import types
+import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, UsageError
@@ -25,6 +46,15 @@ class UnknownNameError(BenchError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
         return str(self.args[0])
+
+
+class InvalidArgumentError(UsageError):
+    """A backbone or task argument of the wrong name, type or JSON syntax."""
+
+
+class FactoryError(UsageError):
+    """A user factory (``file.py:factory``, ``pkg.mod:factory``) that cannot be loaded or returns
+    the wrong kind of object."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,23 @@ class Registry:
         for module in pkgutil.walk_packages(package.__path__, prefix=f"{self.package}."):
             if not module.name.rsplit(".", 1)[-1].startswith("_"):
                 importlib.import_module(module.name)
+        self._discover_entry_points()
+
+    def _discover_entry_points(self) -> None:
+        """Presets of installed packages: entry points in the group ``bench.<kind>s``."""
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=f"bench.{self.kind}s"):
+            try:
+                loaded = point.load()
+            except Exception as e:  # one broken plugin must not hide every other preset
+                warnings.warn(f"{self.kind} entry point {point.name!r} ({point.value}) failed to "
+                              f"load and is skipped: {type(e).__name__}: {e}", stacklevel=2)
+                continue
+            if callable(loaded) and not isinstance(loaded, types.ModuleType):
+                doc = (inspect.getdoc(loaded) or "").split("\n", 1)[0]
+                self.add(Entry(point.name, loaded, description=doc or f"entry point {point.value}",
+                               licence="unknown: see the package's documentation"))
 
     def names(self, pattern: str = "*") -> list[str]:
         self._discover()
@@ -88,6 +135,9 @@ class Registry:
         base = name.split(":", 1)[0] if ":" in name and name not in self._entries else name
         if base in self._entries:
             return self._entries[base]
+        if is_factory_reference(name):
+            return Entry(name, load_factory(name, self.kind), description=f"user factory {name}",
+                         licence="unknown: see the model's documentation")
         close = difflib.get_close_matches(base, list(self._entries), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownNameError(
@@ -96,17 +146,184 @@ class Registry:
 
     def create(self, name: str, **overrides: Any) -> Any:
         entry = self.entry(name)
-        kwargs = {**entry.defaults, **overrides}
+        given = dict(overrides)
         if entry.name != name:  # "name:ARG"
             if entry.argument is None:
                 raise UsageError(f"{self.kind} {entry.name!r} takes no ':ARG' suffix")
-            kwargs[entry.argument] = name.split(":", 1)[1]
+            given[entry.argument] = name.split(":", 1)[1]
+        kwargs = {**entry.defaults, **check_arguments(self.kind, entry, given)}
         obj = entry.factory(**kwargs)
+        self._check_product(entry, obj)
         try:
             obj.name = name
         except AttributeError:
             pass
         return obj
+
+    def _check_product(self, entry: Entry, obj: Any) -> None:
+        """A factory must return a Backbone (backbones) or a Task (tasks)."""
+        if self.kind == "backbone":
+            from bench.backbone import Backbone as expected
+        else:
+            from bench.task import Task as expected
+        if not isinstance(obj, expected):
+            raise FactoryError(
+                f"{self.kind} factory {entry.name!r} returned {type(obj).__name__}, not a "
+                f"{expected.__module__}.{expected.__name__}: make it return one"
+            )
+
+
+# --- the user's own factories ----------------------------------------------------------------------
+def is_factory_reference(name: str) -> bool:
+    """``file.py:factory`` or ``package.module:factory`` (a dotted, importable module)."""
+    base, sep, attr = name.rpartition(":")
+    if not sep or not attr.isidentifier():
+        return False
+    if base.endswith(".py"):
+        return True
+    if "." not in base or not all(part.isidentifier() for part in base.split(".")):
+        return False
+    try:
+        return importlib.util.find_spec(base) is not None
+    except (ImportError, ValueError):  # a parent package that does not exist
+        return False
+
+
+def load_factory(reference: str, kind: str) -> Callable[..., Any]:
+    """The callable named by ``file.py:factory`` or ``package.module:factory``."""
+    base, _, attr = reference.rpartition(":")
+    if base.endswith(".py"):
+        path = Path(base).expanduser().resolve()
+        if not path.is_file():
+            raise FactoryError(f"{kind} {reference!r}: no file {path}")
+        module_name = f"bench_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+    else:
+        module = importlib.import_module(base)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise FactoryError(f"{kind} {reference!r}: {base} defines no function {attr!r}")
+    return factory
+
+
+# --- argument checking ---------------------------------------------------------------------------
+def check_arguments(kind: str, entry: Entry, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` checked against ``entry.factory``'s signature: names exist, values match the
+    annotations (JSON strings parsed where the annotation is not a string, lists made tuples)."""
+    parameters, hints, open_ended = accepted_parameters(entry.factory)
+    valid = list(parameters)
+    out = {}
+    for key, value in given.items():
+        if key not in parameters and not open_ended:
+            raise InvalidArgumentError(
+                f"{kind} {entry.name!r} has no argument {key!r}; valid arguments: "
+                f"{', '.join(valid) or '(none)'}"
+            )
+        out[key] = coerce(kind, key, value, hints.get(key, Any))
+    return out
+
+
+def accepted_parameters(
+    factory: Callable[..., Any],
+) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(keyword parameters, their resolved annotations, whether any name goes) of a factory.
+
+    A factory taking ``**kwargs`` and annotated to return a class is taken to forward them to that
+    class (``def diffusion_tiny(flags, seed=0, **kwargs) -> ADMBackbone``), so the class's
+    ``__init__`` parameters are accepted and checked too.
+    """
+    parameters: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    forwards = _add_parameters(factory, parameters, hints)
+    returned = hints.pop("return", None)
+    if forwards and isinstance(returned, type) and returned.__init__ is not object.__init__:
+        forwards = _add_parameters(returned.__init__, parameters, hints)
+        hints.pop("return", None)
+    return parameters, hints, forwards
+
+
+def _add_parameters(
+    function: Callable[..., Any], parameters: dict[str, inspect.Parameter], hints: dict[str, Any]
+) -> bool:
+    """Add ``function``'s keyword parameters and annotations; whether it takes ``**kwargs``."""
+    try:
+        resolved = typing.get_type_hints(function)
+    except Exception:  # unresolvable annotations: check names only
+        resolved = {}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    own = inspect.signature(function).parameters
+    for name, parameter in own.items():
+        if parameter.kind in keyword and name != "self" and name not in parameters:
+            parameters[name] = parameter
+            hints[name] = resolved.get(name, Any)
+    if "return" in resolved:
+        hints["return"] = resolved["return"]
+    return any(p.kind is p.VAR_KEYWORD for p in own.values())
+
+
+def coerce(kind: str, key: str, value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` wants it, or InvalidArgumentError naming the argument."""
+    if isinstance(value, str) and not accepts(annotation, "") and value.strip()[:1] in "{[":
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise InvalidArgumentError(
+                f"{kind} argument {key}: {value!r} looks like JSON but does not parse ({e})"
+            ) from None
+    elif isinstance(value, str) and not accepts(annotation, value):
+        try:  # the Python API may pass "90" where the CLI would have parsed 90
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, list) and typing.get_origin(annotation) is tuple:
+        value = tuple(value)
+    if not accepts(annotation, value):
+        raise InvalidArgumentError(
+            f"{kind} argument {key} expects {type_name(annotation)}, got {value!r}"
+        )
+    return value
+
+
+def accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` fits ``annotation`` (outer types only; ints fit floats, bools fit nothing
+    but bool)."""
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(accepts(a, value) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is None or annotation is type(None):
+        return value is None
+    target = origin or annotation
+    if not isinstance(target, type):
+        return True  # TypeVars, Callables and the like: not checked
+    if target is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if target is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if target is Path or (isinstance(target, type) and issubclass(target, Path)):
+        return isinstance(value, (str, Path))
+    try:
+        return isinstance(value, target)
+    except TypeError:  # subscripted generics of collections.abc
+        return True
+
+
+def type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
 backbones = Registry("backbone", "backbones")

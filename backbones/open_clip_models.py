@@ -1,0 +1,69 @@
+"""Any open_clip image tower: ``open_clip:ARCH/TAG`` (``open_clip:ViT-B-16/laion2b_s34b_b88k``).
+
+The model is built the way the ``clip`` presets are (``backbones/clip.py``: QuickGELU from the
+tag, the tag's own preprocessing), with the same layers: ``image-embedding`` (``encode_image``),
+``pre-projection`` and ViT blocks. ``normalize=true`` L2-normalises the pooled features as
+CLIP_benchmark's linear probe does; the default keeps them as ``encode_image`` returns them, as the
+CLIP paper's logistic-regression probe does.
+
+Weights: ``weights="pretrained"`` (default) is the TAG, downloaded and cached by open_clip;
+``weights=PATH`` a checkpoint file for ARCH (then no TAG is needed); ``weights=none`` seeded random
+weights saved to and reloaded from the weights dir. ``model_cfg`` overrides top-level keys of the
+registered config of ARCH (``embed_dim``, ``vision_cfg``, ``text_cfg``: open_clip's
+``create_model(**model_kwargs)``), which is how the tests build a tiny tower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backbones._shared import RANDOM_LICENCE
+from backbones.clip import CLIPImage, build_clip
+from backbones.hf_models import UNKNOWN_LICENCE, card_licence
+from bench.registry import register_backbone
+
+
+def tag_licence(arch: str, tag: str) -> str:
+    """The model card's licence of a tag hosted on the Hugging Face Hub, else unknown."""
+    import open_clip
+
+    repo = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
+    return card_licence(repo) if repo else UNKNOWN_LICENCE
+
+
+@register_backbone(
+    "open_clip",
+    description="open_clip:ARCH/TAG, any open_clip image tower (e.g. open_clip:ViT-B-16/"
+    "laion2b_s34b_b88k); image-embedding, pre-projection, blocks; normalize=true for "
+    "CLIP_benchmark's L2-normalised probe",
+    licence="per model: the tag's model card licence, else unknown: see the model card",
+    argument="model",
+)
+def open_clip_model(
+    model: str,
+    weights: str = "pretrained",
+    seed: int = 0,
+    normalize: bool = False,
+    quick_gelu: bool | None = None,
+    model_cfg: dict[str, Any] | None = None,
+) -> CLIPImage:
+    """``model``: ``ARCH/TAG`` (``open_clip.list_pretrained()``) or ``ARCH`` with weights=PATH or
+    weights=none; ``quick_gelu`` defaults to what the tag was trained with."""
+    import open_clip
+
+    arch, _, tag = model.partition("/")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"open_clip has no model {arch!r}; `open_clip.list_models()` lists them")
+    if weights == "none":
+        return build_clip("open_clip", arch, "", quick_gelu, seed, model_cfg, normalize,
+                          RANDOM_LICENCE)
+    if weights == "pretrained":
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if tag not in tags:
+            raise ValueError(f"open_clip:{model}: give a pretrained tag as open_clip:{arch}/TAG, "
+                             f"one of {', '.join(tags) or '(none)'}, or pass weights=PATH or "
+                             "weights=none")
+        return build_clip("open_clip", arch, tag, quick_gelu, None, model_cfg, normalize,
+                          tag_licence(arch, tag))
+    return build_clip("open_clip", arch, weights, quick_gelu, None, model_cfg, normalize,
+                      UNKNOWN_LICENCE)
