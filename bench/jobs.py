@@ -14,8 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.locks import file_lock
 from bench.record import RunRecord
 from bench.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
+
+
+def cells_lock(options: RunOptions, identities: list[str]):
+    """The lock file of a job's result cells, beside the cache every process of a run shares."""
+    from bench.paths import cache_dir
+    from bench.task import json_digest
+
+    return cache_dir(options.cache_dir) / ".locks" / f"{json_digest(sorted(identities))[:32]}.lock"
 
 
 class _Requeueable:
@@ -85,25 +94,29 @@ class BenchJob(_Requeueable):
         job_started = time.time()  # the first computed cell's run covers the extraction too
         prepared = self.prepared or resolve(self.spec, self.options)
         cells = prepared.run.cells
-        done = {} if self.options.force else {
-            r.identity: r for r in find_records([experiment_id], [c.identity for c in cells])}
-        if all(c.identity in done for c in cells):
-            return [done[c.identity] for c in cells]
-        reports = extract_features(prepared, self.options)
-        records = []
-        for cell in cells:
-            if cell.identity in done:
-                records.append(done[cell.identity])
-                continue
-            started = time.time()
-            records.append(self._evaluate(prepared, cell, reports, experiment_id,
-                                          job_started if len(records) == 0 else started))
+        # One process at a time computes these cells: an identical run started meanwhile waits
+        # here, then finds them logged and reuses them (no second extraction, no second result).
+        with file_lock(cells_lock(self.options, [c.identity for c in cells])):
+            done = {} if self.options.force else {
+                r.identity: r for r in find_records([experiment_id], [c.identity for c in cells])}
+            if all(c.identity in done for c in cells):
+                return [done[c.identity] for c in cells]
+            reports = extract_features(prepared, self.options)
+            records = []
+            for cell in cells:
+                if cell.identity in done:
+                    records.append(done[cell.identity])
+                    continue
+                started = time.time()
+                records.append(self._evaluate(prepared, cell, reports, experiment_id,
+                                              job_started if len(records) == 0 else started))
         return records
 
     def _evaluate(self, prepared: Prepared, cell: ResolvedCell, reports: dict[str, Any],
                   experiment_id: str, run_started: float) -> RunRecord:
+        from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
-        from bench.tracking import log_record, supersede
+        from bench.tracking import TrackingError, log_record, save_pending, supersede
 
         run = prepared.run
         kind = head_kind(run.spec.head)
@@ -135,7 +148,14 @@ class BenchJob(_Requeueable):
             "grid.csv": _grid_csv(result.grid).encode(),
             "confusion_matrix.png": _confusion_png(result.confusion, record.name),
         }
-        log_record(experiment_id, record, artifacts)
+        try:
+            log_record(experiment_id, record, artifacts)
+        except Exception as e:  # nothing computed is lost: the result waits on disk
+            folder = save_pending(self.options.suite, record, artifacts)
+            raise TrackingError(
+                f"the result of {record.name} could not be logged to {tracking_uri()} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); it is "
+                f"kept in {folder}: run `bench sync` once the tracking store is back") from e
         supersede(experiment_id, record)
         return record
 

@@ -66,16 +66,15 @@ def client():
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    mlflow_client = MlflowClient(uri)
     if uri not in _CHECKED:
-        _check_store(mlflow_client, uri)
+        _check_store(uri, MlflowClient)
         _CHECKED.add(uri)
-    return mlflow_client
+    return MlflowClient(uri)
 
 
-def _check_store(mlflow_client, uri: str) -> None:
-    """Reach the store before any work: a server's /health, a SQLite file's schema (created here,
-    under the store lock, the first time)."""
+def _check_store(uri: str, make_client) -> None:
+    """Reach the store before any work: a server's /health, a SQLite file's schema (created or
+    migrated by the first client, under the store lock: concurrent first runs otherwise break it)."""
     path = _sqlite_path(uri)
     if path is None:
         try:
@@ -88,7 +87,7 @@ def _check_store(mlflow_client, uri: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with store_lock():
-            mlflow_client.search_experiments(max_results=1)
+            make_client(uri).search_experiments(max_results=1)
     except PermissionError as e:
         raise TrackingError(f"cannot write the tracking store at {path} ({e.strerror}): make "
                             "the folder writable or set BENCH_RESULTS / MLFLOW_TRACKING_URI") from e

@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bench.cli import cache, data, demo, leaderboard, listing, run, sweep
+from bench.cli import cache, data, demo, leaderboard, listing, run, sweep, sync
 
-COMMANDS = (run, listing, leaderboard, demo, cache, data, sweep)
+COMMANDS = (run, listing, leaderboard, demo, cache, data, sweep, sync)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: error: {e}", file=sys.stderr)
             return 2
         raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,21 @@
+"""``bench sync``: log the results kept on disk while the tracking store was unreachable."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sync", help="log results that were kept on disk because logging failed")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.paths import tracking_uri
+    from bench.tracking import pending_dir, sync_pending
+
+    logged = sync_pending()
+    for record in logged:
+        print(f"logged {record.name} -> run {record.run_id}")
+    print(f"{len(logged)} result(s) logged to {tracking_uri()}; nothing left in {pending_dir()}")
+    return 0

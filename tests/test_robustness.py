@@ -1,0 +1,103 @@
+"""Nothing lost under concurrency and outages (issue 13, items 9-11 and 18's tracking store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.api import run
+from bench.spec import RunOptions, RunSpec
+
+from .conftest import REPO, records
+
+OPTIONS = RunOptions(workers=0, progress=False)
+FAST = ["--epochs", "2", "--lrs", "1e-2", "--wds", "0", "--workers", "0", "--no-progress"]
+
+
+def _bench(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=REPO, env=os.environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("processes", [4, 8])
+def test_concurrent_first_runs_all_succeed_with_one_result_per_cell(processes, tmp_path):
+    """N `bench run` at once on a fresh results folder: the store is created once, every run
+    succeeds, and two identical runs extract and log once (the second reuses)."""
+    cells = processes // 2  # each cell asked for by two processes at the same time
+    started = [_bench(["run", "--backbone", "pixels", "--task", "digits", "--pool", str(p),
+                       "--backbone-arg", "size=8", *FAST]) for p in (1, 2, 4, 8)[:cells]
+               for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in started]
+    assert [p.returncode for p in started] == [0] * processes, "\n".join(outputs)[-4000:]
+    assert len(records()) == cells
+    # Of each identical pair, one computed and the other waited, then reused its result.
+    assert sum("[already logged: reused" in out for out in outputs) == cells, outputs
+
+
+def test_a_run_killed_while_logging_is_marked_killed_by_the_next(tmp_path):
+    import mlflow
+
+    from bench.record import IDENTITY, KIND, RESULT
+    from bench.tracking import client, ensure_experiment
+
+    spec = RunSpec("pixels", "digits", head_args={"epochs": 2})
+    [first] = run(spec, OPTIONS)
+    experiment = ensure_experiment("bench")
+    stale = client().create_run(experiment, tags={KIND: RESULT, IDENTITY: "x" + first.identity})
+    half = client().create_run(experiment, tags={KIND: RESULT, IDENTITY: first.identity})
+    [again] = run(spec, RunOptions(workers=0, progress=False, force=True))
+    status = {r.info.run_id: r.info.status for r in mlflow.search_runs(
+        [experiment], output_format="list")}
+    assert status[half.info.run_id] == "KILLED"  # same cell: its logger died
+    assert status[stale.info.run_id] == "RUNNING"  # another cell's: not ours to judge
+    assert status[again.run_id] == "FINISHED"
+
+
+def test_an_unreachable_tracking_server_fails_before_any_work(monkeypatch, capsys, tmp_path):
+    import socket
+
+    from bench.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"tracking server {uri} is unreachable" in err and err.count("\n") == 1
+    assert not (tmp_path / "results" / "cache").exists()  # nothing was extracted
+
+
+def test_a_result_that_cannot_be_logged_is_kept_and_synced_later(monkeypatch, capsys):
+    from bench.cli import main
+
+    def outage(*args, **kwargs):
+        raise ConnectionError("the server went away")
+
+    args = ["run", "--backbone", "pixels", "--task", "digits", *FAST]
+    with monkeypatch.context() as m:
+        m.setattr("bench.tracking._log_record", outage)
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "could not be logged" in err and "bench sync" in err
+    assert records() == []
+    assert main(["sync"]) == 0
+    assert "1 result(s) logged" in capsys.readouterr().out
+    [logged] = records()
+    assert main(args) == 0  # the rerun finds the synced result: nothing recomputed
+    assert f"run {logged.run_id}  [already logged: reused" in capsys.readouterr().out
+
+
+def test_a_truncated_tracking_store_is_named_in_one_line(tmp_path, capsys):
+    from bench.cli import main
+
+    store = tmp_path / "results" / "mlflow.db"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"SQLite format 3\x00" + b"\x13" * 50)  # a header, then garbage
+    assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert str(store) in err and "cannot be opened" in err and err.count("\n") == 1
