@@ -235,7 +235,7 @@ class _Submitted:
 def _squeue_state(job_id: str) -> str | None:
     """The job's state in squeue; "" when squeue no longer lists it, None when it cannot tell."""
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True,
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
                              timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -247,7 +247,7 @@ def _squeue_state(job_id: str) -> str | None:
 
 def summary(outcome: JobOutcome, lines: int = 2) -> str:
     """One line for a failed try: its error here, or the last lines of its log file."""
-    if outcome.log is None:
+    if outcome.log is None or isinstance(outcome.error, JobGone):
         return f"{type(outcome.error).__name__}: {outcome.error}".splitlines()[0]
     path = Path(outcome.log)
     text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []

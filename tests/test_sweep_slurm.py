@@ -279,3 +279,33 @@ def test_extraction_array_then_dependent_probe_job(server, job_dir, tmp_path, ca
     assert len(shards) == 6 + 1 + 2  # train, val, test at 256 images a shard
     [run] = _runs(server, suite)
     assert run["status"] == "FINISHED" and run["metrics"]["test_top1"] > 80
+
+
+@pytest.mark.slurm
+@pytest.mark.server
+def test_a_cancelled_job_is_reported_and_the_sweep_ends(server, job_dir, tmp_path):
+    """`scancel` of a running job: the sweep reports it with its log and ends (exit 1) instead of
+    showing it as running forever; the leaderboard file is not overwritten with an empty table."""
+    suite = _suite("cancel")
+    board = tmp_path / "results" / "leaderboard.md"
+    board.parent.mkdir(parents=True)
+    board.write_text("an earlier leaderboard\n")
+    log = tmp_path / "driver.log"
+    driver = _bench(["sweep", "--backbones", "pixels", "--tasks", "digits", "--suite", suite,
+                     "--job-dir", str(job_dir), "--retries", "0", *SLURM, "--epochs", "100000",
+                     "--lrs", "1e-2", "--wds", "0", "--workers", "0", "--no-progress"], log)
+    deadline = time.monotonic() + 120
+    job_id = None
+    while time.monotonic() < deadline and driver.poll() is None:
+        submitted = sorted(job_dir.glob("*_submitted.pkl"))
+        if submitted:
+            job_id = submitted[0].name.split("_submitted")[0].removesuffix("_0")
+            if _squeue_state(job_id) == "RUNNING":
+                break
+        time.sleep(0.5)
+    assert job_id and _squeue_state(job_id) == "RUNNING", log.read_text()
+    _sh("scancel", job_id)
+    assert driver.wait(timeout=180) == 1, log.read_text()
+    text = log.read_text()
+    assert "left the queue without a result" in text and "FAILED pixels x digits" in text, text
+    assert board.read_text() == "an earlier leaderboard\n"
