@@ -1,0 +1,569 @@
+"""Any diffusers diffusion model as a backbone: ``diffusers:REPO_OR_PATH`` and named presets.
+
+Generalises what the ADM backbone does to the diffusers pipeline layout: a denoiser in ``unet/`` or
+``transformer/`` (``UNet2DModel``, ``UNet2DConditionModel``, ``DiTTransformer2DModel`` /
+``Transformer2DModel``), a ``scheduler/``, and for latent models a ``vae/`` (plus ``text_encoder/``
+and ``tokenizer/`` for text-conditioned U-Nets). A flat folder (a model's ``save_pretrained`` with
+``scheduler_config.json`` beside it) works too; ``model_index.json`` is not needed. A hub repo id
+loads through diffusers' own ``from_pretrained`` (HF's cache, ``HF_HUB_OFFLINE`` honoured).
+
+Features of an image are module outputs of ONE denoiser pass on a noised copy of it: latent models
+first encode the image to the MEAN of the VAE's latent distribution times its ``scaling_factor``;
+the model's own scheduler adds noise (``add_noise``) drawn from a generator seeded by
+(noise_seed, sample id, draw), so the same image gets the same noise on every run. Layers are
+``MODULE@tT`` with diffusers' module names (``mid_block@t90``, ``up_blocks.0@t50``,
+``transformer_blocks.14@t50``); all timesteps of a batch go through the model stacked in one batch,
+and a forward hook stops the pass once every requested module has run. Text-conditioned U-Nets see
+the embedding of ``prompt`` (default the empty prompt), computed once; DiT sees the null class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from backbones.adm.backbone import noise_seed_for
+from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
+from bench.registry import register_backbone
+from bench.weights import WeightsError, file_sha256, offline
+
+UNET, TEXT_UNET, DIT = "UNet2DModel", "UNet2DConditionModel", "DiT"
+DENOISER_CLASSES = {
+    "UNet2DModel": UNET,
+    "UNet2DConditionModel": TEXT_UNET,
+    "DiTTransformer2DModel": DIT,
+    "Transformer2DModel": DIT,
+}
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+HF_EXTRA = "transformers is needed for text-conditioned models: pip install 'bench[hf]'"
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+class DiffusersLoadError(WeightsError):
+    """A pipeline folder or repo that lacks a part or holds an unsupported model; says what to do."""
+
+
+class _Stop(Exception):
+    """Raised by a forward hook once every requested module has run: the rest is not needed."""
+
+
+@dataclass
+class Part:
+    """Where one component lives: the source (folder or repo id) and its subfolder ('' = root)."""
+
+    source: str
+    subfolder: str
+    config: dict[str, Any]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"subfolder": self.subfolder or None}
+
+    @property
+    def diffusers_kwargs(self) -> dict[str, Any]:
+        """diffusers loads lazily only with accelerate installed (and warns otherwise)."""
+        return {**self.kwargs, "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+
+
+@dataclass
+class Pipeline:
+    """The loaded components a backbone needs, and the sha256 of each one's weights."""
+
+    denoiser: nn.Module
+    scheduler: Any
+    vae: nn.Module | None
+    text_encoder: nn.Module | None
+    tokenizer: Any | None
+    digests: dict[str, str]
+
+
+# --- loading ---------------------------------------------------------------------------------------
+def _is_local(source: str) -> bool:
+    return Path(source).expanduser().exists() or not _REPO_ID.fullmatch(source)
+
+
+def find_part(source: str, subfolders: Sequence[str], config_name: str, what: str) -> Part | None:
+    """The first of ``subfolders`` ('' = the root) of ``source`` holding ``config_name``, else None."""
+    if _is_local(source):
+        root = Path(source).expanduser()
+        for sub in subfolders:
+            path = root / sub / config_name
+            if path.is_file():
+                return Part(str(root), sub, json.loads(path.read_text()))
+        return None
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    loader = DDPMScheduler if config_name == "scheduler_config.json" else UNet2DModel
+    for sub in subfolders:
+        try:
+            return Part(source, sub, dict(loader.load_config(source, subfolder=sub or None)))
+        except (OSError, ValueError):  # not in the repo, or not in the cache when offline
+            continue
+    return None
+
+
+def _missing(source: str, what: str, where: str) -> DiffusersLoadError:
+    if _is_local(source):
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            return DiffusersLoadError(
+                f"diffusers model folder not found: {folder}. Pass a folder saved with "
+                "save_pretrained (unet/ or transformer/, scheduler/, ...) or a Hugging Face repo id."
+            )
+        return DiffusersLoadError(f"{folder} has no {what}: expected {where}")
+    mode = " (downloads are off: HF_HUB_OFFLINE=1)" if offline() else ""
+    return DiffusersLoadError(
+        f"could not load the {what} of {source} from the Hugging Face hub or its cache{mode}: "
+        f"expected {where}. On a machine with network run `huggingface-cli download {source}` and "
+        "copy the cache ($HF_HOME, default ~/.cache/huggingface), or pass a local folder."
+    )
+
+
+def weights_file(part: Part) -> Path | None:
+    """The weights file diffusers/transformers loaded for ``part`` (local or in HF's cache)."""
+    for name in WEIGHT_FILES:
+        if Path(part.source).is_dir():
+            path = Path(part.source) / part.subfolder / name
+            if path.is_file():
+                return path
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(part.source, f"{part.subfolder}/{name}".lstrip("/"))
+            if isinstance(found, str):
+                return Path(found)
+    return None
+
+
+def _digest(part: Part, module: nn.Module) -> str:
+    path = weights_file(part)
+    return file_sha256(path) if path is not None else state_dict_digest(module)
+
+
+def load_pipeline(source: str) -> Pipeline:
+    """The denoiser, scheduler and (as the denoiser needs them) VAE, text encoder and tokenizer."""
+    import diffusers
+
+    source = str(source)
+    where = "unet/config.json or transformer/config.json (or config.json at the root)"
+    part = find_part(source, ("unet", "transformer", ""), "config.json", "denoiser")
+    if part is None:
+        raise _missing(source, "denoiser", where)
+    class_name = part.config.get("_class_name", "")
+    if class_name not in DENOISER_CLASSES:
+        raise DiffusersLoadError(
+            f"{source}: denoiser class {class_name!r} is not supported; supported: "
+            f"{', '.join(DENOISER_CLASSES)}"
+        )
+    denoiser = getattr(diffusers, class_name).from_pretrained(part.source, **part.diffusers_kwargs)
+    digests = {"denoiser": _digest(part, denoiser)}
+
+    sched = find_part(source, ("scheduler", ""), "scheduler_config.json", "scheduler")
+    if sched is None:
+        raise _missing(source, "scheduler", "scheduler/scheduler_config.json")
+    scheduler_class = getattr(diffusers, sched.config.get("_class_name", ""), None)
+    if scheduler_class is None:
+        raise DiffusersLoadError(f"{source}: unknown scheduler {sched.config.get('_class_name')!r}")
+    scheduler = scheduler_class.from_pretrained(sched.source, **sched.kwargs)
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise DiffusersLoadError(
+            f"{source}: scheduler {scheduler_class.__name__} has no alphas_cumprod; bench noises "
+            "with variance-preserving schedulers (DDPM, DDIM, PNDM, ...)"
+        )
+
+    vae = text_encoder = tokenizer = None
+    if DENOISER_CLASSES[class_name] != UNET:
+        vae_part = find_part(source, ("vae",), "config.json", "VAE")
+        if vae_part is None:
+            raise _missing(source, "VAE", "vae/config.json (latent models encode images first)")
+        vae = diffusers.AutoencoderKL.from_pretrained(vae_part.source, **vae_part.diffusers_kwargs)
+        digests["vae"] = _digest(vae_part, vae)
+    if DENOISER_CLASSES[class_name] == TEXT_UNET:
+        try:
+            import transformers
+        except ImportError as e:
+            raise DiffusersLoadError(HF_EXTRA) from e
+        text_part = find_part(source, ("text_encoder",), "config.json", "text encoder")
+        tok_part = find_part(source, ("tokenizer",), "tokenizer_config.json", "tokenizer")
+        if text_part is None or tok_part is None:
+            what = "text encoder" if text_part is None else "tokenizer"
+            raise _missing(source, what, "text_encoder/config.json and tokenizer/")
+        text_encoder = transformers.CLIPTextModel.from_pretrained(
+            text_part.source, **text_part.kwargs
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tok_part.source, **tok_part.kwargs)
+        digests["text_encoder"] = _digest(text_part, text_encoder)
+    return Pipeline(denoiser, scheduler, vae, text_encoder, tokenizer, digests)
+
+
+# --- the backbone ----------------------------------------------------------------------------------
+def seeded_noise(
+    noise_seed: int, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Gaussian noise per image from its own CPU generator: independent of batch and device."""
+    return torch.stack([
+        torch.randn(shape, generator=torch.Generator().manual_seed(
+            noise_seed_for(noise_seed, i, draw)))
+        for i in sample_ids
+    ])
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+class DiffusersBackbone(Backbone):
+    """Frozen features of a diffusers denoiser: module outputs at chosen timesteps of the noising."""
+
+    family = "diffusers"
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        t: int = 90,
+        layers: Sequence[str] | None = None,
+        pool: str = "2",
+        noise_seed: int = 0,
+        noise_draws: int = 1,
+        prompt: str = "",
+        size: int | None = None,
+        interpolation: str = "bicubic",
+    ):
+        super().__init__()
+        if noise_draws < 1:
+            raise ValueError("noise_draws must be at least 1")
+        self.denoiser = pipeline.denoiser.eval().requires_grad_(False)
+        self.model_type = DENOISER_CLASSES[type(self.denoiser).__name__]
+        self.vae = None if pipeline.vae is None else pipeline.vae.eval().requires_grad_(False)
+        self.scheduler = pipeline.scheduler
+        self.steps = int(self.scheduler.config.num_train_timesteps)
+        self._digest = _combined_digest(pipeline.digests)
+        self.t, self.noise_seed, self.noise_draws = t, noise_seed, noise_draws
+        self.prompt = prompt if self.model_type == TEXT_UNET else None
+        self.interpolation = interpolation
+        self._modules_by_name = dict(self.denoiser.named_modules())
+        self.register_buffer("text_embedding", self._embed(pipeline, prompt), persistent=False)
+        self.input_size = size or self._native_size()
+        self._check_t(t)
+        self.default_layers = tuple(
+            self.canonical_layer(layer) for layer in (layers or (self._middle_module(),))
+        )
+        self.default_pool = pool
+
+    # --- bench interface ------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "family": "diffusers",
+            "model": type(self.denoiser).__name__,
+            "scheduler": {"class": type(self.scheduler).__name__,
+                          **_config_dict(self.scheduler.config)},
+            "t": self.t,
+            "noise_seed": self.noise_seed,
+            "noise_draws": self.noise_draws,
+            "transform": self.transform_description(),
+        }
+        if self.vae is not None:
+            config["latents"] = f"VAE latent mean x {self._scaling_factor()}"
+        if self.model_type == TEXT_UNET:
+            config["prompt"] = self.prompt
+        if self._class_label() is not None:
+            config["class_label"] = self._class_label()
+        return config
+
+    def transform_description(self) -> str:
+        s = self.input_size
+        return f"resize shorter side to {s} ({self.interpolation}), center crop {s}, scale to [-1, 1]"
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        from torchvision import transforms as T
+
+        return T.Compose([
+            T.Resize(self.input_size, interpolation=T.InterpolationMode(self.interpolation)),
+            T.CenterCrop(self.input_size),
+            T.ToTensor(),
+            T.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
+        ])
+
+    def feature_modules(self) -> list[str]:
+        """The modules that can be layers, in execution order."""
+        if self.model_type == DIT:
+            return [f"transformer_blocks.{i}" for i in range(len(self.denoiser.transformer_blocks))]
+        mid = ["mid_block"] if self.denoiser.mid_block is not None else []
+        return (
+            [f"down_blocks.{i}" for i in range(len(self.denoiser.down_blocks))]
+            + mid
+            + [f"up_blocks.{i}" for i in range(len(self.denoiser.up_blocks))]
+        )
+
+    def canonical_layer(self, layer: str) -> str:
+        module, t = self._parse(layer)
+        return f"{module}@t{t}"
+
+    def feature_points(self) -> list[FeaturePoint]:
+        """Every module at the default timestep; any other ``@tT`` is accepted too."""
+        return [self.feature_point(name) for name in self.feature_modules()]
+
+    def feature_point(self, layer: str) -> FeaturePoint:
+        module, t = self._parse(layer)
+        grid = " (tokens as their patch grid)" if self.model_type == DIT else ""
+        return FeaturePoint(f"{module}@t{t}", MAP, f"output of {module} at t={t}{grid} (any @tT works)")
+
+    @torch.no_grad()
+    def forward_features(
+        self, x: torch.Tensor, layers: Sequence[str], sample_ids: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Module outputs for noised ``x`` (images in [-1, 1]), keyed like ``layers``.
+
+        All timesteps go through the denoiser as one batch (B images x T timesteps); with
+        ``noise_draws`` K the features are averaged over K noises (one pass per draw). Without
+        ``sample_ids`` image i of the batch counts as i.
+        """
+        parsed = {layer: self._parse(layer) for layer in layers}
+        if not parsed:
+            return {}
+        b = x.shape[0]
+        ids = list(range(b)) if sample_ids is None else sample_ids.tolist()
+        timesteps = sorted({t for _, t in parsed.values()})
+        modules = list(dict.fromkeys(module for module, _ in parsed.values()))
+        clean = self.encode(x.float())
+        t_all = torch.tensor(timesteps, device=x.device).repeat_interleave(b)
+        clean_all = clean.repeat(len(timesteps), *([1] * (clean.dim() - 1)))
+        total: dict[str, torch.Tensor] = {}
+        for draw in range(self.noise_draws):
+            eps = seeded_noise(self.noise_seed, ids, draw, tuple(clean.shape[1:])).to(clean)
+            x_t = self.scheduler.add_noise(clean_all, eps.repeat(len(timesteps), 1, 1, 1), t_all)
+            for name, value in self.denoiser_features(x_t, t_all, modules).items():
+                total[name] = total[name] + value.float() if name in total else value.float()
+        return {
+            layer: _as_map(total[module][timesteps.index(t) * b: (timesteps.index(t) + 1) * b])
+            / self.noise_draws
+            for layer, (module, t) in parsed.items()
+        }
+
+    # --- public API -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """What the denoiser sees clean: images in [-1, 1], or their scaled VAE latent means."""
+        if self.vae is None:
+            return x
+        return self.vae.encode(x).latent_dist.mean * self._scaling_factor()
+
+    @torch.no_grad()
+    def denoiser_features(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, layers: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Raw outputs (a tuple's first element) of modules ``layers`` for already-noised ``x_t``.
+
+        ``t`` is one timestep per input (or one for all). The pass stops once every requested
+        module has run, so the modules after the deepest one never run.
+        """
+        for name in layers:
+            self._check_module(name)
+        t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
+        wanted = set(layers)
+        out: dict[str, torch.Tensor] = {}
+
+        def capture(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                out.setdefault(name, output[0] if isinstance(output, tuple) else output)
+                if wanted <= out.keys():
+                    raise _Stop
+
+            return hook
+
+        handles = [self._modules_by_name[n].register_forward_hook(capture(n)) for n in wanted]
+        try:
+            self._denoise(x_t, t)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: out[name] for name in layers}
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _denoise(self, x_t: torch.Tensor, t: torch.Tensor) -> Any:
+        labels = self._class_label()
+        y = None if labels is None else torch.full_like(t, labels)
+        if self.model_type == TEXT_UNET:
+            context = self.text_embedding.to(x_t).expand(x_t.shape[0], -1, -1)
+            return self.denoiser(x_t, t, encoder_hidden_states=context)
+        if self.model_type == DIT:
+            return self.denoiser(x_t, timestep=t, class_labels=y)
+        return self.denoiser(x_t, t, class_labels=y)
+
+    def _class_label(self) -> int | None:
+        """DiT: the null class (index num_classes); class-conditional U-Nets: class 0."""
+        if self.model_type == DIT:
+            return int(self.denoiser.config.num_embeds_ada_norm)
+        if self.model_type == UNET and self.denoiser.config.num_class_embeds:
+            return 0
+        return None
+
+    def _embed(self, pipeline: Pipeline, prompt: str) -> torch.Tensor | None:
+        """The text encoder's last hidden state for ``prompt``, as Stable Diffusion computes it."""
+        if self.model_type != TEXT_UNET:
+            return None
+        if self.denoiser.config.addition_embed_type is not None:
+            raise DiffusersLoadError(
+                "U-Nets with added conditioning (SDXL's text_time) are not supported yet"
+            )
+        tokens = pipeline.tokenizer(
+            prompt, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        )
+        with torch.no_grad():
+            return pipeline.text_encoder.eval()(tokens.input_ids)[0].float()
+
+    def _scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def _native_size(self) -> int:
+        size = self.denoiser.config.sample_size
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        if self.vae is not None:
+            size *= 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return size
+
+    def _middle_module(self) -> str:
+        if self.model_type == DIT:
+            return f"transformer_blocks.{len(self.denoiser.transformer_blocks) // 2}"
+        return "mid_block" if self.denoiser.mid_block is not None else "up_blocks.0"
+
+    def _check_t(self, t: int) -> None:
+        if not 0 <= t < self.steps:
+            raise ValueError(f"timestep {t} outside [0, {self.steps}) of this model's scheduler")
+
+    def _check_module(self, name: str) -> None:
+        if name not in self.feature_modules():
+            raise ValueError(
+                f"{type(self.denoiser).__name__} has no feature module {name!r}; its modules: "
+                f"{', '.join(self.feature_modules())} (each optionally '@tT', e.g. "
+                f"{self._middle_module()}@t90)"
+            )
+
+    def _parse(self, layer: str) -> tuple[str, int]:
+        module, _, suffix = str(layer).strip().partition("@")
+        t_match = re.fullmatch(r"t?(\d+)", suffix.strip()) if suffix else None
+        if suffix and t_match is None:
+            raise ValueError(f"layer {layer!r}: write MODULE@tT, e.g. mid_block@t90")
+        self._check_module(module)
+        t = int(t_match.group(1)) if t_match else self.t
+        self._check_t(t)
+        return module, t
+
+
+def _as_map(out: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) patch tokens -> (B, C, sqrt N, sqrt N); maps pass through."""
+    if out.dim() != 3:
+        return out
+    side = round(out.shape[1] ** 0.5)
+    return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
+
+
+def _combined_digest(digests: dict[str, str]) -> str:
+    if list(digests) == ["denoiser"]:
+        return digests["denoiser"]
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+# --- presets -------------------------------------------------------------------------------------
+LAYER_TEMPLATE = "{module}@t{t}"  # sweep axes module= and t= -> layer name
+
+
+@register_backbone(
+    "diffusers",
+    description="any diffusers diffusion model: diffusers:REPO_ID or diffusers:/path/to/folder "
+    "(UNet2DModel, UNet2DConditionModel, DiT); layers MODULE@tT, e.g. mid_block@t90",
+    licence="that of the model",
+    argument="source",
+    layer_template=LAYER_TEMPLATE,
+)
+@register_backbone(
+    "ddpm-cifar10",
+    description="DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
+    licence="Apache-2.0",
+    layer_template=LAYER_TEMPLATE,
+    source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2",
+)
+@register_backbone(
+    "ddpm-celebahq",
+    description="DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) "
+    "at t=90",
+    licence="Apache-2.0",
+    layer_template=LAYER_TEMPLATE,
+    source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2",
+)
+@register_backbone(
+    "sd-1.5",
+    description="Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 "
+    "latent) at t=100; needs pip install 'bench[hf]'",
+    licence="CreativeML OpenRAIL-M",
+    layer_template=LAYER_TEMPLATE,
+    source="stable-diffusion-v1-5/stable-diffusion-v1-5", layers=("up_blocks.1",), t=100, pool="2",
+)
+@register_backbone(
+    "sd-2.1",
+    description="Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 "
+    "at t=100; needs pip install 'bench[hf]'",
+    licence="CreativeML OpenRAIL++-M",
+    layer_template=LAYER_TEMPLATE,
+    source="stabilityai/stable-diffusion-2-1", layers=("up_blocks.1",), t=100, pool="2",
+)
+@register_backbone(
+    "dit-xl-2-256",
+    description="DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
+    "transformer_blocks.14 (16x16 patch grid) at t=50",
+    licence="CC-BY-NC 4.0",
+    layer_template=LAYER_TEMPLATE,
+    source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2",
+)
+def diffusers_backbone(source: str | None = None, **kwargs: Any) -> DiffusersBackbone:
+    if not source:
+        raise ValueError("backbone 'diffusers' needs a model: diffusers:REPO_ID or diffusers:PATH")
+    return DiffusersBackbone(load_pipeline(source), **kwargs)
+
+
+@register_backbone(
+    "ddpm-tiny",
+    description="tiny diffusers UNet2DModel (16 px) with seeded random weights: offline tests",
+    licence="none (random weights)",
+    layer_template=LAYER_TEMPLATE,
+    kind="ddpm", layers=("mid_block",), t=50, pool="2",
+)
+@register_backbone(
+    "sd-tiny",
+    description="tiny Stable-Diffusion-structured pipeline (VAE, CLIP text encoder, "
+    "UNet2DConditionModel) with seeded random weights: offline tests",
+    licence="none (random weights)",
+    layer_template=LAYER_TEMPLATE,
+    kind="sd", layers=("up_blocks.1",), t=50, pool="2",
+)
+@register_backbone(
+    "dit-tiny",
+    description="tiny DiT (VAE + DiTTransformer2DModel) with seeded random weights: offline tests",
+    licence="none (random weights)",
+    layer_template=LAYER_TEMPLATE,
+    kind="dit", layers=("transformer_blocks.2",), t=50, pool="2",
+)
+def diffusers_tiny(kind: str, seed: int = 0, **kwargs: Any) -> DiffusersBackbone:
+    """Random weights are saved with save_pretrained and loaded back like a downloaded model."""
+    from backbones._diffusers_tiny import tiny_pipeline
+
+    return DiffusersBackbone(load_pipeline(str(tiny_pipeline(kind, seed))), **kwargs)
