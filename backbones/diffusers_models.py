@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.adm.backbone import noise_seed_for
+from backbones.adm.backbone import noise_seed_for, timestep_groups
+from bench.errors import UsageError
 from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
 from bench.registry import register_backbone
 from bench.weights import WeightsError, file_sha256, offline
@@ -246,7 +247,7 @@ class DiffusersBackbone(Backbone):
     ):
         super().__init__()
         if noise_draws < 1:
-            raise ValueError("noise_draws must be at least 1")
+            raise UsageError("noise_draws must be at least 1")
         self.denoiser = pipeline.denoiser.eval().requires_grad_(False)
         self.model_type = DENOISER_CLASSES[type(self.denoiser).__name__]
         self.vae = None if pipeline.vae is None else pipeline.vae.eval().requires_grad_(False)
@@ -314,6 +315,10 @@ class DiffusersBackbone(Backbone):
     def canonical_layer(self, layer: str) -> str:
         module, t = self._parse(layer)
         return f"{module}@t{t}"
+
+    def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
+        """One group per timestep (``mid_block@t90`` -> group t90), modules in first-seen order."""
+        return timestep_groups([self._parse(layer) for layer in layers], "{}@t{}")
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every module at the default timestep; any other ``@tT`` is accepted too."""
@@ -448,11 +453,11 @@ class DiffusersBackbone(Backbone):
 
     def _check_t(self, t: int) -> None:
         if not 0 <= t < self.steps:
-            raise ValueError(f"timestep {t} outside [0, {self.steps}) of this model's scheduler")
+            raise UsageError(f"timestep {t} outside [0, {self.steps}) of this model's scheduler")
 
     def _check_module(self, name: str) -> None:
         if name not in self.feature_modules():
-            raise ValueError(
+            raise UsageError(
                 f"{type(self.denoiser).__name__} has no feature module {name!r}; its modules: "
                 f"{', '.join(self.feature_modules())} (each optionally '@tT', e.g. "
                 f"{self._middle_module()}@t90)"
@@ -462,7 +467,7 @@ class DiffusersBackbone(Backbone):
         module, _, suffix = str(layer).strip().partition("@")
         t_match = re.fullmatch(r"t?(\d+)", suffix.strip()) if suffix else None
         if suffix and t_match is None:
-            raise ValueError(f"layer {layer!r}: write MODULE@tT, e.g. mid_block@t90")
+            raise UsageError(f"layer {layer!r}: write MODULE@tT, e.g. mid_block@t90")
         self._check_module(module)
         t = int(t_match.group(1)) if t_match else self.t
         self._check_t(t)
@@ -536,7 +541,7 @@ LAYER_TEMPLATE = "{module}@t{t}"  # sweep axes module= and t= -> layer name
 )
 def diffusers_backbone(source: str | None = None, **kwargs: Any) -> DiffusersBackbone:
     if not source:
-        raise ValueError("backbone 'diffusers' needs a model: diffusers:REPO_ID or diffusers:PATH")
+        raise UsageError("backbone 'diffusers' needs a model: diffusers:REPO_ID or diffusers:PATH")
     return DiffusersBackbone(load_pipeline(source), **kwargs)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from backbones._shared import RANDOM_LICENCE
 from backbones.clip import CLIPImage, build_clip
 from backbones.hf_models import UNKNOWN_LICENCE, card_licence
+from bench.errors import UsageError
 from bench.registry import register_backbone
 
 
@@ -53,14 +54,14 @@ def open_clip_model(
 
     arch, _, tag = model.partition("/")
     if arch not in open_clip.list_models():
-        raise ValueError(f"open_clip has no model {arch!r}; `open_clip.list_models()` lists them")
+        raise UsageError(f"open_clip has no model {arch!r}; `open_clip.list_models()` lists them")
     if weights == "none":
         return build_clip("open_clip", arch, "", quick_gelu, seed, model_cfg, normalize,
                           RANDOM_LICENCE)
     if weights == "pretrained":
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if tag not in tags:
-            raise ValueError(f"open_clip:{model}: give a pretrained tag as open_clip:{arch}/TAG, "
+            raise UsageError(f"open_clip:{model}: give a pretrained tag as open_clip:{arch}/TAG, "
                              f"one of {', '.join(tags) or '(none)'}, or pass weights=PATH or "
                              "weights=none")
         return build_clip("open_clip", arch, tag, quick_gelu, None, model_cfg, normalize,

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from backbones._shared import RANDOM_LICENCE, FrozenBackbone, frozen, hub_file
+from bench.errors import UsageError
 from bench.backbone import MAP, TOKENS, VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.weights import WeightsError, file_sha256, random_weights_file, resolve
@@ -133,7 +134,7 @@ def timm_model(
     from timm.data import create_transform, resolve_data_config
 
     if not timm.is_model(model):
-        raise ValueError(f"timm has no model {model!r}: `timm.list_models('*{model.split('.')[0]}*')`"
+        raise UsageError(f"timm has no model {model!r}: `timm.list_models('*{model.split('.')[0]}*')`"
                          " lists close names")
     model_args = dict(model_args or {})
 

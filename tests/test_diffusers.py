@@ -257,3 +257,13 @@ def test_offline_hub_repo_not_in_cache_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(DiffusersLoadError, match="huggingface-cli download google/ddpm-cifar10-32"):
         bench.create_backbone("ddpm-cifar10")
+
+
+def test_difformer_groups_diffusers_layers_by_timestep():
+    backbone = bench.create_backbone("ddpm-tiny")
+    layers = [backbone.canonical_layer(n) for n in
+              ("mid_block@t50", "up_blocks.0@t50", "mid_block@t90", "up_blocks.0@t90")]
+    assert backbone.layer_groups(layers) == [["mid_block@t50", "up_blocks.0@t50"],
+                                             ["mid_block@t90", "up_blocks.0@t90"]]
+    with pytest.raises(ValueError, match="every block at every timestep"):
+        backbone.layer_groups(layers[:3])

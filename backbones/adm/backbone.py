@@ -199,6 +199,17 @@ def load_unet(flags: Mapping[str, Any], path: Path) -> ADMUNet:
     return unet
 
 
+def timestep_groups(parsed: Sequence[tuple[Any, int]], name: str) -> list[list[str]]:
+    """(module, t) pairs grouped per timestep for DifFormer, modules in first-seen order; every
+    module must appear at every timestep. ``name`` formats a pair back into a layer name."""
+    modules = list(dict.fromkeys(m for m, _ in parsed))
+    steps = list(dict.fromkeys(t for _, t in parsed))
+    if len(set(parsed)) != len(modules) * len(steps):
+        layers = [name.format(m, t) for m, t in parsed]
+        raise UsageError(f"layers {layers} do not hold every block at every timestep")
+    return [[name.format(m, t) for m in modules] for t in steps]
+
+
 def noise_seed_for(noise_seed: int, sample_id: int, draw: int) -> int:
     """A 63-bit generator seed from (noise_seed, sample_id, draw): no collisions between images."""
     digest = hashlib.sha256(f"adm-noise/{noise_seed}/{sample_id}/{draw}".encode()).digest()
@@ -303,12 +314,7 @@ class ADMBackbone(Backbone):
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``block19@t90`` -> group t90), blocks in first-seen order."""
-        parsed = [self._parse(layer) for layer in layers]
-        blocks = list(dict.fromkeys(b for b, _ in parsed))
-        steps = list(dict.fromkeys(t for _, t in parsed))
-        if len(set(parsed)) != len(blocks) * len(steps):
-            raise UsageError(f"layers {list(layers)} do not hold every block at every timestep")
-        return [[f"block{b}@t{t}" for b in blocks] for t in steps]
+        return timestep_groups([self._parse(layer) for layer in layers], "block{}@t{}")
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every block at the default timestep; any other ``@tT`` is accepted too."""
