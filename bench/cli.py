@@ -205,6 +205,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
                   f"{m['num_items']:>8d} items  {size / 1e6:9.1f} MB  {done}")
         print(f"{cache.root}: {total / 1e6:.1f} MB")
         return 0
+    if args.action == "verify":
+        report = cache.verify(fix=args.fix)
+        for problem in report.bad:
+            print(f"{'removed' if args.fix else 'BAD'}: {problem}")
+        print(f"{cache.root}: {report.entries} entries, {report.shards_checked} shards, "
+              f"{len(report.bad)} bad{' (removed: the next run recomputes them)' if args.fix else ''}")
+        return 1 if report.bad and not args.fix else 0
+    if args.action == "clean":
+        removed = cache.clean()
+        for path in removed:
+            print(f"removed {path}")
+        print(f"{cache.root}: {len(removed)} stale temporary file(s) removed")
+        return 0
     targets = list(cache.entries()) if args.all else [e for k in args.keys for e in cache.find(k)]
     if not targets:
         print("nothing to remove (give key prefixes from `bench cache ls`, or --all)")
@@ -251,9 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     cache = sub.add_parser("cache", help="list or remove cached features")
-    cache.add_argument("action", choices=["ls", "rm"])
+    cache.add_argument("action", choices=["ls", "rm", "verify", "clean"],
+                       help="verify: check every shard (exit 1 naming bad ones); clean: remove "
+                       "temporary files of dead writers")
     cache.add_argument("keys", nargs="*", help="key prefixes to remove")
     cache.add_argument("--all", action="store_true", help="rm: remove every entry")
+    cache.add_argument("--fix", action="store_true", help="verify: remove bad shards")
     cache.add_argument("--cache-dir")
     cache.set_defaults(func=cmd_cache)
 
