@@ -10,7 +10,7 @@ Layout of one entry (``ROOT/ab/abcdef.../``)::
     manifest.json           the key's fields, item count, shard size, dtype, feature shape
     labels.npy              int64 labels of the split, so probes need no dataset
     shard-00000.npy         features of items [0, shard_size), memory-mappable numpy
-    shard-00000.json        the shard's rows, shard size, skipped items and blake2b of the .npy
+    shard-00000.json        the shard's rows, shard size, skipped items, .npy size and blake2b
 
 A shard appears only once complete (written to a temporary name, then renamed), so an
 interrupted extraction resumes at the first missing shard and never reads half a file. A shard
@@ -180,6 +180,7 @@ class ShardInfo:
     skipped: list[int]
     shape: list[int]
     blake2b: str
+    nbytes: int  # size of the .npy file
 
 
 @dataclass
@@ -238,7 +239,7 @@ class CacheEntry:
         try:
             meta = json.loads(sidecar.read_text())
             info = ShardInfo(index, meta["rows"], meta["shard_size"], meta["skipped"],
-                             meta["shape"], meta["blake2b"])
+                             meta["shape"], meta["blake2b"], meta["nbytes"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CorruptShardError(path, f"its sidecar {sidecar.name} is missing or unreadable "
                                           f"(written by an older bench?): {e}") from e
@@ -248,9 +249,9 @@ class CacheEntry:
         if info.rows != self.expected_rows(index) or info.shape[:1] != [info.rows]:
             raise CorruptShardError(path, f"{info.rows} rows, the entry expects "
                                           f"{self.expected_rows(index)} in shard {index}")
-        itemsize = np.dtype(np.float16).itemsize  # the storage dtype (bench.extract)
-        if path.stat().st_size < int(np.prod(info.shape)) * itemsize:
-            raise CorruptShardError(path, "truncated: the file is shorter than its rows")
+        if path.stat().st_size != info.nbytes:
+            raise CorruptShardError(path, f"truncated or grown: {path.stat().st_size} bytes, "
+                                          f"{info.nbytes} written")
         return info
 
     def usable_shards(self, allow_skipped: bool = True) -> dict[int, ShardInfo]:
@@ -281,15 +282,22 @@ class CacheEntry:
                                size_hint=features.nbytes)
         meta = json.dumps({"shard": index, "rows": len(features),
                            "shard_size": self.manifest["shard_size"], "skipped": skipped,
-                           "shape": list(features.shape), "blake2b": digest})
+                           "shape": list(features.shape), "blake2b": digest,
+                           "nbytes": self.shard_path(index).stat().st_size})
         _atomic_write(self.sidecar_path(index), lambda f: f.write(meta.encode()))
 
     def _infos(self) -> list[ShardInfo]:
-        missing = self.missing_shards()
+        """Every shard's sidecar; ``CorruptShardError`` names the first invalid shard."""
+        infos, missing = [], []
+        for i in range(self.manifest["num_shards"]):
+            try:
+                infos.append(self.shard_info(i))
+            except FileNotFoundError:
+                missing.append(i)
         if missing:
-            raise CacheError(f"cache entry {self.key[:12]} is incomplete or has invalid shards "
-                             f"{missing}; rerun the extraction to recompute them")
-        return [self.shard_info(i) for i in range(self.manifest["num_shards"])]
+            raise CacheError(f"cache entry {self.key[:12]} is incomplete: shards {missing} "
+                             "missing; rerun the extraction to compute them")
+        return infos
 
     def skipped(self) -> list[int]:
         """Global indices of items left out as corrupt."""
