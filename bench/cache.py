@@ -103,10 +103,13 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0) -> str:
+def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
+                  before_rename: Callable[[str, int], None] | None = None) -> str:
     """Write through a temporary file renamed into place; returns the blake2b of the bytes.
 
-    On any failure the temporary file is removed; a full disk raises ``CacheFullError``.
+    ``before_rename(blake2b, size)`` runs once the bytes are on disk, before they appear under
+    ``path`` (a shard's sidecar, so a shard never exists without one). On any failure the
+    temporary file is removed; a full disk raises ``CacheFullError``.
     """
     tmp = _temp_name(path)
     written = 0
@@ -119,6 +122,8 @@ def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0) 
                 written = out.written
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(out.hash.hexdigest(), out.written)
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -277,14 +282,18 @@ class CacheEntry:
         return self.exists() and not self.missing_shards()
 
     def write_shard(self, index: int, features: np.ndarray, skipped: list[int]) -> None:
-        """Write the .npy (hashing its bytes as they are written), then the sidecar naming them."""
-        digest = _atomic_write(self.shard_path(index), lambda f: np.save(f, features),
-                               size_hint=features.nbytes)
-        meta = json.dumps({"shard": index, "rows": len(features),
-                           "shard_size": self.manifest["shard_size"], "skipped": skipped,
-                           "shape": list(features.shape), "blake2b": digest,
-                           "nbytes": self.shard_path(index).stat().st_size})
-        _atomic_write(self.sidecar_path(index), lambda f: f.write(meta.encode()))
+        """Write the .npy (hashing its bytes as they are written); its sidecar, naming the hash,
+        is in place before the .npy is renamed into place."""
+        shard_size = self.manifest["shard_size"]
+
+        def write_sidecar(digest: str, nbytes: int) -> None:
+            meta = json.dumps({"shard": index, "rows": len(features), "shard_size": shard_size,
+                               "skipped": skipped, "shape": list(features.shape),
+                               "blake2b": digest, "nbytes": nbytes})
+            _atomic_write(self.sidecar_path(index), lambda f: f.write(meta.encode()))
+
+        _atomic_write(self.shard_path(index), lambda f: np.save(f, features),
+                      size_hint=features.nbytes, before_rename=write_sidecar)
 
     def _infos(self) -> list[ShardInfo]:
         """Every shard's sidecar; ``CorruptShardError`` names the first invalid shard."""
