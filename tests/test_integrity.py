@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from bench.backbone import MAP, FeaturePoint, check_pool, pool_features
 from bench.cache import CacheFullError, CorruptShardError, FeatureCache
 from bench.cli import main as cli
 from bench.extract import extract
-from bench.task import CorruptImageError, Split, load_rgb, to_rgb
+from bench.data import verify as verify_data
+from bench.task import CorruptImageError, DatasetError, Split, load_rgb, to_rgb
 from bench.weights import WeightsError, file_sha256
 
 CPU = torch.device("cpu")
@@ -190,8 +192,8 @@ def test_cache_clean_removes_temporaries_of_dead_or_old_writers(tmp_path):
     host = socket.gethostname()
     names = {"dead": f".shard-00000.npy.{host}.{dead}.tmp",
              "alive": f".shard-00001.npy.{host}.{os.getpid()}.tmp",
-             "old": f".shard-00002.npy.otherhost.1.tmp",
-             "other_host_recent": f".shard-00003.npy.otherhost.1.tmp"}
+             "old": ".shard-00002.npy.otherhost.1.tmp",
+             "other_host_recent": ".shard-00003.npy.otherhost.1.tmp"}
     for name in names.values():
         (entry.path / name).write_bytes(b"x")
     hours_ago = time.time() - 7200
@@ -272,9 +274,9 @@ def test_changed_image_under_the_same_name_changes_the_split_digest(tmp_path):
                                              ({"a": 5, "b": 5, "empty": 0}, "without images.*empty")])
 def test_folder_with_one_class_or_an_empty_class_folder_is_an_error(tmp_path, counts, message):
     _tree(tmp_path, counts)
-    problems = bench.data.verify(f"folder:{tmp_path}")
-    assert len(problems) == 1 and __import__("re").search(message, problems[0])
-    with pytest.raises(bench.task.DatasetError, match=message):
+    problems = verify_data(f"folder:{tmp_path}")
+    assert len(problems) == 1 and re.search(message, problems[0])
+    with pytest.raises(DatasetError, match=message):
         bench.create_task(f"folder:{tmp_path}").split("train")
 
 
