@@ -45,6 +45,7 @@ class Split:
     labels: np.ndarray
     loader: Callable[[Any], Any]  # item -> PIL.Image in RGB
     root: Path | None = None  # items are file paths relative to it (their stat goes in the digest)
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -58,11 +59,16 @@ class Split:
         return self.loader(self.items[index])
 
     def manifest_digest(self) -> str:
-        """sha256 of items and labels, plus size and mtime_ns of each file when items are files."""
-        h = hashlib.sha256()
-        for item, label in zip(self.items, self.labels.tolist()):
-            h.update(f"{item}\t{label}{self._file_stamp(item)}\n".encode())
-        return h.hexdigest()
+        """sha256 of items and labels, plus size and mtime_ns of each file when items are files.
+
+        Computed once per Split (one stat per file), however many cache entries ask for it.
+        """
+        if self._digest is None:
+            h = hashlib.sha256()
+            for item, label in zip(self.items, self.labels.tolist()):
+                h.update(f"{item}\t{label}{self._file_stamp(item)}\n".encode())
+            self._digest = h.hexdigest()
+        return self._digest
 
     def _file_stamp(self, item: Any) -> str:
         if self.root is None:

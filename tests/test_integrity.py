@@ -264,10 +264,13 @@ def test_changed_image_under_the_same_name_changes_the_split_digest(tmp_path):
     from PIL import Image
 
     _tree(tmp_path, {"a": 5, "b": 5})
-    split = bench.create_task(f"folder:{tmp_path}").split("train")
-    before = split.manifest_digest()
-    Image.new("RGB", (4, 4), (200, 0, 0)).save(tmp_path / split.items[0])
-    assert split.manifest_digest() != before
+    def digest() -> str:
+        return bench.create_task(f"folder:{tmp_path}").split("train").manifest_digest()
+
+    before = digest()
+    item = bench.create_task(f"folder:{tmp_path}").split("train").items[0]
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(tmp_path / item)
+    assert digest() != before
 
 
 @pytest.mark.parametrize("counts, message", [({"a": 5}, "at least 2"),
