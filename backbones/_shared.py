@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.backbone import TOKENS, Backbone, FeaturePoint
-from bench.weights import WeightsError, offline
+from bench.weights import WeightsError, load_checkpoint, offline
 
 RANDOM_LICENCE = "none (random weights)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,13 +77,12 @@ def hub_file(repo_id: str, filenames: Sequence[str]) -> Path:
     )
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The object stored in a weights file: safetensors, or a torch pickle of tensors only."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+def load_state_dict_file(path: str | os.PathLike, kind: str = "PyTorch") -> dict[str, Any]:
+    """The object stored in a weights file: safetensors, or a torch pickle of tensors only.
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    A damaged or unsafe file raises ``WeightsError`` naming it (``bench.weights.load_checkpoint``).
+    """
+    return load_checkpoint(path, kind)
 
 
 def resize_crop(

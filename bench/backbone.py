@@ -31,8 +31,9 @@ from bench.errors import UsageError
 
 MAP, TOKENS, VECTOR = "map", "tokens", "vector"
 POOLS_BY_KIND = {
-    MAP: "'1','2','4','8' (adaptive average to p x p, flattened), 'mapN' (adaptive average to "
-    "at most N x N, kept as a map for attention heads), 'max'",
+    MAP: "'1','2','4','8' (average over p x p equal windows, flattened; p must divide the map's "
+    "height and width, so windows never overlap), 'mapN' (the same to the largest such p <= N, "
+    "kept as a map for attention heads), 'max'",
     TOKENS: "'cls', 'mean' (mean of patch tokens), 'cls+mean', 'tokens' (all tokens kept)",
     VECTOR: "'none'",
 }
@@ -125,7 +126,7 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
 def check_pool(point: FeaturePoint, pool: str) -> None:
     ok = {
-        MAP: re.fullmatch(r"\d+|map\d+|max", pool),
+        MAP: re.fullmatch(r"[1-9]\d*|map[1-9]\d*|max", pool),
         TOKENS: pool in {"cls", "mean", "cls+mean", "tokens"} and (point.has_cls or "cls" not in pool),
         VECTOR: pool == "none",
     }[point.kind]
@@ -151,9 +152,16 @@ def pool_features(out: torch.Tensor, point: FeaturePoint, pool: str) -> torch.Te
         return out  # "tokens"
     if pool == "max":
         return out.amax(dim=(2, 3))
+    height, width = out.shape[-2:]
+    sides = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
     if pool.startswith("map"):
-        side = min(int(pool[3:]), out.shape[-2], out.shape[-1])
+        side = max(p for p in sides if p <= int(pool[3:]))
         return nn.functional.adaptive_avg_pool2d(out.float(), side)
+    if int(pool) not in sides:
+        raise UsageError(
+            f"pool {pool!r} does not fit layer {point.name!r}: its map is {height}x{width} and a "
+            f"pool must divide both sides (windows would overlap or exceed the map); valid pools: "
+            f"{', '.join(map(str, sides))}, 'mapN', 'max'")
     return nn.functional.adaptive_avg_pool2d(out.float(), int(pool)).flatten(1)
 
 

@@ -10,28 +10,64 @@ Layout of one entry (``ROOT/ab/abcdef.../``)::
     manifest.json           the key's fields, item count, shard size, dtype, feature shape
     labels.npy              int64 labels of the split, so probes need no dataset
     shard-00000.npy         features of items [0, shard_size), memory-mappable numpy
-    shard-00000.json        which items of the shard were skipped as corrupt (written first)
+    shard-00000.json        the shard's rows, shard size, skipped items, .npy size and blake2b
 
 A shard appears only once complete (written to a temporary name, then renamed), so an
-interrupted extraction resumes at the first missing shard and never reads half a file.
+interrupted extraction resumes at the first missing shard and never reads half a file. A shard
+is used only when its sidecar agrees with the manifest (shard size, row count) and, when read,
+its bytes hash to the recorded blake2b and hold finite values: a shard that fails is never used
+(extraction recomputes shards whose sidecar disagrees; a read that finds bad bytes raises
+``CorruptShardError`` naming the file and ``bench cache verify --fix``).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from bench.errors import BenchError
 from bench.paths import cache_dir
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: shard sidecars carry rows, shard size and a blake2b of the .npy bytes
+_READ_CHUNK = 1 << 24
+STALE_TEMP_SECONDS = 3600
+
+
+class CacheError(BenchError, RuntimeError):
+    """A cache entry or shard that cannot be used or written; the message says how to fix it."""
+
+
+class CorruptShardError(CacheError):
+    """A shard whose bytes, values or row count disagree with what was recorded at write."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(
+            f"cache shard {path} is corrupt ({reason}); it is not used. Run `bench cache verify "
+            f"--fix` (or `rm {path}`) and rerun: the next extraction recomputes it."
+        )
+        self.path = path
+
+
+class CacheFullError(CacheError):
+    """No space left for a cache write (the temporary file has been removed)."""
+
+    def __init__(self, path: Path, needed_bytes: int):
+        super().__init__(
+            f"no space left on device for the cache at {path}: {needed_bytes / 1e6:.1f} MB "
+            "needed. Free space, or point $BENCH_CACHE at a larger disk, then rerun (finished "
+            "shards are kept).",
+        )
 
 
 def cache_key(fields: dict[str, Any]) -> str:
@@ -40,13 +76,108 @@ def cache_key(fields: dict[str, Any]) -> str:
     return json_digest({"cache_format": CACHE_FORMAT, **fields})
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.hash, self.written = file, hashlib.blake2b(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.file.write(view)
+        self.hash.update(view)
+        self.written += len(view)
+        return len(view)
+
+
+def _temp_name(path: Path) -> Path:
+    """``.NAME.HOST.PID.tmp``: ``bench cache clean`` can tell whether its writer still runs."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
+                  before_rename: Callable[[str, int], None] | None = None) -> str:
+    """Write through a temporary file renamed into place; returns the blake2b of the bytes.
+
+    ``before_rename(blake2b, size)`` runs once the bytes are on disk, before they appear under
+    ``path`` (a shard's sidecar, so a shard never exists without one). On any failure the
+    temporary file is removed; a full disk raises ``CacheFullError``.
+    """
+    tmp = _temp_name(path)
+    written = 0
+    try:
+        with open(tmp, "wb") as f:
+            out = _HashingWriter(f)
+            try:
+                write(out)
+            finally:
+                written = out.written
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(out.hash.hexdigest(), out.written)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheFullError(path.parent, max(size_hint, written)) from e
+        raise
+    return out.hash.hexdigest()
+
+
+def _read_npy(path: Path, digest: str, keep: bool) -> np.ndarray | None:
+    """Read a .npy file once, hashing its bytes and checking values are finite as they pass.
+
+    Returns the array when ``keep``, else only checks (for memory-mapped reads). Raises
+    ``CorruptShardError`` on a short file, a checksum mismatch or a non-finite value.
+    """
+    from numpy.lib import format as npy
+
+    h = hashlib.blake2b()
+    try:
+        with open(path, "rb") as f:
+            version = npy.read_magic(f)
+            readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+            if version not in readers:
+                raise CorruptShardError(path, f".npy format version {version} is not one bench writes")
+            shape, fortran, dtype = readers[version](f)
+            header = f.tell()
+            f.seek(0)
+            h.update(f.read(header))
+            count = int(np.prod(shape))
+            data = np.empty(count, dtype) if keep else np.empty(
+                max(1, min(count, _READ_CHUNK // dtype.itemsize)), dtype)
+            done = 0
+            while done < count:
+                part = data[done:] if keep else data[: count - done]
+                n = f.readinto(memoryview(part).cast("B")) // dtype.itemsize
+                if n == 0:
+                    raise CorruptShardError(path, f"truncated: {done} of {count} values")
+                h.update(memoryview(part[:n]).cast("B"))
+                if not np.isfinite(part[:n]).all():
+                    raise CorruptShardError(path, "holds NaN or infinite values")
+                done += n
+            h.update(f.read())  # trailing bytes change the digest
+    except (ValueError, EOFError) as e:
+        raise CorruptShardError(path, f"not a readable .npy file: {e}") from e
+    if h.hexdigest() != digest:
+        raise CorruptShardError(path, "checksum mismatch: its bytes changed since it was written")
+    if not keep:
+        return None
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
+@dataclass
+class ShardInfo:
+    """What a shard's sidecar records, and what the entry expects of it."""
+
+    index: int
+    rows: int
+    shard_size: int
+    skipped: list[int]
+    shape: list[int]
+    blake2b: str
+    nbytes: int  # size of the .npy file
 
 
 @dataclass
@@ -64,6 +195,10 @@ class CacheEntry:
     def create(self, fields: dict[str, Any], labels: np.ndarray, shard_size: int) -> None:
         """Write manifest and labels once; a second extraction of the same key reuses them."""
         if self.exists():
+            if self.manifest["num_items"] != len(labels):
+                raise CacheError(
+                    f"cache entry {self.path} holds {self.manifest['num_items']} items but the split "
+                    f"has {len(labels)}; remove it with `bench cache rm {self.key[:12]}` and rerun")
             return
         self.path.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.path / "labels.npy", lambda f: np.save(f, np.asarray(labels, np.int64)))
@@ -82,59 +217,152 @@ class CacheEntry:
     def shard_path(self, index: int) -> Path:
         return self.path / f"shard-{index:05d}.npy"
 
-    def missing_shards(self) -> list[int]:
+    def sidecar_path(self, index: int) -> Path:
+        return self.path / f"shard-{index:05d}.json"
+
+    def expected_rows(self, index: int) -> int:
+        m = self.manifest
+        return min(m["shard_size"], m["num_items"] - index * m["shard_size"])
+
+    def shard_info(self, index: int) -> ShardInfo:
+        """The shard's sidecar if the shard agrees with the manifest, else ``CorruptShardError``.
+
+        Cheap (no data read): file present, sidecar readable, same shard size and row count as the
+        manifest expects, .npy size consistent. The bytes are checked when read.
+        """
+        path, sidecar = self.shard_path(index), self.sidecar_path(index)
+        if not path.exists():
+            raise FileNotFoundError(path)
+        try:
+            meta = json.loads(sidecar.read_text())
+            info = ShardInfo(index, meta["rows"], meta["shard_size"], meta["skipped"],
+                             meta["shape"], meta["blake2b"], meta["nbytes"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptShardError(path, f"its sidecar {sidecar.name} is missing or unreadable "
+                                          f"(written by an older bench?): {e}") from e
+        if info.shard_size != self.manifest["shard_size"]:
+            raise CorruptShardError(path, f"written with shard size {info.shard_size}, the entry "
+                                          f"uses {self.manifest['shard_size']}")
+        if info.rows != self.expected_rows(index) or info.shape[:1] != [info.rows]:
+            raise CorruptShardError(path, f"{info.rows} rows, the entry expects "
+                                          f"{self.expected_rows(index)} in shard {index}")
+        if path.stat().st_size != info.nbytes:
+            raise CorruptShardError(path, f"truncated or grown: {path.stat().st_size} bytes, "
+                                          f"{info.nbytes} written")
+        return info
+
+    def usable_shards(self, allow_skipped: bool = True) -> dict[int, ShardInfo]:
+        """Shards present and consistent with the manifest (and without skips unless allowed)."""
+        usable = {}
+        for i in range(self.manifest["num_shards"]):
+            try:
+                info = self.shard_info(i)
+            except (FileNotFoundError, CorruptShardError):
+                continue
+            if allow_skipped or not info.skipped:
+                usable[i] = info
+        return usable
+
+    def missing_shards(self, allow_skipped: bool = True) -> list[int]:
+        """Shards to (re)compute: absent, inconsistent, or (unless allowed) with skipped items."""
         if not self.exists():
             raise FileNotFoundError(self.path)
-        return [i for i in range(self.manifest["num_shards"]) if not self.shard_path(i).exists()]
+        usable = self.usable_shards(allow_skipped)
+        return [i for i in range(self.manifest["num_shards"]) if i not in usable]
 
     def complete(self) -> bool:
         return self.exists() and not self.missing_shards()
 
     def write_shard(self, index: int, features: np.ndarray, skipped: list[int]) -> None:
-        meta = json.dumps({"shard": index, "skipped": skipped, "shape": list(features.shape)})
-        _atomic_write(self.path / f"shard-{index:05d}.json", lambda f: f.write(meta.encode()))
-        _atomic_write(self.shard_path(index), lambda f: np.save(f, features))
+        """Write the .npy (hashing its bytes as they are written); its sidecar, naming the hash,
+        is in place before the .npy is renamed into place."""
+        shard_size = self.manifest["shard_size"]
+
+        def write_sidecar(digest: str, nbytes: int) -> None:
+            meta = json.dumps({"shard": index, "rows": len(features), "shard_size": shard_size,
+                               "skipped": skipped, "shape": list(features.shape),
+                               "blake2b": digest, "nbytes": nbytes})
+            _atomic_write(self.sidecar_path(index), lambda f: f.write(meta.encode()))
+
+        _atomic_write(self.shard_path(index), lambda f: np.save(f, features),
+                      size_hint=features.nbytes, before_rename=write_sidecar)
+
+    def _infos(self) -> list[ShardInfo]:
+        """Every shard's sidecar; ``CorruptShardError`` names the first invalid shard."""
+        infos, missing = [], []
+        for i in range(self.manifest["num_shards"]):
+            try:
+                infos.append(self.shard_info(i))
+            except FileNotFoundError:
+                missing.append(i)
+        if missing:
+            raise CacheError(f"cache entry {self.key[:12]} is incomplete: shards {missing} "
+                             "missing; rerun the extraction to compute them")
+        return infos
 
     def skipped(self) -> list[int]:
         """Global indices of items left out as corrupt."""
-        size, out = self.manifest["shard_size"], []
-        for i in range(self.manifest["num_shards"]):
-            meta = json.loads((self.path / f"shard-{i:05d}.json").read_text())
-            out += [i * size + j for j in meta["skipped"]]
-        return out
+        size = self.manifest["shard_size"]
+        return [info.index * size + j for info in self._infos() for j in info.skipped]
 
     def feature_shape(self) -> list[int]:
         """Shape of one item's features (from the first shard's metadata)."""
-        return json.loads((self.path / "shard-00000.json").read_text())["shape"][1:]
+        return self.shard_info(0).shape[1:]
+
+    def _labels_and_keep(self, infos: list[ShardInfo]) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.load(self.path / "labels.npy")
+        rows = sum(info.rows for info in infos)
+        if rows != len(labels) or rows != self.manifest["num_items"]:
+            raise CacheError(f"cache entry {self.path} has {rows} feature rows for {len(labels)} "
+                             f"labels; remove it with `bench cache rm {self.key[:12]}` and rerun")
+        keep = np.ones(len(labels), dtype=bool)
+        size = self.manifest["shard_size"]
+        keep[[info.index * size + j for info in infos for j in info.skipped]] = False
+        return labels, keep
 
     def open(self) -> tuple[ShardedArray, np.ndarray, np.ndarray]:
         """Like ``load`` but memory-mapped: rows are read from disk only when taken, so caches
-        larger than RAM (attention-head maps of ImageNet) can be trained on."""
-        missing = self.missing_shards()
-        if missing:
-            raise RuntimeError(f"cache entry {self.key[:12]} is incomplete: shards {missing} missing")
-        shards = [np.load(self.shard_path(i), mmap_mode="r") for i in range(self.manifest["num_shards"])]
-        labels = np.load(self.path / "labels.npy")
-        keep = np.ones(len(labels), dtype=bool)
-        keep[self.skipped()] = False
-        return ShardedArray(shards, self.manifest["shard_size"]), labels, keep
+        larger than RAM (attention-head maps of ImageNet) can be trained on. Each shard's bytes
+        are checked (checksum, finite values) the first time a row of it is taken."""
+        infos = self._infos()
+        labels, keep = self._labels_and_keep(infos)
+        shards = [np.load(self.shard_path(i.index), mmap_mode="r") for i in infos]
+
+        def check(index: int) -> None:
+            _read_npy(self.shard_path(index), infos[index].blake2b, keep=False)
+
+        return ShardedArray(shards, self.manifest["shard_size"], check=check), labels, keep
 
     def load(self, dtype: str | None = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, labels, keep mask): corrupt items are in the mask as False.
 
+        Each shard is hashed and checked for finite values as its bytes are read.
         ``dtype=None`` keeps the stored precision (half the memory of float32 for fp16 caches).
         """
-        missing = self.missing_shards()
-        if missing:
-            raise RuntimeError(f"cache entry {self.key[:12]} is incomplete: shards {missing} missing")
-        shards = [np.load(self.shard_path(i), mmap_mode="r") for i in range(self.manifest["num_shards"])]
+        infos = self._infos()
+        labels, keep = self._labels_and_keep(infos)
+        shards = [_read_npy(self.shard_path(i.index), i.blake2b, keep=True) for i in infos]
         features = np.concatenate(shards)
         if dtype is not None:
             features = features.astype(dtype, copy=False)
-        labels = np.load(self.path / "labels.npy")
-        keep = np.ones(len(labels), dtype=bool)
-        keep[self.skipped()] = False
         return features, labels, keep
+
+    def verify(self) -> list[CorruptShardError]:
+        """Every shard fully checked (sidecar, bytes, values); the problems found."""
+        problems = []
+        for i in range(self.manifest["num_shards"]):
+            try:
+                info = self.shard_info(i)
+                _read_npy(self.shard_path(i), info.blake2b, keep=False)
+            except FileNotFoundError:
+                continue  # not yet extracted: nothing wrong
+            except CorruptShardError as e:
+                problems.append(e)
+        return problems
+
+    def remove_shard(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
@@ -144,12 +372,16 @@ class ShardedArray:
     """The rows of an entry's memory-mapped shards as one (N, ...) array for reading.
 
     Supports what probes need: ``len``, ``shape``, ``dtype``, boolean-mask selection (a view)
-    and ``np.take`` / integer-array indexing (reads just those rows).
+    and ``np.take`` / integer-array indexing (reads just those rows). ``check(i)`` is called once
+    per shard before its first rows are returned (the entry's integrity check).
     """
 
-    def __init__(self, shards: list[np.ndarray], shard_size: int, rows: np.ndarray | None = None):
+    def __init__(self, shards: list[np.ndarray], shard_size: int, rows: np.ndarray | None = None,
+                 check: Callable[[int], None] | None = None, checked: set[int] | None = None):
         self.shards, self.shard_size = shards, shard_size
         self.rows = rows  # logical row -> global row, after a selection
+        self.check = check
+        self.checked = checked if checked is not None else set()  # shared by selections
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else sum(len(s) for s in self.shards)
@@ -167,7 +399,8 @@ class ShardedArray:
         if key.dtype == bool:
             rows = np.flatnonzero(key)
             return ShardedArray(self.shards, self.shard_size,
-                                rows if self.rows is None else self.rows[rows])
+                                rows if self.rows is None else self.rows[rows],
+                                self.check, self.checked)
         return self.take(key)
 
     def take(self, indices, axis: int = 0, out: np.ndarray | None = None, mode: str = "raise"):
@@ -191,7 +424,10 @@ class ShardedArray:
         if out is None:
             out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
         shard_of = rows // self.shard_size
-        for shard in np.unique(shard_of):
+        for shard in np.unique(shard_of).tolist():
+            if self.check is not None and shard not in self.checked:
+                self.check(shard)
+                self.checked.add(shard)
             where = np.flatnonzero(shard_of == shard)
             out[where] = self.shards[shard][rows[where] - shard * self.shard_size]
         return out
@@ -199,6 +435,15 @@ class ShardedArray:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self.take(np.arange(len(self)))
         return data if dtype is None else data.astype(dtype)
+
+
+@dataclass
+class VerifyReport:
+    """What ``bench cache verify`` found: entries checked and the corrupt shards."""
+
+    entries: int
+    shards_checked: int
+    bad: list[CorruptShardError]
 
 
 class FeatureCache:
@@ -220,3 +465,51 @@ class FeatureCache:
 
     def remove(self, entry: CacheEntry) -> None:
         shutil.rmtree(entry.path)
+
+    def verify(self, fix: bool = False, progress: bool = True) -> VerifyReport:
+        """Check every shard of every entry; with ``fix``, remove the bad ones (recomputed next run)."""
+        from tqdm.auto import tqdm
+
+        entries = list(self.entries())
+        bad: list[CorruptShardError] = []
+        shards = 0
+        for entry in tqdm(entries, desc="verify cache", unit="entry", disable=not progress):
+            problems = entry.verify()
+            shards += entry.manifest["num_shards"]
+            bad += problems
+            if fix:
+                for problem in problems:
+                    entry.remove_shard(problem.path)
+        return VerifyReport(len(entries), shards, bad)
+
+    def stale_temp_files(self, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+        """Temporary files left by writers that died: older than ``max_age_s`` or, when written
+        on this host, whose writer process is gone."""
+        if not self.root.exists():
+            return []
+        host, now, stale = socket.gethostname(), time.time(), []
+        for path in self.root.glob("??/*/.*.tmp"):
+            prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
+            stale_by_age = now - path.stat().st_mtime > max_age_s
+            if stale_by_age or (prefix.endswith(f".{host}") and not _pid_alive(pid)):
+                stale.append(path)
+        return stale
+
+    def clean(self, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+        """Remove stale temporary files (see ``stale_temp_files``); the paths removed."""
+        removed = self.stale_temp_files(max_age_s)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

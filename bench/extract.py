@@ -68,6 +68,8 @@ def _collate(batch):
 
 @dataclass
 class ExtractionReport:
+    """What an extraction did; ``skipped`` names every item the cached features leave out."""
+
     entries: dict[tuple[str, str], CacheEntry]
     shards_written: int
     images_processed: int
@@ -108,10 +110,13 @@ def extract(
         raise RuntimeError(f"cached entries of one extraction disagree on shard size {sizes}; "
                            "remove them with `bench cache rm` or extract them separately")
     shard_size = sizes.pop()
-    missing = sorted(set().union(*(e.missing_shards() for e in entries.values())))
+    # without skip_corrupt, shards that left items out are recomputed (the image may be fixed)
+    todo = {req: set(e.missing_shards(allow_skipped=skip_corrupt)) for req, e in entries.items()}
+    missing = sorted(set().union(*todo.values()))
     mine = [s for s in missing if s % array_size == array_index]
     report = ExtractionReport(entries, 0, 0, [])
     if not mine:
+        report.skipped = _left_out(split, entries)
         return report
 
     batches = []
@@ -139,7 +144,7 @@ def extract(
 
     def flush(shard: int) -> None:
         for req, entry in entries.items():
-            if not entry.shard_path(shard).exists():
+            if shard in todo[req]:
                 features = np.concatenate(buffers[req])
                 stored = features.astype(dtype)
                 if not np.isfinite(stored).all():
@@ -161,7 +166,6 @@ def extract(
                 if not skip_corrupt:
                     raise DatasetError(message)
                 shard_skips.append(index - shard * shard_size)
-                report.skipped.append(str(split.items[index]))
             images = images.to(device, non_blocking=True)
             with autocast(precision.extraction, device):
                 outputs = backbone.extract(images, requests, ids.to(device))
@@ -171,4 +175,16 @@ def extract(
             bar.update(len(ids))
         flush(current)
     bar.close()
+    report.skipped = _left_out(split, entries)
     return report
+
+
+def _left_out(split: Split, entries: dict[tuple[str, str], CacheEntry]) -> list[str]:
+    """Items the cached features leave out: the skipped items of every shard there, whichever
+    run skipped them (a reused shard's skips count as much as this run's)."""
+    left_out: set[int] = set()
+    for entry in entries.values():
+        size = entry.manifest["shard_size"]
+        for info in entry.usable_shards().values():
+            left_out.update(info.index * size + j for j in info.skipped)
+    return [str(split.items[i]) for i in sorted(left_out)]

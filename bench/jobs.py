@@ -163,13 +163,16 @@ class BenchJob(_Requeueable):
 def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int):
     """Features of each split as the head reads them: vectors loaded at their stored precision,
     maps left memory-mapped on disk and read a minibatch at a time."""
+    import numpy as np
+
     from bench.protocol import ProbeData
 
     features: dict[str, Any] = {}
     labels: dict[str, Any] = {}
     for split, split_entries in entries.items():
         loaded = [e.open() if maps else e.load(dtype=None) for e in split_entries]
-        keep = loaded[0][2]
+        # Entries written at different times may have left out different corrupt items.
+        keep = np.logical_and.reduce([mask for _, _, mask in loaded])
         labels[split] = _kept(loaded[0][1], keep)
         if maps:
             features[split] = {e.manifest["fields"]["layer"]: _kept(x, keep)

@@ -1,8 +1,9 @@
 """The interface every task implements: labelled train / val / test splits of images.
 
 A ``Split`` is a list of opaque items (usually paths relative to the dataset root) with integer
-labels and a loader turning an item into a PIL RGB image. Its ``manifest_digest`` (items and
-labels) goes into the feature-cache key, so a changed file list never reuses stale features.
+labels and a loader turning an item into a PIL RGB image. Its ``manifest_digest`` (items, labels
+and, for file-backed items, each file's size and mtime_ns) goes into the feature-cache key, so a
+changed file list or a file rewritten under the same name never reuses stale features.
 
 Datasets without an official validation split get ``holdout_split``: within each class, items
 are ordered by a stable hash of their name and the first fraction is held out, so everybody gets
@@ -46,6 +47,8 @@ class Split:
     items: list[Any]
     labels: np.ndarray
     loader: Callable[[Any], Any]  # item -> PIL.Image in RGB
+    root: Path | None = None  # items are file paths relative to it (their stat goes in the digest)
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -59,14 +62,30 @@ class Split:
         return self.loader(self.items[index])
 
     def manifest_digest(self) -> str:
-        h = hashlib.sha256()
-        for item, label in zip(self.items, self.labels.tolist()):
-            h.update(f"{item}\t{label}\n".encode())
-        return h.hexdigest()
+        """sha256 of items and labels, plus size and mtime_ns of each file when items are files.
+
+        Computed once per Split (one stat per file), however many cache entries ask for it.
+        """
+        if self._digest is None:
+            h = hashlib.sha256()
+            for item, label in zip(self.items, self.labels.tolist()):
+                h.update(f"{item}\t{label}{self._file_stamp(item)}\n".encode())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def _file_stamp(self, item: Any) -> str:
+        if self.root is None:
+            return ""
+        try:
+            stat = os.stat(self.root / item)
+        except OSError:
+            return "\tmissing"  # the loader names the file when it is needed
+        return f"\t{stat.st_size}\t{stat.st_mtime_ns}"
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> Split:
         idx = list(indices)
-        return Split(name or self.name, [self.items[i] for i in idx], self.labels[idx], self.loader)
+        return Split(name or self.name, [self.items[i] for i in idx], self.labels[idx], self.loader,
+                     self.root)
 
 
 @dataclass
@@ -128,18 +147,76 @@ def holdout_split(
     return sorted(train), sorted(val)
 
 
-def load_rgb(path: str | os.PathLike) -> Any:
-    """Decode an image file fully (truncated files fail here, not later) as RGB."""
+MAX_IMAGE_PIXELS_ENV = "BENCH_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own error threshold (2 x its warning limit)
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+
+def max_image_pixels(explicit: int | None = None) -> int | None:
+    """The largest image (width x height) decoded: ``explicit``, else $BENCH_MAX_IMAGE_PIXELS,
+    else Pillow's limit. 0 means no limit (for datasets of huge images, on purpose)."""
+    value = explicit if explicit is not None else int(
+        os.environ.get(MAX_IMAGE_PIXELS_ENV) or DEFAULT_MAX_IMAGE_PIXELS)
+    return value or None
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> Any:
+    """Decode an image file fully (truncated files fail here, not later) as 8-bit RGB.
+
+    Images larger than ``max_image_pixels(max_pixels)`` are refused as corrupt (a decompression
+    bomb, or set the limit on purpose). Every PIL mode is converted by ``to_rgb``.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    limit = max_image_pixels(max_pixels)
+    Image.MAX_IMAGE_PIXELS = None  # bench applies ``limit`` itself, naming the file
     try:
         with Image.open(path) as im:
+            if limit and im.width * im.height > limit:
+                raise CorruptImageError(path, (
+                    f"{im.width}x{im.height} = {im.width * im.height:,} pixels exceeds the limit "
+                    f"of {limit:,} (a decompression bomb?). To decode large images on purpose, "
+                    f"set {MAX_IMAGE_PIXELS_ENV}=N (0: no limit) or the task argument "
+                    "max_image_pixels"))
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im)
     except FileNotFoundError:
         raise DatasetError(f"image file missing: {path}. Run `bench data verify` for the dataset.")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(path, str(e)) from e
+
+
+def to_rgb(im: Any) -> Any:
+    """8-bit RGB from any PIL mode, scaled by the mode's range rather than clipped.
+
+    - ``I;16*``: 16-bit, divided by 257 (65535 -> 255).
+    - ``I`` (32-bit integer): read as 16-bit data, which is what Pillow decodes 16-bit PNG and
+      TIFF files into; divided by 257, values outside 0..65535 clipped.
+    - ``F`` (float): taken as [0, 1] unless the maximum exceeds 1, then divided by the maximum;
+      negatives and NaN become 0.
+    - Alpha (``RGBA``, ``RGBa``, ``LA``, ``La``, ``PA``, ``P``/``L``/``RGB`` with a transparency
+      colour): composited on white (``BACKGROUND``).
+    - ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``RGB``: Pillow's conversion.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if im.mode.startswith("I") or im.mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+            peak = values.max(initial=0.0)
+            scaled = values * 255.0 / (peak if peak > 1.0 else 1.0)
+        else:
+            scaled = values / 257.0
+        grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if im.mode == "La":
+        im = im.convert("LA")  # un-premultiplied first: Pillow converts La only to LA
+    if im.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def json_digest(obj: Any) -> str:
@@ -164,6 +241,7 @@ class FileTask(Task):
     official_val = False  # the dataset publishes a val split; else holdout_split makes one
     listed = False  # True when items come from listing folders, so exist by construction
     downloads: tuple[Any, ...] = ()  # bench.data.Download entries where a public source exists
+    max_image_pixels: int | None = None  # None: $BENCH_MAX_IMAGE_PIXELS or Pillow's limit
 
     def __init__(
         self,
@@ -201,7 +279,7 @@ class FileTask(Task):
         return item
 
     def load(self, item: str) -> Any:
-        return load_rgb(self.dir / item)
+        return load_rgb(self.dir / item, self.max_image_pixels)
 
     def missing_layout(self) -> list[str]:
         return [
@@ -229,7 +307,7 @@ class FileTask(Task):
             )
             parts["train"] = ([items[i] for i in train], [labels[i] for i in train])
             parts["val"] = ([items[i] for i in val], [labels[i] for i in val])
-        return {s: Split(s, parts[s][0], parts[s][1], self.load) for s in SPLITS}
+        return {s: Split(s, parts[s][0], parts[s][1], self.load, self.dir) for s in SPLITS}
 
     def read_pairs(self, rel: str) -> list[tuple[str, str]]:
         """Lines 'KEY VALUE...' of a list file, split at the first blank; errors name the line."""

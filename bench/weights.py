@@ -2,7 +2,8 @@
 
 A URL is downloaded once into ``$BENCH_WEIGHTS`` (default ``~/.cache/bench/weights``) with a
 progress bar, written to a temporary name and renamed only when complete and verified, and its
-sha256 is recorded beside it (``NAME.sha256``) so later runs know the digest without rehashing.
+sha256 is recorded beside it (``NAME.sha256``, with the file's size, mtime_ns and inode) so later
+runs know the digest without rehashing.
 A local path is used as it is. Offline (``HF_HUB_OFFLINE=1`` or ``BENCH_OFFLINE=1``) a missing
 file is an error that says where to put it.
 """
@@ -32,21 +33,70 @@ def offline() -> bool:
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, cached in ``PATH.sha256`` when that is newer than the file."""
+    """sha256 of a file, cached in the JSON sidecar ``PATH.sha256``.
+
+    The sidecar is trusted only while the file's size, mtime_ns and inode all match what it
+    records (a file replaced by ``cp -p`` of an older one changes the inode); otherwise rehash.
+    """
     path = Path(path)
+    stamp = _stamp(path)
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.exists() and sidecar.stat().st_mtime >= path.stat().st_mtime:
-        return sidecar.read_text().split()[0]
+    try:
+        recorded = json.loads(sidecar.read_text())
+        if {k: recorded[k] for k in stamp} == stamp:
+            return recorded["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, old text format or damaged: rehash
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     digest = h.hexdigest()
+    _write_sidecar(path, digest)
+    return digest
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
+def _write_sidecar(path: Path, digest: str) -> None:
     try:
-        sidecar.write_text(f"{digest}  {path.name}\n")
+        text = json.dumps({"sha256": digest, "file": path.name, **_stamp(path)})
+        path.with_name(path.name + ".sha256").write_text(text + "\n")
     except OSError:
         pass  # read-only weights folder: the digest is still returned
-    return digest
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str) -> Any:
+    """The object in a weights file (safetensors, or a torch pickle of tensors only).
+
+    A file that is truncated, not a checkpoint or a pickle holding code raises ``WeightsError``
+    naming the file and ``kind``; torch's own advice (loading with weights_only=False, which
+    would run the file's code) is never relayed.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except Exception as e:  # torch and safetensors raise many types for damaged files
+        message = str(e)
+        if "weights_only" in message or "Unsupported global" in message:
+            reason = "it holds Python objects besides tensors (a pickle that can run code)"
+        else:
+            reason = f"{type(e).__name__}: {message.splitlines()[0][:200] if message else 'unreadable'}"
+        raise WeightsError(
+            f"{path} is not a valid {kind} checkpoint ({reason}). Delete it and download it again, "
+            "or pass a good file with --backbone-arg weights=PATH."
+        ) from None
 
 
 def resolve(source: str | os.PathLike, sha256: str | None = None) -> Path:
@@ -118,7 +168,7 @@ def download(
                 "corrupt download was deleted. Run again; if it persists the source has changed."
             )
     os.replace(partial, target)
-    target.with_name(target.name + ".sha256").write_text(f"{digests['sha256']}  {target.name}\n")
+    _write_sidecar(target, digests["sha256"])
 
 
 def file_digests(path: str | os.PathLike, chunk: int = 1 << 22) -> dict[str, str]:

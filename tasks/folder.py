@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, holdout_split, list_class_folders
+from bench.task import (IMAGE_EXTENSIONS, DatasetError, FileTask, Partitions, holdout_split,
+                        list_class_folders)
 
 
 class Folder(FileTask):
     listed = True
 
-    def __init__(self, root: str, val_fraction: float, test_fraction: float):
+    def __init__(self, root: str, val_fraction: float, test_fraction: float,
+                 max_image_pixels: int | None = None):
         path = Path(root).expanduser().resolve()
         super().__init__("folder", path, path, f"image folders under {path}", val_fraction=val_fraction)
         self.test_fraction = test_fraction
+        self.max_image_pixels = max_image_pixels
         has = {d: (path / d).is_dir() for d in ("train", "val", "test")}
         self.layout = ("flat" if not has["train"] else "train/test" if has["test"] else
                        "train/val" if has["val"] else "train")
@@ -72,12 +75,34 @@ class Folder(FileTask):
                 parts[split] = (items, [index[c] for c in classes])
         if not parts["train"][0]:
             raise DatasetError(f"folder: no images in class folders under {self.dir}. {self.fix}")
+        empty = _empty_class_folders(self.dir if self.layout == "flat" else
+                                     [self.dir / f for f in folders.values()])
+        if empty:
+            raise DatasetError(f"folder: class folder(s) without images: "
+                               f"{', '.join(str(e) for e in empty[:5])}. Add images or remove the "
+                               f"folder. {self.fix}")
+        if len(names) < 2:
+            raise DatasetError(f"folder: {self.dir} has {len(names)} class folder ({', '.join(names)}); "
+                               f"a classification task needs at least 2. {self.fix}")
         return parts, names
+
+
+def _empty_class_folders(parents: Path | list[Path]) -> list[Path]:
+    """Class folders (children of ``parents``) holding no image file."""
+    empty = []
+    for parent in [parents] if isinstance(parents, Path) else parents:
+        for class_dir in sorted(p for p in parent.iterdir() if p.is_dir()):
+            if not any(f.name.lower().endswith(IMAGE_EXTENSIONS) for f in class_dir.iterdir()):
+                empty.append(class_dir)
+    return empty
 
 
 @register_task("folder", argument="root", description="folder:PATH, any ImageFolder tree "
                "(train/[val/]test/<class>/ or <class>/)")
-def folder(root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2) -> Folder:
+def folder(root: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+           max_image_pixels: int | None = None) -> Folder:
+    """``max_image_pixels``: largest image decoded (0: no limit; default $BENCH_MAX_IMAGE_PIXELS
+    or Pillow's limit); larger images are corrupt (skippable with --skip-corrupt)."""
     if not root:
         raise DatasetError("the folder task needs a path: --task folder:PATH")
-    return Folder(root, val_fraction, test_fraction)
+    return Folder(root, val_fraction, test_fraction, max_image_pixels)

@@ -81,7 +81,8 @@ def test_download_verifies_and_records_sha256(server, tmp_path):
     target = tmp_path / "blob.bin"
     download(f"{server.url}/blob.bin", target, md5=md5(body))
     assert target.read_bytes() == body and server.ranges == [None]
-    assert target.with_name("blob.bin.sha256").read_text().split()[0] == hashlib.sha256(body).hexdigest()
+    sidecar = json.loads(target.with_name("blob.bin.sha256").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(body).hexdigest()
 
 
 def test_download_resumes_a_partial_file(server, tmp_path):

@@ -22,7 +22,7 @@ from backbones.adm.diffusion import NoiseSchedule
 from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
 from bench.errors import UsageError
-from bench.weights import file_sha256, random_weights_file, resolve
+from bench.weights import file_sha256, load_checkpoint, random_weights_file, resolve
 
 LICENCE = "MIT (openai/guided-diffusion)"
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
@@ -122,12 +122,7 @@ class CheckpointMismatchError(UsageError):
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A ``.pt`` (guided-diffusion's format) or ``.safetensors`` state dict, floats upcast to fp32."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, "guided-diffusion (ADM)")
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
