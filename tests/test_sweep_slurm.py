@@ -211,7 +211,7 @@ def test_requeued_job_resumes_and_matches_an_undisturbed_run(server, job_dir, tm
     assert run["status"] == "FINISHED" and run["name"] == "random-unet/digits/mid/2/linear"
 
     [ref] = _runs(server, reference)
-    assert ref["tags"]["bench.cell"] == run["tags"]["bench.cell"]
+    assert ref["tags"]["bench.identity"] == run["tags"]["bench.identity"]  # one protocol
     assert {k: run["metrics"][k] for k in METRICS} == {k: ref["metrics"][k] for k in METRICS}
     assert {k: v for k, v in run["params"].items() if k.startswith("best.")} == {
         k: v for k, v in ref["params"].items() if k.startswith("best.")}
