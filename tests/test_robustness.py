@@ -101,3 +101,20 @@ def test_a_truncated_tracking_store_is_named_in_one_line(tmp_path, capsys):
     assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
     err = capsys.readouterr().err
     assert str(store) in err and "cannot be opened" in err and err.count("\n") == 1
+
+
+def test_a_read_only_results_folder_is_named_in_one_line(monkeypatch, capsys, tmp_path):
+    """(Root ignores permission bits, so the refusal is simulated where the folder is made.)"""
+    from pathlib import Path
+
+    from bench.cli import main
+
+    results = tmp_path / "results"
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert str(results) in err and "Permission denied" in err and err.count("\n") == 1

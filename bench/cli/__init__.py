@@ -36,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished cache shards and logged runs are kept", file=sys.stderr)
         return 130
+    except PermissionError as e:  # the environment, not a bug: name the path and the fix
+        print(f"bench: error: cannot write {e.filename or 'a results file'} ({e.strerror}): make "
+              "it writable or choose another folder (BENCH_RESULTS, BENCH_CACHE, --cache-dir)",
+              file=sys.stderr)
+        return 2
     except Exception as e:
         from bench.errors import BenchError
 
