@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bench.cli import cache, data, demo, leaderboard, listing, run, sweep
+from bench.cli import cache, compare, data, demo, leaderboard, listing, run, sweep
 
-COMMANDS = (run, listing, leaderboard, demo, cache, data, sweep)
+COMMANDS = (run, listing, leaderboard, compare, demo, cache, data, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
