@@ -178,7 +178,10 @@ def load_record(run_id: str) -> RunRecord:
 
 def load_predictions(run_id: str) -> Any:
     """The run's per-image test predictions (``bench.stats.Predictions``), from its artifact."""
+    import os
     import tempfile
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from bench.errors import BenchError
     from bench.stats import Predictions

@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         spec.head_args = head_args
         report = run_seeds(spec, seeds, options.run_options(args), options.executor(args))
         for record in report.records:
-            print(describe(record))
+            print(describe(record, with_seed=len(seeds) > 1))
         for name, aggregate in report.aggregates.items():
             spread = "  ".join(f"test_{m} {aggregate.mean[m]:.2f} ± {aggregate.std[m]:.2f}"
                                for m in aggregate.mean)
@@ -60,13 +60,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(record) -> str:
+def describe(record, with_seed: bool = False) -> str:
     """One result line: metrics with their 95% intervals, the selected point, the run id, whether
     it was reused."""
     m = record.metrics
     best = ", ".join(f"{k} {v:g}" for k, v in record.best.items())
     note = "  [already logged: reused; --force recomputes]" if record.reused else ""
-    seed = f"  seed {record.seed}" if record.seed or record.shots else ""
+    seed = f"  seed {record.seed}" if with_seed else ""
 
     def shown(metric: str) -> str:
         interval = record.interval(metric)
