@@ -18,9 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.leaderboard import Leaderboard
-from bench.errors import UsageError
 from bench.record import RunRecord
 from bench.scheduler import ExecutorConfig, JobOutcome, run_jobs, summary
 from bench.spec import RunOptions, RunSpec
