@@ -1,4 +1,5 @@
-"""The library's front door: run a cell, run a sweep, build a leaderboard. No argparse here.
+"""The library's front door: run a cell (over several seeds), run a sweep, build a leaderboard,
+compare two results. No argparse here.
 
     from bench.api import run
     from bench.spec import RunSpec, RunOptions
@@ -15,13 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.leaderboard import Leaderboard
 from bench.record import RunRecord
 from bench.scheduler import ExecutorConfig, JobOutcome, run_jobs, summary
 from bench.spec import RunOptions, RunSpec
 from bench.sweep import SweepPlan
+
+if TYPE_CHECKING:
+    from bench.stats import Comparison, SeedAggregate
 
 
 class JobFailedError(BenchError):
@@ -44,21 +49,61 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
 def run(spec: RunSpec, options: RunOptions | None = None,
         executor: ExecutorConfig | None = None) -> list[RunRecord]:
     """Extract (or reuse) the features of ``spec`` and evaluate each cell; its records."""
+    return run_seeds(spec, [spec.seed], options, executor).records
+
+
+@dataclass
+class SeedsReport:
+    records: list[RunRecord]  # every cell of every seed
+    aggregates: dict[str, SeedAggregate]  # run name -> test metrics across seeds (>= 2 seeds)
+
+
+def run_seeds(spec: RunSpec, seeds: list[int], options: RunOptions | None = None,
+              executor: ExecutorConfig | None = None) -> SeedsReport:
+    """``run`` once per seed on the same cached features (one record per cell and seed). With
+    several seeds, each cell's test metrics across seeds (mean, sample std) are logged on every
+    record of that cell as ``test_top1_seed_mean``/``_seed_std``... and returned."""
     from bench.jobs import BenchJob
     from bench.spec import build_task, check_spec, resolve
 
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"seeds must be distinct and at least one, got {seeds}")
     executor = executor or ExecutorConfig()
     options = job_options(options or RunOptions(), executor)
-    check_spec(spec)
-    if executor.kind == "local":
-        job = BenchJob(spec, options, prepared=resolve(spec, options))
+    specs = [replace(spec, seed=seed) for seed in seeds]
+    for one in specs:
+        check_spec(one)
+    if executor.kind == "local":  # the backbone is built (and its weights read) once
+        first = resolve(specs[0], options)
+        jobs = [BenchJob(one, options, prepared=first if i == 0 else resolve(
+            one, options, backbone=first.backbone)) for i, one in enumerate(specs)]
     else:
         build_task(spec)  # missing data fails here, before anything is submitted
-        job = BenchJob(spec, options)
-    [outcome] = run_jobs([job], executor)
-    if not outcome.ok:
-        raise_failure(outcome)
-    return outcome.result
+        jobs = [BenchJob(one, options) for one in specs]
+    records = []
+    for outcome in run_jobs(jobs, executor):
+        if not outcome.ok:
+            raise_failure(outcome)
+        records += outcome.result
+    return SeedsReport(records, _log_seed_aggregates(records) if len(seeds) > 1 else {})
+
+
+def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
+    from bench.record import TEST_METRICS, add_metrics, seed_metrics
+    from bench.stats import aggregate_seeds
+
+    cells: dict[str, list[RunRecord]] = {}
+    for record in records:
+        cells.setdefault(record.name, []).append(record)
+    aggregates = {}
+    for name, group in cells.items():
+        aggregates[name] = aggregate_seeds(
+            [{m: r.metrics[f"test_{m}"] for m in TEST_METRICS} for r in group])
+        logged = seed_metrics(aggregates[name])
+        for record in group:
+            add_metrics(record.run_id, logged)
+            record.metrics |= logged
+    return aggregates
 
 
 def raise_failure(outcome: JobOutcome) -> None:
@@ -93,17 +138,18 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
 
 
 def leaderboard(suites: list[str], metric: str = "test_top1", references: bool = False,
-                title: str | None = None, log: bool = True,
-                figures: bool = False) -> tuple[Leaderboard, dict[str, Path]]:
-    """The backbone x task table of these suites, written under the results folder (and logged
-    to the first suite's experiment); its file paths, figures included when asked for."""
+                title: str | None = None, log: bool = True, figures: bool = False,
+                protocol: str = "linear") -> tuple[Leaderboard, dict[str, Path]]:
+    """The backbone x task table of these suites for ``protocol``'s heads (``bench.leaderboard.
+    PROTOCOLS``), written under the results folder (and logged to the first suite's
+    experiment); its file paths, figures included when asked for."""
     from bench import leaderboard as boards
     from bench.paths import results_dir
     from bench.tracking import ensure_experiment
 
-    board = boards.build(suites, metric, references)
+    board = boards.build(suites, metric, references, protocol)
     paths = boards.write(board, results_dir(), title or f"bench leaderboard: {', '.join(suites)} "
-                         f"({metric}, best validation protocol per cell)")
+                         f"({metric}, {protocol} protocol, best validation score per cell)")
     drawn = write_figures(suites) if figures else {}
     if log and not board.table.empty:
         boards.log(ensure_experiment(suites[0]), board, paths, drawn)
@@ -123,3 +169,25 @@ def write_figures(suites: list[str]) -> dict[str, Path]:
         paths[name] = folder / name
         paths[name].write_bytes(png)
     return paths
+
+
+def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = None,
+            metric: str | None = None, protocol: str = "linear") -> Comparison:
+    """Paired comparison of two results on the same test images, from their stored predictions.
+
+    ``a`` and ``b`` are MLflow run ids, or, with ``task``, backbone names: each backbone's
+    leaderboard record for that task (best validation score among ``protocol``'s heads in
+    ``suites``). ``metric`` defaults to the task's headline (top1 or mean_per_class).
+    """
+    from bench import leaderboard as boards
+    from bench.record import load_predictions, load_record
+    from bench.stats import compare as paired
+
+    if task is None:
+        first, second = load_record(a), load_record(b)
+    else:
+        first, second = (boards.leading_record(suites or ["bench"], backbone, task, protocol)
+                         for backbone in (a, b))
+    metric = metric or first.headline
+    return paired(load_predictions(first.run_id), load_predictions(second.run_id), metric,
+                  names=(first.name, second.name))

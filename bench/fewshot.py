@@ -4,11 +4,10 @@ Draws are chosen from file names alone, so every machine and every run picks the
 within each class, train items are sorted by sha256(f"bench-fewshot/{k}/{draw}/{item}") and the
 first k are the support set (all of them, with a warning, when a class has fewer than k). The
 rest of train validates the probe's hyperparameter grid (the batched grid of ``bench.probe``);
-the selected head is trained on the k shots alone and scored on test once. Test metrics are then
-averaged over draws (mean and sample std per k).
-
-The probe's own ``fit_probe`` retrains its winner on train+val, which here would train on the
-whole train set; ``fit_support_probe`` runs the same selection but retrains on the support only.
+the selected head is retrained on the k shots alone (``GridProbeTrainer(refit_on="train")``) and
+scored on test once, through ``bench.protocol.evaluate`` like every head. As a head
+(``few-shot``), one result is one (k, draw): the draw is the run's seed, so ``--seeds`` (or
+``--draws N``: seeds 0..N-1) gives the draws and their mean and spread.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.probe import ProbeConfig, ProbeResult, _logits, _train_grid, metrics, test_result
+from bench.errors import UsageError
+from bench.probe import GridProbeTrainer, ProbeConfig
+from bench.protocol import ProbeData, ProbeResult, evaluate
 from bench.stats import aggregate_seeds
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -64,39 +65,81 @@ def fewshot_draw(items: Sequence[Any], labels: Sequence[int], shots: int, draw: 
     return FewShotDraw(shots, draw, np.flatnonzero(chosen), np.flatnonzero(~chosen), short)
 
 
-def fit_support_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                      num_classes: int, cfg: ProbeConfig, headline: str = "top1",
-                      device: torch.device | str = "cpu", progress: bool = False) -> ProbeResult:
-    """``fit_probe``'s grid selected on val, but the winner is retrained on train alone.
+@dataclass
+class FewShotConfig:
+    """Settings of the ``few-shot`` head: k shots per class, and the linear grid probe's grid."""
 
-    Linear heads of the grid train independently, so the retrained head is the selected one.
-    """
-    dev = torch.device(device)
-    store = torch.float16 if dev.type == "cuda" else torch.float32
-    x = {s: torch.as_tensor(np.ascontiguousarray(features[s].reshape(len(features[s]), -1)))
-         .to(dev, store) for s in ("train", "val", "test")}
-    y = {s: torch.as_tensor(labels[s], dtype=torch.long, device=dev) for s in x}
-    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
-    records: list[dict[str, float]] = []
+    head: str = "few-shot"
+    shots: int = 5
+    lrs: tuple[float, ...] = ProbeConfig.lrs
+    weight_decays: tuple[float, ...] = ProbeConfig.weight_decays
+    epochs: int = ProbeConfig.epochs
+    eval_every: int = ProbeConfig.eval_every
+    batch_size: int = ProbeConfig.batch_size
+    seed: int = 0  # the draw: which k images per class, and the probe's minibatch order
 
-    def record(epoch: int):
-        def at(heads, norm):
-            logits = _logits(heads, norm, x["val"])
-            for g, (lr, wd) in enumerate(grid):
-                m = metrics(logits[g], y["val"], num_classes)
-                records.append({"lr": lr, "weight_decay": wd, "epochs": epoch, **m})
-        return at
+    def __post_init__(self) -> None:
+        if self.shots < 1:
+            raise UsageError(f"few-shot needs at least 1 shot per class, got shots={self.shots}")
+        self.probe_config()  # the grid's own checks
 
-    torch.manual_seed(cfg.seed)
-    _train_grid(x["train"], y["train"], num_classes, torch.tensor([g[0] for g in grid]),
-                torch.tensor([g[1] for g in grid]), cfg, {e: record(e) for e in cfg.checkpoints()},
-                progress=progress)
-    best = records[int(np.argmax([r[headline] for r in records]))]
-    heads, norm = _train_grid(x["train"], y["train"], num_classes, torch.tensor([best["lr"]]),
-                              torch.tensor([best["weight_decay"]]), cfg, {},
-                              stop_at=int(best["epochs"]), progress=progress)
-    test_logits = _logits(heads, norm, x["test"])[0]
-    return test_result(best, test_logits.cpu(), y["test"].cpu(), num_classes, records)
+    @classmethod
+    def from_probe(cls, cfg: ProbeConfig, shots: int, draw: int) -> FewShotConfig:
+        return cls(shots=shots, lrs=cfg.lrs, weight_decays=cfg.weight_decays, epochs=cfg.epochs,
+                   eval_every=cfg.eval_every, batch_size=cfg.batch_size, seed=draw)
+
+    def probe_config(self) -> ProbeConfig:
+        return ProbeConfig(head="linear", lrs=self.lrs, weight_decays=self.weight_decays,
+                           epochs=self.epochs, eval_every=self.eval_every,
+                           batch_size=self.batch_size, seed=self.seed)
+
+
+class FewShotTrainer:
+    """A ``bench.protocol`` trainer: the linear grid on draw ``seed``'s k-shot support of train,
+    validated on the rest of train, retrained on the support alone."""
+
+    def __init__(self, cfg: FewShotConfig, device: torch.device | str = "cpu", precision=None,
+                 progress: bool = False, groups=None):
+        self.cfg = cfg
+        self.grid = GridProbeTrainer(cfg.probe_config(), device, precision, progress,
+                                     refit_on="train")
+        self._split: tuple[int, ProbeData, FewShotDraw] | None = None  # (id of source, ...)
+
+    def draw(self, data: ProbeData) -> FewShotDraw:
+        return self._support(data)[1]
+
+    def _support(self, data: ProbeData) -> tuple[ProbeData, FewShotDraw]:
+        if self._split is None or self._split[0] != id(data):
+            self._split = (id(data), *_support_data(data, self.cfg.shots, self.cfg.seed))
+        return self._split[1], self._split[2]
+
+    def search(self, data: ProbeData) -> list[dict[str, float]]:
+        return self.grid.search(self._support(data)[0])
+
+    def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
+        return self.grid.refit_predict(self._support(data)[0], point)
+
+
+def _support_data(data: ProbeData, shots: int, draw: int) -> tuple[ProbeData, FewShotDraw]:
+    """Train = the draw's support, val = the rest of train, test unchanged."""
+    x, y = data.features["train"], np.asarray(data.labels["train"])
+    if data.train_items is None or len(data.train_items) != len(x):
+        raise ValueError(f"few-shot draws need the names of the {len(x)} train rows "
+                         f"(ProbeData.train_items), got "
+                         f"{None if data.train_items is None else len(data.train_items)}")
+    split = fewshot_draw(data.train_items, y, shots, draw)
+    if len(split.rest) == 0:
+        raise UsageError(f"{shots}-shot leaves no train images to validate on: every class has "
+                         f"at most {shots} images. Use fewer shots.")
+    if split.short_classes:
+        short = split.short_classes
+        warnings.warn(f"{shots}-shot: {len(short)} classes have fewer than {shots} train images "
+                      f"and use all they have (class: count {short})", stacklevel=3)
+    support = ProbeData(
+        {"train": x[split.support], "val": x[split.rest], "test": data.features["test"]},
+        {"train": y[split.support], "val": y[split.rest], "test": data.labels["test"]},
+        data.num_classes)
+    return support, split
 
 
 @dataclass
@@ -112,14 +155,6 @@ class FewShotSummary:
 class FewShotResult:
     summaries: dict[int, FewShotSummary]  # by shots
 
-    def mlflow_metrics(self) -> dict[str, float]:
-        """``fewshot{k}_test_top1_mean``, ``fewshot{k}_test_top1_std``, ... for every k."""
-        out = {}
-        for shots, summary in self.summaries.items():
-            for name in summary.mean:
-                out[f"fewshot{shots}_test_{name}_mean"] = summary.mean[name]
-                out[f"fewshot{shots}_test_{name}_std"] = summary.std[name]
-        return out
 
 
 def fit_fewshot(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
@@ -137,23 +172,14 @@ def fit_fewshot(features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
     if draws < 1:
         raise ValueError(f"few-shot needs at least one draw, got {draws}")
     summaries = {}
+    data = ProbeData(features, labels, num_classes, list(train_items))
     for k in shots:
         results, short = [], {}
         for d in range(draws):
-            split = fewshot_draw(train_items, labels["train"], k, d)
-            if len(split.rest) == 0:
-                raise ValueError(f"{k}-shot leaves no train images to validate on: every class "
-                                 f"has at most {k} images. Use fewer shots.")
-            short = split.short_classes
-            results.append(fit_support_probe(
-                {"train": features["train"][split.support], "val": features["train"][split.rest],
-                 "test": features["test"]},
-                {"train": labels["train"][split.support], "val": labels["train"][split.rest],
-                 "test": labels["test"]},
-                num_classes, cfg, headline, device, progress))
-        if short:
-            warnings.warn(f"{k}-shot: {len(short)} classes have fewer than {k} train images and "
-                          f"use all they have (class: count {short})", stacklevel=2)
+            trainer = FewShotTrainer(FewShotConfig.from_probe(cfg, k, d), device,
+                                     progress=progress)
+            results.append(evaluate(trainer, data, headline))
+            short = trainer.draw(data).short_classes
         spread = aggregate_seeds([r.test for r in results])
         summaries[k] = FewShotSummary(k, spread.mean, spread.std, results, short)
     return FewShotResult(summaries)

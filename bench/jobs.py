@@ -3,8 +3,10 @@
 A ``BenchJob`` resolves its spec (building the backbone once, in the process that runs it), reuses
 every cell whose identity already has a finished result, extracts the features the others need in
 one backbone pass per split (or finds them in the cache), evaluates each cell with the head's
-protocol and logs one record per cell, marking what it supersedes. ``ExtractJob`` does the
-extraction alone (for SLURM arrays: task k of n).
+protocol and logs one record per cell, marking what it supersedes. Every record carries the 95%
+bootstrap intervals of its test metrics (over test images, ``BOOTSTRAP_RESAMPLES`` resamples,
+seeded) and the per-image test predictions they come from, so any later comparison needs no
+recomputation. ``ExtractJob`` does the extraction alone (for SLURM arrays: task k of n).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import record as names
 from bench.locks import file_lock
 from bench.record import RunRecord
 from bench.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # the same predictions always give the same interval
 
 
 def cells_lock(options: RunOptions, identities: list[str]):
@@ -116,12 +122,14 @@ class BenchJob(_Requeueable):
                   experiment_id: str, run_started: float) -> RunRecord:
         from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
+        from bench.stats import Predictions, bootstrap_intervals
         from bench.tracking import TrackingError, log_record, save_pending, supersede
 
         run = prepared.run
         kind = head_kind(run.spec.head)
         entries = {s: [reports[s].entries[r] for r in cell.features] for s in SPLITS}
-        data = _probe_data(entries, kind.inputs == "maps", run.num_classes)
+        data = _probe_data(entries, kind.inputs == "maps", run.num_classes,
+                           prepared.task.split("train").items)
         trainer = kind.make_trainer(kind.make_config(run.spec.head_args, run.spec.seed),
                                     prepared.device, run.precision, self.options.progress,
                                     run.groups)
@@ -129,10 +137,18 @@ class BenchJob(_Requeueable):
         result = evaluate(trainer, data, run.headline)
         metrics = {f"test_{k}": v for k, v in result.test.items()}
         metrics |= {f"val_{k}": v for k, v in result.val.items()}
-        metrics["probe_seconds"] = time.time() - probe_started
+        metrics[names.PROBE_SECONDS] = time.time() - probe_started
+        bootstrap_started = time.time()
+        predictions = Predictions(result.test_top5, result.test_labels, run.num_classes)
+        metrics |= names.interval_metrics(bootstrap_intervals(
+            predictions, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED))
+        metrics[names.BOOTSTRAP_SECONDS] = time.time() - bootstrap_started
+        shots = int(run.head_config.get("shots", 0))
         skipped = [item for r in reports.values() for item in r.skipped]
         record = RunRecord(
-            identity=cell.identity, name=run.run_name(cell), backbone=run.spec.backbone,
+            identity=cell.identity,
+            name=run.run_name(cell) + (f"/{shots}-shot" if shots else ""),
+            backbone=run.spec.backbone,
             task=run.spec.task, layer=cell.layer, pool=cell.pool, head=run.spec.head,
             seed=run.spec.seed, headline=run.headline, metrics=metrics, best=result.best,
             weights_sha256=run.weights_sha256,
@@ -140,13 +156,14 @@ class BenchJob(_Requeueable):
             skipped=skipped, skipped_count=len(skipped),
             protocol=run.protocol(cell) | {"feature_shapes": [e.feature_shape()
                                                                for e in entries["train"]]},
-            start_time=run_started,
+            start_time=run_started, shots=shots,
         )
         artifacts = {
             "protocol.json": record.protocol_json(),
             "per_class_accuracy.csv": _per_class_csv(prepared.task, result).encode(),
             "grid.csv": _grid_csv(result.grid).encode(),
             "confusion_matrix.png": _confusion_png(result.confusion, record.name),
+            names.PREDICTIONS: predictions.to_bytes(),
         }
         try:
             log_record(experiment_id, record, artifacts)
@@ -160,9 +177,11 @@ class BenchJob(_Requeueable):
         return record
 
 
-def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int):
+def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
+                train_items: list[Any]):
     """Features of each split as the head reads them: vectors loaded at their stored precision,
-    maps left memory-mapped on disk and read a minibatch at a time."""
+    maps left memory-mapped on disk and read a minibatch at a time; the names of the train rows
+    kept (few-shot draws are chosen by name)."""
     import numpy as np
 
     from bench.protocol import ProbeData
@@ -179,7 +198,9 @@ def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int):
                                for e, (x, _, _) in zip(split_entries, loaded)}
         else:
             features[split] = _kept(loaded[0][0], keep)
-    return ProbeData(features, labels, num_classes)
+        if split == "train":
+            train_items = [item for item, kept in zip(train_items, keep) if kept]
+    return ProbeData(features, labels, num_classes, train_items)
 
 
 def _kept(array: Any, keep: Any) -> Any:

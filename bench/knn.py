@@ -29,9 +29,11 @@ MAX_SIMILARITIES = 1 << 26  # entries of one chunk's (queries x bank) matrix: 25
 
 @dataclass
 class KnnConfig:
+    head: str = "knn"
     ks: tuple[int, ...] = KS  # candidates, selected on validation
     temperature: float = TEMPERATURE
     weighting: str = "exponential"  # exp(similarity / temperature); "uniform": one vote each
+    seed: int = 0  # kNN draws nothing at random; kept because every result has a seed
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -136,6 +138,28 @@ def knn_scores(bank: Any, bank_labels: Any, queries: Any, num_classes: int, k: i
         for rows, sims, index in _neighbours(bank_t, _normalised(queries, dev), k, False):
             out[rows] = _vote(sims, labels[index], k, num_classes, cfg).cpu().numpy()
     return out
+
+
+class KnnTrainer:
+    """kNN as a ``bench.protocol`` trainer: each k is a grid point scored on val with train as the
+    bank; the selected k scores test with train+val as the bank."""
+
+    def __init__(self, cfg: KnnConfig, device: torch.device | str = "cpu", precision=None,
+                 progress: bool = False, groups=None):
+        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+
+    def search(self, data: Any) -> list[dict[str, float]]:
+        val_top5 = knn_top5(data.features["train"], data.labels["train"], data.features["val"],
+                            data.num_classes, self.cfg.ks, self.cfg, self.device, self.progress)
+        return [{"k": k, **Predictions(top5, data.labels["val"], data.num_classes).metrics()}
+                for k, top5 in val_top5.items()]
+
+    def refit_predict(self, data: Any, point: dict[str, float]) -> torch.Tensor:
+        bank = np.concatenate([np.asarray(data.features["train"]), np.asarray(data.features["val"])])
+        bank_labels = np.concatenate([data.labels["train"], data.labels["val"]])
+        return torch.from_numpy(knn_scores(bank, bank_labels, data.features["test"],
+                                           data.num_classes, int(point["k"]), self.cfg,
+                                           self.device))
 
 
 def fit_knn(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], num_classes: int,

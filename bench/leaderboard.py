@@ -1,45 +1,102 @@
 """Leaderboards: result records read back from MLflow, pivoted backbone x task.
 
 A cell holds the test metric (default ``test_top1``) of the record with the best validation
-score (the task's headline metric) among that backbone's protocols (layers, pools, heads) on that
-task: selection on validation, never on test. Superseded records (an older protocol of the same
-cell) never appear. The table is printed, written to ``results/leaderboard.md`` and ``.csv``,
-and logged to MLflow (a ``leaderboard`` run holding it as a table and as files) so it is visible
-in the MLflow UI beside the runs. Reference rows (``bench.references``: the paper's numbers) can
-be added beside ours.
+score (the task's headline metric) among that backbone's protocols (layers, pools, heads of the
+chosen ``protocol``) on that task: selection on validation, never on test. Superseded records (an
+older protocol of the same cell) never appear. Few-shot records fill one column per task and k
+(``cub 5-shot``).
+
+Every number is shown with its uncertainty: ``64.96 ± 0.42`` is the test metric and the
+half-width of its 95% bootstrap interval over test images. Per column, rows whose paired
+comparison with the column's best (from the stored per-image predictions) has an interval
+containing 0 are marked ``≈``: not distinguishable from the best. The table is printed, written
+to ``results/leaderboard.md`` and ``.csv`` and logged to MLflow (a ``leaderboard`` run holding it
+as a table and as files). Reference rows (``bench.references``: the paper's numbers) can be added.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.errors import BenchError, UsageError
 from bench.record import RunRecord
 
 METRICS = ("test_top1", "test_top5", "test_mean_per_class")
+PROTOCOLS = {  # --protocol -> the heads it ranks
+    "linear": ("linear", "bn-linear"),  # the linear probe, standardised or batch-normalised
+    "mlp": ("mlp",),
+    "attention": ("attention", "difformer"),
+    "knn": ("knn",),
+    "few-shot": ("few-shot",),
+    "all": None,  # every head
+}
+TIED = "≈"
+FOOTER = (f"`a ± h`: test metric and the half-width h of its 95% bootstrap interval over test "
+          f"images. {TIED}: not distinguishable from the best of its column (the 95% paired "
+          f"bootstrap interval of the difference, on the same test images, contains 0).")
 
 
 @dataclass
 class Leaderboard:
-    cells: Any  # DataFrame: backbone, task, run, metric, val (the selected record per cell)
-    table: Any  # DataFrame: backbone x task
+    cells: Any  # DataFrame: backbone, task, run, run_id, metric, low, high, val
+    table: Any  # DataFrame: backbone x task, numbers
     metric: str
+    display: Any = None  # DataFrame: backbone x task, "64.96 ± 0.42" with the tie marker
+    ties: set[tuple[str, str]] = field(default_factory=set)  # (backbone, task) tied with best
 
 
-def select_cells(records: list[RunRecord], metric: str = "test_top1") -> Any:
-    """One row per (backbone, task): the record with the best validation score (newest on ties)."""
+def heads_of(protocol: str) -> tuple[str, ...] | None:
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
+
+
+def column(record: RunRecord) -> str:
+    """The leaderboard column of a record: its task, or ``task k-shot`` for few-shot."""
+    return f"{record.task} {record.shots}-shot" if record.shots else record.task
+
+
+def select_cells(records: list[RunRecord], metric: str = "test_top1",
+                 protocol: str = "all") -> Any:
+    """One row per (backbone, column): the record with the best validation score (newest on
+    ties), among the records of ``protocol``'s heads."""
     import pandas as pd
 
-    rows = [{"backbone": r.backbone, "task": r.task, "run": r.name,
-             metric: r.metrics.get(metric), "val": r.val_score, "start": r.start_time or 0.0}
-            for r in records]
+    heads = heads_of(protocol)
+    name = metric.removeprefix("test_")
+    rows = []
+    for r in records:
+        if heads is not None and r.head not in heads:
+            continue
+        low, high = r.interval(name) or (float("nan"), float("nan"))
+        rows.append({"backbone": r.backbone, "task": column(r), "run": r.name,
+                     "run_id": r.run_id, metric: r.metrics.get(metric), "low": low, "high": high,
+                     "val": r.val_score, "start": r.start_time or 0.0})
+    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val"]
     if not rows:
-        return pd.DataFrame(columns=["backbone", "task", "run", metric, "val"])
+        return pd.DataFrame(columns=columns)
     df = pd.DataFrame(rows).sort_values(["val", "start"], ascending=[False, False], kind="stable")
     best = df.groupby(["backbone", "task"], sort=True).head(1)
-    return best[["backbone", "task", "run", metric, "val"]].sort_values(
-        ["backbone", "task"]).reset_index(drop=True)
+    return best[columns].sort_values(["backbone", "task"]).reset_index(drop=True)
+
+
+def leading_record(suites: list[str], backbone: str, task: str, protocol: str = "linear"
+                   ) -> RunRecord:
+    """The record a leaderboard shows for ``backbone`` on ``task`` (column name, e.g. ``cub``)."""
+    from bench.tracking import experiment_ids, find_records
+
+    records = find_records(experiment_ids(suites))
+    cells = select_cells(records, protocol=protocol)
+    chosen = cells[(cells.backbone == backbone) & (cells.task == task)]
+    if chosen.empty:
+        have = sorted({f"{b} on {t}" for b, t in zip(cells.backbone, cells.task)})
+        raise UsageError(f"no finished {protocol} result for backbone {backbone!r} on task "
+                         f"{task!r} in suite(s) {', '.join(suites)}; results there: "
+                         f"{', '.join(have) or 'none'}")
+    run_id = chosen.run_id.iloc[0]
+    return next(r for r in records if r.run_id == run_id)
 
 
 def pivot(cells: Any, metric: str = "test_top1") -> Any:
@@ -48,6 +105,52 @@ def pivot(cells: Any, metric: str = "test_top1") -> Any:
     table = cells.pivot(index="backbone", columns="task", values=metric)
     table.columns.name = None
     return table.round(2)
+
+
+def tied_with_best(cells: Any, metric: str = "test_top1") -> set[tuple[str, str]]:
+    """(backbone, column) of every row not distinguishable from its column's best, by a paired
+    bootstrap on the stored test predictions. Rows without predictions are never marked."""
+    from bench.record import load_predictions
+    from bench.stats import compare
+
+    ties = set()
+    for task, rows in cells.groupby("task"):
+        if len(rows) < 2:
+            continue
+        best = rows.loc[rows[metric].astype(float).idxmax()]
+        try:
+            reference = load_predictions(best.run_id)
+        except BenchError:  # a result logged before predictions were stored
+            continue
+        for _, row in rows.iterrows():
+            if row.run_id == best.run_id:
+                continue
+            try:
+                other = load_predictions(row.run_id)
+            except BenchError:
+                continue
+            if not compare(reference, other, metric.removeprefix("test_")).distinguishable:
+                ties.add((row.backbone, task))
+    return ties
+
+
+def display_table(cells: Any, ties: set[tuple[str, str]], metric: str = "test_top1") -> Any:
+    """``64.96 ± 0.42`` per cell (the interval's half-width), ``≈`` after tied rows."""
+    if cells.empty:
+        return cells
+    text = cells.assign(shown=[
+        format_value(row[metric], row["low"], row["high"])
+        + (f" {TIED}" if (row["backbone"], row["task"]) in ties else "")
+        for _, row in cells.iterrows()])
+    table = text.pivot(index="backbone", columns="task", values="shown").fillna("")
+    table.columns.name = None
+    return table
+
+
+def format_value(value: float, low: float, high: float) -> str:
+    if low != low or high != high:  # NaN: logged before intervals existed
+        return f"{value:.2f}"
+    return f"{value:.2f} ± {(high - low) / 2:.2f}"
 
 
 def with_references(table: Any) -> Any:
@@ -66,12 +169,17 @@ def with_references(table: Any) -> Any:
     return out
 
 
-def build(suites: list[str], metric: str = "test_top1", references: bool = False) -> Leaderboard:
+def build(suites: list[str], metric: str = "test_top1", references: bool = False,
+          protocol: str = "linear") -> Leaderboard:
     from bench.tracking import experiment_ids, find_records
 
-    cells = select_cells(find_records(experiment_ids(suites)), metric)
+    cells = select_cells(find_records(experiment_ids(suites)), metric, protocol)
     table = pivot(cells, metric)
-    return Leaderboard(cells, with_references(table) if references else table, metric)
+    ties = tied_with_best(cells, metric) if not cells.empty else set()
+    display = display_table(cells, ties, metric)
+    if references:
+        table, display = with_references(table), with_references(display)
+    return Leaderboard(cells, table, metric, display, ties)
 
 
 def write(board: Leaderboard, out_dir: Path, title: str) -> dict[str, Path]:
@@ -80,11 +188,11 @@ def write(board: Leaderboard, out_dir: Path, title: str) -> dict[str, Path]:
     paths = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv"}
     if board.table.empty and paths["md"].exists():
         return paths
-    body = board.table.to_markdown() if not board.table.empty else "(no finished runs yet)"
+    body = board.display.to_markdown() if not board.table.empty else "(no finished runs yet)"
     runs = board.cells.to_markdown(index=False) if not board.cells.empty else ""
-    paths["md"].write_text(f"# {title}\n\n{body}\n\nSelected runs (best validation score per "
-                           f"cell):\n\n{runs}\n")
-    board.table.to_csv(paths["csv"])
+    paths["md"].write_text(f"# {title}\n\n{body}\n\n{FOOTER}\n\nSelected runs (best validation "
+                           f"score per cell):\n\n{runs}\n")
+    board.display.to_csv(paths["csv"])
     return paths
 
 
@@ -93,7 +201,7 @@ def log(experiment_id: str, board: Leaderboard, paths: dict[str, Path],
     """Log (or refresh) the experiment's leaderboard run; its run id."""
     from bench.tracking import log_leaderboard
 
-    flat = board.table.reset_index() if not board.table.empty else board.cells
+    flat = board.display.reset_index() if not board.table.empty else board.cells
     return log_leaderboard(experiment_id, {"leaderboard.json": flat,
                                            "leaderboard_runs.json": board.cells},
                            paths.values(), (figures or {}).values())

@@ -162,12 +162,22 @@ def _logits(heads: _GridHeads, norm: _Normaliser, x: torch.Tensor, chunk: int = 
                       for i in range(0, len(x), chunk)], dim=1)
 
 
+REFIT_ON = ("train+val", "train")
+
+
 class GridProbeTrainer:
-    """The batched grid on pooled vectors, as a ``bench.protocol`` trainer."""
+    """The batched grid on pooled vectors, as a ``bench.protocol`` trainer.
+
+    ``refit_on="train"`` retrains the selected point on train alone: few-shot probes validate on
+    the rest of train, which must not leak into the k-shot head.
+    """
 
     def __init__(self, cfg: ProbeConfig, device: torch.device | str = "cpu", precision=None,
-                 progress: bool = False, groups=None):
+                 progress: bool = False, groups=None, refit_on: str = "train+val"):
+        if refit_on not in REFIT_ON:
+            raise ValueError(f"refit_on must be one of {', '.join(REFIT_ON)}, got {refit_on!r}")
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+        self.refit_splits = refit_on.split("+")
         if precision is not None:
             self.store = getattr(torch, precision.probe_inputs)
         else:  # half the memory on a GPU, where fp16 matmuls are fast
@@ -203,8 +213,8 @@ class GridProbeTrainer:
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         torch.manual_seed(self.cfg.seed)
-        x_all = torch.cat([self._tensor(data.features["train"]), self._tensor(data.features["val"])])
-        y_all = torch.cat([self._labels(data.labels["train"]), self._labels(data.labels["val"])])
+        x_all = torch.cat([self._tensor(data.features[s]) for s in self.refit_splits])
+        y_all = torch.cat([self._labels(data.labels[s]) for s in self.refit_splits])
         heads, norm = _train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
                                   torch.tensor([point["weight_decay"]]), self.cfg, {},
                                   stop_at=int(point["epochs"]), progress=self.progress)

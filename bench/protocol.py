@@ -39,6 +39,7 @@ class ProbeData:
     features: dict[str, Any]
     labels: dict[str, np.ndarray]
     num_classes: int
+    train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
 
 
 class Trainer(Protocol):
@@ -171,6 +172,11 @@ HEADS: dict[str, HeadKind] = {h.name: h for h in (
     HeadKind("difformer", "DifFormer: one attention head shared across timesteps, fused",
              "bench.heads:HeadConfig", "bench.heads:AttentionTrainer", "maps", "map16",
              fuses_layers=True, flags=_NET),
+    HeadKind("knn", "DINOv2's weighted kNN (cosine, exp(sim/T)); k selected on val, no training",
+             "bench.knn:KnnConfig", "bench.knn:KnnTrainer", "vectors"),
+    HeadKind("few-shot", "linear probe on k shots per class (drawn by hash; the seed is the "
+             "draw), validated on the rest of train", "bench.fewshot:FewShotConfig",
+             "bench.fewshot:FewShotTrainer", "vectors", flags=_GRID),
 )}
 
 

@@ -7,9 +7,9 @@ leaderboards and figures; no other module spells a tag or param name.
 | MLflow | names |
 | --- | --- |
 | tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by`` |
-| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
-| metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, ``val_*`` of the selected point, ``probe_seconds`` |
-| artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png`` |
+| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``shots`` (few-shot only), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
+| metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
+| artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ WEIGHTS, CACHE_KEYS = "bench.weights_sha256", "bench.cache_keys"
 SKIPPED_COUNT, SKIPPED, SUPERSEDED_BY = "bench.skipped_count", "bench.skipped", "bench.superseded_by"
 RESULT, LEADERBOARD = "result", "leaderboard"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
-ARTIFACTS = ("protocol.json", "per_class_accuracy.csv", "grid.csv", "confusion_matrix.png")
+PREDICTIONS = "predictions.npz"
+ARTIFACTS = ("protocol.json", "per_class_accuracy.csv", "grid.csv", "confusion_matrix.png",
+             PREDICTIONS)
+TEST_METRICS = ("top1", "top5", "mean_per_class")
+PROBE_SECONDS, BOOTSTRAP_SECONDS, SEED_COUNT = "probe_seconds", "bootstrap_seconds", "seed_count"
 MAX_PARAM = 6000  # MLflow's limit on a param value
 MAX_TAG = 5000
 
@@ -38,7 +42,7 @@ class RunRecord:
     layer: str  # canonical; "+"-joined for a fusing head
     pool: str
     head: str
-    seed: int
+    seed: int  # for the few-shot head, the draw
     headline: str  # the task's headline metric: top1 or mean_per_class
     metrics: dict[str, float]
     best: dict[str, float]
@@ -53,11 +57,20 @@ class RunRecord:
     start_time: float | None = None  # epoch seconds
     superseded_by: str | None = None
     reused: bool = False  # read back instead of computed in this process
+    shots: int = 0  # few-shot head: images per class (0 for every other head)
 
     @property
     def slot(self) -> tuple[str, ...]:
         """What the user's leaderboard cell is: a newer identity in the same slot supersedes."""
-        return (self.backbone, self.task, self.layer, self.pool, self.head, str(self.seed))
+        return (self.backbone, self.task, self.layer, self.pool, self.head, str(self.seed),
+                str(self.shots))
+
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """The 95% bootstrap interval of ``test_{metric}`` (None for records logged before)."""
+        low, high = ci_names(metric)
+        if low not in self.metrics or high not in self.metrics:
+            return None
+        return self.metrics[low], self.metrics[high]
 
     @property
     def val_score(self) -> float:
@@ -77,6 +90,8 @@ class RunRecord:
 
     def to_params(self) -> dict[str, str]:
         params = {name: str(getattr(self, name)) for name in SLOT_PARAMS}
+        if self.shots:
+            params["shots"] = str(self.shots)
         params |= {f"best.{k}": str(v) for k, v in self.best.items()}
         return params | _flatten("protocol", self.protocol, {})
 
@@ -106,7 +121,7 @@ class RunRecord:
             skipped_count=int(tags.get(SKIPPED_COUNT, 0)),
             code_version=tags.get(VERSION, ""), schema=tags.get(SCHEMA, ""),
             run_id=run.info.run_id, start_time=run.info.start_time / 1000,
-            superseded_by=tags.get(SUPERSEDED_BY),
+            superseded_by=tags.get(SUPERSEDED_BY), shots=int(params.get("shots", 0)),
         )
 
 
@@ -124,6 +139,77 @@ def from_json(text: str) -> RunRecord:
 def running_filter(identity: str) -> str:
     """Result runs of one identity left RUNNING (their logging process died)."""
     return f"tags.`{IDENTITY}` = '{identity}' and attributes.status = 'RUNNING'"
+
+
+def ci_names(metric: str) -> tuple[str, str]:
+    """MLflow names of the low and high ends of ``test_{metric}``'s 95% bootstrap interval."""
+    return f"test_{metric}_ci95_low", f"test_{metric}_ci95_high"
+
+
+def interval_metrics(intervals: Any) -> dict[str, float]:
+    """A ``bench.stats.Intervals`` (95%, over test images) as record metrics."""
+    if round(100 * intervals.confidence) != 95:
+        raise ValueError(f"records hold 95% intervals, got {intervals.confidence:.0%}")
+    out = {}
+    for metric in TEST_METRICS:
+        low, high = ci_names(metric)
+        out[low], out[high] = intervals.low[metric], intervals.high[metric]
+    return out
+
+
+def seed_metrics(aggregate: Any) -> dict[str, float]:
+    """A ``bench.stats.SeedAggregate`` over ``test_*`` metrics as record metrics:
+    ``test_top1_seed_mean``, ``test_top1_seed_std``, ..., ``seed_count``."""
+    out = {f"test_{m}_seed_mean": aggregate.mean[m] for m in aggregate.mean}
+    out |= {f"test_{m}_seed_std": aggregate.std[m] for m in aggregate.std}
+    return out | {SEED_COUNT: float(aggregate.seeds)}
+
+
+def add_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Log more metrics on a finished run (e.g. a seed aggregate computed after it)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from bench.tracking import client
+
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def load_record(run_id: str) -> RunRecord:
+    """The result record of one MLflow run id."""
+    from bench.errors import BenchError
+    from bench.tracking import client
+
+    try:
+        run = client().get_run(run_id)
+    except Exception as e:
+        raise BenchError(f"no MLflow run {run_id!r} at this tracking URI ({e.__class__.__name__})"
+                         "; run ids are listed in the MLflow UI and printed by bench run") from e
+    if run.data.tags.get(KIND) != RESULT:
+        raise BenchError(f"run {run_id} is not a bench result (a leaderboard run?)")
+    return RunRecord.from_mlflow(run)
+
+
+def load_predictions(run_id: str) -> Any:
+    """The run's per-image test predictions (``bench.stats.Predictions``), from its artifact."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    from bench.errors import BenchError
+    from bench.stats import Predictions
+    from bench.tracking import client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client().download_artifacts(run_id, PREDICTIONS, tmp)
+        except Exception as e:
+            raise BenchError(f"run {run_id} has no {PREDICTIONS} artifact (logged before bench "
+                             "stored predictions?); re-run it with --force") from e
+        return Predictions.load(path)
 
 
 def result_filter(status: str = "FINISHED") -> str:

@@ -69,13 +69,19 @@ class Predictions:
     def metrics(self) -> dict[str, float]:
         return {"top1": top1(self), "top5": top5(self), "mean_per_class": mean_per_class(self)}
 
-    def save(self, path: str | Path) -> Path:
+    def to_bytes(self) -> bytes:
         """A compressed .npz with the smallest integer type that holds the class ids."""
+        import io
+
         dtype = np.int16 if self.num_classes <= np.iinfo(np.int16).max else np.int32
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, top5=self.top5.astype(dtype), labels=self.labels.astype(dtype),
+                            num_classes=np.int64(self.num_classes))
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> Path:
         path = Path(path)
-        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-            np.savez_compressed(f, top5=self.top5.astype(dtype), labels=self.labels.astype(dtype),
-                                num_classes=np.int64(self.num_classes))
+        path.write_bytes(self.to_bytes())
         return path
 
     @classmethod

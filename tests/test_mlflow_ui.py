@@ -52,12 +52,17 @@ def _search(uri: str, experiment_id: str, kind: str) -> list[dict]:
     return found.get("runs", [])
 
 
+def _number(shown: str) -> float:
+    """The value of a leaderboard cell: ``64.96 ± 0.42`` (and a tie marker) -> 64.96."""
+    return float(shown.split("±")[0])
+
+
 def _markdown_table(text: str) -> dict[tuple[str, str], float]:
     """{(backbone, task): value} from a pandas to_markdown() pivot in ``text``."""
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in text.splitlines() if line.startswith("|")]
     header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set(":-")]
-    return {(r[0], task): float(v) for r in body for task, v in zip(header[1:], r[1:]) if v}
+    return {(r[0], task): _number(v) for r in body for task, v in zip(header[1:], r[1:]) if v}
 
 
 @pytest.mark.server
@@ -74,7 +79,7 @@ def test_leaderboard_read_back_over_rest_equals_bench_leaderboard(sweep, tmp_pat
             "leaderboard.csv"} <= {f["path"] for f in listed["files"]}
     table = _rest(uri, f"/get-artifact?path=leaderboard.json&run_uuid={run_id}")
     assert table["columns"] == ["backbone", "digits"]
-    logged = {(row[0], "digits"): row[1] for row in table["data"]}
+    logged = {(row[0], "digits"): _number(row[1]) for row in table["data"]}
     assert len(table["data"]) == len(BACKBONES), table  # refreshed by the rerun, not appended
     chosen = _rest(uri, f"/get-artifact?path=leaderboard_runs.json&run_uuid={run_id}")
 
@@ -98,9 +103,10 @@ def test_leaderboard_read_back_over_rest_equals_bench_leaderboard(sweep, tmp_pat
     assert main(["leaderboard", "--suite", suite, "--no-log"]) == 0
     printed = _markdown_table(capsys.readouterr().out)
     assert printed == logged
-    csv = (tmp_path / "results" / "leaderboard.csv").read_text().split()
+    csv = (tmp_path / "results" / "leaderboard.csv").read_text().splitlines()
     assert csv[0] == "backbone,digits"
-    assert {(line.split(",")[0], "digits"): float(line.split(",")[1]) for line in csv[1:]} == logged
+    assert {(line.split(",")[0], "digits"): _number(line.split(",")[1])
+            for line in csv[1:]} == logged
 
 
 def _chromium() -> str:

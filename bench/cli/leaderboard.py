@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
+from bench.cli.compare import PROTOCOLS
 
 
 def add_parser(sub) -> None:
@@ -12,6 +13,9 @@ def add_parser(sub) -> None:
     p.add_argument("--suite", action="append", default=[], help="experiment(s); default bench")
     p.add_argument("--metric", default="test_top1",
                    choices=["test_top1", "test_top5", "test_mean_per_class"])
+    p.add_argument("--protocol", default="linear", choices=PROTOCOLS,
+                   help="which heads to rank: linear (linear, bn-linear; the default), mlp, "
+                   "attention (attention, difformer), knn, few-shot (one column per k), all")
     p.add_argument("--no-log", action="store_true", help="do not log the table to MLflow")
     p.add_argument("--paper", action="store_true",
                    help="add the paper's reported numbers for these tasks as 'paper:' rows")
@@ -23,8 +27,14 @@ def main(args: argparse.Namespace) -> int:
     from bench.paths import tracking_uri
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
-    board, paths = leaderboard(suites, args.metric, references=args.paper, log=not args.no_log)
-    print(board.table.to_markdown() if not board.table.empty else "no finished runs yet")
+    board, paths = leaderboard(suites, args.metric, references=args.paper, log=not args.no_log,
+                               protocol=args.protocol)
+    if board.table.empty:
+        print(f"no finished {args.protocol} runs yet")
+    else:
+        from bench.leaderboard import FOOTER
+
+        print(board.display.to_markdown() + "\n\n" + FOOTER)
     print(f"\nwritten: {paths['md']}, {paths['csv']}")
     print(options.ui_hint(tracking_uri()))
     return 0

@@ -47,6 +47,13 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
 
 
+def ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task argument (JSON values), e.g. limit=200")
@@ -73,7 +80,8 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
 def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> None:
     p.add_argument("--head", default="linear", choices=list(head_choices),
                    help="linear/bn-linear/mlp: batched grid on pooled vectors; attention/difformer:"
-                   " the paper's transformer heads on maps (pool map16 by default)")
+                   " the paper's transformer heads on maps (pool map16 by default); knn: "
+                   "weighted kNN; few-shot: linear probe on k shots per class (bench run --shots)")
     p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="other settings of the head, e.g. hidden=512, recipe=adamw, dim=512")
     p.add_argument("--seed", type=int, default=0)

@@ -55,9 +55,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {record.name}: test_top1 {record.metrics['test_top1']:.2f} val_{record.headline}"
               f" {record.val_score:.2f}{note}", flush=True)
     board, paths = leaderboard([args.suite], references=True, figures=True,
-                               title=f"bench sweep: {args.suite}")
+                               title=f"bench sweep: {args.suite}", protocol="all")
     if not board.table.empty:
-        print("\n" + board.table.to_markdown())
+        print("\n" + board.display.to_markdown())
     for name, path in paths.items():
         if name.startswith("figure:"):
             print(f"figure: {path}")

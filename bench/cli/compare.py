@@ -1,0 +1,35 @@
+"""``bench compare A B``: is the difference between two results real? From stored predictions."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.cli import options
+from bench.leaderboard import PROTOCOLS  # imports no torch, mlflow or pandas
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="paired bootstrap difference (and McNemar) of two results",
+                       description="A and B are MLflow run ids, or, with --task, backbone names "
+                       "(each backbone's leaderboard result for that task).")
+    p.add_argument("a", help="run id, or backbone name with --task")
+    p.add_argument("b", help="run id, or backbone name with --task")
+    p.add_argument("--task", help="compare the leaderboard records of backbones A and B on this "
+                   "task (a leaderboard column, e.g. cub or 'cub 5-shot')")
+    p.add_argument("--suite", action="append", default=[],
+                   help="experiment(s) to look in with --task; default bench")
+    p.add_argument("--protocol", default="linear", choices=PROTOCOLS,
+                   help="with --task: which heads' leaderboard (default linear)")
+    p.add_argument("--metric", choices=["top1", "top5", "mean_per_class"],
+                   help="default: the task's headline metric")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.api import compare
+
+    suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
+    result = compare(args.a, args.b, task=args.task, suites=suites, metric=args.metric,
+                     protocol=args.protocol)
+    print(result.summary())
+    return 0
