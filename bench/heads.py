@@ -29,6 +29,7 @@ unconditional U-Net): the attention head on block 24 (1024 x 16 x 16, kept as is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,7 +83,10 @@ class TransformerBlock(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v)
+        # Written out rather than F.scaled_dot_product_attention: under torch.vmap (the batched
+        # lr grid) the fused CPU kernel has no batching rule and falls back to a per-head loop.
+        weights = torch.softmax((q * (d // self.heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        attended = weights @ v
         x = x + self.proj(attended.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 
@@ -101,7 +105,10 @@ class MapTokens(nn.Module):
         self.conv = nn.Conv2d(channels, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x)).flatten(2).transpose(1, 2)
+        # The 1x1 conv as a matmul over tokens: the same numbers, and under torch.vmap (the
+        # batched lr grid) a batched matmul rather than a slow grouped convolution.
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        return F.linear(tokens, self.conv.weight.flatten(1), self.conv.bias)
 
 
 class AttentionHead(nn.Module):
@@ -253,6 +260,75 @@ class _Maps:
                        y.to(device))
 
 
+class HeadGrid:
+    """G copies of one head, one per learning rate, held as stacked parameters (G, ...) and
+    evaluated together with ``torch.func.functional_call`` under ``torch.vmap``: every minibatch
+    is read once for all G heads."""
+
+    def __init__(self, build: Callable[[], nn.Module], count: int, seed: int,
+                 device: torch.device):
+        models = []
+        for _ in range(count):
+            with torch.random.fork_rng(devices=[]):  # same initial weights for every head
+                torch.manual_seed(seed)
+                models.append(build().to(device))
+        params, self.buffers = torch.func.stack_module_state(models)
+        self.names = list(params)
+        self.params = [params[n] for n in self.names]
+        self.template = models[0].to("meta")
+
+    def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(G, B, classes) logits of every head on one shared minibatch."""
+
+        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor]):
+            state = {**dict(zip(self.names, params)), **buffers}
+            return torch.func.functional_call(self.template, state, (maps,))
+
+        return torch.vmap(one)(tuple(self.params), self.buffers)
+
+
+class _GridOptimizer:
+    """The recipe's optimizer and schedule for stacked parameters, each head at its own lr.
+
+    Computes what ``make_optimizer`` builds from torch.optim for one head (SGD + StepLR(7, 0.1),
+    or AdamW + cosine over ``cfg.epochs``), with the learning rate a (G,) tensor.
+    """
+
+    def __init__(self, params: list[torch.Tensor], cfg: HeadConfig, lrs: Sequence[float]):
+        self.params, self.cfg = params, cfg
+        self.base_lrs = [float(lr) for lr in lrs]
+        self.epoch = 0
+        self.steps = 0
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+    def lrs(self) -> torch.Tensor:
+        """Each head's learning rate in the current epoch (computed in float64, as torch.optim)."""
+        if self.cfg.recipe == "paper":
+            factor = 0.1 ** (self.epoch // 7)
+        else:
+            factor = 0.5 * (1 + math.cos(math.pi * self.epoch / self.cfg.epochs))
+        return torch.tensor([lr * factor for lr in self.base_lrs], device=self.params[0].device)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        lrs = self.lrs()
+        for p, (m, v) in zip(self.params, self.moments):
+            lr = lrs.view(-1, *[1] * (p.dim() - 1))
+            if self.cfg.recipe == "paper":
+                p.addcmul_(p.grad, lr, value=-1.0)
+                continue
+            beta1, beta2, eps = 0.9, 0.999, 1e-8
+            p.mul_(1 - lr * self.cfg.weight_decay)
+            m.lerp_(p.grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = v.sqrt().div_(math.sqrt(1 - beta2**self.steps)).add_(eps)
+            p.sub_(m.div(denom).mul_(lr / (1 - beta1**self.steps)))
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+
+
 def _autocast(device: torch.device, kind: str | None = None):
     """The policy's head autocast; by default bf16 on a GPU, none on the CPU."""
     from bench.precision import autocast
@@ -261,52 +337,59 @@ def _autocast(device: torch.device, kind: str | None = None):
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, data: _Maps, layers: Sequence[str], device: torch.device,
+def _logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.device,
             batch_size: int, autocast_kind: str | None = None) -> torch.Tensor:
-    model.eval()
+    """(G, N, classes) logits of every head of the grid on ``data``, in order."""
     out = []
     chunks = [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
     for maps, _ in data.batches(chunks, layers, device):
         with _autocast(device, autocast_kind):
-            out.append(model(maps).float().cpu())
-    return torch.cat(out)
+            out.append(grid(maps).float().cpu())
+    return torch.cat(out, dim=1)
 
 
-def _train(
+def train_grid(
     build: Callable[[], nn.Module],
     data: _Maps,
     layers: Sequence[str],
     cfg: HeadConfig,
-    lr: float,
+    lrs: Sequence[float],
     device: torch.device,
-    evaluate_at: dict[int, Callable[[nn.Module], None]],
+    evaluate_at: dict[int, Callable[[HeadGrid], None]],
     stop_at: int,
     progress: bool,
     autocast_kind: str | None = None,
-) -> nn.Module:
-    """Train one head at ``lr`` for ``stop_at`` of the schedule's ``cfg.epochs`` epochs."""
-    with torch.random.fork_rng(devices=[]):  # same initial weights for every lr and the retrain
-        torch.manual_seed(cfg.seed)
-        model = build().to(device)
+) -> HeadGrid:
+    """Train one head per learning rate in ``lrs``, all at once, for ``stop_at`` of the
+    schedule's ``cfg.epochs`` epochs; call ``evaluate_at[epoch](grid)`` at checkpoints.
+
+    Identical to training each head alone from the same initial weights (``cfg.seed``) on the
+    same minibatch order (seeded by ``cfg.seed``), with ``make_optimizer``'s recipe.
+    """
+    grid = HeadGrid(build, len(lrs), cfg.seed, device)
+    optimizer = _GridOptimizer(grid.params, cfg, lrs)
     gen = torch.Generator().manual_seed(cfg.seed)
-    optimizer, scheduler = make_optimizer(model.parameters(), cfg, lr)
     from tqdm.auto import tqdm
 
-    for epoch in tqdm(range(1, stop_at + 1), desc=f"{cfg.head} lr={lr:g}", unit="epoch",
+    for epoch in tqdm(range(1, stop_at + 1), desc=f"{cfg.head} x{len(lrs)} lrs", unit="epoch",
                       disable=not progress, leave=False):
-        model.train()
         order = torch.randperm(len(data), generator=gen).numpy()
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for maps, y in data.batches(chunks, layers, device):
             with _autocast(device, autocast_kind):
-                loss = F.cross_entropy(model(maps).float(), y)
-            optimizer.zero_grad(set_to_none=True)
+                logits = grid(maps).float()
+            # The sum over heads of each head's mean loss: head g's gradient is its own.
+            losses = F.cross_entropy(logits.transpose(1, 2), y.expand(len(lrs), -1),
+                                     reduction="none")
+            loss = losses.mean(1).sum()
+            for p in grid.params:
+                p.grad = None
             loss.backward()
             optimizer.step()
-        scheduler.step()
+        optimizer.end_epoch()
         if epoch in evaluate_at:
-            evaluate_at[epoch](model)
-    return model
+            evaluate_at[epoch](grid)
+    return grid
 
 
 class AttentionTrainer:
@@ -350,27 +433,30 @@ class AttentionTrainer:
         y_val = torch.as_tensor(val.labels)
         records: list[dict[str, float]] = []
 
-        def record(lr: float, epoch: int) -> Callable[[nn.Module], None]:
-            def at(model: nn.Module) -> None:
-                logits = _logits(model, val, layers, self.device, cfg.batch_size, self.autocast)
-                m = metrics(logits, y_val, data.num_classes)
-                records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch, **m})
+        def record(epoch: int) -> Callable[[HeadGrid], None]:
+            def at(grid: HeadGrid) -> None:
+                logits = _logits(grid, val, layers, self.device, cfg.batch_size, self.autocast)
+                for lr, head_logits in zip(cfg.lrs, logits):
+                    m = metrics(head_logits, y_val, data.num_classes)
+                    records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch,
+                                    **m})
             return at
 
-        for lr in cfg.lrs:
-            _train(build, train, layers, cfg, lr, self.device,
-                   {e: record(lr, e) for e in cfg.checkpoints()}, cfg.epochs, self.progress,
+        train_grid(build, train, layers, cfg, cfg.lrs, self.device,
+                   {e: record(e) for e in cfg.checkpoints()}, cfg.epochs, self.progress,
                    self.autocast)
-        return records
+        # learning rate first, then epochs: the first maximum is the one sequential training found
+        order = {lr: i for i, lr in enumerate(cfg.lrs)}
+        return sorted(records, key=lambda r: (order[r["lr"]], r["epochs"]))
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         build, layers = self._prepare(data)
         train_val = _Maps([data.features["train"], data.features["val"]],
                           [data.labels["train"], data.labels["val"]])
-        model = _train(build, train_val, layers, self.cfg, point["lr"], self.device, {},
-                       int(point["epochs"]), self.progress, self.autocast)
+        grid = train_grid(build, train_val, layers, self.cfg, [point["lr"]], self.device, {},
+                          int(point["epochs"]), self.progress, self.autocast)
         test = _Maps([data.features["test"]], [data.labels["test"]])
-        return _logits(model, test, layers, self.device, self.cfg.batch_size, self.autocast)
+        return _logits(grid, test, layers, self.device, self.cfg.batch_size, self.autocast)[0]
 
 
 def fit_head(

@@ -1,8 +1,9 @@
 """Probes on cached features: a whole hyperparameter grid trained as one batched computation.
 
-Every (learning rate, weight decay) pair is one head; all G heads live in one (G, D, C) weight
-tensor and train together off the same minibatches with AdamW, each at its own learning rate and
-decay, on a cosine schedule over ``epochs``. Validation accuracy is recorded at several epoch
+Every (learning rate, weight decay) pair is one head; all G linear heads live in one (D, G, C)
+weight and train together off the same minibatches with AdamW, each at its own learning rate and
+decay, on a cosine schedule over ``epochs``: a step is two GEMMs against (D, G*C), gradients by
+hand (``train_grid``). ``halving=True`` drops the worse half of the grid at each checkpoint. Validation accuracy is recorded at several epoch
 checkpoints, so the epoch count is a grid axis too. The best (lr, wd, epochs) on validation is
 retrained on train+val, identically, and evaluated on test exactly once.
 
@@ -14,8 +15,8 @@ running statistics at evaluation, then Linear) and ``mlp`` (standardise, then Re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ class ProbeConfig:
     hidden: int = 1024  # mlp
     hidden_layers: int = 1  # mlp
     seed: int = 0
+    # Successive halving: at each validation checkpoint but the last, only the better half of
+    # the grid (by the headline metric) trains on. Off: every point trains to the end.
+    halving: bool = False
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -50,34 +54,119 @@ class ProbeConfig:
 
 
 class _GridHeads(nn.Module):
-    """G independent heads evaluated together: (N, D) -> (G, N, C)."""
+    """G independent heads evaluated together: (N, D) -> (G, N, C).
+
+    ``linear`` and ``bn-linear`` keep all heads in one (D, G, C) weight, so a step over a shared
+    minibatch is one GEMM against (D, G*C) forward and one backward, with the softmax
+    cross-entropy gradient written by hand. ``mlp`` keeps (G, fan_in, fan_out) weights per layer
+    and trains through autograd.
+    """
 
     def __init__(self, groups: int, dim: int, classes: int, cfg: ProbeConfig, gen: torch.Generator):
         super().__init__()
-        widths = [dim] + [cfg.hidden] * (cfg.hidden_layers if cfg.head == "mlp" else 0) + [classes]
+        self.linear = cfg.head != "mlp"
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            last = i == len(widths) - 2
-            if last and cfg.head != "mlp":
-                w = torch.zeros(groups, fan_in, fan_out)  # convex problem: zero init is exact
-            else:
-                bound = 1.0 / math.sqrt(fan_in)
-                w = (torch.rand(groups, fan_in, fan_out, generator=gen) * 2 - 1) * bound
+        if self.linear:  # convex problem: zero init is exact
+            self.weights.append(nn.Parameter(torch.zeros(dim, groups, classes)))
+            self.biases.append(nn.Parameter(torch.zeros(groups, classes)))
+            return
+        widths = [dim] + [cfg.hidden] * cfg.hidden_layers + [classes]
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(groups, fan_in, fan_out, generator=gen) * 2 - 1) * bound
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.zeros(groups, 1, fan_out)))
 
+    @property
+    def groups(self) -> int:
+        return self.weights[0].shape[1 if self.linear else 0]
+
+    def grid_dims(self) -> list[int]:
+        """The grid axis of each parameter, in ``parameters()`` order."""
+        return [1 if self.linear else 0] * len(self.weights) + [0] * len(self.biases)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.unsqueeze(0).expand(self.weights[0].shape[0], -1, -1)
+        if self.linear:
+            w, b = self.weights[0], self.biases[0]
+            flat = torch.addmm(b.reshape(-1), x, w.reshape(len(w), -1))
+            return flat.view(len(x), *b.shape).transpose(0, 1)
+        h = x.unsqueeze(0).expand(self.groups, -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if i < len(self.weights) - 1:
                 h = torch.relu(h)
         return h
 
+    @torch.no_grad()
+    def linear_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Gradients of the sum over heads of each head's mean cross-entropy, by hand.
+
+        d loss / d logits = (softmax - onehot) / B, shared inputs: grad W = x^T @ that (one GEMM).
+        """
+        w, b = self.weights[0], self.biases[0]
+        flat = torch.addmm(b.reshape(-1), x, w.reshape(len(w), -1)).view(len(x), *b.shape)
+        delta = torch.softmax(flat, dim=-1)
+        rows = torch.arange(len(x), device=x.device)
+        delta[rows, :, y] -= 1.0
+        delta /= len(x)
+        grad_w = (x.T @ delta.view(len(x), -1)).view_as(w)
+        return [grad_w, delta.sum(0)]
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only grid points ``index`` (successive halving)."""
+        for p, dim in zip(self.parameters(), self.grid_dims()):
+            p.data = p.data.index_select(dim, index)
+
+
+class _AdamW:
+    """AdamW over the grid's stacked parameters, each grid point at its own lr and decay.
+
+    Weights decay, biases do not; the learning rate follows a cosine schedule over all steps.
+    """
+
+    def __init__(self, heads: _GridHeads, lrs: torch.Tensor, wds: torch.Tensor, total_steps: int):
+        self.params = list(heads.parameters())
+        self.dims = heads.grid_dims()
+        self.decays = [i < len(heads.weights) for i in range(len(self.params))]
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        device = self.params[0].device
+        self.lrs, self.wds = lrs.to(device, torch.float32), wds.to(device, torch.float32)
+        self.total_steps = total_steps
+        self.step_count = 0
+
+    def _per_point(self, values: torch.Tensor, p: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = [1] * p.dim()
+        shape[dim] = -1
+        return values.view(shape)
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        self.step_count += 1
+        t = self.step_count
+        scale = 0.5 * (1 + math.cos(math.pi * (t - 1) / self.total_steps))
+        for p, g, (m, v), dim, decay in zip(self.params, grads, self.moments, self.dims,
+                                            self.decays):
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = v.sqrt().div_(math.sqrt(1 - beta2**t)).add_(eps)
+            lr = self._per_point(self.lrs * scale, p, dim)
+            if decay:
+                p.mul_(1 - lr * self._per_point(self.wds, p, dim))
+            p.sub_(m.div(denom).mul_(lr / (1 - beta1**t)))
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.moments = [(m.index_select(d, index), v.index_select(d, index))
+                        for (m, v), d in zip(self.moments, self.dims)]
+        self.lrs, self.wds = self.lrs[index], self.wds[index]
+
 
 class _Normaliser:
-    """Standardisation with fixed statistics, or BatchNorm1d(affine=False) semantics."""
+    """Standardisation with fixed statistics, or BatchNorm1d(affine=False) semantics.
+
+    With fixed statistics the features are standardised once (``prepare``), not per step.
+    """
 
     def __init__(self, x: torch.Tensor, batchnorm: bool):
         self.batchnorm = batchnorm
@@ -85,7 +174,18 @@ class _Normaliser:
         self.mean, self.var = (torch.zeros_like(mean), torch.ones_like(var)) if batchnorm else (
             mean, var)
 
+    def prepare(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """Training inputs: standardised once in fp32, or left as they are for batch statistics."""
+        if self.batchnorm:
+            return x
+        return torch.cat([self(x[i : i + chunk], train=False) for i in range(0, len(x), chunk)])
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A training minibatch of ``prepare``'s output."""
+        return self(x, train=True) if self.batchnorm else x
+
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float()
         if self.batchnorm and train:
             mean, var = x.mean(0), x.var(0, unbiased=False)
             with torch.no_grad():
@@ -106,60 +206,83 @@ def _moments(x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.T
     return mean.float(), (sq / len(x) - mean * mean).clamp_min(0).float()
 
 
-def _train_grid(
+@dataclass
+class GridModel:
+    """The grid's trained heads and their input normalisation.
+
+    ``points[g]`` is the index, in the grid passed to ``train_grid``, of head g: all of them, or
+    the survivors of successive halving.
+    """
+
+    heads: _GridHeads
+    norm: _Normaliser
+    points: list[int]
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """(G, N, C) logits of every kept head on ``x`` (raw features, any float dtype)."""
+        return torch.cat([self.heads(self.norm(x[i : i + chunk], train=False))
+                          for i in range(0, len(x), chunk)], dim=1)
+
+
+Checkpoint = Callable[[GridModel], "Sequence[float] | None"]  # val scores for halving
+
+
+def train_grid(
     x: torch.Tensor,
     y: torch.Tensor,
     num_classes: int,
     lrs: torch.Tensor,
     wds: torch.Tensor,
     cfg: ProbeConfig,
-    evaluate_at: dict[int, Any],
+    evaluate_at: dict[int, Checkpoint],
     stop_at: int | None = None,
     progress: bool = False,
-) -> tuple[_GridHeads, _Normaliser]:
-    """Train G = len(lrs) heads at once; call evaluate_at[epoch](heads, norm) at checkpoints."""
+) -> GridModel:
+    """Train G = len(lrs) heads at once on (x, y), head g at (lrs[g], wds[g]).
+
+    Every head sees the same minibatches (seeded by ``cfg.seed``) and the same cosine schedule
+    over ``cfg.epochs``; training stops after ``stop_at`` epochs (default all). At each epoch in
+    ``evaluate_at`` the callback gets the model; with ``cfg.halving`` it returns one validation
+    score per kept head (``model.points``) and only the better half (ties: lower index) trains
+    on, except at the last epoch. Deterministic for a seed.
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     device = x.device
     heads = _GridHeads(len(lrs), x.shape[1], num_classes, cfg, gen).to(device)
     norm = _Normaliser(x, batchnorm=cfg.head == "bn-linear")
-    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in heads.parameters()]
-    decays = [p.dim() == 3 for p in heads.parameters()]  # weights decay, biases do not
+    inputs = norm.prepare(x)
+    model = GridModel(heads, norm, list(range(len(lrs))))
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    lr_view, wd_view = lrs.view(-1, 1, 1).to(device), wds.view(-1, 1, 1).to(device)
-    step = 0
+    optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch)
+    last = stop_at or cfg.epochs
     from tqdm.auto import tqdm
 
-    for epoch in tqdm(range(1, (stop_at or cfg.epochs) + 1), desc=f"probe {cfg.head} x{len(lrs)}",
+    for epoch in tqdm(range(1, last + 1), desc=f"probe {cfg.head} x{len(lrs)}",
                       unit="epoch", disable=not progress, leave=False):
         order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            logits = heads(norm(x[idx].float(), train=True))
-            target = y[idx].repeat(len(lrs))
-            loss = nn.functional.cross_entropy(logits.reshape(-1, num_classes), target)
-            heads.zero_grad(set_to_none=True)
-            (loss * len(lrs)).backward()  # sum over heads of each head's mean loss
-            step += 1
-            scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / total_steps))
-            with torch.no_grad():
-                for p, (m, v), decay in zip(heads.parameters(), state, decays):
-                    m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps)
-                    if decay:
-                        update = update + wd_view * p
-                    p.sub_(lr_view * scale * update)
+            batch = norm.batch(inputs[idx])
+            if heads.linear:
+                grads = heads.linear_gradients(batch, y[idx])
+            else:
+                logits = heads(batch)
+                loss = nn.functional.cross_entropy(logits.reshape(-1, num_classes),
+                                                   y[idx].repeat(heads.groups))
+                heads.zero_grad(set_to_none=True)
+                (loss * heads.groups).backward()  # sum over heads of each head's mean loss
+                grads = [p.grad for p in heads.parameters()]
+            optimizer.step(grads)
         if epoch in evaluate_at:
-            evaluate_at[epoch](heads, norm)
-    return heads, norm
-
-
-@torch.no_grad()
-def _logits(heads: _GridHeads, norm: _Normaliser, x: torch.Tensor, chunk: int = 8192):
-    return torch.cat([heads(norm(x[i : i + chunk].float(), train=False))
-                      for i in range(0, len(x), chunk)], dim=1)
+            scores = evaluate_at[epoch](model)
+            if cfg.halving and epoch < last and scores is not None and len(model.points) > 1:
+                ranked = sorted(range(len(scores)), key=lambda g: (-scores[g], g))
+                kept = torch.tensor(sorted(ranked[: math.ceil(len(scores) / 2)]), device=device)
+                heads.keep(kept)
+                optimizer.keep(kept)
+                model.points = [model.points[g] for g in kept.tolist()]
+    return model
 
 
 REFIT_ON = ("train+val", "train")
@@ -198,27 +321,31 @@ class GridProbeTrainer:
         grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
         records: list[dict[str, float]] = []
 
-        def record(epoch: int):
-            def at(heads, norm):
-                logits = _logits(heads, norm, x_val)
-                for g, (lr, wd) in enumerate(grid):
+        def record(epoch: int) -> Checkpoint:
+            def at(model: GridModel) -> list[float]:
+                logits = model.logits(x_val)
+                scores = []
+                for g, point in enumerate(model.points):
+                    lr, wd = grid[point]
                     m = metrics(logits[g], y_val, data.num_classes)
                     records.append({"lr": lr, "weight_decay": wd, "epochs": epoch, **m})
+                    scores.append(m[data.headline])
+                return scores
             return at
 
-        _train_grid(x_train, y_train, data.num_classes, torch.tensor([g[0] for g in grid]),
-                    torch.tensor([g[1] for g in grid]), cfg,
-                    {e: record(e) for e in cfg.checkpoints()}, progress=self.progress)
+        train_grid(x_train, y_train, data.num_classes, torch.tensor([g[0] for g in grid]),
+                   torch.tensor([g[1] for g in grid]), cfg,
+                   {e: record(e) for e in cfg.checkpoints()}, progress=self.progress)
         return records
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         torch.manual_seed(self.cfg.seed)
         x_all = torch.cat([self._tensor(data.features[s]) for s in self.refit_splits])
         y_all = torch.cat([self._labels(data.labels[s]) for s in self.refit_splits])
-        heads, norm = _train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
-                                  torch.tensor([point["weight_decay"]]), self.cfg, {},
-                                  stop_at=int(point["epochs"]), progress=self.progress)
-        return _logits(heads, norm, self._tensor(data.features["test"]))[0]
+        model = train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
+                           torch.tensor([point["weight_decay"]]), self.cfg, {},
+                           stop_at=int(point["epochs"]), progress=self.progress)
+        return model.logits(self._tensor(data.features["test"]))[0]
 
 
 def fit_probe(

@@ -40,6 +40,7 @@ class ProbeData:
     labels: dict[str, np.ndarray]
     num_classes: int
     train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
+    headline: str = "top1"  # the selection metric (successive halving ranks by it too)
 
 
 class Trainer(Protocol):
@@ -93,6 +94,7 @@ def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1") -> Probe
     import numpy as np
     import torch
 
+    data = dataclasses.replace(data, headline=headline)
     records = trainer.search(data)
     if not records:
         raise RuntimeError("the trainer's search returned no grid point")

@@ -3,13 +3,15 @@
 Both select a regulariser on validation and score test, on the same cached features. The batched
 grid trains len(lrs) x len(wds) heads at once; the baseline fits LogisticRegression (L-BFGS) once
 per C value. Run: python benchmarks/probe_speed.py [--features digits|synthetic] [--device cpu]
-Prints seconds and accuracy of each and the speed ratio measured in this one run.
+Prints seconds and accuracy of each and the speed ratio measured in this one run; the batched
+grid runs twice, in full and with successive halving (``ProbeConfig.halving``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -89,13 +91,14 @@ def main() -> None:
             feats, labels, classes = synthetic_features(args.n, args.dim, args.classes)
         shape = f"{name} {len(feats['train'])}x{feats['train'].shape[1]}"
         start = time.perf_counter()
-        result = fit_probe(feats, labels, classes, cfg, device=args.device)
-        batched = time.perf_counter() - start
-        start = time.perf_counter()
         sk_top1 = sklearn_sweep(feats, labels, cs)
         sequential = time.perf_counter() - start
-        print(f"{shape:>28s} {batched:10.2f} {result.test['top1']:6.2f} {sequential:10.2f} "
-              f"{sk_top1:6.2f} {sequential / batched:8.2f}x")
+        for variant, config in (("", cfg), (" halving", replace(cfg, halving=True))):
+            start = time.perf_counter()
+            result = fit_probe(feats, labels, classes, config, device=args.device)
+            batched = time.perf_counter() - start
+            print(f"{shape + variant:>28s} {batched:10.2f} {result.test['top1']:6.2f} "
+                  f"{sequential:10.2f} {sk_top1:6.2f} {sequential / batched:8.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ from bench.heads import (
     MapTokens,
     TransformerBlock,
     _Maps,
+    _logits as _grid_logits,
     cache_bytes_per_image,
     fit_head,
     make_optimizer,
+    train_grid,
 )
 
 CLASSES, CHANNELS, SIDE = 4, 8, 4
@@ -190,3 +192,51 @@ def test_minibatches_span_splits_with_their_labels():
         assert np.array_equal(y.numpy(), np.sort(chunk))
         assert maps["a"].dtype == torch.float32
         assert np.array_equal(maps["a"].numpy(), whole[np.sort(chunk)])
+
+
+def _train_one_by_one(build, data, layers, cfg, lr, epochs) -> nn.Module:
+    """The reference: one head at a time with torch.optim's recipe (``make_optimizer``)."""
+    torch.manual_seed(cfg.seed)
+    model = build()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    optimizer, scheduler = make_optimizer(model.parameters(), cfg, lr)
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=gen).numpy()
+        chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for maps, y in data.batches(chunks, layers, torch.device("cpu")):
+            loss = torch.nn.functional.cross_entropy(model(maps), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    return model
+
+
+@pytest.mark.parametrize("head,recipe", [("attention", "paper"), ("difformer", "adamw")])
+def test_batched_lr_grid_equals_training_one_by_one(head, recipe):
+    layers = ["block19@t90", "block19@t150"]
+    feats, labels = _splits(layers, sizes=(80, 8, 24), dtype=np.float32)
+    # 8 epochs: the paper's StepLR decays after 7; the cosine runs over all of them.
+    cfg = HeadConfig(head=head, recipe=recipe, lrs=(1e-2, 3e-2, 1e-1) if recipe == "paper"
+                     else (1e-3, 3e-3, 1e-2), epochs=8, batch_size=32, **TINY)
+    shapes = {name: feats["train"][name].shape[1:] for name in layers}
+    if head == "attention":
+        def build():
+            return AttentionHead(shapes, CLASSES, cfg.dim, cfg.heads, cfg.depth)
+    else:
+        def build():
+            return DifFormerHead(shapes, [[layers[0]], [layers[1]]], CLASSES, cfg.dim,
+                                 cfg.heads, cfg.depth)
+    train = _Maps([feats["train"]], [labels["train"]])
+    test = _Maps([feats["test"]], [labels["test"]])
+    seen = []
+    grid = train_grid(build, train, layers, cfg, cfg.lrs, torch.device("cpu"),
+                      {4: lambda g: seen.append(4)}, cfg.epochs, progress=False)
+    batched = _grid_logits(grid, test, layers, torch.device("cpu"), 24)
+    assert seen == [4] and batched.shape == (3, 24, CLASSES)
+    maps = {name: torch.from_numpy(feats["test"][name]) for name in layers}
+    for lr, logits in zip(cfg.lrs, batched):
+        alone = _train_one_by_one(build, train, layers, cfg, lr, cfg.epochs)
+        with torch.no_grad():
+            torch.testing.assert_close(logits, alone(maps), atol=5e-5, rtol=1e-4)
+    assert not torch.allclose(batched[0], batched[-1])  # the learning rates did differ

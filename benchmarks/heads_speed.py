@@ -1,0 +1,77 @@
+"""Attention head's learning-rate grid: one batched computation vs one head after another.
+
+Writes a real cache entry of fp16 feature maps (memory-mapped shards, as ``bench run`` leaves
+them), then trains the same 4 learning rates twice through ``bench.heads.train_grid``: once as a
+batched grid (one minibatch read per step for all heads) and once one lr at a time. Both runs use
+the same seeds, minibatch order and steps. Run: python benchmarks/heads_speed.py [--n 1024]
+Prints seconds of each and, last, the speed ratio measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+
+def write_cache_entry(root: str, n: int, channels: int, side: int, classes: int):
+    """A complete cache entry of (n, channels, side, side) fp16 maps, opened memory-mapped."""
+    from bench.cache import FeatureCache
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, n)
+    entry = FeatureCache(root).entry({"benchmark": "heads_speed", "n": n, "channels": channels})
+    shard_size = 256
+    entry.create({"benchmark": "heads_speed"}, labels, shard_size)
+    for index, start in enumerate(range(0, n, shard_size)):
+        count = min(shard_size, n - start)
+        maps = rng.standard_normal((count, channels, side, side), dtype=np.float32)
+        entry.write_shard(index, maps.astype(np.float16), [])
+    maps, labels, _ = entry.open()
+    return maps, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--side", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--recipe", default="adamw", choices=["paper", "adamw"])
+    args = parser.parse_args()
+    import torch
+
+    from bench.heads import AttentionHead, HeadConfig, _Maps, train_grid
+
+    classes, lrs = 10, (1e-4, 3e-4, 1e-3, 3e-3)
+    cfg = HeadConfig(recipe=args.recipe, lrs=lrs, epochs=args.epochs, dim=args.dim, heads=2,
+                     depth=1)
+    shapes = {"block": (args.channels, args.side, args.side)}
+
+    def build():
+        return AttentionHead(shapes, classes, cfg.dim, cfg.heads, cfg.depth)
+
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as root:
+        maps, labels = write_cache_entry(root, args.n, args.channels, args.side, classes)
+        data = _Maps([{"block": maps}], [labels])
+        print(f"{args.n} maps of {args.channels}x{args.side}x{args.side} fp16 "
+              f"({maps.dtype}, memory-mapped), attention head dim {cfg.dim}, "
+              f"{args.epochs} epochs, recipe {args.recipe}, {torch.get_num_threads()} threads")
+        start = time.perf_counter()
+        train_grid(build, data, ["block"], cfg, lrs, device, {}, cfg.epochs, progress=False)
+        batched = time.perf_counter() - start
+        start = time.perf_counter()
+        for lr in lrs:
+            train_grid(build, data, ["block"], cfg, [lr], device, {}, cfg.epochs, progress=False)
+        sequential = time.perf_counter() - start
+    print(f"batched {batched:.2f} s, sequential {sequential:.2f} s")
+    print(f"batched grid of {len(lrs)} learning rates: {sequential / batched:.2f}x faster "
+          "than sequential")
+
+
+if __name__ == "__main__":
+    main()
