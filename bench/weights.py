@@ -62,6 +62,8 @@ def _stamp(path: Path) -> dict[str, int]:
 
 
 def _write_sidecar(path: Path, digest: str) -> None:
+    if not path.parent.stat().st_mode & 0o222:  # a folder marked read-only (root could write)
+        return
     try:
         text = json.dumps({"sha256": digest, "file": path.name, **_stamp(path)})
         path.with_name(path.name + ".sha256").write_text(text + "\n")
