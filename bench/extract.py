@@ -17,6 +17,7 @@ import torch
 
 from bench.backbone import Backbone
 from bench.cache import CacheEntry, FeatureCache
+from bench.pipeline import DECODES, Loader
 from bench.task import DatasetError, Split
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -43,6 +44,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def _decode_device(decode: str, device: torch.device) -> torch.device | None:
+    """Where JPEG files are decoded: None (CPU workers) or the CUDA device."""
+    if decode not in DECODES:
+        raise ValueError(f"decode {decode!r}: use {' or '.join(DECODES)}")
+    if decode == "cpu":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"decode='gpu' decodes JPEGs with nvJPEG on a CUDA device, but extraction "
+                         f"runs on {device.type}; use decode='cpu' (--decode cpu)")
+    return device
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -64,34 +77,6 @@ def entry_fields(
         "split": split.name,
         "split_manifest": split.manifest_digest(),
     }
-
-
-class _Images(torch.utils.data.Dataset):
-    """Items of a split through the backbone's transform.
-
-    An unreadable item becomes a blank image plus its error text (exceptions with custom
-    constructors do not survive DataLoader workers); the main process raises or skips it.
-    """
-
-    def __init__(self, split: Split, transform):
-        self.split, self.transform = split, transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.transform(self.split.load(index)), index, ""
-        except DatasetError as e:
-            from PIL import Image
-
-            return self.transform(Image.new("RGB", (64, 64))), index, str(e)
-
-
-def _collate(batch):
-    images = torch.stack([x for x, _, _ in batch])
-    ids = torch.tensor([i for _, i, _ in batch], dtype=torch.long)
-    return images, ids, [(i, err) for _, i, err in batch if err]
 
 
 @dataclass
@@ -118,8 +103,20 @@ def extract(
     array_index: int = 0,
     array_size: int = 1,
     progress: bool = True,
+    compile: bool = False,
+    decode: str = "cpu",
 ) -> ExtractionReport:
-    """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``."""
+    """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
+
+    ``compile``: run the backbone's truncated forward through torch.compile (see bench.compile;
+    same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
+    decodes JPEG files with nvJPEG on the device (see bench.pipeline).
+    """
+    decode_on = _decode_device(decode, device)
+    if compile:
+        from bench.compile import enable_compile
+
+        enable_compile(backbone)
     requests = list(dict.fromkeys(requests))
     entries = {}
     for req in requests:
@@ -141,14 +138,8 @@ def extract(
     for shard in mine:
         lo, hi = shard * shard_size, min((shard + 1) * shard_size, len(split))
         batches += [list(range(i, min(i + batch_size, hi))) for i in range(lo, hi, batch_size)]
-    loader = torch.utils.data.DataLoader(
-        _Images(split, backbone.transform()),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    loader = Loader(split, backbone.transform(), batches, device=device, workers=workers,
+                    decode_on=decode_on)
     from tqdm.auto import tqdm
 
     backbone.eval().to(device)
@@ -185,7 +176,6 @@ def extract(
                     raise DatasetError(message)
                 shard_skips.append(index - shard * shard_size)
                 report.skipped.append(str(split.items[index]))
-            images = images.to(device, non_blocking=True)
             with autocast(precision, device):
                 outputs = backbone.extract(images, requests, ids.to(device))
             for req in requests:

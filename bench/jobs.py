@@ -35,6 +35,8 @@ class FeatureJob:
     skip_corrupt: bool = False
     cache_dir: str | None = None
     progress: bool = True
+    compile: bool = False  # torch.compile the backbone's forward (same features, same cache key)
+    decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.pipeline)
 
     def cells(self) -> list[tuple[str, str]]:
         """(layer, pool) as given ('' = the preset's default), in the order ``build`` resolves."""
@@ -83,6 +85,7 @@ class FeatureJob:
                 device=device, precision=precision, batch_size=self.batch_size,
                 workers=self.workers, shard_size=self.shard_size, skip_corrupt=self.skip_corrupt,
                 array_index=array_index, array_size=array_size, progress=self.progress,
+                compile=self.compile, decode=self.decode,
             )
         return backbone, task, requests, device, precision, reports
 
