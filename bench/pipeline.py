@@ -209,7 +209,7 @@ class Loader:
                     image = self.transform(self.split.load(index))
                 except DatasetError as e:
                     errors.append((index, str(e)))
-                    continue
+                    image = self.transform(_blank())  # as the workers do
             images[row] = image.to(images.device)
         return errors
 
