@@ -86,9 +86,11 @@ class StaticCompiled:
     set of requested blocks), which inductor's cache then keeps.
     """
 
-    def __init__(self, fn: Callable[..., Any], enabled: bool = False):
+    def __init__(self, fn: Callable[..., Any], enabled: bool = False, mode: str | None = None):
+        """``mode``: torch.compile's mode; None picks ``CUDA_MODE`` or ``CPU_MODE`` by device."""
         self.fn = fn
         self.enabled = enabled
+        self.mode = mode
         self.batch = 0  # the padded batch size: the largest batch seen
         self._compiled: dict[str, Callable[..., Any]] = {}  # by device type
 
@@ -106,7 +108,7 @@ class StaticCompiled:
             import torch
 
             use_compile_cache()
-            mode = CUDA_MODE if device_type == "cuda" else CPU_MODE
+            mode = self.mode or (CUDA_MODE if device_type == "cuda" else CPU_MODE)
             self._compiled[device_type] = torch.compile(self.fn, mode=mode, dynamic=False)
         return self._compiled[device_type]
 

@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--decode", default="cpu", help="comma-separated: cpu, gpu")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--random-weights", action="store_true",
+                   help="ADM presets: seeded random weights of the same structure (offline)")
     p.add_argument("--dir", help="folder for the JPEGs (kept; default: temporary)")
     args = p.parse_args()
 
@@ -57,7 +59,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    backbone = bench.create_backbone(args.backbone)
+    if args.random_weights:
+        from backbones.adm.backbone import random_weights
+
+        from bench.registry import backbones
+
+        flags = backbones.entry(args.backbone).defaults["flags"]
+        backbone = bench.create_backbone(args.backbone, weights=str(random_weights(flags)))
+    else:
+        backbone = bench.create_backbone(args.backbone)
     if args.compile:
         enable_compile(backbone)
     layer = backbone.canonical_layer(args.layer or backbone.default_layers[0])
