@@ -103,9 +103,8 @@ class _Items(torch.utils.data.Dataset):
     constructors do not survive DataLoader workers); the main process raises or skips it.
     """
 
-    def __init__(self, split: Split, transform: Callable, read: Callable[[Any], Path] | None,
-                 recipe: ResizeCrop | None):
-        self.split, self.transform, self.read, self.recipe = split, transform, read, recipe
+    def __init__(self, split: Split, transform: Callable, read: Callable[[Any], Path] | None):
+        self.split, self.transform, self.read = split, transform, read
 
     def __len__(self) -> int:
         return len(self.split)
@@ -170,16 +169,13 @@ class Loader:
         read = file_of(split) if self.recipe is not None else None
         probe = self.transform(_blank())  # the shape of a transformed image
         self.loader = torch.utils.data.DataLoader(
-            _Items(split, transform, read, self.recipe),
+            _Items(split, transform, read),
             batch_sampler=batches,
             num_workers=workers,
             collate_fn=partial(_collate, shape=tuple(probe.shape)),
             pin_memory=device.type == "cuda",
             prefetch_factor=PREFETCH if workers else None,
         )
-
-    def __len__(self) -> int:
-        return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]]:
         for batch in self.loader:
