@@ -2,28 +2,26 @@
 
 If a trained diffusion U-Net's block features beat this by little, the "representation" is mostly
 the inductive bias of convolutions and pooling. Weights are drawn from a seed (deterministic, no
-file; the digest hashes the state dict); features come from the library's own forward, captured
-by hooks on the down/mid/up blocks and cut short after the deepest requested block.
+file; the digest hashes the state dict); features are the outputs of the library's own down/mid/up
+blocks, called in the order of ``UNet2DModel.forward`` and stopped after the deepest requested
+block (a plain function without hooks, so ``compile=True`` can compile it: see ``bench.compile``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import torch
 
 from backbones._shared import FrozenBackbone, frozen, resize_crop
 from bench.backbone import MAP, FeaturePoint
+from bench.compile import StaticCompiled
 from bench.registry import register_backbone
 
 
-class _Stop(Exception):
-    """Raised by the hook on the deepest requested block: the rest of the U-Net is not needed."""
-
-
 class RandomUNet(FrozenBackbone):
-    def __init__(self, seed: int, size: int, channels: Sequence[int], timestep: int):
+    def __init__(
+        self, seed: int, size: int, channels: Sequence[int], timestep: int, compile: bool = False
+    ):
         from diffusers import UNet2DModel
 
         config = {
@@ -52,6 +50,7 @@ class RandomUNet(FrozenBackbone):
             )
         self.unet = frozen(unet)
         self.register_buffer("timestep", torch.tensor([timestep]), persistent=False)
+        self.compiled_forward = StaticCompiled(self._truncated_forward, enabled=compile)
 
     def blocks(self) -> dict[str, torch.nn.Module]:
         """Feature points in execution order: ``down1``.., ``mid``, ``up1``.. (1-based)."""
@@ -71,26 +70,30 @@ class RandomUNet(FrozenBackbone):
     def forward_features(
         self, x: torch.Tensor, layers: Sequence[str], sample_ids: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        blocks = self.blocks()
-        last = max(layers, key=list(blocks).index)
+        return self.compiled_forward(x, tuple(layers))
+
+    def _truncated_forward(self, x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """``UNet2DModel.forward`` up to the deepest of ``layers`` (as in diffusers 0.42: no class
+        embedding, no input centring): the outputs of the requested blocks."""
+        unet, blocks = self.unet, self.blocks()
+        order = list(blocks)
+        last = max(order.index(name) for name in layers)
         out: dict[str, torch.Tensor] = {}
-
-        def capture(name: str):
-            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-                out[name] = output[0] if isinstance(output, tuple) else output  # down: (h, skips)
-                if name == last:
-                    raise _Stop
-
-            return hook
-
-        handles = [blocks[name].register_forward_hook(capture(name)) for name in set(layers)]
-        try:
-            self.unet(x, self.timestep)
-        except _Stop:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        t_emb = unet.time_proj(self.timestep.expand(x.shape[0]))
+        emb = unet.time_embedding(t_emb.to(unet.dtype))
+        h = unet.conv_in(x)
+        skips: tuple[torch.Tensor, ...] = (h,)
+        for name in order[: last + 1]:
+            block = blocks[name]
+            if name.startswith("down"):
+                h, residuals = block(hidden_states=h, temb=emb)
+                skips += residuals
+            elif name == "mid":
+                h = block(h, emb)
+            else:
+                n = len(block.resnets)
+                h, skips = block(h, skips[-n:], emb), skips[:-n]
+            out[name] = h
         return {name: out[name] for name in layers}
 
 
@@ -101,6 +104,10 @@ class RandomUNet(FrozenBackbone):
     licence="none (random weights)",
 )
 def random_unet(
-    seed: int = 0, size: int = 32, channels: Sequence[int] = (32, 64, 64), timestep: int = 0
+    seed: int = 0,
+    size: int = 32,
+    channels: Sequence[int] = (32, 64, 64),
+    timestep: int = 0,
+    compile: bool = False,
 ) -> RandomUNet:
-    return RandomUNet(seed, size, channels, timestep)
+    return RandomUNet(seed, size, channels, timestep, compile)

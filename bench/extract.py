@@ -16,8 +16,22 @@ import torch
 
 from bench.backbone import Backbone
 from bench.cache import CacheEntry, FeatureCache
+from bench.errors import UsageError
+from bench.pipeline import DECODES, Loader
 from bench.precision import PrecisionPolicy, autocast, resolve_precision
 from bench.task import DatasetError, Split
+
+
+def _decode_device(decode: str, device: torch.device) -> torch.device | None:
+    """Where JPEG files are decoded: None (CPU workers) or the CUDA device."""
+    if decode not in DECODES:
+        raise UsageError(f"decode {decode!r}: use {' or '.join(DECODES)}")
+    if decode == "cpu":
+        return None
+    if device.type != "cuda":
+        raise UsageError(f"decode='gpu' decodes JPEGs with nvJPEG on a CUDA device, but extraction "
+                         f"runs on {device.type}; use decode='cpu' (--decode cpu)")
+    return device
 
 
 def entry_fields(
@@ -36,34 +50,6 @@ def entry_fields(
         "split": split.name,
         "split_manifest": split.manifest_digest(),
     }
-
-
-class _Images(torch.utils.data.Dataset):
-    """Items of a split through the backbone's transform.
-
-    An unreadable item becomes a blank image plus its error text (exceptions with custom
-    constructors do not survive DataLoader workers); the main process raises or skips it.
-    """
-
-    def __init__(self, split: Split, transform):
-        self.split, self.transform = split, transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.transform(self.split.load(index)), index, ""
-        except DatasetError as e:
-            from PIL import Image
-
-            return self.transform(Image.new("RGB", (64, 64))), index, str(e)
-
-
-def _collate(batch):
-    images = torch.stack([x for x, _, _ in batch])
-    ids = torch.tensor([i for _, i, _ in batch], dtype=torch.long)
-    return images, ids, [(i, err) for _, i, err in batch if err]
 
 
 @dataclass
@@ -92,13 +78,23 @@ def extract(
     array_index: int = 0,
     array_size: int = 1,
     progress: bool = True,
+    compile: bool = False,
+    decode: str = "cpu",
 ) -> ExtractionReport:
     """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
 
     ``precision`` is a policy, or its name (``bench.precision``) resolved for ``device``.
+    ``compile``: run the backbone's truncated forward through torch.compile (see bench.compile;
+    same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
+    decodes JPEG files with nvJPEG on the device (see bench.pipeline).
     """
     if isinstance(precision, str):
         precision = resolve_precision(precision, device.type)
+    decode_on = _decode_device(decode, device)
+    if compile:
+        from bench.compile import enable_compile
+
+        enable_compile(backbone)
     requests = list(dict.fromkeys(requests))
     entries = {}
     for req in requests:
@@ -123,14 +119,8 @@ def extract(
     for shard in mine:
         lo, hi = shard * shard_size, min((shard + 1) * shard_size, len(split))
         batches += [list(range(i, min(i + batch_size, hi))) for i in range(lo, hi, batch_size)]
-    loader = torch.utils.data.DataLoader(
-        _Images(split, backbone.transform()),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    loader = Loader(split, backbone.transform(), batches, device=device, workers=workers,
+                    decode_on=decode_on)
     from tqdm.auto import tqdm
 
     backbone.eval().to(device)
@@ -166,7 +156,6 @@ def extract(
                 if not skip_corrupt:
                     raise DatasetError(message)
                 shard_skips.append(index - shard * shard_size)
-            images = images.to(device, non_blocking=True)
             with autocast(precision.extraction, device):
                 outputs = backbone.extract(images, requests, ids.to(device))
             for req in requests:

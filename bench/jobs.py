@@ -54,7 +54,7 @@ def extract_features(prepared: Prepared, options: RunOptions, array_index: int =
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
         workers=options.workers, shard_size=options.shard_size,
         skip_corrupt=run.spec.skip_corrupt, array_index=array_index, array_size=array_size,
-        progress=options.progress,
+        progress=options.progress, compile=options.compile, decode=options.decode,
     ) for split in SPLITS}
 
 

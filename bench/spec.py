@@ -64,6 +64,8 @@ class RunOptions:
     suite: str = "bench"  # the MLflow experiment
     tracking_uri: str | None = None  # passed explicitly so SLURM jobs log where the driver reads
     experiment_id: str | None = None
+    compile: bool = False  # torch.compile the backbone's truncated forward (the same features)
+    decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.pipeline)
 
 
 @dataclass(frozen=True)

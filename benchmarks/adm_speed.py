@@ -5,10 +5,13 @@ fp32, NCHW, as the paper's code does (its decoder past the requested block inclu
 rows run what ``ADMBackbone.unet_features`` runs, with and without channels_last (the backbone's
 default is without: faster on CUDA, where GroupNorm works in NCHW). Peak memory is what the call
 adds on top of weights and inputs: the CUDA allocator's peak on GPU, the peak bytes of live
-tensors created during the call on CPU. FLOPs are counted on the meta device.
+tensors created during the call on CPU. FLOPs are counted on the meta device. ``--compile`` adds
+rows running the same truncated forward through ``bench.compile.StaticCompiled`` (what
+``compile=True`` runs), with the compile time of its first call and the relative L2 error of its
+features against the eager row's.
 
     python benchmarks/adm_speed.py --config 256-tiny --device cpu            # smoke, < 1 min
-    python benchmarks/adm_speed.py --config 256-real-structure --device cuda --batch-size 32
+    python benchmarks/adm_speed.py --config 256-real-structure --device cuda --batch-size 64 --compile
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.adm.backbone import PRECISIONS, RELEASED, TINY_FLAGS
 from backbones.adm.unet import ADMUNet, complete_flags
+from bench.compile import StaticCompiled
 
 CONFIGS = {"256-tiny": TINY_FLAGS, "256-real-structure": RELEASED["diffusion"][0]}
 
@@ -92,8 +96,15 @@ def images_per_s(fn: Callable[[], object], batch: int, iters: int, device: torch
     return batch / statistics.median(times)
 
 
-def run(unet: ADMUNet, x: torch.Tensor, t: torch.Tensor, blocks: list[int] | None) -> object:
-    return unet(x, t) if blocks is None else unet.features(x, t, blocks)
+def run(unet: ADMUNet, x: torch.Tensor, t: torch.Tensor, blocks: list[int] | None,
+        compiled: StaticCompiled | None = None) -> object:
+    if blocks is None:
+        return unet(x, t)
+    return (compiled or unet.features)(x, t, blocks)
+
+
+def relative_l2(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
+    return max(float((a[k].float() - b[k].float()).norm() / b[k].float().norm()) for k in b)
 
 
 def main() -> None:
@@ -104,6 +115,8 @@ def main() -> None:
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile rows (bench.compile)")
+    p.add_argument("--compile-mode", help="torch.compile mode (default: bench.compile's choice)")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -120,14 +133,17 @@ def main() -> None:
     dtype = PRECISIONS[args.precision]
 
     p_name = args.precision
-    rows = [  # (label, blocks: None = the whole U-Net, precision?, channels_last?)
-        ("full U-Net, fp32, NCHW (reference)", None, False, False),
-        (f"full U-Net, {p_name}", None, True, False),
-        (f"block 24, early stop+{p_name}", [24], True, False),
-        (f"block 24, early stop+{p_name}+channels_last", [24], True, True),
-        (f"block 19, early stop+{p_name}", [19], True, False),
-        (f"block 19, early stop+{p_name}+channels_last", [19], True, True),
+    rows = [  # (label, blocks: None = the whole U-Net, precision?, channels_last?, compiled?)
+        ("full U-Net, fp32, NCHW (reference)", None, False, False, False),
+        (f"full U-Net, {p_name}", None, True, False, False),
+        (f"block 24, early stop+{p_name}", [24], True, False, False),
+        (f"block 24, early stop+{p_name}+channels_last", [24], True, True, False),
+        (f"block 19, early stop+{p_name}", [19], True, False, False),
+        (f"block 19, early stop+{p_name}+channels_last", [19], True, True, False),
     ]
+    if args.compile:
+        rows += [(f"block 24, early stop+{p_name}+compile", [24], True, False, True),
+                 (f"block 19, early stop+{p_name}+compile", [19], True, False, True)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(
@@ -144,14 +160,26 @@ def main() -> None:
     with torch.device("meta"):  # FLOPs from shapes (FlopCounterMode has no formula for CPU SDPA)
         meta_unet = ADMUNet(**flags)
     reference = None
+    eager: dict[str, dict[int, torch.Tensor]] = {}  # features of the eager rows, by blocks
+    notes = []
     with torch.no_grad():
-        for label, blocks, low, cl in rows:
+        for label, blocks, low, cl, compiled in rows:
             with FlopCounterMode(display=False) as counter:
                 run(meta_unet, x[:1].to("meta"), t[:1].to("meta"), blocks)
             flops = counter.get_total_flops()
             unet.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-            call = partial(run, unet, x_cl if cl else x, t, blocks)
+            forward = StaticCompiled(unet.features, True, args.compile_mode) if compiled else None
+            call = partial(run, unet, x_cl if cl else x, t, blocks, forward)
             with torch.autocast(device.type, dtype=dtype, enabled=low and dtype is not None):
+                if compiled:
+                    start = time.perf_counter()
+                    features = call()
+                    error = relative_l2(features, eager[str(blocks)])
+                    notes.append(f"{label}: first call (compilation) "
+                                 f"{time.perf_counter() - start:.0f} s, features vs eager: "
+                                 f"relative L2 {error:.2e}")
+                elif blocks and not cl and low:
+                    eager[str(blocks)] = call()
                 speed = images_per_s(call, args.batch_size, args.iters, device)
                 mem = peak_bytes(call, device) / 2**20
             reference = reference or speed
@@ -163,6 +191,8 @@ def main() -> None:
                 achieved = flops * speed / 1e12
                 line += f" {achieved:>8.1f} {100 * achieved / args.peak_tflops:>6.1f}%"
             print(line, flush=True)
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

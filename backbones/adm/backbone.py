@@ -21,6 +21,7 @@ import torch
 from backbones.adm.diffusion import NoiseSchedule
 from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
+from bench.compile import StaticCompiled
 from bench.errors import UsageError
 from bench.weights import file_sha256, load_checkpoint, random_weights_file, resolve
 
@@ -216,8 +217,11 @@ class ADMBackbone(Backbone):
 
     ``precision`` "bf16"/"fp16" runs the U-Net under autocast; "fp32" (default) adds none, so a
     caller's autocast (bench's ``--precision``) still applies, and on CUDA so does PyTorch's TF32
-    setting for convolutions (on by default: about 1e-3 relative difference to exact fp32). ``channels_last`` is off by default: PyTorch's CUDA GroupNorm
-    works in NCHW, so on an H100 channels_last made block 24 in bf16 slower (226 vs 317 img/s).
+    setting for convolutions (on by default: about 1e-3 relative difference to exact fp32).
+    ``channels_last`` is off by default: PyTorch's CUDA GroupNorm works in NCHW, so on an H100
+    channels_last made block 24 in bf16 slower (226 vs 317 img/s). ``compile`` runs the truncated
+    U-Net through ``torch.compile`` (see ``bench.compile``); the features are the same, so it is
+    not part of ``config``.
     """
 
     family = "diffusion"
@@ -238,6 +242,7 @@ class ADMBackbone(Backbone):
         precision: str = "fp32",
         channels_last: bool = False,
         interpolation: str = "bicubic",
+        compile: bool = False,
     ):
         super().__init__()
         if precision not in PRECISIONS:
@@ -253,6 +258,7 @@ class ADMBackbone(Backbone):
         self.unet = load_unet(self.flags, path)
         self._digest = file_sha256(path)
         self.unet.eval().requires_grad_(False)
+        self.compiled_forward = StaticCompiled(self.unet.features, enabled=compile)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         self.t = t
@@ -381,7 +387,7 @@ class ADMBackbone(Backbone):
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast(x_t.device):
-            return self.unet.features(x_t, t, [int(b) for b in blocks], y)
+            return self.compiled_forward(x_t, t, [int(b) for b in blocks], y)
 
     def noise(self, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise per image, from its own generator: independent of the batch it is in."""

@@ -75,6 +75,11 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
                    help="leave out unreadable images (recorded in the run) instead of stopping")
     p.add_argument("--cache-dir", help="feature cache (default: $BENCH_CACHE or results/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone's truncated forward (diffusion backbones; "
+                   "the same features and cache entries)")
+    p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
+                   help="gpu: decode JPEG files with nvJPEG on the GPU (CPU-poor GPU nodes)")
 
 
 def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> None:
@@ -154,7 +159,8 @@ def run_options(args: argparse.Namespace):
 
     return RunOptions(device=args.device, batch_size=args.batch_size, workers=args.workers,
                       shard_size=args.shard_size, cache_dir=args.cache_dir,
-                      progress=not args.no_progress, force=args.force, suite=args.suite)
+                      progress=not args.no_progress, force=args.force, suite=args.suite,
+                      compile=args.compile, decode=args.decode)
 
 
 def executor(args: argparse.Namespace):
