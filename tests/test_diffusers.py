@@ -203,25 +203,27 @@ def test_bench_run_on_a_saved_folder_through_the_cli(tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from bench.tracking import find_runs
+    from .conftest import records
 
-    [run] = find_runs(["bench"]).to_dict("records")
-    assert run["tags.bench.backbone"] == f"diffusers:{tmp_path / 'model'}"
-    assert 0 <= run["metrics.test_top1"] <= 100
-    assert run["tags.bench.weights_sha256"] == file_sha256(
+    [record] = records()
+    assert record.backbone == f"diffusers:{tmp_path / 'model'}"
+    assert f"test_top1 {record.metrics['test_top1']:.2f}" in proc.stdout  # printed = logged
+    assert record.weights_sha256 == file_sha256(
         tmp_path / "model" / "diffusion_pytorch_model.safetensors")
 
 
 @pytest.mark.parametrize("preset", list(TINY))
 def test_bench_run_works_offline_with_the_tiny_presets(preset):
     from bench.cli import main
-    from bench.tracking import find_runs
+
+    from .conftest import records
 
     assert main(["run", "--backbone", preset, "--task", "digits", "--task-arg", "limit=40",
                  "--workers", "0", "--epochs", "2", "--lrs", "1e-2", "--wds", "0",
                  "--no-progress"]) == 0
-    [run] = find_runs(["bench"]).to_dict("records")
-    assert run["tags.bench.backbone"] == preset and len(run["tags.bench.weights_sha256"]) == 64
+    [record] = records()
+    assert record.backbone == preset
+    assert record.weights_sha256 == bench.create_backbone(preset).weights_digest()
 
 
 def test_clear_errors(tmp_path):
