@@ -263,6 +263,23 @@ def test_attention_and_difformer_heads_run_through_the_job(capsys):
     assert len([r for r in runs if r.head == "difformer"]) == 2
 
 
+def test_difformer_through_the_job_groups_blocks_by_timestep():
+    """On a backbone with several blocks at several timesteps, the job hands DifFormer the
+    backbone's grouping: one transformer over each timestep's blocks, CLS outputs concatenated."""
+    from bench.api import run
+    from bench.spec import RunOptions, RunSpec
+
+    spec = RunSpec("diffusion-tiny", "digits", layers=["19@90", "24@90", "19@150", "24@150"],
+                   pools=["map2"], head="difformer", task_args={"limit": 60},
+                   head_args={"dim": 16, "heads": 2, "depth": 1, "epochs": 2, "eval_every": 1,
+                              "lrs": (1e-2,), "recipe": "adamw"})
+    [record] = run(spec, RunOptions(workers=0, progress=False))
+    assert record.layer == "block19@t90+block24@t90+block19@t150+block24@t150"
+    assert record.protocol["groups"] == [["block19@t90", "block24@t90"],
+                                         ["block19@t150", "block24@t150"]]
+    assert record.metrics["test_top1"] > 0 and record.best["epochs"] in (1, 2)
+
+
 def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
     from bench.cli import main
 
@@ -370,6 +387,11 @@ def test_memory_mapped_entry_reads_the_same_rows_as_load(tmp_path):
     out = np.empty((len(index), *full.shape[1:]), full.dtype)
     np.take(mapped, index, axis=0, out=out, mode="clip")  # what the attention heads call
     np.testing.assert_array_equal(out, full[index])
+    outside = np.array([1295, -1])
+    with pytest.raises(IndexError):  # numpy's default mode refuses rows past the end
+        mapped.take(outside)
+    np.testing.assert_array_equal(mapped.take(outside, mode="clip"), full[[1294, 0]])
+    np.testing.assert_array_equal(mapped.take(outside, mode="wrap"), full[[0, 1294]])
     mask = np.arange(1295) % 3 != 0
     selected = mapped[mask]
     assert len(selected) == mask.sum()
