@@ -118,3 +118,45 @@ def test_a_read_only_results_folder_is_named_in_one_line(monkeypatch, capsys, tm
     assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
     err = capsys.readouterr().err
     assert str(results) in err and "Permission denied" in err and err.count("\n") == 1
+
+
+@pytest.mark.server
+def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, capsys):
+    """A tracking server of this test's own, stopped after the probe and before the logging:
+    the result waits on disk, and `bench sync` logs it once the server is back. Runs where the
+    server tests run (CI), since it starts an MLflow server."""
+    import socket
+
+    from tests.services import MLFLOW_ENV, _require
+
+    _require(MLFLOW_ENV, "`scripts/mlflow-up.sh DIR PORT`", "http://127.0.0.1:PORT")
+
+    from bench import tracking
+    from bench.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "server"
+    up = [str(REPO / "scripts" / "mlflow-up.sh"), str(folder), str(port)]
+    down = [str(REPO / "scripts" / "mlflow-down.sh"), str(folder)]
+    subprocess.run(up, check=True, capture_output=True, timeout=300)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    log_record = tracking._log_record
+
+    def stop_the_server_then_log(*args, **kwargs):
+        subprocess.run(down, check=True, capture_output=True, timeout=120)
+        return log_record(*args, **kwargs)
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(tracking, "_log_record", stop_the_server_then_log)
+            assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
+        assert "bench sync" in capsys.readouterr().err
+        subprocess.run(up, check=True, capture_output=True, timeout=300)
+        assert records() == []
+        assert main(["sync"]) == 0
+        [logged] = records()
+        assert logged.backbone == "pixels" and logged.metrics["test_top1"] > 50
+    finally:
+        subprocess.run(down, capture_output=True, timeout=120)
