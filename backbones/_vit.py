@@ -11,7 +11,7 @@ from torch import nn
 from backbones._shared import FrozenBackbone, block_numbers, block_points, frozen, hub_file
 from bench.backbone import TOKENS, VECTOR, FeaturePoint
 from bench.errors import UsageError
-from bench.weights import file_sha256, random_weights_file, resolve
+from bench.weights import file_sha256, random_weights_file, reading_checkpoint, resolve
 
 FINAL_POINTS = ("cls", "patch-mean", "tokens")
 
@@ -116,7 +116,8 @@ def timm_vit(
         repo = timm.models.get_pretrained_cfg(model).hf_hub_id
         path = hub_file(repo, ["model.safetensors", "pytorch_model.bin"])
         config["weights"] = f"hf-hub:{repo}"
-    net = create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    with reading_checkpoint(path, f"timm {model}"):
+        net = create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     size = net.patch_embed.img_size[0]
     data = {**resolve_data_config(model=net), "input_size": (3, size, size), "crop_pct": crop_pct}
     config["transform"] = data

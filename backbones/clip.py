@@ -29,7 +29,14 @@ import torch
 from backbones._shared import FrozenBackbone, RANDOM_LICENCE, block_numbers, block_points, frozen
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, offline, random_weights_file, resolve
+from bench.weights import (
+    WeightsError,
+    file_sha256,
+    offline,
+    random_weights_file,
+    reading_checkpoint,
+    resolve,
+)
 
 TINY = {
     "embed_dim": 16,
@@ -191,9 +198,10 @@ def build_clip(
     if normalize:  # only when set, so the cache keys of unnormalised features stay as they were
         config["normalize"] = True
     preprocess = {arg: tag[key] for key, arg in PREPROCESS_KEYS.items() if key in tag}
-    net, _, transform = open_clip.create_model_and_transforms(
-        model, pretrained=str(path), force_quick_gelu=config["quick_gelu"], **preprocess, **arch
-    )
+    with reading_checkpoint(path, f"open_clip {model}"):
+        net, _, transform = open_clip.create_model_and_transforms(
+            model, pretrained=str(path), force_quick_gelu=config["quick_gelu"], **preprocess,
+            **arch)
     config["transform"] = dict(net.visual.preprocess_cfg)
     size = config["transform"]["size"]
     return CLIPImage(

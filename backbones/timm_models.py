@@ -28,7 +28,7 @@ from backbones._shared import RANDOM_LICENCE, FrozenBackbone, frozen, hub_file
 from bench.errors import UsageError
 from bench.backbone import MAP, TOKENS, VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, random_weights_file, resolve
+from bench.weights import WeightsError, file_sha256, random_weights_file, reading_checkpoint, resolve
 
 PRE_LOGITS = "pre-logits"
 UNKNOWN_LICENCE = "unknown: see the model card"
@@ -154,7 +154,8 @@ def timm_model(
     else:
         path = resolve(weights)
         config["weights"] = weights
-    net = create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    with reading_checkpoint(path, f"timm {model}"):
+        net = create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     data = resolve_data_config(model=net)
     if "img_size" in model_args:  # the data config is the tag's; the model was built at another size
         side = model_args["img_size"]

@@ -10,13 +10,14 @@ file is an error that says where to put it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,21 +73,27 @@ def _write_sidecar(path: Path, digest: str) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> Any:
-    """The object in a weights file (safetensors, or a torch pickle of tensors only).
-
-    A file that is truncated, not a checkpoint or a pickle holding code raises ``WeightsError``
-    naming the file and ``kind``; torch's own advice (loading with weights_only=False, which
-    would run the file's code) is never relayed.
-    """
+    """The object in a weights file (safetensors, or a torch pickle of tensors only); errors as in
+    ``reading_checkpoint``."""
     import torch
 
     path = Path(path)
-    try:
+    with reading_checkpoint(path, kind):
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def reading_checkpoint(path: str | os.PathLike, kind: str) -> Iterator[None]:
+    """Wrap code that reads the weights file ``path`` (ours, or a library's own loader: timm,
+    open_clip): a file that is truncated, not a checkpoint or a pickle holding code raises
+    ``WeightsError`` naming the file and ``kind``; torch's own advice (loading with
+    weights_only=False, which would run the file's code) is never relayed."""
+    try:
+        yield
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {path}") from None
     except Exception as e:  # torch and safetensors raise many types for damaged files

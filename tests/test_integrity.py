@@ -231,7 +231,8 @@ def test_damaged_checkpoints_name_the_file_and_never_suggest_unsafe_loading(tmp_
             path.write_bytes(path.read_bytes()[:100])
     else:
         path.write_bytes(os.urandom(256))
-    for load in (load_state_dict_file, load_state_dict):
+    for load in (load_state_dict_file, load_state_dict,  # ours, and timm's own loader
+                 lambda p: bench.create_backbone("timm:resnet18", weights=str(p))):
         with pytest.raises(WeightsError, match="not a valid .* checkpoint") as error:
             load(path)
         assert str(path) in str(error.value) and "weights_only" not in str(error.value)
