@@ -106,3 +106,13 @@ def test_run_through_submitits_local_executor(capsys, tmp_path):
     [record] = records()
     assert record.metrics["test_top1"] > 80
     assert list((tmp_path / "results" / "jobs").glob("*_result.pkl"))  # it ran out of process
+
+
+def test_a_bad_grid_value_is_an_error_of_the_dry_run(capsys):
+    """`--grid block=x24 --dry-run` resolves every job: the bad layer is an error (exit 2), not a
+    cell listed "to run" with the problem hidden in a size note."""
+    code = main(["sweep", "--backbones", "diffusion-tiny", "--tasks", "digits", "--task-arg",
+                 "limit=20", "--grid", "block=x24", "t=90", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 2 and "to run" not in captured.out
+    assert "diffusion-tiny x digits: layer 'blockx24@t90'" in captured.err
