@@ -255,7 +255,7 @@ def test_failing_job_is_retried_reported_with_its_log_and_the_rest_completes(
     assert run["name"] == "pixels/digits/image/16/linear" and run["status"] == "FINISHED"
     assert run["metrics"]["test_top1"] > 50
     assert "pixels/digits/image/16/linear: test_top1" in captured.out
-    assert re.search(r"\| pixels +\| +\d+\.\d+ \|", captured.out), captured.out
+    assert re.search(r"\| pixels +\| +\d+\.\d+ ± \d+\.\d+ +\|", captured.out), captured.out
 
 
 @pytest.mark.slurm
