@@ -22,16 +22,9 @@ from typing import Any
 
 from bench.errors import BenchError, UsageError
 from bench.record import RunRecord
+from bench.protocol import PROTOCOLS
 
 METRICS = ("test_top1", "test_top5", "test_mean_per_class")
-PROTOCOLS = {  # --protocol -> the heads it ranks
-    "linear": ("linear", "bn-linear"),  # the linear probe, standardised or batch-normalised
-    "mlp": ("mlp",),
-    "attention": ("attention", "difformer"),
-    "knn": ("knn",),
-    "few-shot": ("few-shot",),
-    "all": None,  # every head
-}
 TIED = "≈"
 FOOTER = (f"`a ± h`: test metric and the half-width h of its 95% bootstrap interval over test "
           f"images. {TIED}: not distinguishable from the best of its column (the 95% paired "

@@ -182,6 +182,15 @@ HEADS: dict[str, HeadKind] = {h.name: h for h in (
 )}
 
 
+PROTOCOLS = {  # leaderboard families (--protocol) -> the heads each ranks
+    "linear": ("linear", "bn-linear"),  # the linear probe, standardised or batch-normalised
+    "mlp": ("mlp",),
+    "attention": ("attention", "difformer"),
+    "knn": ("knn",),
+    "few-shot": ("few-shot",),
+    "all": None,  # every head
+}
+
 def head_kind(name: str) -> HeadKind:
     if name not in HEADS:
         raise UsageError(f"unknown head {name!r}; heads: {', '.join(HEADS)}")

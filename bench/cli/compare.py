@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
-from bench.leaderboard import PROTOCOLS  # imports no torch, mlflow or pandas
+from bench.protocol import PROTOCOLS  # imports no torch, mlflow or pandas
 
 
 def add_parser(sub) -> None:

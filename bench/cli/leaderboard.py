@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
-from bench.cli.compare import PROTOCOLS
+from bench.protocol import PROTOCOLS
 
 
 def add_parser(sub) -> None:
