@@ -376,7 +376,8 @@ def test_bigbigan_runs_the_module_signature(weights, digits):
 
 
 @pytest.mark.parametrize("preset", ["mae-tiny", "clip-tiny", "simclr-tiny", "bigbigan-tiny",
-                                    "dinov2-tiny", "resnet50-tiny", "diffusion-tiny"])
+                                    "dinov2-tiny", "resnet50-tiny", "diffusion-tiny",
+                                    "ddpm-tiny", "sd-tiny", "dit-tiny"])
 def test_bench_run_works_offline_for_every_family(preset):
     """Issue 5/3: `bench run --backbone B --task digits` end to end with the test-sized preset."""
     if preset == "bigbigan-tiny":

@@ -212,20 +212,6 @@ def test_bench_run_on_a_saved_folder_through_the_cli(tmp_path):
         tmp_path / "model" / "diffusion_pytorch_model.safetensors")
 
 
-@pytest.mark.parametrize("preset", list(TINY))
-def test_bench_run_works_offline_with_the_tiny_presets(preset):
-    from bench.cli import main
-
-    from .conftest import records
-
-    assert main(["run", "--backbone", preset, "--task", "digits", "--task-arg", "limit=40",
-                 "--workers", "0", "--epochs", "2", "--lrs", "1e-2", "--wds", "0",
-                 "--no-progress"]) == 0
-    [record] = records()
-    assert record.backbone == preset
-    assert record.weights_sha256 == bench.create_backbone(preset).weights_digest()
-
-
 def test_clear_errors(tmp_path):
     with pytest.raises(DiffusersLoadError, match="folder not found: .*nowhere"):
         load_pipeline(str(tmp_path / "nowhere"))
