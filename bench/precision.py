@@ -2,15 +2,18 @@
 
 ``--precision`` names a policy; the policy fixes each stage's numeric type:
 
-| policy | extraction autocast | cached features | probe inputs | head training autocast |
+| policy | extraction autocast | cached features | probe inputs | head training |
 | --- | --- | --- | --- | --- |
-| ``fp32`` | none | float32 | float32 | none |
-| ``bf16`` | bfloat16 | float16 | float16 on a GPU, float32 on the CPU | bfloat16 on a GPU |
+| ``fp32`` | none | float32 | float32 | float32 |
+| ``bf16`` | bfloat16 | float16 | float16 on a GPU, float32 on the CPU | bfloat16 |
 | ``fp16`` (GPU) | float16 | float16 | float16 | bfloat16 |
 | ``auto`` | ``bf16`` on a GPU, ``fp32`` on the CPU | | | |
 
 "fp32 everywhere it can" is the point of ``fp32``: nothing is rounded on the way from the backbone
 to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix.
+Head training in bfloat16 means the attention heads' autocast and the linear grid's two GEMMs
+(weights, optimizer state and softmax stay float32); it pays on GPUs and on CPUs with native
+bfloat16 (AVX512-BF16, AMX), where those GEMMs take half the time.
 """
 
 from __future__ import annotations
@@ -62,8 +65,7 @@ def resolve_precision(name: str, device_type: str) -> PrecisionPolicy:
         return PrecisionPolicy("fp32", "fp32", "float32", "float32", "fp32")
     if name == "fp16" and not gpu:
         raise UsageError("fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
-    return PrecisionPolicy(name, name, "float16", "float16" if gpu else "float32",
-                           "bf16" if gpu else "fp32")
+    return PrecisionPolicy(name, name, "float16", "float16" if gpu else "float32", "bf16")
 
 
 def autocast(kind: str, device) -> contextlib.AbstractContextManager:

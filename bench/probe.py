@@ -34,7 +34,7 @@ class ProbeConfig:
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
     epochs: int = 40
-    eval_every: int = 10  # validation checkpoints: every N epochs, and the last
+    eval_every: int = 5  # validation checkpoints: every N epochs, and the last
     batch_size: int = 256
     hidden: int = 1024  # mlp
     hidden_layers: int = 1  # mlp
@@ -60,10 +60,16 @@ class _GridHeads(nn.Module):
     minibatch is one GEMM against (D, G*C) forward and one backward, with the softmax
     cross-entropy gradient written by hand. ``mlp`` keeps (G, fan_in, fan_out) weights per layer
     and trains through autograd.
+
+    ``matmul`` is the type of the linear heads' two GEMMs (inputs and weights rounded to it,
+    outputs back in float32): bfloat16 halves their time on CPUs with native bf16 (AVX512-BF16,
+    AMX) and on GPUs. Weights, optimizer state, softmax and bias stay float32.
     """
 
-    def __init__(self, groups: int, dim: int, classes: int, cfg: ProbeConfig, gen: torch.Generator):
+    def __init__(self, groups: int, dim: int, classes: int, cfg: ProbeConfig, gen: torch.Generator,
+                 matmul: torch.dtype = torch.float32):
         super().__init__()
+        self.matmul = matmul
         self.linear = cfg.head != "mlp"
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -86,11 +92,15 @@ class _GridHeads(nn.Module):
         """The grid axis of each parameter, in ``parameters()`` order."""
         return [1 if self.linear else 0] * len(self.weights) + [0] * len(self.biases)
 
+    def _linear_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, G, C) float32 logits of the linear heads: one GEMM against (D, G*C)."""
+        w, b = self.weights[0], self.biases[0]
+        flat = torch.mm(x.to(self.matmul), w.reshape(len(w), -1).to(self.matmul))
+        return flat.float().view(len(x), *b.shape).add_(b)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.linear:
-            w, b = self.weights[0], self.biases[0]
-            flat = torch.addmm(b.reshape(-1), x, w.reshape(len(w), -1))
-            return flat.view(len(x), *b.shape).transpose(0, 1)
+            return self._linear_logits(x).transpose(0, 1)
         h = x.unsqueeze(0).expand(self.groups, -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
@@ -104,14 +114,13 @@ class _GridHeads(nn.Module):
 
         d loss / d logits = (softmax - onehot) / B, shared inputs: grad W = x^T @ that (one GEMM).
         """
-        w, b = self.weights[0], self.biases[0]
-        flat = torch.addmm(b.reshape(-1), x, w.reshape(len(w), -1)).view(len(x), *b.shape)
-        delta = torch.softmax(flat, dim=-1)
+        delta = torch.softmax(self._linear_logits(x), dim=-1)
         rows = torch.arange(len(x), device=x.device)
         delta[rows, :, y] -= 1.0
         delta /= len(x)
-        grad_w = (x.T @ delta.view(len(x), -1)).view_as(w)
-        return [grad_w, delta.sum(0)]
+        x = x.to(self.matmul)
+        grad_w = torch.mm(x.T, delta.view(len(x), -1).to(self.matmul)).float()
+        return [grad_w.view_as(self.weights[0]), delta.sum(0)]
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only grid points ``index`` (successive halving)."""
@@ -123,17 +132,27 @@ class _AdamW:
     """AdamW over the grid's stacked parameters, each grid point at its own lr and decay.
 
     Weights decay, biases do not; the learning rate follows a cosine schedule over all steps.
+    The update is written in place into one scratch buffer per parameter: the optimizer touches
+    every grid weight each step, so its passes over memory cost as much as a GEMM on a CPU.
     """
 
     def __init__(self, heads: _GridHeads, lrs: torch.Tensor, wds: torch.Tensor, total_steps: int):
         self.params = list(heads.parameters())
         self.dims = heads.grid_dims()
         self.decays = [i < len(heads.weights) for i in range(len(self.params))]
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self._state()
         device = self.params[0].device
         self.lrs, self.wds = lrs.to(device, torch.float32), wds.to(device, torch.float32)
         self.total_steps = total_steps
         self.step_count = 0
+
+    def _state(self, index: torch.Tensor | None = None) -> None:
+        if index is None:
+            self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        else:
+            self.moments = [(m.index_select(d, index), v.index_select(d, index))
+                            for (m, v), d in zip(self.moments, self.dims)]
+        self.scratch = [torch.empty_like(p) for p in self.params]
 
     def _per_point(self, values: torch.Tensor, p: torch.Tensor, dim: int) -> torch.Tensor:
         shape = [1] * p.dim()
@@ -146,19 +165,23 @@ class _AdamW:
         self.step_count += 1
         t = self.step_count
         scale = 0.5 * (1 + math.cos(math.pi * (t - 1) / self.total_steps))
-        for p, g, (m, v), dim, decay in zip(self.params, grads, self.moments, self.dims,
-                                            self.decays):
+        # m_hat / (sqrt(v_hat) + eps) == c * m / (sqrt(v) + eps * sqrt(1 - beta2^t)),
+        # c = sqrt(1 - beta2^t) / (1 - beta1^t): the bias corrections become two scalars.
+        root = math.sqrt(1 - beta2**t)
+        c = root / (1 - beta1**t)
+        for p, g, (m, v), update, dim, decay in zip(self.params, grads, self.moments,
+                                                    self.scratch, self.dims, self.decays):
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = v.sqrt().div_(math.sqrt(1 - beta2**t)).add_(eps)
-            lr = self._per_point(self.lrs * scale, p, dim)
+            torch.sqrt(v, out=update).add_(eps * root)
+            torch.div(m, update, out=update)
+            lr = self._per_point(self.lrs, p, dim)
             if decay:
-                p.mul_(1 - lr * self._per_point(self.wds, p, dim))
-            p.sub_(m.div(denom).mul_(lr / (1 - beta1**t)))
+                p.mul_(1 - scale * lr * self._per_point(self.wds, p, dim))
+            p.addcmul_(update, lr, value=-scale * c)
 
     def keep(self, index: torch.Tensor) -> None:
-        self.moments = [(m.index_select(d, index), v.index_select(d, index))
-                        for (m, v), d in zip(self.moments, self.dims)]
+        self._state(index)
         self.lrs, self.wds = self.lrs[index], self.wds[index]
 
 
@@ -238,6 +261,7 @@ def train_grid(
     evaluate_at: dict[int, Checkpoint],
     stop_at: int | None = None,
     progress: bool = False,
+    matmul: torch.dtype = torch.float32,
 ) -> GridModel:
     """Train G = len(lrs) heads at once on (x, y), head g at (lrs[g], wds[g]).
 
@@ -245,13 +269,16 @@ def train_grid(
     over ``cfg.epochs``; training stops after ``stop_at`` epochs (default all). At each epoch in
     ``evaluate_at`` the callback gets the model; with ``cfg.halving`` it returns one validation
     score per kept head (``model.points``) and only the better half (ties: lower index) trains
-    on, except at the last epoch. Deterministic for a seed.
+    on, except at the last epoch. Deterministic for a seed. ``matmul``: the linear heads' GEMM
+    type (``_GridHeads``); MLP heads train in float32.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     device = x.device
-    heads = _GridHeads(len(lrs), x.shape[1], num_classes, cfg, gen).to(device)
+    heads = _GridHeads(len(lrs), x.shape[1], num_classes, cfg, gen, matmul).to(device)
     norm = _Normaliser(x, batchnorm=cfg.head == "bn-linear")
     inputs = norm.prepare(x)
+    if heads.linear and not norm.batchnorm:  # rounded once, not at every step
+        inputs = inputs.to(matmul)
     model = GridModel(heads, norm, list(range(len(lrs))))
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch)
@@ -305,6 +332,9 @@ class GridProbeTrainer:
             self.store = getattr(torch, precision.probe_inputs)
         else:  # half the memory on a GPU, where fp16 matmuls are fast
             self.store = torch.float16 if self.device.type == "cuda" else torch.float32
+        # The policy's head type: bf16 GEMMs for the linear heads (``_GridHeads``).
+        bf16 = precision is not None and precision.heads == "bf16"
+        self.matmul = torch.bfloat16 if bf16 else torch.float32
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(np.asarray(a).reshape(len(a), -1))).to(
@@ -335,7 +365,8 @@ class GridProbeTrainer:
 
         train_grid(x_train, y_train, data.num_classes, torch.tensor([g[0] for g in grid]),
                    torch.tensor([g[1] for g in grid]), cfg,
-                   {e: record(e) for e in cfg.checkpoints()}, progress=self.progress)
+                   {e: record(e) for e in cfg.checkpoints()}, progress=self.progress,
+                   matmul=self.matmul)
         return records
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
@@ -344,7 +375,8 @@ class GridProbeTrainer:
         y_all = torch.cat([self._labels(data.labels[s]) for s in self.refit_splits])
         model = train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
                            torch.tensor([point["weight_decay"]]), self.cfg, {},
-                           stop_at=int(point["epochs"]), progress=self.progress)
+                           stop_at=int(point["epochs"]), progress=self.progress,
+                           matmul=self.matmul)
         return model.logits(self._tensor(data.features["test"]))[0]
 
 
@@ -356,7 +388,10 @@ def fit_probe(
     headline: str = "top1",
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision=None,
 ) -> ProbeResult:
-    """``bench.protocol.evaluate`` with the batched grid: select on val, retrain, test once."""
-    trainer = GridProbeTrainer(cfg, device, progress=progress)
+    """``bench.protocol.evaluate`` with the batched grid: select on val, retrain, test once.
+
+    ``precision``: a ``bench.precision.PrecisionPolicy`` (None: float32 GEMMs)."""
+    trainer = GridProbeTrainer(cfg, device, precision=precision, progress=progress)
     return evaluate(trainer, ProbeData(features, labels, num_classes), headline)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-PROTOCOL_VERSION = "2"
+PROTOCOL_VERSION = "3"
 
 
 @dataclass

@@ -3,8 +3,9 @@
 Both select a regulariser on validation and score test, on the same cached features. The batched
 grid trains len(lrs) x len(wds) heads at once; the baseline fits LogisticRegression (L-BFGS) once
 per C value. Run: python benchmarks/probe_speed.py [--features digits|synthetic] [--device cpu]
-Prints seconds and accuracy of each and the speed ratio measured in this one run; the batched
-grid runs twice, in full and with successive halving (``ProbeConfig.halving``).
+[--precision fp32,bf16]. Prints seconds and accuracy of each and the speed ratio measured in this
+one run; the batched grid runs under each precision policy (``bf16``: its two GEMMs in bfloat16),
+in full and with successive halving (``ProbeConfig.halving``).
 """
 
 from __future__ import annotations
@@ -70,11 +71,17 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32,bf16",
+                        help="comma-separated precision policies for the batched grid")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    from bench.precision import resolve_device, resolve_precision
     from bench.probe import ProbeConfig, fit_probe
+
+    device = resolve_device(args.device)
+    policies = [resolve_precision(name, device.type) for name in args.precision.split(",")]
 
     cfg = ProbeConfig()
     grid_size = len(cfg.lrs) * len(cfg.weight_decays)
@@ -82,7 +89,7 @@ def main() -> None:
     sets = ["digits", "synthetic"] if args.features == "both" else [args.features]
     print(f"grid of {grid_size} heads x {len(cfg.checkpoints())} epoch checkpoints "
           f"vs {grid_size} sequential LogisticRegression fits (C in 1e-4..1e4)")
-    print(f"{'features':>28s} {'batched s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
+    print(f"{'features':>34s} {'batched s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
         if name == "digits":
@@ -93,12 +100,17 @@ def main() -> None:
         start = time.perf_counter()
         sk_top1 = sklearn_sweep(feats, labels, cs)
         sequential = time.perf_counter() - start
-        for variant, config in (("", cfg), (" halving", replace(cfg, halving=True))):
-            start = time.perf_counter()
-            result = fit_probe(feats, labels, classes, config, device=args.device)
-            batched = time.perf_counter() - start
-            print(f"{shape + variant:>28s} {batched:10.2f} {result.test['top1']:6.2f} "
-                  f"{sequential:10.2f} {sk_top1:6.2f} {sequential / batched:8.2f}x", flush=True)
+        for policy in policies:
+            for halving in (False, True):
+                config = replace(cfg, halving=halving)
+                start = time.perf_counter()
+                result = fit_probe(feats, labels, classes, config, device=device,
+                                   precision=policy)
+                batched = time.perf_counter() - start
+                variant = f" {policy.name}" + (" halving" if halving else "")
+                print(f"{shape + variant:>34s} {batched:10.2f} {result.test['top1']:6.2f} "
+                      f"{sequential:10.2f} {sk_top1:6.2f} {sequential / batched:8.2f}x",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def test_the_same_protocol_typed_two_ways_is_one_result():
     [first] = run(_spec(), OPTIONS)
     default = bench.create_backbone("pixels")
     spelled = _spec(layers=list(default.default_layers), pools=[default.default_pool],
-                    head_args={**FAST, "eval_every": 10, "batch_size": 256},  # the defaults
+                    head_args={**FAST, "eval_every": 5, "batch_size": 256},  # the defaults
                     precision="fp32")  # what auto means on this CPU
     [second] = run(spelled, OPTIONS)
     assert not first.reused and second.reused

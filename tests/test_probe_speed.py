@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bench.probe import ProbeConfig, fit_probe, train_grid
@@ -44,3 +46,61 @@ def test_successive_halving_keeps_the_better_half_and_their_scores():
     from bench.protocol import head_kind
 
     assert asdict(head_kind("linear").make_config({"halving": True}, 0))["halving"] is True
+
+
+def test_grid_adamw_equals_torch_optim_adamw_point_by_point():
+    """Each grid point trains as torch.optim.AdamW (decay on weights only) under the cosine
+    schedule would, on the same minibatches: the in-place update is the textbook one."""
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    cfg = ProbeConfig(epochs=2, batch_size=16)
+    lrs, wds = torch.tensor([1e-2, 3e-2]), torch.tensor([0.0, 0.1])
+    model = train_grid(x, y, 3, lrs, wds, cfg, {})
+    inputs = model.norm(x, train=False)
+    steps = cfg.epochs * 3
+    for g, (lr, wd) in enumerate(zip(lrs.tolist(), wds.tolist())):
+        w = torch.zeros(6, 3, requires_grad=True)
+        b = torch.zeros(3, requires_grad=True)
+        opt = torch.optim.AdamW([{"params": [w], "weight_decay": wd},
+                                 {"params": [b], "weight_decay": 0.0}], lr=lr)
+        cosine = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                loss = torch.nn.functional.cross_entropy(inputs[idx] @ w + b, y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                cosine.step()
+        torch.testing.assert_close(model.heads.weights[0][:, g], w.detach(), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model.heads.biases[0][g], b.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_policy_runs_the_linear_grid_in_bf16_close_to_fp32():
+    from bench.precision import resolve_precision
+    from bench.probe import GridProbeTrainer
+
+    policy = resolve_precision("bf16", "cpu")
+    assert policy.heads == "bf16"
+    assert GridProbeTrainer(ProbeConfig(), precision=policy).matmul == torch.bfloat16
+    assert GridProbeTrainer(ProbeConfig(), precision=resolve_precision("fp32", "cpu")).matmul \
+        == torch.float32
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 32), torch.randint(0, 5, (64,))
+    cfg = ProbeConfig(epochs=1)
+    model = train_grid(x, y, 5, torch.tensor([1e-2]), torch.tensor([0.0]), cfg, {},
+                       matmul=torch.bfloat16)
+    batch = model.norm(x, train=False)
+    rounded = model.heads.linear_gradients(batch, y)
+    model.heads.matmul = torch.float32
+    exact = model.heads.linear_gradients(batch, y)
+    assert not torch.equal(exact[0], rounded[0])  # the GEMMs did run in bf16
+    torch.testing.assert_close(rounded[0], exact[0], atol=2e-3, rtol=2e-2)
+    _, feats, labels = _digit_features()
+    small = ProbeConfig(epochs=5, eval_every=5, lrs=(1e-2,), weight_decays=(0.0,))
+    full = fit_probe(feats, labels, 10, small)
+    half = fit_probe(feats, labels, 10, small, precision=policy)
+    assert abs(full.test["top1"] - half.test["top1"]) < 1.5
