@@ -116,7 +116,10 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM)")
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (bench.compile)")
-    p.add_argument("--compile-mode", help="torch.compile mode (default: bench.compile's choice)")
+    p.add_argument("--compile-mode", default="",
+                   help="comma-separated torch.compile modes, one row each (default: "
+                        "bench.compile's choice, max-autotune-no-cudagraphs on CUDA)")
+    p.add_argument("--blocks", default="24,19", help="comma-separated blocks to time")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -133,17 +136,18 @@ def main() -> None:
     dtype = PRECISIONS[args.precision]
 
     p_name = args.precision
-    rows = [  # (label, blocks: None = the whole U-Net, precision?, channels_last?, compiled?)
-        ("full U-Net, fp32, NCHW (reference)", None, False, False, False),
-        (f"full U-Net, {p_name}", None, True, False, False),
-        (f"block 24, early stop+{p_name}", [24], True, False, False),
-        (f"block 24, early stop+{p_name}+channels_last", [24], True, True, False),
-        (f"block 19, early stop+{p_name}", [19], True, False, False),
-        (f"block 19, early stop+{p_name}+channels_last", [19], True, True, False),
+    blocks = [int(b) for b in args.blocks.split(",")]
+    rows = [  # (label, blocks: None = the whole U-Net, precision?, channels_last?, compile mode)
+        ("full U-Net, fp32, NCHW (reference)", None, False, False, None),
+        (f"full U-Net, {p_name}", None, True, False, None),
     ]
-    if args.compile:
-        rows += [(f"block 24, early stop+{p_name}+compile", [24], True, False, True),
-                 (f"block 19, early stop+{p_name}+compile", [19], True, False, True)]
+    for block in blocks:
+        rows += [(f"block {block}, early stop+{p_name}", [block], True, False, None),
+                 (f"block {block}, early stop+{p_name}+channels_last", [block], True, True, None)]
+    modes = args.compile_mode.split(",") if args.compile else []
+    for block in blocks:
+        rows += [(f"block {block}, early stop+{p_name}+compile" + (f"({mode})" if mode else ""),
+                  [block], True, False, mode or "-") for mode in modes]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(
@@ -155,7 +159,7 @@ def main() -> None:
             f"fp32 convolutions use TF32 (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}); "
             f"FLOP/s fraction is of {args.peak_tflops:g} TFLOP/s dense bf16 peak"
         )
-    head = f"{'variant':<44} {'img/s':>9} {'peak MiB':>9} {'GFLOP/img':>10} {'speedup':>8}"
+    head = f"{'variant':<62} {'img/s':>9} {'peak MiB':>9} {'GFLOP/img':>10} {'speedup':>8}"
     print(head + (f" {'TFLOP/s':>8} {'% peak':>7}" if device.type == "cuda" else ""))
     with torch.device("meta"):  # FLOPs from shapes (FlopCounterMode has no formula for CPU SDPA)
         meta_unet = ADMUNet(**flags)
@@ -163,12 +167,15 @@ def main() -> None:
     eager: dict[str, dict[int, torch.Tensor]] = {}  # features of the eager rows, by blocks
     notes = []
     with torch.no_grad():
-        for label, blocks, low, cl, compiled in rows:
+        for label, blocks, low, cl, compiled in rows:  # compiled: a mode, "-" (default) or None
             with FlopCounterMode(display=False) as counter:
                 run(meta_unet, x[:1].to("meta"), t[:1].to("meta"), blocks)
             flops = counter.get_total_flops()
             unet.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-            forward = StaticCompiled(unet.features, True, args.compile_mode) if compiled else None
+            forward = None
+            if compiled:
+                torch._dynamo.reset()  # each mode compiles afresh, never reusing another's graph
+                forward = StaticCompiled(unet.features, True, None if compiled == "-" else compiled)
             call = partial(run, unet, x_cl if cl else x, t, blocks, forward)
             with torch.autocast(device.type, dtype=dtype, enabled=low and dtype is not None):
                 if compiled:
@@ -184,7 +191,7 @@ def main() -> None:
                 mem = peak_bytes(call, device) / 2**20
             reference = reference or speed
             line = (
-                f"{label:<44} {speed:>9.2f} {mem:>9.0f} {flops / 1e9:>10.1f} "
+                f"{label:<62} {speed:>9.2f} {mem:>9.0f} {flops / 1e9:>10.1f} "
                 f"{speed / reference:>7.2f}x"
             )
             if device.type == "cuda":
