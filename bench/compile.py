@@ -8,9 +8,11 @@ the size of the largest batch seen so far: a smaller batch (a split's last) is p
 its last image and the padding is dropped from the outputs. Shapes therefore never change between
 batches, so nothing recompiles mid-split and CUDA graphs would apply unchanged.
 
-Mode: ``max-autotune-no-cudagraphs`` on CUDA (Triton/cuBLAS/cuDNN autotuning of the fused
-GroupNorm/SiLU/attention graph), ``default`` on the CPU (autotuning there costs minutes and the CPU
-gains nothing from it). Not ``reduce-overhead``: at extraction batch sizes (64 images of 256 px) a
+Mode: ``default`` (inductor fuses the GroupNorm/SiLU/attention graph around cuDNN convolutions and
+cuBLAS matmuls). Not ``max-autotune``: on an H200 (256x256 ADM up to block 24, batch 64, bf16) its
+autotuning was still running after 5 minutes and had chosen cuDNN's own kernel for 8 of the 9
+convolutions it had timed, while ``default`` reached 657 img/s against eager's 345 (42.5% of the
+dense bf16 peak; ``benchmarks/logs/h200-2026-11-28``). Not ``reduce-overhead``: at extraction batch sizes (64 images of 256 px) a
 U-Net pass is tens of milliseconds of large kernels, so kernel-launch overhead that CUDA graphs
 remove is a few percent, while graphs pin a private memory pool per shape and reuse their output
 buffers on the next call (each output would need a copy before the next batch).
@@ -30,8 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CUDA_MODE = "max-autotune-no-cudagraphs"
-CPU_MODE = "default"
+MODE = "default"
 _USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
@@ -87,7 +88,7 @@ class StaticCompiled:
     """
 
     def __init__(self, fn: Callable[..., Any], enabled: bool = False, mode: str | None = None):
-        """``mode``: torch.compile's mode; None picks ``CUDA_MODE`` or ``CPU_MODE`` by device."""
+        """``mode``: torch.compile's mode; None means ``MODE``."""
         self.fn = fn
         self.enabled = enabled
         self.mode = mode
@@ -108,8 +109,8 @@ class StaticCompiled:
             import torch
 
             use_compile_cache()
-            mode = self.mode or (CUDA_MODE if device_type == "cuda" else CPU_MODE)
-            self._compiled[device_type] = torch.compile(self.fn, mode=mode, dynamic=False)
+            self._compiled[device_type] = torch.compile(self.fn, mode=self.mode or MODE,
+                                                        dynamic=False)
         return self._compiled[device_type]
 
 

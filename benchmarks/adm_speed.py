@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (bench.compile)")
     p.add_argument("--compile-mode", default="",
                    help="comma-separated torch.compile modes, one row each (default: "
-                        "bench.compile's choice, max-autotune-no-cudagraphs on CUDA)")
+                        "bench.compile's choice, inductor's default)")
     p.add_argument("--blocks", default="24,19", help="comma-separated blocks to time")
     args = p.parse_args()
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of the README's Speed section in one go, on one GPU, in under 10 minutes:
 #   1. end-to-end extraction from JPEGs, --decode gpu (nvJPEG) vs CPU workers (pipeline_speed.py);
-#   2. ADM block 24 at batch 64, bf16: eager vs torch.compile (inductor's default mode, then
-#      bench's own max-autotune-no-cudagraphs), with the fraction of the dense bf16 peak.
+#   2. ADM block 24 at batch 64, bf16: eager vs torch.compile (inductor's default mode, bench's
+#      choice, then max-autotune-no-cudagraphs), with the fraction of the dense bf16 peak.
 # Each stage has a time limit (PIPELINE_TIMEOUT, ADM_TIMEOUT seconds) and prints its rows as they
 # are measured, so a stage cut short still leaves the rows it finished.
 #   usage: benchmarks/gpu_speed.sh [LOG_DIR]     (PYTHON=... to choose the interpreter)
