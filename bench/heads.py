@@ -30,6 +30,7 @@ unconditional U-Net): the attention head on block 24 (1024 x 16 x 16, kept as is
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,10 +84,11 @@ class TransformerBlock(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        # Written out rather than F.scaled_dot_product_attention: under torch.vmap (the batched
-        # lr grid) the fused CPU kernel has no batching rule and falls back to a per-head loop.
-        weights = torch.softmax((q * (d // self.heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
-        attended = weights @ v
+        # The fused kernel never materialises the (B, heads, n, n) weights: on the CPU it was 2x
+        # faster than softmax(q k^T) v written out and far steadier on a busy machine. Under
+        # torch.vmap (the lr grid) it has no batching rule and runs once per head, which is the
+        # same work (``HeadGrid`` silences the warning).
+        attended = F.scaled_dot_product_attention(q, k, v)
         x = x + self.proj(attended.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 
@@ -105,10 +107,37 @@ class MapTokens(nn.Module):
         self.conv = nn.Conv2d(channels, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The 1x1 conv as a matmul over tokens: the same numbers, and under torch.vmap (the
-        # batched lr grid) a batched matmul rather than a slow grouped convolution.
+        # The 1x1 conv as a matmul over tokens: the same numbers, and a plain matmul.
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         return F.linear(tokens, self.conv.weight.flatten(1), self.conv.bias)
+
+
+def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix: str,
+                    eps: float) -> torch.Tensor:
+    """Tokens (G, B, H*W, dim) of G stacked ``MapTokens`` (parameters ``prefix + "norm.weight"``
+    etc., each (G, ...)) on the same maps (B, C, H, W): what each one's forward gives.
+
+    The normalisation x_hat = (x - mean) / std is the same for all G; only the LayerNorm affine
+    (gamma, beta: (C, P), P = H*W) and the conv (W: (dim, C), bias) differ, and they fold into
+    one weight per position:
+    tokens[g, b, p, k] = sum_c x_hat[b, c, p] W[g, k, c] gamma[g, c, p]
+                         + sum_c W[g, k, c] beta[g, c, p] + bias[g, k].
+    So the maps are normalised once and read by one batched matmul over positions with a G*dim
+    wide output, forward and backward, instead of G LayerNorms and G narrow matmuls.
+    """
+    gamma = params[prefix + "norm.weight"].flatten(2)  # (G, C, P)
+    beta = params[prefix + "norm.bias"].flatten(2)
+    weight = params[prefix + "conv.weight"].flatten(2)  # (G, dim, C)
+    bias = params[prefix + "conv.bias"]  # (G, dim)
+    heads, dim, channels = weight.shape
+    positions = gamma.shape[-1]
+    # F.layer_norm without affine: nn.LayerNorm's mean, biased variance and eps.
+    x_hat = F.layer_norm(maps, maps.shape[1:], eps=eps).flatten(2)
+    x_hat = x_hat.permute(2, 0, 1).contiguous()  # (P, B, C): one matrix per position
+    folded = gamma.permute(2, 1, 0).unsqueeze(-1) * weight.permute(2, 0, 1)  # (P, C, G, dim)
+    tokens = torch.bmm(x_hat, folded.reshape(positions, channels, heads * dim))  # (P, B, G*dim)
+    offset = torch.einsum("gkc,gcp->gpk", weight, beta) + bias[:, None, :]  # (G, P, dim)
+    return tokens.view(positions, len(maps), heads, dim).permute(2, 1, 0, 3) + offset[:, None]
 
 
 class AttentionHead(nn.Module):
@@ -130,14 +159,29 @@ class AttentionHead(nn.Module):
         self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
         self.classifier = nn.Linear(dim, num_classes)
 
+    def embed_inputs(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The map each embedding reads, in order."""
+        return [x[name] for name in self.layers]
+
     def encode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """CLS output (B, dim) for one map per embedding, in order."""
-        tokens = [embed(m) for embed, m in zip(self.embed, maps)]
-        cls = self.cls_token.expand(len(maps[0]), -1, -1).to(tokens[0].dtype)
+        return self.encode_tokens([embed(m) for embed, m in zip(self.embed, maps)])
+
+    def encode_tokens(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        """CLS output (B, dim) from each embedding's tokens (B, h*w, dim), in order."""
+        cls = self.cls_token.expand(len(tokens[0]), -1, -1).to(tokens[0].dtype)
         return self.blocks(torch.cat([cls, *tokens], dim=1))[:, 0]
 
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.encode([x[name] for name in self.layers]))
+    def _cls(self, x: dict[str, torch.Tensor], tokens: Sequence[torch.Tensor] | None):
+        if tokens is None:
+            return self.encode(self.embed_inputs(x))
+        return self.encode_tokens(tokens)
+
+    def forward(self, x: dict[str, torch.Tensor],
+                tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits. ``tokens``: each embedding's output on ``embed_inputs(x)`` where computed
+        already (``HeadGrid`` computes them for all its heads at once); ``x`` is then unused."""
+        return self.classifier(self._cls(x, tokens))
 
 
 class DifFormerHead(AttentionHead):
@@ -165,10 +209,13 @@ class DifFormerHead(AttentionHead):
         self.groups = [list(g) for g in groups]
         self.classifier = nn.Linear(len(groups) * dim, num_classes)
 
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        # All timesteps go through the shared transformer as one batch (G*B sequences).
-        maps = [torch.cat([x[g[i]] for g in self.groups]) for i in range(len(self.groups[0]))]
-        cls = self.encode(maps)
+    def embed_inputs(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        # All timesteps go through the shared embedding and transformer as one batch (G*B).
+        return [torch.cat([x[g[i]] for g in self.groups]) for i in range(len(self.groups[0]))]
+
+    def forward(self, x: dict[str, torch.Tensor],
+                tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        cls = self._cls(x, tokens)
         g, b = len(self.groups), len(cls) // len(self.groups)
         return self.classifier(cls.view(g, b, -1).transpose(0, 1).reshape(b, -1))
 
@@ -261,9 +308,13 @@ class _Maps:
 
 
 class HeadGrid:
-    """G copies of one head, one per learning rate, held as stacked parameters (G, ...) and
-    evaluated together with ``torch.func.functional_call`` under ``torch.vmap``: every minibatch
-    is read once for all G heads."""
+    """G copies of one head, one per learning rate, held as stacked parameters (G, ...): every
+    minibatch is read once for all G heads.
+
+    The map embeddings of all G heads run together outside vmap (``grid_map_tokens``: the maps
+    are normalised once, one wide matmul); the rest of each head (CLS, transformer, classifier)
+    runs with ``torch.func.functional_call`` under ``torch.vmap`` on its own tokens.
+    """
 
     def __init__(self, build: Callable[[], nn.Module], count: int, seed: int,
                  device: torch.device):
@@ -277,14 +328,25 @@ class HeadGrid:
         self.params = [params[n] for n in self.names]
         self.template = models[0].to("meta")
 
+    def tokens(self, maps: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each embedding's tokens (G, B, h*w, dim) for every head, in the head's order."""
+        params = dict(zip(self.names, self.params))
+        inputs = self.template.embed_inputs(maps)
+        return [grid_map_tokens(x, params, f"embed.{i}.", embed.norm.eps)
+                for i, (embed, x) in enumerate(zip(self.template.embed, inputs))]
+
     def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """(G, B, classes) logits of every head on one shared minibatch."""
 
-        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor]):
+        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor],
+                tokens: list[torch.Tensor]):
             state = {**dict(zip(self.names, params)), **buffers}
-            return torch.func.functional_call(self.template, state, (maps,))
+            return torch.func.functional_call(self.template, state, (maps,), {"tokens": tokens})
 
-        return torch.vmap(one)(tuple(self.params), self.buffers)
+        with warnings.catch_warnings():
+            # scaled_dot_product_attention has no vmap batching rule: it runs once per head.
+            warnings.filterwarnings("ignore", message=".*batching rule.*scaled_dot_product")
+            return torch.vmap(one)(tuple(self.params), self.buffers, self.tokens(maps))
 
 
 class _GridOptimizer:
