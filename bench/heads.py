@@ -131,9 +131,11 @@ def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix:
     bias = params[prefix + "conv.bias"]  # (G, dim)
     heads, dim, channels = weight.shape
     positions = gamma.shape[-1]
-    # F.layer_norm without affine: nn.LayerNorm's mean, biased variance and eps.
-    x_hat = F.layer_norm(maps, maps.shape[1:], eps=eps).flatten(2)
-    x_hat = x_hat.permute(2, 0, 1).contiguous()  # (P, B, C): one matrix per position
+    # F.layer_norm without affine: nn.LayerNorm's own numbers. Each map is then transposed to
+    # (P, C), which the matmul reads as (P, B, C) with channels contiguous (cheaper than a full
+    # (P, B, C) copy).
+    x_hat = F.layer_norm(maps, maps.shape[1:], eps=eps).flatten(2).transpose(1, 2)
+    x_hat = x_hat.contiguous().transpose(0, 1)
     folded = gamma.permute(2, 1, 0).unsqueeze(-1) * weight.permute(2, 0, 1)  # (P, C, G, dim)
     tokens = torch.bmm(x_hat, folded.reshape(positions, channels, heads * dim))  # (P, B, G*dim)
     offset = torch.einsum("gkc,gcp->gpk", weight, beta) + bias[:, None, :]  # (G, P, dim)
