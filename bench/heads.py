@@ -80,16 +80,21 @@ class TransformerBlock(nn.Module):
             nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """(B, n, dim) -> (B, n, dim); with ``first_only`` the first token's output (B, 1, dim)
+        alone: it needs every token's keys and values but one query, one attention row and one
+        MLP (the head's last block, whose CLS output is all it uses)."""
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if first_only:
+            q, x = q[:, :, :1], x[:, :1]
         # The fused kernel never materialises the (B, heads, n, n) weights: on the CPU it was 2x
         # faster than softmax(q k^T) v written out and far steadier on a busy machine. Under
         # torch.vmap (the lr grid) it has no batching rule and runs once per head, which is the
         # same work (``HeadGrid`` silences the warning).
         attended = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(attended.transpose(1, 2).reshape(b, n, d))
+        x = x + self.proj(attended.transpose(1, 2).reshape(x.shape))
         return x + self.mlp(self.norm2(x))
 
 
@@ -136,7 +141,8 @@ def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix:
     # (P, B, C) copy).
     x_hat = F.layer_norm(maps, maps.shape[1:], eps=eps).flatten(2).transpose(1, 2)
     x_hat = x_hat.contiguous().transpose(0, 1)
-    folded = gamma.permute(2, 1, 0).unsqueeze(-1) * weight.permute(2, 0, 1)  # (P, C, G, dim)
+    # (P, C, G, dim), laid out as the matmul reads it (gamma made contiguous first: it is small).
+    folded = gamma.permute(2, 1, 0).contiguous().unsqueeze(-1) * weight.permute(2, 0, 1)
     tokens = torch.bmm(x_hat, folded.reshape(positions, channels, heads * dim))  # (P, B, G*dim)
     offset = torch.einsum("gkc,gcp->gpk", weight, beta) + bias[:, None, :]  # (G, P, dim)
     return tokens.view(positions, len(maps), heads, dim).permute(2, 1, 0, 3) + offset[:, None]
@@ -172,7 +178,12 @@ class AttentionHead(nn.Module):
     def encode_tokens(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """CLS output (B, dim) from each embedding's tokens (B, h*w, dim), in order."""
         cls = self.cls_token.expand(len(tokens[0]), -1, -1).to(tokens[0].dtype)
-        return self.blocks(torch.cat([cls, *tokens], dim=1))[:, 0]
+        x = torch.cat([cls, *tokens], dim=1)
+        if not len(self.blocks):
+            return x[:, 0]
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.blocks[-1](x, first_only=True)[:, 0]
 
     def _cls(self, x: dict[str, torch.Tensor], tokens: Sequence[torch.Tensor] | None):
         if tokens is None:
