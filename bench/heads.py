@@ -145,7 +145,10 @@ def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix:
     folded = gamma.permute(2, 1, 0).contiguous().unsqueeze(-1) * weight.permute(2, 0, 1)
     tokens = torch.bmm(x_hat, folded.reshape(positions, channels, heads * dim))  # (P, B, G*dim)
     offset = torch.einsum("gkc,gcp->gpk", weight, beta) + bias[:, None, :]  # (G, P, dim)
-    return tokens.view(positions, len(maps), heads, dim).permute(2, 1, 0, 3) + offset[:, None]
+    # Under autocast the matmul gives bf16/fp16 tokens, as the module's F.linear does; the
+    # offset, summed with the fp32 bias, is brought to their dtype.
+    tokens = tokens.view(positions, len(maps), heads, dim).permute(2, 1, 0, 3)
+    return tokens + offset.to(tokens.dtype)[:, None]
 
 
 class AttentionHead(nn.Module):

@@ -11,6 +11,7 @@ from bench.heads import (
     AttentionHead,
     DifFormerHead,
     HeadConfig,
+    HeadGrid,
     MapTokens,
     TransformerBlock,
     _Maps,
@@ -240,3 +241,61 @@ def test_batched_lr_grid_equals_training_one_by_one(head, recipe):
         with torch.no_grad():
             torch.testing.assert_close(logits, alone(maps), atol=5e-5, rtol=1e-4)
     assert not torch.allclose(batched[0], batched[-1])  # the learning rates did differ
+
+
+def _tiny_head(head: str) -> tuple[callable, dict[str, torch.Tensor]]:
+    """A builder of a tiny attention head over two differently shaped blocks (DifFormer: those
+    blocks at two timesteps) and a minibatch of maps for it."""
+    blocks = {"block19": (CHANNELS, 2, 2), "block24": (CHANNELS // 2, SIDE, SIDE)}
+    timesteps = [90] if head == "attention" else [90, 150]
+    shapes = {f"{b}@t{t}": s for t in timesteps for b, s in blocks.items()}
+    maps = {name: torch.randn(5, *shape) for name, shape in shapes.items()}
+    if head == "attention":
+        return (lambda: AttentionHead(shapes, CLASSES, **TINY)), maps
+    groups = [[f"{b}@t{t}" for b in blocks] for t in timesteps]
+    return (lambda: DifFormerHead(shapes, groups, CLASSES, **TINY)), maps
+
+
+@pytest.mark.parametrize("head", ["attention", "difformer"])
+def test_grid_tokens_equal_each_heads_own_embedding(head):
+    """The grid's shared-normalisation tokens are what each head's MapTokens forward gives."""
+    torch.manual_seed(0)
+    build, maps = _tiny_head(head)
+    grid = HeadGrid(build, 3, seed=0, device=torch.device("cpu"))
+    with torch.no_grad():  # every head its own LayerNorm affine and conv, far from the identity
+        for p in grid.params:
+            p.normal_()
+    alone = []
+    for g in range(3):
+        model = build()
+        model.load_state_dict({name: p[g] for name, p in zip(grid.names, grid.params)})
+        alone.append(model)
+    with torch.no_grad():
+        tokens = grid.tokens(maps)
+        assert len(tokens) == 2
+        for i, position in enumerate(tokens):
+            for g, model in enumerate(alone):
+                expected = model.embed[i](model.embed_inputs(maps)[i])
+                torch.testing.assert_close(position[g], expected, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as the GPU grid runs, in bf16
+            low = grid.tokens(maps)[1][2]
+            expected = alone[2].embed[1](alone[2].embed_inputs(maps)[1])
+        assert low.dtype == expected.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), expected.float(), atol=0.1, rtol=0.05)
+
+
+def test_last_block_computes_the_cls_row_only():
+    """The head uses the CLS output only, so its last block computes that row alone: the same
+    numbers as running every block in full."""
+    torch.manual_seed(0)
+    head = AttentionHead({"a": (CHANNELS, SIDE, SIDE)}, CLASSES, **TINY).eval()
+    nn.init.normal_(head.cls_token)
+    x = {"a": torch.randn(3, CHANNELS, SIDE, SIDE)}
+    tokens = head.embed[0](x["a"])
+    full = head.blocks(torch.cat([head.cls_token.expand(3, -1, -1), tokens], dim=1))[:, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(head.encode_tokens([tokens]), full, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(head(x), head.classifier(full), atol=1e-6, rtol=1e-6)
+        block = head.blocks[0]
+        torch.testing.assert_close(block(tokens, first_only=True), block(tokens)[:, :1],
+                                   atol=1e-6, rtol=1e-6)
