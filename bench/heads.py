@@ -17,7 +17,8 @@ Training follows ``bench.protocol.evaluate``: each learning rate of the grid is 
 validation checkpoints every ``eval_every`` epochs, the best (lr, epochs) on validation is retrained
 on train+val identically and evaluated on test once. Recipes: ``paper`` is the released scripts'
 SGD (no momentum, no weight decay), StepLR(7, 0.1), 28 epochs, lr 5e-2, batch 128; ``adamw`` is
-AdamW with a cosine schedule over a small lr grid.
+AdamW with a cosine schedule over a small lr grid. The lr grid trains as one computation
+(``HeadGrid``): each minibatch is read and normalised once for all its heads.
 
 Cache bytes per image (fp16, maps pooled to at most 16 x 16; shapes checked against the 256x256
 unconditional U-Net): the attention head on block 24 (1024 x 16 x 16, kept as is) needs
@@ -112,7 +113,8 @@ class MapTokens(nn.Module):
         self.conv = nn.Conv2d(channels, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The 1x1 conv as a matmul over tokens: the same numbers, and a plain matmul.
+        # The 1x1 conv as a matmul over tokens: the same numbers. ``grid_map_tokens`` computes
+        # this for a grid of heads at once.
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         return F.linear(tokens, self.conv.weight.flatten(1), self.conv.bias)
 
@@ -134,7 +136,7 @@ def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix:
     beta = params[prefix + "norm.bias"].flatten(2)
     weight = params[prefix + "conv.weight"].flatten(2)  # (G, dim, C)
     bias = params[prefix + "conv.bias"]  # (G, dim)
-    heads, dim, channels = weight.shape
+    count, dim, channels = weight.shape
     positions = gamma.shape[-1]
     # F.layer_norm without affine: nn.LayerNorm's own numbers. Each map is then transposed to
     # (P, C), which the matmul reads as (P, B, C) with channels contiguous (cheaper than a full
@@ -143,11 +145,11 @@ def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix:
     x_hat = x_hat.contiguous().transpose(0, 1)
     # (P, C, G, dim), laid out as the matmul reads it (gamma made contiguous first: it is small).
     folded = gamma.permute(2, 1, 0).contiguous().unsqueeze(-1) * weight.permute(2, 0, 1)
-    tokens = torch.bmm(x_hat, folded.reshape(positions, channels, heads * dim))  # (P, B, G*dim)
+    tokens = torch.bmm(x_hat, folded.reshape(positions, channels, count * dim))  # (P, B, G*dim)
     offset = torch.einsum("gkc,gcp->gpk", weight, beta) + bias[:, None, :]  # (G, P, dim)
     # Under autocast the matmul gives bf16/fp16 tokens, as the module's F.linear does; the
     # offset, summed with the fp32 bias, is brought to their dtype.
-    tokens = tokens.view(positions, len(maps), heads, dim).permute(2, 1, 0, 3)
+    tokens = tokens.view(positions, len(maps), count, dim).permute(2, 1, 0, 3)
     return tokens + offset.to(tokens.dtype)[:, None]
 
 
