@@ -130,14 +130,22 @@ class AttentionHead(nn.Module):
         self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
         self.classifier = nn.Linear(dim, num_classes)
 
-    def encode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """CLS output (B, dim) for one map per embedding, in order."""
-        tokens = [embed(m) for embed, m in zip(self.embed, maps)]
-        cls = self.cls_token.expand(len(maps[0]), -1, -1).to(tokens[0].dtype)
+    def embed_inputs(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The map each embedding reads, in order."""
+        return [x[name] for name in self.layers]
+
+    def encode(self, maps: Sequence[torch.Tensor],
+               tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """CLS output (B, dim) for one map per embedding, in order; ``tokens``: the embeddings'
+        outputs when already computed (``HeadGrid`` computes them for all heads at once)."""
+        if tokens is None:
+            tokens = [embed(m) for embed, m in zip(self.embed, maps)]
+        cls = self.cls_token.expand(len(tokens[0]), -1, -1).to(tokens[0].dtype)
         return self.blocks(torch.cat([cls, *tokens], dim=1))[:, 0]
 
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.encode([x[name] for name in self.layers]))
+    def forward(self, x: dict[str, torch.Tensor],
+                tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.classifier(self.encode(self.embed_inputs(x), tokens))
 
 
 class DifFormerHead(AttentionHead):
@@ -165,10 +173,13 @@ class DifFormerHead(AttentionHead):
         self.groups = [list(g) for g in groups]
         self.classifier = nn.Linear(len(groups) * dim, num_classes)
 
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed_inputs(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         # All timesteps go through the shared transformer as one batch (G*B sequences).
-        maps = [torch.cat([x[g[i]] for g in self.groups]) for i in range(len(self.groups[0]))]
-        cls = self.encode(maps)
+        return [torch.cat([x[g[i]] for g in self.groups]) for i in range(len(self.groups[0]))]
+
+    def forward(self, x: dict[str, torch.Tensor],
+                tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        cls = self.encode(self.embed_inputs(x), tokens)
         g, b = len(self.groups), len(cls) // len(self.groups)
         return self.classifier(cls.view(g, b, -1).transpose(0, 1).reshape(b, -1))
 
@@ -256,14 +267,23 @@ class _Maps:
                 maps, y = pending.result()
                 if i + 1 < len(chunks):
                     pending = pool.submit(self._gather, chunks[i + 1], layers, pin)
-                yield ({k: v.to(device, non_blocking=True).float() for k, v in maps.items()},
+                # In the default dtype: float32, or float64 where a test asks for exactness.
+                real = torch.get_default_dtype()
+                yield ({k: v.to(device, non_blocking=True).to(real) for k, v in maps.items()},
                        y.to(device))
 
 
 class HeadGrid:
     """G copies of one head, one per learning rate, held as stacked parameters (G, ...) and
     evaluated together with ``torch.func.functional_call`` under ``torch.vmap``: every minibatch
-    is read once for all G heads."""
+    is read once for all G heads.
+
+    The embeddings (LayerNorm over [C, H, W], then a 1x1 conv to ``dim``) of all G heads are
+    computed together, outside vmap, when that is cheaper (``dim`` no larger than the batch): the
+    normalisation is the same for every head, and each head's affine is folded into its conv
+    weight per position, so one matmul over shared normalised maps serves all heads and no
+    per-head pass over the (B, C, H, W) maps is made, forward or backward (``grid_tokens``).
+    """
 
     def __init__(self, build: Callable[[], nn.Module], count: int, seed: int,
                  device: torch.device):
@@ -277,14 +297,55 @@ class HeadGrid:
         self.params = [params[n] for n in self.names]
         self.template = models[0].to("meta")
 
+    def _embeddings(self, maps: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """(G, B, h*w, dim) tokens of every embedding for all heads, or None where folding the
+        affine into the conv would cost more than applying it to the maps."""
+        embeds = self.template.embed
+        if embeds[0].conv.out_channels > len(maps[0]):
+            return None
+        params = dict(zip(self.names, self.params))
+        out = []
+        for i, (embed, m) in enumerate(zip(embeds, maps)):
+            prefix = f"embed.{i}."
+            out.append(grid_tokens(m, params[prefix + "norm.weight"], params[prefix + "norm.bias"],
+                                   params[prefix + "conv.weight"], params[prefix + "conv.bias"],
+                                   embed.norm.eps))
+        return out
+
     def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """(G, B, classes) logits of every head on one shared minibatch."""
+        tokens = self._embeddings(self.template.embed_inputs(maps))
 
-        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor]):
+        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], tokens):
             state = {**dict(zip(self.names, params)), **buffers}
-            return torch.func.functional_call(self.template, state, (maps,))
+            return torch.func.functional_call(self.template, state, (maps,), {"tokens": tokens})
 
-        return torch.vmap(one)(tuple(self.params), self.buffers)
+        per_head = None if tokens is None else 0
+        return torch.vmap(one, in_dims=(0, 0, per_head))(tuple(self.params), self.buffers, tokens)
+
+
+def grid_tokens(maps: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                conv_weight: torch.Tensor, conv_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """``MapTokens`` of G heads on one (B, C, H, W) batch: (G, B, H*W, K) tokens.
+
+    LayerNorm([C, H, W]) then a 1x1 conv is, per position p,
+    ``W (gamma_p * x_hat_p + beta_p) + bias = (W * gamma_p) x_hat_p + (W beta_p + bias)``, with
+    ``x_hat`` the same for every head: one (B, C) x (C, G*K) matmul per position.
+    Parameters are stacked: (G, C, H, W), (G, C, H, W), (G, K, C, 1, 1), (G, K).
+    """
+    batch, channels = maps.shape[:2]
+    flat = maps.flatten(1)
+    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+    x_hat = ((flat - mean) * torch.rsqrt(var + eps)).view(batch, channels, -1)
+    heads, dim = conv_weight.shape[:2]
+    positions = x_hat.shape[2]
+    w = conv_weight.view(heads, dim, channels)
+    gamma, beta = norm_weight.view(heads, channels, positions), norm_bias.view(heads, channels, -1)
+    folded = torch.einsum("gkc,gcp->pcgk", w, gamma).reshape(positions, channels, heads * dim)
+    shift = torch.einsum("gkc,gcp->pgk", w, beta) + conv_bias.unsqueeze(0)
+    by_position = x_hat.permute(2, 0, 1).contiguous()  # (P, B, C): plain strides for the GEMMs
+    tokens = torch.baddbmm(shift.reshape(positions, 1, heads * dim), by_position, folded)
+    return tokens.view(positions, batch, heads, dim).permute(2, 1, 0, 3)
 
 
 class _GridOptimizer:
@@ -344,7 +405,7 @@ def _logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.de
     chunks = [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
     for maps, _ in data.batches(chunks, layers, device):
         with _autocast(device, autocast_kind):
-            out.append(grid(maps).float().cpu())
+            out.append(grid(maps).to(torch.get_default_dtype()).cpu())
     return torch.cat(out, dim=1)
 
 
@@ -377,7 +438,7 @@ def train_grid(
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for maps, y in data.batches(chunks, layers, device):
             with _autocast(device, autocast_kind):
-                logits = grid(maps).float()
+                logits = grid(maps).to(torch.get_default_dtype())
             # The sum over heads of each head's mean loss: head g's gradient is its own.
             losses = F.cross_entropy(logits.transpose(1, 2), y.expand(len(lrs), -1),
                                      reduction="none")

@@ -1,9 +1,11 @@
 """Attention head's learning-rate grid: one batched computation vs one head after another.
 
 Writes a real cache entry of fp16 feature maps (memory-mapped shards, as ``bench run`` leaves
-them), then trains the same 4 learning rates twice through ``bench.heads.train_grid``: once as a
-batched grid (one minibatch read per step for all heads) and once one lr at a time. Both runs use
-the same seeds, minibatch order and steps. Run: python benchmarks/heads_speed.py [--n 1024]
+them), then trains the same 4 learning rates as a batched grid (``bench.heads.train_grid``: one
+minibatch read per step for all heads) and one lr after another the plain way: the head module's
+own forward and ``make_optimizer``'s torch.optim recipe (``train_one_by_one``, the reference the
+grid is tested equal to). All runs use the same seeds, minibatch order and steps. Also timed: the
+grid with one lr (what a refit runs). Run: python benchmarks/heads_speed.py [--n 1024]
 Prints seconds of each and, last, the speed ratio measured in this one run.
 """
 
@@ -31,6 +33,30 @@ def write_cache_entry(root: str, n: int, channels: int, side: int, classes: int)
         entry.write_shard(index, maps.astype(np.float16), [])
     maps, labels, _ = entry.open()
     return maps, labels
+
+
+def train_one_by_one(build, data, layers, cfg, lr: float, epochs: int, device=None):
+    """One head at a time: the module's forward and ``make_optimizer``'s recipe, with the
+    grid's seeds and minibatch order (``cfg.seed``)."""
+    import torch
+
+    from bench.heads import make_optimizer
+
+    device = device or torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    model = build().to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    optimizer, scheduler = make_optimizer(model.parameters(), cfg, lr)
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=gen).numpy()
+        chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        for maps, y in data.batches(chunks, layers, device):
+            loss = torch.nn.functional.cross_entropy(model(maps), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    return model
 
 
 def main() -> None:
@@ -65,10 +91,14 @@ def main() -> None:
         train_grid(build, data, ["block"], cfg, lrs, device, {}, cfg.epochs, progress=False)
         batched = time.perf_counter() - start
         start = time.perf_counter()
+        train_grid(build, data, ["block"], cfg, lrs[:1], device, {}, cfg.epochs, progress=False)
+        grid_of_one = time.perf_counter() - start
+        start = time.perf_counter()
         for lr in lrs:
-            train_grid(build, data, ["block"], cfg, [lr], device, {}, cfg.epochs, progress=False)
+            train_one_by_one(build, data, ["block"], cfg, lr, cfg.epochs)
         sequential = time.perf_counter() - start
-    print(f"batched {batched:.2f} s, sequential {sequential:.2f} s")
+    print(f"batched {batched:.2f} s, sequential {sequential:.2f} s "
+          f"({sequential / len(lrs):.2f} s per lr; the grid with one lr: {grid_of_one:.2f} s)")
     print(f"batched grid of {len(lrs)} learning rates: {sequential / batched:.2f}x faster "
           "than sequential")
 
