@@ -17,8 +17,7 @@ Training follows ``bench.protocol.evaluate``: each learning rate of the grid is 
 validation checkpoints every ``eval_every`` epochs, the best (lr, epochs) on validation is retrained
 on train+val identically and evaluated on test once. Recipes: ``paper`` is the released scripts'
 SGD (no momentum, no weight decay), StepLR(7, 0.1), 28 epochs, lr 5e-2, batch 128; ``adamw`` is
-AdamW with a cosine schedule over a small lr grid. The lr grid trains as one computation
-(``HeadGrid``): each minibatch is read and normalised once for all its heads.
+AdamW with a cosine schedule over a small lr grid.
 
 Cache bytes per image (fp16, maps pooled to at most 16 x 16; shapes checked against the 256x256
 unconditional U-Net): the attention head on block 24 (1024 x 16 x 16, kept as is) needs
@@ -31,7 +30,6 @@ unconditional U-Net): the attention head on block 24 (1024 x 16 x 16, kept as is
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,21 +79,15 @@ class TransformerBlock(nn.Module):
             nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
         )
 
-    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        """(B, n, dim) -> (B, n, dim); with ``first_only`` the first token's output (B, 1, dim)
-        alone: it needs every token's keys and values but one query, one attention row and one
-        MLP (the head's last block, whose CLS output is all it uses)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        if first_only:
-            q, x = q[:, :, :1], x[:, :1]
-        # The fused kernel never materialises the (B, heads, n, n) weights: on the CPU it was 2x
-        # faster than softmax(q k^T) v written out and far steadier on a busy machine. Under
-        # torch.vmap (the lr grid) it has no batching rule and runs once per head, which is the
-        # same work (``HeadGrid`` silences the warning).
-        attended = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(attended.transpose(1, 2).reshape(x.shape))
+        # Written out rather than F.scaled_dot_product_attention: under torch.vmap (the batched
+        # lr grid) the fused CPU kernel has no batching rule and falls back to a per-head loop.
+        weights = torch.softmax((q * (d // self.heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        attended = weights @ v
+        x = x + self.proj(attended.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 
 
@@ -113,44 +105,10 @@ class MapTokens(nn.Module):
         self.conv = nn.Conv2d(channels, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The 1x1 conv as a matmul over tokens: the same numbers. ``grid_map_tokens`` computes
-        # this for a grid of heads at once.
+        # The 1x1 conv as a matmul over tokens: the same numbers, and under torch.vmap (the
+        # batched lr grid) a batched matmul rather than a slow grouped convolution.
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         return F.linear(tokens, self.conv.weight.flatten(1), self.conv.bias)
-
-
-def grid_map_tokens(maps: torch.Tensor, params: dict[str, torch.Tensor], prefix: str,
-                    eps: float) -> torch.Tensor:
-    """Tokens (G, B, H*W, dim) of G stacked ``MapTokens`` (parameters ``prefix + "norm.weight"``
-    etc., each (G, ...)) on the same maps (B, C, H, W): what each one's forward gives.
-
-    The normalisation x_hat = (x - mean) / std is the same for all G; only the LayerNorm affine
-    (gamma, beta: (C, P), P = H*W) and the conv (W: (dim, C), bias) differ, and they fold into
-    one weight per position:
-    tokens[g, b, p, k] = sum_c x_hat[b, c, p] W[g, k, c] gamma[g, c, p]
-                         + sum_c W[g, k, c] beta[g, c, p] + bias[g, k].
-    So the maps are normalised once and read by one batched matmul over positions with a G*dim
-    wide output, forward and backward, instead of G LayerNorms and G narrow matmuls.
-    """
-    gamma = params[prefix + "norm.weight"].flatten(2)  # (G, C, P)
-    beta = params[prefix + "norm.bias"].flatten(2)
-    weight = params[prefix + "conv.weight"].flatten(2)  # (G, dim, C)
-    bias = params[prefix + "conv.bias"]  # (G, dim)
-    count, dim, channels = weight.shape
-    positions = gamma.shape[-1]
-    # F.layer_norm without affine: nn.LayerNorm's own numbers. Each map is then transposed to
-    # (P, C), which the matmul reads as (P, B, C) with channels contiguous (cheaper than a full
-    # (P, B, C) copy).
-    x_hat = F.layer_norm(maps, maps.shape[1:], eps=eps).flatten(2).transpose(1, 2)
-    x_hat = x_hat.contiguous().transpose(0, 1)
-    # (P, C, G, dim), laid out as the matmul reads it (gamma made contiguous first: it is small).
-    folded = gamma.permute(2, 1, 0).contiguous().unsqueeze(-1) * weight.permute(2, 0, 1)
-    tokens = torch.bmm(x_hat, folded.reshape(positions, channels, count * dim))  # (P, B, G*dim)
-    offset = torch.einsum("gkc,gcp->gpk", weight, beta) + bias[:, None, :]  # (G, P, dim)
-    # Under autocast the matmul gives bf16/fp16 tokens, as the module's F.linear does; the
-    # offset, summed with the fp32 bias, is brought to their dtype.
-    tokens = tokens.view(positions, len(maps), count, dim).permute(2, 1, 0, 3)
-    return tokens + offset.to(tokens.dtype)[:, None]
 
 
 class AttentionHead(nn.Module):
@@ -176,30 +134,18 @@ class AttentionHead(nn.Module):
         """The map each embedding reads, in order."""
         return [x[name] for name in self.layers]
 
-    def encode(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """CLS output (B, dim) for one map per embedding, in order."""
-        return self.encode_tokens([embed(m) for embed, m in zip(self.embed, maps)])
-
-    def encode_tokens(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
-        """CLS output (B, dim) from each embedding's tokens (B, h*w, dim), in order."""
-        cls = self.cls_token.expand(len(tokens[0]), -1, -1).to(tokens[0].dtype)
-        x = torch.cat([cls, *tokens], dim=1)
-        if not len(self.blocks):
-            return x[:, 0]
-        for block in self.blocks[:-1]:
-            x = block(x)
-        return self.blocks[-1](x, first_only=True)[:, 0]
-
-    def _cls(self, x: dict[str, torch.Tensor], tokens: Sequence[torch.Tensor] | None):
+    def encode(self, maps: Sequence[torch.Tensor],
+               tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """CLS output (B, dim) for one map per embedding, in order; ``tokens``: the embeddings'
+        outputs when already computed (``HeadGrid`` computes them for all heads at once)."""
         if tokens is None:
-            return self.encode(self.embed_inputs(x))
-        return self.encode_tokens(tokens)
+            tokens = [embed(m) for embed, m in zip(self.embed, maps)]
+        cls = self.cls_token.expand(len(tokens[0]), -1, -1).to(tokens[0].dtype)
+        return self.blocks(torch.cat([cls, *tokens], dim=1))[:, 0]
 
     def forward(self, x: dict[str, torch.Tensor],
                 tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits. ``tokens``: each embedding's output on ``embed_inputs(x)`` where computed
-        already (``HeadGrid`` computes them for all its heads at once); ``x`` is then unused."""
-        return self.classifier(self._cls(x, tokens))
+        return self.classifier(self.encode(self.embed_inputs(x), tokens))
 
 
 class DifFormerHead(AttentionHead):
@@ -228,12 +174,12 @@ class DifFormerHead(AttentionHead):
         self.classifier = nn.Linear(len(groups) * dim, num_classes)
 
     def embed_inputs(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        # All timesteps go through the shared embedding and transformer as one batch (G*B).
+        # All timesteps go through the shared transformer as one batch (G*B sequences).
         return [torch.cat([x[g[i]] for g in self.groups]) for i in range(len(self.groups[0]))]
 
     def forward(self, x: dict[str, torch.Tensor],
                 tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        cls = self._cls(x, tokens)
+        cls = self.encode(self.embed_inputs(x), tokens)
         g, b = len(self.groups), len(cls) // len(self.groups)
         return self.classifier(cls.view(g, b, -1).transpose(0, 1).reshape(b, -1))
 
@@ -321,17 +267,22 @@ class _Maps:
                 maps, y = pending.result()
                 if i + 1 < len(chunks):
                     pending = pool.submit(self._gather, chunks[i + 1], layers, pin)
-                yield ({k: v.to(device, non_blocking=True).float() for k, v in maps.items()},
+                # In the default dtype: float32, or float64 where a test asks for exactness.
+                real = torch.get_default_dtype()
+                yield ({k: v.to(device, non_blocking=True).to(real) for k, v in maps.items()},
                        y.to(device))
 
 
 class HeadGrid:
-    """G copies of one head, one per learning rate, held as stacked parameters (G, ...): every
-    minibatch is read once for all G heads.
+    """G copies of one head, one per learning rate, held as stacked parameters (G, ...) and
+    evaluated together with ``torch.func.functional_call`` under ``torch.vmap``: every minibatch
+    is read once for all G heads.
 
-    The map embeddings of all G heads run together outside vmap (``grid_map_tokens``: the maps
-    are normalised once, one wide matmul); the rest of each head (CLS, transformer, classifier)
-    runs with ``torch.func.functional_call`` under ``torch.vmap`` on its own tokens.
+    The embeddings (LayerNorm over [C, H, W], then a 1x1 conv to ``dim``) of all G heads are
+    computed together, outside vmap, when that is cheaper (``dim`` no larger than the batch): the
+    normalisation is the same for every head, and each head's affine is folded into its conv
+    weight per position, so one matmul over shared normalised maps serves all heads and no
+    per-head pass over the (B, C, H, W) maps is made, forward or backward (``grid_tokens``).
     """
 
     def __init__(self, build: Callable[[], nn.Module], count: int, seed: int,
@@ -346,25 +297,55 @@ class HeadGrid:
         self.params = [params[n] for n in self.names]
         self.template = models[0].to("meta")
 
-    def tokens(self, maps: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Each embedding's tokens (G, B, h*w, dim) for every head, in the head's order."""
+    def _embeddings(self, maps: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """(G, B, h*w, dim) tokens of every embedding for all heads, or None where folding the
+        affine into the conv would cost more than applying it to the maps."""
+        embeds = self.template.embed
+        if embeds[0].conv.out_channels > len(maps[0]):
+            return None
         params = dict(zip(self.names, self.params))
-        inputs = self.template.embed_inputs(maps)
-        return [grid_map_tokens(x, params, f"embed.{i}.", embed.norm.eps)
-                for i, (embed, x) in enumerate(zip(self.template.embed, inputs))]
+        out = []
+        for i, (embed, m) in enumerate(zip(embeds, maps)):
+            prefix = f"embed.{i}."
+            out.append(grid_tokens(m, params[prefix + "norm.weight"], params[prefix + "norm.bias"],
+                                   params[prefix + "conv.weight"], params[prefix + "conv.bias"],
+                                   embed.norm.eps))
+        return out
 
     def __call__(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
         """(G, B, classes) logits of every head on one shared minibatch."""
+        tokens = self._embeddings(self.template.embed_inputs(maps))
 
-        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor],
-                tokens: list[torch.Tensor]):
+        def one(params: tuple[torch.Tensor, ...], buffers: dict[str, torch.Tensor], tokens):
             state = {**dict(zip(self.names, params)), **buffers}
             return torch.func.functional_call(self.template, state, (maps,), {"tokens": tokens})
 
-        with warnings.catch_warnings():
-            # scaled_dot_product_attention has no vmap batching rule: it runs once per head.
-            warnings.filterwarnings("ignore", message=".*batching rule.*scaled_dot_product")
-            return torch.vmap(one)(tuple(self.params), self.buffers, self.tokens(maps))
+        per_head = None if tokens is None else 0
+        return torch.vmap(one, in_dims=(0, 0, per_head))(tuple(self.params), self.buffers, tokens)
+
+
+def grid_tokens(maps: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                conv_weight: torch.Tensor, conv_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """``MapTokens`` of G heads on one (B, C, H, W) batch: (G, B, H*W, K) tokens.
+
+    LayerNorm([C, H, W]) then a 1x1 conv is, per position p,
+    ``W (gamma_p * x_hat_p + beta_p) + bias = (W * gamma_p) x_hat_p + (W beta_p + bias)``, with
+    ``x_hat`` the same for every head: one (B, C) x (C, G*K) matmul per position.
+    Parameters are stacked: (G, C, H, W), (G, C, H, W), (G, K, C, 1, 1), (G, K).
+    """
+    batch, channels = maps.shape[:2]
+    flat = maps.flatten(1)
+    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+    x_hat = ((flat - mean) * torch.rsqrt(var + eps)).view(batch, channels, -1)
+    heads, dim = conv_weight.shape[:2]
+    positions = x_hat.shape[2]
+    w = conv_weight.view(heads, dim, channels)
+    gamma, beta = norm_weight.view(heads, channels, positions), norm_bias.view(heads, channels, -1)
+    folded = torch.einsum("gkc,gcp->pcgk", w, gamma).reshape(positions, channels, heads * dim)
+    shift = torch.einsum("gkc,gcp->pgk", w, beta) + conv_bias.unsqueeze(0)
+    by_position = x_hat.permute(2, 0, 1).contiguous()  # (P, B, C): plain strides for the GEMMs
+    tokens = torch.baddbmm(shift.reshape(positions, 1, heads * dim), by_position, folded)
+    return tokens.view(positions, batch, heads, dim).permute(2, 1, 0, 3)
 
 
 class _GridOptimizer:
@@ -424,7 +405,7 @@ def _logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.de
     chunks = [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
     for maps, _ in data.batches(chunks, layers, device):
         with _autocast(device, autocast_kind):
-            out.append(grid(maps).float().cpu())
+            out.append(grid(maps).to(torch.get_default_dtype()).cpu())
     return torch.cat(out, dim=1)
 
 
@@ -457,7 +438,7 @@ def train_grid(
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for maps, y in data.batches(chunks, layers, device):
             with _autocast(device, autocast_kind):
-                logits = grid(maps).float()
+                logits = grid(maps).to(torch.get_default_dtype())
             # The sum over heads of each head's mean loss: head g's gradient is its own.
             losses = F.cross_entropy(logits.transpose(1, 2), y.expand(len(lrs), -1),
                                      reduction="none")
