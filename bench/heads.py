@@ -350,16 +350,18 @@ def grid_tokens(maps: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.
     Parameters are stacked: (G, C, H, W), (G, C, H, W), (G, K, C, 1, 1), (G, K).
     """
     batch, channels = maps.shape[:2]
-    flat = maps.flatten(1)
-    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
-    x_hat = ((flat - mean) * torch.rsqrt(var + eps)).view(batch, channels, -1)
     heads, dim = conv_weight.shape[:2]
-    positions = x_hat.shape[2]
+    positions = maps[0, 0].numel()
+    # nn.LayerNorm's normalisation without its affine; each map then transposed to (P, C), which
+    # the GEMMs read as (P, B, C) with channels contiguous (half the time of a (P, B, C) copy).
+    x_hat = F.layer_norm(maps, maps.shape[1:], eps=eps).flatten(2).transpose(1, 2)
+    by_position = x_hat.contiguous().transpose(0, 1)
     w = conv_weight.view(heads, dim, channels)
     gamma, beta = norm_weight.view(heads, channels, positions), norm_bias.view(heads, channels, -1)
-    folded = torch.einsum("gkc,gcp->pcgk", w, gamma).reshape(positions, channels, heads * dim)
+    # (P, C, G, K) built in the layout the GEMM reads (gamma, which is small, made contiguous).
+    folded = gamma.permute(2, 1, 0).contiguous().unsqueeze(-1) * w.permute(2, 0, 1)
+    folded = folded.view(positions, channels, heads * dim)
     shift = torch.einsum("gkc,gcp->pgk", w, beta) + conv_bias.unsqueeze(0)
-    by_position = x_hat.permute(2, 0, 1).contiguous()  # (P, B, C): plain strides for the GEMMs
     tokens = torch.baddbmm(shift.reshape(positions, 1, heads * dim), by_position, folded)
     return tokens.view(positions, batch, heads, dim).permute(2, 1, 0, 3)
 
