@@ -260,3 +260,26 @@ def test_grid_tokens_equal_each_heads_own_embedding(head):
         for g, model in enumerate(models):
             with torch.no_grad():
                 torch.testing.assert_close(tokens[g], model.embed[i](maps), atol=1e-5, rtol=1e-5)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as on a GPU
+            low = grid_tokens(maps, params[prefix + "norm.weight"], params[prefix + "norm.bias"],
+                              params[prefix + "conv.weight"], params[prefix + "conv.bias"],
+                              models[0].embed[i].norm.eps)
+            expected = models[1].embed[i](maps)
+        assert low.dtype == expected.dtype == torch.bfloat16
+        torch.testing.assert_close(low[1].float(), expected.float(), atol=0.1, rtol=0.05)
+
+
+def test_last_block_computes_the_cls_row_only():
+    """The head uses the CLS output only, so its last block computes that row alone: the same
+    numbers as running every block in full."""
+    torch.manual_seed(0)
+    head = AttentionHead({"a": (CHANNELS, SIDE, SIDE)}, CLASSES, **TINY).eval()
+    nn.init.normal_(head.cls_token)
+    x = {"a": torch.randn(3, CHANNELS, SIDE, SIDE)}
+    with torch.no_grad():
+        tokens = head.embed[0](x["a"])
+        full = head.blocks(torch.cat([head.cls_token.expand(3, -1, -1), tokens], dim=1))[:, 0]
+        torch.testing.assert_close(head(x), head.classifier(full), atol=1e-6, rtol=1e-6)
+        block = head.blocks[0]
+        torch.testing.assert_close(block(tokens, first_only=True), block(tokens)[:, :1],
+                                   atol=1e-6, rtol=1e-6)
