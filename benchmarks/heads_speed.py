@@ -5,7 +5,9 @@ them), then trains the same 4 learning rates as a batched grid (``bench.heads.tr
 minibatch read per step for all heads) and one lr after another the plain way: the head module's
 own forward and ``make_optimizer``'s torch.optim recipe (``train_one_by_one``, the reference the
 grid is tested equal to). All runs use the same seeds, minibatch order and steps. Also timed: the
-grid with one lr (what a refit runs). Run: python benchmarks/heads_speed.py [--n 1024]
+grid with one lr (what a refit runs). Both arms run the same head module, whose speed-ups
+(fused attention, a CLS-only last block) the plain way gets too: the ratio is the grid's alone.
+Run: python benchmarks/heads_speed.py [--n 1024]
 Prints seconds of each and, last, the speed ratio measured in this one run.
 """
 
