@@ -11,8 +11,9 @@
 
 "fp32 everywhere it can" is the point of ``fp32``: nothing is rounded on the way from the backbone
 to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix.
-Head training in bfloat16 means the attention heads' autocast and the linear grid's two GEMMs
-(weights, optimizer state and softmax stay float32); it pays on GPUs and on CPUs with native
+Head training in bfloat16 means the attention heads' autocast and the two GEMMs of the linear
+grid's search (weights, optimizer state and softmax stay float32; the selected point's refit, one
+head, runs in float32); it pays on GPUs and on CPUs with native
 bfloat16 (AVX512-BF16, AMX), where those GEMMs take half the time.
 """
 

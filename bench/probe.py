@@ -332,7 +332,8 @@ class GridProbeTrainer:
             self.store = getattr(torch, precision.probe_inputs)
         else:  # half the memory on a GPU, where fp16 matmuls are fast
             self.store = torch.float16 if self.device.type == "cuda" else torch.float32
-        # The policy's head type: bf16 GEMMs for the linear heads (``_GridHeads``).
+        # The policy's head type: bf16 GEMMs for the linear grid's search (``_GridHeads``),
+        # where G heads make them the cost; the selected point's refit is one head, in float32.
         bf16 = precision is not None and precision.heads == "bf16"
         self.matmul = torch.bfloat16 if bf16 else torch.float32
 
@@ -375,8 +376,7 @@ class GridProbeTrainer:
         y_all = torch.cat([self._labels(data.labels[s]) for s in self.refit_splits])
         model = train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
                            torch.tensor([point["weight_decay"]]), self.cfg, {},
-                           stop_at=int(point["epochs"]), progress=self.progress,
-                           matmul=self.matmul)
+                           stop_at=int(point["epochs"]), progress=self.progress)
         return model.logits(self._tensor(data.features["test"]))[0]
 
 

@@ -104,3 +104,11 @@ def test_bf16_policy_runs_the_linear_grid_in_bf16_close_to_fp32():
     full = fit_probe(feats, labels, 10, small)
     half = fit_probe(feats, labels, 10, small, precision=policy)
     assert abs(full.test["top1"] - half.test["top1"]) < 1.5
+    # the search ran in bf16, the selected point's refit (one head) in float32: it equals the
+    # fp32 trainer's refit of the same point
+    from bench.protocol import ProbeData
+
+    data, point = ProbeData(feats, labels, 10), {"lr": 1e-2, "weight_decay": 0.0, "epochs": 5}
+    exact = GridProbeTrainer(small, precision=resolve_precision("fp32", "cpu"))
+    torch.testing.assert_close(GridProbeTrainer(small, precision=policy).refit_predict(data, point),
+                               exact.refit_predict(data, point), atol=0, rtol=0)
