@@ -34,7 +34,7 @@ class ProbeConfig:
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
     epochs: int = 40
-    eval_every: int = 5  # validation checkpoints: every N epochs, and the last
+    eval_every: int = 2  # validation checkpoints: every N epochs, and the last
     batch_size: int = 256
     hidden: int = 1024  # mlp
     hidden_layers: int = 1  # mlp

@@ -30,7 +30,7 @@ def test_the_same_protocol_typed_two_ways_is_one_result():
     [first] = run(_spec(), OPTIONS)
     default = bench.create_backbone("pixels")
     spelled = _spec(layers=list(default.default_layers), pools=[default.default_pool],
-                    head_args={**FAST, "eval_every": 5, "batch_size": 256},  # the defaults
+                    head_args={**FAST, "eval_every": 2, "batch_size": 256},  # the defaults
                     precision="fp32")  # what auto means on this CPU
     [second] = run(spelled, OPTIONS)
     assert not first.reused and second.reused
@@ -51,7 +51,7 @@ def test_a_changed_preset_default_recomputes_and_supersedes(monkeypatch):
 
 @dataclass
 class LongerProbe(ProbeConfig):
-    eval_every: int = 2  # a changed head default
+    eval_every: int = 4  # a changed head default
 
 
 def test_a_changed_head_default_or_protocol_version_recomputes(monkeypatch):
@@ -64,7 +64,7 @@ def test_a_changed_head_default_or_protocol_version_recomputes(monkeypatch):
         protocol.HEADS["linear"], config="tests.test_identity:LongerProbe"))
     [longer] = run(_spec(), OPTIONS)
     assert not longer.reused and longer.identity != old.identity
-    assert len(longer.protocol["head"]) and longer.protocol["head"]["eval_every"] == 2
+    assert len(longer.protocol["head"]) and longer.protocol["head"]["eval_every"] == 4
     monkeypatch.setattr(protocol, "PROTOCOL_VERSION", "next")
     [bumped] = run(_spec(), OPTIONS)
     assert not bumped.reused and bumped.identity not in (old.identity, longer.identity)
