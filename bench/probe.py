@@ -40,8 +40,10 @@ class ProbeConfig:
     hidden_layers: int = 1  # mlp
     seed: int = 0
     # Successive halving: at each validation checkpoint but the last, only the better half of
-    # the grid (by the headline metric) trains on. Off: every point trains to the end.
-    halving: bool = False
+    # the grid (by the headline metric) trains on; the points dropped keep the validation
+    # scores they reached, and selection is over all of them. About 8x less arithmetic than
+    # the full grid (off: every point trains to the end) at the same accuracy on our benchmarks.
+    halving: bool = True
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -123,9 +125,12 @@ class _GridHeads(nn.Module):
         return [grad_w.view_as(self.weights[0]), delta.sum(0)]
 
     def keep(self, index: torch.Tensor) -> None:
-        """Keep only grid points ``index`` (successive halving)."""
-        for p, dim in zip(self.parameters(), self.grid_dims()):
-            p.data = p.data.index_select(dim, index)
+        """Keep only grid points ``index`` (successive halving). New parameters, not resized
+        ones: autograd remembers a parameter's shape."""
+        dims = iter(self.grid_dims())
+        for params in (self.weights, self.biases):
+            for i, p in enumerate(params):
+                params[i] = nn.Parameter(p.detach().index_select(next(dims), index))
 
 
 class _AdamW:
@@ -137,6 +142,7 @@ class _AdamW:
     """
 
     def __init__(self, heads: _GridHeads, lrs: torch.Tensor, wds: torch.Tensor, total_steps: int):
+        self.heads = heads
         self.params = list(heads.parameters())
         self.dims = heads.grid_dims()
         self.decays = [i < len(heads.weights) for i in range(len(self.params))]
@@ -181,6 +187,8 @@ class _AdamW:
             p.addcmul_(update, lr, value=-scale * c)
 
     def keep(self, index: torch.Tensor) -> None:
+        """Follow ``_GridHeads.keep`` (call it first): its new parameters, their kept state."""
+        self.params = list(self.heads.parameters())
         self._state(index)
         self.lrs, self.wds = self.lrs[index], self.wds[index]
 

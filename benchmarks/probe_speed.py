@@ -5,7 +5,7 @@ grid trains len(lrs) x len(wds) heads at once; the baseline fits LogisticRegress
 per C value. Run: python benchmarks/probe_speed.py [--features digits|synthetic] [--device cpu]
 [--precision fp32,bf16]. Prints seconds and accuracy of each and the speed ratio measured in this
 one run; the batched grid runs under each precision policy (``bf16``: its two GEMMs in bfloat16),
-in full and with successive halving (``ProbeConfig.halving``).
+with the full grid and with successive halving (``ProbeConfig.halving``, the default).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> None:
                 result = fit_probe(feats, labels, classes, config, device=device,
                                    precision=policy)
                 batched = time.perf_counter() - start
-                variant = f" {policy.name}" + (" halving" if halving else "")
+                variant = f" {policy.name}" + (" halving" if halving else " full grid")
                 print(f"{shape + variant:>34s} {batched:10.2f} {result.test['top1']:6.2f} "
                       f"{sequential:10.2f} {sk_top1:6.2f} {sequential / batched:8.2f}x",
                       flush=True)

@@ -167,12 +167,19 @@ def test_grid_probe_agrees_with_sklearn_logistic_regression():
     sklearn_top1 = 100 * model.score(scaler.transform(feats["test"]), labels["test"])
     assert result.test["top1"] > 90
     assert abs(result.test["top1"] - sklearn_top1) <= 1.0, (result.test, sklearn_top1)
-    assert len(result.grid) == 25 * len(ProbeConfig().checkpoints())
+    kept, expected = 25, 0  # successive halving (the default): the better half trains on
+    for _ in ProbeConfig().checkpoints():
+        expected, kept = expected + kept, (kept + 1) // 2
+    assert len(result.grid) == expected
+    full = fit_probe(feats, labels, 10, ProbeConfig(halving=False))
+    assert len(full.grid) == 25 * len(ProbeConfig().checkpoints())
+    assert abs(full.test["top1"] - sklearn_top1) <= 1.0, (full.test, sklearn_top1)
 
 
 def test_probe_is_deterministic_and_all_heads_train():
     task, feats, labels = _digit_features()
-    small = dict(lrs=(1e-3, 1e-2), weight_decays=(0.0, 1e-3), epochs=10, eval_every=5)
+    small = dict(lrs=(1e-3, 1e-2), weight_decays=(0.0, 1e-3), epochs=10, eval_every=5,
+                 halving=False)
     a = fit_probe(feats, labels, 10, ProbeConfig(**small))
     b = fit_probe(feats, labels, 10, ProbeConfig(**small))
     assert a.test == b.test and a.best == b.best

@@ -29,7 +29,7 @@ def test_hand_written_gradients_equal_autograd():
 def test_successive_halving_keeps_the_better_half_and_their_scores():
     _, feats, labels = _digit_features()
     small = {"epochs": 3, "eval_every": 1, "lrs": (1e-3, 1e-2, 1e-1), "weight_decays": (0.0, 1e-2)}
-    full = fit_probe(feats, labels, 10, ProbeConfig(**small))
+    full = fit_probe(feats, labels, 10, ProbeConfig(halving=False, **small))
     halved = fit_probe(feats, labels, 10, ProbeConfig(halving=True, **small))
     assert [sum(r["epochs"] == e for r in halved.grid) for e in (1, 2, 3)] == [6, 3, 2]
     key = lambda r: (r["lr"], r["weight_decay"], r["epochs"])  # noqa: E731
@@ -40,6 +40,10 @@ def test_successive_halving_keeps_the_better_half_and_their_scores():
     kept = {(r["lr"], r["weight_decay"]) for r in halved.grid if r["epochs"] == 2}
     assert kept == {(r["lr"], r["weight_decay"]) for r in first[:3]} or \
         first[2]["top1"] == first[3]["top1"]  # a tie at the cut goes to the lower grid index
+    for head in ("bn-linear", "mlp"):  # the other heads keep their grid points the same way
+        other = fit_probe(feats, labels, 10, ProbeConfig(head=head, hidden=32, **small))
+        assert [sum(r["epochs"] == e for r in other.grid) for e in (1, 2, 3)] == [6, 3, 2]
+        assert other.test["top1"] > 50
     # halving is a head setting, so it is in the resolved protocol and the result's identity
     from dataclasses import asdict
 
