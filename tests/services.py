@@ -55,6 +55,10 @@ def _release_requeued(job_id: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _squeue_state(job_id) == "PENDING":
+            # Not at once: slurmd may still be revoking the previous run's credential, and a
+            # launch that races it is killed ("Killing non-startable batch job: Job credential
+            # revoked", seen in CI's slurmctld.log), which is why SLURM itself waits ~2 minutes.
+            time.sleep(3)
             out = _sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
             assert not out, f"scontrol update StartTime=now: {out}"
             return
