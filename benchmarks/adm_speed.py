@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbones.adm.backbone import PRECISIONS, RELEASED, TINY_FLAGS
 from backbones.adm.unet import ADMUNet, complete_flags
 from bench.compile import StaticCompiled
+from benchmarks.timing import seconds
 
 CONFIGS = {"256-tiny": TINY_FLAGS, "256-real-structure": RELEASED["diffusion"][0]}
 
@@ -84,16 +85,7 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
 def images_per_s(fn: Callable[[], object], batch: int, iters: int, device: torch.device) -> float:
     """From the median of single timed calls after a warm-up: robust to a busy machine."""
     fn()  # warm-up: cuDNN autotuning, oneDNN primitives, allocator
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return batch / statistics.median(seconds(fn, device) for _ in range(iters))
 
 
 def run(unet: ADMUNet, x: torch.Tensor, t: torch.Tensor, blocks: list[int] | None,

@@ -15,7 +15,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.diffusers_models import DiffusersBackbone, load_pipeline
+from benchmarks.timing import seconds
 
 
 def ddpm_cifar10_structure(folder: Path) -> None:
@@ -48,14 +48,9 @@ def images_per_s(
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(iters + 1):
         for name, fn in calls.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            elapsed = seconds(fn, device)
             if round_:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(elapsed)
     return {name: batch / statistics.median(ts) for name, ts in times.items()}
 
 
