@@ -141,10 +141,11 @@ class AttentionHead(nn.Module):
         """The map each embedding reads, in order."""
         return [x[name] for name in self.layers]
 
-    def encode(self, maps: Sequence[torch.Tensor],
+    def encode(self, maps: Sequence[torch.Tensor] | None,
                tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """CLS output (B, dim) for one map per embedding, in order; ``tokens``: the embeddings'
-        outputs when already computed (``HeadGrid`` computes them for all heads at once)."""
+        outputs when already computed (``HeadGrid`` computes them for all heads at once), and
+        then ``maps`` is not read."""
         if tokens is None:
             tokens = [embed(m) for embed, m in zip(self.embed, maps)]
         cls = self.cls_token.expand(len(tokens[0]), -1, -1).to(tokens[0].dtype)
@@ -157,7 +158,11 @@ class AttentionHead(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor],
                 tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        return self.classifier(self.encode(self.embed_inputs(x), tokens))
+        return self.classifier(self.encode(self._maps(x, tokens), tokens))
+
+    def _maps(self, x: dict[str, torch.Tensor], tokens: Sequence[torch.Tensor] | None):
+        """The embeddings' inputs, unless their tokens are given (no copy of the maps then)."""
+        return self.embed_inputs(x) if tokens is None else None
 
 
 class DifFormerHead(AttentionHead):
@@ -191,7 +196,7 @@ class DifFormerHead(AttentionHead):
 
     def forward(self, x: dict[str, torch.Tensor],
                 tokens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        cls = self.encode(self.embed_inputs(x), tokens)
+        cls = self.encode(self._maps(x, tokens), tokens)
         g, b = len(self.groups), len(cls) // len(self.groups)
         return self.classifier(cls.view(g, b, -1).transpose(0, 1).reshape(b, -1))
 
