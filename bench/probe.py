@@ -41,8 +41,9 @@ class ProbeConfig:
     seed: int = 0
     # Successive halving: at each validation checkpoint but the last, only the better half of
     # the grid (by the headline metric) trains on; the points dropped keep the validation
-    # scores they reached, and selection is over all of them. About 8x less arithmetic than
-    # the full grid (off: every point trains to the end) at the same accuracy on our benchmarks.
+    # scores they reached, and selection is over all of them. At the default checkpoints, about
+    # 8x less arithmetic than the full grid (off: every point trains to the end), at the same
+    # accuracy on our benchmarks.
     halving: bool = True
 
     def __post_init__(self) -> None:
