@@ -92,6 +92,25 @@ def download(task_name: str, data_root: str | os.PathLike | None = None, **task_
     return create_task(task_name, data_root, **task_args).verify()
 
 
+def _check_member(member: tarfile.TarInfo, root: Path, archive: Path) -> None:
+    """Refuse a member that would land outside ``root`` (absolute or ``..`` paths, links
+    pointing out) or is a device: what tarfile's "data" filter refuses, for Pythons without
+    it (Debian 12's 3.11.2)."""
+    from bench.task import DatasetError
+
+    base = root.resolve()
+    target = (base / member.name).resolve()
+    inside = target.is_relative_to(base)
+    if member.issym():
+        inside = inside and (target.parent / member.linkname).resolve().is_relative_to(base)
+    elif member.islnk():
+        inside = inside and (base / member.linkname).resolve().is_relative_to(base)
+    if not inside or member.isdev():
+        raise DatasetError(f"{archive}: refusing archive member {member.name!r} (it would be "
+                           f"written outside the data folder or is a device); the archive is "
+                           "not the official one: delete it and download again")
+
+
 def extract(archive: Path, dest: Path) -> None:
     """Unpack into a temporary folder inside ``dest``, then rename each top-level entry into place."""
     from tqdm.auto import tqdm
@@ -100,7 +119,11 @@ def extract(archive: Path, dest: Path) -> None:
     with tempfile.TemporaryDirectory(dir=dest, prefix=".extract-") as tmp:
         with tarfile.open(archive) as tar:
             for member in tqdm(tar, desc=f"extract {archive.name}", unit=" files"):
-                tar.extract(member, tmp, filter="data")  # refuses paths leaving tmp
+                _check_member(member, Path(tmp), archive)
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: its own checks too
+                    tar.extract(member, tmp, filter="data")
+                else:
+                    tar.extract(member, tmp)
         for entry in Path(tmp).iterdir():
             target = dest / entry.name
             if target.is_dir() and not target.is_symlink():

@@ -154,6 +154,30 @@ def test_dataset_download_extracts_atomically(server, tmp_path, monkeypatch):
     assert not (bad_root / "CUB_200_2011").exists()
 
 
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_extraction_refuses_members_that_leave_the_data_folder(tmp_path, kind):
+    import io
+
+    from bench.task import DatasetError
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        if kind == "symlink":
+            member = tarfile.TarInfo("CUB_200_2011/escape")
+            member.type, member.linkname = tarfile.SYMTYPE, "../../outside"
+            tar.addfile(member)
+        else:
+            name = "../outside.txt" if kind == "dotdot" else str(tmp_path / "outside.txt")
+            member = tarfile.TarInfo(name)
+            member.size = 4
+            tar.addfile(member, io.BytesIO(b"evil"))
+    dest = tmp_path / "data"
+    with pytest.raises(DatasetError, match="refusing archive member"):
+        data.extract(archive, dest)
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "outside").exists()
+    assert list(dest.iterdir()) == []  # the temporary folder is gone too
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     from bench.cli import build_parser
 
