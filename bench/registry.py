@@ -17,6 +17,9 @@ Beyond the presets of this repository, a name may be:
 
 ``create`` checks every argument against the factory's signature and annotations before calling it,
 so the CLI and the Python API report a mistyped argument the same way, naming it.
+
+``Plugins`` is the registry of classes (executors, heads, metrics): a decorator, an entry-point
+group ``bench.<kind>s`` and a base-class check, nothing imported before a name is asked for.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bench.errors import BenchError, UsageError
 
@@ -324,6 +327,86 @@ def type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+# --- plugins: named classes of one base class (executors, heads, metrics) --------------------------
+T = TypeVar("T")
+
+
+class Plugins(Generic[T]):
+    """Named subclasses of ``base``: registered with ``@plugins.register(name)`` in the ``modules``
+    imported on first use, or by an installed package's entry point in the group
+    ``bench.<kind>s`` (a class, registered under the entry point's name, or a module whose import
+    registers its classes). ``also`` adds more on discovery (e.g. names another library knows).
+
+    Nothing is imported until a name is asked for, so the CLI passes a ``Plugins`` itself as an
+    argparse ``choices`` (with a ``metavar``): ``bench --help`` imports no plugin.
+    """
+
+    def __init__(self, kind: str, base: type[T], modules: Sequence[str] = (),
+                 also: Callable[[Plugins[T]], None] | None = None):
+        self.kind, self.base, self.modules, self.also = kind, base, tuple(modules), also
+        self._classes: dict[str, type[T]] = {}
+        self._discovered = False
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator adding the class under ``name``."""
+
+        def decorator(cls: type[T]) -> type[T]:
+            self.add(name, cls)
+            return cls
+
+        return decorator
+
+    def add(self, name: str, cls: Any) -> None:
+        """Add ``cls`` under ``name``; it must subclass ``base`` and the name must be free."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise FactoryError(f"{self.kind} {name!r}: {cls!r} is not a subclass of "
+                               f"{self.base.__module__}.{self.base.__qualname__}: derive it from that")
+        existing = self._classes.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._classes[name] = cls
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for module in self.modules:
+            importlib.import_module(module)
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=f"bench.{self.kind}s"):
+            try:  # one broken plugin must not hide the others
+                loaded = point.load()
+                if not isinstance(loaded, types.ModuleType):
+                    self.add(point.name, loaded)
+            except Exception as e:
+                warnings.warn(f"{self.kind} entry point {point.name!r} ({point.value}) is "
+                              f"skipped: {type(e).__name__}: {e}", stacklevel=2)
+        if self.also is not None:
+            self.also(self)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        self._discover()
+        return sorted(n for n in self._classes if fnmatch.fnmatchcase(n, pattern))
+
+    def get(self, name: str) -> type[T]:
+        """The class registered as ``name``; UnknownNameError suggesting close names."""
+        self._discover()
+        if name in self._classes:
+            return self._classes[name]
+        close = difflib.get_close_matches(name, list(self._classes), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} {self.kind}s: "
+                               f"{', '.join(sorted(self._classes))}")
+
+    def __contains__(self, name: object) -> bool:
+        self._discover()
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
 
 
 backbones = Registry("backbone", "backbones")
