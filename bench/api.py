@@ -40,7 +40,7 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     from bench.tracking import ensure_experiment
 
     experiment_id = options.experiment_id or ensure_experiment(options.suite)
-    if executor.kind == "local":
+    if executor.in_process:
         return replace(options, experiment_id=experiment_id)
     return replace(options, experiment_id=experiment_id, tracking_uri=tracking_uri(),
                    cache_dir=str(cache_dir(options.cache_dir)), progress=False)
@@ -73,7 +73,7 @@ def run_seeds(spec: RunSpec, seeds: list[int], options: RunOptions | None = None
     specs = [replace(spec, seed=seed) for seed in seeds]
     for one in specs:
         check_spec(one)
-    if executor.kind == "local":  # the backbone is built (and its weights read) once
+    if executor.in_process:  # the backbone is built (and its weights read) once
         first = resolve(specs[0], options)
         jobs = [BenchJob(one, options, prepared=first if i == 0 else resolve(
             one, options, backbone=first.backbone)) for i, one in enumerate(specs)]

@@ -1,24 +1,30 @@
-"""The one scheduler: jobs run in this process, in local subprocesses or on SLURM, through submitit.
+"""The one scheduler: jobs run where an executor puts them: in this process, in local subprocesses,
+on SLURM or on any cluster submitit has an executor for.
 
-Every job is a picklable callable (``bench.jobs``); the scheduler only decides where it runs,
-submits (SLURM: one job array per batch), polls, resubmits failures up to ``retries`` times and
-reports each job's outcome. Failures come from submitit's job API (``job.exception()``, the job's
-stderr path); a job that leaves the SLURM queue without a result (``scancel``, node failure) is
-reported as such instead of being waited on forever.
+Every job is a picklable callable (``bench.jobs``); an executor only decides where it runs. The
+submitit executors share one loop here: submit (one job array per batch), poll, resubmit failures
+up to ``retries`` times, report each job's outcome. Failures come from submitit's job API
+(``job.exception()``, the job's stderr path); a job its queue no longer lists without a result
+(``scancel``, node failure) is reported as such instead of being waited on forever.
+
+Executors are plugins (``executors``): a ``bench.scheduler.Executor`` subclass registered with
+``@executors.register(name)`` or the entry-point group ``bench.executors``. Every executor that
+submitit knows (its own and its plugins', entry-point group ``submitit``) is a kind too, under
+submitit's name: the kind goes to ``submitit.AutoExecutor(cluster=...)`` as it is. The built-in
+kinds (``bench.executors``): ``local`` (this process), ``submitit-local``, ``slurm``.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.errors import UsageError
+from bench.registry import Plugins
 
-EXECUTORS = ("local", "submitit-local", "slurm")
 SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
     "partition": "slurm_partition", "gpus": "gpus_per_node", "cpus": "cpus_per_task",
     "mem_gb": "mem_gb", "time_min": "timeout_min", "account": "slurm_account",
@@ -26,20 +32,81 @@ SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
     "slurm_array_parallelism",
 }
 PROFILE_KEYS = ("executor", "setup", *SLURM_FIELDS)
-GONE_AFTER_POLLS = 3  # polls a job may be missing from squeue before it counts as gone
+GONE_AFTER_POLLS = 3  # polls a job may be missing from its queue before it counts as gone
 
 
 @dataclass
 class ExecutorConfig:
-    """Where jobs run: ``kind`` and the submitit parameters (from a profile and flags)."""
+    """Where jobs run: ``kind`` (a name in ``executors``) and the submitit parameters (from a
+    profile and flags)."""
 
     kind: str = "local"
     params: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None  # submitit logs and pickles (default RESULTS/jobs)
 
     def __post_init__(self) -> None:
-        if self.kind not in EXECUTORS:
-            raise UsageError(f"unknown executor {self.kind!r}; executors: {', '.join(EXECUTORS)}")
+        executors.get(self.kind)  # an unknown kind fails here, naming the known ones
+
+    @property
+    def in_process(self) -> bool:
+        """Whether jobs run in this process (the driver may hand them what it built)."""
+        return executors.get(self.kind).in_process
+
+    def create(self) -> Executor:
+        return executors.get(self.kind)(self)
+
+
+class Executor:
+    """Where jobs run. Register a subclass with ``@executors.register(name)`` or the entry-point
+    group ``bench.executors`` and it is a ``--executor`` choice."""
+
+    in_process: ClassVar[bool] = False
+
+    def __init__(self, config: ExecutorConfig):
+        self.config = config
+
+    def run(self, jobs: Sequence[Callable[[], Any]], retries: int, extract_array: int,
+            poll: float, on_states: Callable[[list[str]], None] | None,
+            on_retry: Callable[[JobOutcome], None] | None) -> list[JobOutcome]:
+        """Every job's outcome, in order (``run_jobs`` documents the arguments)."""
+        raise NotImplementedError
+
+
+class SubmititExecutor(Executor):
+    """Jobs through ``submitit.AutoExecutor(cluster=self.cluster)``. Subclasses say what their
+    cluster adds: which parameters apply, job dependencies, a queue to ask about lost jobs."""
+
+    cluster: ClassVar[str | None] = None  # submitit's executor name; None: the kind itself
+
+    def parameters(self) -> dict[str, Any]:
+        """The ``update_parameters`` arguments (AutoExecutor ignores other clusters' prefixes)."""
+        return {k: v for k, v in self.config.params.items() if v is not None}
+
+    def submit_after(self, executor: Any, job: Callable[[], Any], parts: list[Any]) -> Any:
+        """Submit ``job`` to run after the submitted ``parts``; without dependencies, wait here."""
+        for part in parts:
+            part.result()
+        return executor.submit(job)
+
+    def queue_state(self, job_id: str) -> str | None:
+        """The job's raw state in its queue; "" when the queue no longer lists it, None when
+        there is no queue to ask."""
+        return None
+
+    def run(self, jobs, retries, extract_array, poll, on_states, on_retry) -> list[JobOutcome]:
+        return _Submitted(self, jobs, retries, extract_array, poll, on_states, on_retry).wait()
+
+
+def _submitit_kinds(plugins: Plugins[Executor]) -> None:
+    """Every executor submitit knows (its plugins' too) not named here already: passed through."""
+    from submitit.core.plugins import get_executors
+
+    for name in get_executors():
+        if name not in plugins:
+            plugins.add(name, SubmititExecutor)
+
+
+executors: Plugins[Executor] = Plugins("executor", Executor, ("bench.executors",), _submitit_kinds)
 
 
 def load_profile(name: str, path: str | None = None) -> dict[str, Any]:
@@ -91,7 +158,7 @@ class JobOutcome:
 
 
 class JobGone(RuntimeError):
-    """A SLURM job that left the queue without writing a result (cancelled, node failure)."""
+    """A job that left its queue without writing a result (cancelled, node failure)."""
 
 
 def run_jobs(
@@ -110,40 +177,25 @@ def run_jobs(
     ``on_states`` receives every job's state (pending / running / done / failed) when one changes;
     ``on_retry`` each failed try that is resubmitted.
     """
-    config = config or ExecutorConfig()
-    if config.kind == "local":
-        return [_run_here(job, retries, on_retry) for job in jobs]
-    return _Submitted(jobs, config, retries, extract_array, poll, on_states, on_retry).wait()
-
-
-def _run_here(job: Callable[[], Any], retries: int, on_retry) -> JobOutcome:
-    for attempt in range(1, retries + 2):
-        try:
-            return JobOutcome(job, result=job(), tries=attempt)
-        except Exception as e:  # kept with its traceback; the caller decides to raise or report
-            failed = JobOutcome(job, error=e, tries=attempt)
-            if attempt <= retries and on_retry:
-                on_retry(failed)
-    return failed
+    executor = (config or ExecutorConfig()).create()
+    return executor.run(jobs, retries, extract_array, poll, on_states, on_retry)
 
 
 class _Submitted:
     """Jobs on submitit: submit, poll, resubmit failures, collect outcomes."""
 
-    def __init__(self, jobs, config: ExecutorConfig, retries: int, extract_array: int,
+    def __init__(self, kind: SubmititExecutor, jobs, retries: int, extract_array: int,
                  poll: float, on_states, on_retry):
         import submitit
 
         from bench.paths import jobs_dir
 
-        folder = jobs_dir(config.folder)
+        folder = jobs_dir(kind.config.folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.executor = submitit.AutoExecutor(
-            folder=str(folder), cluster="local" if config.kind == "submitit-local" else "slurm")
-        params = dict(config.params)
-        if config.kind == "submitit-local":
-            params = {"timeout_min": int(params.get("timeout_min", 240))}
-        self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        self.kind = kind
+        self.executor = submitit.AutoExecutor(folder=str(folder),
+                                              cluster=kind.cluster or kind.config.kind)
+        self.executor.update_parameters(**kind.parameters())
         self.jobs, self.retries, self.extract_array = list(jobs), retries, extract_array
         self.poll, self.on_states, self.on_retry = poll, on_states, on_retry
         self.outcomes: list[JobOutcome | None] = [None] * len(self.jobs)
@@ -185,7 +237,7 @@ class _Submitted:
             self.tries[i] += 1
             self.missing[i] = 0
         if self.extract_array <= 1:
-            with self.executor.batch():  # one SLURM job array
+            with self.executor.batch():  # one job array
                 handles = [self.executor.submit(self.jobs[i]) for i in indices]
             return dict(zip(indices, handles))
         return {i: self._submit_after_extraction(self.jobs[i]) for i in indices}
@@ -193,26 +245,17 @@ class _Submitted:
     def _submit_after_extraction(self, job) -> Any:
         with self.executor.batch():
             parts = [self.executor.submit(part) for part in job.extraction_jobs(self.extract_array)]
-        if self.executor.cluster != "slurm":  # no job dependencies outside SLURM: wait here
-            for part in parts:
-                part.result()
-            return self.executor.submit(job)
-        ids = ":".join(p.job_id for p in parts)
-        self.executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{ids}"})
-        try:
-            return self.executor.submit(job)
-        finally:
-            self.executor.update_parameters(slurm_additional_parameters={})
+        return self.kind.submit_after(self.executor, job, parts)
 
     def _finished(self, i: int, handle) -> BaseException | None | bool:
         """False while running; else the job's error (None if it succeeded)."""
         if handle.done():
             return handle.exception()
-        if self.executor.cluster == "slurm" and _squeue_state(handle.job_id) == "":
+        if self.kind.queue_state(handle.job_id) == "":
             self.missing[i] += 1
             if self.missing[i] >= GONE_AFTER_POLLS and not handle.done():
-                return JobGone(f"SLURM job {handle.job_id} left the queue without a result "
-                               "(cancelled, or its node failed)")
+                return JobGone(f"{self.kind.config.kind} job {handle.job_id} left the queue "
+                               "without a result (cancelled, or its node failed)")
         else:
             self.missing[i] = 0
         return False
@@ -224,25 +267,12 @@ class _Submitted:
         handle = running[i]
         try:
             raw = handle.state
-        except Exception:  # noqa: BLE001  (sacct unavailable: submitit may raise)
+        except Exception:  # noqa: BLE001  (no accounting: submitit may raise)
             raw = "UNKNOWN"
-        if raw == "UNKNOWN" and self.executor.cluster == "slurm":  # no accounting: ask squeue
-            raw = _squeue_state(handle.job_id) or "UNKNOWN"
+        if raw == "UNKNOWN":  # ask the queue itself, where there is one
+            raw = self.kind.queue_state(handle.job_id) or "UNKNOWN"
         return {"PENDING": "pending", "REQUEUED": "pending", "CONFIGURING": "pending"}.get(
             raw, "running")
-
-
-def _squeue_state(job_id: str) -> str | None:
-    """The job's state in squeue; "" when squeue no longer lists it, None when it cannot tell."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
-                             timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    states = dict(line.split(maxsplit=1) for line in out.stdout.splitlines() if " " in line)
-    return states.get(str(job_id), "")
 
 
 def summary(outcome: JobOutcome, lines: int = 2) -> str:

@@ -3,6 +3,7 @@ points (a dist-info folder on sys.path, as pip leaves it), checked against their
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -42,3 +43,79 @@ def test_plugins_from_entry_points_are_checked_against_the_base(tmp_path, monkey
         things.get("goood")
     with pytest.raises(FactoryError, match="not a subclass"):
         things.register("bad")(int)
+
+
+# --- executors ---------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_executors(monkeypatch):
+    """The executor registry discovered again (entry points installed by the test included), and
+    submitit's plugin cache cleared before and after."""
+    from submitit.core import plugins
+
+    from bench.scheduler import executors
+
+    executors.names()  # the built-ins are registered
+    monkeypatch.setattr(executors, "_classes", dict(executors._classes))
+    monkeypatch.setattr(executors, "_discovered", False)
+    plugins._get_plugins.cache_clear()
+    plugins.get_executors.cache_clear()
+    yield executors
+    plugins._get_plugins.cache_clear()
+    plugins.get_executors.cache_clear()
+
+
+RECORDING = '''
+from bench.scheduler import Executor, JobOutcome
+
+
+class Recording(Executor):
+    """Runs each job in this process, as a remote executor would (the job resolves itself)."""
+
+    ran = []
+
+    def run(self, jobs, retries, extract_array, poll, on_states, on_retry):
+        Recording.ran += [type(job).__name__ for job in jobs]
+        return [JobOutcome(job, result=job()) for job in jobs]
+'''
+
+
+def test_an_executor_from_an_installed_package_runs_bench_run(tmp_path, monkeypatch, capsys,
+                                                              fresh_executors):
+    """A bench.executors entry point is a --executor choice; `bench run` hands it the job."""
+    from bench.cli import main
+
+    install(tmp_path, monkeypatch, "plugin_executor", RECORDING,
+            "[bench.executors]\nrecording = plugin_executor:Recording\n")
+    assert "recording" in fresh_executors
+    assert main(["run", "--backbone", "pixels", "--backbone-arg", "size=4", "--task", "digits",
+                 "--task-arg", "limit=30", "--executor", "recording", "--workers", "0",
+                 "--epochs", "2", "--lrs", "1e-2", "--wds", "0", "--no-progress"]) == 0
+    assert "pixels/digits/image/4/linear: test_top1" in capsys.readouterr().out
+    import plugin_executor
+
+    assert plugin_executor.Recording.ran == ["BenchJob"]
+
+
+def test_a_submitit_executor_plugin_is_an_executor_kind(tmp_path, monkeypatch, fresh_executors):
+    """An executor submitit loads from its own entry-point group passes through AutoExecutor by
+    its submitit name: bench needs no code for it."""
+    from bench.scheduler import ExecutorConfig, run_jobs
+
+    install(tmp_path, monkeypatch, "plugin_cluster", (
+        "from submitit.local.debug import DebugExecutor\n"
+        "class InlineExecutor(DebugExecutor):\n"
+        "    submitted = 0\n"
+        "    def _internal_process_submissions(self, delayed):\n"
+        "        InlineExecutor.submitted += len(delayed)\n"
+        "        return super()._internal_process_submissions(delayed)\n"),
+        "[submitit]\nexecutor = plugin_cluster:InlineExecutor\n")
+    assert "inline" in fresh_executors
+    config = ExecutorConfig("inline", folder=str(tmp_path / "jobs"))
+    outcomes = run_jobs([functools.partial(pow, 2, 5), functools.partial(pow, 3, 2)], config,
+                        poll=0.01)
+    assert [o.result for o in outcomes] == [32, 9]
+    import plugin_cluster
+
+    assert plugin_cluster.InlineExecutor.submitted == 2
+    with pytest.raises(UnknownNameError, match="unknown executor 'inlin'.*Did you mean inline"):
+        ExecutorConfig("inlin")

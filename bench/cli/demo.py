@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
+from bench.scheduler import executors
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="offline end-to-end run: two controls on digits (minutes, CPU)")
     p.add_argument("--suite", default="demo")
-    p.add_argument("--executor", default="local", choices=["local", "submitit-local", "slurm"])
+    p.add_argument("--executor", default="local", choices=executors, metavar="KIND",
+                   help="where the jobs run: %(choices)s")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.errors import UsageError
+from bench.scheduler import executors
 
 SLURM_FLAGS = {  # flag -> help; the values go to bench.scheduler.executor_config by name
     "partition": "SLURM partition", "gpus": "GPUs per node", "cpus": "CPUs per task",
@@ -101,8 +102,8 @@ def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> N
 
 
 def add_executor_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
-                   help="where jobs run (default: the profile's, else local)")
+    p.add_argument("--executor", choices=executors, metavar="KIND",
+                   help="where jobs run: %(choices)s (default: the profile's, else local)")
     p.add_argument("--profile", help="named executor profile from the profiles file")
     p.add_argument("--profiles", help="profiles YAML (default $BENCH_PROFILES or "
                    "~/.config/bench/profiles.yaml)")

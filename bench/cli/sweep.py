@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     table = LiveTable([f"{j.spec.backbone:>20s} x {j.spec.task:<12s} head={j.spec.head:<9s}"
                        for j in plan.jobs])
     report = sweep(plan, executor, args.retries, args.extract_array, args.poll,
-                   table.show if executor.kind != "local" else None, _print_retry(args.retries))
+                   None if executor.in_process else table.show, _print_retry(args.retries))
     for record in report.records:
         note = " (reused)" if record.reused else ""
         print(f"  {record.name}: test_top1 {record.metrics['test_top1']:.2f} val_{record.headline}"

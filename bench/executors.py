@@ -1,0 +1,68 @@
+"""The built-in executors: ``local`` (this process), ``submitit-local`` (subprocesses through
+submitit) and ``slurm`` (sbatch job arrays through submitit, with SLURM's job dependencies and
+``squeue`` to notice lost jobs). ``bench.scheduler`` documents how to add one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from bench.scheduler import Executor, JobOutcome, SubmititExecutor, executors
+
+
+@executors.register("local")
+class InProcess(Executor):
+    """Jobs run one after the other in this process; a failure keeps its traceback."""
+
+    in_process = True
+
+    def run(self, jobs, retries, extract_array, poll, on_states, on_retry) -> list[JobOutcome]:
+        return [_run_here(job, retries, on_retry) for job in jobs]
+
+
+def _run_here(job, retries: int, on_retry) -> JobOutcome:
+    for attempt in range(1, retries + 2):
+        try:
+            return JobOutcome(job, result=job(), tries=attempt)
+        except Exception as e:  # kept with its traceback; the caller decides to raise or report
+            failed = JobOutcome(job, error=e, tries=attempt)
+            if attempt <= retries and on_retry:
+                on_retry(failed)
+    return failed
+
+
+@executors.register("submitit-local")
+class SubmititLocal(SubmititExecutor):
+    """submitit's local executor: one subprocess per job, on this machine."""
+
+    cluster = "local"
+
+    def parameters(self) -> dict[str, Any]:
+        return {"timeout_min": int(self.config.params.get("timeout_min") or 240)}
+
+
+@executors.register("slurm")
+class Slurm(SubmititExecutor):
+    """sbatch job arrays; a job waits for its extraction array through an afterok dependency."""
+
+    cluster = "slurm"
+
+    def submit_after(self, executor: Any, job, parts: list[Any]) -> Any:
+        ids = ":".join(p.job_id for p in parts)
+        executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{ids}"})
+        try:
+            return executor.submit(job)
+        finally:
+            executor.update_parameters(slurm_additional_parameters={})
+
+    def queue_state(self, job_id: str) -> str | None:
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True,
+                                 text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode != 0:
+            return None
+        states = dict(line.split(maxsplit=1) for line in out.stdout.splitlines() if " " in line)
+        return states.get(str(job_id), "")
