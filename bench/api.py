@@ -110,7 +110,7 @@ def raise_failure(outcome: JobOutcome) -> None:
     """Re-raise a job's error: as it was when it ran here, else with its log."""
     if outcome.log is None:
         raise outcome.error
-    raise JobFailedError(f"job failed: {summary(outcome)}\n  log: {outcome.log}") from outcome.error
+    raise JobFailedError(f"job failed: {summary(outcome)} (log: {outcome.log})") from outcome.error
 
 
 @dataclass
@@ -158,11 +158,11 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
 
 def write_figures(suites: list[str]) -> dict[str, Path]:
     """The reference sources' figures (the paper's ablations) for these suites' records."""
-    from bench.paths import results_dir
+    from bench.paths import figures_dir
     from bench.references import figures
     from bench.tracking import experiment_ids, find_records
 
-    folder = results_dir() / "figures"
+    folder = figures_dir()
     paths = {}
     for name, png in figures(find_records(experiment_ids(suites))).items():
         folder.mkdir(parents=True, exist_ok=True)

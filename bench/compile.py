@@ -32,18 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.paths import compile_cache_dir
+
 MODE = "default"
-_USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-
-
-def compile_cache_dir() -> Path:
-    """Where compiled kernels persist between runs: the user's TORCHINDUCTOR_CACHE_DIR, else
-    ``torch-compile`` in the weights folder (shared by every run and SLURM task that shares it)."""
-    if _USER_CACHE_DIR:
-        return Path(_USER_CACHE_DIR)
-    from bench.weights import weights_dir
-
-    return weights_dir() / "torch-compile"
 
 
 def use_compile_cache() -> Path:

@@ -58,9 +58,9 @@ def verify(
 def download(task_name: str, data_root: str | os.PathLike | None = None, **task_args: Any) -> list[str]:
     """Fetch and place what is missing, then verify; returns the problems left ([] = ready).
 
-    Raises ``DatasetError`` with manual instructions for datasets without a public source.
+    Raises ``ManualDownloadError`` with instructions for datasets without a public source.
     """
-    from bench.task import DatasetError
+    from bench.task import DatasetError, ManualDownloadError
     from bench.weights import download as fetch
     from bench.weights import file_digests
 
@@ -70,8 +70,10 @@ def download(task_name: str, data_root: str | os.PathLike | None = None, **task_
     downloads = getattr(task, "downloads", ())
     if hasattr(task, "prepare"):  # manual download plus local unpacking (ImageNet's archives)
         task.prepare()
+    elif getattr(task, "instructions", "") and not downloads:
+        raise ManualDownloadError(task_name, task.instructions)
     elif not downloads:
-        raise DatasetError(getattr(task, "instructions", "") or f"{task_name}: no public download")
+        raise DatasetError(f"{task_name}: no public download; place the data by hand")
     for d in downloads:
         if (task.root / d.creates).exists():
             continue

@@ -15,3 +15,8 @@ class BenchError(Exception):
 
 class UsageError(BenchError, ValueError):
     """A bad argument: an option that does not apply, a value out of range, a malformed spec."""
+
+
+class NumericalError(BenchError, FloatingPointError):
+    """Numbers that are not finite where they must be (features overflowing the cache precision,
+    a NaN from a backbone): the message names the precision to change or the input to check."""

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from bench.backbone import Backbone
-from bench.cache import CacheEntry, FeatureCache
-from bench.errors import UsageError
+from bench.cache import CacheEntry, CacheError, FeatureCache
+from bench.errors import NumericalError, UsageError
 from bench.pipeline import DECODES, Loader
 from bench.precision import PrecisionPolicy, autocast, resolve_precision
 from bench.task import DatasetError, Split
@@ -103,8 +103,8 @@ def extract(
         entries[req].create(fields, split.labels, shard_size)
     sizes = {e.manifest["shard_size"] for e in entries.values()}
     if len(sizes) > 1:
-        raise RuntimeError(f"cached entries of one extraction disagree on shard size {sizes}; "
-                           "remove them with `bench cache rm` or extract them separately")
+        raise CacheError(f"cached entries of one extraction disagree on shard size {sizes}; "
+                         "remove them with `bench cache rm` or extract them separately")
     shard_size = sizes.pop()
     # without skip_corrupt, shards that left items out are recomputed (the image may be fixed)
     todo = {req: set(e.missing_shards(allow_skipped=skip_corrupt)) for req, e in entries.items()}
@@ -138,10 +138,10 @@ def extract(
                 features = np.concatenate(buffers[req])
                 stored = features.astype(dtype)
                 if not np.isfinite(stored).all():
-                    raise FloatingPointError(
+                    raise NumericalError(
                         f"features of {req} are not finite in {precision.storage} (max |x| "
                         f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
-                        "precision or is NaN: check the weights and inputs")
+                        "precision (try --precision fp32) or is NaN: check the weights and inputs")
                 entry.write_shard(shard, stored, shard_skips)
             buffers[req] = []
         report.shards_written += 1

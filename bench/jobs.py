@@ -27,10 +27,10 @@ BOOTSTRAP_SEED = 0  # the same predictions always give the same interval
 
 def cells_lock(options: RunOptions, identities: list[str]):
     """The lock file of a job's result cells, beside the cache every process of a run shares."""
-    from bench.paths import cache_dir
+    from bench.paths import locks_dir
     from bench.task import json_digest
 
-    return cache_dir(options.cache_dir) / ".locks" / f"{json_digest(sorted(identities))[:32]}.lock"
+    return locks_dir(options.cache_dir) / f"{json_digest(sorted(identities))[:32]}.lock"
 
 
 class _Requeueable:

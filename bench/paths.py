@@ -3,12 +3,23 @@
 | what | variable | default |
 | --- | --- | --- |
 | results (runs, leaderboards, jobs) | ``BENCH_RESULTS`` | ``./results`` |
+| records waiting for the tracking server | | ``RESULTS/pending`` |
+| artifacts of a local (sqlite) store | | ``RESULTS/artifacts`` |
+| leaderboard figures | | ``RESULTS/figures`` |
 | feature cache | ``BENCH_CACHE`` | ``RESULTS/cache`` |
+| cache and job locks | | ``CACHE/.locks`` |
 | datasets | ``BENCH_DATA`` (or ``--data-root``) | ``~/.cache/bench/data`` |
 | weights | ``BENCH_WEIGHTS`` | ``~/.cache/bench/weights`` |
 | tracking store | ``MLFLOW_TRACKING_URI`` | ``sqlite:///RESULTS/mlflow.db`` |
 | submitit job folders | ``--job-dir`` | ``RESULTS/jobs`` |
 | executor profiles | ``BENCH_PROFILES`` (or ``--profiles``) | ``~/.config/bench/profiles.yaml`` |
+| compiled kernels (``--compile``) | ``TORCHINDUCTOR_CACHE_DIR`` | ``WEIGHTS/torch-compile`` |
+
+| switch | variable | default |
+| --- | --- | --- |
+| no downloads | ``BENCH_OFFLINE`` or ``HF_HUB_OFFLINE`` (not ``0``) | downloads on |
+| largest image decoded (pixels, 0: no limit) | ``BENCH_MAX_IMAGE_PIXELS`` | Pillow's limit |
+| tracebacks for user errors too | ``BENCH_DEBUG`` | one line, exit 2 |
 
 ``~/.cache`` honours ``XDG_CACHE_HOME``. Paths are resolved when asked for, so a job on another node
 reads its own environment (the driver passes the values that must agree, such as the tracking
@@ -20,6 +31,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.errors import UsageError
+
+# Read at import: bench sets TORCHINDUCTOR_CACHE_DIR itself once it compiles (bench.compile), so
+# only a value present before that is the user's.
+_USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
 
 def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -29,12 +46,31 @@ def results_dir() -> Path:
     return Path(os.environ.get("BENCH_RESULTS", "results")).expanduser().resolve()
 
 
+def pending_dir() -> Path:
+    """Records logged while the tracking server was unreachable, sent by ``bench sync``."""
+    return results_dir() / "pending"
+
+
+def artifacts_dir() -> Path:
+    return results_dir() / "artifacts"
+
+
+def figures_dir() -> Path:
+    return results_dir() / "figures"
+
+
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
         return Path(explicit).expanduser().resolve()
     if os.environ.get("BENCH_CACHE"):
         return Path(os.environ["BENCH_CACHE"]).expanduser().resolve()
     return results_dir() / "cache"
+
+
+def locks_dir(cache: str | os.PathLike | None = None) -> Path:
+    """Lock files of the cache ``cache`` (default ``cache_dir()``): on the file system every
+    process sharing that cache sees."""
+    return cache_dir(cache) / ".locks"
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -62,3 +98,31 @@ def jobs_dir(explicit: str | os.PathLike | None = None) -> Path:
 def profiles_file(explicit: str | os.PathLike | None = None) -> Path:
     chosen = explicit or os.environ.get("BENCH_PROFILES")
     return Path(chosen or Path.home() / ".config" / "bench" / "profiles.yaml").expanduser()
+
+
+def compile_cache_dir() -> Path:
+    """Where compiled kernels persist between runs: the user's TORCHINDUCTOR_CACHE_DIR, else
+    ``torch-compile`` in the weights folder (shared by every run and SLURM task that shares it)."""
+    return Path(_USER_INDUCTOR_CACHE) if _USER_INDUCTOR_CACHE else weights_dir() / "torch-compile"
+
+
+def offline() -> bool:
+    """Whether downloads are off (``BENCH_OFFLINE`` or ``HF_HUB_OFFLINE`` set, not to 0)."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "BENCH_OFFLINE"))
+
+
+def debug() -> bool:
+    """Whether user errors keep their traceback (``BENCH_DEBUG``)."""
+    return bool(os.environ.get("BENCH_DEBUG"))
+
+
+def max_image_pixels() -> int | None:
+    """``BENCH_MAX_IMAGE_PIXELS`` (0: no limit), None when unset."""
+    value = os.environ.get("BENCH_MAX_IMAGE_PIXELS", "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"BENCH_MAX_IMAGE_PIXELS={value!r}: give a number of pixels "
+                         "(0: no limit)") from None

@@ -138,12 +138,12 @@ class Prepared:
 def build_task(spec: RunSpec) -> Task:
     """The task, its data checked cheaply (layout, counts) before any model is built."""
     from bench.registry import tasks
-    from bench.task import DatasetError
+    from bench.task import problems_error
 
     task = tasks.create(spec.task, **spec.task_args)
     problems = task.verify(full=False)
     if problems:
-        raise DatasetError(f"task {spec.task!r}: " + "\n".join(problems))
+        raise problems_error(spec.task, [f"task {spec.task!r}: {problems[0]}", *problems[1:]])
     return task
 
 

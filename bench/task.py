@@ -32,6 +32,25 @@ class DatasetError(BenchError, RuntimeError):
     """Missing or malformed data; the message says what is wrong and how to fix it."""
 
 
+class ManualDownloadError(DatasetError):
+    """Data that only a person can fetch (a licence to accept, a dead URL): ``instructions`` say
+    how, over several lines, and ``bench data download`` prints them before this one-line error."""
+
+    def __init__(self, task: str, instructions: str):
+        super().__init__(f"{task}: the data must be fetched by hand, as the instructions of "
+                         f"`bench data download --task {task}` say")
+        self.instructions = instructions
+
+
+def problems_error(task: str, problems: list[str]) -> DatasetError:
+    """One error, one line, for ``verify``'s problems: the first, and where to read them all."""
+    first, *rest = problems[0].splitlines()
+    if len(problems) > 1 or rest:
+        more = f"{len(problems) - 1} more problem(s); " if len(problems) > 1 else ""
+        first += f" ({more}`bench data verify --task {task}` shows them all)"
+    return DatasetError(first)
+
+
 class CorruptImageError(DatasetError):
     def __init__(self, item: Any, reason: str):
         super().__init__(
@@ -155,8 +174,10 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 def max_image_pixels(explicit: int | None = None) -> int | None:
     """The largest image (width x height) decoded: ``explicit``, else $BENCH_MAX_IMAGE_PIXELS,
     else Pillow's limit. 0 means no limit (for datasets of huge images, on purpose)."""
-    value = explicit if explicit is not None else int(
-        os.environ.get(MAX_IMAGE_PIXELS_ENV) or DEFAULT_MAX_IMAGE_PIXELS)
+    from bench.paths import max_image_pixels as from_environment
+
+    value = explicit if explicit is not None else from_environment()
+    value = DEFAULT_MAX_IMAGE_PIXELS if value is None else value
     return value or None
 
 
@@ -292,7 +313,7 @@ class FileTask(Task):
         if self._partitions is None:
             missing = self.missing_layout()
             if missing:
-                raise DatasetError("\n".join(missing))
+                raise problems_error(self.name, missing)
             parts, names = self.read_partitions()
             self.class_names, self.num_classes = list(names), len(names)
             self._partitions = parts

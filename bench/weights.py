@@ -22,15 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.paths import weights_dir
+from bench.paths import offline, weights_dir
 
 
 class WeightsError(BenchError, RuntimeError):
     """Weights that cannot be found, fetched or verified; the message says how to fix it."""
-
-
-def offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "BENCH_OFFLINE"))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, data_root, list_class_folders
+from bench.task import (DatasetError, FileTask, ManualDownloadError, Partitions, data_root,
+                        list_class_folders)
 
 OFFICIAL = {"classes": 1000, "train": 1281167, "test": 50000}
 ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -102,7 +103,7 @@ class ImageNet(FileTask):
         """Unpack the three archives with torchvision's parsing, each folder renamed into place
         only when complete; without the archives, raise with the download instructions."""
         if not all((self.dir / name).is_file() for name in ARCHIVES):
-            raise DatasetError(self.instructions)
+            raise ManualDownloadError(self.name, self.instructions)
         from torchvision.datasets import imagenet
 
         root = str(self.dir)

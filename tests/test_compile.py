@@ -11,7 +11,8 @@ import torch
 
 import bench
 from bench.cache import FeatureCache
-from bench.compile import StaticCompiled, compile_cache_dir, enable_compile
+from bench.compile import StaticCompiled, enable_compile
+from bench.paths import compile_cache_dir
 from bench.extract import entry_fields, extract
 from bench.precision import resolve_precision
 

@@ -129,7 +129,7 @@ def test_download_of_a_complete_partial_file(server, tmp_path):
     assert target.read_bytes() == body
 
 
-def test_dataset_download_extracts_atomically(server, tmp_path, monkeypatch):
+def test_dataset_download_extracts_atomically(server, tmp_path, monkeypatch, capsys):
     """`bench data download --task cub` against a tiny CUB archive: md5, extraction, verify."""
     from tasks.cub import CUB
 
@@ -149,8 +149,13 @@ def test_dataset_download_extracts_atomically(server, tmp_path, monkeypatch):
 
     bad_root = tmp_path / "bad"
     monkeypatch.setattr(CUB, "downloads", (data.Download(good.url, "0" * 32, "CUB_200_2011"),))
-    args = parse(["download", "--task", "cub", "--data-root", str(bad_root)])
-    assert args.func(args) == 1
+    from bench.cli import main
+
+    capsys.readouterr()  # the first download's progress bars
+    assert main(["data", "download", "--task", "cub", "--data-root", str(bad_root)]) == 2
+    err = capsys.readouterr().err  # the progress bar, then one line, like every usage error
+    [line] = [line for line in err.splitlines() if not line.startswith("CUB_200_2011.tgz")]
+    assert line.startswith("bench: error: ") and "md5" in line and "Traceback" not in err
     assert not (bad_root / "CUB_200_2011").exists()
 
 
@@ -216,11 +221,15 @@ def test_verify_command_exit_codes_and_messages(tmp_path, capsys):
     ("imagenet", ["https://image-net.org", "ILSVRC2012_img_train.tar"]),
 ])
 def test_manual_datasets_print_instructions(task, words, tmp_path, capsys):
-    args = parse(["download", "--task", task, "--data-root", str(tmp_path)])
-    assert args.func(args) == 1
-    out = capsys.readouterr().out
-    assert all(w in out for w in words)
-    assert str(tmp_path) in out
+    from bench.cli import main
+
+    assert main(["data", "download", "--task", task, "--data-root", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert all(w in captured.out for w in words)
+    assert str(tmp_path) in captured.out
+    [line] = captured.err.splitlines()
+    assert line == (f"bench: error: {task}: the data must be fetched by hand, as the instructions "
+                    f"of `bench data download --task {task}` say")
 
 
 def test_data_module_imports_nothing_heavy():
@@ -235,7 +244,8 @@ def test_data_module_imports_nothing_heavy():
 
 def test_folder_download_has_no_source(tmp_path, capsys):
     (tmp_path / "tree").mkdir()
-    args = parse(["download", "--task", f"folder:{tmp_path / 'tree'}"])
-    assert args.func(args) == 1
-    assert "no public download" in capsys.readouterr().out
+    from bench.cli import main
+
+    assert main(["data", "download", "--task", f"folder:{tmp_path / 'tree'}"]) == 2
+    assert "no public download" in capsys.readouterr().err
     assert Path(tmp_path / "tree").is_dir()

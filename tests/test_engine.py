@@ -377,7 +377,9 @@ def test_features_that_overflow_the_cache_precision_are_refused(tmp_path):
     backbone = bench.create_backbone("pixels", size=4)
     backbone.forward_features = lambda x, layers, ids=None: {"image": x * 1e6}
     task = bench.create_task("digits", limit=8)
-    with pytest.raises(FloatingPointError, match="not finite in float16"):  # bf16 stores fp16
+    from bench.errors import NumericalError  # a BenchError: one line and exit 2 in the CLI
+
+    with pytest.raises(NumericalError, match="not finite in float16.*--precision fp32"):
         extract(backbone, task.split("train"), [("image", "4")], FeatureCache(tmp_path / "c"),
                 task.config, device=CPU, precision="bf16", progress=False)
     assert not list((tmp_path / "c").glob("*/*/shard-*.npy"))  # nothing half-good is cached

@@ -8,7 +8,6 @@ as one line and exit 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         from bench.errors import BenchError
 
-        if isinstance(e, BenchError) and not os.environ.get("BENCH_DEBUG"):
+        from bench.paths import debug
+
+        if isinstance(e, BenchError) and not debug():
             print(f"bench: error: {e}", file=sys.stderr)
             return 2
         raise

@@ -42,14 +42,13 @@ def verify(args: argparse.Namespace) -> int:
 
 def download(args: argparse.Namespace) -> int:
     from bench.data import download as fetch
-    from bench.task import DatasetError
-    from bench.weights import WeightsError
+    from bench.task import ManualDownloadError
 
-    try:
+    try:  # what cannot be fetched (no public source, a wrong checksum) is a BenchError: exit 2
         problems = fetch(args.task, args.data_root, **options.key_values(args.task_arg))
-    except (DatasetError, WeightsError) as e:
-        print(f"{args.task}: {e}")
-        return 1
+    except ManualDownloadError as e:
+        print(e.instructions)
+        raise
     if problems:
         print(f"{args.task}: downloaded, but verification found {len(problems)} problem(s)")
         for problem in problems:
