@@ -157,6 +157,8 @@ class Registry:
         kwargs = {**entry.defaults, **check_arguments(self.kind, entry, given)}
         obj = entry.factory(**kwargs)
         self._check_product(entry, obj)
+        if self.kind == "task":  # part of its cache identity (bench.task.Task.identity)
+            obj.arguments = bound_arguments(entry.factory, kwargs)
         try:
             obj.name = name
         except AttributeError:
@@ -232,6 +234,21 @@ def check_arguments(kind: str, entry: Entry, given: dict[str, Any]) -> dict[str,
                 f"{', '.join(valid) or '(none)'}"
             )
         out[key] = coerce(kind, key, value, hints.get(key, Any))
+    return out
+
+
+def bound_arguments(factory: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword ``factory`` receives from ``kwargs``: defaults applied, ``**`` flattened."""
+    signature = inspect.signature(factory)
+    bound = signature.bind(**kwargs)
+    bound.apply_defaults()
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
     return out
 
 

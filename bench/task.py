@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -73,6 +73,11 @@ class Split:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if len(self.items) != len(self.labels):
             raise ValueError(f"split {self.name}: {len(self.items)} items, {len(self.labels)} labels")
+        if len(set(self.items)) != len(self.items):  # the manifest and the cache rows key on them
+            seen: set[Any] = set()
+            twice = next(item for item in self.items if item in seen or seen.add(item))
+            raise DatasetError(f"split {self.name}: item {twice!r} is listed twice; every item "
+                               "of a split must be named once (fix the task's file lists)")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -116,14 +121,25 @@ class Task:
     headline_metric: str = "top1"  # or "mean_per_class"
     class_names: list[str] = field(default_factory=list)
     description: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict, repr=False)  # set by the registry
+    located_by: ClassVar[tuple[str, ...]] = ("root",)  # arguments that only say where files are
 
     def __post_init__(self) -> None:
         self._splits: dict[str, Split] | None = None
 
     @property
     def config(self) -> dict[str, Any]:
-        """What identifies the task's data besides the file manifests (JSON-able)."""
+        """What the task states about its data besides the file manifests (JSON-able)."""
         return {"task": self.name}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What identifies the task's data in cache keys and results: ``config`` and every
+        argument its factory was called with, defaults applied (``registry.create`` records
+        them), but those that only locate the files (the manifests identify those). An argument
+        a task forgets to list in ``config`` therefore still separates its caches."""
+        arguments = {k: v for k, v in self.arguments.items() if k not in self.located_by}
+        return {**self.config, "arguments": arguments}
 
     def build_splits(self) -> dict[str, Split]:
         raise NotImplementedError
