@@ -172,27 +172,12 @@ def test_missing_weights_offline_say_what_to_download(name, hint, weights, tmp_p
     assert hint in str(error.value)
 
 
-def test_presets_state_description_and_licence():
-    mine = [
-        "mae",
-        "mae-large",
-        "mae-huge",
-        "clip",
-        "clip-b32",
-        "simclr",
-        "simclr-2x",
-        "simclr-4x",
-        "bigbigan",
-        "bigbigan-resnet50",
-        "resnet50-supervised",
-        "dinov2",
-        "random-unet",
-    ]
-    for name in mine + [f"{n}-tiny" for n in ("mae", "clip", "simclr", "bigbigan", "dinov2")]:
-        entry = registry.entry(name)
-        assert entry.description and entry.licence, name
-    assert registry.entry("mae").licence == "CC-BY-NC 4.0"
-    assert registry.entry("random-unet").description.startswith("CONTROL")
+def test_every_backbone_preset_states_a_description_and_a_licence():
+    """`bench list backbones` shows both; a preset registered without one fails here (every
+    registered preset, not a list written down when the test was)."""
+    unstated = [name for name in registry.names()
+                if not (registry.entry(name).description.strip() and registry.entry(name).licence.strip())]
+    assert unstated == []
 
 
 # --- timm ViTs: MAE, DINOv2 --------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""The layering README's "Architecture" section states, checked on every import in the source
+(module level and inside functions): a change that breaks a boundary fails here, naming it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from .conftest import REPO
+
+LAYERS = {  # layer -> bench modules, lowest first; README's "Architecture" lists the same
+    "core": {"bench", "errors", "paths", "registry", "locks", "precision", "stats", "protocol",
+             "backbone", "task"},
+    "features": {"weights", "compile", "pipeline", "extract", "cache", "data"},
+    "heads": {"probe", "heads", "knn", "fewshot"},
+    "results": {"record", "tracking", "leaderboard", "references"},
+    "run": {"spec", "jobs", "sweep", "scheduler", "executors"},
+    "api": {"api"},
+    "cli": {"cli"},
+}
+BELOW = {  # what each layer may import besides itself
+    "core": set(), "features": {"core"}, "heads": {"core"}, "results": {"core"},
+    "run": {"core", "features", "heads", "results"},
+    "api": {"core", "features", "heads", "results", "run"},
+    "cli": {"core", "features", "heads", "results", "run", "api"},
+    "plugins": {"core", "features", "results"},  # backbones/, tasks/ (published numbers: results)
+}
+LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
+
+
+def _modules(folder: str) -> dict[str, Path]:
+    return {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in sorted((REPO / folder).rglob("*.py"))}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in the file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module))
+            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
+                    if (REPO / node.module.replace(".", "/") / f"{a.name}.py").exists()]
+    return out
+
+
+def _layer(module: str) -> str | None:
+    """The layer of a bench module name (``bench.cli.run`` -> cli); None outside bench."""
+    parts = module.split(".")
+    if parts[0] != "bench":
+        return None
+    name = parts[1] if len(parts) > 1 else "bench"
+    assert name in LAYER_OF, (f"bench.{name} has no layer: add it to LAYERS here and to README's "
+                              "Architecture section")
+    return LAYER_OF[name]
+
+
+def test_every_import_respects_the_layers():
+    broken = []
+    sources = {**_modules("bench"), **_modules("backbones"), **_modules("tasks")}
+    for module, path in sources.items():
+        layer = "plugins" if not module.startswith("bench") else _layer(module)
+        for line, imported in _imports(path):
+            target = _layer(imported)
+            if target is not None and target != layer and target not in BELOW[layer]:
+                broken.append(f"{path.relative_to(REPO)}:{line} ({layer}) imports {imported} "
+                              f"({target})")
+    assert not broken, "\n".join(broken)
+
+
+def test_only_the_cli_parses_arguments():
+    users = [module for module, path in _modules("bench").items()
+             if not module.startswith("bench.cli")
+             and any(name == "argparse" for _, name in _imports(path))]
+    assert users == []
+
+
+def test_only_paths_reads_the_environment():
+    """Environment variables are read in bench.paths alone (writing one for a library is fine)."""
+    readers = []
+    for folder in ("bench", "backbones", "tasks"):
+        for module, path in _modules(folder).items():
+            if module == "bench.paths":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                read = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and (node.func.attr == "getenv" or (
+                            node.func.attr == "get" and ast.unparse(node.func.value) == "os.environ")))
+                read |= (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                         and ast.unparse(node.value) == "os.environ")
+                if read:
+                    readers.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert readers == []
+
+
+def test_error_messages_are_one_line():
+    """A BenchError prints as one line (`bench: error: ...`); no raise builds a multi-line message."""
+    multi = []
+    for folder in ("bench", "backbones", "tasks"):
+        for path in _modules(folder).values():
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Raise) and node.exc is not None and any(
+                        isinstance(c, ast.Constant) and isinstance(c.value, str) and "\n" in c.value
+                        for c in ast.walk(node.exc)):
+                    multi.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert multi == []
