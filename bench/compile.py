@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.errors import UsageError
 from bench.paths import compile_cache_dir
 
 MODE = "default"
@@ -110,7 +111,7 @@ def enable_compile(backbone: Any) -> None:
     clearly for one that does not."""
     forward = getattr(backbone, "compiled_forward", None)
     if not isinstance(forward, StaticCompiled):
-        raise ValueError(
+        raise UsageError(
             f"backbone {getattr(backbone, 'name', '') or type(backbone).__name__!r} does not "
             "support compile=True (the diffusion backbones do: adm presets, random-unet); "
             "run it without --compile"

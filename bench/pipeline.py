@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from bench.errors import UsageError
 from bench.task import DatasetError, FileTask, Split, load_rgb
 
 DECODES = ("cpu", "gpu")
@@ -164,7 +165,7 @@ class Loader:
         self.split, self.transform, self.device, self.decode_on = split, transform, device, decode_on
         self.recipe = resize_crop_recipe(transform) if decode_on is not None else None
         if decode_on is not None and self.recipe is None:
-            raise ValueError(
+            raise UsageError(
                 f"decode='gpu' needs a transform made of resize + centre crop + to-tensor "
                 f"[+ normalise]; this backbone's is {transform!r}. Use decode='cpu'."
             )

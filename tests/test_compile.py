@@ -12,8 +12,9 @@ import torch
 import bench
 from bench.cache import FeatureCache
 from bench.compile import StaticCompiled, enable_compile
-from bench.paths import compile_cache_dir
+from bench.errors import UsageError
 from bench.extract import entry_fields, extract
+from bench.paths import compile_cache_dir
 from bench.precision import resolve_precision
 
 FP32 = resolve_precision("fp32", "cpu")
@@ -84,5 +85,5 @@ def test_static_compiled_is_eager_until_enabled():
 
 
 def test_compile_refuses_a_backbone_without_a_compiled_forward():
-    with pytest.raises(ValueError, match="does not support compile=True"):
+    with pytest.raises(UsageError, match="does not support compile=True"):
         enable_compile(bench.create_backbone("pixels", size=8))

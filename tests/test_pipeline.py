@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import bench
+from bench.errors import UsageError
 from bench.cache import FeatureCache
 from bench.extract import extract
 from bench.pipeline import Loader, decode_resize_crop, file_of, resize_crop_recipe
@@ -40,7 +41,7 @@ def test_transform_recipes():
     odd = T.Compose([T.Grayscale(3), T.Resize(8), T.CenterCrop(8), T.ToTensor()])
     assert resize_crop_recipe(odd) is None
     split = Split("s", ["a.jpg"], [0], load_rgb)
-    with pytest.raises(ValueError, match="decode='cpu'"):
+    with pytest.raises(UsageError, match="decode='cpu'"):  # exit 2, one line
         Loader(split, odd, [[0]], device=torch.device("cpu"), workers=0,
                decode_on=torch.device("cpu"))
 
