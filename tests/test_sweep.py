@@ -61,6 +61,23 @@ def test_profiles_are_read_and_checked(tmp_path):
     assert config.params == {"slurm_partition": "a100", "gpus_per_node": 1, "mem_gb": 32}
 
 
+def test_slurm_executor_reads_squeue(tmp_path, monkeypatch):
+    """The slurm executor's queue: a job squeue lists, one it no longer lists (gone), and no
+    answer when squeue fails (then nothing is declared gone)."""
+    from bench.scheduler import ExecutorConfig
+
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.parent.mkdir()
+    squeue.write_text("#!/bin/sh\nprintf '41 RUNNING\\n42_3 PENDING\\n'\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{squeue.parent}:/usr/bin:/bin")
+    slurm = ExecutorConfig("slurm").create()
+    assert [slurm.queue_state(j) for j in ("41", "42_3", "43")] == ["RUNNING", "PENDING", ""]
+    squeue.write_text("#!/bin/sh\nexit 1\n")
+    assert slurm.queue_state("41") is None
+    assert ExecutorConfig("submitit-local").create().queue_state("41") is None  # no queue
+
+
 def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):
     """block x t x pool on the tiny ADM: one job, eight cells, figures logged to MLflow."""
     import mlflow
