@@ -122,7 +122,9 @@ class Task:
     class_names: list[str] = field(default_factory=list)
     description: str = ""
     arguments: dict[str, Any] = field(default_factory=dict, repr=False)  # set by the registry
-    located_by: ClassVar[tuple[str, ...]] = ("root",)  # arguments that only say where files are
+    # arguments that change no data: where the files are (the manifests identify them), and what
+    # ``verify`` expects to find
+    identity_excludes: ClassVar[tuple[str, ...]] = ("root", "expected_counts")
 
     def __post_init__(self) -> None:
         self._splits: dict[str, Split] | None = None
@@ -136,9 +138,9 @@ class Task:
     def identity(self) -> dict[str, Any]:
         """What identifies the task's data in cache keys and results: ``config`` and every
         argument its factory was called with, defaults applied (``registry.create`` records
-        them), but those that only locate the files (the manifests identify those). An argument
-        a task forgets to list in ``config`` therefore still separates its caches."""
-        arguments = {k: v for k, v in self.arguments.items() if k not in self.located_by}
+        them), but ``identity_excludes``. An argument a task forgets to list in ``config``
+        therefore still separates its caches."""
+        arguments = {k: v for k, v in self.arguments.items() if k not in self.identity_excludes}
         return {**self.config, "arguments": arguments}
 
     def build_splits(self) -> dict[str, Split]:

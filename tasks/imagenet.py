@@ -40,6 +40,7 @@ pass its folder as `--task imagenet:/path/to/it`, or place it at {dir}."""
 class ImageNet(FileTask):
     required = ("train", "val")
     listed = True
+    identity_excludes = ("root", "path", "expected_counts")  # path: where the tree is
 
     def __init__(self, root: str | None, path: str | None, expected_counts: dict[str, int] | None,
                  val_fraction: float):

@@ -62,9 +62,12 @@ def test_an_argument_config_forgets_still_separates_caches_and_results(tmp_path)
 
 
 def test_data_location_is_not_identity(tmp_path):
-    """``root`` only says where the files are; the split manifests identify them."""
-    task = bench.create_task("cub", root=str(tmp_path))
-    assert "root" not in task.identity["arguments"] and "val_fraction" in task.identity["arguments"]
+    """``root`` only says where the files are (the split manifests identify them) and
+    ``expected_counts`` what verify checks; the holdout fraction changes the data."""
+    arguments = bench.create_task("cub", root=str(tmp_path)).identity["arguments"]
+    assert arguments == {"val_fraction": 0.1}
+    arguments = bench.create_task(f"imagenet:{tmp_path}").identity["arguments"]
+    assert arguments == {"val_fraction": 0.1}
 
 
 def test_a_split_names_each_item_once():
