@@ -243,27 +243,45 @@ def mutual_knn(rows, cols, k: int) -> torch.Tensor:
     return _blocked_products(prep_r, prep_c, n, _mask_block) / (n * k)
 
 
+def _transposed_mask_block(prepared, rs: slice) -> torch.Tensor:
+    """Rows ``rs`` of a neighbour mask's transpose: which images count row a among their k."""
+    z, idx = prepared
+    owner = torch.arange(len(idx), device=z.device).repeat_interleave(idx.shape[1])
+    target = idx.reshape(-1)
+    inside = (target >= rs.start) & (target < rs.stop)
+    mask = torch.zeros(rs.stop - rs.start, len(z), dtype=torch.float64, device=z.device)
+    mask[target[inside] - rs.start, owner[inside]] = 1.0
+    return mask
+
+
 def cknna_hsic(rows, cols, k: int, pairs: bool = True) -> torch.Tensor:
-    """Unbiased HSIC of (M_A * M_B * K_A, M_A * M_B * K_B) for every pair, K the cosine kernel and
-    M the k-neighbour mask of each side (Huh et al.'s CKNNA numerator; with A = B, the
-    normaliser). The masks zero the diagonal, so the kernels need no other change."""
+    """Unbiased HSIC of A = M * K_A and B = M * K_B, M = M_A * M_B, for every pair: K the cosine
+    kernel, M_X[i, j] = 1 when j is among i's k neighbours in X (Huh et al.'s CKNNA numerator;
+    with A = B, the normaliser). M is not symmetric, so the Song terms are taken as written:
+    tr(AB) = sum (M M')_ij K_A K_B uses each side's mutual-neighbour mask M_X * M_X', and
+    1'AB1 pairs A's column sums with B's row sums. The masks zero the diagonal."""
     n = len(rows[0])
     if not pairs:
         return torch.stack([cknna_hsic(one, one, k)[0, 0] for one in ([x] for x in rows)])
     prep_r = [neighbours(x, k) for x in rows]
     prep_c = prep_r if cols is rows else [neighbours(y, k) for y in cols]
-    trace = sum_k = sum_l = cross = 0.0
-    for rs in _row_blocks(n, 2 * (len(prep_r) + len(prep_c))):
-        mr = torch.stack([_mask_block(p, rs) for p in prep_r])  # (P, b, n)
-        mc = mr if cols is rows else torch.stack([_mask_block(p, rs) for p in prep_c])
-        ar = mr * torch.stack([p[0][rs] @ p[0].T for p in prep_r])  # masked kernels
-        ac = ar if cols is rows else mc * torch.stack([p[0][rs] @ p[0].T for p in prep_c])
-        trace = trace + torch.einsum("ian,jan->ij", ar, ac)
-        row_k = torch.einsum("ian,jan->ija", ar, mc)  # row sums of M_A M_B K_A
-        row_l = torch.einsum("ian,jan->ija", mr, ac)  # row sums of M_A M_B K_B
-        sum_k, sum_l = sum_k + row_k.sum(2), sum_l + row_l.sum(2)
-        cross = cross + (row_k * row_l).sum(2)
-    return (trace + sum_k * sum_l / ((n - 1) * (n - 2)) - 2 * cross / (n - 2)) / (n * (n - 3))
+    trace = sum_a = sum_b = cross = 0.0
+
+    def pieces(prepared, rs):
+        m = torch.stack([_mask_block(p, rs) for p in prepared])  # (P, b, n)
+        mt = torch.stack([_transposed_mask_block(p, rs) for p in prepared])
+        kernel = torch.stack([p[0][rs] @ p[0].T for p in prepared])
+        return m, mt, kernel
+
+    for rs in _row_blocks(n, 3 * (len(prep_r) + len(prep_c))):
+        mr, mtr, kr = pieces(prep_r, rs)
+        mc, mtc, kc = (mr, mtr, kr) if cols is rows else pieces(prep_c, rs)
+        trace = trace + torch.einsum("ian,jan->ij", mr * mtr * kr, mc * mtc * kc)
+        col_a = torch.einsum("ian,jan->ija", mtr * kr, mtc)  # column sums of A (K_A symmetric)
+        row_b = torch.einsum("ian,jan->ija", mr, mc * kc)  # row sums of B
+        sum_a, sum_b = sum_a + col_a.sum(2), sum_b + row_b.sum(2)
+        cross = cross + (col_a * row_b).sum(2)
+    return (trace + sum_a * sum_b / ((n - 1) * (n - 2)) - 2 * cross / (n - 2)) / (n * (n - 3))
 
 
 # --- the matrix ---------------------------------------------------------------------------------

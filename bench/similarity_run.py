@@ -441,15 +441,18 @@ def heatmaps(result: SimilarityResult) -> dict[str, bytes]:
     out = {}
     for filename, found in layouts.items():
         fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found) + 1, 4.4), squeeze=False)
-        for ax, (title, rows, cols) in zip(axes[0], found):
+        tick = {"blocks.png": lambda p: _timestep(p["layer"])[0],
+                "timesteps.png": lambda p: f"t{_timestep(p['layer'])[1]}"}.get(filename, _short)
+        for panel, (ax, (title, rows, cols)) in enumerate(zip(axes[0], found)):
             image = ax.imshow(result.values[np.ix_(rows, cols)], vmin=vmin, vmax=vmax,
                               cmap="viridis", origin="lower", interpolation="nearest")
             ax.set_title(title, fontsize=9)
             for setter, ids, points in ((ax.set_yticks, rows, result.rows),
                                         (ax.set_xticks, cols, result.cols)):
                 step = max(1, len(ids) // 12)
-                setter(range(0, len(ids), step),
-                       [_short(points[i]) for i in ids[::step]], fontsize=6)
+                shown = [tick(points[i]) for i in ids[::step]]
+                setter(range(0, len(ids), step), shown if panel == 0 or setter == ax.set_xticks
+                       else [""] * len(shown), fontsize=6)
             plt.setp(ax.get_xticklabels(), rotation=90)
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
                      label=f"{measure} (colour range {vmin:g}-{vmax:g}, values beyond clipped)")
