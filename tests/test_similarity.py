@@ -12,7 +12,15 @@ from bench.errors import UsageError
 from bench.similarity import (Measure, as_points, gram_inner_products, interval, matrix, pair,
                               permutation_null)
 
-LINEAR = ("cka", "cka-debiased")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These matrices are tiny: on a shared 2-core machine, torch's second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def kornblith_inputs():
@@ -196,17 +204,27 @@ def test_intervals_hold_the_value_and_narrow_with_more_images(method):
 
 # --- the command ----------------------------------------------------------------------------
 def test_layer_specs_expand_ranges_timesteps_and_globs():
-    from bench.registry import backbones
+    from bench.backbone import MAP, FeaturePoint
     from bench.similarity_run import expand_layers
 
-    unet = backbones.create("random-unet")
-    assert expand_layers(unet, ["down*", "mid"]) == ["down1", "down2", "down3", "mid"]
-    assert len(expand_layers(unet, ["block1..37@t90"])) == 37
-    steps = expand_layers(unet, ["block24@t0..999:25"])
+    class Vit:  # only what expand_layers reads: the layer names
+        name = "vit"
+
+        def feature_points(self):
+            return [FeaturePoint(f"blocks.{i}", MAP) for i in range(12)] + [FeaturePoint("cls", MAP)]
+
+    vit = Vit()
+    assert expand_layers(vit, ["blocks.*"]) == [f"blocks.{i}" for i in range(12)]
+    assert expand_layers(vit, ["blocks.1?", "cls"]) == ["blocks.10", "blocks.11", "cls"]
+    blocks = expand_layers(vit, ["block1..37@t90"])
+    assert len(blocks) == 37 and blocks[0] == "block1@t90" and blocks[-1] == "block37@t90"
+    steps = expand_layers(vit, ["block24@t0..999:25"])
     assert len(steps) == 40 and steps[:2] == ["block24@t0", "block24@t25"]
     assert steps[-1] == "block24@t975"
+    assert expand_layers(vit, ["block1..2@t0..10:10"]) == [
+        "block1@t0", "block1@t10", "block2@t0", "block2@t10"]
     with pytest.raises(UsageError, match="matches none"):
-        expand_layers(unet, ["blocks.*"])
+        expand_layers(vit, ["stages.*"])
 
 
 def test_image_mismatch_names_the_first_differing_item():
