@@ -224,7 +224,8 @@ def neighbours(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = []
     for rs in _row_blocks(len(z), 1):
         sim = z[rs] @ z.T
-        sim[torch.arange(sim.shape[0]), torch.arange(rs.start, rs.stop)] = -torch.inf
+        sim[torch.arange(sim.shape[0], device=z.device),
+            torch.arange(rs.start, rs.stop, device=z.device)] = -torch.inf
         idx.append(sim.topk(k, dim=1).indices)
     return z, torch.cat(idx)
 

@@ -178,7 +178,9 @@ def _features(prepared: Any, split_name: str, indices: np.ndarray | None,
     """Each request's features for the chosen images, and the items kept (corrupt ones left out).
 
     The whole split's cache entries serve when complete (extracted for probes already); else
-    only the chosen images are extracted (their own cache entries)."""
+    only the chosen images are extracted (their own cache entries). A diffusion backbone draws
+    its noise by an image's position in the split it extracts, so its subsets always come from
+    their own entries: the same images always get the same features."""
     from bench.cache import FeatureCache
     from bench.extract import entry_fields, extract
 
@@ -187,7 +189,8 @@ def _features(prepared: Any, split_name: str, indices: np.ndarray | None,
     entries = {r: cache.entry(entry_fields(prepared.backbone, run.task_config, full, *r,
                                            run.precision)) for r in run.requests}
     source, rows = full, np.arange(len(full)) if indices is None else indices
-    if not all(e.complete() for e in entries.values()):
+    shared = indices is None or "noise_seed" not in prepared.backbone.config
+    if not (shared and all(e.complete() for e in entries.values())):
         source = full if indices is None else full.subset(indices)
         entries = extract(prepared.backbone, source, run.requests, cache, run.task_config,
                           device=prepared.device, precision=run.precision,

@@ -277,3 +277,22 @@ def test_timestep_matrix_draws_the_papers_panels_and_noise_spread(tmp_path):
     assert {"blocks.png", "timesteps.png", "matrix.png"} <= set(result.files)
     assert result.spread.shape == (4, 4) and result.protocol["noise_seeds"] == [[0, 1]]
     assert np.allclose(np.diag(result.values), 1)
+
+
+def test_a_subset_reads_the_whole_splits_cached_features(tmp_path):
+    from bench.api import similarity
+    from bench.similarity_run import Side, SimilaritySpec
+    from bench.spec import RunOptions
+
+    options = RunOptions(workers=0, progress=False)
+    spec = SimilaritySpec(Side("pixels", pools=["1", "2"]), "digits", permutations=0,
+                          interval="none", measure=Measure("cka"))
+    whole = similarity(spec, options)  # every val image: the entries a probe would read
+    cache = tmp_path / "results" / "cache"
+    entries = sorted(cache.glob("??/*/manifest.json"))
+    spec.n = 50
+    part = similarity(spec, options)
+    assert sorted(cache.glob("??/*/manifest.json")) == entries  # nothing extracted again
+    assert part.n == 50 and whole.n > 50 and part.identity != whole.identity
+    one, two = whole.protocol["sides"][0]["features"], part.protocol["sides"][0]["features"]
+    assert one == two == [["image", "1"], ["image", "2"]]
