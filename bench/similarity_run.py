@@ -259,12 +259,14 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
 
     from bench import similarity as estimators
     from bench.precision import resolve_device
+    from bench.spec import build_task
     from bench.task import json_digest
     from bench.tracking import ensure_experiment, find_similarity
 
     _check(spec)
     options = options or RunOptions()
     started = time.time()
+    build_task(RunSpec(spec.side.backbone, spec.task, task_args=spec.task_args))  # data first
     sides = [_resolve_side(spec.side, spec, options)]
     if spec.against is not None:
         sides.append(_resolve_side(spec.against, spec, options))
