@@ -65,10 +65,10 @@ def reference_mknn(x: np.ndarray, y: np.ndarray, k: int) -> float:
     return float(np.mean([len(a & b) / k for a, b in zip(knn_sets(x, k), knn_sets(y, k))]))
 
 
-def hsic_unbiased_loops(k: np.ndarray, l: np.ndarray) -> float:
+def hsic_unbiased_loops(kx: np.ndarray, ky: np.ndarray) -> float:
     """Song et al. (2012), term by term with explicit sums."""
-    n = len(k)
-    kt, lt = k.copy(), l.copy()
+    n = len(kx)
+    kt, lt = kx.copy(), ky.copy()
     np.fill_diagonal(kt, 0)
     np.fill_diagonal(lt, 0)
     trace = sum(kt[i, j] * lt[j, i] for i in range(n) for j in range(n))
