@@ -6,6 +6,7 @@
 | records waiting for the tracking server | | ``RESULTS/pending`` |
 | artifacts of a local (sqlite) store | | ``RESULTS/artifacts`` |
 | leaderboard figures | | ``RESULTS/figures`` |
+| similarity matrices (``bench similarity``) | | ``RESULTS/similarity`` |
 | feature cache | ``BENCH_CACHE`` | ``RESULTS/cache`` |
 | cache and job locks | | ``CACHE/.locks`` |
 | datasets | ``BENCH_DATA`` (or ``--data-root``) | ``~/.cache/bench/data`` |
@@ -57,6 +58,11 @@ def artifacts_dir() -> Path:
 
 def figures_dir() -> Path:
     return results_dir() / "figures"
+
+
+def similarity_dir() -> Path:
+    """Similarity matrices' files, one folder per matrix identity."""
+    return results_dir() / "similarity"
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:

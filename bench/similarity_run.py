@@ -358,9 +358,9 @@ def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
 
 def _write_local(identity: str, artifacts: dict[str, bytes]) -> dict[str, Path]:
     """The matrix's files under results/similarity/<identity>/ (the figures the CLI points to)."""
-    from bench.paths import results_dir
+    from bench.paths import similarity_dir
 
-    folder = results_dir() / "similarity" / identity
+    folder = similarity_dir() / identity
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, content in artifacts.items():

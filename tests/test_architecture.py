@@ -12,9 +12,9 @@ LAYERS = {  # layer -> bench modules, lowest first; README's "Architecture" list
     "core": {"bench", "errors", "paths", "registry", "locks", "precision", "stats", "protocol",
              "backbone", "task"},
     "features": {"weights", "compile", "pipeline", "extract", "cache", "data"},
-    "heads": {"probe", "heads", "knn", "fewshot"},
+    "heads": {"probe", "heads", "knn", "fewshot", "similarity"},  # what judges features
     "results": {"record", "tracking", "leaderboard", "references"},
-    "run": {"spec", "jobs", "sweep", "scheduler", "executors"},
+    "run": {"spec", "jobs", "sweep", "scheduler", "executors", "similarity_run"},
     "api": {"api"},
     "cli": {"cli"},
 }
