@@ -187,6 +187,14 @@ def pipeline_class(source: str, name: str, revision: str | None) -> tuple[str, s
     return None
 
 
+def component_class(source: str, name: str, revision: str | None) -> Any | None:
+    """The class ``model_index.json`` names for component ``name`` (diffusers' own lookup)."""
+    from diffusers.pipelines.pipeline_loading_utils import simple_get_class_obj
+
+    named = pipeline_class(source, name, revision)
+    return None if named is None else simple_get_class_obj(*named)
+
+
 def load_scheduler(source: str, revision: str | None) -> Any:
     """The scheduler as ``DiffusionPipeline.from_pretrained`` loads it.
 
@@ -258,10 +266,13 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
         if text_part is None or tok_part is None:
             what = "text encoder" if text_part is None else "tokenizer"
             raise _missing(source, what, "text_encoder/config.json and tokenizer/")
-        text_encoder = transformers.CLIPTextModel.from_pretrained(
-            text_part.source, **text_part.kwargs
-        )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tok_part.source, **tok_part.kwargs)
+        # the classes model_index.json names (as DiffusionPipeline), else what the files name
+        encoder_class = component_class(source, "text_encoder", revision) or (
+            transformers.CLIPTextModel)
+        tokenizer_class = component_class(source, "tokenizer", revision) or getattr(
+            transformers, str(tok_part.config.get("tokenizer_class")), transformers.AutoTokenizer)
+        text_encoder = encoder_class.from_pretrained(text_part.source, **text_part.kwargs)
+        tokenizer = tokenizer_class.from_pretrained(tok_part.source, **tok_part.kwargs)
         digests["text_encoder"] = _digest(text_part, text_encoder)
     return Pipeline(denoiser, scheduler, vae, text_encoder, tokenizer, digests, part.commit)
 
@@ -506,8 +517,8 @@ class DiffusersBackbone(Backbone):
         if not name or name not in self._modules_by_name:
             raise UsageError(
                 f"{type(self.denoiser).__name__} has no module {name!r}; its blocks: "
-                f"{', '.join(self.feature_modules())}, or any named sub-module of them (e.g. "
-                f"{self._middle_module()}@t90 or up_blocks.1.resnets.0@t90)"
+                f"{', '.join(self.feature_modules())}, or any sub-module by its dotted name in "
+                f"named_modules(); each optionally '@tT', e.g. {self._middle_module()}@t90"
             )
 
     def _parse(self, layer: str) -> tuple[str, int]:
