@@ -367,7 +367,7 @@ def test_bigbigan_runs_the_module_signature(weights, digits):
     folder = next(weights.glob("bigbigan-tiny-*"))
     assert backbone.weights_digest() == bigbigan.folder_digest(folder)
     x = batch(backbone, digits)
-    assert x.shape == (2, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
+    assert x.shape == (2, 3, 32, 32)  # TF1 bicubic overshoots [-1, 1] a little: not clipped
     out = backbone.forward_features(x, ["avepool_feat", "bn_crelu_feat"])
     assert out["avepool_feat"].shape == (2, 16) and out["bn_crelu_feat"].shape == (2, 32)
     module = tf.saved_model.load(str(folder), tags=[])  # what hub.load does for TF1 Hub modules

@@ -18,6 +18,7 @@ import torch
 
 import bench
 from backbones._diffusers_tiny import tiny_tokenizer
+from bench.weights import file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of repos without a pinned revision
 # stabilityai/stable-diffusion-2-1 was deleted (Nov 2025); the presets pin this mirror's commit
@@ -374,3 +375,44 @@ def test_ddae_sub_module_layer_stops_after_it(offline_hub):
     assert out["up_blocks.1.resnets.2@t11"].shape[:2] == (2, 16)
     with pytest.raises(ValueError, match="no module 'up_blocks.1.resnets.9'"):
         bb.forward_features(x, ["up_blocks.1.resnets.9@t11"])
+
+
+# --- timm and transformers models through their Hub ids -------------------------------------------
+def test_timm_and_mae_family_load_a_timm_hub_repo_offline(offline_hub):
+    """timm's own tiny test tag ``timm/test_vit.r160_in1k`` (a real Hub repo: config.json,
+    model.safetensors) in the cache; loaded as ``timm:NAME`` and through the MAE family's path."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit.r160_in1k")
+    snapshot = offline_hub / "models--timm--test_vit.r160_in1k" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+    save_file(net.state_dict(), str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text(json.dumps({
+        "architecture": "test_vit", "num_classes": 1000, "num_features": net.num_features,
+        "pretrained_cfg": {"tag": "r160_in1k", "input_size": [3, 160, 160]}}))
+    x = torch.rand(1, 3, 160, 160)
+    for bb in (bench.create_backbone("timm:test_vit.r160_in1k"),
+               bench.create_backbone("mae", model="test_vit.r160_in1k")):
+        assert bb.weights_digest() == file_sha256(snapshot / "model.safetensors")
+        layer = bb.default_layers[0]
+        assert bb.extract(x, [(layer, bb.default_pool)])[(layer, bb.default_pool)].isfinite().all()
+
+
+def test_hf_family_loads_a_transformers_hub_repo_offline(offline_hub):
+    """``hf:ORG/NAME`` from the cache: config.json, model.safetensors, preprocessor_config.json."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    folder = offline_hub / "models--org--tiny-vit" / "snapshots" / COMMIT
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, image_size=32, patch_size=8)).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    (folder.parent.parent / "refs").mkdir()
+    (folder.parent.parent / "refs" / "main").write_text(COMMIT)
+    bb = bench.create_backbone("hf:org/tiny-vit")
+    out = bb.extract(torch.rand(1, 3, 32, 32), [("cls", "none")])
+    assert out[("cls", "none")].shape == (1, 16)
