@@ -622,12 +622,13 @@ SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
 )
 @register_backbone(
     "ddae-dit",
-    description="DDAE (Xiang et al. 2023, arXiv 2303.09769) on DiT: block 13 "
-    "(transformer_blocks.13) at t=121 (its CIFAR-10 setting; t=81 for Tiny-ImageNet), mean pool, "
-    "sampled VAE latent, null class, on facebook/DiT-XL-2-256",
+    description="DDAE (Xiang et al. 2023, arXiv 2303.09769) on DiT-XL/2 256 (facebook/DiT-XL-2-256, "
+    "the ImageNet model its DiT probe loads): its 'layer-13' (13th block, counted from 1 as its "
+    "code names blocks: transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for "
+    "Tiny-ImageNet), mean over tokens, sampled VAE latent, null class 1000",
     licence="CC-BY-NC 4.0",
     layer_template=LAYER_TEMPLATE,
-    source="facebook/DiT-XL-2-256", layers=("transformer_blocks.13",), t=121, pool="1",
+    source="facebook/DiT-XL-2-256", layers=("transformer_blocks.12",), t=121, pool="1",
     latent="sample",
 )
 def diffusers_backbone(
