@@ -563,80 +563,57 @@ SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
     argument="source",
     layer_template=LAYER_TEMPLATE,
 )
-@register_backbone(
-    "ddpm-cifar10",
-    description="DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
-    licence="Apache-2.0",
-    layer_template=LAYER_TEMPLATE,
-    source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2",
-)
-@register_backbone(
-    "ddpm-celebahq",
-    description="DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) "
-    "at t=90",
-    licence="Apache-2.0",
-    layer_template=LAYER_TEMPLATE,
-    source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2",
-)
-@register_backbone(
-    "sd-1.5",
-    description="Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 "
-    "latent) at t=100; needs pip install 'bench[hf]'",
-    licence="CreativeML OpenRAIL-M",
-    layer_template=LAYER_TEMPLATE,
-    source="stable-diffusion-v1-5/stable-diffusion-v1-5", layers=("up_blocks.1",), t=100, pool="2",
-)
-@register_backbone(
-    "sd-2.1",
-    description=f"Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 "
-    f"at t=100, {SD21_NOTE}; needs pip install 'bench[hf]'",
-    licence="CreativeML OpenRAIL++-M",
-    layer_template=LAYER_TEMPLATE,
-    source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=100, pool="2",
-)
-@register_backbone(
-    "dift",
-    description="DIFT (Tang et al. 2023, arXiv 2306.03881: SD 2.1, up_blocks.1 at t=261, 8 noise "
-    f"draws averaged, 768 px, empty prompt, sampled VAE latent), {SD21_NOTE}; "
-    "needs pip install 'bench[hf]'",
-    licence="CreativeML OpenRAIL++-M",
-    layer_template=LAYER_TEMPLATE,
-    source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=261, noise_draws=8,
-    size=768, latent="sample", pool="2",
-)
-@register_backbone(
-    "dit-xl-2-256",
-    description="DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
-    "transformer_blocks.14 (16x16 patch grid) at t=50",
-    licence="CC-BY-NC 4.0",
-    layer_template=LAYER_TEMPLATE,
-    source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2",
-)
-@register_backbone(
-    "ddae-ddpm-cifar10",
-    description="DDAE (Xiang et al. 2023, arXiv 2303.09769) on DDPM CIFAR-10: "
-    "up_blocks.1.resnets.2 at t=11, global average pool (google/ddpm-cifar10-32)",
-    licence="Apache-2.0",
-    layer_template=LAYER_TEMPLATE,
-    source="google/ddpm-cifar10-32", layers=("up_blocks.1.resnets.2",), t=11, pool="1",
-)
-@register_backbone(
-    "ddae-dit",
-    description="DDAE (Xiang et al. 2023, arXiv 2303.09769) on DiT-XL/2 256 (facebook/DiT-XL-2-256, "
-    "the ImageNet model its DiT probe loads): its 'layer-13' (13th block, counted from 1 as its "
-    "code names blocks: transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for "
-    "Tiny-ImageNet), mean over tokens, sampled VAE latent, null class 1000",
-    licence="CC-BY-NC 4.0",
-    layer_template=LAYER_TEMPLATE,
-    source="facebook/DiT-XL-2-256", layers=("transformer_blocks.12",), t=121, pool="1",
-    latent="sample",
-)
 def diffusers_backbone(
     source: str | None = None, revision: str | None = None, **kwargs: Any
 ) -> DiffusersBackbone:
     if not source:
         raise UsageError("backbone 'diffusers' needs a model: diffusers:REPO_ID or diffusers:PATH")
     return DiffusersBackbone(load_pipeline(source, revision), **kwargs)
+
+
+SD = "needs pip install 'bench[hf]'"
+DDAE = "DDAE (Xiang et al. 2023, arXiv 2303.09769)"
+# name, licence, description, defaults
+HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("ddpm-cifar10", "Apache-2.0",
+     "DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
+     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2")),
+    ("ddpm-celebahq", "Apache-2.0",
+     "DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) at t=90",
+     dict(source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2")),
+    ("sd-1.5", "CreativeML OpenRAIL-M",
+     f"Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 latent) at "
+     f"t=100; {SD}",
+     dict(source="stable-diffusion-v1-5/stable-diffusion-v1-5", layers=("up_blocks.1",), t=100,
+          pool="2")),
+    ("sd-2.1", "CreativeML OpenRAIL++-M",
+     f"Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 at t=100, "
+     f"{SD21_NOTE}; {SD}",
+     dict(source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=100, pool="2")),
+    ("dift", "CreativeML OpenRAIL++-M",
+     "DIFT (Tang et al. 2023, arXiv 2306.03881: SD 2.1, up_blocks.1 at t=261, 8 noise draws "
+     f"averaged, 768 px, empty prompt, sampled VAE latent), {SD21_NOTE}; {SD}",
+     dict(source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=261,
+          noise_draws=8, size=768, latent="sample", pool="2")),
+    ("dit-xl-2-256", "CC-BY-NC 4.0",
+     "DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
+     "transformer_blocks.14 (16x16 patch grid) at t=50",
+     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2")),
+    ("ddae-ddpm-cifar10", "Apache-2.0",
+     f"{DDAE} on DDPM CIFAR-10: up_blocks.1.resnets.2 at t=11, global average pool "
+     "(google/ddpm-cifar10-32)",
+     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
+    ("ddae-dit", "CC-BY-NC 4.0",
+     f"{DDAE} on DiT-XL/2 256 (facebook/DiT-XL-2-256, the ImageNet model its DiT probe loads): "
+     "its 'layer-13' (13th block, counted from 1 as its code names blocks: "
+     "transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for Tiny-ImageNet), mean over "
+     "tokens, sampled VAE latent, null class 1000",
+     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.12",), t=121, pool="1",
+          latent="sample")),
+]
+for _name, _licence, _description, _defaults in HUB_PRESETS:
+    register_backbone(_name, description=_description, licence=_licence,
+                      layer_template=LAYER_TEMPLATE, **_defaults)(diffusers_backbone)
 
 
 @register_backbone(
