@@ -90,6 +90,7 @@ def _check_store(uri: str, make_client) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with store_lock():
             make_client(uri).search_experiments(max_results=1)
+            index_tags(path)
     except PermissionError as e:
         raise TrackingError(f"cannot write the tracking store at {path} ({e.strerror}): make "
                             "the folder writable or set BENCH_RESULTS / MLFLOW_TRACKING_URI") from e
@@ -100,6 +101,16 @@ def _check_store(uri: str, make_client) -> None:
                 f"({type(e).__name__}); if it is truncated or corrupt, move it aside (runs in it "
                 "are lost to bench, cached features are not) or set MLFLOW_TRACKING_URI") from e
         raise
+
+
+def index_tags(path: Path) -> None:
+    """Index an MLflow SQLite store's tags by value (MLflow's own index is by run): a lookup by
+    identity or slot tag then reads the runs it matches, not every run's tag. Idempotent."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+        db.execute("CREATE INDEX IF NOT EXISTS bench_tags_key_value ON tags (key, value)")
+        db.commit()
 
 
 def ensure_experiment(name: str) -> str:

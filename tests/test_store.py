@@ -82,3 +82,16 @@ def test_the_record_module_does_not_import_mlflow_or_tracking():
             "if m.startswith(('mlflow', 'bench.tracking', 'bench.jobs'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_sqlite_store_indexes_tags_by_value_so_lookups_do_not_scan():
+    import sqlite3
+
+    from bench.paths import tracking_uri
+
+    tracking.client()
+    path = tracking_uri()[len("sqlite:///"):]
+    with sqlite3.connect(path) as db:
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT run_uuid FROM tags WHERE key = ? AND "
+                          "value = ?", (names.IDENTITY, "a" * 32)).fetchall()
+    assert "bench_tags_key_value" in str(plan), plan
