@@ -184,7 +184,7 @@ def from_json(text: str) -> RunRecord:
 
 def running_filter(identity: str) -> str:
     """Result runs of one identity left RUNNING (their logging process died)."""
-    return f"tags.`{IDENTITY}` = '{identity}' and attributes.status = 'RUNNING'"
+    return f"tags.`{IDENTITY}` = {_quoted(identity)} and attributes.status = 'RUNNING'"
 
 
 def ci_names(metric: str) -> tuple[str, str]:
