@@ -128,7 +128,9 @@ def start_server(db: Path, folder: Path) -> tuple[subprocess.Popen, str]:
         [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{db}",
          "--default-artifact-root", str(folder / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # as scripts/mlflow-up.sh: no job-execution workers (a dozen processes at startup)
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
