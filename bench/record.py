@@ -239,9 +239,9 @@ def slot_filter(slot_key: str) -> str:
     return _finished(f"tags.`{SLOT}` = {_quoted(slot_key)}", False)
 
 
-def untagged_slot_filter() -> str:
-    """Result runs logged before the slot tag existed."""
-    return f"tags.`{KIND}` = '{RESULT}' and tags.`{SLOT}` IS NULL"
+def untagged_slot_filter(kind: str = RESULT) -> str:
+    """Runs of ``kind`` logged before the slot tag existed."""
+    return f"tags.`{KIND}` = {_quoted(kind)} and tags.`{SLOT}` IS NULL"
 
 
 def _finished(condition: str, include_superseded: bool) -> str:

@@ -202,6 +202,8 @@ def find_records(experiment_ids: list[str], identities: Iterable[str] | None = N
     out = []
     for filter_string in filters:
         for run in search(experiment_ids, filter_string):
+            if run.data.tags.get(names.KIND) != names.RESULT:
+                continue
             rec = RunRecord.from_mlflow(run)
             if rec.schema != names.RESULT_SCHEMA or (rec.superseded_by and not include_superseded):
                 continue
@@ -210,9 +212,10 @@ def find_records(experiment_ids: list[str], identities: Iterable[str] | None = N
     return sorted(out, key=lambda r: -(r.start_time or 0)) if len(filters) > 1 else out
 
 
-def supersede(experiment_id: str, record: RunRecord) -> list[str]:
-    """Mark every other finished result in ``record``'s slot (same backbone, task, layer, pool,
-    head, seed, shots; another identity) as superseded by it; their run ids. Nothing is deleted."""
+def supersede(experiment_id: str, record: RunRecord, kind: str = names.RESULT) -> list[str]:
+    """Mark every other finished run of ``kind`` in ``record``'s slot (same backbone, task, layer,
+    pool, head, seed, shots; another identity) as superseded by it; their run ids. Nothing is
+    deleted."""
     mlflow_client = client()
     marked = []
     with store_lock():
@@ -220,7 +223,8 @@ def supersede(experiment_id: str, record: RunRecord) -> list[str]:
         # read every page before tagging: a tagged run leaves the filter and shifts the pages
         for run in list(search([experiment_id], names.slot_filter(record.slot_key),
                                mlflow_client)):
-            if run.data.tags.get(names.IDENTITY) != record.identity:
+            tags = run.data.tags
+            if tags.get(names.KIND) == kind and tags.get(names.IDENTITY) != record.identity:
                 for key, value in names.superseded_tags(record.identity).items():
                     mlflow_client.set_tag(run.info.run_id, key, value)
                 marked.append(run.info.run_id)
@@ -232,8 +236,10 @@ def _tag_slots(mlflow_client: Any, experiment_id: str) -> None:
     supersede is one tag lookup for them too."""
     if mlflow_client.get_experiment(experiment_id).tags.get(names.SLOTS_TAGGED):
         return
-    for run in list(search([experiment_id], names.untagged_slot_filter(), mlflow_client)):
-        mlflow_client.set_tag(run.info.run_id, names.SLOT, RunRecord.from_mlflow(run).slot_key)
+    for kind in (names.RESULT, SIMILARITY):
+        for run in list(search([experiment_id], names.untagged_slot_filter(kind), mlflow_client)):
+            mlflow_client.set_tag(run.info.run_id, names.SLOT,
+                                  RunRecord.from_mlflow(run).slot_key)
     mlflow_client.set_experiment_tag(experiment_id, names.SLOTS_TAGGED, "1")
 
 
@@ -345,21 +351,13 @@ class SimilarityRecord(RunRecord):
 def find_similarity(experiment_id: str, identity: str | None = None) -> list[RunRecord]:
     """Finished, not superseded similarity runs of the current schema (of one identity), newest
     first."""
-    runs = client().search_runs(
-        [experiment_id], f"tags.`{names.KIND}` = '{SIMILARITY}' and attributes.status = "
-        "'FINISHED'", max_results=50000, order_by=["attributes.start_time DESC"])
-    found = [RunRecord.from_mlflow(run) for run in runs]
-    return [r for r in found if r.schema == RESULT_SCHEMA and not r.superseded_by
-            and identity in (None, r.identity)]
+    filter_string = (names.identity_filter(identity) if identity is not None else
+                     f"tags.`{names.KIND}` = '{SIMILARITY}' and attributes.status = 'FINISHED'")
+    found = [RunRecord.from_mlflow(run) for run in search([experiment_id], filter_string)
+             if run.data.tags.get(names.KIND) == SIMILARITY]
+    return [r for r in found if r.schema == names.RESULT_SCHEMA and not r.superseded_by]
 
 
 def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
     """Mark older similarity runs of ``record``'s slot (another identity) superseded by it."""
-    mlflow_client, marked = client(), []
-    with store_lock():
-        for old in find_similarity(experiment_id):
-            if old.slot == record.slot and old.identity != record.identity:
-                for key, value in names.superseded_tags(record.identity).items():
-                    mlflow_client.set_tag(old.run_id, key, value)
-                marked.append(old.run_id)
-    return marked
+    return supersede(experiment_id, record, SIMILARITY)
