@@ -26,7 +26,7 @@ from typing import Any
 from bench import record as names
 from bench.errors import BenchError
 from bench.locks import file_lock
-from bench.paths import results_dir, tracking_uri
+from bench.paths import artifacts_dir, pending_dir, tracking_uri
 from bench.record import RunRecord
 
 PAGE_SIZE = 1000  # runs per search request; every page is read
@@ -119,7 +119,7 @@ def ensure_experiment(name: str) -> str:
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = (results_dir() / "artifacts").as_uri() if tracking_uri().startswith(
+    location = artifacts_dir().as_uri() if tracking_uri().startswith(
         "sqlite:///") else None
     try:  # a new experiment holds no run logged before the slot tag
         return mlflow_client.create_experiment(name, artifact_location=location,
@@ -275,10 +275,6 @@ def load_predictions(run_id: str) -> Any:
             raise BenchError(f"run {run_id} has no {names.PREDICTIONS} artifact (logged before "
                              "bench stored predictions?); re-run it with --force") from e
         return Predictions.load(path)
-
-
-def pending_dir() -> Path:
-    return results_dir() / "pending"
 
 
 def save_pending(suite: str, record: RunRecord, artifacts: dict[str, bytes]) -> Path:

@@ -11,8 +11,8 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.paths import tracking_uri
-    from bench.tracking import pending_dir, sync_pending
+    from bench.paths import pending_dir, tracking_uri
+    from bench.tracking import sync_pending
 
     logged = sync_pending()
     for record in logged:
