@@ -8,7 +8,9 @@ stale cache is never silently reused (anchors.md, complaint 7).
 Layout of one entry (``ROOT/ab/abcdef.../``)::
 
     manifest.json           the key's fields, item count, shard size, dtype, feature shape
-    labels.npy              int64 labels of the split, so probes need no dataset
+    labels.npy              int64 labels of the split, so probes need no dataset (its blake2b
+                            is in manifest.json; checked on every read, compared with the task's
+                            labels on every extraction)
     shard-00000.npy         features of items [0, shard_size), memory-mappable numpy
     shard-00000.json        the shard's rows, shard size, skipped items, .npy size and blake2b
 
@@ -41,6 +43,7 @@ from bench.paths import cache_dir
 
 CACHE_FORMAT = 2  # 2: shard sidecars carry rows, shard size and a blake2b of the .npy bytes
 _READ_CHUNK = 1 << 24
+LABELS = "labels.npy"
 STALE_TEMP_SECONDS = 3600
 
 
@@ -53,7 +56,7 @@ class CorruptShardError(CacheError):
 
     def __init__(self, path: Path, reason: str):
         super().__init__(
-            f"cache shard {path} is corrupt ({reason}); it is not used. Run `bench cache verify "
+            f"cache {'file' if path.name == LABELS else 'shard'} {path} is corrupt ({reason}); it is not used. Run `bench cache verify "
             f"--fix` (or `rm {path}`) and rerun: the next extraction recomputes it."
         )
         self.path = path
@@ -193,16 +196,23 @@ class CacheEntry:
         return (self.path / "manifest.json").exists()
 
     def create(self, fields: dict[str, Any], labels: np.ndarray, shard_size: int) -> None:
-        """Write manifest and labels once; a second extraction of the same key reuses them."""
+        """Write manifest and labels once; a second extraction of the same key reuses them after
+        checking its stored labels are the split's (``labels`` is what the key was made from, so
+        a labels.npy removed by ``bench cache verify --fix`` is written again from it)."""
+        labels = np.asarray(labels, np.int64)
         if self.exists():
-            if self.manifest["num_items"] != len(labels):
+            manifest = self.manifest
+            if manifest["num_items"] != len(labels):
                 raise CacheError(
-                    f"cache entry {self.path} holds {self.manifest['num_items']} items but the split "
+                    f"cache entry {self.path} holds {manifest['num_items']} items but the split "
                     f"has {len(labels)}; remove it with `bench cache rm {self.key[:12]}` and rerun")
+            if not (self.path / LABELS).exists():
+                self._write_manifest(manifest | {"labels_blake2b": self._write_labels(labels)})
+            elif not np.array_equal(self.labels(), labels):
+                raise CorruptShardError(self.path / LABELS, "its labels differ from the task's")
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path / "labels.npy", lambda f: np.save(f, np.asarray(labels, np.int64)))
-        manifest = {
+        self._write_manifest({
             "key": self.key,
             "cache_format": CACHE_FORMAT,
             "fields": fields,
@@ -210,9 +220,26 @@ class CacheEntry:
             "shard_size": int(shard_size),
             "num_shards": max(1, -(-len(labels) // shard_size)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+            "labels_blake2b": self._write_labels(labels),
+        })
+
+    def _write_labels(self, labels: np.ndarray) -> str:
+        return _atomic_write(self.path / LABELS, lambda f: np.save(f, labels))
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
         _atomic_write(self.path / "manifest.json", lambda f: f.write(text))
+
+    def labels(self) -> np.ndarray:
+        """The stored labels, their bytes checked against the manifest's blake2b (entries written
+        before bench recorded it are read unchecked); ``CorruptShardError`` if they changed."""
+        digest = self.manifest.get("labels_blake2b")
+        if digest is None:
+            return np.load(self.path / LABELS)
+        labels = _read_npy(self.path / LABELS, digest, keep=True)
+        if labels.ndim != 1 or labels.dtype != np.int64:
+            raise CorruptShardError(self.path / LABELS, f"{labels.dtype} {labels.shape}, not int64 (N,)")
+        return labels
 
     def shard_path(self, index: int) -> Path:
         return self.path / f"shard-{index:05d}.npy"
@@ -310,7 +337,7 @@ class CacheEntry:
         return self.shard_info(0).shape[1:]
 
     def _labels_and_keep(self, infos: list[ShardInfo]) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.load(self.path / "labels.npy")
+        labels = self.labels()
         rows = sum(info.rows for info in infos)
         if rows != len(labels) or rows != self.manifest["num_items"]:
             raise CacheError(f"cache entry {self.path} has {rows} feature rows for {len(labels)} "
@@ -348,8 +375,13 @@ class CacheEntry:
         return features, labels, keep
 
     def verify(self) -> list[CorruptShardError]:
-        """Every shard fully checked (sidecar, bytes, values); the problems found."""
+        """labels.npy and every shard fully checked (sidecar, bytes, values); the problems found."""
         problems = []
+        try:
+            if (self.path / LABELS).exists():
+                self.labels()
+        except CorruptShardError as e:
+            problems.append(e)
         for i in range(self.manifest["num_shards"]):
             try:
                 info = self.shard_info(i)
