@@ -188,6 +188,13 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     else:
         first, second = (boards.leading_record(suites or ["bench"], backbone, task, protocol)
                          for backbone in (a, b))
+    if not first.test_manifest or first.test_manifest != second.test_manifest:
+        known = first.test_manifest and second.test_manifest
+        raise UsageError(
+            f"{first.name} (task {first.task}) and {second.name} (task {second.task}) "
+            + ("were tested on different test sets" if known else "cannot be shown to share a "
+               "test set (logged before bench recorded it)")
+            + ": a paired comparison needs the same test images; compare runs of one task")
     metric = metric or first.headline
     return paired(load_predictions(first.run_id), load_predictions(second.run_id), metric,
                   names=(first.name, second.name))

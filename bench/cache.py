@@ -93,9 +93,18 @@ class _HashingWriter:
         return len(view)
 
 
-def _temp_name(path: Path) -> Path:
-    """``.NAME.HOST.PID.tmp``: ``bench cache clean`` can tell whether its writer still runs."""
+def temp_name(path: Path) -> Path:
+    """``.NAME.HOST.PID.tmp``: ``stale_temp`` can tell whether its writer still runs."""
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def stale_temp(path: Path, max_age_s: float = STALE_TEMP_SECONDS) -> bool:
+    """Whether the writer of the temporary ``path`` (``temp_name``) is gone: the file is older
+    than ``max_age_s`` or, written on this host, its process no longer runs."""
+    prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
+    if time.time() - path.stat().st_mtime > max_age_s:
+        return True
+    return prefix.endswith(f".{socket.gethostname()}") and not _pid_alive(pid)
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
@@ -106,7 +115,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
     ``path`` (a shard's sidecar, so a shard never exists without one). On any failure the
     temporary file is removed; a full disk raises ``CacheFullError``.
     """
-    tmp = _temp_name(path)
+    tmp = temp_name(path)
     written = 0
     try:
         with open(tmp, "wb") as f:
@@ -519,13 +528,7 @@ class FeatureCache:
         on this host, whose writer process is gone."""
         if not self.root.exists():
             return []
-        host, now, stale = socket.gethostname(), time.time(), []
-        for path in self.root.glob("??/*/.*.tmp"):
-            prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
-            stale_by_age = now - path.stat().st_mtime > max_age_s
-            if stale_by_age or (prefix.endswith(f".{host}") and not _pid_alive(pid)):
-                stale.append(path)
-        return stale
+        return [path for path in self.root.glob("??/*/.*.tmp") if stale_temp(path, max_age_s)]
 
     def clean(self, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
         """Remove stale temporary files (see ``stale_temp_files``); the paths removed."""

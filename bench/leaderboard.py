@@ -3,7 +3,9 @@
 A cell holds the test metric (default ``test_top1``) of the record with the best validation
 score (the task's headline metric) among that backbone's protocols (layers, pools, heads of the
 chosen ``protocol``) on that task: selection on validation, never on test. Superseded records (an
-older protocol of the same cell) never appear. Few-shot records fill one column per task and k
+older protocol of the same cell and chosen settings) never appear. Runs of one layer, pool and head
+that chose other settings (``--lrs``, backbone or task arguments...) are alternatives: chosen
+among on validation too, and each cell chosen among several says so in a note. Few-shot records fill one column per task and k
 (``cub 5-shot``).
 
 Every number is shown with its uncertainty: ``64.96 ± 0.42`` is the test metric and the
@@ -38,6 +40,7 @@ class Leaderboard:
     metric: str
     display: Any = None  # DataFrame: backbone x task, "64.96 ± 0.42" with the tie marker
     ties: set[tuple[str, str]] = field(default_factory=set)  # (backbone, task) tied with best
+    notes: list[str] = field(default_factory=list)  # cells chosen among alternative settings
 
 
 def heads_of(protocol: str) -> tuple[str, ...] | None:
@@ -66,13 +69,24 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
         low, high = r.interval(name) or (float("nan"), float("nan"))
         rows.append({"backbone": r.backbone, "task": column(r), "run": r.name,
                      "run_id": r.run_id, metric: r.metrics.get(metric), "low": low, "high": high,
-                     "val": r.val_score, "start": r.start_time or 0.0})
-    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val"]
+                     "val": r.val_score, "start": r.start_time or 0.0, "slot": "/".join(r.slot)})
+    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val", "alternatives"]
     if not rows:
         return pd.DataFrame(columns=columns)
     df = pd.DataFrame(rows).sort_values(["val", "start"], ascending=[False, False], kind="stable")
     best = df.groupby(["backbone", "task"], sort=True).head(1)
+    # runs of the chosen run's layer, pool and head that chose other settings
+    best = best.assign(alternatives=best.slot.map(df.slot.value_counts()))
     return best[columns].sort_values(["backbone", "task"]).reset_index(drop=True)
+
+
+def alternative_notes(cells: Any) -> list[str]:
+    """One line per cell whose run was chosen on validation among alternative settings."""
+    if cells.empty:
+        return []
+    return [f"{row.backbone} on {row.task}: chosen on validation (never test) among "
+            f"{row.alternatives} alternatives of {row.run} with other chosen settings"
+            for row in cells.itertuples() if row.alternatives > 1]
 
 
 def leading_record(suites: list[str], backbone: str, task: str, protocol: str = "linear"
@@ -172,7 +186,7 @@ def build(suites: list[str], metric: str = "test_top1", references: bool = False
     display = display_table(cells, ties, metric)
     if references:
         table, display = with_references(table), with_references(display)
-    return Leaderboard(cells, table, metric, display, ties)
+    return Leaderboard(cells, table, metric, display, ties, alternative_notes(cells))
 
 
 def write(board: Leaderboard, out_dir: Path, title: str) -> dict[str, Path]:
@@ -183,8 +197,9 @@ def write(board: Leaderboard, out_dir: Path, title: str) -> dict[str, Path]:
         return paths
     body = board.display.to_markdown() if not board.table.empty else "(no finished runs yet)"
     runs = board.cells.to_markdown(index=False) if not board.cells.empty else ""
-    paths["md"].write_text(f"# {title}\n\n{body}\n\n{FOOTER}\n\nSelected runs (best validation "
-                           f"score per cell):\n\n{runs}\n")
+    notes = "".join(f"\n- {note}" for note in board.notes)
+    paths["md"].write_text(f"# {title}\n\n{body}\n\n{FOOTER}\n{notes}\n\nSelected runs (best "
+                           f"validation score per cell):\n\n{runs}\n")
     board.display.to_csv(paths["csv"])
     return paths
 

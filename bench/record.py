@@ -6,7 +6,7 @@ leaderboards and figures; no other module spells a tag or param name.
 
 | MLflow | names |
 | --- | --- |
-| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by`` |
+| tags | ``bench.kind`` (result / leaderboard / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.settings`` (digest of the settings the user chose, when any: ``bench.spec.user_settings``) |
 | params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``shots`` (few-shot only), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
@@ -14,6 +14,7 @@ leaderboards and figures; no other module spells a tag or param name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,10 @@ KIND, IDENTITY, SCHEMA, VERSION = "bench.kind", "bench.identity", "bench.schema"
 BACKBONE, TASK, HEADLINE = "bench.backbone", "bench.task", "bench.headline"
 WEIGHTS, CACHE_KEYS = "bench.weights_sha256", "bench.cache_keys"
 SKIPPED_COUNT, SKIPPED, SUPERSEDED_BY = "bench.skipped_count", "bench.skipped", "bench.superseded_by"
-RESULT, LEADERBOARD = "result", "leaderboard"
+SETTINGS = "bench.settings"
+TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
+RESULT, LEADERBOARD, LOCK = "result", "leaderboard", "lock"
+LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
 PREDICTIONS = "predictions.npz"
 ARTIFACTS = ("protocol.json", "per_class_accuracy.csv", "grid.csv", "confusion_matrix.png",
@@ -58,6 +62,8 @@ class RunRecord:
     superseded_by: str | None = None
     reused: bool = False  # read back instead of computed in this process
     shots: int = 0  # few-shot head: images per class (0 for every other head)
+    settings: str = ""  # digest of the settings the user chose ("": none, the defaults)
+    test_manifest: str = ""  # the test split's manifest digest: what the test set was
 
     @property
     def slot(self) -> tuple[str, ...]:
@@ -86,6 +92,8 @@ class RunRecord:
         }
         if self.skipped:
             tags[SKIPPED] = json.dumps(self.skipped)[:MAX_TAG]
+        if self.settings:
+            tags[SETTINGS] = self.settings
         return tags
 
     def to_params(self) -> dict[str, str]:
@@ -122,7 +130,16 @@ class RunRecord:
             code_version=tags.get(VERSION, ""), schema=tags.get(SCHEMA, ""),
             run_id=run.info.run_id, start_time=run.info.start_time / 1000,
             superseded_by=tags.get(SUPERSEDED_BY), shots=int(params.get("shots", 0)),
+            settings=tags.get(SETTINGS, ""), test_manifest=params.get(TEST_MANIFEST_PARAM, ""),
         )
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """The ``bench.settings`` tag of chosen settings; "" when none was chosen (so runs logged
+    before the tag existed count as default runs)."""
+    if not settings:
+        return ""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def to_json(record: RunRecord) -> str:
@@ -215,6 +232,16 @@ def load_predictions(run_id: str) -> Any:
 def result_filter(status: str = "FINISHED") -> str:
     """MLflow search filter for bench result runs of a status."""
     return f"tags.`{KIND}` = '{RESULT}' and attributes.status = '{status}'"
+
+
+def lock_tags(key: str, owner: str) -> dict[str, str]:
+    """Tags of a claim on result cells (``bench.tracking.cell_lock``); ``key`` digests them."""
+    return {KIND: LOCK, LOCK_KEY: key, LOCK_OWNER: owner, HEARTBEAT: "0"}
+
+
+def lock_filter(key: str) -> str:
+    """Live claims (RUNNING) on the cells ``key`` digests."""
+    return f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = '{key}' and attributes.status = 'RUNNING'"
 
 
 def leaderboard_filter() -> str:

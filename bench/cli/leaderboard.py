@@ -35,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
         from bench.leaderboard import FOOTER
 
         print(board.display.to_markdown() + "\n\n" + FOOTER)
+        for note in board.notes:
+            print(f"- {note}")
     print(f"\nwritten: {paths['md']}, {paths['csv']}")
     print(options.ui_hint(tracking_uri()))
     return 0
