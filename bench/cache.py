@@ -247,7 +247,8 @@ class CacheEntry:
             return np.load(self.path / LABELS)
         labels = _read_npy(self.path / LABELS, digest, keep=True)
         if labels.ndim != 1 or labels.dtype != np.int64:
-            raise CorruptShardError(self.path / LABELS, f"{labels.dtype} {labels.shape}, not int64 (N,)")
+            raise CorruptShardError(self.path / LABELS,
+                                    f"{labels.dtype} {labels.shape}, not int64 (N,)")
         return labels
 
     def shard_path(self, index: int) -> Path:

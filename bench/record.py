@@ -139,7 +139,8 @@ def settings_digest(settings: dict[str, Any]) -> str:
     before the tag existed count as default runs)."""
     if not settings:
         return ""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def to_json(record: RunRecord) -> str:
@@ -241,7 +242,8 @@ def lock_tags(key: str, owner: str) -> dict[str, str]:
 
 def lock_filter(key: str) -> str:
     """Live claims (RUNNING) on the cells ``key`` digests."""
-    return f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = '{key}' and attributes.status = 'RUNNING'"
+    return (f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = '{key}' "
+            "and attributes.status = 'RUNNING'")
 
 
 def leaderboard_filter() -> str:

@@ -65,7 +65,8 @@ def _two_class_tree(root: Path, shade: int) -> None:
 def test_compare_refuses_runs_tested_on_different_test_sets(tmp_path):
     _two_class_tree(tmp_path / "one", 0)
     _two_class_tree(tmp_path / "two", 128)  # same class names, counts and file names
-    spec = {"backbone": "pixels", "backbone_args": {"size": 8}, "head_args": {**FAST, "lrs": (1e-2,)}}
+    spec = {"backbone": "pixels", "backbone_args": {"size": 8},
+            "head_args": {**FAST, "lrs": (1e-2,)}}
     [a] = run(RunSpec(task=f"folder:{tmp_path / 'one'}", **spec), OPTIONS)
     [b] = run(RunSpec(task=f"folder:{tmp_path / 'two'}", **spec), OPTIONS)
     with pytest.raises(UsageError, match=r"\(task folder:.*one\) and .*\(task folder:.*two\) "
@@ -148,5 +149,6 @@ def test_identical_runs_with_two_results_folders_and_one_store_compute_once(tmp_
     assert len(waited) == 1, outputs
     assert "waiting for 1 result cell(s) that another run is computing" in waited[0]
     assert " s); waited " in waited[0]
-    shards = [list((tmp_path / name / "cache").rglob("shard-*.npy")) for name in ("first", "second")]
+    shards = [list((tmp_path / name / "cache").rglob("shard-*.npy"))
+              for name in ("first", "second")]
     assert sorted(map(bool, shards)) == [False, True]  # extracted once
