@@ -214,8 +214,8 @@ def supersede(experiment_id: str, record: RunRecord) -> list[str]:
     return marked
 
 
-LOCK_HEARTBEAT_S = 5.0  # a claim's holder shows it is alive this often
-LOCK_STALE_S = 60.0  # a claim whose heartbeat has not moved for this long: its holder died
+LOCK_HEARTBEAT_S = 10.0  # a claim's holder shows it is alive this often
+LOCK_STALE_S = 90.0  # a claim whose heartbeat has not moved for this long: its holder died
 LOCK_POLL_S = 1.0
 LOCK_REPORT_S = 30.0  # a waiting run says so again this often
 
