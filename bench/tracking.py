@@ -285,7 +285,7 @@ def cell_lock(experiment_id: str, identities: list[str],
             reported = now
         time.sleep(LOCK_POLL_S * random.uniform(0.5, 1.5))
     if reported:
-        say(f"the other run finished after {time.time() - started:.0f} s of waiting")
+        say(f"the result cells are ours after {time.time() - started:.0f} s of waiting")
 
     stop = threading.Event()
 

@@ -152,3 +152,24 @@ def test_identical_runs_with_two_results_folders_and_one_store_compute_once(tmp_
     shards = [list((tmp_path / name / "cache").rglob("shard-*.npy"))
               for name in ("first", "second")]
     assert sorted(map(bool, shards)) == [False, True]  # extracted once
+
+
+def test_a_claim_whose_holder_died_is_marked_killed_and_taken_over(monkeypatch):
+    from bench import record, tracking
+    from bench.task import json_digest
+    from bench.tracking import cell_lock, client, ensure_experiment
+
+    monkeypatch.setattr(tracking, "LOCK_STALE_S", 1.0)
+    monkeypatch.setattr(tracking, "LOCK_POLL_S", 0.2)
+    experiment = ensure_experiment("bench")
+    cells = ["a" * 32]
+    # what a holder killed with -9 leaves: a RUNNING claim whose heartbeat never moves again
+    dead = client().create_run(experiment, tags=record.lock_tags(
+        json_digest(cells)[:32], "elsewhere pid 1")).info.run_id
+    said: list[str] = []
+    with cell_lock(experiment, cells, said.append):
+        assert client().get_run(dead).info.status == "KILLED"
+    assert said[0].startswith("waiting for 1 result cell(s) that another run is computing "
+                              f"(elsewhere pid 1, claim {dead}, for ")
+    assert said[-1].startswith("the result cells are ours after ")
+    assert not client().search_runs([experiment], record.lock_filter(json_digest(cells)[:32]))
