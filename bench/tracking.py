@@ -271,7 +271,7 @@ def cell_lock(experiment_id: str, identities: list[str],
             with store_lock():
                 mine = mlflow_client.create_run(experiment_id, run_name=f"lock {key[:8]}",
                                                 tags=names.lock_tags(key, owner)).info.run_id
-                others = live_claims(mine)
+            others = live_claims(mine)
             if not others:
                 break
             with store_lock():
