@@ -90,8 +90,9 @@ def run_seeds(spec: RunSpec, seeds: list[int], options: RunOptions | None = None
 
 
 def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
-    from bench.record import TEST_METRICS, add_metrics, seed_metrics
+    from bench.record import TEST_METRICS, seed_metrics
     from bench.stats import aggregate_seeds
+    from bench.tracking import add_metrics
 
     cells: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -183,8 +184,8 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     runs logged before the manifest was recorded must at least name the same task.
     """
     from bench import leaderboard as boards
-    from bench.record import load_predictions, load_record
     from bench.stats import compare as paired
+    from bench.tracking import load_predictions, load_record
 
     if task is None:
         first, second = load_record(a), load_record(b)

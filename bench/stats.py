@@ -121,15 +121,6 @@ class Intervals:
     confidence: float
     resamples: int
 
-    def mlflow_metrics(self, prefix: str = "test") -> dict[str, float]:
-        """``{prefix}_top1_ci95_low``, ``{prefix}_top1_ci95_high``, ... for every metric."""
-        tag = f"ci{round(100 * self.confidence)}"
-        out = {}
-        for name in self.point:
-            out[f"{prefix}_{name}_{tag}_low"] = self.low[name]
-            out[f"{prefix}_{name}_{tag}_high"] = self.high[name]
-        return out
-
 
 class _ClassLayout:
     """Images grouped by class, for resampling within each class (stratified bootstrap)."""
@@ -328,14 +319,6 @@ class SeedAggregate:
     mean: dict[str, float]
     std: dict[str, float]  # NaN with a single seed: a spread needs two runs
     seeds: int
-
-    def as_metrics(self) -> dict[str, float]:
-        """``{metric}_mean`` and ``{metric}_std`` for every metric, e.g. for MLflow."""
-        out = {}
-        for name in self.mean:
-            out[f"{name}_mean"] = self.mean[name]
-            out[f"{name}_std"] = self.std[name]
-        return out
 
 
 def aggregate_seeds(runs: Sequence[Mapping[str, float]]) -> SeedAggregate:
