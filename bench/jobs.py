@@ -122,7 +122,7 @@ class BenchJob(_Requeueable):
                   experiment_id: str, run_started: float) -> RunRecord:
         from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
-        from bench.stats import Predictions, bootstrap_intervals
+        from bench.stats import bootstrap_intervals
         from bench.tracking import TrackingError, log_record, save_pending, supersede
 
         run = prepared.run
@@ -139,15 +139,14 @@ class BenchJob(_Requeueable):
         metrics |= {f"val_{k}": v for k, v in result.val.items()}
         metrics[names.PROBE_SECONDS] = time.time() - probe_started
         bootstrap_started = time.time()
-        predictions = Predictions(result.test_top5, result.test_labels, run.num_classes)
+        predictions = result.predictions
         metrics |= names.interval_metrics(bootstrap_intervals(
             predictions, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED))
         metrics[names.BOOTSTRAP_SECONDS] = time.time() - bootstrap_started
-        shots = int(run.head_config.get("shots", 0))
         skipped = [item for r in reports.values() for item in r.skipped]
         record = RunRecord(
             identity=cell.identity,
-            name=run.run_name(cell) + (f"/{shots}-shot" if shots else ""),
+            name=run.run_name(cell),
             backbone=run.spec.backbone,
             task=run.spec.task, layer=cell.layer, pool=cell.pool, head=run.spec.head,
             seed=run.spec.seed, headline=run.headline, metrics=metrics, best=result.best,
@@ -156,7 +155,7 @@ class BenchJob(_Requeueable):
             skipped=skipped, skipped_count=len(skipped),
             protocol=run.protocol(cell) | {"feature_shapes": [e.feature_shape()
                                                                for e in entries["train"]]},
-            start_time=run_started, shots=shots,
+            start_time=run_started, variant=run.variant, grid_edge="; ".join(result.edge),
         )
         artifacts = {
             "protocol.json": record.protocol_json(),

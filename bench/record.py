@@ -6,8 +6,8 @@ leaderboards and figures; no other module spells a tag or param name.
 
 | MLflow | names |
 | --- | --- |
-| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by`` |
-| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``shots`` (few-shot only), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
+| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.grid_edge`` (a grid axis selected at its end) |
+| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
 """
@@ -22,12 +22,12 @@ KIND, IDENTITY, SCHEMA, VERSION = "bench.kind", "bench.identity", "bench.schema"
 BACKBONE, TASK, HEADLINE = "bench.backbone", "bench.task", "bench.headline"
 WEIGHTS, CACHE_KEYS = "bench.weights_sha256", "bench.cache_keys"
 SKIPPED_COUNT, SKIPPED, SUPERSEDED_BY = "bench.skipped_count", "bench.skipped", "bench.superseded_by"
+GRID_EDGE = "bench.grid_edge"
 RESULT, LEADERBOARD = "result", "leaderboard"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
 PREDICTIONS = "predictions.npz"
 ARTIFACTS = ("protocol.json", "per_class_accuracy.csv", "grid.csv", "confusion_matrix.png",
              PREDICTIONS)
-TEST_METRICS = ("top1", "top5", "mean_per_class")
 PROBE_SECONDS, BOOTSTRAP_SECONDS, SEED_COUNT = "probe_seconds", "bootstrap_seconds", "seed_count"
 MAX_PARAM = 6000  # MLflow's limit on a param value
 MAX_TAG = 5000
@@ -57,13 +57,14 @@ class RunRecord:
     start_time: float | None = None  # epoch seconds
     superseded_by: str | None = None
     reused: bool = False  # read back instead of computed in this process
-    shots: int = 0  # few-shot head: images per class (0 for every other head)
+    variant: str = ""  # the head kind's variant (``HeadKind.variant``, e.g. "5-shot"), or ""
+    grid_edge: str = ""  # grid axes selected at an end of their range (``protocol.grid_edges``)
 
     @property
     def slot(self) -> tuple[str, ...]:
         """What the user's leaderboard cell is: a newer identity in the same slot supersedes."""
         return (self.backbone, self.task, self.layer, self.pool, self.head, str(self.seed),
-                str(self.shots))
+                self.variant)
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% bootstrap interval of ``test_{metric}`` (None for records logged before)."""
@@ -86,12 +87,14 @@ class RunRecord:
         }
         if self.skipped:
             tags[SKIPPED] = json.dumps(self.skipped)[:MAX_TAG]
+        if self.grid_edge:
+            tags[GRID_EDGE] = self.grid_edge[:MAX_TAG]
         return tags
 
     def to_params(self) -> dict[str, str]:
         params = {name: str(getattr(self, name)) for name in SLOT_PARAMS}
-        if self.shots:
-            params["shots"] = str(self.shots)
+        if self.variant:
+            params["variant"] = self.variant
         params |= {f"best.{k}": str(v) for k, v in self.best.items()}
         return params | _flatten("protocol", self.protocol, {})
 
@@ -121,7 +124,8 @@ class RunRecord:
             skipped_count=int(tags.get(SKIPPED_COUNT, 0)),
             code_version=tags.get(VERSION, ""), schema=tags.get(SCHEMA, ""),
             run_id=run.info.run_id, start_time=run.info.start_time / 1000,
-            superseded_by=tags.get(SUPERSEDED_BY), shots=int(params.get("shots", 0)),
+            superseded_by=tags.get(SUPERSEDED_BY), variant=params.get("variant", ""),
+            grid_edge=tags.get(GRID_EDGE, ""),
         )
 
 
@@ -151,7 +155,7 @@ def interval_metrics(intervals: Any) -> dict[str, float]:
     if round(100 * intervals.confidence) != 95:
         raise ValueError(f"records hold 95% intervals, got {intervals.confidence:.0%}")
     out = {}
-    for metric in TEST_METRICS:
+    for metric in intervals.point:
         low, high = ci_names(metric)
         out[low], out[high] = intervals.low[metric], intervals.high[metric]
     return out

@@ -14,6 +14,7 @@ import torch
 import bench
 from bench.cache import FeatureCache
 from bench.extract import extract
+from bench.precision import resolve_precision
 from bench.probe import ProbeConfig, fit_probe
 from bench.errors import UsageError
 from bench.registry import UnknownNameError
@@ -379,7 +380,7 @@ def test_features_that_overflow_the_cache_precision_are_refused(tmp_path):
     task = bench.create_task("digits", limit=8)
     with pytest.raises(FloatingPointError, match="not finite in float16"):  # bf16 stores fp16
         extract(backbone, task.split("train"), [("image", "4")], FeatureCache(tmp_path / "c"),
-                task.config, device=CPU, precision="bf16", progress=False)
+                task.config, device=CPU, precision=resolve_precision("bf16", "cpu"), progress=False)
     assert not list((tmp_path / "c").glob("*/*/shard-*.npy"))  # nothing half-good is cached
 
 
