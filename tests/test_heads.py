@@ -16,7 +16,6 @@ from bench.heads import (
     TransformerBlock,
     _Maps,
     _logits as _grid_logits,
-    cache_bytes_per_image,
     fit_head,
     grid_tokens,
     make_optimizer,
@@ -147,11 +146,15 @@ def test_fit_is_deterministic_given_seed():
     assert len(a.grid) == 2 * 2 and a.best["weight_decay"] == 0.05
 
 
-def test_paper_recipe_is_sgd_without_momentum_and_step_lr():
+def test_paper_recipe_steps_plain_sgd_and_divides_lr_by_ten_every_seven_epochs():
     cfg = HeadConfig()
-    assert (cfg.recipe, cfg.lrs, cfg.epochs, cfg.batch_size, cfg.weight_decay) == (
-        "paper", (5e-2,), 28, 128, 0.0)
-    assert (cfg.dim, cfg.heads, cfg.depth) == (1024, 8, 2) and cfg.checkpoints() == [7, 14, 21, 28]
+    weight = nn.Parameter(torch.ones(3))
+    optimizer, _ = make_optimizer([weight], cfg, 5e-2)
+    for _ in range(2):  # no momentum, no decay: each step is w -= lr * grad, from the definition
+        optimizer.zero_grad()
+        (weight * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(weight.detach(), 1 - 2 * 5e-2 * torch.tensor([1.0, 2.0, 3.0]))
     optimizer, scheduler = make_optimizer([nn.Parameter(torch.zeros(1))], cfg, 5e-2)
     assert type(optimizer) is torch.optim.SGD
     group = optimizer.param_groups[0]
@@ -171,16 +174,8 @@ def test_paper_recipe_is_sgd_without_momentum_and_step_lr():
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     with pytest.raises(ValueError, match="no weight decay"):
         HeadConfig(weight_decay=1e-4)
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(ValueError, match="builds attention, difformer, not 'mlp'"):
         HeadConfig(head="mlp")
-
-
-def test_cache_bytes_per_image_in_the_papers_setting():
-    # Raw block outputs of the 256x256 unconditional U-Net (paper.md's spatial sizes).
-    raw = {19: (1024, 8, 8), 24: (1024, 16, 16), 30: (512, 64, 64)}
-    assert cache_bytes_per_image({"block24@t90": raw[24]}) == 1024 * 16 * 16 * 2 == 512 * 1024
-    difformer = {f"block{b}@t{t}": raw[b] for b in raw for t in (90, 150, 300)}
-    assert cache_bytes_per_image(difformer) == 3 * (128 + 512 + 256) * 1024 == 2688 * 1024
 
 
 def test_minibatches_span_splits_with_their_labels():
