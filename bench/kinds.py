@@ -1,4 +1,4 @@
-"""The built-in head kinds, registered with ``bench.protocol.register_head``.
+"""The built-in head kinds, registered by ``bench.protocol``'s discovery (``KINDS``).
 
 Declared here, apart from their trainers, so that listing heads (CLI choices) imports no torch.
 A package adds its own the same way, or through the entry-point group ``bench.heads``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.protocol import HeadKind, register_head
+from bench.protocol import HeadKind
 
 _GRID = {"--epochs": "epochs", "--lrs": "lrs", "--wds": "weight_decays"}
 _NET = {"--epochs": "epochs", "--lrs": "lrs"}
@@ -29,7 +29,7 @@ class FewShotKind(HeadKind):
         return [settings]
 
 
-for _kind in (
+KINDS = (
     HeadKind("linear", "standardised features, Linear; AdamW lr x wd x epochs grid, batched",
              "bench.probe:ProbeConfig", "bench.probe:GridProbeTrainer", "vectors", flags=_GRID),
     HeadKind("bn-linear", "MAE's protocol: BatchNorm without affine, then Linear; batched grid",
@@ -49,5 +49,4 @@ for _kind in (
                 "draw), validated on the rest of train; --shots 1,5: one result per k",
                 "bench.fewshot:FewShotConfig", "bench.fewshot:FewShotTrainer", "vectors",
                 flags=_GRID | {"--shots": "shots"}, default_seeds=5),
-):
-    register_head(_kind)
+)

@@ -303,8 +303,9 @@ def train_grid(
     Every head sees the same minibatches (seeded by ``cfg.seed``) and the same cosine schedule
     over ``cfg.epochs``; training stops after ``stop_at`` epochs (default all). At each epoch in
     ``evaluate_at`` the callback gets the model; with ``cfg.halving`` it returns one validation
-    score per kept head (``model.points``) and only the better half (ties: lower index) trains
-    on, except at the last epoch. Deterministic for a seed. ``matmul``: the linear heads' GEMM
+    score per kept head (``model.points``, by the headline metric) and, from a quarter of the
+    epochs on and except at the last epoch, only the better half trains on (every point tied
+    with the last one kept stays too). Deterministic for a seed. ``matmul``: the linear heads' GEMM
     type (``_GridHeads``); MLP heads train in float32. ``standardise=False``: ``x`` is used as
     given by ``linear`` and ``mlp`` heads (normalised by the caller, e.g. few-shot).
     ``optimizer``: ``adamw``, or ``sgd`` (with momentum; ``_AdamW``).
@@ -340,13 +341,21 @@ def train_grid(
             optimizer.step(grads)
         if epoch in evaluate_at:
             scores = evaluate_at[epoch](model)
-            if cfg.halving and epoch < last and scores is not None and len(model.points) > 1:
-                ranked = sorted(range(len(scores)), key=lambda g: (-scores[g], g))
-                kept = torch.tensor(sorted(ranked[: math.ceil(len(scores) / 2)]), device=device)
+            if (cfg.halving and epoch < last and 4 * epoch >= cfg.epochs and scores is not None
+                    and len(model.points) > 1):
+                kept = torch.tensor(_better_half(scores), device=device)
                 heads.keep(kept)
                 optimizer.keep(kept)
                 model.points = [model.points[g] for g in kept.tolist()]
     return model
+
+
+def _better_half(scores: Sequence[float]) -> list[int]:
+    """Indices of the better half of ``scores``, and of every score equal to the worst kept one:
+    a cut never separates equal scores (the grid's order is no reason to drop a point)."""
+    ranked = sorted(scores, reverse=True)
+    threshold = ranked[math.ceil(len(scores) / 2) - 1]
+    return [g for g, score in enumerate(scores) if score >= threshold]
 
 
 REFIT_ON = ("train+val", "train")

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 from bench.metrics import TOP, Predictions
 
-PROTOCOL_VERSION = "3"
+PROTOCOL_VERSION = "4"  # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 
 
 @dataclass
@@ -263,7 +263,8 @@ def _discover() -> None:
     import warnings
     from importlib.metadata import entry_points
 
-    importlib.import_module("bench.kinds")
+    for kind in importlib.import_module("bench.kinds").KINDS:
+        register_head(kind)
     for point in entry_points(group="bench.heads"):
         try:
             loaded = point.load()
