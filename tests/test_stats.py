@@ -207,3 +207,30 @@ def test_one_decision_rule_interval_and_p_value_agree_at_the_boundary(seed):
                      resamples=200)
     assert result.distinguishable == (result.p_value < 0.05) == (result.low > 0 or result.high < 0)
     assert ("not distinguishable" in result.summary()) != result.distinguishable
+
+
+def test_a_selection_at_the_end_of_its_grid_is_named_with_the_wider_grid_to_try():
+    from bench.leaderboard import EDGE, display_table, footnotes, select_cells
+    from bench.protocol import grid_edges
+    from bench.record import RunRecord
+
+    grid = [{"lr": lr, "weight_decay": wd, "epochs": 10, "top1": 50.0}
+            for lr in (1e-3, 1e-2, 1e-1) for wd in (0.0, 1e-2)]
+    metric_names = {"top1"}
+    assert grid_edges(grid, {"lr": 1e-3, "weight_decay": 1e-2, "epochs": 10}, metric_names) == [
+        "lr 0.001 is the smallest of 0.001..0.1: try a grid reaching 0.0001",
+        "weight_decay 0.01 is the largest of 0..0.01: try a grid reaching 0.02"]
+    assert grid_edges(grid, {"lr": 1e-2, "weight_decay": 0.0, "epochs": 10}, metric_names) == []
+    knn = [{"k": k, "top1": 50.0} for k in (10, 20, 50, 100, 200)]
+    assert grid_edges(knn, {"k": 200}, metric_names) == [
+        "k 200 is the largest of 10..200: try a grid reaching 423"]
+    record = RunRecord(identity="a", name="px/digits/image/8/knn", backbone="px", task="digits",
+                       layer="image", pool="8", head="knn", seed=0, headline="top1",
+                       metrics={"test_top1": 90.0, "val_top1": 91.0}, best={"k": 200},
+                       grid_edge="k 200 is the largest of 10..200: try a grid reaching 423")
+    assert record.to_tags()["bench.grid_edge"].startswith("k 200")
+    cells = select_cells([record], protocol="all")
+    assert display_table(cells, set()).loc["px", "digits"].endswith(EDGE)
+    assert footnotes(cells) == [f"{EDGE} px on digits (px/digits/image/8/knn): selected at the "
+                                "grid's edge: k 200 is the largest of 10..200: try a grid "
+                                "reaching 423"]
