@@ -51,7 +51,7 @@ def feature_sets() -> dict[str, tuple[dict, dict, int, str]]:
     imbalanced = anisotropic(np.round(np.geomspace(5, 300, 50)).astype(int)[rng.permutation(50)],
                              256, seed=2)
     hundred = anisotropic(np.full(100, 80), 256, seed=3, shift=0.3)
-    low = anisotropic(np.full(10, 16), 128, seed=4, shift=0.12)  # ~8 train images per class
+    low = anisotropic(np.full(10, 16), 128, seed=4, shift=0.3)  # ~8 train images per class
     return {
         "digits (pixels)": (*digits_features(), "top1"),
         "imbalanced 50 cls": (*split(*imbalanced, seed=5), 50, "mean_per_class"),

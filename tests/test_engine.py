@@ -168,13 +168,7 @@ def test_grid_probe_agrees_with_sklearn_logistic_regression():
     sklearn_top1 = 100 * model.score(scaler.transform(feats["test"]), labels["test"])
     assert result.test["top1"] > 90
     assert abs(result.test["top1"] - sklearn_top1) <= 1.0, (result.test, sklearn_top1)
-    kept, expected = 25, 0  # successive halving (the default): the better half trains on
-    for _ in ProbeConfig().checkpoints():
-        expected, kept = expected + kept, (kept + 1) // 2
-    assert len(result.grid) == expected
-    full = fit_probe(feats, labels, 10, ProbeConfig(halving=False))
-    assert len(full.grid) == 25 * len(ProbeConfig().checkpoints())
-    assert abs(full.test["top1"] - sklearn_top1) <= 1.0, (full.test, sklearn_top1)
+    assert len(result.grid) == 25 * len(ProbeConfig().checkpoints())  # the full grid: default
 
 
 def test_probe_is_deterministic_and_all_heads_train():
@@ -192,7 +186,7 @@ def test_probe_is_deterministic_and_all_heads_train():
 
 
 def test_bad_probe_config_is_rejected():
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(ValueError, match="builds linear, bn-linear, mlp, not 'svm'"):
         ProbeConfig(head="svm")
 
 
