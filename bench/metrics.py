@@ -15,7 +15,6 @@ registers, or a ``Metric``). The record, the leaderboard and the CLI read ``name
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,16 +160,9 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    from importlib.metadata import entry_points
+    from bench.plugins import load_group
 
-    for point in entry_points(group="bench.metrics"):
-        try:
-            loaded = point.load()
-            if isinstance(loaded, Metric):
-                add(loaded)
-        except Exception as e:  # one broken plugin must not hide the others
-            warnings.warn(f"metric entry point {point.name!r} ({point.value}) is skipped: "
-                          f"{type(e).__name__}: {e}", stacklevel=2)
+    load_group("bench.metrics", add)
 
 
 def names() -> list[str]:

@@ -367,7 +367,7 @@ class GridProbeTrainer:
 
     ``refit_on="train"`` retrains the selected point on train alone: few-shot probes validate on
     the rest of train, which must not leak into the k-shot head. ``standardise=False``: features
-    come normalised (few-shot normalises with the unlabelled pool, not the k shots).
+    come normalised (few-shot normalises rows itself: the k shots cannot estimate variances).
     """
 
     def __init__(self, cfg: ProbeConfig, device: torch.device | str, precision: PrecisionPolicy,

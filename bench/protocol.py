@@ -22,6 +22,7 @@ change to this module or to a trainer changes the numbers a given configuration 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,12 +67,12 @@ class ProbeResult:
     grid: list[dict[str, float]] = field(default_factory=list)  # every point's val metrics
     edge: list[str] = field(default_factory=list)  # grid axes whose selected value is at an end
 
-    @property
+    @functools.cached_property
     def confusion(self) -> np.ndarray:
         """Test confusion matrix (true x predicted)."""
         return self.predictions.confusion()
 
-    @property
+    @functools.cached_property
     def per_class(self) -> np.ndarray:
         """Test accuracy per class, in percent."""
         return self.predictions.per_class()
@@ -259,20 +260,11 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    import types
-    import warnings
-    from importlib.metadata import entry_points
+    from bench.plugins import load_group
 
     for kind in importlib.import_module("bench.kinds").KINDS:
         register_head(kind)
-    for point in entry_points(group="bench.heads"):
-        try:
-            loaded = point.load()
-            if not isinstance(loaded, types.ModuleType):
-                register_head(loaded)
-        except Exception as e:  # one broken plugin must not hide the other heads
-            warnings.warn(f"head entry point {point.name!r} ({point.value}) is skipped: "
-                          f"{type(e).__name__}: {e}", stacklevel=2)
+    load_group("bench.heads", register_head)
 
 
 def head_names() -> list[str]:
