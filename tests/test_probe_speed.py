@@ -136,7 +136,7 @@ def test_halving_never_cuts_between_equal_scores_nor_before_a_quarter_of_the_epo
             return [1.0] * len(model.points)  # every point scores the same
         return at
 
-    cfg = ProbeConfig(epochs=8, eval_every=1, batch_size=32)
+    cfg = ProbeConfig(epochs=8, eval_every=1, batch_size=32, halving=True)
     train_grid(x, y, 3, lrs, wds, cfg, {e: tied(e) for e in range(1, 9)})
     assert all(points == [0, 1, 2, 3] for points in kept.values())  # nothing cut on a tie
 
