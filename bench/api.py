@@ -100,8 +100,9 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
 
 def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
     from bench.metrics import names
-    from bench.record import add_metrics, seed_metrics
+    from bench.record import seed_metrics
     from bench.stats import aggregate_seeds
+    from bench.tracking import add_metrics
 
     cells: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -191,8 +192,8 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     ``suites``). ``metric`` defaults to the task's headline (top1 or mean_per_class).
     """
     from bench import leaderboard as boards
-    from bench.record import load_predictions, load_record
     from bench.stats import compare as paired
+    from bench.tracking import load_predictions, load_record
 
     if task is None:
         first, second = load_record(a), load_record(b)

@@ -122,8 +122,8 @@ def pivot(cells: Any, metric: str = "test_top1") -> Any:
 def tied_with_best(cells: Any, metric: str = "test_top1") -> set[tuple[str, str]]:
     """(backbone, column) of every row not distinguishable from its column's best, by a paired
     bootstrap on the stored test predictions. Rows without predictions are never marked."""
-    from bench.record import load_predictions
     from bench.stats import compare
+    from bench.tracking import load_predictions
 
     ties = set()
     for task, rows in cells.groupby("task"):

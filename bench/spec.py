@@ -155,7 +155,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     from bench.precision import resolve_device, resolve_precision
     from bench.registry import backbones
     from bench.task import json_digest
-    from bench.tracking import RESULT_SCHEMA
+    from bench.record import RESULT_SCHEMA
 
     kind = head_kind(spec.head)
     head_settings = kind.make_config(spec.head_args, spec.seed)  # bad settings fail first

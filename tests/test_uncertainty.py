@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.record import ci_names, load_predictions
+from bench.record import ci_names
+from bench.tracking import load_predictions
 
 from .conftest import records
 
