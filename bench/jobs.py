@@ -122,7 +122,7 @@ class BenchJob(_Requeueable):
                   experiment_id: str, run_started: float) -> RunRecord:
         from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
-        from bench.stats import Predictions, bootstrap_intervals
+        from bench.stats import bootstrap_intervals
         from bench.tracking import TrackingError, log_record, save_pending, supersede
 
         run = prepared.run
@@ -137,7 +137,7 @@ class BenchJob(_Requeueable):
         result = evaluate(trainer, data, run.headline)
         probe_seconds = time.time() - probe_started
         bootstrap_started = time.time()
-        predictions = Predictions(result.test_top5, result.test_labels, run.num_classes)
+        predictions = result.predictions
         intervals = bootstrap_intervals(predictions, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
         record = RunRecord.from_result(
             run, cell, result, intervals=intervals,

@@ -47,8 +47,9 @@ def test_other_settings_are_alternatives_chosen_on_val_and_a_new_protocol_supers
     shown = records()
     best_val = max(shown, key=lambda r: r.val_score)
     assert board.cells.run_id.tolist() == [best_val.run_id]
-    assert board.notes == [f"pixels on digits: chosen on validation (never test) among 2 "
-                           f"alternatives of {best_val.name} with other chosen settings"]
+    assert leaderboard.footnotes(board.cells) == [
+        f"pixels on digits: chosen on validation (never test) among 2 alternatives of "
+        f"{best_val.name} with other chosen settings"]
 
 
 # --- 2: compare only runs tested on the same test set -------------------------------------------
