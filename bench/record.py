@@ -7,8 +7,8 @@ or artifact name. This module is pure: moving records in and out of MLflow is ``
 
 | MLflow | names |
 | --- | --- |
-| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag) |
-| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``shots`` (few-shot only), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
+| tags | ``bench.kind`` (result / leaderboard / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
+| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
 """
@@ -35,13 +35,16 @@ WEIGHTS, CACHE_KEYS = "bench.weights_sha256", "bench.cache_keys"
 SKIPPED_COUNT, SKIPPED, SUPERSEDED_BY = "bench.skipped_count", "bench.skipped", "bench.superseded_by"
 SLOT = "bench.slot"
 SLOTS_TAGGED = "bench.slots_tagged"  # experiment tag: every result run in it carries SLOT
-RESULT, LEADERBOARD = "result", "leaderboard"
+GRID_EDGE = "bench.grid_edge"
+SETTINGS = "bench.settings"
+TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
+RESULT, LEADERBOARD, LOCK = "result", "leaderboard", "lock"
+LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
 PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION = ("protocol.json", "per_class_accuracy.csv", "grid.csv",
                                              "confusion_matrix.png")
 PREDICTIONS = "predictions.npz"
 ARTIFACTS = (PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION, PREDICTIONS)
-TEST_METRICS = ("top1", "top5", "mean_per_class")
 PROBE_SECONDS, BOOTSTRAP_SECONDS, SEED_COUNT = "probe_seconds", "bootstrap_seconds", "seed_count"
 MAX_PARAM = 6000  # MLflow's limit on a param value
 MAX_TAG = 5000
@@ -71,18 +74,24 @@ class RunRecord:
     start_time: float | None = None  # epoch seconds
     superseded_by: str | None = None
     reused: bool = False  # read back instead of computed in this process
-    shots: int = 0  # few-shot head: images per class (0 for every other head)
+    variant: str = ""  # the head kind's variant (``HeadKind.variant``, e.g. "5-shot"), or ""
+    grid_edge: str = ""  # grid axes selected at an end of their range (``protocol.grid_edges``)
+    settings: str = ""  # digest of the settings the user chose ("": none, the defaults)
+    test_manifest: str = ""  # the test split's manifest digest: what the test set was
 
     @property
     def slot(self) -> tuple[str, ...]:
         """What the user's leaderboard cell is: a newer identity in the same slot supersedes."""
         return (self.backbone, self.task, self.layer, self.pool, self.head, str(self.seed),
-                str(self.shots))
+                self.variant)
 
     @property
     def slot_key(self) -> str:
-        """The ``bench.slot`` tag: one value per slot and schema, safe in a search filter."""
-        return hashlib.sha256(json.dumps([self.schema, *self.slot]).encode()).hexdigest()[:32]
+        """The ``bench.slot`` tag: one value per slot, schema and chosen settings, safe in a
+        search filter. Runs that chose no setting keep the key they had before settings were
+        recorded, so a default run still supersedes runs logged then."""
+        key = [self.schema, *self.slot] + ([self.settings] if self.settings else [])
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% bootstrap interval of ``test_{metric}`` (None for records logged before)."""
@@ -105,12 +114,16 @@ class RunRecord:
         }
         if self.skipped:
             tags[SKIPPED] = json.dumps(self.skipped)[:MAX_TAG]
+        if self.grid_edge:
+            tags[GRID_EDGE] = self.grid_edge[:MAX_TAG]
+        if self.settings:
+            tags[SETTINGS] = self.settings
         return tags
 
     def to_params(self) -> dict[str, str]:
         params = {name: str(getattr(self, name)) for name in SLOT_PARAMS}
-        if self.shots:
-            params["shots"] = str(self.shots)
+        if self.variant:
+            params["variant"] = self.variant
         params |= {f"best.{k}": str(v) for k, v in self.best.items()}
         return params | _flatten("protocol", self.protocol, {})
 
@@ -138,16 +151,17 @@ class RunRecord:
         metrics |= {f"val_{k}": v for k, v in result.val.items()}
         metrics |= interval_metrics(intervals)
         metrics |= {PROBE_SECONDS: seconds["probe"], BOOTSTRAP_SECONDS: seconds["bootstrap"]}
-        shots = int(run.head_config.get("shots", 0))
         return cls(
             identity=cell.identity,
-            name=run.run_name(cell) + (f"/{shots}-shot" if shots else ""),
+            name=run.run_name(cell),
             backbone=run.spec.backbone, task=run.spec.task, layer=cell.layer, pool=cell.pool,
             head=run.spec.head, seed=run.spec.seed, headline=run.headline, metrics=metrics,
             best=result.best, weights_sha256=run.weights_sha256, cache_keys=cache_keys,
             skipped=skipped, skipped_count=len(skipped),
-            protocol=run.protocol(cell) | {"feature_shapes": feature_shapes},
-            start_time=start_time, shots=shots,
+            protocol=run.protocol(cell) | {"feature_shapes": feature_shapes,
+                                           "settings": run.settings},
+            start_time=start_time, variant=run.variant, grid_edge="; ".join(result.edge),
+            settings=settings_digest(run.settings), test_manifest=run.split_manifests["test"],
         )
 
     # --- reading ------------------------------------------------------------------------------
@@ -169,8 +183,19 @@ class RunRecord:
             skipped_count=int(tags.get(SKIPPED_COUNT, 0)),
             code_version=tags.get(VERSION, ""), schema=tags.get(SCHEMA, ""),
             run_id=run.info.run_id, start_time=run.info.start_time / 1000,
-            superseded_by=tags.get(SUPERSEDED_BY), shots=int(params.get("shots", 0)),
+            superseded_by=tags.get(SUPERSEDED_BY), variant=_variant(params),
+            grid_edge=tags.get(GRID_EDGE, ""),
+            settings=tags.get(SETTINGS, ""), test_manifest=params.get(TEST_MANIFEST_PARAM, ""),
         )
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """The ``bench.settings`` tag of chosen settings; "" when none was chosen (so runs logged
+    before the tag existed count as default runs)."""
+    if not settings:
+        return ""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def to_json(record: RunRecord) -> str:
@@ -197,7 +222,7 @@ def interval_metrics(intervals: Any) -> dict[str, float]:
     if round(100 * intervals.confidence) != 95:
         raise ValueError(f"records hold 95% intervals, got {intervals.confidence:.0%}")
     out = {}
-    for metric in TEST_METRICS:
+    for metric in intervals.point:
         low, high = ci_names(metric)
         out[low], out[high] = intervals.low[metric], intervals.high[metric]
     return out
@@ -256,6 +281,17 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
+def lock_tags(key: str, owner: str) -> dict[str, str]:
+    """Tags of a claim on result cells (``bench.tracking.cell_lock``); ``key`` digests them."""
+    return {KIND: LOCK, LOCK_KEY: key, LOCK_OWNER: owner, HEARTBEAT: "0"}
+
+
+def lock_filter(key: str) -> str:
+    """Live claims (RUNNING) on the cells ``key`` digests."""
+    return (f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = {_quoted(key)} "
+            "and attributes.status = 'RUNNING'")
+
+
 def leaderboard_filter() -> str:
     return f"tags.`{KIND}` = '{LEADERBOARD}'"
 
@@ -276,6 +312,13 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
         text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
         out[prefix] = text[:MAX_PARAM]
     return out
+
+
+def _variant(params: dict[str, str]) -> str:
+    """The record's variant; runs logged before variants carried ``shots`` (few-shot) instead."""
+    if "variant" in params:
+        return params["variant"]
+    return f"{params['shots']}-shot" if params.get("shots", "0") != "0" else ""
 
 
 def _number(text: str) -> float:

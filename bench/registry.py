@@ -18,8 +18,8 @@ Beyond the presets of this repository, a name may be:
 ``create`` checks every argument against the factory's signature and annotations before calling it,
 so the CLI and the Python API report a mistyped argument the same way, naming it.
 
-``Plugins`` is the registry of classes (executors, heads, metrics): a decorator, an entry-point
-group ``bench.<kind>s`` and a base-class check, nothing imported before a name is asked for.
+``Plugins`` is a registry of classes (executors): a decorator, an entry-point group
+``bench.<kind>s`` and a base-class check, nothing imported before a name is asked for.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import pkgutil
 import sys
 import types
 import typing
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,19 +114,16 @@ class Registry:
 
     def _discover_entry_points(self) -> None:
         """Presets of installed packages: entry points in the group ``bench.<kind>s``."""
-        from importlib.metadata import entry_points
+        from bench.plugins import load_group
 
-        for point in entry_points(group=f"bench.{self.kind}s"):
-            try:
-                loaded = point.load()
-            except Exception as e:  # one broken plugin must not hide every other preset
-                warnings.warn(f"{self.kind} entry point {point.name!r} ({point.value}) failed to "
-                              f"load and is skipped: {type(e).__name__}: {e}", stacklevel=2)
-                continue
-            if callable(loaded) and not isinstance(loaded, types.ModuleType):
-                doc = (inspect.getdoc(loaded) or "").split("\n", 1)[0]
-                self.add(Entry(point.name, loaded, description=doc or f"entry point {point.value}",
-                               licence="unknown: see the package's documentation"))
+        def add(name: str, factory: Any) -> None:
+            if not callable(factory):
+                raise FactoryError(f"{self.kind} entry point {name!r} is not a factory")
+            doc = (inspect.getdoc(factory) or "").split("\n", 1)[0]
+            self.add(Entry(name, factory, description=doc or f"entry point of {name}",
+                           licence="unknown: see the package's documentation"))
+
+        load_group(f"bench.{self.kind}s", add, named=True)
 
     def names(self, pattern: str = "*") -> list[str]:
         self._discover()
@@ -346,7 +342,7 @@ def type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
-# --- plugins: named classes of one base class (executors, heads, metrics) --------------------------
+# --- plugins: named classes of one base class (executors) -----------------------------------------
 T = TypeVar("T")
 
 
@@ -391,16 +387,9 @@ class Plugins(Generic[T]):
         self._discovered = True
         for module in self.modules:
             importlib.import_module(module)
-        from importlib.metadata import entry_points
+        from bench.plugins import load_group
 
-        for point in entry_points(group=f"bench.{self.kind}s"):
-            try:  # one broken plugin must not hide the others
-                loaded = point.load()
-                if not isinstance(loaded, types.ModuleType):
-                    self.add(point.name, loaded)
-            except Exception as e:
-                warnings.warn(f"{self.kind} entry point {point.name!r} ({point.value}) is "
-                              f"skipped: {type(e).__name__}: {e}", stacklevel=2)
+        load_group(f"bench.{self.kind}s", self.add, named=True)
         if self.also is not None:
             self.also(self)
 
