@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,12 +38,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from bench.errors import BenchError
+from bench.locks import STALE_TEMP_SECONDS, stale_temp, temp_name
 from bench.paths import cache_dir
 
 CACHE_FORMAT = 2  # 2: shard sidecars carry rows, shard size and a blake2b of the .npy bytes
 _READ_CHUNK = 1 << 24
 LABELS = "labels.npy"
-STALE_TEMP_SECONDS = 3600
 
 
 class CacheError(BenchError, RuntimeError):
@@ -74,7 +73,7 @@ class CacheFullError(CacheError):
 
 
 def cache_key(fields: dict[str, Any]) -> str:
-    from bench.task import json_digest
+    from bench.digest import json_digest
 
     return json_digest({"cache_format": CACHE_FORMAT, **fields})
 
@@ -91,20 +90,6 @@ class _HashingWriter:
         self.hash.update(view)
         self.written += len(view)
         return len(view)
-
-
-def temp_name(path: Path) -> Path:
-    """``.NAME.HOST.PID.tmp``: ``stale_temp`` can tell whether its writer still runs."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
-
-def stale_temp(path: Path, max_age_s: float = STALE_TEMP_SECONDS) -> bool:
-    """Whether the writer of the temporary ``path`` (``temp_name``) is gone: the file is older
-    than ``max_age_s`` or, written on this host, its process no longer runs."""
-    prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
-    if time.time() - path.stat().st_mtime > max_age_s:
-        return True
-    return prefix.endswith(f".{socket.gethostname()}") and not _pid_alive(pid)
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
@@ -537,15 +522,3 @@ class FeatureCache:
         for path in removed:
             path.unlink(missing_ok=True)
         return removed
-
-
-def _pid_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

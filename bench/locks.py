@@ -1,10 +1,15 @@
-"""Advisory file locks (``fcntl.flock``) for work that must happen once across processes.
+"""Files shared by processes: advisory locks, and temporary files that name their writer.
+
+Advisory file locks (``fcntl.flock``) are for work that must happen once across processes.
 
 Used for the SQLite tracking store's creation and writes, and for each job's result cells: two
 identical runs started together extract and log once, the second waiting and then reusing. The
 lock is released when its process dies (kill -9 included), so a crash never leaves a stale lock.
 flock works between processes of one machine and on most cluster file systems mounted with
 locking; where it is not supported, bench runs unlocked.
+
+A temporary file or folder (``temp_name``: ``.NAME.HOST.PID.tmp``, renamed into place once
+complete) says who writes it, so ``stale_temp`` can tell a writer still running from one that died.
 """
 
 from __future__ import annotations
@@ -13,8 +18,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+STALE_TEMP_SECONDS = 3600
 
 
 @contextlib.contextmanager
@@ -34,3 +43,29 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def temp_name(path: Path) -> Path:
+    """``.NAME.HOST.PID.tmp``: ``stale_temp`` can tell whether its writer still runs."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def stale_temp(path: Path, max_age_s: float = STALE_TEMP_SECONDS) -> bool:
+    """Whether the writer of the temporary ``path`` (``temp_name``) is gone: the file is older
+    than ``max_age_s`` or, written on this host, its process no longer runs."""
+    prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
+    if time.time() - path.stat().st_mtime > max_age_s:
+        return True
+    return prefix.endswith(f".{socket.gethostname()}") and not _pid_alive(pid)
+
+
+def _pid_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

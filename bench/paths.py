@@ -8,7 +8,6 @@
 | leaderboard figures | | ``RESULTS/figures`` |
 | similarity matrices (``bench similarity``) | | ``RESULTS/similarity`` |
 | feature cache | ``BENCH_CACHE`` | ``RESULTS/cache`` |
-| cache and job locks | | ``CACHE/.locks`` |
 | datasets | ``BENCH_DATA`` (or ``--data-root``) | ``~/.cache/bench/data`` |
 | weights | ``BENCH_WEIGHTS`` | ``~/.cache/bench/weights`` |
 | tracking store | ``MLFLOW_TRACKING_URI`` | ``sqlite:///RESULTS/mlflow.db`` |
@@ -71,12 +70,6 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     if os.environ.get("BENCH_CACHE"):
         return Path(os.environ["BENCH_CACHE"]).expanduser().resolve()
     return results_dir() / "cache"
-
-
-def locks_dir(cache: str | os.PathLike | None = None) -> Path:
-    """Lock files of the cache ``cache`` (default ``cache_dir()``): on the file system every
-    process sharing that cache sees."""
-    return cache_dir(cache) / ".locks"
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from bench.errors import UsageError
-from bench.task import DatasetError, FileTask, Split, load_rgb
+from bench.filetask import FileTask
+from bench.images import load_rgb
+from bench.task import DatasetError, Split
 
 DECODES = ("cpu", "gpu")
 PREFETCH = 4  # batches in flight per worker: covers the jitter of JPEG sizes

@@ -258,9 +258,9 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
     import torch
 
     from bench import similarity as estimators
+    from bench.digest import json_digest
     from bench.precision import resolve_device
     from bench.spec import build_task
-    from bench.task import json_digest
     from bench.tracking import ensure_experiment, find_similarity
 
     _check(spec)
@@ -325,7 +325,7 @@ def _name(spec: SimilaritySpec, n: int) -> str:
 
 
 def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> RunRecord:
-    from bench.task import json_digest
+    from bench.digest import json_digest
     from bench.tracking import SimilarityRecord
 
     points = [[p["backbone"], p["layer"], p["pool"]] for p in result.rows + result.cols]

@@ -156,10 +156,10 @@ def build_task(spec: RunSpec) -> Task:
 def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
     """Resolve ``spec`` (building the task and, unless given, the backbone: once per process)."""
     from bench.backbone import check_pool
+    from bench.digest import json_digest
     from bench.precision import resolve_device, resolve_precision
-    from bench.registry import backbones
-    from bench.task import json_digest
     from bench.record import RESULT_SCHEMA
+    from bench.registry import backbones
 
     kind = head_kind(spec.head)
     head_settings = kind.make_config(spec.head_args, spec.seed)  # bad settings fail first

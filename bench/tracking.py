@@ -306,7 +306,7 @@ def cell_lock(experiment_id: str, identities: list[str],
     import socket
     import threading
 
-    from bench.task import json_digest
+    from bench.digest import json_digest
 
     mlflow_client = client()
     key = json_digest(sorted(identities))[:32]
@@ -387,7 +387,7 @@ def save_pending(suite: str, record: RunRecord, artifacts: dict[str, bytes]) -> 
     """
     import errno
 
-    from bench.cache import temp_name
+    from bench.locks import temp_name
 
     folder = pending_dir() / record.identity
     tmp = temp_name(folder)
@@ -413,7 +413,7 @@ def remove_incomplete_pending() -> list[Path]:
     """Remove kept results that are not complete (no readable record.json: written by a bench
     that died or ran out of space mid-write; temporary folders whose writer is gone); their
     paths. Temporary folders of writers still running are left alone."""
-    from bench.cache import stale_temp
+    from bench.locks import stale_temp
 
     removed = []
     for folder in sorted(pending_dir().glob("*")) if pending_dir().is_dir() else []:

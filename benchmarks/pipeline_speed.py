@@ -52,9 +52,10 @@ def main() -> None:
     from bench.cache import FeatureCache
     from bench.compile import enable_compile
     from bench.extract import _decode_device, extract
-    from bench.precision import autocast, resolve_device, resolve_precision
+    from bench.images import load_rgb
     from bench.pipeline import Loader
-    from bench.task import Split, load_rgb
+    from bench.precision import autocast, resolve_device, resolve_precision
+    from bench.task import Split
 
     if args.threads:
         torch.set_num_threads(args.threads)

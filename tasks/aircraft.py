@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from bench.data import Download
+from bench.filetask import FileTask, Partitions
+from bench.images import load_rgb
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, data_root, load_rgb
+from bench.task import DatasetError, data_root
 
 OFFICIAL = {"classes": 100, "train": 3334, "val": 3333, "test": 3333}
 BANNER = 20  # pixels

@@ -21,8 +21,9 @@ from __future__ import annotations
 import csv
 from typing import Any
 
+from bench.filetask import FileTask, Partitions
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, data_root
+from bench.task import DatasetError, data_root
 
 OFFICIAL = {"classes": 196, "train": 8144, "test": 8041}
 TORCHVISION, KAGGLE = "stanford_cars", "stanford-car-dataset-by-classes-folder"

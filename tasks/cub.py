@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench.data import Download
+from bench.filetask import FileTask, Partitions
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, data_root
+from bench.task import DatasetError, data_root
 
 OFFICIAL = {"classes": 200, "train": 5994, "test": 5794}
 

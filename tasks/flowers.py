@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from bench.data import Download
+from bench.filetask import FileTask, Partitions
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, data_root
+from bench.task import DatasetError, data_root
 
 OFFICIAL = {"classes": 102, "train": 1020, "val": 1020, "test": 6149}
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"

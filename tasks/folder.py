@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.filetask import FileTask, Partitions, hidden, list_class_folders
+from bench.images import IMAGE_EXTENSIONS
 from bench.registry import register_task
-from bench.task import (IMAGE_EXTENSIONS, DatasetError, FileTask, Partitions, hidden,
-                        holdout_split, list_class_folders)
+from bench.task import DatasetError, holdout_split
 
 
 class Folder(FileTask):

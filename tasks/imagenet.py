@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from bench.filetask import FileTask, Partitions, list_class_folders
 from bench.registry import register_task
-from bench.task import (DatasetError, FileTask, ManualDownloadError, Partitions, data_root,
-                        list_class_folders)
+from bench.task import DatasetError, ManualDownloadError, data_root
 
 OFFICIAL = {"classes": 1000, "train": 1281167, "test": 50000}
 ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")

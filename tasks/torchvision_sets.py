@@ -28,8 +28,9 @@ import numpy as np
 
 from bench.data import Download
 from bench.errors import UsageError
+from bench.filetask import FileTask, Partitions
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, Split, data_root
+from bench.task import DatasetError, Split, data_root
 
 VGG = "https://www.robots.ox.ac.uk/~vgg/data/"
 # official counts

@@ -9,10 +9,11 @@ from pathlib import Path
 from .conftest import REPO
 
 LAYERS = {  # layer -> bench modules, lowest first; README's "Architecture" lists the same
-    "core": {"bench", "errors", "paths", "registry", "locks", "precision", "stats", "protocol",
-             "backbone", "task"},
-    "features": {"weights", "compile", "pipeline", "extract", "cache", "data"},
-    "heads": {"probe", "heads", "knn", "fewshot", "similarity"},  # what judges features
+    "core": {"bench", "errors", "paths", "registry", "plugins", "locks", "precision", "stats",
+             "metrics", "protocol", "digest", "backbone", "task"},
+    "features": {"weights", "compile", "images", "pipeline", "extract", "cache", "data",
+                 "filetask"},
+    "heads": {"kinds", "probe", "heads", "knn", "fewshot", "similarity"},  # what judges features
     "results": {"record", "tracking", "leaderboard", "references"},
     "run": {"spec", "jobs", "sweep", "scheduler", "executors", "similarity_run"},
     "api": {"api"},
@@ -34,9 +35,16 @@ def _modules(folder: str) -> dict[str, Path]:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every absolute import in the file."""
+    """(line, module) of every absolute import in the file that runs (``if TYPE_CHECKING:``
+    blocks, for annotations only, are left out)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                   for stmt in block.body for n in ast.walk(stmt)}
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -20,9 +20,10 @@ import bench
 from bench.backbone import MAP, FeaturePoint, check_pool, pool_features
 from bench.cache import CacheFullError, CorruptShardError, FeatureCache
 from bench.cli import main as cli
-from bench.extract import extract
 from bench.data import verify as verify_data
-from bench.task import CorruptImageError, DatasetError, Split, load_rgb, to_rgb
+from bench.extract import extract
+from bench.images import load_rgb, to_rgb
+from bench.task import CorruptImageError, DatasetError, Split
 from bench.weights import WeightsError, file_sha256
 
 CPU = torch.device("cpu")

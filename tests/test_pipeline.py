@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 import bench
-from bench.errors import UsageError
 from bench.cache import FeatureCache
+from bench.errors import UsageError
 from bench.extract import extract
+from bench.images import load_rgb
 from bench.pipeline import Loader, decode_resize_crop, file_of, resize_crop_recipe
-from bench.task import Split, load_rgb
+from bench.task import Split
 
 STEP = 2 / 255  # one 8-bit step in the [-1, 1] input scale of the diffusion backbones
 

@@ -157,7 +157,7 @@ def test_identical_runs_with_two_results_folders_and_one_store_compute_once(tmp_
 
 def test_a_claim_whose_holder_died_is_marked_killed_and_taken_over(monkeypatch):
     from bench import record, tracking
-    from bench.task import json_digest
+    from bench.digest import json_digest
     from bench.tracking import cell_lock, client, ensure_experiment
 
     monkeypatch.setattr(tracking, "LOCK_STALE_S", 1.0)
