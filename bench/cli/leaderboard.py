@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from bench.cli import options
 from bench.protocol import PROTOCOLS
@@ -24,17 +25,19 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard
+    from bench.leaderboard import FOOTER, elsewhere, written_lines
     from bench.paths import tracking_uri
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
     board, paths = leaderboard(suites, args.metric, references=args.paper, log=not args.no_log,
                                protocol=args.protocol)
     if board.table.empty:
-        print(f"no finished {args.protocol} runs yet")
-    else:
-        from bench.leaderboard import FOOTER
-
-        print(board.display.to_markdown() + "\n\n" + FOOTER)
-    print(f"\nwritten: {paths['md']}, {paths['csv']}")
+        print(f"bench: {elsewhere(suites, f'{args.protocol} results')}; nothing written",
+              file=sys.stderr)
+        return 1
+    print(board.display.to_markdown() + "\n\n" + FOOTER + "\n")
+    print("\n".join(written_lines(board, paths)))
+    if not args.no_log:
+        print(f"logged to MLflow: the 'leaderboard' run of suite {suites[0]!r}")
     print(options.ui_hint(tracking_uri()))
     return 0

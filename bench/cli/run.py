@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import run_seeds
+    from bench.cli.runs import tally
 
     spec = options.run_spec(args, args.backbone, args.task,
                             [v for a in args.layer for v in options.csv(a)],
@@ -47,9 +48,11 @@ def main(args: argparse.Namespace) -> int:
     seeds = args.seeds or (list(range(args.draws or DRAWS)) if fewshot else [args.seed])
     variants = [spec.head_args | {"shots": k} for k in args.shots] if args.shots else [
         spec.head_args]
+    records = []
     for head_args in variants:
         spec.head_args = head_args
         report = run_seeds(spec, seeds, options.run_options(args), options.executor(args))
+        records += report.records
         for record in report.records:
             print(describe(record, with_seed=len(seeds) > 1))
         for name, aggregate in report.aggregates.items():
@@ -57,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
                                for m in aggregate.mean)
             kind = "draws" if fewshot else "seeds"
             print(f"{name}: across {aggregate.seeds} {kind} (mean ± sample std): {spread}")
+    print(tally(records, args.suite))
     return 0
 
 
