@@ -57,5 +57,5 @@ def next_commands(suite: str) -> list[str]:
     return [f"bench runs{flag}                 # the results and their run ids",
             f"bench leaderboard{flag}          # backbone x task, with 95% intervals",
             f"bench compare {' '.join(BACKBONES)} --task digits{flag}   # is the gap real?",
-            f"bench sweep --backbones {','.join(BACKBONES)} --tasks digits --grid pool=1,2 "
-            f"--dry-run{flag}   # what a sweep would add"]
+            f"bench sweep --backbones {','.join(BACKBONES)} --tasks digits "
+            f"--dry-run{flag}   # what a sweep would run, what is done"]
