@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
                   f"run {record.run_id[:ID_CHARS]}{note}")
             records.append(record)
     print(tally(records, args.suite))
-    board, paths = leaderboard([args.suite], title="bench demo: controls on digits")
+    board, paths = leaderboard([args.suite])  # the file `bench leaderboard` writes, the same
     print("\n" + board.display.to_markdown())
     print("\n".join(written_lines(board, paths)))
     print(options.ui_hint(tracking_uri()))
