@@ -87,13 +87,15 @@ class Preset:
 
 
 class Registry:
-    def __init__(self, kind: str, package: str, index: dict[str, Any] | None = None):
+    def __init__(self, kind: str, package: str, index: dict[str, Any] | None = None,
+                 shipped_index: bool = False):
         self.kind = kind
         self.package = package
         self._entries: dict[str, Entry] = {}
         self._discovered = False
         self._plugins_loaded = False
-        self._index = index  # module -> {"sha256", "presets"}; default bench/preset_index.py
+        # module -> {"sha256", "presets"}; bench/preset_index.py's (shipped_index), else none
+        self._index = index if index is not None or shipped_index else {}
         self._listed: dict[str, Preset] | None = None
 
     def register(
@@ -123,8 +125,12 @@ class Registry:
             raise ValueError(f"{self.kind} {entry.name!r} is registered twice")
         self._entries[entry.name] = entry
 
+    def load_all(self) -> None:
+        """Import every module of the package (and the plugins): every preset registered, and
+        whatever else the modules register on import (``bench.references`` sources)."""
+        self._discover()
+
     def _discover(self) -> None:
-        """Import every module of the package (and the plugins): every preset registered."""
         if self._discovered:
             return
         self._discovered = True
@@ -429,8 +435,8 @@ def write_index(path: Path | None = None) -> Path:
     return path
 
 
-backbones = Registry("backbone", "backbones")
-tasks = Registry("task", "tasks")
+backbones = Registry("backbone", "backbones", shipped_index=True)
+tasks = Registry("task", "tasks", shipped_index=True)
 
 register_backbone = backbones.register
 register_task = tasks.register
