@@ -258,8 +258,13 @@ def suites_with_results() -> dict[str, int]:
 def elsewhere(suites: list[str], what: str = "results") -> str:
     """Why ``suites`` show nothing, and where results are: ``no finished results in suite
     'bench'; suite 'demo' holds 4 (add --suite demo)``."""
-    others = {k: v for k, v in suites_with_results().items() if k not in suites}
+    held = suites_with_results()
+    others = {k: v for k, v in held.items() if k not in suites}
     here = f"no finished {what} in suite(s) {', '.join(repr(s) for s in suites)}"
+    inside = sum(held.get(s, 0) for s in suites)
+    if inside:
+        return (f"{here}; {'it holds' if len(suites) == 1 else 'they hold'} {inside} of other "
+                "heads or names (`bench runs --protocol all` lists them)")
     if not others:
         return f"{here}, nor in any other suite: `bench demo` or `bench run` makes some"
     listed = ", ".join(f"{name!r} ({count} result{'s' * (count != 1)})"

@@ -11,8 +11,6 @@ import textwrap
 import types
 from pathlib import Path
 
-import pytest
-
 from bench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -149,27 +149,34 @@ def _browse(exe: str, url: str, *flags: str, budget_ms: int = 10000) -> subproce
             capture_output=True, text=True, timeout=180, check=False)
 
 
+def _rendered(exe: str, url: str, wanted: list[str], saved: Path) -> None:
+    """Render ``url`` (dumping its DOM to ``saved``) until every ``wanted`` text is on it."""
+    dom, page = "", None
+    for budget in (10000, 30000):  # a slow machine may need more (virtual) time
+        page = _browse(exe, url, "--dump-dom", budget_ms=budget)
+        dom = html.unescape(page.stdout)
+        if all(text in dom for text in wanted):
+            break
+    saved.write_text(dom)
+    missing = [text for text in wanted if text not in dom]
+    assert not missing, (f"missing from the rendered page {url}: {missing}\n"
+                         f"chromium exit {page.returncode}; stderr tail:\n{page.stderr[-2000:]}")
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    out_dir = Path(os.environ.get("BENCH_TEST_ARTIFACTS") or tmp_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
 @pytest.mark.server
 def test_runs_page_renders_the_sweep_in_headless_chromium(sweep, tmp_path):
     exe = _chromium()
     uri, suite, experiment_id = sweep
-    out_dir = Path(os.environ.get("BENCH_TEST_ARTIFACTS") or tmp_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _artifacts(tmp_path)
     url = f"{uri}/#/experiments/{experiment_id}/runs"
     names = [f"{b} {layer}/{p} linear digits" for b, layer in BACKBONES.items() for p in POOLS]
-
-    dom = ""
-    for budget in (10000, 30000):  # a slow machine may need more (virtual) time
-        page = _browse(exe, url, "--dump-dom", budget_ms=budget)
-        dom = html.unescape(page.stdout)
-        if all(name in dom for name in names):
-            break
-    (out_dir / "mlflow-runs-page.html").write_text(dom)
-    missing = [name for name in names if name not in dom]
-    assert not missing, (f"run names missing from the rendered runs page {url}: {missing}\n"
-                         f"chromium exit {page.returncode}; stderr tail:\n{page.stderr[-2000:]}")
-    assert "leaderboard" in dom
-
+    _rendered(exe, url, [*names, "leaderboard"], out_dir / "mlflow-runs-page.html")
     _screenshot(exe, url, out_dir / "mlflow-runs-page.png")
 
 
@@ -177,18 +184,11 @@ def test_runs_page_renders_the_sweep_in_headless_chromium(sweep, tmp_path):
 def test_a_run_page_shows_its_description_in_headless_chromium(sweep, tmp_path):
     exe = _chromium()
     uri, _, experiment_id = sweep
-    out_dir = Path(os.environ.get("BENCH_TEST_ARTIFACTS") or tmp_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _artifacts(tmp_path)
     run = _search(uri, experiment_id, "result")[0]
     note = next(t["value"] for t in run["data"]["tags"] if t["key"] == "mlflow.note.content")
     url = f"{uri}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}"
-    dom = ""
-    for budget in (10000, 30000):
-        dom = html.unescape(_browse(exe, url, "--dump-dom", budget_ms=budget).stdout)
-        if note in dom:
-            break
-    (out_dir / "mlflow-run-page.html").write_text(dom)
-    assert note in dom and run["info"]["run_name"] in dom, f"{note!r} not on the run page {url}"
+    _rendered(exe, url, [note, run["info"]["run_name"]], out_dir / "mlflow-run-page.html")
     _screenshot(exe, url, out_dir / "mlflow-run-page.png")
 
 
