@@ -263,8 +263,9 @@ def elsewhere(suites: list[str], what: str = "results") -> str:
     here = f"no finished {what} in suite(s) {', '.join(repr(s) for s in suites)}"
     inside = sum(held.get(s, 0) for s in suites)
     if inside:
-        return (f"{here}; {'it holds' if len(suites) == 1 else 'they hold'} {inside} of other "
-                "heads or names (`bench runs --protocol all` lists them)")
+        holds = "it holds" if len(suites) == 1 else "they hold"
+        return (f"{here}; {holds} {inside} result{'s' * (inside != 1)} of other heads or names "
+                "(`bench runs --protocol all` lists them)")
     if not others:
         return f"{here}, nor in any other suite: `bench demo` or `bench run` makes some"
     listed = ", ".join(f"{name!r} ({count} result{'s' * (count != 1)})"

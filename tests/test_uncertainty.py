@@ -146,5 +146,5 @@ def test_leaderboard_shows_intervals_and_marks_rows_tied_with_the_best(tmp_path,
     assert "not distinguishable" in capsys.readouterr().out
     assert main(["compare", "best", "nobody", "--task", "digits"]) == 2
     assert main(["leaderboard", "--protocol", "knn"]) == 1
-    assert "no finished knn results in suite(s) 'bench'; it holds 3 of other" in (
+    assert "no finished knn results in suite(s) 'bench'; it holds 3 results of other" in (
         capsys.readouterr().err)
