@@ -3,8 +3,8 @@
 A preset is a factory plus default keyword arguments, a one-line description and (for weights) a
 licence. Several presets may share one factory (``mae``, ``mae-large``); ``create`` merges the
 user's overrides over the preset's defaults. Family modules register themselves on import; the
-registry imports every module of its package the first time it is asked anything, so the CLI only
-pays for those imports when it lists or creates something.
+registry imports a module when a preset of it is first created, so the CLI pays for model code
+only when it builds a model.
 
 Listing needs no import at all: ``bench/preset_index.py`` records, per module of a registry's
 package, the sha256 of its source and the presets it registers (name, description, licence), so
@@ -161,17 +161,18 @@ class Registry:
                 from bench.preset_index import INDEX
 
                 self._index = INDEX.get(self.package, {})
-            listed = {}
+            self._listed = {}
             for module, path in self.modules().items():
                 known = self._index.get(module)
                 if known is not None and known["sha256"] == _sha256(path):
-                    listed |= {p["name"]: Preset(**p, module=module) for p in known["presets"]}
+                    self._listed |= {p["name"]: Preset(**p, module=module)
+                                     for p in known["presets"]}
                 else:
                     importlib.import_module(module)  # changed or new: it registers for real
             self._discover_entry_points()
-            self._listed = listed | {e.name: Preset(e.name, e.description, e.licence, e.module)
-                                     for e in self._entries.values()}
-        return [self._listed[n] for n in sorted(self._listed) if fnmatch.fnmatchcase(n, pattern)]
+        listed = self._listed | {e.name: Preset(e.name, e.description, e.licence, e.module)
+                                 for e in self._entries.values()}  # what registered wins
+        return [listed[n] for n in sorted(listed) if fnmatch.fnmatchcase(n, pattern)]
 
     def index(self) -> dict[str, Any]:
         """This package's part of ``bench/preset_index.py``, from a full discovery."""
