@@ -57,7 +57,7 @@ def test_readme_quick_start_and_the_commands_after_it_find_the_demos_results(
             assert all(run_id in out for run_id in ids.values()) and "± " in out
             assert "2 results in suite(s) bench" in out
         elif command.startswith("bench leaderboard"):
-            assert "pixels" in out and "random-unet" in out
+            assert f"pixels on digits {ids['pixels']}" in out and "random-unet" in out
             assert f"unchanged {tmp_path / 'results' / 'leaderboard.md'}" in out
         elif command.startswith("bench compare"):
             assert "pixels/digits/image/16/linear vs random-unet/digits/mid/2/linear" in out

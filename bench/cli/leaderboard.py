@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard
+    from bench.cli.runs import ID_CHARS
     from bench.leaderboard import FOOTER, elsewhere, written_lines
     from bench.paths import tracking_uri
 
@@ -36,6 +37,9 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     print(board.display.to_markdown() + "\n\n" + FOOTER + "\n")
+    shown = ", ".join(f"{row.backbone} on {row.task} {row.run_id[:ID_CHARS]}"
+                      for row in board.cells.itertuples())
+    print(f"runs shown (`bench compare` takes these ids): {shown}")
     print("\n".join(written_lines(board, paths)))
     if not args.no_log:
         print(f"logged to MLflow: the 'leaderboard' run of suite {suites[0]!r}")
