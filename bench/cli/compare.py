@@ -6,12 +6,14 @@ import argparse
 import re
 
 from bench.cli import options
-from bench.protocol import PROTOCOLS  # imports no torch, mlflow or pandas
 
 FULL_ID = re.compile("[0-9a-f]{32}")  # an MLflow run id, loaded as it is
 
 
 def add_parser(sub) -> None:
+    from bench.metrics import names
+    from bench.protocol import protocols  # imports no torch, mlflow or pandas
+
     p = sub.add_parser("compare", help="paired bootstrap difference (and McNemar) of two results",
                        description="A and B are results as `bench runs` shows them (run ids, their "
                        "first characters, or run names), or, with --task, backbone names (each "
@@ -22,9 +24,9 @@ def add_parser(sub) -> None:
                    "task (a leaderboard column, e.g. cub or 'cub 5-shot')")
     p.add_argument("--suite", action="append", default=[],
                    help="experiment(s) to look in; default bench with --task, else every suite")
-    p.add_argument("--protocol", default="linear", choices=PROTOCOLS,
+    p.add_argument("--protocol", default="linear", choices=protocols(),
                    help="with --task: which heads' leaderboard (default linear)")
-    p.add_argument("--metric", choices=["top1", "top5", "mean_per_class"],
+    p.add_argument("--metric", choices=names(),
                    help="default: the task's headline metric")
     p.set_defaults(func=main)
 

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard, run
     from bench.cli.runs import ID_CHARS, tally
-    from bench.leaderboard import written_lines
+    from bench.leaderboard import FOOTER, footnotes, written_lines
     from bench.paths import tracking_uri
     from bench.scheduler import ExecutorConfig
     from bench.spec import RunOptions, RunSpec
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
             records.append(record)
     print(tally(records, args.suite))
     board, paths = leaderboard([args.suite])  # the file `bench leaderboard` writes, the same
-    print("\n" + board.display.to_markdown())
+    print("\n\n".join(["", board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
     print("\n".join(written_lines(board, paths)))
     print(options.ui_hint(tracking_uri()))
     print("\nnext:\n" + "\n".join(f"  {line}" for line in next_commands(args.suite)))

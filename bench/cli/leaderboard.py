@@ -6,15 +6,17 @@ import argparse
 import sys
 
 from bench.cli import options
-from bench.protocol import PROTOCOLS
 
 
 def add_parser(sub) -> None:
+    from bench.leaderboard import metric_choices
+    from bench.protocol import protocols
+
     p = sub.add_parser("leaderboard", help="pivot finished runs backbone x task from MLflow")
     p.add_argument("--suite", action="append", default=[], help="experiment(s); default bench")
     p.add_argument("--metric", default="test_top1",
-                   choices=["test_top1", "test_top5", "test_mean_per_class"])
-    p.add_argument("--protocol", default="linear", choices=PROTOCOLS,
+                   choices=metric_choices())
+    p.add_argument("--protocol", default="linear", choices=protocols(),
                    help="which heads to rank: linear (linear, bn-linear; the default), mlp, "
                    "attention (attention, difformer), knn, few-shot (one column per k), all")
     p.add_argument("--no-log", action="store_true", help="do not log the table to MLflow")
@@ -26,7 +28,7 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard
     from bench.cli.runs import ID_CHARS
-    from bench.leaderboard import FOOTER, elsewhere, written_lines
+    from bench.leaderboard import FOOTER, elsewhere, footnotes, written_lines
     from bench.paths import tracking_uri
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
@@ -36,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"bench: {elsewhere(suites, f'{args.protocol} results')}; nothing written",
               file=sys.stderr)
         return 1
-    print(board.display.to_markdown() + "\n\n" + FOOTER + "\n")
+    print("\n\n".join([board.display.to_markdown(), FOOTER, *footnotes(board.cells)]) + "\n")
     shown = ", ".join(f"{row.backbone} on {row.task} {row.run_id[:ID_CHARS]}"
                       for row in board.cells.itertuples())
     print(f"runs shown (`bench compare` takes these ids): {shown}")

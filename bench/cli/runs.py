@@ -7,15 +7,16 @@ import argparse
 import sys
 
 from bench.cli import options
-from bench.protocol import PROTOCOLS
 
 ID_CHARS = 8  # the run id prefix printed; `bench compare` takes it
 
 
 def add_parser(sub) -> None:
+    from bench.protocol import protocols  # imports no torch, mlflow or pandas
+
     p = sub.add_parser("runs", help="a suite's finished results with their run ids")
     p.add_argument("--suite", action="append", default=[], help="experiment(s); default bench")
-    p.add_argument("--protocol", default="all", choices=PROTOCOLS,
+    p.add_argument("--protocol", default="all", choices=protocols(),
                    help="only these heads (as bench leaderboard's --protocol); default all")
     p.add_argument("--backbone", default="*", help="glob on the backbone name, e.g. 'mae*'")
     p.add_argument("--task", default="*", help="glob on the task name")
@@ -49,6 +50,8 @@ def table(records) -> str:
 
     import pandas as pd
 
+    from bench.leaderboard import column
+
     rows = []
     for r in records:
         interval = r.interval(r.headline)
@@ -56,7 +59,7 @@ def table(records) -> str:
         shown = f"{value:.2f} ± {(interval[1] - interval[0]) / 2:.2f}" if interval else \
             f"{value:.2f}"
         rows.append({"id": r.run_id[:ID_CHARS], "backbone": r.backbone,
-                     "task": f"{r.task} {r.shots}-shot" if r.shots else r.task,
+                     "task": column(r),
                      "layer": r.layer, "pool": r.pool, "head": r.head, "seed": r.seed,
                      f"test {r.headline}": shown,
                      "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.start_time or 0))})
