@@ -373,14 +373,14 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                         '(train/[val/]test/<class>/ or <class>/)',
                                          'licence': '',
                                          'name': 'folder'}],
-                            'sha256': '276ddf151cb1625cbdf0e1037be7ce171fc41b71b65f51c252130c01c5fcc702'},
+                            'sha256': '2baaab476973a7248392b0e8c20d8f2a756764267caf776eb3790e9849903fa3'},
            'tasks.imagenet': {'presets': [{'description': 'ImageNet-1k (manual download); test = '
                                                           'official val, val = 10% holdout of '
                                                           'train; imagenet:PATH for an existing '
                                                           'tree',
                                            'licence': '',
                                            'name': 'imagenet'}],
-                              'sha256': '289f7fc40c906382dac9a5d4c4a369b97bd23fa96e502fb97a5e84bff62a622b'},
+                              'sha256': '2147e1dada5f73a71f50cdc2ab4b8985929ccab8c0fbd203769c36f0b0a50dfb'},
            'tasks.torchvision_sets': {'presets': [{'description': 'CIFAR-10, 10 classes, 32 px; '
                                                                   'val = 10% holdout of train',
                                                    'licence': '',
@@ -403,4 +403,4 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                   'val = 10% holdout of trainval',
                                                    'licence': '',
                                                    'name': 'pets'}],
-                                      'sha256': 'a178693e50a197924c2b69a0186ae42e7f101ee44cd6e67ce0349afc46354191'}}}
+                                      'sha256': '36897ce9774d896cce2e20e006cb117b9c5e3c7780fe0bdd503ac3d1801c1b60'}}}
