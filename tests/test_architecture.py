@@ -9,7 +9,7 @@ from pathlib import Path
 from .conftest import REPO
 
 LAYERS = {  # layer -> bench modules, lowest first; README's "Architecture" lists the same
-    "core": {"bench", "errors", "paths", "registry", "plugins", "locks", "precision", "stats",
+    "core": {"bench", "errors", "paths", "registry", "preset_index", "plugins", "locks", "precision", "stats",
              "metrics", "protocol", "digest", "backbone", "task"},
     "features": {"weights", "compile", "images", "pipeline", "extract", "cache", "data",
                  "filetask"},
