@@ -485,7 +485,8 @@ class Plugins(Generic[T]):
         """Add ``cls`` under ``name``; it must subclass ``base`` and the name must be free."""
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise FactoryError(f"{self.kind} {name!r}: {cls!r} is not a subclass of "
-                               f"{self.base.__module__}.{self.base.__qualname__}: derive it from that")
+                               f"{self.base.__module__}.{self.base.__qualname__}: derive it "
+                               "from that")
         existing = self._classes.get(name)
         if existing is not None and existing is not cls:
             raise ValueError(f"{self.kind} {name!r} is registered twice")

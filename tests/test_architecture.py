@@ -9,8 +9,8 @@ from pathlib import Path
 from .conftest import REPO
 
 LAYERS = {  # layer -> bench modules, lowest first; README's "Architecture" lists the same
-    "core": {"bench", "errors", "paths", "registry", "preset_index", "plugins", "locks", "precision", "stats",
-             "metrics", "protocol", "digest", "backbone", "task"},
+    "core": {"bench", "errors", "paths", "registry", "preset_index", "plugins", "locks",
+             "precision", "stats", "metrics", "protocol", "digest", "backbone", "task"},
     "features": {"weights", "compile", "images", "pipeline", "extract", "cache", "data",
                  "filetask"},
     "heads": {"kinds", "probe", "heads", "knn", "fewshot", "similarity"},  # what judges features
@@ -93,9 +93,9 @@ def test_only_paths_reads_the_environment():
             if module == "bench.paths":
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                read = (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and (node.func.attr == "getenv" or (
-                            node.func.attr == "get" and ast.unparse(node.func.value) == "os.environ")))
+                call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                read = call and (node.func.attr == "getenv" or (
+                    node.func.attr == "get" and ast.unparse(node.func.value) == "os.environ"))
                 read |= (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
                          and ast.unparse(node.value) == "os.environ")
                 if read:
@@ -104,7 +104,8 @@ def test_only_paths_reads_the_environment():
 
 
 def test_error_messages_are_one_line():
-    """A BenchError prints as one line (`bench: error: ...`); no raise builds a multi-line message."""
+    """A BenchError prints as one line (`bench: error: ...`): no raise builds a message of
+    several lines."""
     multi = []
     for folder in ("bench", "backbones", "tasks"):
         for path in _modules(folder).values():
