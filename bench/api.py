@@ -69,10 +69,10 @@ def run_seeds(spec: RunSpec, seeds: list[int], options: RunOptions | None = None
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"seeds must be distinct and at least one, got {seeds}")
     executor = executor or ExecutorConfig()
-    options = job_options(options or RunOptions(), executor)
     specs = [replace(spec, seed=seed) for seed in seeds]
     for one in specs:
-        check_spec(one)
+        check_spec(one)  # bad settings fail before the tracking store is touched
+    options = job_options(options or RunOptions(), executor)
     if executor.kind == "local":  # the backbone is built (and its weights read) once
         first = resolve(specs[0], options)
         jobs = [BenchJob(one, options, prepared=first if i == 0 else resolve(

@@ -17,6 +17,8 @@ it changes a number, so nothing in it enters an identity.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,56 @@ if TYPE_CHECKING:
     from bench.task import Task
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting takes, and how a message states them."""
+
+    text: str
+    ok: Callable[[Any], bool]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(least: int) -> Range:
+    return Range(f"an integer >= {least}",
+                 lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least)
+
+
+POSITIVE = Range("a finite number > 0", lambda v: _number(v) and v > 0)
+NON_NEGATIVE = Range("a finite number >= 0", lambda v: _number(v) and v >= 0)
+FRACTION = Range("a number strictly between 0 and 1", lambda v: _number(v) and 0 < v < 1)
+COUNT, COUNT0 = _count(1), _count(0)
+
+# Settings checked wherever they appear, by name; a list is checked element by element.
+HEAD_RANGES = {
+    "lrs": POSITIVE, "weight_decays": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "temperature": POSITIVE, "epochs": COUNT, "eval_every": COUNT, "batch_size": COUNT,
+    "hidden": COUNT, "hidden_layers": COUNT, "dim": COUNT, "heads": COUNT, "depth": COUNT,
+    "shots": COUNT, "ks": COUNT,
+}
+TASK_RANGES = {"val_fraction": FRACTION, "test_fraction": FRACTION, "limit": COUNT,
+               "max_image_pixels": COUNT0}  # max_image_pixels 0: no limit; limit None: all
+OPTION_RANGES = {"batch_size": COUNT, "shard_size": COUNT, "workers": COUNT0}  # 0: in-process
+
+
+def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], what: str,
+                 flags: Mapping[str, str] | None = None) -> None:
+    """A ``UsageError`` naming the first setting outside its range, its value and the range.
+    ``flags``: setting -> the CLI flag that sets it, named too."""
+    for name, value in values.items():
+        rule = ranges.get(name)
+        if rule is None or value is None:
+            continue
+        many = isinstance(value, (list, tuple))
+        for one in value if many else [value]:
+            if not rule.ok(one):
+                flag = f" ({flags[name]})" if flags and name in flags else ""
+                shown = f"{name} value {one!r}" if many else f"{name}={one!r}"
+                raise UsageError(f"{what} {shown}{flag} is out of range: it must be {rule.text}")
 
 
 @dataclass
@@ -66,6 +118,12 @@ class RunOptions:
     experiment_id: str | None = None
     compile: bool = False  # torch.compile the backbone's truncated forward (the same features)
     decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.pipeline)
+
+    def __post_init__(self) -> None:
+        check_ranges({n: getattr(self, n) for n in OPTION_RANGES}, OPTION_RANGES, "option",
+                     {n: "--" + n.replace("_", "-") for n in OPTION_RANGES})
+        if not isinstance(self.suite, str) or not self.suite.strip():
+            raise UsageError(f"suite {self.suite!r}: name the MLflow experiment (--suite NAME)")
 
 
 @dataclass(frozen=True)
@@ -140,6 +198,7 @@ def build_task(spec: RunSpec) -> Task:
     from bench.registry import tasks
     from bench.task import DatasetError
 
+    check_task_args(spec)
     task = tasks.create(spec.task, **spec.task_args)
     problems = task.verify(full=False)
     if problems:
@@ -156,7 +215,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     from bench.tracking import RESULT_SCHEMA
 
     kind = head_kind(spec.head)
-    head_settings = kind.make_config(spec.head_args, spec.seed)  # bad settings fail first
+    head_settings = head_config(spec)  # bad settings fail first
     device = resolve_device(options.device)
     policy = resolve_precision(spec.precision, device.type)
     task = build_task(spec)
@@ -216,6 +275,20 @@ def check_spec(spec: RunSpec) -> None:
 
     backbones.entry(spec.backbone)
     tasks.entry(spec.task)
-    head_kind(spec.head).make_config(spec.head_args, spec.seed)
+    check_task_args(spec)
+    head_config(spec)
     if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"precision {spec.precision!r}: use auto, fp32, bf16 or fp16")
+
+
+def head_config(spec: RunSpec) -> Any:
+    """The head's settings with defaults filled in, every number checked against its range."""
+    kind = head_kind(spec.head)
+    config = kind.make_config(spec.head_args, spec.seed)
+    check_ranges(_settings(config), HEAD_RANGES, f"head {spec.head!r}:",
+                 {name: flag for flag, name in kind.flags.items()})
+    return config
+
+
+def check_task_args(spec: RunSpec) -> None:
+    check_ranges(spec.task_args, TASK_RANGES, f"task {spec.task!r}:")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -29,8 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# "-0.1", "-1e-3,2", "-inf", "-nan": argparse takes these for flags unless they follow "=".
+NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)[\w.+\-,]*", re.IGNORECASE)
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--lrs -0.1`` -> ``--lrs=-0.1``: a negative number after a flag is its value (then
+    refused or accepted by the setting's own range), never a flag of its own."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if (NEGATIVE_VALUE.fullmatch(token) and previous.startswith("--") and "=" not in previous):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(
+        attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -44,7 +44,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--shots and --draws apply to --head few-shot only")
     if args.draws is not None and (args.draws < 1 or args.seeds):
         raise UsageError("--draws takes a positive count and replaces --seeds (draw = seed)")
-    seeds = args.seeds or (list(range(args.draws or DRAWS)) if fewshot else [args.seed])
+    if args.seed is not None and args.seeds:
+        raise UsageError("--seed and --seeds together: --seeds replaces --seed, give one of them")
+    seeds = args.seeds or (list(range(args.draws or DRAWS)) if fewshot else [args.seed or 0])
     variants = [spec.head_args | {"shots": k} for k in args.shots] if args.shots else [
         spec.head_args]
     for head_args in variants:
