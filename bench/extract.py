@@ -19,6 +19,7 @@ from bench.cache import CacheEntry, FeatureCache
 from bench.errors import UsageError
 from bench.pipeline import DECODES, Loader
 from bench.precision import PrecisionPolicy, autocast, resolve_precision
+from bench.spec import OPTION_RANGES, check_ranges
 from bench.task import DatasetError, Split
 
 
@@ -88,6 +89,8 @@ def extract(
     same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
     decodes JPEG files with nvJPEG on the device (see bench.pipeline).
     """
+    check_ranges({"batch_size": batch_size, "shard_size": shard_size, "workers": workers},
+                 OPTION_RANGES, "extract:")  # before any cache entry is created
     if isinstance(precision, str):
         precision = resolve_precision(precision, device.type)
     decode_on = _decode_device(decode, device)

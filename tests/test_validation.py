@@ -1,0 +1,94 @@
+"""Every numeric setting is checked before anything runs (issue 20, items 1, 8 and 9): one line
+naming the setting, the value and its range, exit 2, nothing computed or logged."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.errors import UsageError
+from bench.spec import RunOptions, RunSpec
+
+FAST = ["--epochs", "2", "--workers", "0", "--no-progress"]
+RUN = ["run", "--backbone", "pixels", "--task", "digits"]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lrs", "nan"], "lrs value nan (--lrs)"),
+    (["--lrs", "inf"], "lrs value inf (--lrs)"),
+    (["--lrs", "0"], "lrs value 0.0 (--lrs)"),
+    (["--lrs", "-0.1"], "lrs value -0.1 (--lrs)"),  # a value, not a flag
+    (["--lrs", "1e-2,-1e-3"], "lrs value -0.001 (--lrs)"),
+    (["--lrs=-0.1"], "lrs value -0.1 (--lrs)"),
+    (["--wds", "-50"], "weight_decays value -50.0 (--wds)"),
+    (["--wds=-50"], "weight_decays value -50.0 (--wds)"),
+    (["--wds", "nan"], "weight_decays value nan (--wds)"),
+    (["--probe-arg", "lrs=[NaN]"], "lrs value nan"),
+    (["--head", "mlp", "--probe-arg", "hidden=0"], "hidden=0"),
+    (["--head", "attention", "--probe-arg", "dim=0"], "dim=0"),
+    (["--batch-size", "0"], "batch_size=0 (--batch-size)"),
+    (["--batch-size", "-5"], "batch_size=-5 (--batch-size)"),
+    (["--shard-size", "0"], "shard_size=0 (--shard-size)"),
+    (["--workers", "-1"], "workers=-1 (--workers)"),
+    (["--task-arg", "limit=0"], "limit=0"),
+    (["--task-arg", "limit=-5"], "limit=-5"),
+    (["--task", "folder", "--task-arg", "val_fraction=1.0"], "val_fraction=1.0"),
+    (["--task", "folder", "--task-arg", "val_fraction=-0.5"], "val_fraction=-0.5"),
+    (["--task", "folder", "--task-arg", "max_image_pixels=-1"], "max_image_pixels=-1"),
+])
+def test_a_setting_out_of_range_is_one_line_and_nothing_runs(flags, named, capsys, tmp_path):
+    from bench.cli import main
+
+    assert main([*RUN, *FAST, *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "out of range: it must be" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "results").exists()  # no store, no cache: nothing computed
+
+
+def test_the_library_checks_the_same_ranges_as_the_cli():
+    from bench.api import run
+
+    with pytest.raises(UsageError, match=r"lrs value nan .* finite number > 0"):
+        run(RunSpec("pixels", "digits", head_args={"lrs": [float("nan")]}))
+    with pytest.raises(UsageError, match=r"weight_decays value -50"):
+        run(RunSpec("pixels", "digits", head_args={"weight_decays": [-50.0]}))
+    with pytest.raises(UsageError, match=r"limit=0 "):
+        run(RunSpec("pixels", "digits", task_args={"limit": 0}))
+    with pytest.raises(UsageError, match=r"batch_size=0"):
+        RunOptions(batch_size=0)
+    with pytest.raises(UsageError, match=r"suite ''"):
+        RunOptions(suite="")
+
+
+def test_extract_refuses_a_zero_shard_size_before_writing_anything(tmp_path):
+    """--shard-size 0 used to leave a labels.npy-only cache entry behind (ZeroDivisionError)."""
+    import torch
+
+    from bench.cache import FeatureCache
+    from bench.extract import extract
+    from bench.registry import backbones, tasks
+
+    task = tasks.create("digits", limit=8)
+    with pytest.raises(UsageError, match="shard_size=0"):
+        extract(backbones.create("pixels"), task.split("train"), [("image", "1")],
+                FeatureCache(tmp_path / "cache"), task.config, device=torch.device("cpu"),
+                shard_size=0, progress=False)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_seed_beside_seeds_and_an_empty_suite_are_refused(capsys, tmp_path):
+    from bench.cli import main
+
+    assert main([*RUN, *FAST, "--seed", "3", "--seeds", "0,1"]) == 2
+    assert "--seed and --seeds" in capsys.readouterr().err
+    assert main([*RUN, *FAST, "--suite", ""]) == 2
+    assert "suite ''" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_negative_values_after_flags_are_values():
+    from bench.cli import attach_negative_values
+
+    assert attach_negative_values(["--lrs", "-0.1", "--wds", "-5e-2,0", "--seed", "-inf"]) == [
+        "--lrs=-0.1", "--wds=-5e-2,0", "--seed=-inf"]
+    assert attach_negative_values(["--force", "--lrs", "1"]) == ["--force", "--lrs", "1"]
+    assert attach_negative_values(["--lrs=1", "-5"]) == ["--lrs=1", "-5"]
