@@ -20,21 +20,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.errors import UsageError
+
+
+def _folder(path: Path, source: str) -> Path:
+    """``path`` unless it exists as something other than a folder: then one line naming it."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{source} {path} is a file, not a folder: move the file away or "
+                         "choose another folder")
+    return path
+
 
 def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("BENCH_RESULTS", "results")).expanduser().resolve()
+    return _folder(Path(os.environ.get("BENCH_RESULTS", "results")).expanduser().resolve(),
+                   "BENCH_RESULTS")
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
-        return Path(explicit).expanduser().resolve()
+        return _folder(Path(explicit).expanduser().resolve(), "--cache-dir")
     if os.environ.get("BENCH_CACHE"):
-        return Path(os.environ["BENCH_CACHE"]).expanduser().resolve()
-    return results_dir() / "cache"
+        return _folder(Path(os.environ["BENCH_CACHE"]).expanduser().resolve(), "BENCH_CACHE")
+    return _folder(results_dir() / "cache", "the cache folder")
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:

@@ -8,6 +8,7 @@ as one line and exit 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -55,15 +56,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished cache shards and logged runs are kept", file=sys.stderr)
         return 130
-    except PermissionError as e:  # the environment, not a bug: name the path and the fix
-        print(f"bench: error: cannot write {e.filename or 'a results file'} ({e.strerror}): make "
-              "it writable or choose another folder (BENCH_RESULTS, BENCH_CACHE, --cache-dir)",
-              file=sys.stderr)
-        return 2
     except Exception as e:
-        from bench.errors import BenchError
+        message = user_error(e)
+        if message is None or os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"bench: error: {message}", file=sys.stderr)
+        return 2
 
-        if isinstance(e, BenchError) and not os.environ.get("BENCH_DEBUG"):
-            print(f"bench: error: {e}", file=sys.stderr)
-            return 2
-        raise
+
+def user_error(e: Exception) -> str | None:
+    """The one line for an error the user can fix (their input, a folder they cannot write, a
+    tracking server that fails); None for a bug, which keeps its traceback."""
+    from bench.errors import BenchError
+
+    if isinstance(e, BenchError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write {e.filename or 'a results file'} ({e.strerror}): make it writable "
+                "or choose another folder (BENCH_RESULTS, BENCH_CACHE, --cache-dir)")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")) and type(e).__module__.split(".")[0] in (
+            "mlflow", "requests", "urllib3"):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        return (f"the tracking server {uri} failed ({type(e).__name__}: {first}); check the "
+                "server and its log, or set MLFLOW_TRACKING_URI to one that works")
+    return None
