@@ -36,9 +36,10 @@ class JobFailedError(BenchError):
 def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     """Options a job needs to agree with the driver wherever it runs: the experiment (created
     once, here), the tracking URI and the cache folder as absolute values."""
-    from bench.paths import cache_dir, tracking_uri
+    from bench.paths import cache_dir, check_writable, results_dir, tracking_uri
     from bench.tracking import ensure_experiment
 
+    check_writable(results_dir(), "BENCH_RESULTS")  # pending results and job logs go there
     experiment_id = options.experiment_id or ensure_experiment(options.suite)
     if executor.kind == "local":
         return replace(options, experiment_id=experiment_id)

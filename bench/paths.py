@@ -31,6 +31,16 @@ def _folder(path: Path, source: str) -> Path:
     return path
 
 
+def check_writable(path: Path, source: str) -> Path:
+    """``path`` if it (or, while it does not exist yet, its nearest existing parent) can be
+    written: a read-only mount is named before any work, not after the probe."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{source} {path} cannot be written ({existing} is read-only): make it "
+                         "writable or choose another folder")
+    return path
+
+
 def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 

@@ -160,3 +160,128 @@ def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, caps
         assert logged.backbone == "pixels" and logged.metrics["test_top1"] > 50
     finally:
         subprocess.run(down, capture_output=True, timeout=120)
+
+
+# --- issue 20, item 8: one line instead of a traceback --------------------------------------
+RUN = ["run", "--backbone", "pixels", "--task", "digits", *FAST]
+
+
+@pytest.mark.parametrize("variable", ["BENCH_RESULTS", "BENCH_CACHE"])
+def test_a_results_or_cache_folder_that_is_a_file_is_one_line(variable, monkeypatch, capsys,
+                                                               tmp_path):
+    from bench.cli import main
+
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    monkeypatch.setenv(variable, str(taken))
+    assert main(RUN) == 2
+    err = capsys.readouterr().err
+    assert f"{variable} {taken} is a file, not a folder" in err and err.count("\n") == 1, err
+
+
+def _read_only(folder, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`bench ARGV` in a private mount namespace where ``folder`` is a read-only bind mount of
+    itself (a real EROFS, which root cannot write through, unlike chmod)."""
+    import shlex
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare(1) for a read-only bind mount")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind -o ro {folder} {folder}"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"no read-only bind mount here: {probe.stderr.strip()}")
+    command = shlex.join([sys.executable, "-m", "bench.cli", *argv])
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount --bind -o ro {folder} {folder} && exec {command}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_complete_shared_cache_on_a_read_only_mount_is_read(tmp_path):
+    cache = tmp_path / "shared-cache"
+    env = os.environ | {"BENCH_CACHE": str(cache)}
+    first = subprocess.run([sys.executable, "-m", "bench.cli", *RUN], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    shards = sorted(cache.rglob("shard-*.npy"))
+    # Another user, their own results folder, the cache mounted read-only (and its .locks too).
+    second = _read_only(cache, RUN, env | {"BENCH_RESULTS": str(tmp_path / "other")})
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "test_top1" in second.stdout and sorted(cache.rglob("shard-*.npy")) == shards
+
+
+def test_a_read_only_results_mount_is_one_line_before_any_work(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    done = _read_only(results, RUN, dict(os.environ))
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"bench: error: BENCH_RESULTS {results} cannot be written ({results} is "
+                     "read-only): make it writable or choose another folder"], done.stderr
+    assert not (results / "cache").exists()  # nothing extracted
+
+
+class _Tracking:
+    """A tracking server that answers /health and then fails: 500 to every call ("error"), no
+    answer at all ("hang"), or gone ("die": it stops after answering the health check)."""
+
+    def __init__(self, mode: str):
+        import http.server
+        import threading
+        import time
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                if self.path.startswith("/health"):
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                    if mode == "die":
+                        threading.Thread(target=outer.server.shutdown).start()
+                    return
+                if mode == "hang":
+                    time.sleep(30)
+                    return
+                self.send_response(500)
+                self.end_headers()
+                self.wfile.write(b'{"error_code": "INTERNAL_ERROR", "message": "boom"}')
+
+            do_GET = do_POST = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["error", "hang", "die"])
+def test_a_tracking_server_failing_after_its_health_check_is_one_line(mode, monkeypatch, capsys,
+                                                                       tmp_path):
+    import time
+
+    from bench import tracking
+    from bench.cli import main
+
+    server = _Tracking(mode)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(tracking, "_CHECKED", set())
+    started = time.monotonic()
+    try:
+        assert main(RUN) == 2
+    finally:
+        server.close() if mode != "die" else server.server.server_close()
+    err = capsys.readouterr().err
+    assert f"the tracking server {server.uri} failed" in err and err.count("\n") == 1, err
+    assert time.monotonic() - started < 20  # the request timeout, not minutes of retries
+    assert not (tmp_path / "results" / "cache").exists()  # nothing extracted
