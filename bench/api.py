@@ -40,11 +40,12 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     from bench.tracking import ensure_experiment
 
     check_writable(results_dir(), "BENCH_RESULTS")  # pending results and job logs go there
+    cache = cache_dir(options.cache_dir)  # a file in its place fails here, before any work
     experiment_id = options.experiment_id or ensure_experiment(options.suite)
     if executor.kind == "local":
         return replace(options, experiment_id=experiment_id)
     return replace(options, experiment_id=experiment_id, tracking_uri=tracking_uri(),
-                   cache_dir=str(cache_dir(options.cache_dir)), progress=False)
+                   cache_dir=str(cache), progress=False)
 
 
 def run(spec: RunSpec, options: RunOptions | None = None,
