@@ -14,13 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.backbone import Backbone
+from bench.backbone import Backbone, BackboneOutputError, describe
 from bench.cache import CacheEntry, FeatureCache
 from bench.errors import UsageError
 from bench.pipeline import DECODES, Loader
 from bench.precision import PrecisionPolicy, autocast, resolve_precision
 from bench.spec import OPTION_RANGES, check_ranges
 from bench.task import DatasetError, Split
+
+
+class NonFiniteFeaturesError(BackboneOutputError, FloatingPointError):
+    """Features that are NaN or infinite, or overflow the cache's storage type."""
 
 
 def _decode_device(decode: str, device: torch.device) -> torch.device | None:
@@ -132,6 +136,7 @@ def extract(
                disable=not progress)
     buffers: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in requests}
     shard_skips: list[int] = []
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}  # each request's feature shape
     current = mine[0]
     dtype = np.dtype(precision.storage)
 
@@ -141,8 +146,9 @@ def extract(
                 features = np.concatenate(buffers[req])
                 stored = features.astype(dtype)
                 if not np.isfinite(stored).all():
-                    raise FloatingPointError(
-                        f"features of {req} are not finite in {precision.storage} (max |x| "
+                    raise NonFiniteFeaturesError(
+                        f"{describe(backbone)}: features of {req} are not finite in "
+                        f"{precision.storage} (max |x| "
                         f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
                         "precision or is NaN: check the weights and inputs")
                 entry.write_shard(shard, stored, shard_skips)
@@ -162,7 +168,14 @@ def extract(
             with autocast(precision.extraction, device):
                 outputs = backbone.extract(images, requests, ids.to(device))
             for req in requests:
-                buffers[req].append(outputs[req].float().cpu().numpy())
+                features = outputs[req].float().cpu().numpy()
+                width = shapes.setdefault(req, features.shape[1:])
+                if features.shape[1:] != width:
+                    raise BackboneOutputError(
+                        f"{describe(backbone)}: {req} features changed shape from {width} to "
+                        f"{features.shape[1:]} between batches; a layer's features must have "
+                        "one shape for every image")
+                buffers[req].append(features)
             report.images_processed += len(ids) - len(errors)
             bar.update(len(ids))
         flush(current)

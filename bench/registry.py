@@ -204,11 +204,17 @@ def load_factory(reference: str, kind: str) -> Callable[..., Any]:
             sys.modules[module_name] = module  # dataclasses and pickling look modules up here
             try:
                 spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[module_name]
+                raise _import_failed(kind, reference, e) from e
             except BaseException:
                 del sys.modules[module_name]
                 raise
     else:
-        module = importlib.import_module(base)
+        try:
+            module = importlib.import_module(base)
+        except Exception as e:
+            raise _import_failed(kind, reference, e) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise FactoryError(f"{kind} {reference!r}: {base} defines no function {attr!r}")
@@ -216,6 +222,18 @@ def load_factory(reference: str, kind: str) -> Callable[..., Any]:
 
 
 # --- argument checking ---------------------------------------------------------------------------
+def _import_failed(kind: str, reference: str, error: Exception) -> FactoryError:
+    """The plugin's own failure, one line: where in its file, and what (BENCH_DEBUG=1: all)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith("<frozen")]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return FactoryError(f"{kind} {reference!r}: its module failed to import{where}: "
+                        f"{type(error).__name__}: {text}")
+
+
 def check_arguments(kind: str, entry: Entry, given: dict[str, Any]) -> dict[str, Any]:
     """``given`` checked against ``entry.factory``'s signature: names exist, values match the
     annotations (JSON strings parsed where the annotation is not a string, lists made tuples)."""

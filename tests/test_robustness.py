@@ -285,3 +285,111 @@ def test_a_tracking_server_failing_after_its_health_check_is_one_line(mode, monk
     assert f"the tracking server {server.uri} failed" in err and err.count("\n") == 1, err
     assert time.monotonic() - started < 20  # the request timeout, not minutes of retries
     assert not (tmp_path / "results" / "cache").exists()  # nothing extracted
+
+
+PLUGIN = '''
+import torch
+from torchvision import transforms as T
+
+from bench.backbone import Backbone, FeaturePoint
+
+MODE = {mode!r}
+
+
+class Misbehaving(Backbone):
+    """A backbone plugin whose forward_features breaks the contract in one way (MODE)."""
+
+    input_size = 8
+    default_layers = ("out",)
+    default_pool = "none"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    @property
+    def config(self):
+        return {{"family": "misbehaving", "mode": MODE}}
+
+    def transform(self):
+        return T.Compose([T.Resize((8, 8)), T.ToTensor()])
+
+    def feature_points(self):
+        return [FeaturePoint("out", "vector")]
+
+    def forward_features(self, x, layers, sample_ids=None):
+        self.calls += 1
+        out = x.flatten(1)[:, :16]
+        if MODE == "nan":
+            out = out * float("nan")
+        elif MODE == "numpy":
+            out = out.numpy()
+        elif MODE == "batch":
+            out = out[:1]
+        elif MODE == "width":
+            out = out[:, : 17 - self.calls]
+        elif MODE == "layer":
+            return {{"something-else": out}}
+        return {{"out": out}}
+
+
+def make():
+    return Misbehaving()
+'''
+
+
+def _errors(err: str) -> list[str]:
+    """stderr without MLflow's own INFO lines (printed when a store is first created)."""
+    return [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line]
+
+
+def test_a_backbone_plugin_whose_module_fails_to_import_is_one_line(monkeypatch, capsys,
+                                                                   tmp_path):
+    from bench.cli import main
+
+    path = tmp_path / "plugin.py"
+    path.write_text("import os\nimport not_installed_anywhere\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--backbone", "plugin.py:make", "--task", "digits", *FAST]) == 2
+    assert _errors(capsys.readouterr().err) == [
+        f"bench: error: backbone 'plugin.py:make': its module failed to import at {path}:2: "
+        "ModuleNotFoundError: No module named 'not_installed_anywhere'"]
+
+
+@pytest.mark.parametrize("mode, says", [
+    ("nan", "features of ('out', 'none') are not finite in float32"),
+    ("numpy", "layer 'out' is a numpy.ndarray, not a torch.Tensor"),
+    ("batch", "layer 'out' (vector) has shape (1, 16) for a batch of 8 images"),
+    ("width", "('out', 'none') features changed shape from (16,) to (15,) between batches"),
+    ("layer", "forward_features returned no 'out' (asked for ['out'], got ['something-else'])"),
+])
+def test_a_misbehaving_backbone_plugin_is_named_with_what_it_returned(mode, says, monkeypatch,
+                                                                      tmp_path):
+    import torch
+
+    from bench.backbone import BackboneOutputError
+    from bench.cache import FeatureCache
+    from bench.extract import extract
+    from bench.registry import backbones, tasks
+
+    (tmp_path / "plugin.py").write_text(PLUGIN.format(mode=mode))
+    monkeypatch.chdir(tmp_path)
+    task = tasks.create("digits", limit=24)
+    with pytest.raises(BackboneOutputError) as caught:
+        extract(backbones.create("plugin.py:make"), task.split("train"), [("out", "none")],
+                FeatureCache(tmp_path / "cache"), task.config, device=torch.device("cpu"),
+                batch_size=8, progress=False)
+    message = str(caught.value)
+    assert message.startswith("backbone 'plugin.py:make' (bench_user_") and says in message
+    assert "\n" not in message
+
+
+def test_a_misbehaving_plugin_in_a_run_is_one_line(monkeypatch, capsys, tmp_path):
+    from bench.cli import main
+
+    (tmp_path / "plugin.py").write_text(PLUGIN.format(mode="batch"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--backbone", "plugin.py:make", "--task", "digits", "--task-arg",
+                 "limit=24", "--batch-size", "8", *FAST]) == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert "has shape (1, 16) for a batch of 8 images" in line
