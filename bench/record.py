@@ -209,7 +209,11 @@ def load_predictions(run_id: str) -> Any:
         except Exception as e:
             raise BenchError(f"run {run_id} has no {PREDICTIONS} artifact (logged before bench "
                              "stored predictions?); re-run it with --force") from e
-        return Predictions.load(path)
+        try:
+            return Predictions.load(path)
+        except BenchError as e:
+            raise BenchError(f"the stored predictions of run {run_id} cannot be read: "
+                             f"{str(e).replace(str(path), PREDICTIONS)}; re-run it with --force") from e
 
 
 def result_filter(status: str = "FINISHED") -> str:

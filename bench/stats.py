@@ -26,8 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.errors import BenchError, UsageError
+
 METRICS = ("top1", "top5", "mean_per_class")
 _CHUNK_ELEMENTS = 1 << 24  # resample indices drawn at a time: 16M int64s = 128 MB
+
+
+class DamagedPredictionsError(BenchError, ValueError):
+    """A predictions file that cannot be read whole."""
 
 
 @dataclass
@@ -86,9 +92,16 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictions:
-        with np.load(path) as data:
-            return cls(data["top5"].astype(np.int64), data["labels"].astype(np.int64),
-                       int(data["num_classes"]))
+        """``DamagedPredictionsError`` when the file is not a whole predictions archive."""
+        import zipfile
+
+        try:
+            with np.load(path) as data:
+                return cls(data["top5"].astype(np.int64), data["labels"].astype(np.int64),
+                           int(data["num_classes"]))
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+            raise DamagedPredictionsError(f"{path} is damaged or not a predictions archive "
+                                          f"({type(e).__name__}: {e})") from e
 
 
 def top1(predictions: Predictions) -> float:
@@ -265,10 +278,10 @@ class Comparison:
 
 def _check_paired(a: Predictions, b: Predictions) -> None:
     if a.num_classes != b.num_classes:
-        raise ValueError(f"cannot compare predictions over {a.num_classes} and {b.num_classes} "
+        raise UsageError(f"cannot compare predictions over {a.num_classes} and {b.num_classes} "
                          "classes: they come from different tasks")
     if len(a) != len(b) or not np.array_equal(a.labels, b.labels):
-        raise ValueError(
+        raise UsageError(
             f"cannot compare: the two prediction sets do not have the same test labels in the "
             f"same order ({len(a)} vs {len(b)} images). A paired comparison needs both runs "
             "scored on the same test split; re-run both on the same task and split.")

@@ -393,3 +393,31 @@ def test_a_misbehaving_plugin_in_a_run_is_one_line(monkeypatch, capsys, tmp_path
                  "limit=24", "--batch-size", "8", *FAST]) == 2
     [line] = _errors(capsys.readouterr().err)
     assert "has shape (1, 16) for a batch of 8 images" in line
+
+
+def test_compare_on_a_damaged_predictions_file_is_one_line(capsys, tmp_path):
+    from bench.api import run_seeds
+    from bench.cli import main
+
+    first, second = run_seeds(RunSpec("pixels", "digits", head_args={"epochs": 2, "lrs": [1e-2],
+                                                                     "weight_decays": [0.0]}),
+                              [0, 1], OPTIONS).records
+    [stored] = (tmp_path / "results").rglob(f"{second.run_id}/**/predictions.npz")
+    stored.write_bytes(stored.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert main(["compare", first.run_id, second.run_id]) == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert f"the stored predictions of run {second.run_id} cannot be read" in line, line
+    assert "predictions.npz is damaged" in line and "--force" in line
+
+
+def test_comparing_predictions_over_different_class_counts_is_a_usage_error():
+    import numpy as np
+
+    from bench.errors import UsageError
+    from bench.stats import Predictions, compare
+
+    ten = Predictions(np.zeros((4, 5), int), np.arange(4), 10)
+    three = Predictions(np.zeros((4, 3), int), np.arange(4) % 3, 3)
+    with pytest.raises(UsageError, match="over 10 and 3 classes"):
+        compare(ten, three)
