@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.errors import BenchError, UsageError
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
@@ -88,6 +88,10 @@ class JobOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class SubmissionError(BenchError, RuntimeError):
+    """sbatch failed: no controller, a refused partition or account..."""
 
 
 class JobGone(RuntimeError):
@@ -181,14 +185,28 @@ class _Submitted:
         return [o for o in self.outcomes if o is not None]
 
     def _submit(self, indices: list[int]) -> dict[int, Any]:
+        import contextlib
+        import io
+
+        from submitit.core.utils import FailedJobError
+
         for i in indices:
             self.tries[i] += 1
             self.missing[i] = 0
-        if self.extract_array <= 1:
-            with self.executor.batch():  # one SLURM job array
-                handles = [self.executor.submit(self.jobs[i]) for i in indices]
-            return dict(zip(indices, handles))
-        return {i: self._submit_after_extraction(self.jobs[i]) for i in indices}
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # sbatch's errors: in the message
+                if self.extract_array <= 1:
+                    with self.executor.batch():  # one SLURM job array
+                        handles = [self.executor.submit(self.jobs[i]) for i in indices]
+                    return dict(zip(indices, handles))
+                return {i: self._submit_after_extraction(self.jobs[i]) for i in indices}
+        except (FailedJobError, OSError) as e:
+            if self.executor.cluster != "slurm":
+                raise
+            lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            raise SubmissionError(f"SLURM refused the submission ({lines[-1].strip()}): is a "
+                                  "controller reachable from here (`sinfo`)? Or run with "
+                                  "--executor local") from e
 
     def _submit_after_extraction(self, job) -> Any:
         with self.executor.batch():
