@@ -152,6 +152,7 @@ class Registry:
                 raise UsageError(f"{self.kind} {entry.name!r} takes no ':ARG' suffix")
             given[entry.argument] = name.split(":", 1)[1]
         kwargs = {**entry.defaults, **check_arguments(self.kind, entry, given)}
+        self._check_random_preset(entry, given)
         obj = entry.factory(**kwargs)
         self._check_product(entry, obj)
         try:
@@ -159,6 +160,17 @@ class Registry:
         except AttributeError:
             pass
         return obj
+
+    def _check_random_preset(self, entry: Entry, given: dict[str, Any]) -> None:
+        """A test preset's seeded random weights would silently ignore a weights file given to it:
+        refused, unless ``seed=null`` says the file is meant for this architecture."""
+        seed = entry.defaults.get("seed")
+        loaded = [k for k in ("weights", "pretrained", "module") if k in given]
+        if self.kind == "backbone" and seed is not None and "seed" not in given and loaded:
+            raise UsageError(
+                f"backbone {entry.name!r} is built with seeded random weights (seed={seed}), so "
+                f"{loaded[0]}={given[loaded[0]]!r} would be ignored; add seed=null to load it into "
+                f"this architecture, or use a preset that loads weights")
 
     def _check_product(self, entry: Entry, obj: Any) -> None:
         """A factory must return a Backbone (backbones) or a Task (tasks)."""

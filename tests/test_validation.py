@@ -92,3 +92,16 @@ def test_negative_values_after_flags_are_values():
         "--lrs=-0.1", "--wds=-5e-2,0", "--seed=-inf"]
     assert attach_negative_values(["--force", "--lrs", "1"]) == ["--force", "--lrs", "1"]
     assert attach_negative_values(["--lrs=1", "-5"]) == ["--lrs=1", "-5"]
+
+
+def test_a_weights_file_given_to_a_random_weights_preset_is_not_ignored():
+    """mae-tiny used to log random weights for weights=/nonexistent; with seed=None the file is
+    loaded into the tiny architecture, and a missing one is named."""
+    import bench
+    from bench.weights import WeightsError
+
+    with pytest.raises(UsageError, match=r"seeded random weights \(seed=0\), so "
+                       r"weights='/nonexistent' would be ignored; add seed=null"):
+        bench.create_backbone("mae-tiny", weights="/nonexistent")
+    with pytest.raises(WeightsError, match="weights file not found: /nonexistent"):
+        bench.create_backbone("mae-tiny", weights="/nonexistent", seed=None)
