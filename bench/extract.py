@@ -186,10 +186,23 @@ def extract(
 
 def _left_out(split: Split, entries: dict[tuple[str, str], CacheEntry]) -> list[str]:
     """Items the cached features leave out: the skipped items of every shard there, whichever
-    run skipped them (a reused shard's skips count as much as this run's)."""
+    run skipped them (a reused shard's skips count as much as this run's). Leaving out every
+    image of a class changes the task, so that is an error naming the class and its files."""
     left_out: set[int] = set()
     for entry in entries.values():
         size = entry.manifest["shard_size"]
         for info in entry.usable_shards().values():
             left_out.update(info.index * size + j for j in info.skipped)
-    return [str(split.items[i]) for i in sorted(left_out)]
+    indices = sorted(left_out)
+    if indices:
+        lost = np.bincount(split.labels[indices], minlength=split.labels.max() + 1)
+        present = np.bincount(split.labels, minlength=split.labels.max() + 1)
+        gone = [int(c) for c in np.flatnonzero((lost == present) & (present > 0))]
+        if gone:
+            files = [str(split.items[i]) for i in indices if split.labels[i] == gone[0]]
+            raise DatasetError(
+                f"--skip-corrupt would leave out every {split.name} image of class {gone[0]}"
+                f"{f' (and classes {gone[1:]})' if gone[1:] else ''}: {', '.join(files[:3])}"
+                f"{' ...' if len(files) > 3 else ''}; that changes the task, so repair or "
+                "replace these files (see `bench data verify --full`)")
+    return [str(split.items[i]) for i in indices]

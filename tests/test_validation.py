@@ -105,3 +105,31 @@ def test_a_weights_file_given_to_a_random_weights_preset_is_not_ignored():
         bench.create_backbone("mae-tiny", weights="/nonexistent")
     with pytest.raises(WeightsError, match="weights file not found: /nonexistent"):
         bench.create_backbone("mae-tiny", weights="/nonexistent", seed=None)
+
+
+def test_skip_corrupt_says_what_it_left_out_and_refuses_to_lose_a_class(tmp_path, capsys):
+    from PIL import Image
+
+    from bench.cli import main
+
+    tree = tmp_path / "tree"
+    for c in range(3):
+        (tree / f"class{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), color=(80 * c, 40, 10 * i)).save(tree / f"class{c}/{i}.png")
+    good = {p: p.read_bytes() for p in (tree / "class2").iterdir()}
+    for path, data in good.items():
+        path.write_bytes(data[:20])  # every image of class2 truncated
+    run = ["run", "--backbone", "pixels", "--task", f"folder:{tree}", "--backbone-arg", "size=4",
+           "--skip-corrupt", *FAST]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "--skip-corrupt would leave out every" in err and "image of class 2" in err, err
+    assert "that changes the task" in err
+    for path, data in good.items():
+        path.write_bytes(data)
+    bad = tree / "class1" / "5.png"
+    bad.write_bytes(bad.read_bytes()[:20])
+    assert main(run) == 0
+    out = capsys.readouterr().out
+    assert "left out 1 unreadable image(s) (--skip-corrupt" in out and "class1/5.png" in out

@@ -75,5 +75,10 @@ def describe(record, with_seed: bool = False) -> str:
         ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
         return f"test_{metric} {m[f'test_{metric}']:.2f}{ci}"
 
-    return (f"{record.name}{seed}: {shown('top1')}  {shown('mean_per_class')}  "
+    line = (f"{record.name}{seed}: {shown('top1')}  {shown('mean_per_class')}  "
             f"val_{record.headline} {record.val_score:.2f}  ({best})  run {record.run_id}{note}")
+    if record.skipped_count or record.skipped:
+        shown_items = ", ".join(record.skipped[:5]) + (" ..." if len(record.skipped) > 5 else "")
+        line += (f"\n  left out {record.skipped_count or len(record.skipped)} unreadable "
+                 f"image(s) (--skip-corrupt; listed in the run's bench.skipped tag): {shown_items}")
+    return line
