@@ -20,7 +20,7 @@ from bench.errors import UsageError
 from bench.pipeline import DECODES, Loader
 from bench.precision import PrecisionPolicy, autocast, resolve_precision
 from bench.spec import OPTION_RANGES, check_ranges
-from bench.task import DatasetError, Split
+from bench.task import IMAGE_READER, DatasetError, Split
 
 
 class NonFiniteFeaturesError(BackboneOutputError, FloatingPointError):
@@ -54,6 +54,7 @@ def entry_fields(
         "task": task_config,
         "split": split.name,
         "split_manifest": split.manifest_digest(),
+        "image_reader": IMAGE_READER,
     }
 
 

@@ -27,6 +27,7 @@ from bench.errors import UsageError
 from bench.precision import PrecisionPolicy
 from bench import protocol as protocols
 from bench.protocol import HeadKind, head_kind
+from bench.task import IMAGE_READER
 
 if TYPE_CHECKING:
     from bench.backbone import Backbone
@@ -177,6 +178,7 @@ class ResolvedRun:
             "groups": self.groups,
             "precision": self.precision.as_dict(),
             "skip_corrupt": self.spec.skip_corrupt,
+            "image_reader": IMAGE_READER,
         }
 
     def run_name(self, cell: ResolvedCell) -> str:

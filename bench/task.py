@@ -179,11 +179,24 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> Any:
                     f"set {MAX_IMAGE_PIXELS_ENV}=N (0: no limit) or the task argument "
                     "max_image_pixels"))
             im.load()
-            return to_rgb(im)
+            return to_rgb(upright(im))
     except FileNotFoundError:
         raise DatasetError(f"image file missing: {path}. Run `bench data verify` for the dataset.")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(path, str(e)) from e
+
+
+# How files become pixels; part of every cache key and result identity (bench.extract, bench.spec),
+# so features read before a change to it are never reused. 2: EXIF orientation applied.
+IMAGE_READER = "2"
+
+
+def upright(im: Any) -> Any:
+    """The image as a viewer shows it: its EXIF orientation applied (phones store pictures
+    sideways with a tag saying so; timm's and torchvision's readers ignore the tag)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
 
 
 def to_rgb(im: Any) -> Any:
@@ -223,7 +236,7 @@ def json_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")
 Partitions = dict[str, tuple[list[str], list[int]]]
 
 

@@ -133,3 +133,50 @@ def test_skip_corrupt_says_what_it_left_out_and_refuses_to_lose_a_class(tmp_path
     assert main(run) == 0
     out = capsys.readouterr().out
     assert "left out 1 unreadable image(s) (--skip-corrupt" in out and "class1/5.png" in out
+
+
+def test_exif_orientation_is_applied_on_every_decode_path(tmp_path):
+    """A picture stored sideways with orientation 6 ("rotate 90 degrees clockwise to view")
+    reaches the backbone upright; rotated JPEGs leave the nvJPEG path for the one applying it."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from bench.pipeline import _Items
+    from bench.task import Split, load_rgb
+
+    stored = np.random.default_rng(0).integers(0, 255, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "sideways.png", exif=exif)
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "sideways.png")), np.rot90(stored, -1))
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "plain.png")), stored)
+    for name, rotated in (("sideways.jpg", True), ("plain.jpg", False)):
+        Image.fromarray(stored).save(tmp_path / name, exif=exif if rotated else Image.Exif())
+    split = Split("test", ["sideways.jpg", "plain.jpg"], [0, 0], lambda item: load_rgb(
+        tmp_path / item), tmp_path)
+    items = _Items(split, T.ToTensor(), lambda item: tmp_path / item)
+    image, encoded, _, _ = items[0]
+    assert encoded is None and image.shape == (3, 10, 6)  # decoded upright by Pillow
+    image, encoded, _, _ = items[1]
+    assert image is None and encoded is not None  # plain JPEG: bytes for nvJPEG
+
+
+def test_a_gif_in_a_class_folder_is_an_image_of_that_class(tmp_path):
+    """GIFs used to be left out of folder tasks without a word (first frame, like Pillow)."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.registry import tasks
+
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(5):
+            Image.new("RGB", (4, 4), (100 * c, i, 0)).save(tmp_path / f"c{c}/{i}.png")
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "c1/blue.gif")
+    task = tasks.create(f"folder:{tmp_path}")
+    assert task.verify(full=True) == []
+    items = [item for s in ("train", "val", "test") for item in task.split(s).items]
+    assert "c1/blue.gif" in items and len(items) == 11
+    assert np.asarray(task.load("c1/blue.gif"))[0, 0].tolist() == [0, 0, 255]
