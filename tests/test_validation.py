@@ -180,3 +180,16 @@ def test_a_gif_in_a_class_folder_is_an_image_of_that_class(tmp_path):
     items = [item for s in ("train", "val", "test") for item in task.split(s).items]
     assert "c1/blue.gif" in items and len(items) == 11
     assert np.asarray(task.load("c1/blue.gif"))[0, 0].tolist() == [0, 0, 255]
+
+
+def test_a_misspelled_suite_is_named_not_written_as_an_empty_table(capsys, tmp_path):
+    from bench.cli import main
+    from bench.tracking import ensure_experiment
+
+    ensure_experiment("bench")
+    assert main(["leaderboard", "--suite", "bnech"]) == 2
+    err = capsys.readouterr().err
+    assert "no suite 'bnech' in sqlite:///" in err and "its suites: Default, bench" in err, err
+    assert not (tmp_path / "results" / "leaderboard.md").exists()
+    assert main(["compare", "a", "b", "--task", "digits", "--suite", "bnech"]) == 2
+    assert "no suite 'bnech'" in capsys.readouterr().err
