@@ -293,4 +293,7 @@ def head_config(spec: RunSpec) -> Any:
 
 
 def check_task_args(spec: RunSpec) -> None:
+    from bench.task import max_image_pixels
+
     check_ranges(spec.task_args, TASK_RANGES, f"task {spec.task!r}:")
+    max_image_pixels()  # $BENCH_MAX_IMAGE_PIXELS, checked before any image is decoded

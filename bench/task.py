@@ -155,8 +155,16 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 def max_image_pixels(explicit: int | None = None) -> int | None:
     """The largest image (width x height) decoded: ``explicit``, else $BENCH_MAX_IMAGE_PIXELS,
     else Pillow's limit. 0 means no limit (for datasets of huge images, on purpose)."""
-    value = explicit if explicit is not None else int(
-        os.environ.get(MAX_IMAGE_PIXELS_ENV) or DEFAULT_MAX_IMAGE_PIXELS)
+    if explicit is not None:
+        value = explicit
+    else:
+        text = os.environ.get(MAX_IMAGE_PIXELS_ENV) or str(DEFAULT_MAX_IMAGE_PIXELS)
+        value = int(text) if text.strip().isdigit() else -1
+    if value < 0:
+        from bench.errors import UsageError
+
+        raise UsageError(f"{MAX_IMAGE_PIXELS_ENV}={os.environ.get(MAX_IMAGE_PIXELS_ENV)!r} is out "
+                         "of range: it must be an integer >= 0 (0: no limit)")
     return value or None
 
 

@@ -193,3 +193,15 @@ def test_a_misspelled_suite_is_named_not_written_as_an_empty_table(capsys, tmp_p
     assert not (tmp_path / "results" / "leaderboard.md").exists()
     assert main(["compare", "a", "b", "--task", "digits", "--suite", "bnech"]) == 2
     assert "no suite 'bnech'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "many"])
+def test_a_bad_max_image_pixels_variable_is_one_line_before_any_work(value, monkeypatch, capsys,
+                                                                     tmp_path):
+    from bench.cli import main
+
+    monkeypatch.setenv("BENCH_MAX_IMAGE_PIXELS", value)
+    assert main([*RUN, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"BENCH_MAX_IMAGE_PIXELS='{value}' is out of range" in err and err.count("\n") == 1
+    assert not (tmp_path / "results").exists()
