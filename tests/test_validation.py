@@ -107,16 +107,20 @@ def test_a_weights_file_given_to_a_random_weights_preset_is_not_ignored():
         bench.create_backbone("mae-tiny", weights="/nonexistent", seed=None)
 
 
-def test_skip_corrupt_says_what_it_left_out_and_refuses_to_lose_a_class(tmp_path, capsys):
+def _image_tree(root, classes: int, per_class: int):
+    """ROOT/class<c>/<i>.png: small images, a colour per class and image."""
     from PIL import Image
 
+    for c, i in ((c, i) for c in range(classes) for i in range(per_class)):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (80 * c, 40, 10 * i)).save(root / f"class{c}/{i}.png")
+    return root
+
+
+def test_skip_corrupt_says_what_it_left_out_and_refuses_to_lose_a_class(tmp_path, capsys):
     from bench.cli import main
 
-    tree = tmp_path / "tree"
-    for c in range(3):
-        (tree / f"class{c}").mkdir(parents=True)
-        for i in range(8):
-            Image.new("RGB", (8, 8), color=(80 * c, 40, 10 * i)).save(tree / f"class{c}/{i}.png")
+    tree = _image_tree(tmp_path / "tree", 3, 8)
     good = {p: p.read_bytes() for p in (tree / "class2").iterdir()}
     for path, data in good.items():
         path.write_bytes(data[:20])  # every image of class2 truncated
@@ -170,16 +174,13 @@ def test_a_gif_in_a_class_folder_is_an_image_of_that_class(tmp_path):
 
     from bench.registry import tasks
 
-    for c in range(2):
-        (tmp_path / f"c{c}").mkdir()
-        for i in range(5):
-            Image.new("RGB", (4, 4), (100 * c, i, 0)).save(tmp_path / f"c{c}/{i}.png")
-    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "c1/blue.gif")
+    _image_tree(tmp_path, 2, 5)
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "class1/blue.gif")
     task = tasks.create(f"folder:{tmp_path}")
     assert task.verify(full=True) == []
     items = [item for s in ("train", "val", "test") for item in task.split(s).items]
-    assert "c1/blue.gif" in items and len(items) == 11
-    assert np.asarray(task.load("c1/blue.gif"))[0, 0].tolist() == [0, 0, 255]
+    assert "class1/blue.gif" in items and len(items) == 11
+    assert np.asarray(task.load("class1/blue.gif"))[0, 0].tolist() == [0, 0, 255]
 
 
 def test_a_misspelled_suite_is_named_not_written_as_an_empty_table(capsys, tmp_path):
