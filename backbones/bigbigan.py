@@ -5,8 +5,9 @@ against the module, which needs the module anyway; so bench runs the module itse
 torch (B, 3, H, W) in [-1, 1] to a NHWC numpy batch, through the module's ``encode`` signature,
 and its outputs come back as torch tensors: ``avepool_feat`` (the encoder's global average pool)
 and ``bn_crelu_feat`` (BatchNorm then CReLU of it, twice as wide: the paper's best linear
-features). The signatures give 2048-d / 4096-d for ResNet-50 and 8192-d / 16384-d for RevNet-50x4
-(the dimensions are read from the module's signature, not assumed). Needs the optional extra: ``pip install 'bench[bigbigan]'`` (TensorFlow only; the
+features). The sizes are read from the loaded module's ``encode`` signature (its structured outputs' last
+dimension), never assumed: 2048-d / 4096-d for ResNet-50 by DeepMind's colab printout, and
+8192-d / 16384-d for RevNet-50x4 by its 4x width (not checked against the downloaded module here). Needs the optional extra: ``pip install 'bench[bigbigan]'`` (TensorFlow only; the
 module is read with ``tf.saved_model.load``, so tensorflow-hub is not needed).
 
 Modules are TF1 Hub format folders (``saved_model.pb`` + ``tfhub_module.pb`` + ``variables/``).
@@ -15,8 +16,10 @@ Kaggle Models) and extracted to ``$BENCH_WEIGHTS/tfhub/``; a local folder is use
 weights digest hashes every file of the folder.
 
 Preprocessing follows DeepMind's published BigBiGAN colab on TF Hub (the Hub page asks for 256x256
-RGB in [-1, 1]): the largest centred square of the whole image, resized to 256 with bicubic
-interpolation, scaled to [-1, 1]. (Not ImageNet's 0.875 centre crop.)
+RGB in [-1, 1]): the largest centred square of the whole image, resized to 256 with TF1's
+``resize_bicubic`` (reimplemented in numpy, so DataLoader workers need no TensorFlow, and tested
+against TF), scaled to [-1, 1] without clipping. (Not ImageNet's 0.875 centre crop, and not PIL's
+antialiased bicubic.)
 """
 
 from __future__ import annotations
@@ -109,27 +112,61 @@ def folder_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-class CenterSquareCrop:
-    """The largest centred square of a PIL image (a class, not a lambda: DataLoader workers pickle
-    transforms)."""
-
-    def __call__(self, image: Any) -> Any:
-        from torchvision.transforms import functional as F
-
-        side = min(image.size)
-        return F.center_crop(image, [side, side])
+_TABLE_SIZE = 1024  # TF's resize_bicubic_op.cc: kTableSize
 
 
-def colab_transform(size: int) -> Any:
-    """DeepMind's colab preprocessing: centre square crop, bicubic resize, [-1, 1]."""
-    from torchvision import transforms as T
+def _cubic_table(a: float = -0.75) -> np.ndarray:
+    """TF's legacy bicubic coefficient table: (kTableSize + 1, 2) float32, computed in double."""
+    x = np.arange(_TABLE_SIZE + 1, dtype=np.float32).astype(np.float64) / _TABLE_SIZE
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * (x + 1) - 5 * a) * (x + 1) + 8 * a) * (x + 1) - 4 * a
+    return np.stack([near, far], axis=1).astype(np.float32)
 
-    return T.Compose([
-        CenterSquareCrop(),
-        T.Resize((size, size), T.InterpolationMode.BICUBIC),
-        T.ToTensor(),
-        T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
+
+def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out, 4) input indices and weights of TF1's resize_bicubic along one axis.
+
+    align_corners=False, half_pixel_centers=False (TF1's defaults): source position
+    ``out * in/out`` in float32, its fraction quantised to 1/1024 and looked up in the a=-0.75
+    table, indices clamped to the image (edge weights are not renormalised).
+    """
+    table = _cubic_table()
+    position = np.arange(out_size, dtype=np.float32) * (np.float32(in_size) / np.float32(out_size))
+    base = np.floor(position)
+    offset = np.rint((position - base) * _TABLE_SIZE).astype(np.int64)  # lrintf: half to even
+    weights = np.stack([table[offset, 1], table[offset, 0], table[_TABLE_SIZE - offset, 0],
+                        table[_TABLE_SIZE - offset, 1]], axis=1)
+    index = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3), 0, in_size - 1)
+    return index, weights
+
+
+def resize_bicubic_tf1(image: np.ndarray, size: int) -> np.ndarray:
+    """``tf.compat.v1.image.resize_bicubic(image[None], [size, size])[0]`` in numpy: (H, W, C)
+    -> (size, size, C) float32, no antialiasing, not clipped; rows first, then columns, as TF."""
+    rows, row_w = _taps(image.shape[0], size)
+    cols, col_w = _taps(image.shape[1], size)
+    x = image.astype(np.float32)
+    tall = (x[rows] * row_w[:, :, None, None]).sum(axis=1)  # (size, W, C)
+    return (tall[:, cols] * col_w[None, :, :, None]).sum(axis=2)
+
+
+class ColabPreprocess:
+    """DeepMind's BigBiGAN colab, step by step: the centred square of the whole image (start
+    ``(size - minor) // 2``), ``tf.compat.v1.image.resize_bicubic`` of the uint8 pixels to
+    ``size`` (no antialiasing, float, not clipped), then ``x / 127.5 - 1``. A class, not a lambda:
+    DataLoader workers pickle transforms."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        pixels = np.asarray(image.convert("RGB"))
+        h, w = pixels.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        square = pixels[top: top + side, left: left + side]
+        resized = resize_bicubic_tf1(square, self.size)
+        return torch.from_numpy(resized / np.float32(127.5) - 1).permute(2, 0, 1).contiguous()
 
 
 class BigBiGAN(FrozenBackbone):
@@ -138,7 +175,7 @@ class BigBiGAN(FrozenBackbone):
     def __init__(self, path: Path, config: dict[str, Any], size: int):
         super().__init__(
             config,
-            colab_transform(size),
+            ColabPreprocess(size),
             size,
             ("bn_crelu_feat",),
             "none",
@@ -275,7 +312,7 @@ def bigbigan(
         "module": module if seed is None else f"tiny, random seed {seed}",
         "size": size,
         "crop": "centre square of the whole image",
-        "interpolation": "bicubic",
+        "interpolation": "tf.compat.v1.image.resize_bicubic (no antialiasing, not clipped)",
         "range": [-1, 1],
     }
     return BigBiGAN(module_dir(module), config, size)

@@ -6,12 +6,15 @@ feature before it (CLS token after ``ln_post``). ``block{i}`` are the transforme
 Preprocessing is the pretrained tag's own (resize the short side, centre crop, CLIP mean/std,
 bicubic).
 
-Normalisation differs between the two reference protocols: the CLIP paper's logistic-regression
-probe (and the example in OpenAI's CLIP README) uses ``encode_image`` as it is, while
-CLIP_benchmark's linear probe L2-normalises ``encode_image`` before training its probe
-(``Featurizer`` in ``clip_benchmark/metrics/linear_probe.py``). ``normalize=false`` (default)
-reproduces the former, ``normalize=true`` the latter (it normalises ``image-embedding`` and
-``pre-projection``; block tokens are never normalised).
+The reference protocols use different features. The CLIP paper's linear probes on ViTs use the
+features BEFORE the projection (its appendix A.3: "the features before the linear projection to
+the embedding space"): layer ``pre-projection``, unnormalised. The example in OpenAI's CLIP README
+trains its logistic regression on ``encode_image`` as it is, and CLIP_benchmark's linear probe
+L2-normalises ``encode_image`` first (``Featurizer`` in ``clip_benchmark/metrics/linear_probe.py``).
+The default layer ``image-embedding`` is ``encode_image``: with ``normalize=false`` (default) the
+README example's feature, with ``normalize=true`` CLIP_benchmark's (it normalises
+``image-embedding`` and ``pre-projection``; block tokens are never normalised); ask for
+``--layers pre-projection`` for the paper's.
 
 open_clip 3.x builds a GELU model for every built-in name and only warns when a tag was trained
 with QuickGELU (all ``openai`` weights): we force QuickGELU from the tag's config, or features
@@ -138,8 +141,8 @@ def checkpoint(model: str, pretrained: str) -> tuple[Path, dict[str, Any]]:
 
 @register_backbone(
     "clip",
-    description="CLIP ViT-B/16, OpenAI weights (open_clip); default feature = image embedding after "
-    "the projection (encode_image); also pre-projection and blocks",
+    description="CLIP ViT-B/16, OpenAI weights (open_clip); default feature = encode_image (after "
+    "the projection, as CLIP_benchmark); pre-projection is the CLIP paper's ViT probe feature",
     licence="MIT",
 )
 @register_backbone(

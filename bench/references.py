@@ -18,7 +18,7 @@ from bench.record import RunRecord
 @dataclass(frozen=True)
 class ReferenceSource:
     name: str
-    # tasks -> DataFrame indexed by a row label ("paper: ..."), one column per task (or empty)
+    # tasks -> DataFrame indexed by a row label ("STUDY, TABLE: METHOD"), one column per task
     rows: Callable[[list[str]], Any]
     # result records -> {file name: PNG bytes}
     figures: Callable[[list[RunRecord]], dict[str, bytes]]

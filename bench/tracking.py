@@ -268,3 +268,37 @@ def log_leaderboard(experiment_id: str, tables: dict[str, Any], files: Iterable[
         mlflow_client.log_artifact(run_id, str(path), "figures")
     mlflow_client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+# --- similarity matrices (bench.similarity_run): one run per matrix, same identity rules ------
+SIMILARITY = "similarity"  # the bench.kind of a similarity matrix's run
+
+
+class SimilarityRecord(RunRecord):
+    """A similarity matrix logged like a result, under its own kind (leaderboards never see it)."""
+
+    def to_tags(self) -> dict[str, str]:
+        return super().to_tags() | {names.KIND: SIMILARITY}
+
+
+def find_similarity(experiment_id: str, identity: str | None = None) -> list[RunRecord]:
+    """Finished, not superseded similarity runs of the current schema (of one identity), newest
+    first."""
+    runs = client().search_runs(
+        [experiment_id], f"tags.`{names.KIND}` = '{SIMILARITY}' and attributes.status = "
+        "'FINISHED'", max_results=50000, order_by=["attributes.start_time DESC"])
+    found = [RunRecord.from_mlflow(run) for run in runs]
+    return [r for r in found if r.schema == RESULT_SCHEMA and not r.superseded_by
+            and identity in (None, r.identity)]
+
+
+def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
+    """Mark older similarity runs of ``record``'s slot (another identity) superseded by it."""
+    mlflow_client, marked = client(), []
+    with store_lock():
+        for old in find_similarity(experiment_id):
+            if old.slot == record.slot and old.identity != record.identity:
+                for key, value in names.superseded_tags(record.identity).items():
+                    mlflow_client.set_tag(old.run_id, key, value)
+                marked.append(old.run_id)
+    return marked

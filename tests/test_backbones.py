@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -366,13 +367,60 @@ def test_bigbigan_runs_the_module_signature(weights, digits):
     folder = next(weights.glob("bigbigan-tiny-*"))
     assert backbone.weights_digest() == bigbigan.folder_digest(folder)
     x = batch(backbone, digits)
-    assert x.shape == (2, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
+    assert x.shape == (2, 3, 32, 32)  # TF1 bicubic overshoots [-1, 1] a little: not clipped
     out = backbone.forward_features(x, ["avepool_feat", "bn_crelu_feat"])
     assert out["avepool_feat"].shape == (2, 16) and out["bn_crelu_feat"].shape == (2, 32)
     module = tf.saved_model.load(str(folder), tags=[])  # what hub.load does for TF1 Hub modules
     direct = module.signatures["encode"](x=tf.constant(x.permute(0, 2, 3, 1).numpy()))
     for name in ("avepool_feat", "bn_crelu_feat"):
         assert torch.allclose(out[name], torch.from_numpy(direct[name].numpy()))
+
+
+@pytest.mark.parametrize("size,wide", [((90, 61), 32), ((13, 20), 32), ((300, 257), 256)])
+def test_bigbigan_preprocessing_is_the_colabs_tf1_resize_bicubic(size, wide):
+    """DeepMind's colab in TensorFlow: centre square (start (size - minor) // 2), TF1's
+    resize_bicubic of the uint8 pixels (no antialiasing, not clipped), x / 127.5 - 1."""
+    from PIL import Image
+
+    tf = bigbigan.import_tensorflow()
+    image = Image.effect_mandelbrot(size, (-2, -1, 1, 1), 50).convert("RGB")
+    pixels = tf.constant(np.asarray(image))
+    minor = tf.reduce_min(tf.shape(pixels)[:2])
+    start = (tf.shape(pixels)[:2] - minor) // 2
+    stop = start + minor
+    square = pixels[start[0]: stop[0], start[1]: stop[1]]
+    resized = tf.compat.v1.image.resize_bicubic([square], [wide, wide])[0]
+    want = torch.from_numpy((tf.cast(resized, tf.float32) / (255.0 / 2.0) - 1).numpy())
+    ours = bigbigan.ColabPreprocess(wide)(image)
+    assert ours.shape == (3, wide, wide)
+    torch.testing.assert_close(ours, want.permute(2, 0, 1), rtol=0, atol=2e-5)
+    assert ours.max() > 1 or ours.min() < -1 or size[0] > wide  # upsampling overshoots: unclipped
+
+
+# --- published reference rows --------------------------------------------------------------------
+def test_reference_rows_name_their_study_and_table_and_what_presets_load():
+    from backbones.adm.paper import leaderboard_rows
+
+    rows = leaderboard_rows(["imagenet", "cub"])
+    studies = {label.split(",")[0] for label in rows.index}
+    assert studies == {"seed paper", "follow-up", "released checkpoint"}
+    # the follow-up's GD numbers (another protocol) are rows of their own
+    assert rows.loc["seed paper, ImageNet table: GD attention head", "imagenet"] == 71.89
+    assert rows.loc["follow-up, Table 1: GD attention head", "imagenet"] == 74.6
+    for baseline in ("SimCLR (ResNet-50)", "SwAV", "MAGE", "U-Net encoder (supervised)"):
+        assert f"follow-up, Table 1: {baseline}" in rows.index
+    released = {
+        "MAE repo linear probing: MAE ViT-B/16 (preset mae)": 68.0,
+        "MAE repo linear probing: MAE ViT-L/16 (preset mae-large)": 75.8,
+        "SimCLR repo: SimCLR v1 ResNet-50 1x (preset simclr)": 69.1,
+        "TF Hub module: BigBiGAN ResNet-50, avepool_feat (preset bigbigan-resnet50)": 55.4,
+        "TF Hub module: BigBiGAN ResNet-50, bn_crelu_feat (preset bigbigan-resnet50)": 56.6,
+    }
+    for label, acc in released.items():
+        assert rows.loc[f"released checkpoint, {label}", "imagenet"] == acc
+    for label in rows.index:  # every preset a row names exists
+        if "(preset " in label:
+            assert label.split("(preset ")[1].rstrip(")") in registry.names()
 
 
 @pytest.mark.parametrize("preset", ["mae-tiny", "clip-tiny", "simclr-tiny", "bigbigan-tiny",

@@ -43,7 +43,7 @@ def reference_features(preset: str, x: torch.Tensor, ids: list[int], t: int,
     import diffusers
     import transformers
 
-    from backbones.diffusers_models import seeded_noise
+    from backbones._diffusion import seeded_noise
 
     kind = preset.removesuffix("-tiny")
     folder = tiny_pipeline(kind)
@@ -142,7 +142,7 @@ def test_same_noise_per_sample_id_on_every_run_and_batch():
 
 
 def test_noise_draws_average_their_features():
-    from backbones.diffusers_models import seeded_noise
+    from backbones._diffusion import seeded_noise
 
     bb = bench.create_backbone("ddpm-tiny", noise_draws=3)
     x, ids = images(bb), [0, 5]
@@ -223,7 +223,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(DiffusersLoadError, match="model has no scheduler"):
         load_pipeline(str(tmp_path / "model"))
     bb = bench.create_backbone("ddpm-tiny")
-    with pytest.raises(ValueError, match="no feature module 'mid'.*down_blocks.0, down_blocks.1, "
+    with pytest.raises(ValueError, match="no module 'mid'.*down_blocks.0, down_blocks.1, "
                                          "mid_block, up_blocks.0, up_blocks.1"):
         bb.canonical_layer("mid@t50")
     with pytest.raises(ValueError, match="timestep 1000 outside"):

@@ -176,7 +176,7 @@ def test_an_installed_wheel_still_has_the_papers_rows(tmp_path):
                     str(site), str(wheel)], check=True, capture_output=True)
     code = ("import backbones, pandas as pd; from bench.leaderboard import with_references; "
             "t = with_references(pd.DataFrame({'cub': [1.0]}, index=['x'])); "
-            "print(backbones.__file__); print(t.loc['paper: GD linear (v1)', 'cub'])")
+            "print(backbones.__file__); print(t.loc['seed paper, fine-grained table: GD linear', 'cub'])")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
                           f"{str(site)!r}); {code}"], capture_output=True, text=True, cwd=tmp_path)
     lines = out.stdout.split()

@@ -90,10 +90,10 @@ def test_paper_rows_sit_beside_ours():
 
     ours = pd.DataFrame({"cub": [40.0], "digits": [95.0]}, index=["diffusion"])
     table = with_paper(ours)
-    assert table.loc["paper: GD linear (v1)", "cub"] == 31.57
-    assert table.loc["paper: DifFormer", "cub"] == 72.4
-    assert pd.isna(table.loc["paper: GD linear (v1)", "digits"])
-    assert "paper: GD linear (v1)" not in with_paper(ours[["digits"]]).index
+    assert table.loc["seed paper, fine-grained table: GD linear", "cub"] == 31.57
+    assert table.loc["follow-up, fine-grained table: DifFormer", "cub"] == 72.4
+    assert pd.isna(table.loc["seed paper, fine-grained table: GD linear", "digits"])
+    assert "seed paper, fine-grained table: GD linear" not in with_paper(ours[["digits"]]).index
 
 
 def test_run_through_submitits_local_executor(capsys, tmp_path):

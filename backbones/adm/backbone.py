@@ -9,7 +9,6 @@ the CPU, so it is the same whatever the batch, the device or the other timesteps
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from backbones import _diffusion
 from backbones.adm.diffusion import NoiseSchedule
 from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
@@ -195,23 +195,6 @@ def load_unet(flags: Mapping[str, Any], path: Path) -> ADMUNet:
     return unet
 
 
-def timestep_groups(parsed: Sequence[tuple[Any, int]], name: str) -> list[list[str]]:
-    """(module, t) pairs grouped per timestep for DifFormer, modules in first-seen order; every
-    module must appear at every timestep. ``name`` formats a pair back into a layer name."""
-    modules = list(dict.fromkeys(m for m, _ in parsed))
-    steps = list(dict.fromkeys(t for _, t in parsed))
-    if len(set(parsed)) != len(modules) * len(steps):
-        layers = [name.format(m, t) for m, t in parsed]
-        raise UsageError(f"layers {layers} do not hold every block at every timestep")
-    return [[name.format(m, t) for m in modules] for t in steps]
-
-
-def noise_seed_for(noise_seed: int, sample_id: int, draw: int) -> int:
-    """A 63-bit generator seed from (noise_seed, sample_id, draw): no collisions between images."""
-    digest = hashlib.sha256(f"adm-noise/{noise_seed}/{sample_id}/{draw}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 class ADMBackbone(Backbone):
     """Frozen ADM U-Net features: block outputs at chosen timesteps of the forward noising.
 
@@ -290,23 +273,10 @@ class ADMBackbone(Backbone):
         }
 
     def transform_description(self) -> str:
-        s = self.input_size
-        return (
-            f"resize shorter side to {s} ({self.interpolation}), center crop {s}, scale to [-1, 1]"
-        )
+        return _diffusion.transform_description(self.input_size, self.interpolation)
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
-        from torchvision import transforms as T
-
-        mode = T.InterpolationMode(self.interpolation)
-        return T.Compose(
-            [
-                T.Resize(self.input_size, interpolation=mode),
-                T.CenterCrop(self.input_size),
-                T.ToTensor(),
-                T.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
-            ]
-        )
+        return _diffusion.transform(self.input_size, self.interpolation)
 
     def canonical_layer(self, layer: str) -> str:
         """``block24@t90`` from ``24``, ``block24``, ``output_blocks.4``, each with optional ``@t90``/``@90``."""
@@ -315,7 +285,9 @@ class ADMBackbone(Backbone):
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``block19@t90`` -> group t90), blocks in first-seen order."""
-        return timestep_groups([self._parse(layer) for layer in layers], "block{}@t{}")
+        return _diffusion.timestep_groups(
+            [self._parse(layer) for layer in layers], "block{}@t{}"
+        )
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every block at the default timestep; any other ``@tT`` is accepted too."""
@@ -348,24 +320,18 @@ class ADMBackbone(Backbone):
         parsed = {layer: self._parse(layer) for layer in layers}
         if not parsed:
             return {}
-        b = x.shape[0]
-        ids = range(b) if sample_ids is None else sample_ids.tolist()
-        timesteps = sorted({t for _, t in parsed.values()})
-        blocks = sorted({block for block, _ in parsed.values()})
-        t_all = torch.tensor(timesteps, device=x.device).repeat_interleave(b)
-        x_all = x.float().repeat(len(timesteps), 1, 1, 1)
-        total: dict[int, torch.Tensor] = {}
-        for draw in range(self.noise_draws):
-            eps = self.noise(ids, draw, tuple(x.shape[1:])).to(x.device)
-            x_t = self.schedule.q_sample(x_all, t_all, eps.repeat(len(timesteps), 1, 1, 1))
-            out = self.unet_features(x_t, t_all, blocks)
-            for block, value in out.items():
-                total[block] = value.float() + total[block] if block in total else value.float()
-        return {
-            layer: total[block][timesteps.index(t) * b : (timesteps.index(t) + 1) * b]
-            / self.noise_draws
-            for layer, (block, t) in parsed.items()
-        }
+        out = _diffusion.noised_features(
+            x.float(),
+            range(x.shape[0]) if sample_ids is None else sample_ids.tolist(),
+            sorted({t for _, t in parsed.values()}),
+            noise_seed=self.noise_seed,
+            draws=self.noise_draws,
+            add_noise=lambda x0, eps, t: self.schedule.q_sample(x0, t, eps),
+            features=lambda x_t, t: self.unet_features(
+                x_t, t, sorted({block for block, _ in parsed.values()})
+            ),
+        )
+        return {layer: out[key] for layer, key in parsed.items()}
 
     # --- public API -------------------------------------------------------------------------
     @torch.no_grad()
@@ -391,17 +357,7 @@ class ADMBackbone(Backbone):
 
     def noise(self, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise per image, from its own generator: independent of the batch it is in."""
-        return torch.stack(
-            [
-                torch.randn(
-                    shape,
-                    generator=torch.Generator().manual_seed(
-                        noise_seed_for(self.noise_seed, i, draw)
-                    ),
-                )
-                for i in sample_ids
-            ]
-        )
+        return _diffusion.seeded_noise(self.noise_seed, sample_ids, draw, shape)
 
     # --- helpers ----------------------------------------------------------------------------
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
@@ -411,14 +367,12 @@ class ADMBackbone(Backbone):
         )
 
     def _check_t(self, t: int) -> None:
-        if not 0 <= t < self.schedule.steps:
-            raise UsageError(f"timestep {t} outside [0, {self.schedule.steps})")
+        _diffusion.check_timestep(t, self.schedule.steps)
 
     def _parse(self, layer: str) -> tuple[int, int]:
-        base, _, suffix = str(layer).partition("@")
-        match = _LAYER.fullmatch(base.strip())
-        t_match = re.fullmatch(r"t?(\d+)", suffix.strip()) if suffix else None
-        if match is None or (suffix and t_match is None):
+        base, t = _diffusion.split_timestep(layer, self.t, self.schedule.steps, "block24@t90")
+        match = _LAYER.fullmatch(base)
+        if match is None:
             raise UsageError(
                 f"layer {layer!r}: use a block number or module name, optionally with a timestep: "
                 "'24', 'block24', 'output_blocks.4', 'middle_block', each optionally '@t90' or '@90'"
@@ -435,8 +389,6 @@ class ADMBackbone(Backbone):
             )
         if not 1 <= block <= n:
             raise UsageError(f"layer {layer!r}: blocks are numbered 1..{n}")
-        t = int(t_match.group(1)) if t_match else self.t
-        self._check_t(t)
         return block, t
 
 

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                    "attention (attention, difformer), knn, few-shot (one column per k), all")
     p.add_argument("--no-log", action="store_true", help="do not log the table to MLflow")
     p.add_argument("--paper", action="store_true",
-                   help="add the paper's reported numbers for these tasks as 'paper:' rows")
+                   help="add the published numbers for these tasks as rows 'STUDY, TABLE: METHOD'")
     p.set_defaults(func=main)
 
 

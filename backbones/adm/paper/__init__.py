@@ -1,7 +1,9 @@
 """The paper's numbers (Mukhopadhyay et al. 2023) as data, its leaderboard rows and its ablation figures.
 
 The CSV files beside this module are package data (they ship in the wheel). Rows of
-``finegrained.csv`` and ``imagenet_headline.csv`` appear in leaderboards as ``paper: METHOD``;
+``finegrained.csv`` and ``imagenet_headline.csv`` name their study (seed paper, follow-up, or a
+released checkpoint's own published number) and source table, and appear in leaderboards as
+``STUDY, TABLE: METHOD``;
 ``bench sweep`` draws, per (backbone, task), test accuracy against the timestep (one line per
 block and pool) and against the pool size (one line per block and timestep) for runs whose
 layers are ``block{N}@t{T}``, with the paper's values dashed where it measured the same task
@@ -32,7 +34,10 @@ def table(name: str) -> Any:
 
 
 def leaderboard_rows(tasks: list[str]) -> Any:
-    """The paper's reported accuracies for these tasks: rows 'paper: METHOD', one column per task."""
+    """Published accuracies for these tasks, one column per task, each row labelled by its source
+    table: 'seed paper, ImageNet table: METHOD', 'follow-up, Table 1: METHOD', 'released
+    checkpoint, ...: METHOD'. The follow-up's numbers (another protocol) never share a row with
+    the seed paper's, and a preset's own checkpoint has the row its released number belongs to."""
     import pandas as pd
 
     paper = pd.concat([table("finegrained.csv"),
@@ -40,8 +45,9 @@ def leaderboard_rows(tasks: list[str]) -> Any:
     paper = paper[paper["task"].isin(tasks)]
     if paper.empty:
         return pd.DataFrame()
-    rows = paper.pivot_table(index="method", columns="task", values="acc", aggfunc="first")
-    rows.index = [f"paper: {m}" for m in rows.index]
+    paper = paper.assign(label=paper["study"] + ", " + paper["table"] + ": " + paper["method"])
+    rows = paper.pivot_table(index="label", columns="task", values="acc", aggfunc="first")
+    rows.index.name = None
     rows.columns.name = None
     return rows
 

@@ -1,0 +1,91 @@
+"""``bench similarity``: a CKA / mutual-kNN matrix over feature points, with a null and intervals."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.cli import options
+from bench.errors import UsageError
+
+MEASURE_HELP = ("cka-debiased (default: linear CKA, U-centred, not inflated at large d/n), cka "
+                "(biased linear), cka-rbf, cka-minibatch, mknn (mutual kNN), cknna")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "similarity", help="CKA / mutual-kNN matrix between feature points (blocks x timesteps "
+        "x models), from the feature cache, with a permutation null and 95%% intervals")
+    p.add_argument("--preset", help="named settings, e.g. paper-cka (the seed paper's figure; "
+                   "flags given override them)")
+    p.add_argument("--backbone", help="backbone preset of the rows (and columns)")
+    p.add_argument("--layers", action="append", default=[], metavar="SPEC",
+                   help="feature points: names, ranges and globs, comma-separated or repeated, "
+                   "e.g. 'block1..37@t90', 'block24@t0..999:25', 'blocks.*'")
+    p.add_argument("--pool", action="append", default=[], metavar="POOL",
+                   help="pooling of the rows' points, e.g. 1,2,4,8 (default: the backbone's)")
+    p.add_argument("--against", help="backbone of the columns (default: the rows' backbone)")
+    p.add_argument("--against-layers", action="append", default=[], metavar="SPEC")
+    p.add_argument("--against-pool", action="append", default=[], metavar="POOL")
+    p.add_argument("--against-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an argument of the columns' backbone")
+    p.add_argument("--task", help="task whose images are compared (`bench list tasks`)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="split (default val)")
+    p.add_argument("--n", type=int, help="images: a seeded subset of the split (default: all)")
+    p.add_argument("--measure", default="cka-debiased", help=MEASURE_HELP)
+    p.add_argument("--k", type=int, default=10, help="mknn, cknna: neighbours per image")
+    p.add_argument("--rbf-threshold", type=float, default=1.0,
+                   help="cka-rbf: bandwidth = threshold x median distance (Kornblith)")
+    p.add_argument("--batch", type=int, default=1000, help="cka-minibatch: images per batch")
+    p.add_argument("--permutations", type=int, default=100,
+                   help="permutation null per cell (0: none)")
+    p.add_argument("--interval", default="jackknife", choices=["jackknife", "subsample", "none"],
+                   help="95%% interval over images")
+    p.add_argument("--interval-draws", type=int, default=20,
+                   help="jackknife groups, or subsamples of n/2 images")
+    p.add_argument("--noise-draws", type=int, default=1,
+                   help="diffusion backbones: the matrix at K noise seeds; reports their spread")
+    p.add_argument("--seed", type=int, default=0, help="image subset, permutations, intervals")
+    options.add_feature_args(p)
+    p.add_argument("--suite", default="bench", help="MLflow experiment")
+    p.add_argument("--force", action="store_true", help="recompute a matrix already logged")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.api import similarity
+    from bench.similarity import Measure
+    from bench.similarity_run import Side, SimilaritySpec, preset, table
+
+    given = preset(args.preset) if args.preset else {}
+
+    def pick(flag: str, value, default=None):
+        return value if value not in (None, []) else given.get(flag, default)
+
+    backbone, task = pick("backbone", args.backbone), pick("task", args.task)
+    if not backbone or not task:
+        raise UsageError("bench similarity needs --backbone and --task (or a --preset)")
+    split = lambda values: [v for a in values for v in options.csv(a)]  # noqa: E731
+    side = Side(backbone, pick("layers", split(args.layers), []), pick("pools", split(args.pool), []),
+                options.key_values(args.backbone_arg))
+    against = pick("against", args.against)
+    other = None
+    if against or args.against_layers:
+        other = Side(against or backbone, pick("against_layers", split(args.against_layers), []),
+                     pick("against_pools", split(args.against_pool), []),
+                     options.key_values(args.against_arg))
+    spec = SimilaritySpec(
+        side=side, task=task, split=pick("split", args.split, "val"), n=pick("n", args.n),
+        against=other, measure=Measure(args.measure, args.k, args.rbf_threshold, args.batch),
+        permutations=args.permutations, interval=args.interval,
+        interval_draws=args.interval_draws, noise_draws=args.noise_draws, seed=args.seed,
+        task_args=options.task_args(args, task), precision=args.precision,
+        skip_corrupt=args.skip_corrupt)
+    result = similarity(spec, options.run_options(args))
+    print(f"{result.name}: {len(result.rows)} x {len(result.cols)} points, n = {result.n} images")
+    print(table(result))
+    note = "  [already logged: reused; --force recomputes]" if result.reused else ""
+    print(f"run {result.run_id}{note}")
+    for name, path in sorted(result.files.items()):
+        if name.endswith((".png", ".csv")):
+            print(f"{'figure' if name.endswith('.png') else 'table'}: {path}")
+    return 0

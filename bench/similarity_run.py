@@ -1,0 +1,521 @@
+"""A similarity matrix as a result: feature points from the cache, one MLflow run per matrix.
+
+Rows and columns are feature points (backbone, layer, timestep, pool) of one backbone, or of a
+backbone and an ``against`` one. Layers may be ranges and globs: ``block1..37@t90`` (37 points),
+``block24@t0..999:25`` (40 timesteps), ``blocks.*`` (every layer of that name). Each side is
+resolved like a ``bench run`` (``bench.spec.resolve``) and its features are read from the feature
+cache: the whole split's entries when probes extracted them already, else an extraction
+(``bench.extract``) of just the ``n`` images chosen (a seeded subset, the same on both sides).
+Both sides must hold the same images in the same order, else the error names the first that
+differs.
+
+The matrix is identified like a result: a digest of its resolved protocol (both sides' backbone
+configs, weights and features, the task, the images, the measure and its settings, the null and
+interval settings, the precision, the protocol and schema versions). A finished matrix of that
+identity is reused; a new identity in the same slot (same backbones, task, images, points,
+measure) supersedes the old run, which stays in MLflow.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UsageError
+from bench.record import RunRecord
+from bench.similarity import INTERVALS, Measure
+from bench.spec import RunOptions, RunSpec
+
+RANGE = re.compile(r"(\d+)\.\.(\d+)(?::(\d+))?")
+CKA_COLOURS = (0.1, 0.9)  # the seed paper's colour range for CKA heatmaps
+ARTIFACT = "similarity.json"
+
+
+@dataclass
+class Side:
+    """One backbone's feature points as the user typed them."""
+
+    backbone: str
+    layers: list[str] = field(default_factory=list)  # ranges and globs allowed; empty: defaults
+    pools: list[str] = field(default_factory=list)  # empty: the backbone's default pool
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SimilaritySpec:
+    """A similarity matrix as asked for; nothing in ``RunOptions`` changes its numbers."""
+
+    side: Side
+    task: str
+    split: str = "val"
+    n: int | None = None  # images: a seeded subset of the split (None: all)
+    against: Side | None = None  # columns from another backbone (None: rows x rows)
+    measure: Measure = field(default_factory=Measure)
+    permutations: int = 100  # permutation null per cell (0: none)
+    interval: str = "jackknife"  # jackknife | subsample | none
+    interval_draws: int = 20  # jackknife groups or subsamples
+    noise_draws: int = 1  # diffusion backbones: matrices at noise seeds base..base+K-1
+    seed: int = 0  # the image subset, the permutations and the interval draws
+    task_args: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
+    skip_corrupt: bool = False
+
+
+@dataclass
+class SimilarityResult:
+    identity: str
+    name: str
+    rows: list[dict[str, Any]]  # each point: backbone, layer, pool, d
+    cols: list[dict[str, Any]]
+    n: int
+    values: np.ndarray
+    null_mean: np.ndarray | None
+    p: np.ndarray | None
+    low: np.ndarray | None
+    high: np.ndarray | None
+    spread: np.ndarray | None  # std across noise draws
+    protocol: dict[str, Any]
+    run_id: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    reused: bool = False
+
+    def to_json(self) -> bytes:
+        out = {k: v.tolist() if isinstance(v, np.ndarray) else v
+               for k, v in asdict(self).items() if k not in ("files", "reused", "run_id")}
+        return json.dumps(out, indent=1, default=str).encode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SimilarityResult:
+        data = json.loads(text)
+        arrays = ("values", "null_mean", "p", "low", "high", "spread")
+        return cls(**{k: (np.asarray(v) if k in arrays and v is not None else v)
+                      for k, v in data.items()})
+
+
+def label(point: dict[str, Any]) -> str:
+    return f"{point['backbone']}:{point['layer']}/{point['pool']}"
+
+
+def expand_layers(backbone: Any, specs: list[str]) -> list[str]:
+    """Layer specs -> layer names: ``a..b`` and ``a..b:step`` ranges (inclusive of ``b`` when the
+    step lands on it; several ranges in one spec give their product), globs over the backbone's
+    feature points, anything else as typed."""
+    out: list[str] = []
+    for spec in specs:
+        match = RANGE.search(spec)
+        if match:
+            lo, hi, step = int(match[1]), int(match[2]), int(match[3] or 1)
+            if hi < lo or step < 1:
+                raise UsageError(f"layer range {match[0]!r}: write low..high[:step], low <= high")
+            out += expand_layers(backbone, [spec[:match.start()] + str(v) + spec[match.end():]
+                                            for v in range(lo, hi + 1, step)])
+        elif any(c in spec for c in "*?["):
+            names = [p.name for p in backbone.feature_points()]
+            found = fnmatch.filter(names, spec)
+            if not found:
+                raise UsageError(f"layer pattern {spec!r} matches none of {backbone.name}'s "
+                                 f"layers: {', '.join(names)}")
+            out += found
+        else:
+            out.append(spec)
+    return out
+
+
+def _noise_seeds(backbone: Any, side: Side, draws: int) -> list[int] | None:
+    """The noise seeds of ``draws`` draws for a stochastic backbone (None: deterministic)."""
+    if "noise_seed" not in backbone.config:
+        return None
+    base = int(side.backbone_args.get("noise_seed", backbone.config["noise_seed"]))
+    return [base + k for k in range(draws)]
+
+
+@dataclass
+class _Side:
+    """One side resolved: per noise draw its prepared run; its points and kept items."""
+
+    prepared: list[Any]  # bench.spec.Prepared per noise draw
+    noise_seeds: list[int] | None
+
+
+def _resolve_side(side: Side, spec: SimilaritySpec, options: RunOptions) -> _Side:
+    from bench.registry import backbones
+    from bench.spec import resolve
+
+    backbones.entry(side.backbone)
+    first = backbones.create(side.backbone, **side.backbone_args)
+    layers = expand_layers(first, side.layers)
+    seeds = _noise_seeds(first, side, spec.noise_draws) if spec.noise_draws > 1 else None
+    prepared = []
+    for k, seed in enumerate(seeds or [None]):
+        args = side.backbone_args if seed is None else side.backbone_args | {"noise_seed": seed}
+        backbone = first if k == 0 else backbones.create(side.backbone, **args)
+        run_spec = RunSpec(backbone=side.backbone, task=spec.task, layers=layers,
+                           pools=list(side.pools), backbone_args=args, task_args=spec.task_args,
+                           precision=spec.precision, skip_corrupt=spec.skip_corrupt)
+        prepared.append(resolve(run_spec, options, backbone=backbone))
+    return _Side(prepared, seeds)
+
+
+def _subset(length: int, n: int | None, seed: int) -> np.ndarray | None:
+    """Indices of a seeded subset of n images in split order (None: the whole split)."""
+    if n is None or n >= length:
+        return None
+    if n < 4:
+        raise UsageError(f"--n {n}: a similarity needs at least 4 images")
+    return np.sort(np.random.default_rng(seed).choice(length, n, replace=False))
+
+
+def _features(prepared: Any, split_name: str, indices: np.ndarray | None,
+              options: RunOptions) -> tuple[list[np.ndarray], list[Any]]:
+    """Each request's features for the chosen images, and the items kept (corrupt ones left out).
+
+    The whole split's cache entries serve when complete (extracted for probes already); else
+    only the chosen images are extracted (their own cache entries). A diffusion backbone draws
+    its noise by an image's position in the split it extracts, so its subsets always come from
+    their own entries: the same images always get the same features."""
+    from bench.cache import FeatureCache
+    from bench.extract import entry_fields, extract
+
+    run, cache = prepared.run, FeatureCache(options.cache_dir)
+    full = prepared.task.split(split_name)
+    entries = {r: cache.entry(entry_fields(prepared.backbone, run.task_config, full, *r,
+                                           run.precision)) for r in run.requests}
+    source, rows = full, np.arange(len(full)) if indices is None else indices
+    shared = indices is None or "noise_seed" not in prepared.backbone.config
+    if not (shared and all(e.complete() for e in entries.values())):
+        source = full if indices is None else full.subset(indices)
+        entries = extract(prepared.backbone, source, run.requests, cache, run.task_config,
+                          device=prepared.device, precision=run.precision,
+                          batch_size=options.batch_size, workers=options.workers,
+                          shard_size=options.shard_size, skip_corrupt=run.spec.skip_corrupt,
+                          progress=options.progress, compile=options.compile,
+                          decode=options.decode).entries
+        rows = np.arange(len(source))
+    opened = [entries[r].open() for r in run.requests]
+    rows = rows[np.logical_and.reduce([mask[rows] for _, _, mask in opened])]
+    return [np.asarray(x.take(rows)) for x, _, _ in opened], [source.items[i] for i in rows]
+
+
+def check_items(rows: list[Any], cols: list[Any], names: tuple[str, str]) -> None:
+    """Both sides must hold the same images in the same order; else name the first difference."""
+    for i, (a, b) in enumerate(zip(rows, cols)):
+        if a != b:
+            raise UsageError(f"{names[0]} and {names[1]} do not hold the same images: image {i} is "
+                             f"{a!r} on one side and {b!r} on the other; give both sides the same "
+                             "task, split, --n and --seed")
+    if len(rows) != len(cols):
+        longer = rows if len(rows) > len(cols) else cols
+        raise UsageError(f"{names[0]} has {len(rows)} images and {names[1]} {len(cols)}: image "
+                         f"{min(len(rows), len(cols))} ({longer[min(len(rows), len(cols))]!r}) is "
+                         "on one side only (an image skipped as corrupt?)")
+
+
+def _points(prepared: Any, features: list[np.ndarray]) -> list[dict[str, Any]]:
+    return [{"backbone": prepared.run.spec.backbone, "layer": layer, "pool": pool,
+             "d": int(np.prod(x.shape[1:]))} for (layer, pool), x in zip(prepared.run.requests,
+                                                                         features)]
+
+
+def _protocol(spec: SimilaritySpec, sides: list[_Side], images: str, n: int) -> dict[str, Any]:
+    """What the matrix's identity digests: each side's resolved protocol (as a result's, less the
+    head), the images and every setting that changes a number."""
+    from bench.spec import ResolvedCell
+
+    out: dict[str, Any] = {"kind": "similarity", "sides": []}
+    for side in sides:
+        run = side.prepared[0].run
+        resolved = run.protocol(ResolvedCell(tuple(run.requests), ""))
+        for key in ("result_schema", "protocol_version", "bench_version", "task", "precision",
+                    "skip_corrupt"):
+            out[key] = resolved.pop(key)
+        out["sides"].append({k: v for k, v in resolved.items()
+                             if k not in ("head", "groups", "split_manifests")})
+    return out | {
+        "split": spec.split, "images_manifest": images, "n": n, "seed": spec.seed,
+        "measure": spec.measure.settings(), "permutations": spec.permutations,
+        "interval": {"method": spec.interval, "draws": spec.interval_draws, "confidence": 0.95},
+        "noise_seeds": [s.noise_seeds for s in sides],
+    }
+
+
+def _check(spec: SimilaritySpec) -> None:
+    if spec.interval not in INTERVALS:
+        raise UsageError(f"interval {spec.interval!r}: use one of {', '.join(INTERVALS)}")
+    if spec.permutations < 0 or spec.noise_draws < 1:
+        raise UsageError("permutations must be >= 0 and noise draws >= 1")
+
+
+def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
+    """Compute (or reuse) the matrix of ``spec``, log it as one MLflow run; its result."""
+    import torch
+
+    from bench import similarity as estimators
+    from bench.precision import resolve_device
+    from bench.spec import build_task
+    from bench.task import json_digest
+    from bench.tracking import ensure_experiment, find_similarity
+
+    _check(spec)
+    options = options or RunOptions()
+    started = time.time()
+    build_task(RunSpec(spec.side.backbone, spec.task, task_args=spec.task_args))  # data first
+    sides = [_resolve_side(spec.side, spec, options)]
+    if spec.against is not None:
+        sides.append(_resolve_side(spec.against, spec, options))
+    if spec.noise_draws > 1 and all(s.noise_seeds is None for s in sides):
+        raise UsageError("--noise-draws applies to stochastic (diffusion) backbones, whose "
+                         "features depend on a noise_seed; these have none")
+    split = sides[0].prepared[0].task.split(spec.split)
+    indices = _subset(len(split), spec.n, spec.seed)
+    images = (split if indices is None else split.subset(indices)).manifest_digest()
+    n = len(split) if indices is None else len(indices)
+    protocol = _protocol(spec, sides, images, n)
+    identity = json_digest(protocol)[:32]
+    experiment_id = options.experiment_id or ensure_experiment(options.suite)
+    if not options.force:
+        for found in find_similarity(experiment_id, identity):
+            return _reused(found)
+
+    draws = max(len(s.prepared) for s in sides)
+    device = resolve_device(options.device)
+    values, kept = [], None
+    for k in range(draws):
+        feats, items = [], []
+        for side in sides:
+            prepared = side.prepared[min(k, len(side.prepared) - 1)]
+            x, its = _features(prepared, spec.split, indices, options)
+            feats.append((prepared, x))
+            items.append(its)
+        if len(items) == 2:
+            check_items(items[0], items[1], (spec.side.backbone, spec.against.backbone))
+        rows = estimators.as_points(feats[0][1], device)
+        cols = estimators.as_points(feats[1][1], device) if len(feats) == 2 else rows
+        values.append(estimators.matrix(spec.measure, rows, cols))
+        if k == 0:
+            kept = (rows, cols, feats, items[0])
+    rows, cols, feats, items = kept
+    observed = values[0]
+    null = estimators.permutation_null(spec.measure, rows, cols, observed, spec.permutations,
+                                       spec.seed) if spec.permutations else None
+    ci = estimators.interval(spec.measure, rows, cols, observed, spec.interval,
+                             spec.interval_draws, spec.seed)
+    numpy = (lambda t: None if t is None else t.double().cpu().numpy())  # noqa: E731
+    result = SimilarityResult(
+        identity=identity, name=_name(spec, n),
+        rows=_points(*feats[0]), cols=_points(*feats[-1]), n=len(items),
+        values=numpy(observed), null_mean=numpy(null.mean) if null else None,
+        p=numpy(null.p) if null else None, low=numpy(ci.low) if ci else None,
+        high=numpy(ci.high) if ci else None,
+        spread=numpy(torch.stack(values).std(0)) if draws > 1 else None, protocol=protocol)
+    _log(experiment_id, spec, result, started)
+    return result
+
+
+def _name(spec: SimilaritySpec, n: int) -> str:
+    models = spec.side.backbone + (f" x {spec.against.backbone}" if spec.against else "")
+    return f"similarity/{models}/{spec.task}:{spec.split}/n{n}/{spec.measure.name}"
+
+
+def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> RunRecord:
+    from bench.task import json_digest
+    from bench.tracking import SimilarityRecord
+
+    points = [[p["backbone"], p["layer"], p["pool"]] for p in result.rows + result.cols]
+    finite = result.values[np.isfinite(result.values)]
+    metrics = {"n": float(result.n), "cells": float(result.values.size),
+               "mean_value": float(finite.mean()) if finite.size else float("nan"),
+               "seconds": time.time() - started}
+    return SimilarityRecord(
+        identity=result.identity, name=result.name,
+        backbone=spec.side.backbone + (f" x {spec.against.backbone}" if spec.against else ""),
+        task=f"{spec.task}:{spec.split}:n{result.protocol['n']}",
+        layer=f"{len(result.rows)}x{len(result.cols)}:{json_digest(points)[:12]}",
+        pool=",".join(dict.fromkeys(p["pool"] for p in result.rows + result.cols)),
+        head=f"similarity:{spec.measure.name}", seed=spec.seed, headline="mean_value",
+        metrics=metrics, best={}, protocol=result.protocol, start_time=started,
+        weights_sha256=",".join(s["weights_sha256"] for s in result.protocol["sides"]))
+
+
+def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
+         started: float) -> None:
+    from bench.tracking import log_record, supersede_similarity
+
+    record = _record(spec, result, started)
+    artifacts = {ARTIFACT: result.to_json(), "protocol.json": record.protocol_json(),
+                 "matrix.csv": matrix_csv(result).encode()} | heatmaps(result)
+    result.files = _write_local(result.identity, artifacts)
+    result.run_id = log_record(experiment_id, record, artifacts)
+    supersede_similarity(experiment_id, record)
+
+
+def _write_local(identity: str, artifacts: dict[str, bytes]) -> dict[str, Path]:
+    """The matrix's files under results/similarity/<identity>/ (the figures the CLI points to)."""
+    from bench.paths import results_dir
+
+    folder = results_dir() / "similarity" / identity
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, content in artifacts.items():
+        files[name] = folder / name
+        files[name].write_bytes(content)
+    return files
+
+
+def _reused(record: RunRecord) -> SimilarityResult:
+    import os
+    import tempfile
+
+    from bench.tracking import client
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(client().download_artifacts(record.run_id, "", tmp))
+        artifacts = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    result = SimilarityResult.from_json(artifacts[ARTIFACT])
+    result.files = _write_local(result.identity, artifacts)
+    result.run_id, result.reused = record.run_id, True
+    return result
+
+
+def matrix_csv(result: SimilarityResult) -> str:
+    """One line per cell: its points, value, null mean, p, 95% interval, noise-draw spread."""
+    lines = ["row,col,row_d,col_d,value,null_mean,p,ci95_low,ci95_high,noise_std"]
+
+    def cell(array: np.ndarray | None, i: int, j: int) -> str:
+        return "" if array is None else f"{array[i, j]:.6f}"
+
+    for i, r in enumerate(result.rows):
+        for j, c in enumerate(result.cols):
+            fields = [cell(a, i, j) for a in (result.values, result.null_mean, result.p,
+                                              result.low, result.high, result.spread)]
+            lines.append(",".join([f'"{label(r)}"', f'"{label(c)}"', str(r["d"]), str(c["d"]),
+                                   *fields]))
+    return "\n".join(lines) + "\n"
+
+
+def colour_range(measure: str) -> tuple[float, float]:
+    return CKA_COLOURS if measure.startswith("cka") else (0.0, 1.0)
+
+
+def _timestep(layer: str) -> tuple[str, str | None]:
+    """('block24', '90') from 'block24@t90'; (layer, None) without a timestep."""
+    base, _, t = layer.rpartition("@t")
+    return (base, t) if base and t.isdigit() else (layer, None)
+
+
+def panels(result: SimilarityResult) -> dict[str, list[tuple[str, list[int], list[int]]]]:
+    """The papers' layouts of a rows x rows matrix: block x block at each (timestep, pool) and
+    timestep x timestep of each (block, pool); figure name -> [(title, row ids, col ids)]."""
+    if result.cols != result.rows:
+        return {}
+    groups: dict[str, dict[tuple, list[int]]] = {"blocks": {}, "timesteps": {}}
+    for i, point in enumerate(result.rows):
+        base, t = _timestep(point["layer"])
+        groups["blocks"].setdefault((t, point["pool"]), []).append(i)
+        if t is not None:
+            groups["timesteps"].setdefault((base, point["pool"]), []).append(i)
+    out = {}
+    for figure, found in groups.items():
+        shown = [(key, ids) for key, ids in found.items() if len(ids) > 1]
+        if shown and len(shown) < len(result.rows) and (figure == "timesteps" or len(shown) > 1):
+            out[figure] = [(f"{'t=' + str(k[0]) if figure == 'blocks' else k[0]}, pool {k[1]}",
+                            ids, ids) for k, ids in shown[:8]]
+    return out
+
+
+def heatmaps(result: SimilarityResult) -> dict[str, bytes]:
+    """PNG heatmaps: the whole matrix, and the papers' panels (block x block per t, t x t)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measure = result.protocol["measure"]["measure"]
+    vmin, vmax = colour_range(measure)
+    layouts = {"matrix.png": [(result.name, list(range(len(result.rows))),
+                               list(range(len(result.cols))))]}
+    layouts |= {f"{name}.png": found for name, found in panels(result).items()}
+    out = {}
+    for filename, found in layouts.items():
+        fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found) + 1, 4.4), squeeze=False)
+        tick = {"blocks.png": lambda p: _timestep(p["layer"])[0],
+                "timesteps.png": lambda p: f"t{_timestep(p['layer'])[1]}"}.get(filename, _short)
+        for panel, (ax, (title, rows, cols)) in enumerate(zip(axes[0], found)):
+            image = ax.imshow(result.values[np.ix_(rows, cols)], vmin=vmin, vmax=vmax,
+                              cmap="viridis", origin="lower", interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            for setter, ids, points in ((ax.set_yticks, rows, result.rows),
+                                        (ax.set_xticks, cols, result.cols)):
+                step = max(1, len(ids) // 12)
+                shown = [tick(points[i]) for i in ids[::step]]
+                setter(range(0, len(ids), step), shown if panel == 0 or setter == ax.set_xticks
+                       else [""] * len(shown), fontsize=6)
+            plt.setp(ax.get_xticklabels(), rotation=90)
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
+                     label=f"{measure} (colour range {vmin:g}-{vmax:g}, values beyond clipped)")
+        fig.suptitle(f"{measure}, n = {result.n} images", fontsize=10)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        out[filename] = buffer.getvalue()
+    return out
+
+
+def _short(point: dict[str, Any]) -> str:
+    return f"{point['layer']}/{point['pool']}"
+
+
+def table(result: SimilarityResult, width: int = 10) -> str:
+    """A compact text table: values (first ``width`` columns), then what the null and interval say."""
+    shown = result.cols[:width]
+    lines = ["".ljust(24) + " ".join(f"{_short(c)[-7:]:>7s}" for c in shown)
+             + (" ..." if len(result.cols) > width else "")]
+    for i, r in enumerate(result.rows[:40]):
+        lines.append(f"{_short(r)[-24:]:<24s}" + " ".join(
+            f"{result.values[i, j]:7.3f}" for j in range(len(shown))))
+    if len(result.rows) > 40:
+        lines.append(f"... {len(result.rows) - 40} more rows")
+    if result.p is not None:
+        lines.append(f"permutation null ({result.protocol['permutations']} permutations): mean "
+                     f"{np.nanmean(result.null_mean):.3f}; cells with p <= 0.05: "
+                     f"{int((result.p <= 0.05).sum())} of {result.p.size}")
+    if result.low is not None:
+        half = (result.high - result.low) / 2
+        lines.append(f"95% interval ({result.protocol['interval']['method']}): median half-width "
+                     f"{np.nanmedian(half):.3f}")
+    if result.spread is not None:
+        lines.append(f"noise draws {result.protocol['noise_seeds']}: median std "
+                     f"{np.nanmedian(result.spread):.4f}")
+    return "\n".join(lines)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed paper's CKA figure (rows of its 4x4 grid) and the follow-up's, on ImageNet's
+    # official validation images (bench's imagenet "test" split), guided-diffusion 256 weights.
+    "paper-cka": {"backbone": "diffusion", "task": "imagenet", "split": "test", "n": 5000,
+                  "layers": ["block1..37@t10", "block1..37@t90", "block1..37@t300",
+                             "block1..37@t500"], "pools": ["1"]},
+    "paper-cka-dims": {"backbone": "diffusion", "task": "imagenet", "split": "test", "n": 5000,
+                       "layers": ["block1..37@t90"], "pools": ["1", "2", "4", "8"]},
+    "paper-cka-mae": {"backbone": "diffusion", "task": "imagenet", "split": "test", "n": 5000,
+                      "layers": ["block1..37@t90"], "pools": ["1"],
+                      "against": "timm:vit_base_patch16_224.mae",
+                      "against_layers": ["blocks.*"], "against_pools": ["mean"]},
+    "paper-cka-timesteps": {"backbone": "diffusion", "task": "imagenet", "split": "test",
+                            "n": 5000, "layers": ["block24@t0..999:25"], "pools": ["1"]},
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise UsageError(f"similarity preset {name!r}: use one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
