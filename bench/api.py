@@ -51,28 +51,37 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
 
 def run(spec: RunSpec, options: RunOptions | None = None,
         executor: ExecutorConfig | None = None) -> list[RunRecord]:
-    """Extract (or reuse) the features of ``spec`` and evaluate each cell; its records."""
+    """Extract (or reuse) the features of ``spec`` and evaluate each cell (at ``spec.seed``, for
+    each variant the head expands the settings to); its records."""
     return run_seeds(spec, [spec.seed], options, executor).records
 
 
 @dataclass
 class SeedsReport:
-    records: list[RunRecord]  # every cell of every seed
+    records: list[RunRecord]  # every cell of every variant and seed
     aggregates: dict[str, SeedAggregate]  # run name -> test metrics across seeds (>= 2 seeds)
 
 
-def run_seeds(spec: RunSpec, seeds: list[int], options: RunOptions | None = None,
+def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions | None = None,
               executor: ExecutorConfig | None = None) -> SeedsReport:
-    """``run`` once per seed on the same cached features (one record per cell and seed). With
-    several seeds, each cell's test metrics across seeds (mean, sample std) are logged on every
-    record of that cell as ``test_top1_seed_mean``/``_seed_std``... and returned."""
+    """``run`` once per seed and per variant of the head's settings (``HeadKind.expand``, e.g.
+    few-shot's list of shots) on the same cached features: one record per cell, variant and
+    seed. ``seeds`` None: the head's default (``HeadKind.default_seeds``: seeds 0..n-1 when
+    above one, e.g. few-shot's five draws; else ``spec.seed``). With several seeds, each cell's
+    test metrics across seeds (mean, sample std) are logged on every record of that cell as
+    ``test_top1_seed_mean``/``_seed_std``... and returned."""
     from bench.jobs import BenchJob
+    from bench.protocol import head_kind
     from bench.spec import build_task, check_spec, resolve
 
+    kind = head_kind(spec.head)
+    if seeds is None:
+        seeds = list(range(kind.default_seeds)) if kind.default_seeds > 1 else [spec.seed]
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"seeds must be distinct and at least one, got {seeds}")
     executor = executor or ExecutorConfig()
-    specs = [replace(spec, seed=seed) for seed in seeds]
+    specs = [replace(spec, head_args=settings, seed=seed)
+             for settings in kind.expand(spec.head_args) for seed in seeds]
     for one in specs:
         check_spec(one)  # bad settings fail before the tracking store is touched
     options = job_options(options or RunOptions(), executor)
@@ -92,8 +101,10 @@ def run_seeds(spec: RunSpec, seeds: list[int], options: RunOptions | None = None
 
 
 def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
-    from bench.record import TEST_METRICS, add_metrics, seed_metrics
+    from bench.metrics import names
+    from bench.record import seed_metrics
     from bench.stats import aggregate_seeds
+    from bench.tracking import add_metrics
 
     cells: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -101,7 +112,7 @@ def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
     aggregates = {}
     for name, group in cells.items():
         aggregates[name] = aggregate_seeds(
-            [{m: r.metrics[f"test_{m}"] for m in TEST_METRICS} for r in group])
+            [{m: r.metrics[f"test_{m}"] for m in names()} for r in group])
         logged = seed_metrics(aggregates[name])
         for record in group:
             add_metrics(record.run_id, logged)
@@ -144,7 +155,7 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
                 title: str | None = None, log: bool = True, figures: bool = False,
                 protocol: str = "linear") -> tuple[Leaderboard, dict[str, Path]]:
     """The backbone x task table of these suites for ``protocol``'s heads (``bench.leaderboard.
-    PROTOCOLS``), written under the results folder (and logged to the first suite's
+    protocols()``), written under the results folder (and logged to the first suite's
     experiment); its file paths, figures included when asked for."""
     from bench import leaderboard as boards
     from bench.paths import results_dir
@@ -196,8 +207,8 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     ``suites``). ``metric`` defaults to the task's headline (top1 or mean_per_class).
     """
     from bench import leaderboard as boards
-    from bench.record import load_predictions, load_record
     from bench.stats import compare as paired
+    from bench.tracking import load_predictions, load_record
 
     if task is None:
         first, second = load_record(a), load_record(b)

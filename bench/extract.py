@@ -18,7 +18,7 @@ from bench.backbone import Backbone, BackboneOutputError, describe
 from bench.cache import CacheEntry, FeatureCache
 from bench.errors import UsageError
 from bench.pipeline import DECODES, Loader
-from bench.precision import PrecisionPolicy, autocast, resolve_precision
+from bench.precision import FP32, PrecisionPolicy, autocast, require
 from bench.spec import OPTION_RANGES, check_ranges
 from bench.task import IMAGE_READER, DatasetError, Split
 
@@ -76,7 +76,7 @@ def extract(
     task_config: dict,
     *,
     device: torch.device,
-    precision: PrecisionPolicy | str = "fp32",
+    precision: PrecisionPolicy = FP32,
     batch_size: int = 64,
     workers: int = 0,
     shard_size: int = 4096,
@@ -89,15 +89,14 @@ def extract(
 ) -> ExtractionReport:
     """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
 
-    ``precision`` is a policy, or its name (``bench.precision``) resolved for ``device``.
+    ``precision``: the run's resolved policy (``bench.precision``); a name is not resolved here.
     ``compile``: run the backbone's truncated forward through torch.compile (see bench.compile;
     same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
     decodes JPEG files with nvJPEG on the device (see bench.pipeline).
     """
     check_ranges({"batch_size": batch_size, "shard_size": shard_size, "workers": workers},
                  OPTION_RANGES, "extract:")  # before any cache entry is created
-    if isinstance(precision, str):
-        precision = resolve_precision(precision, device.type)
+    require(precision)
     decode_on = _decode_device(decode, device)
     if compile:
         from bench.compile import enable_compile

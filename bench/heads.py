@@ -41,27 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UsageError
+from bench.precision import FP32, PrecisionPolicy, require
 from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
 
-HEADS = ("attention", "difformer")
+ARCHITECTURES = ("attention", "difformer")  # what this trainer builds (heads: bench.kinds)
 RECIPES = ("paper", "adamw")
 MAX_SIDE = 16  # the paper pools every block to at most 16 x 16 before its attention head
 DEFAULT_LRS = {"paper": (5e-2,), "adamw": (1e-4, 3e-4, 1e-3)}
 DEFAULT_WEIGHT_DECAY = {"paper": 0.0, "adamw": 0.05}
-
-
-def cache_bytes_per_image(
-    shapes: dict[str, tuple[int, int, int]], side: int = MAX_SIDE, itemsize: int = 2
-) -> int:
-    """Bytes one image takes in the cache when raw (C, H, W) block outputs are pooled ``map<side>``.
-
-    Mirrors ``bench.backbone.pool_features``: a map is pooled to min(side, H, W) squared.
-    """
-    total = 0
-    for channels, height, width in shapes.values():
-        s = min(side, height, width)
-        total += channels * s * s * itemsize
-    return total
 
 
 class TransformerBlock(nn.Module):
@@ -216,8 +203,9 @@ class HeadConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise UsageError(f"unknown head {self.head!r}; heads: {', '.join(HEADS)}")
+        if self.head not in ARCHITECTURES:
+            raise UsageError(f"the attention trainer builds {', '.join(ARCHITECTURES)}, not "
+                             f"{self.head!r}")
         if self.recipe not in RECIPES:
             raise UsageError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
         self.lrs = tuple(self.lrs) if self.lrs is not None else DEFAULT_LRS[self.recipe]
@@ -413,16 +401,16 @@ class _GridOptimizer:
         self.epoch += 1
 
 
-def _autocast(device: torch.device, kind: str | None = None):
-    """The policy's head autocast; by default bf16 on a GPU, none on the CPU."""
+def _autocast(device: torch.device, kind: str):
+    """The policy's head autocast (``PrecisionPolicy.heads``)."""
     from bench.precision import autocast
 
-    return autocast(kind or ("bf16" if device.type == "cuda" else "fp32"), device)
+    return autocast(kind, device)
 
 
 @torch.no_grad()
 def _logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.device,
-            batch_size: int, autocast_kind: str | None = None) -> torch.Tensor:
+            batch_size: int, autocast_kind: str = "fp32") -> torch.Tensor:
     """(G, N, classes) logits of every head of the grid on ``data``, in order."""
     out = []
     chunks = [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
@@ -442,7 +430,7 @@ def train_grid(
     evaluate_at: dict[int, Callable[[HeadGrid], None]],
     stop_at: int,
     progress: bool,
-    autocast_kind: str | None = None,
+    autocast_kind: str = "fp32",
 ) -> HeadGrid:
     """Train one head per learning rate in ``lrs``, all at once, for ``stop_at`` of the
     schedule's ``cfg.epochs`` epochs; call ``evaluate_at[epoch](grid)`` at checkpoints.
@@ -485,12 +473,12 @@ class AttentionTrainer:
     backbone provides (``Backbone.layer_groups``).
     """
 
-    def __init__(self, cfg: HeadConfig, device: torch.device | str = "cpu", precision=None,
+    def __init__(self, cfg: HeadConfig, device: torch.device | str, precision: PrecisionPolicy,
                  progress: bool = False, groups: list[list[str]] | None = None):
         if cfg.head == "attention" and groups is not None and len(groups) > 1:
             raise UsageError("groups apply to the difformer head only")
         self.cfg, self.device, self.progress, self.groups = cfg, torch.device(device), progress, groups
-        self.autocast = precision.heads if precision is not None else None
+        self.autocast = require(precision).heads
 
     def _prepare(self, data: ProbeData) -> tuple[Callable[[], nn.Module], list[str]]:
         cfg, features = self.cfg, data.features
@@ -552,7 +540,9 @@ def fit_head(
     device: torch.device | str = "cpu",
     groups: list[list[str]] | None = None,
     progress: bool = False,
+    precision: PrecisionPolicy = FP32,
 ) -> ProbeResult:
-    """``bench.protocol.evaluate`` with an attention/DifFormer head trainer."""
-    trainer = AttentionTrainer(cfg, device, progress=progress, groups=groups)
+    """``bench.protocol.evaluate`` with an attention/DifFormer head trainer (``precision``: the
+    policy, default fp32 on any device)."""
+    trainer = AttentionTrainer(cfg, device, precision, progress=progress, groups=groups)
     return evaluate(trainer, ProbeData(features, labels, num_classes), headline)

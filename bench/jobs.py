@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import record as names
 from bench.locks import file_lock
 from bench.record import RunRecord
 from bench.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
@@ -122,7 +121,7 @@ class BenchJob(_Requeueable):
                   experiment_id: str, run_started: float) -> RunRecord:
         from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
-        from bench.stats import Predictions, bootstrap_intervals
+        from bench.stats import bootstrap_intervals
         from bench.tracking import TrackingError, log_record, save_pending, supersede
 
         run = prepared.run
@@ -135,38 +134,23 @@ class BenchJob(_Requeueable):
                                     run.groups)
         probe_started = time.time()
         result = evaluate(trainer, data, run.headline)
-        metrics = {f"test_{k}": v for k, v in result.test.items()}
-        metrics |= {f"val_{k}": v for k, v in result.val.items()}
-        metrics[names.PROBE_SECONDS] = time.time() - probe_started
+        probe_seconds = time.time() - probe_started
         bootstrap_started = time.time()
-        predictions = Predictions(result.test_top5, result.test_labels, run.num_classes)
-        metrics |= names.interval_metrics(bootstrap_intervals(
-            predictions, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED))
-        metrics[names.BOOTSTRAP_SECONDS] = time.time() - bootstrap_started
-        shots = int(run.head_config.get("shots", 0))
-        skipped = [item for r in reports.values() for item in r.skipped]
-        record = RunRecord(
-            identity=cell.identity,
-            name=run.run_name(cell) + (f"/{shots}-shot" if shots else ""),
-            backbone=run.spec.backbone,
-            task=run.spec.task, layer=cell.layer, pool=cell.pool, head=run.spec.head,
-            seed=run.spec.seed, headline=run.headline, metrics=metrics, best=result.best,
-            weights_sha256=run.weights_sha256,
+        predictions = result.predictions
+        intervals = bootstrap_intervals(predictions, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+        record = RunRecord.from_result(
+            run, cell, result, intervals=intervals,
+            seconds={"probe": probe_seconds, "bootstrap": time.time() - bootstrap_started},
             cache_keys={s: [e.key for e in es] for s, es in entries.items()},
-            skipped=skipped, skipped_count=len(skipped),
-            protocol=run.protocol(cell) | {"feature_shapes": [e.feature_shape()
-                                                               for e in entries["train"]]},
-            start_time=run_started, shots=shots,
-        )
-        artifacts = {
-            "protocol.json": record.protocol_json(),
-            "per_class_accuracy.csv": _per_class_csv(prepared.task, result).encode(),
-            "grid.csv": _grid_csv(result.grid).encode(),
-            "confusion_matrix.png": _confusion_png(result.confusion, record.name),
-            names.PREDICTIONS: predictions.to_bytes(),
-        }
+            feature_shapes=[e.feature_shape() for e in entries["train"]],
+            skipped=[item for r in reports.values() for item in r.skipped],
+            start_time=run_started)
+        artifacts = record.artifacts(_per_class_csv(prepared.task, result),
+                                     _grid_csv(result.grid),
+                                     _confusion_png(result.confusion, record.name),
+                                     predictions.to_bytes())
         try:
-            log_record(experiment_id, record, artifacts)
+            record.run_id = log_record(experiment_id, record, artifacts)
         except Exception as e:  # nothing computed is lost: the result waits on disk
             folder = save_pending(self.options.suite, record, artifacts)
             raise TrackingError(

@@ -13,13 +13,14 @@ largest k serves every smaller k. On a CUDA device the bank lives in GPU memory 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.stats import Predictions
+from bench.metrics import Predictions
+from bench.protocol import top_classes
 
 KS = (10, 20, 50, 100, 200)
 TEMPERATURE = 0.07
@@ -43,15 +44,6 @@ class KnnConfig:
             raise ValueError(f"kNN needs at least one k >= 1, got {self.ks}")
         if self.temperature <= 0:
             raise ValueError(f"kNN temperature must be positive, got {self.temperature}")
-
-
-@dataclass
-class KnnResult:
-    k: int  # selected on validation
-    val: dict[str, float]  # metrics of the selected k on validation (train as the bank)
-    test: dict[str, float]  # metrics on test with train+val as the bank
-    predictions: Predictions  # test: per-image top-5 and labels
-    grid: list[dict[str, float]] = field(default_factory=list)  # every k's val metrics
 
 
 def _normalised(x: Any, device: torch.device) -> torch.Tensor:
@@ -85,12 +77,6 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num_classe
     return scores.scatter_add_(1, neighbour_labels, weights)
 
 
-def _top5(scores: torch.Tensor) -> torch.Tensor:
-    """Best five classes, ties to the lower class id (as scikit-learn's argmax)."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return order[:, : min(5, scores.shape[1])]
-
-
 def _check_bank(bank: Any, bank_labels: Any, num_classes: int) -> np.ndarray:
     labels = np.asarray(bank_labels, dtype=np.int64)
     if len(bank) != len(labels):
@@ -106,7 +92,8 @@ def _check_bank(bank: Any, bank_labels: Any, num_classes: int) -> np.ndarray:
 def knn_top5(bank: Any, bank_labels: Any, queries: Any, num_classes: int, ks: Sequence[int],
              cfg: KnnConfig | None = None, device: torch.device | str = "cpu",
              progress: bool = False) -> dict[int, np.ndarray]:
-    """Top-5 class ids (N, 5) of every query for each k, from one neighbour search.
+    """Top-5 class ids (N, 5) of every query for each k, from one neighbour search; ties to the
+    lower class id (``bench.metrics``' rule, as scikit-learn's argmax).
 
     Each k is capped by the bank size; the returned keys are the capped values.
     """
@@ -121,7 +108,7 @@ def knn_top5(bank: Any, bank_labels: Any, queries: Any, num_classes: int, ks: Se
                                              progress):
             neighbour_labels = labels[index]
             for k in capped:
-                out[k][rows] = _top5(_vote(sims, neighbour_labels, k, num_classes, cfg)).cpu()
+                out[k][rows] = top_classes(_vote(sims, neighbour_labels, k, num_classes, cfg)).cpu()
     return out
 
 
@@ -161,29 +148,3 @@ class KnnTrainer:
                                            data.num_classes, int(point["k"]), self.cfg,
                                            self.device))
 
-
-def fit_knn(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], num_classes: int,
-            cfg: KnnConfig | None = None, headline: str = "top1",
-            device: torch.device | str = "cpu", progress: bool = False) -> KnnResult:
-    """Select k on val (train as the bank), then score test once with train+val as the bank."""
-    cfg = cfg or KnnConfig()
-    missing = [s for s in ("train", "val", "test") if s not in features or s not in labels]
-    if missing:
-        raise ValueError(f"fit_knn needs features and labels for train, val and test; "
-                         f"missing: {', '.join(missing)}")
-    val_top5 = knn_top5(features["train"], labels["train"], features["val"], num_classes,
-                        cfg.ks, cfg, device, progress)
-    grid = [{"k": k, **Predictions(top5, labels["val"], num_classes).metrics()}
-            for k, top5 in val_top5.items()]
-    if headline not in grid[0]:
-        raise ValueError(f"unknown headline metric {headline!r}; "
-                         "choose top1, top5 or mean_per_class")
-    best = grid[int(np.argmax([g[headline] for g in grid]))]  # first maximum: the smallest k
-    k = int(best["k"])
-    bank = np.concatenate([features["train"], features["val"]])
-    bank_labels = np.concatenate([labels["train"], labels["val"]])
-    test_top5 = knn_top5(bank, bank_labels, features["test"], num_classes, [k], cfg, device,
-                         progress)[k]
-    predictions = Predictions(test_top5, labels["test"], num_classes)
-    return KnnResult(k=k, val={m: v for m, v in best.items() if m != "k"},
-                     test=predictions.metrics(), predictions=predictions, grid=grid)

@@ -3,13 +3,15 @@
 A cell holds the test metric (default ``test_top1``) of the record with the best validation
 score (the task's headline metric) among that backbone's protocols (layers, pools, heads of the
 chosen ``protocol``) on that task: selection on validation, never on test. Superseded records (an
-older protocol of the same cell) never appear. Few-shot records fill one column per task and k
-(``cub 5-shot``).
+older protocol of the same cell) never appear. A head's variants fill one column each
+(``HeadKind.variant``: few-shot's ``cub 5-shot``).
 
 Every number is shown with its uncertainty: ``64.96 ± 0.42`` is the test metric and the
-half-width of its 95% bootstrap interval over test images. Per column, rows whose paired
-comparison with the column's best (from the stored per-image predictions) has an interval
-containing 0 are marked ``≈``: not distinguishable from the best. The table is printed, written
+half-width of its 95% bootstrap interval over test images. Per column, rows that the paired
+comparison with the column's best (from the stored per-image predictions) does not find
+different (``bench.stats.Comparison.distinguishable``, the rule ``bench compare`` prints) are
+marked ``≈``. A cell whose selected grid point lies at an end of its grid is marked ``†`` and
+named in a footnote. The table is printed, written
 to ``results/leaderboard.md`` and ``.csv`` and logged to MLflow (a ``leaderboard`` run holding it
 as a table and as files). Reference rows (``bench.references``: the paper's numbers) can be added.
 """
@@ -22,13 +24,27 @@ from typing import Any
 
 from bench.errors import BenchError, UsageError
 from bench.record import RunRecord
-from bench.protocol import PROTOCOLS
 
-METRICS = ("test_top1", "test_top5", "test_mean_per_class")
 TIED = "≈"
+EDGE = "†"
 FOOTER = (f"`a ± h`: test metric and the half-width h of its 95% bootstrap interval over test "
-          f"images. {TIED}: not distinguishable from the best of its column (the 95% paired "
-          f"bootstrap interval of the difference, on the same test images, contains 0).")
+          f"images. {TIED}: not distinguishable from the best of its column (paired bootstrap "
+          f"of the difference on the same test images: two-sided p >= 0.05).")
+
+
+def metric_choices() -> list[str]:
+    """``test_<metric>`` for every registered metric (``bench.metrics``)."""
+    from bench.metrics import names
+
+    return [f"test_{name}" for name in names()]
+
+
+def footnotes(cells: Any) -> list[str]:
+    """One line per cell selected at an end of its grid, naming the axis and what to try."""
+    if cells.empty or "edge" not in cells:
+        return []
+    return [f"{EDGE} {row.backbone} on {row.task} ({row.run}): selected at the grid's edge: "
+            f"{row.edge}" for row in cells.itertuples() if row.edge]
 
 
 @dataclass
@@ -41,14 +57,17 @@ class Leaderboard:
 
 
 def heads_of(protocol: str) -> tuple[str, ...] | None:
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[protocol]
+    from bench.protocol import protocols
+
+    families = protocols()
+    if protocol not in families:
+        raise UsageError(f"unknown protocol {protocol!r}; protocols: {', '.join(families)}")
+    return families[protocol]
 
 
 def column(record: RunRecord) -> str:
-    """The leaderboard column of a record: its task, or ``task k-shot`` for few-shot."""
-    return f"{record.task} {record.shots}-shot" if record.shots else record.task
+    """The leaderboard column of a record: its task, and its head's variant if any."""
+    return f"{record.task} {record.variant}" if record.variant else record.task
 
 
 def select_cells(records: list[RunRecord], metric: str = "test_top1",
@@ -66,8 +85,8 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
         low, high = r.interval(name) or (float("nan"), float("nan"))
         rows.append({"backbone": r.backbone, "task": column(r), "run": r.name,
                      "run_id": r.run_id, metric: r.metrics.get(metric), "low": low, "high": high,
-                     "val": r.val_score, "start": r.start_time or 0.0})
-    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val"]
+                     "val": r.val_score, "start": r.start_time or 0.0, "edge": r.grid_edge})
+    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val", "edge"]
     if not rows:
         return pd.DataFrame(columns=columns)
     df = pd.DataFrame(rows).sort_values(["val", "start"], ascending=[False, False], kind="stable")
@@ -103,8 +122,8 @@ def pivot(cells: Any, metric: str = "test_top1") -> Any:
 def tied_with_best(cells: Any, metric: str = "test_top1") -> set[tuple[str, str]]:
     """(backbone, column) of every row not distinguishable from its column's best, by a paired
     bootstrap on the stored test predictions. Rows without predictions are never marked."""
-    from bench.record import load_predictions
     from bench.stats import compare
+    from bench.tracking import load_predictions
 
     ties = set()
     for task, rows in cells.groupby("task"):
@@ -134,6 +153,7 @@ def display_table(cells: Any, ties: set[tuple[str, str]], metric: str = "test_to
     text = cells.assign(shown=[
         format_value(row[metric], row["low"], row["high"])
         + (f" {TIED}" if (row["backbone"], row["task"]) in ties else "")
+        + (f" {EDGE}" if row.get("edge") else "")
         for _, row in cells.iterrows()])
     table = text.pivot(index="backbone", columns="task", values="shown").fillna("")
     table.columns.name = None
@@ -183,7 +203,8 @@ def write(board: Leaderboard, out_dir: Path, title: str) -> dict[str, Path]:
         return paths
     body = board.display.to_markdown() if not board.table.empty else "(no finished runs yet)"
     runs = board.cells.to_markdown(index=False) if not board.cells.empty else ""
-    paths["md"].write_text(f"# {title}\n\n{body}\n\n{FOOTER}\n\nSelected runs (best validation "
+    notes = "".join(f"\n\n{line}" for line in footnotes(board.cells))
+    paths["md"].write_text(f"# {title}\n\n{body}\n\n{FOOTER}{notes}\n\nSelected runs (best validation "
                            f"score per cell):\n\n{runs}\n")
     board.display.to_csv(paths["csv"])
     return paths

@@ -63,10 +63,22 @@ def resolve_precision(name: str, device_type: str) -> PrecisionPolicy:
     if name == "auto":
         name = "bf16" if gpu else "fp32"
     if name == "fp32":
-        return PrecisionPolicy("fp32", "fp32", "float32", "float32", "fp32")
+        return FP32
     if name == "fp16" and not gpu:
         raise UsageError("fp16 autocast needs a GPU; on the CPU use bf16 or fp32")
     return PrecisionPolicy(name, name, "float16", "float16" if gpu else "float32", "bf16")
+
+
+FP32 = PrecisionPolicy("fp32", "fp32", "float32", "float32", "fp32")  # nothing rounded anywhere
+
+
+def require(policy: Any) -> PrecisionPolicy:
+    """``policy`` if it is a policy: numbers are computed under one resolved policy, never under a
+    name resolved again or a default chosen by the device."""
+    if not isinstance(policy, PrecisionPolicy):
+        raise TypeError(f"a bench.precision.PrecisionPolicy is required (resolve_precision(name, "
+                        f"device_type) or precision.FP32), got {type(policy).__name__}")
+    return policy
 
 
 def autocast(kind: str, device) -> contextlib.AbstractContextManager:

@@ -7,9 +7,13 @@
 3. ``trainer.refit_predict(data, point)`` retrains that point on train+val, identically, and
    returns its test logits: test is touched exactly once.
 
-A head is a ``HeadKind`` in ``HEADS``: its settings dataclass, its trainer, what it reads (pooled
-vectors or lightly pooled maps) and whether it fuses all layers of a pool into one result. Adding
-a protocol is one trainer class and one entry here.
+A head is a registered ``HeadKind`` (``register_head``; built-ins in ``bench.kinds``, others from
+the entry-point group ``bench.heads``): its settings dataclass, its trainer, what it reads (pooled
+vectors or lightly pooled maps, ``accepts``) and whether it fuses all layers of a pool into one
+result. Adding a protocol is one trainer class and one registered kind; no engine module changes.
+
+Every metric and prediction comes from one ``bench.metrics.Predictions`` per evaluation (one tie
+rule: the lower class id wins); selections at an end of the grid are reported (``grid_edges``).
 
 ``PROTOCOL_VERSION`` is part of every result's identity (``bench.spec``): bump it whenever a
 change to this module or to a trainer changes the numbers a given configuration produces.
@@ -18,6 +22,7 @@ change to this module or to a trainer changes the numbers a given configuration 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +33,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-PROTOCOL_VERSION = "3"
+from bench.metrics import TOP, Predictions
+
+PROTOCOL_VERSION = "4"  # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 
 
 @dataclass
@@ -56,32 +63,48 @@ class ProbeResult:
     best: dict[str, float]  # the selected grid point's hyperparameters
     val: dict[str, float]  # its validation metrics
     test: dict[str, float]  # the retrained head's test metrics
-    per_class: np.ndarray  # test accuracy per class
-    confusion: np.ndarray  # test confusion matrix (true x predicted)
-    test_top5: np.ndarray  # (N_test, k<=5) predicted class ids, best first
-    test_labels: np.ndarray  # (N_test,) true labels
+    predictions: Predictions  # per test image: top-5 class ids and label; every test number's source
     grid: list[dict[str, float]] = field(default_factory=list)  # every point's val metrics
+    edge: list[str] = field(default_factory=list)  # grid axes whose selected value is at an end
+
+    @functools.cached_property
+    def confusion(self) -> np.ndarray:
+        """Test confusion matrix (true x predicted)."""
+        return self.predictions.confusion()
+
+    @functools.cached_property
+    def per_class(self) -> np.ndarray:
+        """Test accuracy per class, in percent."""
+        return self.predictions.per_class()
 
 
-METRICS = ("top1", "top5", "mean_per_class")
-
-
-def metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """top1, top5, mean per-class accuracy, in percent."""
+def top_classes(scores: torch.Tensor, k: int = TOP) -> torch.Tensor:
+    """(..., min(k, C)) the best classes of (..., C) scores, best first; among equal scores the
+    lower class id first (``bench.metrics``' tie rule). ``topk`` where no scores tie near the top,
+    a stable sort for the rows where they do."""
     import torch
 
-    k = min(5, logits.shape[-1])
-    topk = logits.topk(k, dim=-1).indices
-    hit1 = topk[:, 0] == labels
-    hit5 = (topk == labels[:, None]).any(-1)
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    correct = torch.bincount(labels[hit1], minlength=num_classes).float()
-    present = counts > 0
-    return {
-        "top1": 100.0 * hit1.float().mean().item(),
-        "top5": 100.0 * hit5.float().mean().item(),
-        "mean_per_class": 100.0 * (correct[present] / counts[present]).mean().item(),
-    }
+    k = min(k, scores.shape[-1])
+    m = min(k + 1, scores.shape[-1])
+    values, index = scores.topk(m, dim=-1)
+    tied = (values[..., 1:] == values[..., :-1]).any(-1)
+    if bool(tied.any()):
+        index[tied] = torch.sort(scores[tied], dim=-1, descending=True, stable=True).indices[:, :m]
+    return index[..., :k]
+
+
+def predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> Predictions:
+    """The ``Predictions`` of (N, C) scores: one tie rule for selection, test and artifacts."""
+    import numpy as np
+
+    top = top_classes(logits.float()).cpu().numpy()
+    return Predictions(top, np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels,
+                                       dtype=np.int64), num_classes)
+
+
+def metrics(logits: torch.Tensor, labels: Any, num_classes: int) -> dict[str, float]:
+    """Every registered metric (``bench.metrics``) of (N, C) scores, in percent."""
+    return predictions(logits, labels, num_classes).metrics()
 
 
 def checkpoints(epochs: int, eval_every: int) -> list[int]:
@@ -92,46 +115,69 @@ def checkpoints(epochs: int, eval_every: int) -> list[int]:
 def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1") -> ProbeResult:
     """Select on val, retrain the winner on train+val, test once."""
     import numpy as np
-    import torch
+
+    from bench.metrics import names
 
     data = dataclasses.replace(data, headline=headline)
     records = trainer.search(data)
     if not records:
         raise RuntimeError("the trainer's search returned no grid point")
     best = records[int(np.argmax([r[headline] for r in records]))]  # first maximum
-    point = {k: v for k, v in best.items() if k not in METRICS}
+    metric_names = set(names())
+    point = {k: v for k, v in best.items() if k not in metric_names}
     logits = trainer.refit_predict(data, point).float().cpu()
-    labels = torch.as_tensor(np.asarray(data.labels["test"]), dtype=torch.long)
-    num_classes = data.num_classes
-    predicted = logits.argmax(-1).numpy()
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels.numpy(), predicted), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = 100.0 * np.diag(confusion) / confusion.sum(1)
-    return ProbeResult(
-        best=point,
-        val={k: best[k] for k in METRICS},
-        test=metrics(logits, labels, num_classes),
-        per_class=per_class,
-        confusion=confusion,
-        test_top5=logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy().astype(np.int32),
-        test_labels=labels.numpy(),
-        grid=records,
-    )
+    test = predictions(logits, data.labels["test"], data.num_classes)
+    return ProbeResult(best=point, val={k: v for k, v in best.items() if k in metric_names},
+                       test=test.metrics(), predictions=test, grid=records,
+                       edge=grid_edges(records, point, metric_names))
+
+
+def grid_edges(records: list[dict[str, float]], point: dict[str, float],
+               metric_names: set[str]) -> list[str]:
+    """The axes whose selected value is the smallest or largest the grid tried, each with the
+    wider range to try. A lower end with nothing below it (0, or 1 for a count) is no edge;
+    ``epochs`` (the training length, scored at checkpoints) is not a searched axis here."""
+    out = []
+    for axis, value in point.items():
+        if axis == "epochs" or axis in metric_names:
+            continue
+        values = sorted({r[axis] for r in records})
+        if len(values) < 2 or value not in (values[0], values[-1]):
+            continue
+        integer = all(float(v).is_integer() for v in values)
+        if value == values[0] and (value <= 0 or (integer and value <= 1)):
+            continue
+        positive = [v for v in values if v > 0]
+        step = (positive[-1] / positive[0]) ** (1 / max(len(positive) - 1, 1)) if len(
+            positive) > 1 else 2.0
+        wider = value / step if value == values[0] else value * step
+        wider = round(wider) if integer else float(f"{wider:.2g}")
+        end = "smallest" if value == values[0] else "largest"
+        out.append(f"{axis} {value:g} is the {end} of {values[0]:g}..{values[-1]:g}: "
+                   f"try a grid reaching {wider:g}")
+    return out
 
 
 @dataclass(frozen=True)
 class HeadKind:
-    """One protocol: its settings (a dataclass), its trainer, and what features it reads."""
+    """One protocol: its settings (a dataclass), its trainer, and what features it reads.
+
+    Subclass to change what the engine asks of a head: ``accepts`` (which pooled features it
+    reads, checked before anything is extracted), ``variant`` (a result's name suffix and
+    leaderboard column, e.g. ``5-shot``), ``expand`` (one run per value of a list-valued
+    setting) and ``default_seeds``.
+    """
 
     name: str
     description: str
-    config: str  # "module:Class" of the settings dataclass (imported when used)
-    trainer: str  # "module:Class" taking (config, device, precision, progress, groups)
+    config: Any  # the settings dataclass, or "module:Class" (imported when used)
+    trainer: Any  # class taking (config, device, precision, progress, groups), or "module:Class"
     inputs: str  # "vectors" (pooled features) or "maps" (pool mapN, read from disk per batch)
+    family: str = ""  # the leaderboard's --protocol it ranks under (default: its name)
     default_pool: str | None = None  # None: the backbone's default pool
     fuses_layers: bool = False  # one result over all layers of a pool (DifFormer)
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> settings field it sets
+    default_seeds: int = 1  # runs (seeds 0..n-1) when none are asked for
 
     def config_class(self) -> type:
         return _load(self.config)
@@ -153,45 +199,90 @@ class HeadKind:
                      groups: list[list[str]] | None = None) -> Trainer:
         return _load(self.trainer)(config, device, precision, progress, groups)
 
+    def accepts(self, point: Any, pool: str) -> bool:
+        """Whether ``pool`` of feature point ``point`` (``bench.backbone.FeaturePoint``) gives
+        what this head reads: (C, h, w) maps (``mapN`` of a map) or one vector per image."""
+        maps = point.kind == "map" and pool.startswith("map")
+        if self.inputs == "maps":
+            return maps
+        return not maps and pool != "tokens"
 
-def _load(path: str) -> Any:
+    def requirement(self) -> str:
+        """What ``accepts`` asks for, said to a user."""
+        return ("(C, h, w) maps: a map layer with pool mapN (e.g. map16)" if self.inputs == "maps"
+                else "one vector per image: a pool such as 1, 2, cls, mean or none (not mapN or "
+                "tokens)")
+
+    def variant(self, config: Any) -> str:
+        """The name of this configuration's variant ("" for none): appended to the run name
+        and to the task in the leaderboard's column, and part of the record's slot."""
+        return ""
+
+    def expand(self, settings: dict[str, Any]) -> list[dict[str, Any]]:
+        """The settings of each run one request stands for (a list-valued setting: one each)."""
+        return [settings]
+
+    def leaderboard_family(self) -> str:
+        return self.family or self.name
+
+
+def _load(path: Any) -> Any:
+    if not isinstance(path, str):
+        return path
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-_GRID = {"--epochs": "epochs", "--lrs": "lrs", "--wds": "weight_decays"}
-_NET = {"--epochs": "epochs", "--lrs": "lrs"}
-HEADS: dict[str, HeadKind] = {h.name: h for h in (
-    HeadKind("linear", "standardised features, Linear; AdamW lr x wd x epochs grid, batched",
-             "bench.probe:ProbeConfig", "bench.probe:GridProbeTrainer", "vectors", flags=_GRID),
-    HeadKind("bn-linear", "MAE's protocol: BatchNorm without affine, then Linear; batched grid",
-             "bench.probe:ProbeConfig", "bench.probe:GridProbeTrainer", "vectors", flags=_GRID),
-    HeadKind("mlp", "standardised features, ReLU hidden layers; batched grid",
-             "bench.probe:ProbeConfig", "bench.probe:GridProbeTrainer", "vectors", flags=_GRID),
-    HeadKind("attention", "the paper's attention head on lightly pooled maps (map16)",
-             "bench.heads:HeadConfig", "bench.heads:AttentionTrainer", "maps", "map16",
-             flags=_NET),
-    HeadKind("difformer", "DifFormer: one attention head shared across timesteps, fused",
-             "bench.heads:HeadConfig", "bench.heads:AttentionTrainer", "maps", "map16",
-             fuses_layers=True, flags=_NET),
-    HeadKind("knn", "DINOv2's weighted kNN (cosine, exp(sim/T)); k selected on val, no training",
-             "bench.knn:KnnConfig", "bench.knn:KnnTrainer", "vectors"),
-    HeadKind("few-shot", "linear probe on k shots per class (drawn by hash; the seed is the "
-             "draw), validated on the rest of train", "bench.fewshot:FewShotConfig",
-             "bench.fewshot:FewShotTrainer", "vectors", flags=_GRID),
-)}
+_HEADS: dict[str, HeadKind] = {}
+_discovered = False
 
 
-PROTOCOLS = {  # leaderboard families (--protocol) -> the heads each ranks
-    "linear": ("linear", "bn-linear"),  # the linear probe, standardised or batch-normalised
-    "mlp": ("mlp",),
-    "attention": ("attention", "difformer"),
-    "knn": ("knn",),
-    "few-shot": ("few-shot",),
-    "all": None,  # every head
-}
+def register_head(kind: Any) -> Any:
+    """Register a head kind: a ``HeadKind`` instance, or (as a class decorator) a ``HeadKind``
+    subclass whose no-argument instance is registered. Anything else is a TypeError."""
+    entry = kind() if isinstance(kind, type) and issubclass(kind, HeadKind) else kind
+    if not isinstance(entry, HeadKind):
+        raise TypeError(f"a head kind must be a bench.protocol.HeadKind, got "
+                        f"{type(entry).__name__}")
+    if entry.inputs not in ("vectors", "maps"):
+        raise TypeError(f"head {entry.name!r}: inputs must be 'vectors' or 'maps'")
+    existing = _HEADS.get(entry.name)
+    if existing is not None and existing != entry:
+        raise ValueError(f"head {entry.name!r} is registered twice")
+    _HEADS[entry.name] = entry
+    return kind
+
+
+def _discover() -> None:
+    """The built-in heads (``bench.kinds``), then installed packages' entry points in the group
+    ``bench.heads`` (a ``HeadKind``, a subclass, or a module that registers on import)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    from bench.plugins import load_group
+
+    for kind in importlib.import_module("bench.kinds").KINDS:
+        register_head(kind)
+    load_group("bench.heads", register_head)
+
+
+def head_names() -> list[str]:
+    _discover()
+    return list(_HEADS)
+
 
 def head_kind(name: str) -> HeadKind:
-    if name not in HEADS:
-        raise UsageError(f"unknown head {name!r}; heads: {', '.join(HEADS)}")
-    return HEADS[name]
+    _discover()
+    if name not in _HEADS:
+        raise UsageError(f"unknown head {name!r}; heads: {', '.join(_HEADS)}")
+    return _HEADS[name]
+
+
+def protocols() -> dict[str, tuple[str, ...] | None]:
+    """Leaderboard families (``--protocol``) -> the heads each ranks; ``all``: every head."""
+    _discover()
+    out: dict[str, tuple[str, ...] | None] = {}
+    for kind in _HEADS.values():
+        out[kind.leaderboard_family()] = (*(out.get(kind.leaderboard_family()) or ()), kind.name)
+    return out | {"all": None}

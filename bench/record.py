@@ -1,33 +1,47 @@
 """The result record: the one owner of every MLflow name bench writes or reads.
 
-A ``RunRecord`` is one result cell. It is written to MLflow in one place (``to_params``,
-``to_tags``, ``to_metrics``, ``ARTIFACTS``) and read back in one place (``from_mlflow``) by resume,
-leaderboards and figures; no other module spells a tag or param name.
+A ``RunRecord`` is one result cell, built from a computed result in one place (``from_result``),
+written as ``to_params``, ``to_tags``, ``to_metrics`` and ``artifacts`` and read back in one place
+(``from_mlflow``) by resume, leaderboards and figures; no other module spells a tag, param, metric
+or artifact name. This module is pure: moving records in and out of MLflow is ``bench.tracking``'s.
 
 | MLflow | names |
 | --- | --- |
-| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by`` |
-| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``shots`` (few-shot only), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
+| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag), ``bench.grid_edge`` (a grid axis selected at its end) |
+| params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.protocol import ProbeResult
+    from bench.spec import ResolvedCell, ResolvedRun
+    from bench.stats import Intervals
+
+RESULT_SCHEMA = "2"  # bump when the record's names or meaning change (the identity digests it)
 
 KIND, IDENTITY, SCHEMA, VERSION = "bench.kind", "bench.identity", "bench.schema", "bench.version"
 BACKBONE, TASK, HEADLINE = "bench.backbone", "bench.task", "bench.headline"
 WEIGHTS, CACHE_KEYS = "bench.weights_sha256", "bench.cache_keys"
 SKIPPED_COUNT, SKIPPED, SUPERSEDED_BY = "bench.skipped_count", "bench.skipped", "bench.superseded_by"
+SLOT = "bench.slot"
+SLOTS_TAGGED = "bench.slots_tagged"  # experiment tag: every result run in it carries SLOT
+GRID_EDGE = "bench.grid_edge"
 RESULT, LEADERBOARD = "result", "leaderboard"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
+PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION = ("protocol.json", "per_class_accuracy.csv", "grid.csv",
+                                             "confusion_matrix.png")
 PREDICTIONS = "predictions.npz"
-ARTIFACTS = ("protocol.json", "per_class_accuracy.csv", "grid.csv", "confusion_matrix.png",
-             PREDICTIONS)
-TEST_METRICS = ("top1", "top5", "mean_per_class")
+ARTIFACTS = (PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION, PREDICTIONS)
 PROBE_SECONDS, BOOTSTRAP_SECONDS, SEED_COUNT = "probe_seconds", "bootstrap_seconds", "seed_count"
 MAX_PARAM = 6000  # MLflow's limit on a param value
 MAX_TAG = 5000
@@ -51,19 +65,25 @@ class RunRecord:
     skipped: list[str] = field(default_factory=list)  # items the features left out
     skipped_count: int = 0
     protocol: dict[str, Any] = field(default_factory=dict)  # written in full; not read back
-    code_version: str = ""
-    schema: str = ""
+    code_version: str = field(default_factory=lambda: current_code_version())
+    schema: str = RESULT_SCHEMA
     run_id: str | None = None
     start_time: float | None = None  # epoch seconds
     superseded_by: str | None = None
     reused: bool = False  # read back instead of computed in this process
-    shots: int = 0  # few-shot head: images per class (0 for every other head)
+    variant: str = ""  # the head kind's variant (``HeadKind.variant``, e.g. "5-shot"), or ""
+    grid_edge: str = ""  # grid axes selected at an end of their range (``protocol.grid_edges``)
 
     @property
     def slot(self) -> tuple[str, ...]:
         """What the user's leaderboard cell is: a newer identity in the same slot supersedes."""
         return (self.backbone, self.task, self.layer, self.pool, self.head, str(self.seed),
-                str(self.shots))
+                self.variant)
+
+    @property
+    def slot_key(self) -> str:
+        """The ``bench.slot`` tag: one value per slot and schema, safe in a search filter."""
+        return hashlib.sha256(json.dumps([self.schema, *self.slot]).encode()).hexdigest()[:32]
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% bootstrap interval of ``test_{metric}`` (None for records logged before)."""
@@ -82,16 +102,18 @@ class RunRecord:
             KIND: RESULT, IDENTITY: self.identity, SCHEMA: self.schema, VERSION: self.code_version,
             BACKBONE: self.backbone, TASK: self.task, HEADLINE: self.headline,
             WEIGHTS: self.weights_sha256, CACHE_KEYS: json.dumps(self.cache_keys)[:MAX_TAG],
-            SKIPPED_COUNT: str(self.skipped_count or len(self.skipped)),
+            SKIPPED_COUNT: str(self.skipped_count or len(self.skipped)), SLOT: self.slot_key,
         }
         if self.skipped:
             tags[SKIPPED] = json.dumps(self.skipped)[:MAX_TAG]
+        if self.grid_edge:
+            tags[GRID_EDGE] = self.grid_edge[:MAX_TAG]
         return tags
 
     def to_params(self) -> dict[str, str]:
         params = {name: str(getattr(self, name)) for name in SLOT_PARAMS}
-        if self.shots:
-            params["shots"] = str(self.shots)
+        if self.variant:
+            params["variant"] = self.variant
         params |= {f"best.{k}": str(v) for k, v in self.best.items()}
         return params | _flatten("protocol", self.protocol, {})
 
@@ -101,6 +123,34 @@ class RunRecord:
     def protocol_json(self) -> bytes:
         return json.dumps({"identity": self.identity, **self.protocol}, indent=1,
                           default=str).encode()
+
+    def artifacts(self, per_class_csv: str, grid_csv: str, confusion_png: bytes,
+                  predictions: bytes) -> dict[str, bytes]:
+        """The run's artifact files by name (``ARTIFACTS``)."""
+        return {PROTOCOL_JSON: self.protocol_json(), PER_CLASS: per_class_csv.encode(),
+                GRID: grid_csv.encode(), CONFUSION: confusion_png, PREDICTIONS: predictions}
+
+    # --- building -----------------------------------------------------------------------------
+    @classmethod
+    def from_result(cls, run: ResolvedRun, cell: ResolvedCell, result: ProbeResult, *,
+                    intervals: Intervals, seconds: dict[str, float],
+                    cache_keys: dict[str, list[str]], feature_shapes: list[Any],
+                    skipped: list[str], start_time: float) -> RunRecord:
+        """The record of one computed cell. ``seconds``: ``probe`` and ``bootstrap`` wall time."""
+        metrics = {f"test_{k}": v for k, v in result.test.items()}
+        metrics |= {f"val_{k}": v for k, v in result.val.items()}
+        metrics |= interval_metrics(intervals)
+        metrics |= {PROBE_SECONDS: seconds["probe"], BOOTSTRAP_SECONDS: seconds["bootstrap"]}
+        return cls(
+            identity=cell.identity,
+            name=run.run_name(cell),
+            backbone=run.spec.backbone, task=run.spec.task, layer=cell.layer, pool=cell.pool,
+            head=run.spec.head, seed=run.spec.seed, headline=run.headline, metrics=metrics,
+            best=result.best, weights_sha256=run.weights_sha256, cache_keys=cache_keys,
+            skipped=skipped, skipped_count=len(skipped),
+            protocol=run.protocol(cell) | {"feature_shapes": feature_shapes},
+            start_time=start_time, variant=run.variant, grid_edge="; ".join(result.edge),
+        )
 
     # --- reading ------------------------------------------------------------------------------
     @classmethod
@@ -121,14 +171,13 @@ class RunRecord:
             skipped_count=int(tags.get(SKIPPED_COUNT, 0)),
             code_version=tags.get(VERSION, ""), schema=tags.get(SCHEMA, ""),
             run_id=run.info.run_id, start_time=run.info.start_time / 1000,
-            superseded_by=tags.get(SUPERSEDED_BY), shots=int(params.get("shots", 0)),
+            superseded_by=tags.get(SUPERSEDED_BY), variant=_variant(params),
+            grid_edge=tags.get(GRID_EDGE, ""),
         )
 
 
 def to_json(record: RunRecord) -> str:
     """The whole record as JSON (results kept on disk while the tracking store is unreachable)."""
-    from dataclasses import asdict
-
     return json.dumps(asdict(record), indent=1, default=str)
 
 
@@ -138,7 +187,7 @@ def from_json(text: str) -> RunRecord:
 
 def running_filter(identity: str) -> str:
     """Result runs of one identity left RUNNING (their logging process died)."""
-    return f"tags.`{IDENTITY}` = '{identity}' and attributes.status = 'RUNNING'"
+    return f"tags.`{IDENTITY}` = {_quoted(identity)} and attributes.status = 'RUNNING'"
 
 
 def ci_names(metric: str) -> tuple[str, str]:
@@ -151,7 +200,7 @@ def interval_metrics(intervals: Any) -> dict[str, float]:
     if round(100 * intervals.confidence) != 95:
         raise ValueError(f"records hold 95% intervals, got {intervals.confidence:.0%}")
     out = {}
-    for metric in TEST_METRICS:
+    for metric in intervals.point:
         low, high = ci_names(metric)
         out[low], out[high] = intervals.low[metric], intervals.high[metric]
     return out
@@ -165,60 +214,49 @@ def seed_metrics(aggregate: Any) -> dict[str, float]:
     return out | {SEED_COUNT: float(aggregate.seeds)}
 
 
-def add_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    """Log more metrics on a finished run (e.g. a seed aggregate computed after it)."""
-    import time
-
-    from mlflow.entities import Metric
-
-    from bench.tracking import client
-
-    now = int(time.time() * 1000)
-    client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-
-
-def load_record(run_id: str) -> RunRecord:
-    """The result record of one MLflow run id."""
-    from bench.errors import BenchError
-    from bench.tracking import client
+def current_code_version() -> str:
+    """The package version plus the git commit of the checkout it runs from, when there is one."""
+    import bench
 
     try:
-        run = client().get_run(run_id)
-    except Exception as e:
-        raise BenchError(f"no MLflow run {run_id!r} at this tracking URI ({e.__class__.__name__})"
-                         "; run ids are listed in the MLflow UI and printed by bench run") from e
-    if run.data.tags.get(KIND) != RESULT:
-        raise BenchError(f"run {run_id} is not a bench result (a leaderboard run?)")
-    return RunRecord.from_mlflow(run)
-
-
-def load_predictions(run_id: str) -> Any:
-    """The run's per-image test predictions (``bench.stats.Predictions``), from its artifact."""
-    import os
-    import tempfile
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    from bench.errors import BenchError
-    from bench.stats import Predictions
-    from bench.tracking import client
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client().download_artifacts(run_id, PREDICTIONS, tmp)
-        except Exception as e:
-            raise BenchError(f"run {run_id} has no {PREDICTIONS} artifact (logged before bench "
-                             "stored predictions?); re-run it with --force") from e
-        try:
-            return Predictions.load(path)
-        except BenchError as e:
-            raise BenchError(f"the stored predictions of run {run_id} cannot be read: "
-                             f"{str(e).replace(str(path), PREDICTIONS)}; re-run it with --force") from e
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{bench.__version__}+{sha}" if sha else bench.__version__
 
 
 def result_filter(status: str = "FINISHED") -> str:
     """MLflow search filter for bench result runs of a status."""
     return f"tags.`{KIND}` = '{RESULT}' and attributes.status = '{status}'"
+
+
+def identity_filter(identity: str, include_superseded: bool = False) -> str:
+    """Finished results of one identity (which digests the schema): a tag lookup, no scan."""
+    return _finished(f"tags.`{IDENTITY}` = {_quoted(identity)}", include_superseded)
+
+
+def slot_filter(slot_key: str) -> str:
+    """Finished, not yet superseded results of one slot (``RunRecord.slot_key``)."""
+    return _finished(f"tags.`{SLOT}` = {_quoted(slot_key)}", False)
+
+
+def untagged_slot_filter(kind: str = RESULT) -> str:
+    """Runs of ``kind`` logged before the slot tag existed."""
+    return f"tags.`{KIND}` = {_quoted(kind)} and tags.`{SLOT}` IS NULL"
+
+
+def _finished(condition: str, include_superseded: bool) -> str:
+    out = f"{condition} and attributes.status = 'FINISHED'"
+    return out if include_superseded else f"{out} and tags.`{SUPERSEDED_BY}` IS NULL"
+
+
+def _quoted(value: str) -> str:
+    """A search filter literal (identities and slot keys are digests: never quoted themselves)."""
+    if "'" in value:
+        raise ValueError(f"a quote cannot be searched for: {value!r}")
+    return f"'{value}'"
 
 
 def leaderboard_filter() -> str:
@@ -241,6 +279,13 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
         text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
         out[prefix] = text[:MAX_PARAM]
     return out
+
+
+def _variant(params: dict[str, str]) -> str:
+    """The record's variant; runs logged before variants carried ``shots`` (few-shot) instead."""
+    if "variant" in params:
+        return params["variant"]
+    return f"{params['shots']}-shot" if params.get("shots", "0") != "0" else ""
 
 
 def _number(text: str) -> float:

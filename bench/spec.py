@@ -162,6 +162,7 @@ class ResolvedRun:
     result_schema: str
     protocol_version: str
     bench_version: str = bench.__version__
+    variant: str = ""  # the head kind's name for this configuration (e.g. "5-shot"), or ""
 
     def protocol(self, cell: ResolvedCell) -> dict[str, Any]:
         """The resolved protocol of one cell: what its identity digests, logged with its run."""
@@ -182,7 +183,8 @@ class ResolvedRun:
         }
 
     def run_name(self, cell: ResolvedCell) -> str:
-        return f"{self.spec.backbone}/{self.spec.task}/{cell.layer}/{cell.pool}/{self.spec.head}"
+        name = f"{self.spec.backbone}/{self.spec.task}/{cell.layer}/{cell.pool}/{self.spec.head}"
+        return f"{name}/{self.variant}" if self.variant else name
 
 
 @dataclass
@@ -214,7 +216,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     from bench.precision import resolve_device, resolve_precision
     from bench.registry import backbones
     from bench.task import json_digest
-    from bench.tracking import RESULT_SCHEMA
+    from bench.record import RESULT_SCHEMA
 
     kind = head_kind(spec.head)
     head_settings = head_config(spec)  # bad settings fail first
@@ -229,7 +231,11 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     pools = list(spec.pools) or [kind.default_pool or backbone.default_pool]
     requests = [(layer, pool) for layer in dict.fromkeys(layers) for pool in dict.fromkeys(pools)]
     for layer, pool in requests:
-        check_pool(backbone.feature_point(layer), pool)
+        point = backbone.feature_point(layer)
+        check_pool(point, pool)
+        if not kind.accepts(point, pool):  # before anything is extracted
+            raise UsageError(f"head {spec.head!r} cannot read pool {pool!r} of layer {layer!r} "
+                             f"({point.kind}): it needs {kind.requirement()}")
     groups = None
     if kind.fuses_layers:
         groups = backbone.layer_groups(list(dict.fromkeys(layers)))
@@ -249,6 +255,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
         cells=[],
         result_schema=RESULT_SCHEMA,
         protocol_version=protocols.PROTOCOL_VERSION,
+        variant=kind.variant(head_settings),
     )
     for features in _cell_features(kind, requests):
         draft = ResolvedCell(features, "")

@@ -5,6 +5,9 @@ By default runs go to an embedded SQLite store under the results folder; ``MLFLO
 created once by the driver and their id handed to jobs: concurrent ``set_experiment`` calls lose
 runs to the Default experiment (environment.md). What is written, under which names, is
 ``bench.record``'s business; this module only moves records in and out.
+
+Lookups are tag-equality searches (a result's identity, a slot's key), read page by page: their
+cost follows the runs they match, not the size of the store, and nothing is silently capped.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -27,7 +29,7 @@ from bench.locks import file_lock
 from bench.paths import results_dir, tracking_uri
 from bench.record import RunRecord
 
-RESULT_SCHEMA = "2"  # bump when the record's names or meaning change
+PAGE_SIZE = 1000  # runs per search request; every page is read
 CHECK_TIMEOUT_S = 5  # an unreachable tracking server fails in seconds, not minutes
 _CHECKED: set[str] = set()
 
@@ -88,6 +90,7 @@ def _check_store(uri: str, make_client) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with store_lock():
             make_client(uri).search_experiments(max_results=1)
+            index_tags(path)
     except PermissionError as e:
         raise TrackingError(f"cannot write the tracking store at {path} ({e.strerror}): make "
                             "the folder writable or set BENCH_RESULTS / MLFLOW_TRACKING_URI") from e
@@ -100,6 +103,16 @@ def _check_store(uri: str, make_client) -> None:
         raise
 
 
+def index_tags(path: Path) -> None:
+    """Index an MLflow SQLite store's tags by value (MLflow's own index is by run): a lookup by
+    identity or slot tag then reads the runs it matches, not every run's tag. Idempotent."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+        db.execute("CREATE INDEX IF NOT EXISTS bench_tags_key_value ON tags (key, value)")
+        db.commit()
+
+
 def ensure_experiment(name: str) -> str:
     """Id of experiment ``name``, created (with artifacts under results/) if it is new."""
     mlflow_client = client()
@@ -108,8 +121,9 @@ def ensure_experiment(name: str) -> str:
         return found.experiment_id
     location = (results_dir() / "artifacts").as_uri() if tracking_uri().startswith(
         "sqlite:///") else None
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
+    try:  # a new experiment holds no run logged before the slot tag
+        return mlflow_client.create_experiment(name, artifact_location=location,
+                                               tags={names.SLOTS_TAGGED: "1"})
     except Exception:  # created meanwhile by another process
         found = mlflow_client.get_experiment_by_name(name)
         if found is None:
@@ -123,19 +137,6 @@ def experiment_ids(suites: Iterable[str]) -> list[str]:
             if (e := mlflow_client.get_experiment_by_name(s)) is not None]
 
 
-def code_version() -> str:
-    """The package version plus the git commit of the checkout it runs from, when there is one."""
-    import bench
-
-    try:
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{bench.__version__}+{sha}" if sha else bench.__version__
-
-
 def log_record(experiment_id: str, record: RunRecord, artifacts: dict[str, bytes]) -> str:
     """Log one finished result (its record and artifacts); returns the run id.
 
@@ -145,7 +146,6 @@ def log_record(experiment_id: str, record: RunRecord, artifacts: dict[str, bytes
     from mlflow.entities import Metric, Param, RunTag
 
     mlflow_client = client()
-    record.schema, record.code_version = RESULT_SCHEMA, code_version()
     with store_lock():
         return _log_record(mlflow_client, experiment_id, record, artifacts, Metric, Param, RunTag)
 
@@ -171,43 +171,115 @@ def _log_record(mlflow_client, experiment_id, record, artifacts, Metric, Param, 
         if artifacts:
             mlflow_client.log_artifacts(run.info.run_id, tmp)
     mlflow_client.set_terminated(run.info.run_id, "FINISHED")
-    record.run_id = run.info.run_id
     return run.info.run_id
+
+
+def search(experiment_ids: list[str], filter_string: str, mlflow_client: Any = None
+           ) -> Iterator[Any]:
+    """Every run matching ``filter_string``, newest first, read ``PAGE_SIZE`` at a time."""
+    mlflow_client = mlflow_client or client()
+    token = None
+    while True:
+        page = mlflow_client.search_runs(experiment_ids, filter_string, max_results=PAGE_SIZE,
+                                         order_by=["attributes.start_time DESC"],
+                                         page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def find_records(experiment_ids: list[str], identities: Iterable[str] | None = None,
                  include_superseded: bool = False) -> list[RunRecord]:
     """Finished result records of the current schema, newest first; optionally only these
-    identities. Superseded records are left out unless asked for."""
+    identities (one tag lookup each). Superseded records are left out unless asked for."""
     if not experiment_ids:
         return []
-    wanted = set(identities) if identities is not None else None
-    runs = client().search_runs(experiment_ids, names.result_filter(), max_results=50000,
-                                order_by=["attributes.start_time DESC"])
+    if identities is None:
+        filters = [names.result_filter()]
+    else:
+        filters = [names.identity_filter(i, include_superseded) for i in dict.fromkeys(identities)]
     out = []
-    for run in runs:
-        rec = RunRecord.from_mlflow(run)
-        if rec.schema != RESULT_SCHEMA or (wanted is not None and rec.identity not in wanted):
-            continue
-        if rec.superseded_by and not include_superseded:
-            continue
-        rec.reused = True
-        out.append(rec)
-    return out
+    for filter_string in filters:
+        for run in search(experiment_ids, filter_string):
+            if run.data.tags.get(names.KIND) != names.RESULT:
+                continue
+            rec = RunRecord.from_mlflow(run)
+            if rec.schema != names.RESULT_SCHEMA or (rec.superseded_by and not include_superseded):
+                continue
+            rec.reused = True
+            out.append(rec)
+    return sorted(out, key=lambda r: -(r.start_time or 0)) if len(filters) > 1 else out
 
 
-def supersede(experiment_id: str, record: RunRecord) -> list[str]:
-    """Mark every other finished result in ``record``'s slot (same backbone, task, layer, pool,
-    head, seed; another identity) as superseded by it; their run ids. Nothing is deleted."""
+def supersede(experiment_id: str, record: RunRecord, kind: str = names.RESULT) -> list[str]:
+    """Mark every other finished run of ``kind`` in ``record``'s slot (same backbone, task, layer,
+    pool, head, seed, shots; another identity) as superseded by it; their run ids. Nothing is
+    deleted."""
     mlflow_client = client()
     marked = []
     with store_lock():
-        for old in find_records([experiment_id]):
-            if old.slot == record.slot and old.identity != record.identity:
+        _tag_slots(mlflow_client, experiment_id)
+        # read every page before tagging: a tagged run leaves the filter and shifts the pages
+        for run in list(search([experiment_id], names.slot_filter(record.slot_key),
+                               mlflow_client)):
+            tags = run.data.tags
+            if tags.get(names.KIND) == kind and tags.get(names.IDENTITY) != record.identity:
                 for key, value in names.superseded_tags(record.identity).items():
-                    mlflow_client.set_tag(old.run_id, key, value)
-                marked.append(old.run_id)
+                    mlflow_client.set_tag(run.info.run_id, key, value)
+                marked.append(run.info.run_id)
     return marked
+
+
+def _tag_slots(mlflow_client: Any, experiment_id: str) -> None:
+    """Give runs logged before the slot tag existed their slot tag, once per experiment, so a
+    supersede is one tag lookup for them too."""
+    if mlflow_client.get_experiment(experiment_id).tags.get(names.SLOTS_TAGGED):
+        return
+    for kind in (names.RESULT, SIMILARITY):
+        for run in list(search([experiment_id], names.untagged_slot_filter(kind), mlflow_client)):
+            mlflow_client.set_tag(run.info.run_id, names.SLOT,
+                                  RunRecord.from_mlflow(run).slot_key)
+    mlflow_client.set_experiment_tag(experiment_id, names.SLOTS_TAGGED, "1")
+
+
+def add_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Log more metrics on a finished run (e.g. a seed aggregate computed after it)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def load_record(run_id: str) -> RunRecord:
+    """The result record of one MLflow run id."""
+    try:
+        run = client().get_run(run_id)
+    except Exception as e:
+        raise BenchError(f"no MLflow run {run_id!r} at this tracking URI ({e.__class__.__name__})"
+                         "; run ids are listed in the MLflow UI and printed by bench run") from e
+    if run.data.tags.get(names.KIND) != names.RESULT:
+        raise BenchError(f"run {run_id} is not a bench result (a leaderboard run?)")
+    return RunRecord.from_mlflow(run)
+
+
+def load_predictions(run_id: str) -> Any:
+    """The run's per-image test predictions (``bench.stats.Predictions``), from its artifact."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from bench.stats import Predictions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client().download_artifacts(run_id, names.PREDICTIONS, tmp)
+        except Exception as e:
+            raise BenchError(f"run {run_id} has no {names.PREDICTIONS} artifact (logged before "
+                             "bench stored predictions?); re-run it with --force") from e
+        try:
+            return Predictions.load(path)
+        except BenchError as e:
+            raise BenchError(f"the stored predictions of run {run_id} cannot be read: "
+                             f"{str(e).replace(str(path), names.PREDICTIONS)}; re-run it with "
+                             "--force") from e
 
 
 def pending_dir() -> Path:
@@ -234,7 +306,7 @@ def sync_pending() -> list[RunRecord]:
         experiment_id = ensure_experiment((folder / "suite.txt").read_text())
         if not find_records([experiment_id], [record.identity]):
             artifacts = {p.name: p.read_bytes() for p in (folder / "artifacts").iterdir()}
-            log_record(experiment_id, record, artifacts)
+            record.run_id = log_record(experiment_id, record, artifacts)
             supersede(experiment_id, record)
             logged.append(record)
         shutil.rmtree(folder)
@@ -284,21 +356,13 @@ class SimilarityRecord(RunRecord):
 def find_similarity(experiment_id: str, identity: str | None = None) -> list[RunRecord]:
     """Finished, not superseded similarity runs of the current schema (of one identity), newest
     first."""
-    runs = client().search_runs(
-        [experiment_id], f"tags.`{names.KIND}` = '{SIMILARITY}' and attributes.status = "
-        "'FINISHED'", max_results=50000, order_by=["attributes.start_time DESC"])
-    found = [RunRecord.from_mlflow(run) for run in runs]
-    return [r for r in found if r.schema == RESULT_SCHEMA and not r.superseded_by
-            and identity in (None, r.identity)]
+    filter_string = (names.identity_filter(identity) if identity is not None else
+                     f"tags.`{names.KIND}` = '{SIMILARITY}' and attributes.status = 'FINISHED'")
+    found = [RunRecord.from_mlflow(run) for run in search([experiment_id], filter_string)
+             if run.data.tags.get(names.KIND) == SIMILARITY]
+    return [r for r in found if r.schema == names.RESULT_SCHEMA and not r.superseded_by]
 
 
 def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
     """Mark older similarity runs of ``record``'s slot (another identity) superseded by it."""
-    mlflow_client, marked = client(), []
-    with store_lock():
-        for old in find_similarity(experiment_id):
-            if old.slot == record.slot and old.identity != record.identity:
-                for key, value in names.superseded_tags(record.identity).items():
-                    mlflow_client.set_tag(old.run_id, key, value)
-                marked.append(old.run_id)
-    return marked
+    return supersede(experiment_id, record, SIMILARITY)

@@ -14,6 +14,7 @@ import torch
 import bench
 from bench.cache import FeatureCache
 from bench.extract import extract
+from bench.precision import resolve_precision
 from bench.probe import ProbeConfig, fit_probe
 from bench.errors import UsageError
 from bench.registry import UnknownNameError
@@ -167,13 +168,7 @@ def test_grid_probe_agrees_with_sklearn_logistic_regression():
     sklearn_top1 = 100 * model.score(scaler.transform(feats["test"]), labels["test"])
     assert result.test["top1"] > 90
     assert abs(result.test["top1"] - sklearn_top1) <= 1.0, (result.test, sklearn_top1)
-    kept, expected = 25, 0  # successive halving (the default): the better half trains on
-    for _ in ProbeConfig().checkpoints():
-        expected, kept = expected + kept, (kept + 1) // 2
-    assert len(result.grid) == expected
-    full = fit_probe(feats, labels, 10, ProbeConfig(halving=False))
-    assert len(full.grid) == 25 * len(ProbeConfig().checkpoints())
-    assert abs(full.test["top1"] - sklearn_top1) <= 1.0, (full.test, sklearn_top1)
+    assert len(result.grid) == 25 * len(ProbeConfig().checkpoints())  # the full grid: default
 
 
 def test_probe_is_deterministic_and_all_heads_train():
@@ -191,7 +186,7 @@ def test_probe_is_deterministic_and_all_heads_train():
 
 
 def test_bad_probe_config_is_rejected():
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(ValueError, match="builds linear, bn-linear, mlp, not 'svm'"):
         ProbeConfig(head="svm")
 
 
@@ -379,7 +374,7 @@ def test_features_that_overflow_the_cache_precision_are_refused(tmp_path):
     task = bench.create_task("digits", limit=8)
     with pytest.raises(FloatingPointError, match="not finite in float16"):  # bf16 stores fp16
         extract(backbone, task.split("train"), [("image", "4")], FeatureCache(tmp_path / "c"),
-                task.config, device=CPU, precision="bf16", progress=False)
+                task.config, device=CPU, precision=resolve_precision("bf16", "cpu"), progress=False)
     assert not list((tmp_path / "c").glob("*/*/shard-*.npy"))  # nothing half-good is cached
 
 

@@ -16,7 +16,6 @@ from bench.heads import (
     TransformerBlock,
     _Maps,
     _logits as _grid_logits,
-    cache_bytes_per_image,
     fit_head,
     grid_tokens,
     make_optimizer,
@@ -147,11 +146,15 @@ def test_fit_is_deterministic_given_seed():
     assert len(a.grid) == 2 * 2 and a.best["weight_decay"] == 0.05
 
 
-def test_paper_recipe_is_sgd_without_momentum_and_step_lr():
+def test_paper_recipe_steps_plain_sgd_and_divides_lr_by_ten_every_seven_epochs():
     cfg = HeadConfig()
-    assert (cfg.recipe, cfg.lrs, cfg.epochs, cfg.batch_size, cfg.weight_decay) == (
-        "paper", (5e-2,), 28, 128, 0.0)
-    assert (cfg.dim, cfg.heads, cfg.depth) == (1024, 8, 2) and cfg.checkpoints() == [7, 14, 21, 28]
+    weight = nn.Parameter(torch.ones(3))
+    optimizer, _ = make_optimizer([weight], cfg, 5e-2)
+    for _ in range(2):  # no momentum, no decay: each step is w -= lr * grad, from the definition
+        optimizer.zero_grad()
+        (weight * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(weight.detach(), 1 - 2 * 5e-2 * torch.tensor([1.0, 2.0, 3.0]))
     optimizer, scheduler = make_optimizer([nn.Parameter(torch.zeros(1))], cfg, 5e-2)
     assert type(optimizer) is torch.optim.SGD
     group = optimizer.param_groups[0]
@@ -171,16 +174,8 @@ def test_paper_recipe_is_sgd_without_momentum_and_step_lr():
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     with pytest.raises(ValueError, match="no weight decay"):
         HeadConfig(weight_decay=1e-4)
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(ValueError, match="builds attention, difformer, not 'mlp'"):
         HeadConfig(head="mlp")
-
-
-def test_cache_bytes_per_image_in_the_papers_setting():
-    # Raw block outputs of the 256x256 unconditional U-Net (paper.md's spatial sizes).
-    raw = {19: (1024, 8, 8), 24: (1024, 16, 16), 30: (512, 64, 64)}
-    assert cache_bytes_per_image({"block24@t90": raw[24]}) == 1024 * 16 * 16 * 2 == 512 * 1024
-    difformer = {f"block{b}@t{t}": raw[b] for b in raw for t in (90, 150, 300)}
-    assert cache_bytes_per_image(difformer) == 3 * (128 + 512 + 256) * 1024 == 2688 * 1024
 
 
 def test_minibatches_span_splits_with_their_labels():
@@ -283,3 +278,133 @@ def test_last_block_computes_the_cls_row_only():
         block = head.blocks[0]
         torch.testing.assert_close(block(tokens, first_only=True), block(tokens)[:, :1],
                                    atol=1e-6, rtol=1e-6)
+
+
+# --- heads and metrics as plugins; what a head accepts; the precision policy --------------------
+PLUGIN = '''
+import numpy as np
+from dataclasses import dataclass
+
+from bench.metrics import Metric
+from bench.protocol import HeadKind
+
+
+@dataclass
+class CentroidConfig:
+    head: str = "centroid"
+    seed: int = 0
+
+
+class CentroidTrainer:
+    """Nearest class mean: no grid."""
+
+    def __init__(self, cfg, device, precision, progress, groups):
+        pass
+
+    def search(self, data):
+        from bench.protocol import metrics
+        return [{"shrink": 0.0, **metrics(self._scores(data, ["train"], "val"),
+                                          data.labels["val"], data.num_classes)}]
+
+    def refit_predict(self, data, point):
+        return self._scores(data, ["train", "val"], "test")
+
+    def _scores(self, data, fit, on):
+        import torch
+        x = np.concatenate([data.features[s] for s in fit])
+        y = np.concatenate([data.labels[s] for s in fit])
+        means = np.stack([x[y == c].mean(0) for c in range(data.num_classes)])
+        return torch.from_numpy(-((data.features[on][:, None] - means) ** 2).sum(-1))
+
+
+HEAD = HeadKind("centroid", "nearest class mean", CentroidConfig, CentroidTrainer, "vectors")
+TOP3 = Metric("top3", lambda p: (p.top5[:, :3] == p.labels[:, None]).any(1), description="top-3")
+'''
+
+
+@pytest.fixture
+def plugin_package(tmp_path, monkeypatch):
+    """A package installed only as a dist-info folder on sys.path, declaring a head and a metric
+    in its entry points: nothing in bench names them."""
+    import importlib
+    import sys
+
+    from bench import metrics, protocol
+
+    (tmp_path / "centroid_plugin.py").write_text(PLUGIN)
+    info = tmp_path / "centroid_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: centroid-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[bench.heads]\ncentroid = centroid_plugin:HEAD\n\n"
+                                           "[bench.metrics]\ntop3 = centroid_plugin:TOP3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    protocol.head_names(), metrics.names()  # the built-ins first
+    monkeypatch.setattr(protocol, "_HEADS", dict(protocol._HEADS))
+    monkeypatch.setattr(protocol, "_discovered", False)
+    monkeypatch.setattr(metrics, "_METRICS", dict(metrics._METRICS))
+    monkeypatch.setattr(metrics, "_discovered", False)
+    yield
+    sys.modules.pop("centroid_plugin", None)
+
+
+def test_a_head_and_a_metric_from_outside_the_package_run_through_the_protocol(plugin_package):
+    from bench.leaderboard import metric_choices
+    from bench.metrics import names
+    from bench.protocol import ProbeData, evaluate, head_kind, head_names, protocols
+    from bench.stats import bootstrap_intervals
+
+    assert "centroid" in head_names() and protocols()["centroid"] == ("centroid",)
+    assert "top3" in names() and "test_top3" in metric_choices()
+    kind = head_kind("centroid")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 3
+    y = {s: rng.integers(0, 4, 60) for s in ("train", "val", "test")}
+    x = {s: (centres[y[s]] + rng.normal(size=(60, 8))).astype(np.float32) for s in y}
+    trainer = kind.make_trainer(kind.make_config({}, 0), "cpu", None, False)
+    result = evaluate(trainer, ProbeData(x, y, 4))
+    top3 = 100 * np.mean([label in row[:3] for row, label in
+                          zip(result.predictions.top5, y["test"])])
+    assert result.test["top3"] == pytest.approx(top3) and result.test["top1"] > 80
+    assert set(bootstrap_intervals(result.predictions, 50).low) == {
+        "top1", "top5", "mean_per_class", "top3"}
+
+
+def test_registering_something_that_is_not_a_head_kind_is_refused():
+    from bench.metrics import add
+    from bench.protocol import register_head
+
+    with pytest.raises(TypeError, match="must be a bench.protocol.HeadKind"):
+        register_head(object())
+    with pytest.raises(TypeError, match="must be a bench.metrics.Metric"):
+        add(lambda p: p.hits()[0])
+
+
+@pytest.mark.parametrize("head, pool", [("attention", "2"), ("knn", "map4"), ("linear", "map2")])
+def test_a_pool_the_head_cannot_read_is_refused_in_resolve_before_extraction(head, pool):
+    from bench.errors import UsageError
+    from bench.spec import RunOptions, RunSpec, resolve
+
+    spec = RunSpec(backbone="pixels", task="digits", pools=[pool], head=head,
+                   backbone_args={"size": 8})
+    with pytest.raises(UsageError, match=f"head '{head}' cannot read pool '{pool}'"):
+        resolve(spec, RunOptions(device="cpu"))
+    resolve(RunSpec(backbone="pixels", task="digits", pools=["map4" if head == "attention"
+                                                            else "2"], head=head,
+                    backbone_args={"size": 8}), RunOptions(device="cpu"))
+
+
+def test_trainers_and_extraction_need_a_precision_policy_not_a_device_default():
+    from bench.extract import extract
+    from bench.knn import KnnConfig
+    from bench.probe import GridProbeTrainer, ProbeConfig
+
+    with pytest.raises(TypeError, match="PrecisionPolicy is required"):
+        GridProbeTrainer(ProbeConfig(), "cpu", None)
+    with pytest.raises(TypeError, match="PrecisionPolicy is required"):
+        from bench.heads import AttentionTrainer
+
+        AttentionTrainer(HeadConfig(), "cpu", None)
+    with pytest.raises(TypeError, match="PrecisionPolicy is required"):
+        extract(None, None, [], None, {}, device=torch.device("cpu"), precision="bf16")
+    assert KnnConfig().head == "knn"

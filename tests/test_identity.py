@@ -60,8 +60,8 @@ def test_a_changed_head_default_or_protocol_version_recomputes(monkeypatch):
     from bench import protocol
 
     [old] = run(_spec(), OPTIONS)
-    monkeypatch.setitem(protocol.HEADS, "linear", replace(
-        protocol.HEADS["linear"], config="tests.test_identity:LongerProbe"))
+    monkeypatch.setitem(protocol._HEADS, "linear", replace(
+        protocol.head_kind("linear"), config="tests.test_identity:LongerProbe"))
     [longer] = run(_spec(), OPTIONS)
     assert not longer.reused and longer.identity != old.identity
     assert len(longer.protocol["head"]) and longer.protocol["head"]["eval_every"] == 4

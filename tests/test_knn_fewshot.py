@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from bench import knn
-from bench.fewshot import fewshot_draw, fit_fewshot
-from bench.knn import KnnConfig, fit_knn, knn_scores, knn_top5
-from bench.probe import ProbeConfig
+from bench.fewshot import FewShotConfig, fewshot_draw, fit_fewshot
+from bench.knn import KnnConfig, KnnTrainer, knn_scores, knn_top5
+from bench.precision import FP32
+from bench.protocol import ProbeData, evaluate
 
 
 def blobs(n: int, dim: int, classes: int, seed: int, spread: float = 1.0):
@@ -59,19 +60,33 @@ def test_uniform_votes_equal_kneighborsclassifier_including_ties(small_chunks):
     assert ties > 0  # tie-breaking (lowest class id) was exercised
 
 
-def test_knn_on_digit_pixels_beats_85_percent_and_selects_k_on_val():
+def test_uniform_knn_on_digits_selects_and_tests_as_scikit_learn_with_ties_to_the_lower_id():
+    """The whole protocol with one-vote kNN (many tied votes): k chosen on val and the logged
+    test metrics, confusion matrix and top-1 equal scikit-learn's KNeighborsClassifier."""
     from sklearn.datasets import load_digits
+    from sklearn.neighbors import KNeighborsClassifier
 
     x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
     order = np.random.default_rng(0).permutation(len(y))
     parts = {"train": order[:1000], "val": order[1000:1300], "test": order[1300:]}
-    result = fit_knn({s: x[i].astype(np.float32) for s, i in parts.items()},
-                     {s: y[i] for s, i in parts.items()}, num_classes=10)
-    assert result.test["top1"] > 85.0
-    assert [g["k"] for g in result.grid] == [10, 20, 50, 100, 200]
-    best = max(result.grid, key=lambda g: g["top1"])
-    assert result.k == best["k"] and result.val["top1"] == best["top1"]
-    assert result.predictions.metrics() == result.test and len(result.predictions) == 497
+    cfg = KnnConfig(ks=(10, 20, 50), weighting="uniform")
+    result = evaluate(KnnTrainer(cfg, "cpu", FP32), ProbeData(
+        {s: x[i] for s, i in parts.items()}, {s: y[i] for s, i in parts.items()}, 10))
+
+    def reference(bank, query, k):
+        model = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
+        return model.fit(x[bank], y[bank]).predict(x[query])
+
+    val = {k: 100 * np.mean(reference(parts["train"], parts["val"], k) == y[parts["val"]])
+           for k in cfg.ks}
+    assert [g["top1"] for g in result.grid] == pytest.approx([val[k] for k in cfg.ks])
+    best = max(cfg.ks, key=lambda k: (val[k], -k))  # first maximum
+    assert result.best == {"k": best}
+    predicted = reference(np.concatenate([parts["train"], parts["val"]]), parts["test"], best)
+    assert np.array_equal(result.predictions.predicted, predicted)
+    assert result.test["top1"] == pytest.approx(100 * np.mean(predicted == y[parts["test"]]))
+    assert np.trace(result.confusion) == np.sum(predicted == y[parts["test"]])
 
 
 def test_k_is_capped_by_the_bank_and_bad_inputs_are_refused():
@@ -81,8 +96,6 @@ def test_k_is_capped_by_the_bank_and_bad_inputs_are_refused():
         knn_top5(bank[:3], bank_y[:2], bank[:1], 3, [1])
     with pytest.raises(ValueError, match="unknown kNN weighting"):
         KnnConfig(weighting="distance")
-    with pytest.raises(ValueError, match="missing: val"):
-        fit_knn({"train": bank, "test": bank}, {"train": bank_y, "test": bank_y}, 3)
 
 
 def names_and_labels():
@@ -117,32 +130,37 @@ def test_fewshot_takes_all_of_a_short_class_and_says_so():
     assert np.bincount(labels[draw.support]).tolist() == [4, 4, 2, 4]
     assert draw.short_classes == {2: 2}
     x = np.random.default_rng(0).normal(size=(len(items), 4)).astype(np.float32)
-    cfg = ProbeConfig(lrs=(1e-2,), weight_decays=(0.0,), epochs=2, eval_every=1)
+    cfg = FewShotConfig(lrs=(1e-2,), weight_decays=(0.0,), epochs=2, eval_every=1)
     with pytest.warns(UserWarning, match="1 classes have fewer than 4"):
         fit_fewshot({"train": x, "test": x}, {"train": labels, "test": labels}, items, 4, cfg,
                     shots=[4], draws=1)
 
 
-def test_fewshot_probe_agrees_with_a_logistic_regression_reference():
+def clip_benchmark_linear_probe(x, y, support, rest, test) -> float:
+    """CLIP_benchmark's convention, from its definition: L2-normalised features, multinomial
+    logistic regression, the regularisation chosen on held-out images (here the rest of train)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    x, y = blobs(1400, 20, 5, seed=5, spread=2.5)
-    train, test = slice(0, 600), slice(600, None)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    fits = [LogisticRegression(C=c, max_iter=1000).fit(unit[support], y[support])
+            for c in np.logspace(-2, 4, 7)]
+    best = max(fits, key=lambda m: m.score(unit[rest], y[rest]))
+    return 100 * best.score(unit[test], y[test])
+
+
+def test_one_shot_probe_is_within_one_and_a_half_points_of_clip_benchmarks_convention():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 32))
+    y = rng.integers(0, 10, 1200)
+    x = (centres[y] + 1.3 * rng.normal(size=(1200, 32))).astype(np.float32)
     items = [f"img{i:04d}.png" for i in range(600)]
-    shots, draws = 8, 3
-    ours = fit_fewshot({"train": x[train], "test": x[test]}, {"train": y[train], "test": y[test]},
-                       items, 5, ProbeConfig(), shots=[shots], draws=draws).summaries[shots]
+    draws = 5
+    ours = fit_fewshot({"train": x[:600], "test": x[600:]}, {"train": y[:600], "test": y[600:]},
+                       items, 10, shots=[1], draws=draws).summaries[1]
     reference = []
-    for d in range(draws):
-        split = fewshot_draw(items, y[train], shots, d)
-        scaler = StandardScaler().fit(x[train][split.support])
-        fits = [LogisticRegression(C=c, max_iter=2000).fit(
-            scaler.transform(x[train][split.support]), y[train][split.support])
-            for c in np.logspace(-3, 3, 13)]
-        best = max(fits, key=lambda m: m.score(scaler.transform(x[train][split.rest]),
-                                               y[train][split.rest]))
-        reference.append(100 * best.score(scaler.transform(x[test]), y[test]))
-    assert len(ours.draws) == draws and ours.std["top1"] > 0
-    assert ours.mean["top1"] == pytest.approx(np.mean(reference), abs=4.0)
-    assert 40.0 < ours.mean["top1"] < 99.0  # a problem where few-shot is neither hopeless nor trivial
+    for d in range(draws):  # the same supports
+        split = fewshot_draw(items, y[:600], 1, d)
+        reference.append(clip_benchmark_linear_probe(x, y, split.support, split.rest,
+                                                     np.arange(600, 1200)))
+    assert ours.mean["top1"] == pytest.approx(np.mean(reference), abs=1.5)
+    assert 40.0 < ours.mean["top1"] < 95.0  # neither hopeless nor trivial

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.record import ci_names, load_predictions
+from bench.record import ci_names
+from bench.tracking import load_predictions
 
 from .conftest import records
 
@@ -62,13 +63,14 @@ def test_every_head_logs_intervals_predictions_and_seed_aggregates(capsys):
 def test_fewshot_head_through_bench_run_logs_draws_and_their_spread(capsys):
     assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST, *GRID,
                  "--head", "few-shot", "--shots", "1,3", "--draws", "2"]) == 0
-    assert "few-shot/3-shot: across 2 draws" in capsys.readouterr().out
+    assert "few-shot/3-shot: across 2 seeds" in capsys.readouterr().out
     found = records()
-    assert sorted((r.shots, r.seed) for r in found) == [(1, 0), (1, 1), (3, 0), (3, 1)]
+    assert sorted((r.variant, r.seed) for r in found) == [
+        ("1-shot", 0), ("1-shot", 1), ("3-shot", 0), ("3-shot", 1)]
     for record in found:
         check_intervals_and_predictions(record)
-        assert record.name.endswith(f"/few-shot/{record.shots}-shot")
-        same_k = [r.metrics["test_top1"] for r in found if r.shots == record.shots]
+        assert record.name.endswith(f"/few-shot/{record.variant}")
+        same_k = [r.metrics["test_top1"] for r in found if r.variant == record.variant]
         assert record.metrics["test_top1_seed_mean"] == pytest.approx(np.mean(same_k))
     with pytest.raises(SystemExit):
         main(["run", "--backbone", "pixels", "--task", "digits", "--shots", "x"])
@@ -87,12 +89,15 @@ def test_refit_on_train_ignores_val():
     y = {s: rng.integers(0, 3, 40) for s in x}
     cfg = ProbeConfig(lrs=(1e-2,), weight_decays=(0.0,), epochs=3)
     point = {"lr": 1e-2, "weight_decay": 0.0, "epochs": 3}
-    support_only = GridProbeTrainer(cfg, refit_on="train")
+    from bench.precision import FP32
+
+    support_only = GridProbeTrainer(cfg, "cpu", FP32, refit_on="train")
     first = support_only.refit_predict(ProbeData(x, y, 3), point)
     other_val = ProbeData(x | {"val": x["val"] * 5 + 1}, y, 3)
     assert torch.equal(first, support_only.refit_predict(other_val, point))
-    assert not torch.equal(GridProbeTrainer(cfg).refit_predict(ProbeData(x, y, 3), point),
-                           GridProbeTrainer(cfg).refit_predict(other_val, point))
+    both = GridProbeTrainer(cfg, "cpu", FP32)
+    assert not torch.equal(both.refit_predict(ProbeData(x, y, 3), point),
+                           both.refit_predict(other_val, point))
 
 
 def log_result(backbone: str, hits: np.ndarray, labels: np.ndarray) -> str:
@@ -140,7 +145,7 @@ def test_leaderboard_shows_intervals_and_marks_rows_tied_with_the_best(tmp_path,
 
     # bench compare by backbone names within a task: the leaderboard's records
     assert main(["compare", "best", "worse", "--task", "digits"]) == 0
-    assert "best/digits/image/8/linear is better: the 95% interval excludes 0" in (
+    assert "best/digits/image/8/linear is better (p < 0.05; the 95% interval excludes 0)" in (
         capsys.readouterr().out)
     assert main(["compare", "best", "near", "--task", "digits"]) == 0
     assert "not distinguishable" in capsys.readouterr().out

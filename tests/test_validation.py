@@ -79,7 +79,7 @@ def test_seed_beside_seeds_and_an_empty_suite_are_refused(capsys, tmp_path):
     from bench.cli import main
 
     assert main([*RUN, *FAST, "--seed", "3", "--seeds", "0,1"]) == 2
-    assert "--seed and --seeds" in capsys.readouterr().err
+    assert "--seed beside --seeds" in capsys.readouterr().err
     assert main([*RUN, *FAST, "--suite", ""]) == 2
     assert "suite ''" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()

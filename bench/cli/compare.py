@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
-from bench.protocol import PROTOCOLS  # imports no torch, mlflow or pandas
 
 
 def add_parser(sub) -> None:
+    from bench.metrics import names
+    from bench.protocol import protocols  # imports no torch, mlflow or pandas
+
     p = sub.add_parser("compare", help="paired bootstrap difference (and McNemar) of two results",
                        description="A and B are MLflow run ids, or, with --task, backbone names "
                        "(each backbone's leaderboard result for that task).")
@@ -18,9 +20,9 @@ def add_parser(sub) -> None:
                    "task (a leaderboard column, e.g. cub or 'cub 5-shot')")
     p.add_argument("--suite", action="append", default=[],
                    help="experiment(s) to look in with --task; default bench")
-    p.add_argument("--protocol", default="linear", choices=PROTOCOLS,
+    p.add_argument("--protocol", default="linear", choices=protocols(),
                    help="with --task: which heads' leaderboard (default linear)")
-    p.add_argument("--metric", choices=["top1", "top5", "mean_per_class"],
+    p.add_argument("--metric", choices=names(),
                    help="default: the task's headline metric")
     p.set_defaults(func=main)
 

@@ -30,7 +30,9 @@ def main(args: argparse.Namespace) -> int:
                           ExecutorConfig(args.executor)):
             print(f"{record.name}: test_top1 {record.metrics['test_top1']:.2f} (chance 10.00)")
     board, paths = leaderboard([args.suite], title="bench demo: controls on digits")
-    print("\n" + board.display.to_markdown())
+    from bench.leaderboard import FOOTER, footnotes
+
+    print("\n\n".join(["", board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
     print(f"\nwritten: {paths['md']}")
     print(options.ui_hint(tracking_uri()))
     return 0

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
-from bench.protocol import PROTOCOLS
 
 
 def add_parser(sub) -> None:
+    from bench.leaderboard import metric_choices
+    from bench.protocol import protocols
+
     p = sub.add_parser("leaderboard", help="pivot finished runs backbone x task from MLflow")
     p.add_argument("--suite", action="append", default=[], help="experiment(s); default bench")
     p.add_argument("--metric", default="test_top1",
-                   choices=["test_top1", "test_top5", "test_mean_per_class"])
-    p.add_argument("--protocol", default="linear", choices=PROTOCOLS,
+                   choices=metric_choices())
+    p.add_argument("--protocol", default="linear", choices=protocols(),
                    help="which heads to rank: linear (linear, bn-linear; the default), mlp, "
                    "attention (attention, difformer), knn, few-shot (one column per k), all")
     p.add_argument("--no-log", action="store_true", help="do not log the table to MLflow")
@@ -32,9 +34,9 @@ def main(args: argparse.Namespace) -> int:
     if board.table.empty:
         print(f"no finished {args.protocol} runs yet")
     else:
-        from bench.leaderboard import FOOTER
+        from bench.leaderboard import FOOTER, footnotes
 
-        print(board.display.to_markdown() + "\n\n" + FOOTER)
+        print("\n\n".join([board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
     print(f"\nwritten: {paths['md']}, {paths['csv']}")
     print(options.ui_hint(tracking_uri()))
     return 0

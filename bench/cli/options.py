@@ -131,7 +131,8 @@ def head_args(args: argparse.Namespace) -> dict[str, Any]:
     from bench.protocol import head_kind
 
     kind = head_kind(args.head)
-    given = {"--epochs": args.epochs, "--lrs": args.lrs, "--wds": args.wds}
+    given = {"--epochs": args.epochs, "--lrs": args.lrs, "--wds": args.wds,
+             "--shots": getattr(args, "shots", None)}
     out = {}
     for flag, value in given.items():
         if value is None:

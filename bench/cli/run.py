@@ -1,4 +1,4 @@
-"""``bench run``: one backbone on one task, here or on SLURM; several seeds or few-shot draws."""
+"""``bench run``: one backbone on one task, here or on SLURM; several seeds (few-shot: draws)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import argparse
 from bench.cli import options
 from bench.errors import UsageError
 
-DRAWS = 5  # few-shot draws per k unless --draws or --seeds says otherwise
-
 
 def add_parser(sub) -> None:
-    from bench.protocol import HEADS
+    from bench.protocol import head_names
 
     p = sub.add_parser("run", help="extract features (cached) and probe one backbone on one task")
     p.add_argument("--backbone", required=True, help="backbone preset (`bench list backbones`)")
@@ -21,14 +19,15 @@ def add_parser(sub) -> None:
     p.add_argument("--pool", action="append", default=[], metavar="POOL",
                    help="pooling: 1,2,4,8 (p x p average), cls, mean, none... (default: preset's)")
     options.add_feature_args(p)
-    options.add_probe_args(p, list(HEADS))
+    options.add_probe_args(p, head_names())
     p.add_argument("--seeds", type=options.ints,
                    help="several seeds, e.g. 0,1,2: one result per seed on the same cached "
                    "features, and their mean and std (replaces --seed)")
     p.add_argument("--shots", type=options.ints,
                    help="few-shot head: images per class, e.g. 1,5,10,25 (default 5)")
     p.add_argument("--draws", type=int,
-                   help=f"few-shot head: draws per k, the seeds 0..N-1 (default {DRAWS})")
+                   help="seeds 0..N-1 (few-shot: the draws per k; default: the head's, 5 draws "
+                   "for few-shot, else --seed)")
     options.add_executor_args(p)
     p.set_defaults(func=main)
 
@@ -39,26 +38,23 @@ def main(args: argparse.Namespace) -> int:
     spec = options.run_spec(args, args.backbone, args.task,
                             [v for a in args.layer for v in options.csv(a)],
                             [v for a in args.pool for v in options.csv(a)])
-    fewshot = args.head == "few-shot"
-    if not fewshot and (args.shots or args.draws):
-        raise UsageError("--shots and --draws apply to --head few-shot only")
     if args.draws is not None and (args.draws < 1 or args.seeds):
         raise UsageError("--draws takes a positive count and replaces --seeds (draw = seed)")
-    if args.seed is not None and args.seeds:
-        raise UsageError("--seed and --seeds together: --seeds replaces --seed, give one of them")
-    seeds = args.seeds or (list(range(args.draws or DRAWS)) if fewshot else [args.seed or 0])
-    variants = [spec.head_args | {"shots": k} for k in args.shots] if args.shots else [
-        spec.head_args]
-    for head_args in variants:
-        spec.head_args = head_args
-        report = run_seeds(spec, seeds, options.run_options(args), options.executor(args))
-        for record in report.records:
-            print(describe(record, with_seed=len(seeds) > 1))
-        for name, aggregate in report.aggregates.items():
-            spread = "  ".join(f"test_{m} {aggregate.mean[m]:.2f} ± {aggregate.std[m]:.2f}"
-                               for m in aggregate.mean)
-            kind = "draws" if fewshot else "seeds"
-            print(f"{name}: across {aggregate.seeds} {kind} (mean ± sample std): {spread}")
+    if args.seed is not None and (args.seeds or args.draws):
+        raise UsageError("--seed beside --seeds or --draws: they replace --seed, give one of them")
+    seeds = args.seeds or (list(range(args.draws)) if args.draws else None)
+    if seeds is None and args.seed is not None:
+        seeds = [args.seed]
+    report = run_seeds(spec, seeds, options.run_options(args), options.executor(args))
+    several = len({r.seed for r in report.records}) > 1
+    for record in report.records:
+        print(describe(record, with_seed=several))
+        if record.grid_edge:
+            print(f"  grid edge: {record.grid_edge}")
+    for name, aggregate in report.aggregates.items():
+        spread = "  ".join(f"test_{m} {aggregate.mean[m]:.2f} ± {aggregate.std[m]:.2f}"
+                           for m in aggregate.mean)
+        print(f"{name}: across {aggregate.seeds} seeds (mean ± sample std): {spread}")
     return 0
 
 

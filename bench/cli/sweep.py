@@ -10,7 +10,7 @@ from bench.cli import options
 
 
 def add_parser(sub) -> None:
-    from bench.protocol import HEADS
+    from bench.protocol import head_names
 
     p = sub.add_parser("sweep", help="backbones x tasks x grid as jobs (local, submitit, SLURM)")
     p.add_argument("--backbones", required=True, type=options.csv,
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                    help="split each extraction over an N-task job array (SLURM)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls")
     options.add_feature_args(p)
-    options.add_probe_args(p, list(HEADS))
+    options.add_probe_args(p, head_names())
     options.add_executor_args(p)
     p.set_defaults(func=main)
 
