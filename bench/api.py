@@ -204,7 +204,9 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
 
     ``a`` and ``b`` are MLflow run ids, or, with ``task``, backbone names: each backbone's
     leaderboard record for that task (best validation score among ``protocol``'s heads in
-    ``suites``). ``metric`` defaults to the task's headline (top1 or mean_per_class).
+    ``suites``). ``metric`` defaults to the task's headline (top1 or mean_per_class). Runs whose
+    test split manifests differ (another task, or changed files) are refused (``UsageError``);
+    runs logged before the manifest was recorded must at least name the same task.
     """
     from bench import leaderboard as boards
     from bench.stats import compare as paired
@@ -216,6 +218,12 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
         check_suites(suites or ["bench"])
         first, second = (boards.leading_record(suites or ["bench"], backbone, task, protocol)
                          for backbone in (a, b))
+    known = first.test_manifest and second.test_manifest  # else logged before it was recorded
+    if (first.test_manifest != second.test_manifest) if known else first.task != second.task:
+        raise UsageError(
+            f"{first.name} (task {first.task}) and {second.name} (task {second.task}) were "
+            "tested on different test sets: a paired comparison needs the same test images; "
+            "compare runs of one task on the same data")
     metric = metric or first.headline
     return paired(load_predictions(first.run_id), load_predictions(second.run_id), metric,
                   names=(first.name, second.name))

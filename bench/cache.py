@@ -8,7 +8,9 @@ stale cache is never silently reused (anchors.md, complaint 7).
 Layout of one entry (``ROOT/ab/abcdef.../``)::
 
     manifest.json           the key's fields, item count, shard size, dtype, feature shape
-    labels.npy              int64 labels of the split, so probes need no dataset
+    labels.npy              int64 labels of the split, so probes need no dataset (its blake2b
+                            is in manifest.json; checked on every read, compared with the task's
+                            labels on every extraction)
     shard-00000.npy         features of items [0, shard_size), memory-mappable numpy
     shard-00000.json        the shard's rows, shard size, skipped items, .npy size and blake2b
 
@@ -41,6 +43,7 @@ from bench.paths import cache_dir
 
 CACHE_FORMAT = 2  # 2: shard sidecars carry rows, shard size and a blake2b of the .npy bytes
 _READ_CHUNK = 1 << 24
+LABELS = "labels.npy"
 STALE_TEMP_SECONDS = 3600
 
 
@@ -53,7 +56,7 @@ class CorruptShardError(CacheError):
 
     def __init__(self, path: Path, reason: str):
         super().__init__(
-            f"cache shard {path} is corrupt ({reason}); it is not used. Run `bench cache verify "
+            f"cache {'file' if path.name == LABELS else 'shard'} {path} is corrupt ({reason}); it is not used. Run `bench cache verify "
             f"--fix` (or `rm {path}`) and rerun: the next extraction recomputes it."
         )
         self.path = path
@@ -90,9 +93,18 @@ class _HashingWriter:
         return len(view)
 
 
-def _temp_name(path: Path) -> Path:
-    """``.NAME.HOST.PID.tmp``: ``bench cache clean`` can tell whether its writer still runs."""
+def temp_name(path: Path) -> Path:
+    """``.NAME.HOST.PID.tmp``: ``stale_temp`` can tell whether its writer still runs."""
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def stale_temp(path: Path, max_age_s: float = STALE_TEMP_SECONDS) -> bool:
+    """Whether the writer of the temporary ``path`` (``temp_name``) is gone: the file is older
+    than ``max_age_s`` or, written on this host, its process no longer runs."""
+    prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
+    if time.time() - path.stat().st_mtime > max_age_s:
+        return True
+    return prefix.endswith(f".{socket.gethostname()}") and not _pid_alive(pid)
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
@@ -103,7 +115,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
     ``path`` (a shard's sidecar, so a shard never exists without one). On any failure the
     temporary file is removed; a full disk raises ``CacheFullError``.
     """
-    tmp = _temp_name(path)
+    tmp = temp_name(path)
     written = 0
     try:
         with open(tmp, "wb") as f:
@@ -193,16 +205,23 @@ class CacheEntry:
         return (self.path / "manifest.json").exists()
 
     def create(self, fields: dict[str, Any], labels: np.ndarray, shard_size: int) -> None:
-        """Write manifest and labels once; a second extraction of the same key reuses them."""
+        """Write manifest and labels once; a second extraction of the same key reuses them after
+        checking its stored labels are the split's (``labels`` is what the key was made from, so
+        a labels.npy removed by ``bench cache verify --fix`` is written again from it)."""
+        labels = np.asarray(labels, np.int64)
         if self.exists():
-            if self.manifest["num_items"] != len(labels):
+            manifest = self.manifest
+            if manifest["num_items"] != len(labels):
                 raise CacheError(
-                    f"cache entry {self.path} holds {self.manifest['num_items']} items but the split "
+                    f"cache entry {self.path} holds {manifest['num_items']} items but the split "
                     f"has {len(labels)}; remove it with `bench cache rm {self.key[:12]}` and rerun")
+            if not (self.path / LABELS).exists():
+                self._write_manifest(manifest | {"labels_blake2b": self._write_labels(labels)})
+            elif not np.array_equal(self.labels(), labels):
+                raise CorruptShardError(self.path / LABELS, "its labels differ from the task's")
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path / "labels.npy", lambda f: np.save(f, np.asarray(labels, np.int64)))
-        manifest = {
+        self._write_manifest({
             "key": self.key,
             "cache_format": CACHE_FORMAT,
             "fields": fields,
@@ -210,9 +229,27 @@ class CacheEntry:
             "shard_size": int(shard_size),
             "num_shards": max(1, -(-len(labels) // shard_size)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+            "labels_blake2b": self._write_labels(labels),
+        })
+
+    def _write_labels(self, labels: np.ndarray) -> str:
+        return _atomic_write(self.path / LABELS, lambda f: np.save(f, labels))
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
         _atomic_write(self.path / "manifest.json", lambda f: f.write(text))
+
+    def labels(self) -> np.ndarray:
+        """The stored labels, their bytes checked against the manifest's blake2b (entries written
+        before bench recorded it are read unchecked); ``CorruptShardError`` if they changed."""
+        digest = self.manifest.get("labels_blake2b")
+        if digest is None:
+            return np.load(self.path / LABELS)
+        labels = _read_npy(self.path / LABELS, digest, keep=True)
+        if labels.ndim != 1 or labels.dtype != np.int64:
+            raise CorruptShardError(self.path / LABELS,
+                                    f"{labels.dtype} {labels.shape}, not int64 (N,)")
+        return labels
 
     def shard_path(self, index: int) -> Path:
         return self.path / f"shard-{index:05d}.npy"
@@ -310,7 +347,7 @@ class CacheEntry:
         return self.shard_info(0).shape[1:]
 
     def _labels_and_keep(self, infos: list[ShardInfo]) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.load(self.path / "labels.npy")
+        labels = self.labels()
         rows = sum(info.rows for info in infos)
         if rows != len(labels) or rows != self.manifest["num_items"]:
             raise CacheError(f"cache entry {self.path} has {rows} feature rows for {len(labels)} "
@@ -348,8 +385,13 @@ class CacheEntry:
         return features, labels, keep
 
     def verify(self) -> list[CorruptShardError]:
-        """Every shard fully checked (sidecar, bytes, values); the problems found."""
+        """labels.npy and every shard fully checked (sidecar, bytes, values); the problems found."""
         problems = []
+        try:
+            if (self.path / LABELS).exists():
+                self.labels()
+        except CorruptShardError as e:
+            problems.append(e)
         for i in range(self.manifest["num_shards"]):
             try:
                 info = self.shard_info(i)
@@ -487,13 +529,7 @@ class FeatureCache:
         on this host, whose writer process is gone."""
         if not self.root.exists():
             return []
-        host, now, stale = socket.gethostname(), time.time(), []
-        for path in self.root.glob("??/*/.*.tmp"):
-            prefix, _, pid = path.name[: -len(".tmp")].rpartition(".")
-            stale_by_age = now - path.stat().st_mtime > max_age_s
-            if stale_by_age or (prefix.endswith(f".{host}") and not _pid_alive(pid)):
-                stale.append(path)
-        return stale
+        return [path for path in self.root.glob("??/*/.*.tmp") if stale_temp(path, max_age_s)]
 
     def clean(self, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
         """Remove stale temporary files (see ``stale_temp_files``); the paths removed."""

@@ -12,24 +12,16 @@ recomputation. ``ExtractJob`` does the extraction alone (for SLURM arrays: task 
 from __future__ import annotations
 
 import io
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.locks import file_lock
 from bench.record import RunRecord
 from bench.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # the same predictions always give the same interval
-
-
-def cells_lock(options: RunOptions, identities: list[str]):
-    """The lock file of a job's result cells, beside the cache every process of a run shares."""
-    from bench.paths import cache_dir
-    from bench.task import json_digest
-
-    return cache_dir(options.cache_dir) / ".locks" / f"{json_digest(sorted(identities))[:32]}.lock"
 
 
 class _Requeueable:
@@ -91,7 +83,7 @@ class BenchJob(_Requeueable):
         import os
 
         from bench.spec import resolve
-        from bench.tracking import ensure_experiment, find_records
+        from bench.tracking import cell_lock, ensure_experiment, find_records
 
         if self.options.tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = self.options.tracking_uri
@@ -99,11 +91,20 @@ class BenchJob(_Requeueable):
         job_started = time.time()  # the first computed cell's run covers the extraction too
         prepared = self.prepared or resolve(self.spec, self.options)
         cells = prepared.run.cells
-        # One process at a time computes these cells: an identical run started meanwhile waits
-        # here, then finds them logged and reuses them (no second extraction, no second result).
-        with file_lock(cells_lock(self.options, [c.identity for c in cells])):
-            done = {} if self.options.force else {
-                r.identity: r for r in find_records([experiment_id], [c.identity for c in cells])}
+        identities = [c.identity for c in cells]
+
+        def logged() -> dict[str, RunRecord]:
+            return {} if self.options.force else {
+                r.identity: r for r in find_records([experiment_id], identities)}
+
+        done = logged()
+        if all(c.identity in done for c in cells):
+            return [done[c.identity] for c in cells]
+        # One process at a time computes these cells, wherever it runs: the lock lives in the
+        # tracking store with the results. An identical run started meanwhile waits there, then
+        # finds them logged and reuses them (no second extraction, no second result).
+        with cell_lock(experiment_id, identities):
+            done = logged()
             if all(c.identity in done for c in cells):
                 return [done[c.identity] for c in cells]
             reports = extract_features(prepared, self.options)
@@ -149,14 +150,21 @@ class BenchJob(_Requeueable):
                                      _grid_csv(result.grid),
                                      _confusion_png(result.confusion, record.name),
                                      predictions.to_bytes())
+        # printed before logging: a store or disk that fails now loses no number
+        print(f"computed {record.name}: {_headline(record)}; logging to {tracking_uri()}",
+              file=sys.stderr, flush=True)
         try:
             record.run_id = log_record(experiment_id, record, artifacts)
         except Exception as e:  # nothing computed is lost: the result waits on disk
-            folder = save_pending(self.options.suite, record, artifacts)
-            raise TrackingError(
-                f"the result of {record.name} could not be logged to {tracking_uri()} "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); it is "
-                f"kept in {folder}: run `bench sync` once the tracking store is back") from e
+            failure = (f"the result of {record.name} (printed above) could not be logged to "
+                       f"{tracking_uri()} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+            try:
+                folder = save_pending(self.options.suite, record, artifacts)
+            except TrackingError as kept:
+                raise TrackingError(f"{failure}, and {kept}") from e
+            raise TrackingError(f"{failure}; it is kept in {folder}: run `bench sync` once the "
+                                "tracking store is back") from e
         supersede(experiment_id, record)
         return record
 
@@ -185,6 +193,13 @@ def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
         if split == "train":
             train_items = [item for item, kept in zip(train_items, keep) if kept]
     return ProbeData(features, labels, num_classes, train_items)
+
+
+def _headline(record: RunRecord) -> str:
+    """The result in a few words: test and val of the headline metric."""
+    metric = record.headline
+    return (f"test_{metric} {record.metrics[f'test_{metric}']:.2f}, "
+            f"val_{metric} {record.val_score:.2f}")
 
 
 def _kept(array: Any, keep: Any) -> Any:

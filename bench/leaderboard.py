@@ -3,8 +3,10 @@
 A cell holds the test metric (default ``test_top1``) of the record with the best validation
 score (the task's headline metric) among that backbone's protocols (layers, pools, heads of the
 chosen ``protocol``) on that task: selection on validation, never on test. Superseded records (an
-older protocol of the same cell) never appear. A head's variants fill one column each
-(``HeadKind.variant``: few-shot's ``cub 5-shot``).
+older protocol of the same cell and chosen settings) never appear. A head's variants fill one
+column each (``HeadKind.variant``: few-shot's ``cub 5-shot``). Runs of one layer, pool and head
+that chose other settings (``--lrs``, backbone or task arguments...) are alternatives: chosen
+among on validation too, and a cell chosen among several says so in a footnote.
 
 Every number is shown with its uncertainty: ``64.96 ± 0.42`` is the test metric and the
 half-width of its 95% bootstrap interval over test images. Per column, rows that the paired
@@ -40,11 +42,16 @@ def metric_choices() -> list[str]:
 
 
 def footnotes(cells: Any) -> list[str]:
-    """One line per cell selected at an end of its grid, naming the axis and what to try."""
-    if cells.empty or "edge" not in cells:
+    """One line per cell selected at an end of its grid, naming the axis and what to try, and
+    one per cell whose run was chosen on validation among alternative settings."""
+    if cells.empty:
         return []
-    return [f"{EDGE} {row.backbone} on {row.task} ({row.run}): selected at the grid's edge: "
-            f"{row.edge}" for row in cells.itertuples() if row.edge]
+    rows = list(cells.itertuples())
+    edges = [f"{EDGE} {row.backbone} on {row.task} ({row.run}): selected at the grid's edge: "
+             f"{row.edge}" for row in rows if getattr(row, "edge", "")]
+    return edges + [f"{row.backbone} on {row.task}: chosen on validation (never test) among "
+                    f"{row.alternatives} alternatives of {row.run} with other chosen settings"
+                    for row in rows if getattr(row, "alternatives", 1) > 1]
 
 
 @dataclass
@@ -85,12 +92,16 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
         low, high = r.interval(name) or (float("nan"), float("nan"))
         rows.append({"backbone": r.backbone, "task": column(r), "run": r.name,
                      "run_id": r.run_id, metric: r.metrics.get(metric), "low": low, "high": high,
-                     "val": r.val_score, "start": r.start_time or 0.0, "edge": r.grid_edge})
-    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val", "edge"]
+                     "val": r.val_score, "start": r.start_time or 0.0, "edge": r.grid_edge,
+                     "slot": "/".join(r.slot)})
+    columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val", "edge",
+               "alternatives"]
     if not rows:
         return pd.DataFrame(columns=columns)
     df = pd.DataFrame(rows).sort_values(["val", "start"], ascending=[False, False], kind="stable")
     best = df.groupby(["backbone", "task"], sort=True).head(1)
+    # runs of the chosen run's layer, pool and head that chose other settings
+    best = best.assign(alternatives=best.slot.map(df.slot.value_counts()))
     return best[columns].sort_values(["backbone", "task"]).reset_index(drop=True)
 
 

@@ -7,7 +7,7 @@ or artifact name. This module is pure: moving records in and out of MLflow is ``
 
 | MLflow | names |
 | --- | --- |
-| tags | ``bench.kind`` (result / leaderboard), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag), ``bench.grid_edge`` (a grid axis selected at its end) |
+| tags | ``bench.kind`` (result / leaderboard / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
 | params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
@@ -36,7 +36,10 @@ SKIPPED_COUNT, SKIPPED, SUPERSEDED_BY = "bench.skipped_count", "bench.skipped", 
 SLOT = "bench.slot"
 SLOTS_TAGGED = "bench.slots_tagged"  # experiment tag: every result run in it carries SLOT
 GRID_EDGE = "bench.grid_edge"
-RESULT, LEADERBOARD = "result", "leaderboard"
+SETTINGS = "bench.settings"
+TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
+RESULT, LEADERBOARD, LOCK = "result", "leaderboard", "lock"
+LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
 PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION = ("protocol.json", "per_class_accuracy.csv", "grid.csv",
                                              "confusion_matrix.png")
@@ -73,6 +76,8 @@ class RunRecord:
     reused: bool = False  # read back instead of computed in this process
     variant: str = ""  # the head kind's variant (``HeadKind.variant``, e.g. "5-shot"), or ""
     grid_edge: str = ""  # grid axes selected at an end of their range (``protocol.grid_edges``)
+    settings: str = ""  # digest of the settings the user chose ("": none, the defaults)
+    test_manifest: str = ""  # the test split's manifest digest: what the test set was
 
     @property
     def slot(self) -> tuple[str, ...]:
@@ -82,8 +87,11 @@ class RunRecord:
 
     @property
     def slot_key(self) -> str:
-        """The ``bench.slot`` tag: one value per slot and schema, safe in a search filter."""
-        return hashlib.sha256(json.dumps([self.schema, *self.slot]).encode()).hexdigest()[:32]
+        """The ``bench.slot`` tag: one value per slot, schema and chosen settings, safe in a
+        search filter. Runs that chose no setting keep the key they had before settings were
+        recorded, so a default run still supersedes runs logged then."""
+        key = [self.schema, *self.slot] + ([self.settings] if self.settings else [])
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% bootstrap interval of ``test_{metric}`` (None for records logged before)."""
@@ -108,6 +116,8 @@ class RunRecord:
             tags[SKIPPED] = json.dumps(self.skipped)[:MAX_TAG]
         if self.grid_edge:
             tags[GRID_EDGE] = self.grid_edge[:MAX_TAG]
+        if self.settings:
+            tags[SETTINGS] = self.settings
         return tags
 
     def to_params(self) -> dict[str, str]:
@@ -148,8 +158,10 @@ class RunRecord:
             head=run.spec.head, seed=run.spec.seed, headline=run.headline, metrics=metrics,
             best=result.best, weights_sha256=run.weights_sha256, cache_keys=cache_keys,
             skipped=skipped, skipped_count=len(skipped),
-            protocol=run.protocol(cell) | {"feature_shapes": feature_shapes},
+            protocol=run.protocol(cell) | {"feature_shapes": feature_shapes,
+                                           "settings": run.settings},
             start_time=start_time, variant=run.variant, grid_edge="; ".join(result.edge),
+            settings=settings_digest(run.settings), test_manifest=run.split_manifests["test"],
         )
 
     # --- reading ------------------------------------------------------------------------------
@@ -173,7 +185,17 @@ class RunRecord:
             run_id=run.info.run_id, start_time=run.info.start_time / 1000,
             superseded_by=tags.get(SUPERSEDED_BY), variant=_variant(params),
             grid_edge=tags.get(GRID_EDGE, ""),
+            settings=tags.get(SETTINGS, ""), test_manifest=params.get(TEST_MANIFEST_PARAM, ""),
         )
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """The ``bench.settings`` tag of chosen settings; "" when none was chosen (so runs logged
+    before the tag existed count as default runs)."""
+    if not settings:
+        return ""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def to_json(record: RunRecord) -> str:
@@ -257,6 +279,17 @@ def _quoted(value: str) -> str:
     if "'" in value:
         raise ValueError(f"a quote cannot be searched for: {value!r}")
     return f"'{value}'"
+
+
+def lock_tags(key: str, owner: str) -> dict[str, str]:
+    """Tags of a claim on result cells (``bench.tracking.cell_lock``); ``key`` digests them."""
+    return {KIND: LOCK, LOCK_KEY: key, LOCK_OWNER: owner, HEARTBEAT: "0"}
+
+
+def lock_filter(key: str) -> str:
+    """Live claims (RUNNING) on the cells ``key`` digests."""
+    return (f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = {_quoted(key)} "
+            "and attributes.status = 'RUNNING'")
 
 
 def leaderboard_filter() -> str:

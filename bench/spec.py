@@ -9,7 +9,10 @@ identity is a digest of exactly that, so
 - the same protocol typed two ways (``--layer image --pool 16`` spelled out, or left to the
   preset's defaults) is one result, reused;
 - a changed preset default, head default, protocol version or weights file is a new result,
-  computed afresh; the old run stays in MLflow, marked superseded.
+  computed afresh; the old run stays in MLflow, marked superseded;
+- a setting the user chose (``ResolvedRun.settings``: backbone, task and head arguments given,
+  an explicit precision, ``--skip-corrupt``) makes an alternative of the same cell, never a
+  successor: only a run with the same chosen settings supersedes.
 
 ``RunOptions`` says how and where to run (device, batch size, workers, cache folder...): nothing in
 it changes a number, so nothing in it enters an identity.
@@ -163,6 +166,7 @@ class ResolvedRun:
     protocol_version: str
     bench_version: str = bench.__version__
     variant: str = ""  # the head kind's name for this configuration (e.g. "5-shot"), or ""
+    settings: dict[str, Any] = field(default_factory=dict)  # what the user chose (user_settings)
 
     def protocol(self, cell: ResolvedCell) -> dict[str, Any]:
         """The resolved protocol of one cell: what its identity digests, logged with its run."""
@@ -256,6 +260,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
         result_schema=RESULT_SCHEMA,
         protocol_version=protocols.PROTOCOL_VERSION,
         variant=kind.variant(head_settings),
+        settings=user_settings(spec, head_settings),
     )
     for features in _cell_features(kind, requests):
         draft = ResolvedCell(features, "")
@@ -269,6 +274,23 @@ def _cell_features(kind: HeadKind, requests: list[tuple[str, str]]) -> list[tupl
         return [(request,) for request in requests]
     pools = list(dict.fromkeys(pool for _, pool in requests))
     return [tuple(r for r in requests if r[1] == pool) for pool in pools]
+
+
+def user_settings(spec: RunSpec, head_settings: Any) -> dict[str, Any]:
+    """The settings the user chose, as resolved (``--lrs 1e-2`` and ``lrs=[0.01]`` agree):
+    backbone and task arguments given (``root`` aside: it says where the data is, the split
+    manifests say what it is), the head settings given (``shots`` aside: part of the cell), an
+    explicit precision and ``--skip-corrupt``. Defaults are not in it, so a changed default
+    supersedes; a run choosing otherwise is an alternative of the same cell."""
+    head = _settings(head_settings)
+    chosen = {
+        "backbone_args": dict(spec.backbone_args),
+        "task_args": {k: v for k, v in spec.task_args.items() if k != "root"},
+        "head": {k: head.get(k, v) for k, v in spec.head_args.items() if k != "shots"},
+        "precision": spec.precision if spec.precision != "auto" else None,
+        "skip_corrupt": spec.skip_corrupt or None,
+    }
+    return {k: v for k, v in chosen.items() if v}
 
 
 def _settings(config: Any) -> dict[str, Any]:

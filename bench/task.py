@@ -2,8 +2,14 @@
 
 A ``Split`` is a list of opaque items (usually paths relative to the dataset root) with integer
 labels and a loader turning an item into a PIL RGB image. Its ``manifest_digest`` (items, labels
-and, for file-backed items, each file's size and mtime_ns) goes into the feature-cache key, so a
-changed file list or a file rewritten under the same name never reuses stale features.
+and, for file-backed items, each file's size, mtime_ns and ctime_ns) goes into the feature-cache
+key, so a changed file list or a file rewritten under the same name never reuses stale features.
+ctime_ns matters because no user call can set it back: an image rewritten in place with its mtime
+restored (``os.utime``, ``cp --preserve=timestamps``) still gets new features. It also changes on
+``chmod``/``chown`` or a copy of the dataset, which only costs a re-extraction.
+
+Hidden files and folders (a leading ``.``, ``__MACOSX``: notebook checkpoints, macOS resource
+forks) are never items or classes; ``FileTask.ignored`` lists what a listing left out.
 
 Datasets without an official validation split get ``holdout_split``: within each class, items
 are ordered by a stable hash of their name and the first fraction is held out, so everybody gets
@@ -22,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import BenchError
+from bench.errors import BenchError, UsageError
 from bench.paths import data_root  # noqa: F401  (tasks import it from here)
 
 SPLITS = ("train", "val", "test")
@@ -48,6 +54,7 @@ class Split:
     labels: np.ndarray
     loader: Callable[[Any], Any]  # item -> PIL.Image in RGB
     root: Path | None = None  # items are file paths relative to it (their stat goes in the digest)
+    sources: tuple[Path, ...] = ()  # files the items are read from when items are not files
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +69,8 @@ class Split:
         return self.loader(self.items[index])
 
     def manifest_digest(self) -> str:
-        """sha256 of items and labels, plus size and mtime_ns of each file when items are files.
+        """sha256 of items and labels, plus size, mtime_ns and ctime_ns of each file when items
+        are files, and of each of ``sources``.
 
         Computed once per Split (one stat per file), however many cache entries ask for it.
         """
@@ -70,22 +78,26 @@ class Split:
             h = hashlib.sha256()
             for item, label in zip(self.items, self.labels.tolist()):
                 h.update(f"{item}\t{label}{self._file_stamp(item)}\n".encode())
+            for source in self.sources:
+                h.update(f"{source.name}{_stamp(source)}\n".encode())
             self._digest = h.hexdigest()
         return self._digest
 
     def _file_stamp(self, item: Any) -> str:
-        if self.root is None:
-            return ""
-        try:
-            stat = os.stat(self.root / item)
-        except OSError:
-            return "\tmissing"  # the loader names the file when it is needed
-        return f"\t{stat.st_size}\t{stat.st_mtime_ns}"
+        return "" if self.root is None else _stamp(self.root / item)
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> Split:
         idx = list(indices)
         return Split(name or self.name, [self.items[i] for i in idx], self.labels[idx], self.loader,
-                     self.root)
+                     self.root, self.sources)
+
+
+def _stamp(path: Path) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "\tmissing"  # the loader names the file when it is needed
+    return f"\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}"
 
 
 @dataclass
@@ -161,8 +173,6 @@ def max_image_pixels(explicit: int | None = None) -> int | None:
         text = os.environ.get(MAX_IMAGE_PIXELS_ENV) or str(DEFAULT_MAX_IMAGE_PIXELS)
         value = int(text) if text.strip().isdigit() else -1
     if value < 0:
-        from bench.errors import UsageError
-
         raise UsageError(f"{MAX_IMAGE_PIXELS_ENV}={os.environ.get(MAX_IMAGE_PIXELS_ENV)!r} is out "
                          "of range: it must be an integer >= 0 (0: no limit)")
     return value or None
@@ -279,6 +289,7 @@ class FileTask(Task):
         self.expected_counts = dict(expected_counts) if expected_counts else None
         self.val_fraction = val_fraction
         self.count_names: dict[str, str] = {}  # partition -> wording in count messages, if vague
+        self.ignored: list[str] = []  # hidden files and folders a listing left out (under dir)
         self._partitions: Partitions | None = None
 
     @property
@@ -426,13 +437,32 @@ def _summarise(what: str, entries: list[str], fix: str, limit: int = 10) -> list
     return lines
 
 
-def list_class_folders(folder: Path, base: Path) -> tuple[list[str], list[str]]:
-    """(items relative to ``base``, their class folder names) of FOLDER/<class>/<image>, sorted."""
+def hidden(name: str) -> bool:
+    """Never an item or a class: a leading ``.`` (``.ipynb_checkpoints``, ``.DS_Store``,
+    ``._x.png``) or ``__MACOSX``, as torchvision's ``find_classes`` skips dot folders."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def list_class_folders(folder: Path, base: Path,
+                       ignored: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(items relative to ``base``, their class folder names) of FOLDER/<class>/<image>, sorted.
+
+    Hidden class folders and files (``hidden``) are left out and, paths relative to ``base``,
+    appended to ``ignored`` when given.
+    """
     items, classes = [], []
+    skipped: list[str] = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        rel = class_dir.relative_to(base).as_posix()
+        if hidden(class_dir.name):
+            skipped.append(rel + "/")
+            continue
         with os.scandir(class_dir) as entries:
             names = sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
-        rel = class_dir.relative_to(base).as_posix()
+        skipped += [f"{rel}/{n}" for n in names if hidden(n)]
+        names = [n for n in names if not hidden(n)]
         items += [f"{rel}/{n}" for n in names]
         classes += [class_dir.name] * len(names)
+    if ignored is not None:
+        ignored += skipped
     return items, classes

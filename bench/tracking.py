@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +215,10 @@ def find_records(experiment_ids: list[str], identities: Iterable[str] | None = N
 
 def supersede(experiment_id: str, record: RunRecord, kind: str = names.RESULT) -> list[str]:
     """Mark every other finished run of ``kind`` in ``record``'s slot (same backbone, task, layer,
-    pool, head, seed, shots; another identity) as superseded by it; their run ids. Nothing is
-    deleted."""
+    pool, head, seed, shots) with the same chosen settings (``RunRecord.slot_key`` digests both)
+    and another identity (a changed default, code, weights or data) as superseded by it; their
+    run ids. Runs that chose other settings are alternatives, left for the leaderboard to choose
+    among on validation. Nothing is deleted."""
     mlflow_client = client()
     marked = []
     with store_lock():
@@ -282,25 +285,168 @@ def load_predictions(run_id: str) -> Any:
                              "--force") from e
 
 
+LOCK_HEARTBEAT_S = 10.0  # a claim's holder shows it is alive this often
+LOCK_STALE_S = 90.0  # a claim whose heartbeat has not moved for this long: its holder died
+LOCK_POLL_S = 1.0
+LOCK_REPORT_S = 30.0  # a waiting run says so again this often
+
+
+@contextlib.contextmanager
+def cell_lock(experiment_id: str, identities: list[str],
+              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+              ) -> Iterator[None]:
+    """Hold the result cells ``identities`` in the tracking store, where their results live, so
+    identical runs anywhere (other results folders, caches or machines) compute them once.
+
+    A claim is a run of kind ``lock`` created, then compared with the live claims of the same
+    cells: a process that finds only its own holds the lock; one that finds another withdraws
+    (deletes) its claim and waits. Of two claims made at once, whichever looks last sees the
+    other's, so at most one holds. The holder updates its claim's heartbeat every
+    ``LOCK_HEARTBEAT_S``; a claim whose heartbeat has not moved for ``LOCK_STALE_S`` (by the
+    waiter's clock: clocks of machines may disagree) belonged to a process that died, and is
+    marked KILLED. A waiting run says whose claim it waits for and for how long, every
+    ``LOCK_REPORT_S``. The claim is deleted on release.
+    """
+    import random
+    import socket
+    import threading
+
+    from bench.task import json_digest
+
+    mlflow_client = client()
+    key = json_digest(sorted(identities))[:32]
+    owner = f"{socket.gethostname()} pid {os.getpid()}"
+    seen: dict[str, tuple[str, float]] = {}  # claim run id -> (heartbeat, when it last moved)
+    started = time.time()
+    reported = 0.0
+
+    def live_claims(mine: str | None) -> list[Any]:
+        live = []
+        for run in search([experiment_id], names.lock_filter(key), mlflow_client):
+            run_id, beat = run.info.run_id, run.data.tags.get(names.HEARTBEAT, "")
+            if run_id == mine:
+                continue
+            if seen.get(run_id, ("", 0.0))[0] != beat:
+                seen[run_id] = (beat, time.time())
+            if time.time() - seen[run_id][1] > LOCK_STALE_S:
+                with store_lock():
+                    mlflow_client.set_terminated(run_id, "KILLED")
+                continue
+            live.append(run)
+        return live
+
+    while True:
+        others = live_claims(None)
+        if not others:
+            with store_lock():
+                mine = mlflow_client.create_run(experiment_id, run_name=f"lock {key[:8]}",
+                                                tags=names.lock_tags(key, owner)).info.run_id
+            others = live_claims(mine)
+            if not others:
+                break
+            with store_lock():
+                mlflow_client.delete_run(mine)
+        now = time.time()
+        if now - reported >= LOCK_REPORT_S:
+            holder = others[0]
+            say(f"waiting for {len(identities)} result cell(s) that another run is computing "
+                f"({holder.data.tags.get(names.LOCK_OWNER, '?')}, claim {holder.info.run_id}, "
+                f"for {now - holder.info.start_time / 1000:.0f} s); waited {now - started:.0f} s")
+            reported = now
+        time.sleep(LOCK_POLL_S * random.uniform(0.5, 1.5))
+    if reported:
+        say(f"the result cells are ours after {time.time() - started:.0f} s of waiting")
+
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        beats = 0
+        while not stop.wait(LOCK_HEARTBEAT_S):
+            beats += 1
+            try:
+                with store_lock():
+                    mlflow_client.set_tag(mine, names.HEARTBEAT, str(beats))
+            except Exception:  # a missed beat; a waiter allows LOCK_STALE_S
+                pass
+
+    beating = threading.Thread(target=heartbeat, name="bench-cell-lock", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+        try:
+            with store_lock():
+                mlflow_client.delete_run(mine)
+        except Exception:  # an unreachable store: the claim goes stale, waiters take over
+            pass
+
+
 def pending_dir() -> Path:
     return results_dir() / "pending"
 
 
 def save_pending(suite: str, record: RunRecord, artifacts: dict[str, bytes]) -> Path:
-    """Keep a result that could not be logged on disk, for ``bench sync``; its folder."""
+    """Keep a result that could not be logged on disk, for ``bench sync``; its folder.
+
+    Written into a temporary folder renamed into place once complete, so a full disk or a kill
+    never leaves a folder that looks like a result; on failure the temporary folder is removed
+    and a ``TrackingError`` says why in one line.
+    """
+    import errno
+
+    from bench.cache import temp_name
+
     folder = pending_dir() / record.identity
-    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-    for name, content in artifacts.items():
-        (folder / "artifacts" / name).write_bytes(content)
-    (folder / "suite.txt").write_text(suite)
-    (folder / "record.json").write_text(names.to_json(record))  # last: marks it complete
+    tmp = temp_name(folder)
+    try:
+        (tmp / "artifacts").mkdir(parents=True)
+        for name, content in artifacts.items():
+            (tmp / "artifacts" / name).write_bytes(content)
+        (tmp / "suite.txt").write_text(suite)
+        (tmp / "record.json").write_text(names.to_json(record))
+        if folder.exists():  # an older copy of the same result
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = ("no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                  else e.strerror or str(e))
+        raise TrackingError(f"cannot keep the result in {pending_dir()}: {reason}; free space "
+                            "or set BENCH_RESULTS to a writable disk") from e
     return folder
+
+
+def remove_incomplete_pending() -> list[Path]:
+    """Remove kept results that are not complete (no readable record.json: written by a bench
+    that died or ran out of space mid-write; temporary folders whose writer is gone); their
+    paths. Temporary folders of writers still running are left alone."""
+    from bench.cache import stale_temp
+
+    removed = []
+    for folder in sorted(pending_dir().glob("*")) if pending_dir().is_dir() else []:
+        if folder.name.startswith("."):
+            incomplete = folder.name.endswith(".tmp") and stale_temp(folder)
+        else:
+            try:
+                names.from_json((folder / "record.json").read_text())
+                incomplete = False
+            except (OSError, ValueError, TypeError):
+                incomplete = True
+        if incomplete:
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink()
+            removed.append(folder)
+    return removed
 
 
 def sync_pending() -> list[RunRecord]:
     """Log every result kept on disk (``save_pending``) and remove it; the records logged."""
     logged = []
-    for folder in sorted(pending_dir().glob("*/record.json")):
+    for folder in sorted(pending_dir().glob("[!.]*/record.json")):
         folder = folder.parent
         record = names.from_json((folder / "record.json").read_text())
         experiment_id = ensure_experiment((folder / "suite.txt").read_text())

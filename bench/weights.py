@@ -2,8 +2,8 @@
 
 A URL is downloaded once into ``$BENCH_WEIGHTS`` (default ``~/.cache/bench/weights``) with a
 progress bar, written to a temporary name and renamed only when complete and verified, and its
-sha256 is recorded beside it (``NAME.sha256``, with the file's size, mtime_ns and inode) so later
-runs know the digest without rehashing.
+sha256 is recorded beside it (``NAME.sha256``, with the file's size, mtime_ns, ctime_ns and inode)
+so later runs know the digest without rehashing.
 A local path is used as it is. Offline (``HF_HUB_OFFLINE=1`` or ``BENCH_OFFLINE=1``) a missing
 file is an error that says where to put it.
 """
@@ -36,8 +36,10 @@ def offline() -> bool:
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """sha256 of a file, cached in the JSON sidecar ``PATH.sha256``.
 
-    The sidecar is trusted only while the file's size, mtime_ns and inode all match what it
-    records (a file replaced by ``cp -p`` of an older one changes the inode); otherwise rehash.
+    The sidecar is trusted only while the file's size, mtime_ns, ctime_ns and inode all match
+    what it records; otherwise rehash. ctime_ns is the one no user call can set back: bytes
+    rewritten in place under a restored mtime (``cp --preserve=timestamps`` over the file,
+    ``os.utime``) keep size, mtime and inode but change it.
     """
     path = Path(path)
     stamp = _stamp(path)
@@ -59,7 +61,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def _stamp(path: Path) -> dict[str, int]:
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns,
+            "inode": stat.st_ino}
 
 
 def _write_sidecar(path: Path, digest: str) -> None:

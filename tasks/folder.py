@@ -9,6 +9,8 @@ Layouts, by which of train/, val/, test/ exist under PATH:
 - ``PATH/<class>/*`` only: test = ``holdout_split`` of everything (``test_fraction``, salt
   "bench-test"), val = holdout of the rest.
 Holdouts hash the path relative to PATH, so they do not depend on where the tree lives.
+Hidden files and folders (``.ipynb_checkpoints/``, ``.x.png``, ``__MACOSX/``) are never items or
+classes; ``bench data verify`` lists them once.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.registry import register_task
-from bench.task import (IMAGE_EXTENSIONS, DatasetError, FileTask, Partitions, holdout_split,
-                        list_class_folders)
+from bench.task import (IMAGE_EXTENSIONS, DatasetError, FileTask, Partitions, hidden,
+                        holdout_split, list_class_folders)
 
 
 class Folder(FileTask):
@@ -51,8 +53,9 @@ class Folder(FileTask):
         return super().missing_layout()
 
     def read_partitions(self) -> tuple[Partitions, list[str]]:
+        self.ignored = []
         if self.layout == "flat":
-            items, classes = list_class_folders(self.dir, self.dir)
+            items, classes = list_class_folders(self.dir, self.dir, self.ignored)
             names = sorted(set(classes))
             index = {name: i for i, name in enumerate(names)}
             labels = [index[c] for c in classes]
@@ -63,7 +66,8 @@ class Folder(FileTask):
             folders = {"train": "train", "test": "test" if self.layout == "train/test" else "val"}
             if self.official_val:
                 folders["val"] = "val"
-            listed = {s: list_class_folders(self.dir / f, self.dir) for s, f in folders.items()}
+            listed = {s: list_class_folders(self.dir / f, self.dir, self.ignored)
+                      for s, f in folders.items()}
             names = sorted(set(listed["train"][1]))
             index = {name: i for i, name in enumerate(names)}
             parts = {}
@@ -88,11 +92,12 @@ class Folder(FileTask):
 
 
 def _empty_class_folders(parents: Path | list[Path]) -> list[Path]:
-    """Class folders (children of ``parents``) holding no image file."""
+    """Class folders (children of ``parents``, hidden ones aside) holding no visible image file."""
     empty = []
     for parent in [parents] if isinstance(parents, Path) else parents:
-        for class_dir in sorted(p for p in parent.iterdir() if p.is_dir()):
-            if not any(f.name.lower().endswith(IMAGE_EXTENSIONS) for f in class_dir.iterdir()):
+        for class_dir in sorted(p for p in parent.iterdir() if p.is_dir() and not hidden(p.name)):
+            if not any(f.name.lower().endswith(IMAGE_EXTENSIONS) and not hidden(f.name)
+                       for f in class_dir.iterdir()):
                 empty.append(class_dir)
     return empty
 

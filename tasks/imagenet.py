@@ -67,8 +67,8 @@ class ImageNet(FileTask):
         return missing
 
     def read_partitions(self) -> tuple[Partitions, list[str]]:
-        train_items, train_wnids = list_class_folders(self.dir / "train", self.dir)
-        test_items, test_wnids = list_class_folders(self.dir / "val", self.dir)
+        train_items, train_wnids = list_class_folders(self.dir / "train", self.dir, self.ignored)
+        test_items, test_wnids = list_class_folders(self.dir / "val", self.dir, self.ignored)
         wnids = sorted(set(train_wnids))
         index = {w: i for i, w in enumerate(wnids)}
         unknown = sorted(set(test_wnids) - set(wnids))

@@ -4,7 +4,10 @@ A copy fetched by torchvision (``download=True`` with the same root) is used as 
 are read by short readers of the official formats so that ``verify`` can name the exact file.
 
 - ``cifar10``/``cifar100``: ``cifar-10-batches-py/`` (data_batch_1..5, test_batch, batches.meta),
-  ``cifar-100-python/`` (train, test, meta); items are ``train/INDEX`` / ``test/INDEX``.
+  ``cifar-100-python/`` (train, test, meta); items are ``train/INDEX`` / ``test/INDEX``. The
+  batches are pickles, read by an unpickler that builds only dicts, lists, strings, numbers and
+  numpy arrays: a crafted batch cannot run code (it is refused as unreadable). The batch files'
+  size, mtime and ctime go in the split manifest, as image files' do.
 - ``dtd``: ``dtd/dtd/images/<class>/*.jpg`` with ``labels/{train,val,test}N.txt``, official
   partition N (``partition``, 1..10) with its own val.
 - ``pets``: ``oxford-iiit-pet/images/*.jpg`` with ``annotations/{trainval,test}.txt``
@@ -26,7 +29,7 @@ import numpy as np
 from bench.data import Download
 from bench.errors import UsageError
 from bench.registry import register_task
-from bench.task import DatasetError, FileTask, Partitions, data_root
+from bench.task import DatasetError, FileTask, Partitions, Split, data_root
 
 VGG = "https://www.robots.ox.ac.uk/~vgg/data/"
 # official counts
@@ -59,9 +62,21 @@ class Cifar(FileTask):
     def _unpickle(self, name: str) -> dict[str, Any]:
         try:
             with open(self.dir / name, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+                batch = _ArraysOnly(f, encoding="latin1").load()
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
             raise DatasetError(f"cannot read {self.dir / name}: {e}. Delete it. {self.fix}") from e
+        if not isinstance(batch, dict):
+            raise DatasetError(f"cannot read {self.dir / name}: not a CIFAR batch (a "
+                               f"{type(batch).__name__}). Delete it. {self.fix}")
+        return batch
+
+    def build_splits(self) -> dict[str, Split]:
+        """Items are rows of the batch files: the files' stamps stand for the images'."""
+        splits = super().build_splits()
+        files = {s: self.batches["test" if s == "test" else "train"] for s in splits}
+        return {s: Split(s, split.items, split.labels, split.loader, None,
+                         tuple(self.dir / name for name in (*files[s], self.meta)))
+                for s, split in splits.items()}
 
     def read_partitions(self) -> tuple[Partitions, list[str]]:
         label_key = "labels" if self.classes == 10 else "fine_labels"
@@ -89,6 +104,21 @@ class Cifar(FileTask):
         dataset = CIFAR10 if self.classes == 10 else CIFAR100
         files = [*dataset.train_list, *dataset.test_list, [dataset.meta["filename"], dataset.meta["md5"]]]
         return {**super().known_checksums(), **{self.dir / name: md5 for name, md5 in files}}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that refuses every global but the few numpy needs to rebuild an array
+    (and ``_codecs.encode``, which Python 2 pickles use for bytes): loading cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR batch holds only "
+                                         "arrays and lists, this file would run code")
+        return super().find_class(module, name)
 
 
 class DTD(FileTask):

@@ -139,6 +139,34 @@ def test_truncated_shard_names_the_file_and_the_fix_and_is_recomputed(tmp_path):
     assert len(entry.load()[0]) == 10
 
 
+
+# --- issue 20, 4: labels.npy is checksummed and compared with the task's labels ---------------
+def test_shifted_labels_are_refused_reported_by_verify_and_rewritten_after_fix(tmp_path, capsys):
+    _, entry = _extract(tmp_path)
+    labels = np.load(entry.path / "labels.npy")
+    np.save(entry.path / "labels.npy", np.roll(labels, 1))  # same size, same dtype
+    with pytest.raises(CorruptShardError, match="labels.npy.*checksum mismatch"):
+        entry.load()
+    assert cli(["cache", "verify", "--cache-dir", str(tmp_path)]) == 1
+    assert re.search(r"BAD: cache file .*labels.npy is corrupt", capsys.readouterr().out)
+    assert cli(["cache", "verify", "--fix", "--cache-dir", str(tmp_path)]) == 0
+    report, entry = _extract(tmp_path)
+    assert report.shards_written == 0  # features kept; labels written again from the task
+    np.testing.assert_array_equal(entry.load()[1], labels)
+    assert cli(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_labels_that_pass_their_checksum_but_differ_from_the_task_are_refused(tmp_path):
+    from bench.cache import _atomic_write
+
+    _, entry = _extract(tmp_path)
+    shifted = np.roll(np.load(entry.path / "labels.npy"), 1)
+    digest = _atomic_write(entry.path / "labels.npy", lambda f: np.save(f, shifted))
+    manifest = entry.manifest | {"labels_blake2b": digest}
+    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptShardError, match="labels.npy.*differ from the task's"):
+        _extract(tmp_path)
+
 # --- 3: shard size is part of an entry's identity --------------------------------------------
 def test_lost_manifest_and_another_shard_size_recompute_every_shard(tmp_path):
     _, entry = _extract(tmp_path, shard_size=4)
@@ -214,6 +242,28 @@ def test_weights_sidecar_is_not_trusted_for_a_replaced_file(tmp_path):
     assert file_sha256(new) == hashlib.sha256(b"a" * 64).hexdigest()
 
 
+
+def _rewrite_keeping_mtime(path, data: bytes) -> None:
+    """Bytes rewritten in place (same inode, same size) with the old mtime put back, as
+    ``cp --preserve=timestamps`` over the file does: only ctime tells."""
+    before = path.stat()
+    time.sleep(0.05)  # past the kernel's coarse clock tick, so ctime moves
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_weights_rewritten_in_place_under_the_old_mtime_are_rehashed(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"a" * 64)
+    assert file_sha256(path) == hashlib.sha256(b"a" * 64).hexdigest()  # writes the sidecar
+    assert "ctime_ns" in json.loads((tmp_path / "w.safetensors.sha256").read_text())
+    _rewrite_keeping_mtime(path, b"b" * 64)
+    assert file_sha256(path) == hashlib.sha256(b"b" * 64).hexdigest()
+
 class _Code:
     def __reduce__(self):
         return (print, ("pwned",))
@@ -273,6 +323,37 @@ def test_changed_image_under_the_same_name_changes_the_split_digest(tmp_path):
     Image.new("RGB", (4, 4), (200, 0, 0)).save(tmp_path / item)
     assert digest() != before
 
+
+
+def test_image_rewritten_in_place_under_the_old_mtime_changes_the_split_digest(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.new("RGB", (4, 4), (i, i, i)).save(tmp_path / cls / f"{i}.bmp")
+    def digest() -> str:
+        return bench.create_task(f"folder:{tmp_path}").split("train").manifest_digest()
+
+    before = digest()
+    item = bench.create_task(f"folder:{tmp_path}").split("train").items[0]
+    other = tmp_path / "other.bmp"
+    Image.new("RGB", (4, 4), (200, 0, 0)).save(other)  # same size in bytes (uncompressed BMP)
+    _rewrite_keeping_mtime(tmp_path / item, other.read_bytes())
+    assert digest() != before
+
+
+def test_hidden_folders_and_files_are_never_classes_or_items(tmp_path, capsys):
+    _tree(tmp_path, {"a": 3, "b": 3, "c": 3, ".ipynb_checkpoints": 2, "__MACOSX": 1})
+    shutil.copy(tmp_path / "a" / "0.png", tmp_path / "a" / ".hidden_copy.png")
+    task = bench.create_task(f"folder:{tmp_path}")
+    items = [i for s in ("train", "val", "test") for i in task.split(s).items]
+    assert task.class_names == ["a", "b", "c"]
+    assert len(items) == 9 and not any("/." in i or i.startswith((".", "__")) for i in items)
+    assert cli(["data", "verify", "--task", f"folder:{tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ignored 3 hidden") == 1 and out.count(".hidden_copy.png") == 1
+    assert ".ipynb_checkpoints/" in out and "__MACOSX/" in out and "3 classes" in out
 
 @pytest.mark.parametrize("counts, message", [({"a": 5}, "at least 2"),
                                              ({"a": 5, "b": 5, "empty": 0}, "without images.*empty")])

@@ -7,6 +7,7 @@ import os
 import pickle
 import random
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -386,6 +387,57 @@ def test_cifar10_batches(tmp_path):
     problems = tasks.create("cifar10", root=str(tmp_path)).verify()
     assert str(base / "test_batch") in problems[0] and "cannot read" in problems[0]
 
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cifar10_tree(root: Path) -> Path:
+    base = root / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8),
+                 "labels": [i % 10 for i in range(10)]}
+        (base / name).write_bytes(pickle.dumps(batch, protocol=2))  # as the official files
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return base
+
+
+def test_cifar_batch_that_would_run_code_is_refused_unrun(tmp_path):
+    base = cifar10_tree(tmp_path)
+    marker = tmp_path / "ran"
+    batch = {"data": np.zeros((10, 3072), np.uint8), "labels": _RunsCode(marker)}
+    (base / "data_batch_1").write_bytes(pickle.dumps(batch))
+    problems = tasks.create("cifar10", root=str(tmp_path)).verify()
+    assert not marker.exists()
+    assert str(base / "data_batch_1") in problems[0] and "would run code" in problems[0]
+
+
+def test_cifar_batch_rewritten_under_the_old_mtime_changes_the_split_digest(tmp_path):
+    base = cifar10_tree(tmp_path)
+
+    def batch(value: int) -> bytes:
+        return pickle.dumps({"data": np.full((10, 3072), value, np.uint8),
+                             "labels": [i % 10 for i in range(10)]}, protocol=4)
+
+    (base / "test_batch").write_bytes(batch(0))
+    counts = {"classes": 10, "train": 50, "test": 10}
+    before = tasks.create("cifar10", root=str(tmp_path), expected_counts=counts)
+    digest = before.split("test").manifest_digest()
+    stat = (base / "test_batch").stat()
+    time.sleep(0.05)  # past the kernel's coarse clock tick, so ctime moves
+    with open(base / "test_batch", "r+b") as f:  # in place: same inode, same size
+        f.write(batch(1))
+    os.utime(base / "test_batch", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = tasks.create("cifar10", root=str(tmp_path), expected_counts=counts)
+    assert after.split("test").manifest_digest() != digest
+    assert after.split("train").manifest_digest() == before.split("train").manifest_digest()
 
 def test_dtd_pets_food(tmp_path):
     dtd = tmp_path / "dtd/dtd"

@@ -29,6 +29,11 @@ def verify(args: argparse.Namespace) -> int:
 
     task = create_task(args.task, args.data_root, **options.key_values(args.task_arg))
     problems = task.verify(full=args.full)
+    ignored = getattr(task, "ignored", [])
+    if ignored:
+        more = f" and {len(ignored) - 10} more" if len(ignored) > 10 else ""
+        print(f"{args.task}: ignored {len(ignored)} hidden file(s)/folder(s), never items or "
+              f"classes: {', '.join(ignored[:10])}{more}")
     if problems:
         print(f"{args.task}: {len(problems)} problem(s)")
         for problem in problems:

@@ -12,8 +12,11 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.paths import tracking_uri
-    from bench.tracking import pending_dir, sync_pending
+    from bench.tracking import pending_dir, remove_incomplete_pending, sync_pending
 
+    for folder in remove_incomplete_pending():
+        print(f"removed incomplete kept result {folder} (its write was interrupted or ran out "
+              "of space; the run must be redone)")
     logged = sync_pending()
     for record in logged:
         print(f"logged {record.name} -> run {record.run_id}")
