@@ -7,7 +7,8 @@ missing shards i with i % n == k.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,13 +87,15 @@ def extract(
     progress: bool = True,
     compile: bool = False,
     decode: str = "cpu",
+    on_first_batch: Callable[[int, float, int], None] | None = None,
 ) -> ExtractionReport:
     """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
 
     ``precision``: the run's resolved policy (``bench.precision``); a name is not resolved here.
     ``compile``: run the backbone's truncated forward through torch.compile (see bench.compile;
     same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
-    decodes JPEG files with nvJPEG on the device (see bench.pipeline).
+    decodes JPEG files with nvJPEG on the device (see bench.pipeline). ``on_first_batch(images,
+    seconds, cache bytes per image)`` hears how the first batch went (for a time estimate).
     """
     check_ranges({"batch_size": batch_size, "shard_size": shard_size, "workers": workers},
                  OPTION_RANGES, "extract:")  # before any cache entry is created
@@ -155,6 +158,7 @@ def extract(
             buffers[req] = []
         report.shards_written += 1
 
+    started = time.perf_counter()
     with torch.inference_mode():
         for images, ids, errors in loader:
             shard = int(ids[0]) // shard_size
@@ -177,6 +181,9 @@ def extract(
                         "one shape for every image")
                 buffers[req].append(features)
             report.images_processed += len(ids) - len(errors)
+            if on_first_batch is not None and report.images_processed <= len(ids):
+                on_first_batch(len(ids), time.perf_counter() - started,
+                               sum(outputs[r][0].numel() for r in requests) * dtype.itemsize)
             bar.update(len(ids))
         flush(current)
     bar.close()

@@ -40,13 +40,59 @@ def extract_features(prepared: Prepared, options: RunOptions, array_index: int =
     from bench.extract import extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
+    heard = work_notice(prepared, cache) if array_size == 1 else None
     return {split: extract(
         prepared.backbone, prepared.task.split(split), run.requests, cache, run.task_config,
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
         workers=options.workers, shard_size=options.shard_size,
         skip_corrupt=run.spec.skip_corrupt, array_index=array_index, array_size=array_size,
         progress=options.progress, compile=options.compile, decode=options.decode,
+        on_first_batch=heard,
     ) for split in SPLITS}
+
+
+def work_notice(prepared: Prepared, cache: Any):
+    """Say what extraction will cost before paying it (stderr): images x feature points now,
+    then, from the first batch's speed and size, the time and cache it will take. The callback
+    for ``extract``; None when everything is cached."""
+    import sys
+
+    from bench.extract import entry_fields
+
+    run = prepared.run
+    todo = {}
+    for name in SPLITS:
+        split = prepared.task.split(name)
+        if not all(cache.entry(entry_fields(prepared.backbone, run.task_config, split, *request,
+                                            run.precision)).complete()
+                   for request in run.requests):
+            todo[name] = len(split)
+    if not todo:
+        return None
+    images = sum(todo.values())
+    points = ", ".join(f"{layer} pool={pool}" for layer, pool in run.requests)
+    splits = ", ".join(f"{name} {count:,}" for name, count in todo.items())
+    print(f"extracting {images:,} images ({splits}) x {len(run.requests)} feature point"
+          f"{'s' * (len(run.requests) != 1)} ({points}) with {run.spec.backbone} on "
+          f"{prepared.device}; the first batch tells how long", file=sys.stderr, flush=True)
+    said = []
+
+    def heard(batch: int, seconds: float, bytes_per_image: int) -> None:
+        if said:
+            return
+        said.append(True)
+        rate = batch / max(seconds, 1e-6)
+        print(f"first batch: {batch} images in {seconds:.1f} s ({rate:,.1f} img/s): about "
+              f"{_duration(images / rate)} for {images:,} images, "
+              f"{images * bytes_per_image / 1e6:,.1f} MB of feature cache",
+              file=sys.stderr, flush=True)
+    return heard
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass

@@ -61,6 +61,7 @@ class Leaderboard:
     metric: str
     display: Any = None  # DataFrame: backbone x task, "64.96 ± 0.42" with the tie marker
     ties: set[tuple[str, str]] = field(default_factory=set)  # (backbone, task) tied with best
+    written: dict[str, str] = field(default_factory=dict)  # file key -> what write() did
 
 
 def heads_of(protocol: str) -> tuple[str, ...] | None:
@@ -113,6 +114,8 @@ def leading_record(suites: list[str], backbone: str, task: str, protocol: str = 
     records = find_records(experiment_ids(suites))
     cells = select_cells(records, protocol=protocol)
     chosen = cells[(cells.backbone == backbone) & (cells.task == task)]
+    if cells.empty:
+        raise UsageError(elsewhere(suites, f"{protocol} results"))
     if chosen.empty:
         have = sorted({f"{b} on {t}" for b, t in zip(cells.backbone, cells.task)})
         raise UsageError(f"no finished {protocol} result for backbone {backbone!r} on task "
@@ -207,18 +210,100 @@ def build(suites: list[str], metric: str = "test_top1", references: bool = False
 
 
 def write(board: Leaderboard, out_dir: Path, title: str) -> dict[str, Path]:
-    """``leaderboard.md`` and ``.csv`` in ``out_dir``. An empty board never overwrites a table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``leaderboard.md`` and ``.csv`` in ``out_dir``; an empty board writes nothing. What
+    happened to each file is in ``written`` (``write_status``)."""
     paths = {"md": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv"}
-    if board.table.empty and paths["md"].exists():
+    if board.table.empty:
         return paths
-    body = board.display.to_markdown() if not board.table.empty else "(no finished runs yet)"
-    runs = board.cells.to_markdown(index=False) if not board.cells.empty else ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = board.cells.to_markdown(index=False)
     notes = "".join(f"\n\n{line}" for line in footnotes(board.cells))
-    paths["md"].write_text(f"# {title}\n\n{body}\n\n{FOOTER}{notes}\n\nSelected runs (best validation "
-                           f"score per cell):\n\n{runs}\n")
-    board.display.to_csv(paths["csv"])
+    md = (f"# {title}\n\n{board.display.to_markdown()}\n\n{FOOTER}{notes}\n\nSelected runs (best "
+          f"validation score per cell):\n\n{runs}\n")
+    csv = board.display.to_csv()
+    for key, text in (("md", md), ("csv", csv)):
+        board.written[key] = write_status(paths[key], text)
     return paths
+
+
+def write_status(path: Path, text: str) -> str:
+    """Write ``text`` to ``path`` unless it already holds it: ``wrote`` (new), ``unchanged``, or
+    ``replaced`` (naming the table it held, from its title line)."""
+    old = path.read_text() if path.exists() else None
+    if old == text:
+        return "unchanged"
+    path.write_text(text)
+    if old is None:
+        return "wrote"
+    title = old.splitlines()[0].lstrip("# ").strip() if old.startswith("# ") else ""
+    return f"replaced ({title})" if title else "replaced"
+
+
+def written_lines(board: Leaderboard, paths: dict[str, Path]) -> list[str]:
+    """One line per leaderboard file: what ``write`` did to it."""
+    if not board.written:
+        return ["no leaderboard written (nothing to show)"]
+    lines = []
+    for key, status in board.written.items():
+        verb, _, note = status.partition(" ")
+        lines.append(f"{verb} {paths[key]}" + (f" (previously: {note.strip('()')})" if note
+                                               else ""))
+    return lines
+
+
+def find_run(reference: str, suites: list[str] | None = None) -> RunRecord:
+    """The result a user names as ``bench runs`` prints it: a run id or a unique prefix of one,
+    or a run name (``pixels/digits/image/16/linear``), in ``suites`` (default: every suite)."""
+    from bench.tracking import experiment_ids, find_records
+
+    suites = suites or list(suites_with_results())
+    records = find_records(experiment_ids(suites))
+    found = [r for r in records if r.run_id == reference] or [
+        r for r in records if r.run_id.startswith(reference) or r.name == reference]
+    if len(found) == 1:
+        return found[0]
+    where = f"suite(s) {', '.join(suites)}" if suites else "any suite"
+    if not found:
+        raise UsageError(f"no result {reference!r} in {where}: give a run id (or its first "
+                         "characters) or a run name as `bench runs` prints them")
+    listed = ", ".join(f"{r.run_id[:8]} ({r.name})" for r in found[:5])
+    raise UsageError(f"{reference!r} names {len(found)} results in {where} ({listed}"
+                     f"{', ...' if len(found) > 5 else ''}): give more characters of the run id")
+
+
+def suites_with_results() -> dict[str, int]:
+    """Every suite (MLflow experiment) holding finished bench results: name -> result count
+    (what to suggest when the suite asked for is empty)."""
+    from bench.record import result_filter
+    from bench.tracking import client
+
+    mlflow_client = client()
+    out = {}
+    for experiment in mlflow_client.search_experiments():
+        runs = mlflow_client.search_runs([experiment.experiment_id], result_filter(),
+                                         max_results=1000)
+        if runs:
+            out[experiment.name] = len(runs)
+    return out
+
+
+def elsewhere(suites: list[str], what: str = "results") -> str:
+    """Why ``suites`` show nothing, and where results are: ``no finished results in suite
+    'bench'; suite 'demo' holds 4 (add --suite demo)``."""
+    held = suites_with_results()
+    others = {k: v for k, v in held.items() if k not in suites}
+    here = f"no finished {what} in suite(s) {', '.join(repr(s) for s in suites)}"
+    inside = sum(held.get(s, 0) for s in suites)
+    if inside:
+        holds = "it holds" if len(suites) == 1 else "they hold"
+        return (f"{here}; {holds} {inside} result{'s' * (inside != 1)} of other heads or names "
+                "(`bench runs --protocol all` lists them)")
+    if not others:
+        return f"{here}, nor in any other suite: `bench demo` or `bench run` makes some"
+    listed = ", ".join(f"{name!r} ({count} result{'s' * (count != 1)})"
+                       for name, count in sorted(others.items()))
+    flag = " ".join(f"--suite {name}" for name in sorted(others))
+    return f"{here}; results are in {listed}: add {flag}"
 
 
 def log(experiment_id: str, board: Leaderboard, paths: dict[str, Path],

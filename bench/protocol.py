@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 from bench.metrics import TOP, Predictions
 
-PROTOCOL_VERSION = "4"  # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
+# 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
+# 5: halving never drops a point within one binomial standard error of the best on val
+PROTOCOL_VERSION = "5"
 
 
 @dataclass

@@ -35,7 +35,7 @@ def register_reference(source: ReferenceSource) -> ReferenceSource:
 def sources() -> list[ReferenceSource]:
     from bench.registry import backbones
 
-    backbones.names()  # imports the family modules, which register their sources
+    backbones.load_all()  # imports the family modules, which register their sources
     return list(_SOURCES.values())
 
 

@@ -3,8 +3,15 @@
 A preset is a factory plus default keyword arguments, a one-line description and (for weights) a
 licence. Several presets may share one factory (``mae``, ``mae-large``); ``create`` merges the
 user's overrides over the preset's defaults. Family modules register themselves on import; the
-registry imports every module of its package the first time it is asked anything, so the CLI only
-pays for those imports when it lists or creates something.
+registry imports a module when a preset of it is first created, so the CLI pays for model code
+only when it builds a model.
+
+Listing needs no import at all: ``bench/preset_index.py`` records, per module of a registry's
+package, the sha256 of its source and the presets it registers (name, description, licence), so
+``names`` and ``presets`` (``bench list``) read data, as timm's ``list_models`` does, and import
+only the modules whose source no longer matches (they then register for real); ``entry`` and
+``create`` import just the module that registers the name. ``python -m bench.registry`` rewrites
+the index (a test fails while it is stale).
 
 Beyond the presets of this repository, a name may be:
 
@@ -66,14 +73,30 @@ class Entry:
     licence: str = ""
     argument: str | None = None  # keyword that receives ARG in "name:ARG" (e.g. folder:PATH)
     layer_template: str | None = None  # sweep axes -> layer name, e.g. "block{block}@t{t}"
+    module: str = ""  # the module whose import registers it
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What ``bench list`` shows of a preset: read from the index, no model code imported."""
+
+    name: str
+    description: str
+    licence: str = ""
+    module: str = ""
 
 
 class Registry:
-    def __init__(self, kind: str, package: str):
+    def __init__(self, kind: str, package: str, index: dict[str, Any] | None = None,
+                 shipped_index: bool = False):
         self.kind = kind
         self.package = package
         self._entries: dict[str, Entry] = {}
         self._discovered = False
+        self._plugins_loaded = False
+        # module -> {"sha256", "presets"}; bench/preset_index.py's (shipped_index), else none
+        self._index = index if index is not None or shipped_index else {}
+        self._listed: dict[str, Preset] | None = None
 
     def register(
         self,
@@ -87,9 +110,11 @@ class Registry:
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``factory`` under ``name`` with preset ``defaults``; stackable."""
 
+        module = sys._getframe(1).f_globals.get("__name__", "")  # the registering module
+
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Entry(name, factory, dict(defaults), description, licence, argument,
-                           layer_template))
+                           layer_template, module))
             return factory
 
         return decorator
@@ -99,6 +124,11 @@ class Registry:
         if existing is not None and existing.factory is not entry.factory:
             raise ValueError(f"{self.kind} {entry.name!r} is registered twice")
         self._entries[entry.name] = entry
+
+    def load_all(self) -> None:
+        """Import every module of the package (and the plugins): every preset registered, and
+        whatever else the modules register on import (``bench.references`` sources)."""
+        self._discover()
 
     def _discover(self) -> None:
         if self._discovered:
@@ -110,8 +140,60 @@ class Registry:
                 importlib.import_module(module.name)
         self._discover_entry_points()
 
+    def modules(self) -> dict[str, Path]:
+        """The package's public modules (those ``_discover`` imports) and their files, found
+        without importing any of them."""
+        spec = importlib.util.find_spec(self.package)
+        out = {}
+        for root in map(Path, spec.submodule_search_locations if spec else []):
+            for path in sorted(root.rglob("*.py")):
+                parts = path.relative_to(root).with_suffix("").parts
+                parts = parts[:-1] if parts[-1] == "__init__" else parts
+                if not any(part.startswith("_") for part in parts):
+                    out[".".join((self.package, *parts))] = path
+        return out
+
+    def presets(self, pattern: str = "*") -> list[Preset]:
+        """Name, description and licence of every preset matching ``pattern``, from the index:
+        only modules changed since it was written (and plugins) are imported."""
+        if self._listed is None:
+            if self._index is None:
+                from bench.preset_index import INDEX
+
+                self._index = INDEX.get(self.package, {})
+            self._listed = {}
+            for module, path in self.modules().items():
+                known = self._index.get(module)
+                if known is not None and known["sha256"] == _sha256(path):
+                    self._listed |= {p["name"]: Preset(**p, module=module)
+                                     for p in known["presets"]}
+                else:
+                    importlib.import_module(module)  # changed or new: it registers for real
+            self._discover_entry_points()
+        listed = self._listed | {e.name: Preset(e.name, e.description, e.licence, e.module)
+                                 for e in self._entries.values()}  # what registered wins
+        return [listed[n] for n in sorted(listed) if fnmatch.fnmatchcase(n, pattern)]
+
+    def index(self) -> dict[str, Any]:
+        """This package's part of ``bench/preset_index.py``, from a full discovery."""
+        self._discover()
+        modules = self.modules()
+        out = {m: {"sha256": _sha256(path), "presets": []} for m, path in modules.items()}
+        for entry in sorted(self._entries.values(), key=lambda e: e.name):
+            if entry.module.split(".")[0] != self.package:
+                continue  # a plugin's: listed from its entry point
+            if entry.module not in out:
+                raise ValueError(f"{self.kind} {entry.name!r} is registered by {entry.module}, "
+                                 "a private module: register it in a public one")
+            out[entry.module]["presets"].append(
+                {"name": entry.name, "description": entry.description, "licence": entry.licence})
+        return out
+
     def _discover_entry_points(self) -> None:
         """Presets of installed packages: entry points in the group ``bench.<kind>s``."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
         from importlib.metadata import entry_points
 
         for point in entry_points(group=f"bench.{self.kind}s"):
@@ -127,14 +209,22 @@ class Registry:
                                licence="unknown: see the package's documentation"))
 
     def names(self, pattern: str = "*") -> list[str]:
-        self._discover()
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+        return [p.name for p in self.presets(pattern)]
 
     def entry(self, name: str) -> Entry:
-        self._discover()
+        found = self._registered(name)
+        if found is None:  # import only the module the index names, else everything
+            listed = {p.name: p for p in self.presets()}
+            base = name.split(":", 1)[0] if ":" in name and name not in listed else name
+            if base in listed:
+                importlib.import_module(listed[base].module)
+                found = self._registered(name)
+        if found is None:
+            self._discover()
+            found = self._registered(name)
+        if found is not None:
+            return found
         base = name.split(":", 1)[0] if ":" in name and name not in self._entries else name
-        if base in self._entries:
-            return self._entries[base]
         if is_factory_reference(name):
             return Entry(name, load_factory(name, self.kind), description=f"user factory {name}",
                          licence="unknown: see the model's documentation")
@@ -143,6 +233,10 @@ class Registry:
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}.{hint} `bench list {self.kind}s` shows all of them."
         )
+
+    def _registered(self, name: str) -> Entry | None:
+        base = name.split(":", 1)[0] if ":" in name and name not in self._entries else name
+        return self._entries.get(base)
 
     def create(self, name: str, **overrides: Any) -> Any:
         entry = self.entry(name)
@@ -356,8 +450,30 @@ def type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
-backbones = Registry("backbone", "backbones")
-tasks = Registry("task", "tasks")
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_index(path: Path | None = None) -> Path:
+    """Rewrite ``bench/preset_index.py`` from a full discovery of both registries."""
+    import pprint
+
+    path = path or Path(__file__).with_name("preset_index.py")
+    index = {r.package: r.index() for r in (backbones, tasks)}
+    path.write_text('"""Generated by `python -m bench.registry`: each registry module\'s source '
+                    'sha256 and\nthe presets it registers, so listing imports no model code. '
+                    'Do not edit."""\n\nINDEX = ' + pprint.pformat(index, width=100) + "\n")
+    return path
+
+
+backbones = Registry("backbone", "backbones", shipped_index=True)
+tasks = Registry("task", "tasks", shipped_index=True)
 
 register_backbone = backbones.register
 register_task = tasks.register
+
+
+if __name__ == "__main__":  # the registries modules register into are bench.registry's
+    from bench.registry import write_index as write
+
+    print(f"wrote {write()}")

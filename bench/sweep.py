@@ -82,7 +82,14 @@ def make_plan(backbones: list[str], tasks: list[str], grid: dict[str, list[str]]
     return plan
 
 
-def describe(plan: SweepPlan) -> list[str]:
+@dataclass
+class DryRun:
+    lines: list[str]  # the report, one line each
+    resolved: int  # jobs resolvable here
+    finished: int  # cells already done
+
+
+def describe(plan: SweepPlan) -> DryRun:
     """The dry-run report: each job resolved here (the backbone built on the CPU), its cells,
     which are already done, and the feature cache it would add.
 
@@ -91,7 +98,7 @@ def describe(plan: SweepPlan) -> list[str]:
     """
     from bench.tracking import ensure_experiment, find_records
 
-    lines, total_bytes, cells, finished = [], 0, 0, 0
+    lines, total_bytes, cells, finished, resolved = [], 0, 0, 0, 0
     for job in plan.jobs:
         spec = job.spec
         try:
@@ -107,18 +114,26 @@ def describe(plan: SweepPlan) -> list[str]:
         done = set() if job.options.force else {
             r.identity for r in find_records([experiment], [c.identity for c in run.cells])}
         cells += len(run.cells)
+        resolved += 1
         finished += len(done & {c.identity for c in run.cells})
         total_bytes += size
-        lines.append(f"job {spec.backbone} x {spec.task} head={spec.head}: {len(run.cells)} cells, "
-                     f"{len(done)} already done")
+        lines.append(f"job {spec.backbone} x {spec.task} head={spec.head}: "
+                     f"{_count(len(run.cells), 'cell')}, {len(done)} already done")
         lines.append(f"  extraction: {len(run.requests)} (layer, pool) on train/val/test, "
                      f"{size / 1e9:.3f} GB new cache")
         for cell in run.cells:
             state = "done" if cell.identity in done else "to run"
             lines.append(f"    {cell.layer} pool={cell.pool}: {state}  [{cell.identity[:12]}]")
-    lines.append(f"{len(plan.jobs)} jobs, {cells} cells, {finished} already done; "
+    unresolved = len(plan.jobs) - resolved
+    lines.append(f"{_count(len(plan.jobs), 'job')}"
+                 f"{f' ({unresolved} not resolvable here)' if unresolved else ''}, "
+                 f"{_count(cells, 'cell')}, {finished} already done; "
                  f"estimated new feature cache: {total_bytes / 1e9:.2f} GB")
-    return lines
+    return DryRun(lines, resolved, finished)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _estimate(job: BenchJob) -> tuple[Any, int]:

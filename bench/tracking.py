@@ -156,7 +156,7 @@ def _log_record(mlflow_client, experiment_id, record, artifacts, Metric, Param, 
     # cell's lock, so nobody else is logging it): mark it KILLED, never leave it RUNNING.
     for stale in mlflow_client.search_runs([experiment_id], names.running_filter(record.identity)):
         mlflow_client.set_terminated(stale.info.run_id, "KILLED")
-    run = mlflow_client.create_run(experiment_id, run_name=record.name,
+    run = mlflow_client.create_run(experiment_id, run_name=record.label,
                                    start_time=int((record.start_time or time.time()) * 1000),
                                    tags=record.to_tags())
     now = int(time.time() * 1000)

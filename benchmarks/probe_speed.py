@@ -79,11 +79,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (1: comparable timings on a shared machine)")
     args = parser.parse_args()
-    import os
-
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # scikit-learn's BLAS too
     import torch
+    from threadpoolctl import threadpool_limits
 
+    # numpy's OpenBLAS started its threads at import, before any OMP_NUM_THREADS set here could
+    # count: scikit-learn's L-BFGS ran on every core while torch had ``--threads``
+    threadpool_limits(args.threads)
     torch.set_num_threads(args.threads)
     from bench.precision import resolve_device, resolve_precision
     from bench.probe import ProbeConfig, fit_probe

@@ -289,7 +289,7 @@ def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
 
     assert main(["demo", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    runs = {r.backbone: r for r in records("demo")}
+    runs = {r.backbone: r for r in records("bench")}
     assert set(runs) == {"pixels", "random-unet"}
     for backbone in ("pixels", "random-unet"):
         top1 = runs[backbone].metrics["test_top1"]

@@ -94,7 +94,7 @@ def test_leaderboard_read_back_over_rest_equals_bench_leaderboard(sweep, tmp_pat
         key = (tags["bench.backbone"], tags["bench.task"])
         rank = (metrics["val_top1"], run["info"]["start_time"])
         if key not in best or rank > best[key][0]:
-            best[key] = (rank, round(metrics["test_top1"], 2), run["info"]["run_name"])
+            best[key] = (rank, round(metrics["test_top1"], 2), tags["bench.name"])
     assert logged == {k: v[1] for k, v in best.items()}
     assert sorted(row[2] for row in chosen["data"]) == sorted(v[2] for v in best.values())
 
@@ -107,6 +107,25 @@ def test_leaderboard_read_back_over_rest_equals_bench_leaderboard(sweep, tmp_pat
     assert csv[0] == "backbone,digits"
     assert {(line.split(",")[0], "digits"): _number(line.split(",")[1])
             for line in csv[1:]} == logged
+
+
+@pytest.mark.server
+def test_each_run_has_a_description_and_a_name_that_tells_it_apart(sweep):
+    """The run note (the UI's Description) leads with the headline ± its interval half-width, the
+    validation score and the selected point; run names differ within the ~20 characters the
+    runs table's first column shows."""
+    uri, _, experiment_id = sweep
+    runs = _search(uri, experiment_id, "result")
+    labels = [run["info"]["run_name"] for run in runs]
+    assert len({label[:20] for label in labels}) == len(runs), labels
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        epochs = {p["key"]: p["value"] for p in run["data"]["params"]}["best.epochs"]
+        half = (metrics["test_top1_ci95_high"] - metrics["test_top1_ci95_low"]) / 2
+        assert tags["mlflow.note.content"] == (
+            f"{metrics['test_top1']:.2f} ± {half:.2f} (val {metrics['val_top1']:.2f}), linear, "
+            f"lr 0.01, wd 0, epochs {float(epochs):g}"), tags["mlflow.note.content"]
 
 
 def _chromium() -> str:
@@ -125,40 +144,63 @@ def _browse(exe: str, url: str, *flags: str, budget_ms: int = 10000) -> subproce
         return subprocess.run(
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900",
+             "--disable-sync", f"--user-data-dir={profile}", "--window-size=1600,900",
              f"--virtual-time-budget={budget_ms}", *flags, url],
             capture_output=True, text=True, timeout=180, check=False)
+
+
+def _rendered(exe: str, url: str, wanted: list[str], saved: Path) -> None:
+    """Render ``url`` (dumping its DOM to ``saved``) until every ``wanted`` text is on it."""
+    dom, page = "", None
+    for budget in (10000, 30000):  # a slow machine may need more (virtual) time
+        page = _browse(exe, url, "--dump-dom", budget_ms=budget)
+        dom = html.unescape(page.stdout)
+        if all(text in dom for text in wanted):
+            break
+    saved.write_text(dom)
+    missing = [text for text in wanted if text not in dom]
+    assert not missing, (f"missing from the rendered page {url}: {missing}\n"
+                         f"chromium exit {page.returncode}; stderr tail:\n{page.stderr[-2000:]}")
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    out_dir = Path(os.environ.get("BENCH_TEST_ARTIFACTS") or tmp_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 @pytest.mark.server
 def test_runs_page_renders_the_sweep_in_headless_chromium(sweep, tmp_path):
     exe = _chromium()
     uri, suite, experiment_id = sweep
-    out_dir = Path(os.environ.get("BENCH_TEST_ARTIFACTS") or tmp_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _artifacts(tmp_path)
     url = f"{uri}/#/experiments/{experiment_id}/runs"
-    names = [f"{b}/digits/{layer}/{p}/linear" for b, layer in BACKBONES.items() for p in POOLS]
+    names = [f"{b} {layer}/{p} linear digits" for b, layer in BACKBONES.items() for p in POOLS]
+    _rendered(exe, url, [*names, "leaderboard"], out_dir / "mlflow-runs-page.html")
+    _screenshot(exe, url, out_dir / "mlflow-runs-page.png")
 
-    dom = ""
-    for budget in (10000, 30000):  # a slow machine may need more (virtual) time
-        page = _browse(exe, url, "--dump-dom", budget_ms=budget)
-        dom = html.unescape(page.stdout)
-        if all(name in dom for name in names):
-            break
-    (out_dir / "mlflow-runs-page.html").write_text(dom)
-    missing = [name for name in names if name not in dom]
-    assert not missing, (f"run names missing from the rendered runs page {url}: {missing}\n"
-                         f"chromium exit {page.returncode}; stderr tail:\n{page.stderr[-2000:]}")
-    assert "leaderboard" in dom
 
-    shot = out_dir / "mlflow-runs-page.png"
+@pytest.mark.server
+def test_a_run_page_shows_its_description_in_headless_chromium(sweep, tmp_path):
+    exe = _chromium()
+    uri, _, experiment_id = sweep
+    out_dir = _artifacts(tmp_path)
+    run = _search(uri, experiment_id, "result")[0]
+    note = next(t["value"] for t in run["data"]["tags"] if t["key"] == "mlflow.note.content")
+    url = f"{uri}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}"
+    _rendered(exe, url, [note, run["info"]["run_name"]], out_dir / "mlflow-run-page.html")
+    _screenshot(exe, url, out_dir / "mlflow-run-page.png")
+
+
+def _screenshot(exe: str, url: str, shot: Path) -> None:
+    """A screenshot of ``url`` that is not blank (for a person to look at: CI keeps it)."""
     shot.unlink(missing_ok=True)
     page = _browse(exe, url, f"--screenshot={shot}")
     assert shot.is_file(), f"no screenshot (exit {page.returncode}):\n{page.stderr[-2000:]}"
     from PIL import Image
 
     with Image.open(shot) as image:
-        assert image.format == "PNG" and image.size == (1400, 900)
+        assert image.format == "PNG" and image.size == (1600, 900)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20) or []
     assert shot.stat().st_size > 20_000 and len(colours) > 50, (
         f"{shot}: {shot.stat().st_size} bytes, {len(colours)} colours: a blank page?")

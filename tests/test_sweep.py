@@ -116,3 +116,13 @@ def test_a_bad_grid_value_is_an_error_of_the_dry_run(capsys):
     captured = capsys.readouterr()
     assert code == 2 and "to run" not in captured.out
     assert "diffusion-tiny x digits: layer 'blockx24@t90'" in captured.err
+
+
+def test_a_dry_run_with_nothing_resolvable_exits_non_zero_and_counts_in_words(tmp_path, capsys):
+    missing = tmp_path / "no-such-tree"
+    code = main(["sweep", "--backbones", "pixels", "--tasks", f"folder:{missing}", "--dry-run",
+                 *FAST])
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert "1 job (1 not resolvable here), 0 cells" in captured.out
+    assert "nothing would run" in captured.err

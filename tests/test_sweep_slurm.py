@@ -65,7 +65,9 @@ def _runs(uri: str, suite: str, kind: str = "result") -> list[dict]:
     found = _rest(uri, "/api/2.0/mlflow/runs/search", {
         "experiment_ids": [_experiment_id(uri, suite)],
         "filter": f"tags.`bench.kind` = '{kind}'", "max_results": 1000})
-    return [{"name": r["info"]["run_name"], "status": r["info"]["status"],
+    return [{"name": next((t["value"] for t in r["data"].get("tags", [])  # the record's name
+                          if t["key"] == "bench.name"), r["info"]["run_name"]),
+             "status": r["info"]["status"],
              "id": r["info"]["run_id"],
              "metrics": {m["key"]: m["value"] for m in r["data"].get("metrics", [])},
              "params": {p["key"]: p["value"] for p in r["data"].get("params", [])},

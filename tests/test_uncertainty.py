@@ -150,5 +150,6 @@ def test_leaderboard_shows_intervals_and_marks_rows_tied_with_the_best(tmp_path,
     assert main(["compare", "best", "near", "--task", "digits"]) == 0
     assert "not distinguishable" in capsys.readouterr().out
     assert main(["compare", "best", "nobody", "--task", "digits"]) == 2
-    assert main(["leaderboard", "--protocol", "knn"]) == 0
-    assert "no finished knn runs yet" in capsys.readouterr().out
+    assert main(["leaderboard", "--protocol", "knn"]) == 1
+    assert "no finished knn results in suite(s) 'bench'; it holds 3 results of other" in (
+        capsys.readouterr().err)

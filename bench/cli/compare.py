@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from bench.cli import options
+
+FULL_ID = re.compile("[0-9a-f]{32}")  # an MLflow run id, loaded as it is
 
 
 def add_parser(sub) -> None:
@@ -12,14 +15,15 @@ def add_parser(sub) -> None:
     from bench.protocol import protocols  # imports no torch, mlflow or pandas
 
     p = sub.add_parser("compare", help="paired bootstrap difference (and McNemar) of two results",
-                       description="A and B are MLflow run ids, or, with --task, backbone names "
-                       "(each backbone's leaderboard result for that task).")
-    p.add_argument("a", help="run id, or backbone name with --task")
-    p.add_argument("b", help="run id, or backbone name with --task")
+                       description="A and B are results as `bench runs` shows them (run ids, their "
+                       "first characters, or run names), or, with --task, backbone names (each "
+                       "backbone's leaderboard result for that task).")
+    p.add_argument("a", help="run id (or prefix) or run name; backbone name with --task")
+    p.add_argument("b", help="run id (or prefix) or run name; backbone name with --task")
     p.add_argument("--task", help="compare the leaderboard records of backbones A and B on this "
                    "task (a leaderboard column, e.g. cub or 'cub 5-shot')")
     p.add_argument("--suite", action="append", default=[],
-                   help="experiment(s) to look in with --task; default bench")
+                   help="experiment(s) to look in; default bench with --task, else every suite")
     p.add_argument("--protocol", default="linear", choices=protocols(),
                    help="with --task: which heads' leaderboard (default linear)")
     p.add_argument("--metric", choices=names(),
@@ -30,8 +34,13 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import compare
 
-    suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
-    result = compare(args.a, args.b, task=args.task, suites=suites, metric=args.metric,
+    suites = [s for a in args.suite for s in options.csv(a)]
+    a, b = args.a, args.b
+    if args.task is None:
+        from bench.leaderboard import find_run
+
+        a, b = (ref if FULL_ID.fullmatch(ref) else find_run(ref, suites).run_id for ref in (a, b))
+    result = compare(a, b, task=args.task, suites=suites or ["bench"], metric=args.metric,
                      protocol=args.protocol)
     print(result.summary())
     return 0

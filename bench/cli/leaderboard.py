@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from bench.cli import options
 
@@ -26,17 +27,23 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard
+    from bench.cli.runs import ID_CHARS
+    from bench.leaderboard import FOOTER, elsewhere, footnotes, written_lines
     from bench.paths import tracking_uri
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
     board, paths = leaderboard(suites, args.metric, references=args.paper, log=not args.no_log,
                                protocol=args.protocol)
     if board.table.empty:
-        print(f"no finished {args.protocol} runs yet")
-    else:
-        from bench.leaderboard import FOOTER, footnotes
-
-        print("\n\n".join([board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
-    print(f"\nwritten: {paths['md']}, {paths['csv']}")
+        print(f"bench: {elsewhere(suites, f'{args.protocol} results')}; nothing written",
+              file=sys.stderr)
+        return 1
+    print("\n\n".join([board.display.to_markdown(), FOOTER, *footnotes(board.cells)]) + "\n")
+    shown = ", ".join(f"{row.backbone} on {row.task} {row.run_id[:ID_CHARS]}"
+                      for row in board.cells.itertuples())
+    print(f"runs shown (`bench compare` takes these ids): {shown}")
+    print("\n".join(written_lines(board, paths)))
+    if not args.no_log:
+        print(f"logged to MLflow: the 'leaderboard' run of suite {suites[0]!r}")
     print(options.ui_hint(tracking_uri()))
     return 0

@@ -1,8 +1,10 @@
-"""``bench list``: backbones and tasks with their descriptions and weights licences."""
+"""``bench list``: backbones and tasks with their descriptions and weights licences, read from
+the preset index (``bench.registry``): no model code is imported."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub) -> None:
@@ -20,8 +22,12 @@ def main(args: argparse.Namespace) -> int:
         registry = kinds[kind]
         if not args.what:
             print(f"{kind}:")
-        for name in registry.names(args.pattern):
-            entry = registry.entry(name)
-            licence = f"  [weights licence: {entry.licence}]" if entry.licence else ""
-            print(f"{'  ' if not args.what else ''}{name:24s} {entry.description}{licence}")
+        presets = registry.presets(args.pattern)
+        for preset in presets:
+            licence = f"  [weights licence: {preset.licence}]" if preset.licence else ""
+            print(f"{'  ' if not args.what else ''}{preset.name:24s} {preset.description}"
+                  f"{licence}")
+        if not presets:
+            print(f"bench: no {kind} matches {args.pattern!r}", file=sys.stderr)
+            return 1
     return 0

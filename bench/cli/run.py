@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import run_seeds
+    from bench.cli.runs import tally
 
     spec = options.run_spec(args, args.backbone, args.task,
                             [v for a in args.layer for v in options.csv(a)],
@@ -55,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         spread = "  ".join(f"test_{m} {aggregate.mean[m]:.2f} ± {aggregate.std[m]:.2f}"
                            for m in aggregate.mean)
         print(f"{name}: across {aggregate.seeds} seeds (mean ± sample std): {spread}")
+    print(tally(report.records, args.suite))
     return 0
 
 

@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard, sweep
+    from bench.cli.runs import ID_CHARS, tally
+    from bench.leaderboard import written_lines
     from bench.paths import tracking_uri
     from bench.sweep import describe, make_plan, parse_grid
 
@@ -44,7 +46,17 @@ def main(args: argparse.Namespace) -> int:
     plan = make_plan(args.backbones, args.tasks, grid, template, run_options)
     if args.dry_run:
         print(f"executor: {executor.kind} {executor.params or ''}")
-        print("\n".join(describe(plan)))
+        dry = describe(plan)
+        print("\n".join(dry.lines))
+        if not dry.resolved:
+            print("bench: no job of this sweep is resolvable here (see above): nothing would run",
+                  file=sys.stderr)
+            return 1
+        if dry.finished == 0:
+            from bench.leaderboard import elsewhere, suites_with_results
+
+            if set(suites_with_results()) - {args.suite}:
+                print(f"note: {elsewhere([args.suite])}")
         return 0
     table = LiveTable([f"{j.spec.backbone:>20s} x {j.spec.task:<12s} head={j.spec.head:<9s}"
                        for j in plan.jobs])
@@ -53,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
     for record in report.records:
         note = " (reused)" if record.reused else ""
         print(f"  {record.name}: test_top1 {record.metrics['test_top1']:.2f} val_{record.headline}"
-              f" {record.val_score:.2f}{note}", flush=True)
+              f" {record.val_score:.2f}  run {record.run_id[:ID_CHARS]}{note}", flush=True)
+    print(tally(report.records, args.suite))
     board, paths = leaderboard([args.suite], references=True, figures=True,
                                title=f"bench sweep: {args.suite}", protocol="all")
     if not board.table.empty:
@@ -61,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         if name.startswith("figure:"):
             print(f"figure: {path}")
-    print(f"\nleaderboard: {paths['md']}; MLflow: {tracking_uri()} (experiment {args.suite})")
+    print("\n".join(written_lines(board, paths)))
+    print(f"MLflow: {tracking_uri()} (experiment {args.suite})")
     from bench.scheduler import summary
 
     for failure in report.failures:
