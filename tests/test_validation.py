@@ -183,19 +183,6 @@ def test_a_gif_in_a_class_folder_is_an_image_of_that_class(tmp_path):
     assert np.asarray(task.load("class1/blue.gif"))[0, 0].tolist() == [0, 0, 255]
 
 
-def test_a_misspelled_suite_is_named_not_written_as_an_empty_table(capsys, tmp_path):
-    from bench.cli import main
-    from bench.tracking import ensure_experiment
-
-    ensure_experiment("bench")
-    assert main(["leaderboard", "--suite", "bnech"]) == 2
-    err = capsys.readouterr().err
-    assert "no suite 'bnech' in sqlite:///" in err and "its suites: Default, bench" in err, err
-    assert not (tmp_path / "results" / "leaderboard.md").exists()
-    assert main(["compare", "a", "b", "--task", "digits", "--suite", "bnech"]) == 2
-    assert "no suite 'bnech'" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("value", ["-1", "many"])
 def test_a_bad_max_image_pixels_variable_is_one_line_before_any_work(value, monkeypatch, capsys,
                                                                      tmp_path):
