@@ -37,14 +37,16 @@ class JobFailedError(BenchError):
 def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     """Options a job needs to agree with the driver wherever it runs: the experiment (created
     once, here), the tracking URI and the cache folder as absolute values."""
-    from bench.paths import cache_dir, tracking_uri
+    from bench.paths import cache_dir, check_writable, results_dir, tracking_uri
     from bench.tracking import ensure_experiment
 
+    check_writable(results_dir(), "BENCH_RESULTS")  # pending results and job logs go there
+    cache = cache_dir(options.cache_dir)  # a file in its place fails here, before any work
     experiment_id = options.experiment_id or ensure_experiment(options.suite)
     if executor.in_process:
         return replace(options, experiment_id=experiment_id)
     return replace(options, experiment_id=experiment_id, tracking_uri=tracking_uri(),
-                   cache_dir=str(cache_dir(options.cache_dir)), progress=False)
+                   cache_dir=str(cache), progress=False)
 
 
 def run(spec: RunSpec, options: RunOptions | None = None,
@@ -78,11 +80,11 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"seeds must be distinct and at least one, got {seeds}")
     executor = executor or ExecutorConfig()
-    options = job_options(options or RunOptions(), executor)
     specs = [replace(spec, head_args=settings, seed=seed)
              for settings in kind.expand(spec.head_args) for seed in seeds]
     for one in specs:
-        check_spec(one)
+        check_spec(one)  # bad settings fail before the tracking store is touched
+    options = job_options(options or RunOptions(), executor)
     if executor.in_process:  # the backbone is built (and its weights read) once
         first = resolve(specs[0], options)
         jobs = [BenchJob(one, options, prepared=first if i == 0 else resolve(

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.errors import UsageError
+from bench.errors import BenchError, UsageError
 
 MAP, TOKENS, VECTOR = "map", "tokens", "vector"
 POOLS_BY_KIND = {
@@ -37,6 +37,10 @@ POOLS_BY_KIND = {
     TOKENS: "'cls', 'mean' (mean of patch tokens), 'cls+mean', 'tokens' (all tokens kept)",
     VECTOR: "'none'",
 }
+
+
+class BackboneOutputError(BenchError, RuntimeError):
+    """A backbone (often a plugin) returned outputs bench cannot use; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,41 @@ class Backbone(nn.Module, metaclass=ABCMeta):
             check_pool(self.feature_point(layer), pool)
         layers = list(dict.fromkeys(layer for layer, _ in requests))
         raw = self.forward_features(x, layers, sample_ids)
+        check_outputs(self, raw, layers, len(x))
         return {
             (layer, pool): pool_features(raw[layer], self.feature_point(layer), pool)
             for layer, pool in requests
         }
+
+
+RANKS = {MAP: "4 (B, C, H, W)", TOKENS: "3 (B, N, C)", VECTOR: "2 (B, D)"}
+
+
+def describe(backbone: Backbone) -> str:
+    return f"backbone {backbone.name!r} ({type(backbone).__module__}.{type(backbone).__qualname__})"
+
+
+def check_outputs(backbone: Backbone, raw: Any, layers: Sequence[str], batch: int) -> None:
+    """``forward_features``'s result checked before pooling, so a plugin's mistake is named as
+    its own (not as a pooling or cache error): a dict holding a torch.Tensor for every requested
+    layer, batch first, of its feature point's rank."""
+    who = describe(backbone)
+    if not isinstance(raw, dict):
+        raise BackboneOutputError(f"{who}: forward_features returned a {type(raw).__name__}, not "
+                                  "a dict of layer name -> torch.Tensor")
+    for layer in layers:
+        if layer not in raw:
+            raise BackboneOutputError(f"{who}: forward_features returned no {layer!r} (asked for "
+                                      f"{list(layers)}, got {sorted(map(str, raw))})")
+        out, kind = raw[layer], backbone.feature_point(layer).kind
+        if not isinstance(out, torch.Tensor):
+            raise BackboneOutputError(f"{who}: layer {layer!r} is a {type(out).__module__}."
+                                      f"{type(out).__name__}, not a torch.Tensor")
+        rank = int(RANKS[kind][0])
+        if out.ndim != rank or out.shape[0] != batch:
+            raise BackboneOutputError(
+                f"{who}: layer {layer!r} ({kind}) has shape {tuple(out.shape)} for a batch of "
+                f"{batch} images; it must have rank {RANKS[kind]} with the batch first")
 
 
 def check_pool(point: FeaturePoint, pool: str) -> None:

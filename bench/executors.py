@@ -47,6 +47,7 @@ class Slurm(SubmititExecutor):
     """sbatch job arrays; a job waits for its extraction array through an afterok dependency."""
 
     cluster = "slurm"
+    submission_hint = ("SLURM", "is a controller reachable from here (`sinfo`)?")
 
     def submit_after(self, executor: Any, job, parts: list[Any]) -> Any:
         ids = ":".join(p.job_id for p in parts)

@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.backbone import Backbone
+from bench.backbone import Backbone, BackboneOutputError, describe
 from bench.cache import CacheEntry, CacheError, FeatureCache
 from bench.errors import NumericalError, UsageError
 from bench.pipeline import DECODES, Loader
 from bench.precision import FP32, PrecisionPolicy, autocast, require
+from bench.ranges import OPTION_RANGES, check_ranges
+from bench.images import IMAGE_READER
 from bench.task import DatasetError, Split
+
+
+class NonFiniteFeaturesError(BackboneOutputError, NumericalError):
+    """Features that are NaN or infinite, or overflow the cache's storage type."""
 
 
 def _decode_device(decode: str, device: torch.device) -> torch.device | None:
@@ -50,6 +56,7 @@ def entry_fields(
         "task": task_config,
         "split": split.name,
         "split_manifest": split.manifest_digest(),
+        "image_reader": IMAGE_READER,
     }
 
 
@@ -91,6 +98,8 @@ def extract(
     decodes JPEG files with nvJPEG on the device (see bench.pipeline). ``on_first_batch(images,
     seconds, cache bytes per image)`` hears how the first batch went (for a time estimate).
     """
+    check_ranges({"batch_size": batch_size, "shard_size": shard_size, "workers": workers},
+                 OPTION_RANGES, "extract:")  # before any cache entry is created
     require(precision)
     decode_on = _decode_device(decode, device)
     if compile:
@@ -131,6 +140,7 @@ def extract(
                disable=not progress)
     buffers: dict[tuple[str, str], list[np.ndarray]] = {r: [] for r in requests}
     shard_skips: list[int] = []
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}  # each request's feature shape
     current = mine[0]
     dtype = np.dtype(precision.storage)
 
@@ -140,8 +150,9 @@ def extract(
                 features = np.concatenate(buffers[req])
                 stored = features.astype(dtype)
                 if not np.isfinite(stored).all():
-                    raise NumericalError(
-                        f"features of {req} are not finite in {precision.storage} (max |x| "
+                    raise NonFiniteFeaturesError(
+                        f"{describe(backbone)}: features of {req} are not finite in "
+                        f"{precision.storage} (max |x| "
                         f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
                         "precision (try --precision fp32) or is NaN: check the weights and inputs")
                 entry.write_shard(shard, stored, shard_skips)
@@ -162,7 +173,14 @@ def extract(
             with autocast(precision.extraction, device):
                 outputs = backbone.extract(images, requests, ids.to(device))
             for req in requests:
-                buffers[req].append(outputs[req].float().cpu().numpy())
+                features = outputs[req].float().cpu().numpy()
+                width = shapes.setdefault(req, features.shape[1:])
+                if features.shape[1:] != width:
+                    raise BackboneOutputError(
+                        f"{describe(backbone)}: {req} features changed shape from {width} to "
+                        f"{features.shape[1:]} between batches; a layer's features must have "
+                        "one shape for every image")
+                buffers[req].append(features)
             report.images_processed += len(ids) - len(errors)
             if on_first_batch is not None and report.images_processed <= len(ids):
                 on_first_batch(len(ids), time.perf_counter() - started,
@@ -176,10 +194,23 @@ def extract(
 
 def _left_out(split: Split, entries: dict[tuple[str, str], CacheEntry]) -> list[str]:
     """Items the cached features leave out: the skipped items of every shard there, whichever
-    run skipped them (a reused shard's skips count as much as this run's)."""
+    run skipped them (a reused shard's skips count as much as this run's). Leaving out every
+    image of a class changes the task, so that is an error naming the class and its files."""
     left_out: set[int] = set()
     for entry in entries.values():
         size = entry.manifest["shard_size"]
         for info in entry.usable_shards().values():
             left_out.update(info.index * size + j for j in info.skipped)
-    return [str(split.items[i]) for i in sorted(left_out)]
+    indices = sorted(left_out)
+    if indices:
+        lost = np.bincount(split.labels[indices], minlength=split.labels.max() + 1)
+        present = np.bincount(split.labels, minlength=split.labels.max() + 1)
+        gone = [int(c) for c in np.flatnonzero((lost == present) & (present > 0))]
+        if gone:
+            files = [str(split.items[i]) for i in indices if split.labels[i] == gone[0]]
+            raise DatasetError(
+                f"--skip-corrupt would leave out every {split.name} image of class {gone[0]}"
+                f"{f' (and classes {gone[1:]})' if gone[1:] else ''}: {', '.join(files[:3])}"
+                f"{' ...' if len(files) > 3 else ''}; that changes the task, so repair or "
+                "replace these files (see `bench data verify --full`)")
+    return [str(split.items[i]) for i in indices]

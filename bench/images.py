@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bench.errors import UsageError
 from bench.task import CorruptImageError, DatasetError
 
 MAX_IMAGE_PIXELS_ENV = "BENCH_MAX_IMAGE_PIXELS"
@@ -20,6 +21,11 @@ def max_image_pixels(explicit: int | None = None) -> int | None:
 
     value = explicit if explicit is not None else from_environment()
     value = DEFAULT_MAX_IMAGE_PIXELS if value is None else value
+    if value < 0:
+        shown = f"max_image_pixels={value!r}" if explicit is not None else \
+            f"{MAX_IMAGE_PIXELS_ENV}={str(value)!r}"
+        raise UsageError(f"{shown} is out of range: it must be an integer >= 0 "
+                         "(0: no limit)")
     return value or None
 
 
@@ -42,11 +48,24 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> Any:
                     f"set {MAX_IMAGE_PIXELS_ENV}=N (0: no limit) or the task argument "
                     "max_image_pixels"))
             im.load()
-            return to_rgb(im)
+            return to_rgb(upright(im))
     except FileNotFoundError:
         raise DatasetError(f"image file missing: {path}. Run `bench data verify` for the dataset.")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(path, str(e)) from e
+
+
+# How files become pixels; part of every cache key and result identity (bench.extract, bench.spec),
+# so features read before a change to it are never reused. 2: EXIF orientation applied.
+IMAGE_READER = "2"
+
+
+def upright(im: Any) -> Any:
+    """The image as a viewer shows it: its EXIF orientation applied (phones store pictures
+    sideways with a tag saying so; timm's and torchvision's readers ignore the tag)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
 
 
 def to_rgb(im: Any) -> Any:
@@ -82,4 +101,4 @@ def to_rgb(im: Any) -> Any:
     return im.convert("RGB")
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")

@@ -2,11 +2,13 @@
 
 Advisory file locks (``fcntl.flock``) are for work that must happen once across processes.
 
-Used for the SQLite tracking store's creation and writes, and for each job's result cells: two
-identical runs started together extract and log once, the second waiting and then reusing. The
+Used for the SQLite tracking store's creation and writes (a result cell's lock lives in the
+tracking store itself, ``bench.tracking``, so it holds across results folders). The
 lock is released when its process dies (kill -9 included), so a crash never leaves a stale lock.
 flock works between processes of one machine and on most cluster file systems mounted with
-locking; where it is not supported, bench runs unlocked.
+locking; where it is not supported, bench runs unlocked. Where the lock's folder cannot be
+written (a complete shared cache on a read-only mount), bench runs unlocked too: reading needs no
+lock, and a write there fails on its own, naming the file.
 
 A temporary file or folder (``temp_name``: ``.NAME.HOST.PID.tmp``, renamed into place once
 complete) says who writes it, so ``stale_temp`` can tell a writer still running from one that died.
@@ -24,14 +26,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 STALE_TEMP_SECONDS = 3600
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as e:
+        if e.errno not in UNWRITABLE:
+            raise
+        yield  # nothing can be written there, so there is nothing to serialise
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError as e:

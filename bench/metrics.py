@@ -22,9 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import UsageError
+from bench.errors import BenchError, UsageError
 
 TOP = 5  # class ids kept per image
+
+
+class DamagedPredictionsError(BenchError, ValueError):
+    """A predictions file that cannot be read whole."""
 
 
 @dataclass
@@ -98,9 +102,16 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictions:
-        with np.load(path) as data:
-            return cls(data["top5"].astype(np.int64), data["labels"].astype(np.int64),
-                       int(data["num_classes"]))
+        """``DamagedPredictionsError`` when the file is not a whole predictions archive."""
+        import zipfile
+
+        try:
+            with np.load(path) as data:
+                return cls(data["top5"].astype(np.int64), data["labels"].astype(np.int64),
+                           int(data["num_classes"]))
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+            raise DamagedPredictionsError(f"{path} is damaged or not a predictions archive "
+                                          f"({type(e).__name__}: {e})") from e
 
 
 @dataclass(frozen=True)

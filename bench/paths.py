@@ -38,12 +38,31 @@ from bench.errors import UsageError
 _USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
+def _folder(path: Path, source: str) -> Path:
+    """``path`` unless it exists as something other than a folder: then one line naming it."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{source} {path} is a file, not a folder: move the file away or "
+                         "choose another folder")
+    return path
+
+
+def check_writable(path: Path, source: str) -> Path:
+    """``path`` if it (or, while it does not exist yet, its nearest existing parent) can be
+    written: a read-only mount is named before any work, not after the probe."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{source} {path} cannot be written ({existing} is read-only): make it "
+                         "writable or choose another folder")
+    return path
+
+
 def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("BENCH_RESULTS", "results")).expanduser().resolve()
+    return _folder(Path(os.environ.get("BENCH_RESULTS", "results")).expanduser().resolve(),
+                   "BENCH_RESULTS")
 
 
 def pending_dir() -> Path:
@@ -66,10 +85,10 @@ def similarity_dir() -> Path:
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
-        return Path(explicit).expanduser().resolve()
+        return _folder(Path(explicit).expanduser().resolve(), "--cache-dir")
     if os.environ.get("BENCH_CACHE"):
-        return Path(os.environ["BENCH_CACHE"]).expanduser().resolve()
-    return results_dir() / "cache"
+        return _folder(Path(os.environ["BENCH_CACHE"]).expanduser().resolve(), "BENCH_CACHE")
+    return _folder(results_dir() / "cache", "the cache folder")
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -123,5 +142,5 @@ def max_image_pixels() -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"BENCH_MAX_IMAGE_PIXELS={value!r}: give a number of pixels "
-                         "(0: no limit)") from None
+        raise UsageError(f"BENCH_MAX_IMAGE_PIXELS={value!r} is out of range: it must be an "
+                         "integer >= 0 (0: no limit)") from None

@@ -11,7 +11,8 @@ image such as Aircraft's banner crop) take the CPU path in the workers. Workers 
 split rather than kept across the three: forked workers deliver a first batch in about 0.1 s
 (2-core machine), nothing worth the state a shared pool would add.
 
-GPU-decoded pixels differ from Pillow's by JPEG IDCT and resampling rounding (a few 1/255 steps in
+JPEG files with an EXIF orientation other than 1 take the CPU path, which applies it (as every
+image read by ``bench.images.load_rgb`` is). GPU-decoded pixels differ from Pillow's by JPEG IDCT and resampling rounding (a few 1/255 steps in
 a few pixels, measured in tests/test_pipeline.py), the size of the TF32 differences that CUDA vs
 CPU extraction already has; like the device, the decoder is not part of the cache key.
 """
@@ -120,12 +121,26 @@ class _Items(torch.utils.data.Dataset):
                 data = self.read(self.split.items[index]).read_bytes()
             except OSError:
                 data = b""  # the CPU path below names the problem
-            if data.startswith(JPEG_MAGIC):
+            if data.startswith(JPEG_MAGIC) and _stored_upright(data):
                 return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), index, ""
         try:
             return self.transform(self.split.load(index)), None, index, ""
         except DatasetError as e:
             return self.transform(_blank()), None, index, str(e)
+
+
+def _stored_upright(data: bytes) -> bool:
+    """Whether a JPEG needs no EXIF rotation: nvJPEG ignores the tag, so rotated files take the
+    CPU path, which applies it (``bench.images.upright``), like every other image."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.getexif().get(0x0112, 1) == 1
+    except (OSError, SyntaxError, ValueError):
+        return True  # unreadable: decoding names the problem
 
 
 def _collate(

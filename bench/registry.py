@@ -245,6 +245,7 @@ class Registry:
                 raise UsageError(f"{self.kind} {entry.name!r} takes no ':ARG' suffix")
             given[entry.argument] = name.split(":", 1)[1]
         kwargs = {**entry.defaults, **check_arguments(self.kind, entry, given)}
+        self._check_random_preset(entry, given)
         obj = entry.factory(**kwargs)
         self._check_product(entry, obj)
         if self.kind == "task":  # part of its cache identity (bench.task.Task.identity)
@@ -254,6 +255,17 @@ class Registry:
         except AttributeError:
             pass
         return obj
+
+    def _check_random_preset(self, entry: Entry, given: dict[str, Any]) -> None:
+        """A test preset's seeded random weights would silently ignore a weights file given to it:
+        refused, unless ``seed=null`` says the file is meant for this architecture."""
+        seed = entry.defaults.get("seed")
+        loaded = [k for k in ("weights", "pretrained", "module") if k in given]
+        if self.kind == "backbone" and seed is not None and "seed" not in given and loaded:
+            raise UsageError(
+                f"backbone {entry.name!r} is built with seeded random weights (seed={seed}), so "
+                f"{loaded[0]}={given[loaded[0]]!r} would be ignored; add seed=null to load it into "
+                f"this architecture, or use a preset that loads weights")
 
     def _check_product(self, entry: Entry, obj: Any) -> None:
         """A factory must return a Backbone (backbones) or a Task (tasks)."""
@@ -299,11 +311,17 @@ def load_factory(reference: str, kind: str) -> Callable[..., Any]:
             sys.modules[module_name] = module  # dataclasses and pickling look modules up here
             try:
                 spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[module_name]
+                raise _import_failed(kind, reference, e) from e
             except BaseException:
                 del sys.modules[module_name]
                 raise
     else:
-        module = importlib.import_module(base)
+        try:
+            module = importlib.import_module(base)
+        except Exception as e:
+            raise _import_failed(kind, reference, e) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise FactoryError(f"{kind} {reference!r}: {base} defines no function {attr!r}")
@@ -311,6 +329,18 @@ def load_factory(reference: str, kind: str) -> Callable[..., Any]:
 
 
 # --- argument checking ---------------------------------------------------------------------------
+def _import_failed(kind: str, reference: str, error: Exception) -> FactoryError:
+    """The plugin's own failure, one line: where in its file, and what (BENCH_DEBUG=1: all)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith("<frozen")]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return FactoryError(f"{kind} {reference!r}: its module failed to import{where}: "
+                        f"{type(error).__name__}: {text}")
+
+
 def check_arguments(kind: str, entry: Entry, given: dict[str, Any]) -> dict[str, Any]:
     """``given`` checked against ``entry.factory``'s signature: names exist, values match the
     annotations (JSON strings parsed where the annotation is not a string, lists made tuples)."""

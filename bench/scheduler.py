@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.errors import UsageError
+from bench.errors import BenchError, UsageError
 from bench.registry import Plugins
 
 SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
@@ -77,6 +77,8 @@ class SubmititExecutor(Executor):
     cluster adds: which parameters apply, job dependencies, a queue to ask about lost jobs."""
 
     cluster: ClassVar[str | None] = None  # submitit's executor name; None: the kind itself
+    # (who refused, what to check) when submitting fails: one line instead of a traceback
+    submission_hint: ClassVar[tuple[str, str] | None] = None
 
     def parameters(self) -> dict[str, Any]:
         """The ``update_parameters`` arguments (AutoExecutor ignores other clusters' prefixes)."""
@@ -157,6 +159,10 @@ class JobOutcome:
         return self.error is None
 
 
+class SubmissionError(BenchError, RuntimeError):
+    """sbatch failed: no controller, a refused partition or account..."""
+
+
 class JobGone(RuntimeError):
     """A job that left its queue without writing a result (cancelled, node failure)."""
 
@@ -233,14 +239,28 @@ class _Submitted:
         return [o for o in self.outcomes if o is not None]
 
     def _submit(self, indices: list[int]) -> dict[int, Any]:
+        import contextlib
+        import io
+
+        from submitit.core.utils import FailedJobError
+
         for i in indices:
             self.tries[i] += 1
             self.missing[i] = 0
-        if self.extract_array <= 1:
-            with self.executor.batch():  # one job array
-                handles = [self.executor.submit(self.jobs[i]) for i in indices]
-            return dict(zip(indices, handles))
-        return {i: self._submit_after_extraction(self.jobs[i]) for i in indices}
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # the submitter's errors: in the message
+                if self.extract_array <= 1:
+                    with self.executor.batch():  # one job array
+                        handles = [self.executor.submit(self.jobs[i]) for i in indices]
+                    return dict(zip(indices, handles))
+                return {i: self._submit_after_extraction(self.jobs[i]) for i in indices}
+        except (FailedJobError, OSError) as e:
+            hint = self.kind.submission_hint
+            if not hint:
+                raise
+            lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            raise SubmissionError(f"{hint[0]} refused the submission ({lines[-1].strip()}): "
+                                  f"{hint[1]} Or run with --executor local") from e
 
     def _submit_after_extraction(self, job) -> Any:
         with self.executor.batch():

@@ -28,6 +28,8 @@ from bench.errors import UsageError
 from bench.precision import PrecisionPolicy
 from bench import protocol as protocols
 from bench.protocol import HeadKind, head_kind
+from bench.images import IMAGE_READER
+from bench.ranges import HEAD_RANGES, OPTION_RANGES, TASK_RANGES, check_ranges
 
 if TYPE_CHECKING:
     from bench.backbone import Backbone
@@ -69,6 +71,12 @@ class RunOptions:
     experiment_id: str | None = None
     compile: bool = False  # torch.compile the backbone's truncated forward (the same features)
     decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.pipeline)
+
+    def __post_init__(self) -> None:
+        check_ranges({n: getattr(self, n) for n in OPTION_RANGES}, OPTION_RANGES, "option",
+                     {n: "--" + n.replace("_", "-") for n in OPTION_RANGES})
+        if not isinstance(self.suite, str) or not self.suite.strip():
+            raise UsageError(f"suite {self.suite!r}: name the MLflow experiment (--suite NAME)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class ResolvedRun:
             "groups": self.groups,
             "precision": self.precision.as_dict(),
             "skip_corrupt": self.spec.skip_corrupt,
+            "image_reader": IMAGE_READER,
         }
 
     def run_name(self, cell: ResolvedCell) -> str:
@@ -146,6 +155,7 @@ def build_task(spec: RunSpec) -> Task:
     from bench.registry import tasks
     from bench.task import problems_error
 
+    check_task_args(spec)
     task = tasks.create(spec.task, **spec.task_args)
     problems = task.verify(full=False)
     if problems:
@@ -162,7 +172,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     from bench.registry import backbones
 
     kind = head_kind(spec.head)
-    head_settings = kind.make_config(spec.head_args, spec.seed)  # bad settings fail first
+    head_settings = head_config(spec)  # bad settings fail first
     device = resolve_device(options.device)
     policy = resolve_precision(spec.precision, device.type)
     task = build_task(spec)
@@ -245,6 +255,23 @@ def check_spec(spec: RunSpec) -> None:
 
     backbones.entry(spec.backbone)
     tasks.entry(spec.task)
-    head_kind(spec.head).make_config(spec.head_args, spec.seed)
+    check_task_args(spec)
+    head_config(spec)
     if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"precision {spec.precision!r}: use auto, fp32, bf16 or fp16")
+
+
+def head_config(spec: RunSpec) -> Any:
+    """The head's settings with defaults filled in, every number checked against its range."""
+    kind = head_kind(spec.head)
+    config = kind.make_config(spec.head_args, spec.seed)
+    check_ranges(_settings(config), HEAD_RANGES, f"head {spec.head!r}:",
+                 {name: flag for flag, name in kind.flags.items()})
+    return config
+
+
+def check_task_args(spec: RunSpec) -> None:
+    from bench.images import max_image_pixels
+
+    check_ranges(spec.task_args, TASK_RANGES, f"task {spec.task!r}:")
+    max_image_pixels()  # $BENCH_MAX_IMAGE_PIXELS, checked before any image is decoded

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.errors import UsageError
 from bench.metrics import Predictions, get, names
 
 __all__ = ["Predictions", "Intervals", "bootstrap_intervals", "Comparison", "compare",
@@ -218,10 +219,10 @@ def _tail_interval(samples: np.ndarray, confidence: float) -> tuple[float, float
 
 def _check_paired(a: Predictions, b: Predictions) -> None:
     if a.num_classes != b.num_classes:
-        raise ValueError(f"cannot compare predictions over {a.num_classes} and {b.num_classes} "
+        raise UsageError(f"cannot compare predictions over {a.num_classes} and {b.num_classes} "
                          "classes: they come from different tasks")
     if len(a) != len(b) or not np.array_equal(a.labels, b.labels):
-        raise ValueError(
+        raise UsageError(
             f"cannot compare: the two prediction sets do not have the same test labels in the "
             f"same order ({len(a)} vs {len(b)} images). A paired comparison needs both runs "
             "scored on the same test split; re-run both on the same task and split.")

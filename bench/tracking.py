@@ -277,7 +277,12 @@ def load_predictions(run_id: str) -> Any:
         except Exception as e:
             raise BenchError(f"run {run_id} has no {names.PREDICTIONS} artifact (logged before "
                              "bench stored predictions?); re-run it with --force") from e
-        return Predictions.load(path)
+        try:
+            return Predictions.load(path)
+        except BenchError as e:
+            raise BenchError(f"the stored predictions of run {run_id} cannot be read: "
+                             f"{str(e).replace(str(path), names.PREDICTIONS)}; re-run it with "
+                             "--force") from e
 
 
 LOCK_HEARTBEAT_S = 10.0  # a claim's holder shows it is alive this often

@@ -160,3 +160,284 @@ def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, caps
         assert logged.backbone == "pixels" and logged.metrics["test_top1"] > 50
     finally:
         subprocess.run(down, capture_output=True, timeout=120)
+
+
+# --- issue 20, item 8: one line instead of a traceback --------------------------------------
+RUN = ["run", "--backbone", "pixels", "--task", "digits", *FAST]
+
+
+@pytest.mark.parametrize("variable", ["BENCH_RESULTS", "BENCH_CACHE"])
+def test_a_results_or_cache_folder_that_is_a_file_is_one_line(variable, monkeypatch, capsys,
+                                                               tmp_path):
+    from bench.cli import main
+
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    monkeypatch.setenv(variable, str(taken))
+    assert main(RUN) == 2
+    err = capsys.readouterr().err
+    assert f"{variable} {taken} is a file, not a folder" in err and err.count("\n") == 1, err
+
+
+def _read_only(folder, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`bench ARGV` in a private mount namespace where ``folder`` is a read-only bind mount of
+    itself (a real EROFS, which root cannot write through, unlike chmod)."""
+    import shlex
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare(1) for a read-only bind mount")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind -o ro {folder} {folder}"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"no read-only bind mount here: {probe.stderr.strip()}")
+    command = shlex.join([sys.executable, "-m", "bench.cli", *argv])
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount --bind -o ro {folder} {folder} && exec {command}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_complete_shared_cache_on_a_read_only_mount_is_read(monkeypatch, tmp_path):
+    cache = tmp_path / "shared-cache"
+    monkeypatch.setenv("BENCH_CACHE", str(cache))
+    run(RunSpec("pixels", "digits", head_args={"epochs": 2}), OPTIONS)  # fills the cache
+    env = os.environ | {"BENCH_CACHE": str(cache)}
+    shards = sorted(cache.rglob("shard-*.npy"))
+    # Another user, their own results folder, the cache mounted read-only (and its .locks too).
+    second = _read_only(cache, RUN, env | {"BENCH_RESULTS": str(tmp_path / "other")})
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "test_top1" in second.stdout and sorted(cache.rglob("shard-*.npy")) == shards
+
+
+def test_a_read_only_results_mount_is_one_line_before_any_work(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    done = _read_only(results, RUN, dict(os.environ))
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"bench: error: BENCH_RESULTS {results} cannot be written ({results} is "
+                     "read-only): make it writable or choose another folder"], done.stderr
+    assert not (results / "cache").exists()  # nothing extracted
+
+
+class _Tracking:
+    """A tracking server that answers /health and then fails: 500 to every call ("error"), no
+    answer at all ("hang"), or gone ("die": it stops after answering the health check)."""
+
+    def __init__(self, mode: str):
+        import http.server
+        import threading
+        import time
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                if self.path.startswith("/health"):
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                    if mode == "die":
+                        threading.Thread(target=outer.server.shutdown).start()
+                    return
+                if mode == "hang":
+                    time.sleep(30)
+                    return
+                self.send_response(500)
+                self.end_headers()
+                self.wfile.write(b'{"error_code": "INTERNAL_ERROR", "message": "boom"}')
+
+            do_GET = do_POST = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["error", "hang", "die"])
+def test_a_tracking_server_failing_after_its_health_check_is_one_line(mode, monkeypatch, capsys,
+                                                                       tmp_path):
+    import time
+
+    from bench import tracking
+    from bench.cli import main
+
+    server = _Tracking(mode)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(tracking, "_CHECKED", set())
+    started = time.monotonic()
+    try:
+        assert main(RUN) == 2
+    finally:
+        server.close() if mode != "die" else server.server.server_close()
+    err = capsys.readouterr().err
+    assert f"the tracking server {server.uri} failed" in err and err.count("\n") == 1, err
+    assert time.monotonic() - started < 20  # the request timeout, not minutes of retries
+    assert not (tmp_path / "results" / "cache").exists()  # nothing extracted
+
+
+PLUGIN = '''
+import torch
+from torchvision import transforms as T
+
+from bench.backbone import Backbone, FeaturePoint
+
+MODE = {mode!r}
+
+
+class Misbehaving(Backbone):
+    """A backbone plugin whose forward_features breaks the contract in one way (MODE)."""
+
+    input_size = 8
+    default_layers = ("out",)
+    default_pool = "none"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    @property
+    def config(self):
+        return {{"family": "misbehaving", "mode": MODE}}
+
+    def transform(self):
+        return T.Compose([T.Resize((8, 8)), T.ToTensor()])
+
+    def feature_points(self):
+        return [FeaturePoint("out", "vector")]
+
+    def forward_features(self, x, layers, sample_ids=None):
+        self.calls += 1
+        out = x.flatten(1)[:, :16]
+        if MODE == "nan":
+            out = out * float("nan")
+        elif MODE == "numpy":
+            out = out.numpy()
+        elif MODE == "batch":
+            out = out[:1]
+        elif MODE == "width":
+            out = out[:, : 17 - self.calls]
+        elif MODE == "layer":
+            return {{"something-else": out}}
+        return {{"out": out}}
+
+
+def make():
+    return Misbehaving()
+'''
+
+
+def _errors(err: str) -> list[str]:
+    """stderr without MLflow's own INFO lines (printed when a store is first created) and
+    bench's progress notes ("extracting N images ...")."""
+    return [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line
+            and not line.startswith("extracting ")]
+
+
+def test_a_backbone_plugin_whose_module_fails_to_import_is_one_line(monkeypatch, capsys,
+                                                                   tmp_path):
+    from bench.cli import main
+
+    path = tmp_path / "plugin.py"
+    path.write_text("import os\nimport not_installed_anywhere\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--backbone", "plugin.py:make", "--task", "digits", *FAST]) == 2
+    assert _errors(capsys.readouterr().err) == [
+        f"bench: error: backbone 'plugin.py:make': its module failed to import at {path}:2: "
+        "ModuleNotFoundError: No module named 'not_installed_anywhere'"]
+
+
+@pytest.mark.parametrize("mode, says", [
+    ("nan", "features of ('out', 'none') are not finite in float32"),
+    ("numpy", "layer 'out' is a numpy.ndarray, not a torch.Tensor"),
+    ("batch", "layer 'out' (vector) has shape (1, 16) for a batch of 8 images"),
+    ("width", "('out', 'none') features changed shape from (16,) to (15,) between batches"),
+    ("layer", "forward_features returned no 'out' (asked for ['out'], got ['something-else'])"),
+])
+def test_a_misbehaving_backbone_plugin_is_named_with_what_it_returned(mode, says, monkeypatch,
+                                                                      tmp_path):
+    import torch
+
+    from bench.backbone import BackboneOutputError
+    from bench.cache import FeatureCache
+    from bench.extract import extract
+    from bench.registry import backbones, tasks
+
+    (tmp_path / "plugin.py").write_text(PLUGIN.format(mode=mode))
+    monkeypatch.chdir(tmp_path)
+    task = tasks.create("digits", limit=24)
+    with pytest.raises(BackboneOutputError) as caught:
+        extract(backbones.create("plugin.py:make"), task.split("train"), [("out", "none")],
+                FeatureCache(tmp_path / "cache"), task.config, device=torch.device("cpu"),
+                batch_size=8, progress=False)
+    message = str(caught.value)
+    assert message.startswith("backbone 'plugin.py:make' (bench_user_") and says in message
+    assert "\n" not in message
+
+
+def test_a_misbehaving_plugin_in_a_run_is_one_line(monkeypatch, capsys, tmp_path):
+    from bench.cli import main
+
+    (tmp_path / "plugin.py").write_text(PLUGIN.format(mode="batch"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--backbone", "plugin.py:make", "--task", "digits", "--task-arg",
+                 "limit=24", "--batch-size", "8", *FAST]) == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert "has shape (1, 16) for a batch of 8 images" in line
+
+
+def test_compare_on_a_damaged_predictions_file_is_one_line(capsys, tmp_path):
+    from bench.api import run_seeds
+    from bench.cli import main
+
+    first, second = run_seeds(RunSpec("pixels", "digits", head_args={"epochs": 2, "lrs": [1e-2],
+                                                                     "weight_decays": [0.0]}),
+                              [0, 1], OPTIONS).records
+    [stored] = (tmp_path / "results").rglob(f"{second.run_id}/**/predictions.npz")
+    stored.write_bytes(stored.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert main(["compare", first.run_id, second.run_id]) == 2
+    [line] = _errors(capsys.readouterr().err)
+    assert f"the stored predictions of run {second.run_id} cannot be read" in line, line
+    assert "predictions.npz is damaged" in line and "--force" in line
+
+
+def test_comparing_predictions_over_different_class_counts_is_a_usage_error():
+    import numpy as np
+
+    from bench.errors import UsageError
+    from bench.stats import Predictions, compare
+
+    ten = Predictions(np.zeros((4, 5), int), np.arange(4), 10)
+    three = Predictions(np.zeros((4, 3), int), np.arange(4) % 3, 3)
+    with pytest.raises(UsageError, match="over 10 and 3 classes"):
+        compare(ten, three)
+
+
+def test_slurm_without_a_controller_is_one_line(monkeypatch, capsys, tmp_path):
+    """A real `sbatch` process failing as it does where no controller answers."""
+    from bench.cli import main
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "squeue", "sacct", "scancel"):
+        (bin_dir / name).write_text(
+            "#!/bin/sh\necho 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
+            "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert main([*RUN, "--executor", "slurm"]) == 2
+    assert _errors(capsys.readouterr().err) == [
+        "bench: error: SLURM refused the submission (sbatch: fatal: Could not establish a "
+        "configuration source): is a controller reachable from here (`sinfo`)? Or run with "
+        "--executor local"]

@@ -90,7 +90,7 @@ def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> N
                    "weighted kNN; few-shot: linear probe on k shots per class (bench run --shots)")
     p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="other settings of the head, e.g. hidden=512, recipe=adamw, dim=512")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="the probe's seed (default 0)")
     p.add_argument("--epochs", type=int,
                    help="training epochs (default: the head's; linear/mlp 40, attention 28)")
     p.add_argument("--lrs", type=floats, help="learning-rate grid, e.g. 1e-3,1e-2")
@@ -152,7 +152,7 @@ def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[st
 
     return RunSpec(backbone=backbone, task=task, layers=layers, pools=pools, head=args.head,
                    backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
-                   head_args=head_args(args), seed=args.seed, precision=args.precision,
+                   head_args=head_args(args), seed=args.seed or 0, precision=args.precision,
                    skip_corrupt=args.skip_corrupt)
 
 

@@ -41,8 +41,10 @@ def main(args: argparse.Namespace) -> int:
                             [v for a in args.pool for v in options.csv(a)])
     if args.draws is not None and (args.draws < 1 or args.seeds):
         raise UsageError("--draws takes a positive count and replaces --seeds (draw = seed)")
+    if args.seed is not None and (args.seeds or args.draws):
+        raise UsageError("--seed beside --seeds or --draws: they replace --seed, give one of them")
     seeds = args.seeds or (list(range(args.draws)) if args.draws else None)
-    if seeds is None and args.seed != 0:
+    if seeds is None and args.seed is not None:
         seeds = [args.seed]
     report = run_seeds(spec, seeds, options.run_options(args), options.executor(args))
     several = len({r.seed for r in report.records}) > 1
@@ -71,5 +73,10 @@ def describe(record, with_seed: bool = False) -> str:
         ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
         return f"test_{metric} {m[f'test_{metric}']:.2f}{ci}"
 
-    return (f"{record.name}{seed}: {shown('top1')}  {shown('mean_per_class')}  "
+    line = (f"{record.name}{seed}: {shown('top1')}  {shown('mean_per_class')}  "
             f"val_{record.headline} {record.val_score:.2f}  ({best})  run {record.run_id}{note}")
+    if record.skipped_count or record.skipped:
+        shown_items = ", ".join(record.skipped[:5]) + (" ..." if len(record.skipped) > 5 else "")
+        line += (f"\n  left out {record.skipped_count or len(record.skipped)} unreadable "
+                 f"image(s) (--skip-corrupt; listed in the run's bench.skipped tag): {shown_items}")
+    return line

@@ -1,0 +1,62 @@
+"""The ranges of numeric settings (head, task, run options), checked wherever settings are
+resolved so the library refuses what the CLI refuses: one line naming the setting, its value and
+the range, before anything is computed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting takes, and how a message states them."""
+
+    text: str
+    ok: Callable[[Any], bool]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(least: int) -> Range:
+    return Range(f"an integer >= {least}",
+                 lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least)
+
+
+POSITIVE = Range("a finite number > 0", lambda v: _number(v) and v > 0)
+NON_NEGATIVE = Range("a finite number >= 0", lambda v: _number(v) and v >= 0)
+FRACTION = Range("a number strictly between 0 and 1", lambda v: _number(v) and 0 < v < 1)
+COUNT, COUNT0 = _count(1), _count(0)
+
+# Settings checked wherever they appear, by name; a list is checked element by element.
+HEAD_RANGES = {
+    "lrs": POSITIVE, "weight_decays": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "temperature": POSITIVE, "epochs": COUNT, "eval_every": COUNT, "batch_size": COUNT,
+    "hidden": COUNT, "hidden_layers": COUNT, "dim": COUNT, "heads": COUNT, "depth": COUNT,
+    "shots": COUNT, "ks": COUNT,
+}
+TASK_RANGES = {"val_fraction": FRACTION, "test_fraction": FRACTION, "limit": COUNT,
+               "max_image_pixels": COUNT0}  # max_image_pixels 0: no limit; limit None: all
+OPTION_RANGES = {"batch_size": COUNT, "shard_size": COUNT, "workers": COUNT0}  # 0: in-process
+
+
+def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], what: str,
+                 flags: Mapping[str, str] | None = None) -> None:
+    """A ``UsageError`` naming the first setting outside its range, its value and the range.
+    ``flags``: setting -> the CLI flag that sets it, named too."""
+    for name, value in values.items():
+        rule = ranges.get(name)
+        if rule is None or value is None:
+            continue
+        many = isinstance(value, (list, tuple))
+        for one in value if many else [value]:
+            if not rule.ok(one):
+                flag = f" ({flags[name]})" if flags and name in flags else ""
+                shown = f"{name} value {one!r}" if many else f"{name}={one!r}"
+                raise UsageError(f"{what} {shown}{flag} is out of range: it must be {rule.text}")
