@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.adm.backbone import PRECISIONS, RELEASED, TINY_FLAGS
+from backbones.adm.backbone import RELEASED, TINY_FLAGS
 from backbones.adm.unet import ADMUNet, complete_flags
 from bench.compile import StaticCompiled
 from benchmarks.timing import seconds
@@ -97,6 +97,9 @@ def run(unet: ADMUNet, x: torch.Tensor, t: torch.Tensor, blocks: list[int] | Non
 
 def relative_l2(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
     return max(float((a[k].float() - b[k].float()).norm() / b[k].float().norm()) for k in b)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
 
 
 def main() -> None:

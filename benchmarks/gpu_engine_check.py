@@ -25,6 +25,7 @@ from backbones.adm import diffusion_tiny  # noqa: E402  (direct import: no regis
 from backbones.adm.backbone import TINY_FLAGS  # noqa: E402
 from bench.cache import FeatureCache  # noqa: E402
 from bench.extract import extract  # noqa: E402
+from bench.precision import resolve_precision  # noqa: E402
 from bench.probe import ProbeConfig, fit_probe  # noqa: E402
 from tasks.digits import Digits  # noqa: E402
 
@@ -40,7 +41,8 @@ def features(device: str, precision: str, cache_dir: str) -> tuple[dict, dict, f
     for split in ("train", "val", "test"):
         start = time.perf_counter()
         report = extract(backbone, task.split(split), [request], FeatureCache(cache_dir),
-                         task.config, device=torch.device(device), precision=precision,
+                         task.config, device=torch.device(device),
+                         precision=resolve_precision(precision, device),
                          batch_size=256, workers=4, progress=False)
         if device == "cuda":
             torch.cuda.synchronize()

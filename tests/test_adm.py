@@ -97,9 +97,13 @@ def test_parity_with_channels_last_and_pt_weights(tmp_path):
 
 @needs_fixtures
 def test_bf16_close_to_fp32():
-    """bf16 autocast: relative L2 error under 5% on every block (measured about 1-2%)."""
-    bb, _, io = fixture_backbone("adm_256_uncond_tiny", precision="bf16")
-    feats = bb.unet_features(io["xt"], io["t"], blocks=range(1, 38))
+    """Under the bf16 policy's autocast (as bench.extract runs it): relative L2 error under 5% on
+    every block (measured about 1-2%)."""
+    from bench.precision import autocast
+
+    bb, _, io = fixture_backbone("adm_256_uncond_tiny")
+    with autocast("bf16", torch.device("cpu")):
+        feats = bb.unet_features(io["xt"], io["t"], blocks=range(1, 38))
     for block, value in feats.items():
         assert value.dtype == torch.bfloat16
         ref = io[f"block_{block:02d}"]
@@ -239,3 +243,13 @@ def test_layers_group_by_timestep_for_difformer():
     with pytest.raises(ValueError, match="every block at every timestep"):
         tiny.layer_groups(["block19@t90", "block24@t90", "block19@t150"])
     assert bench.create_backbone("pixels").layer_groups(["image"]) == [["image"]]
+
+
+def test_precision_is_the_policys_alone():
+    """One precision policy decides (bench.extract's autocast): the backbone has no precision of
+    its own to disagree with it, and its config (hence its identity) names none."""
+    from bench.registry import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="precision"):
+        bench.create_backbone("diffusion-tiny", precision="bf16")
+    assert "precision" not in bench.create_backbone("diffusion-tiny").config

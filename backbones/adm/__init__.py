@@ -5,7 +5,7 @@ probe), ``diffusion-fg`` (block 19 at t=150, pool 4: its best on CUB), the class
 ``adm-64/128/256/512`` (label ``class_label``, default 0, for every image), ``adm`` for any
 checkpoint given ``flags=`` and ``weights=``, and ``diffusion-tiny``: the 256 structure at 64 px
 with seeded random weights, for offline tests. Override any default: ``t=150``, ``noise_seed=1``,
-``noise_draws=4``, ``precision="bf16"``, ...
+``noise_draws=4``, ...
 """
 
 from __future__ import annotations

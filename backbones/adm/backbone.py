@@ -1,4 +1,4 @@
-"""The bench backbone around the ADM U-Net: weights, noising, named block features, precision.
+"""The bench backbone around the ADM U-Net: weights, noising, named block features.
 
 Features of an image are block outputs of ONE U-Net pass on a noised copy of it (no denoising
 loop). Layers are named ``block24@t90``: the paper's 1-based block number and the timestep; the
@@ -8,7 +8,6 @@ the CPU, so it is the same whatever the batch, the device or the other timesteps
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -113,7 +112,6 @@ TINY_FLAGS: dict[str, Any] = dict(
     class_cond=False,
     use_fp16=False,
 )
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LAYER = re.compile(r"(?:block)?(\d+)|(input_blocks\.\d+|middle_block|output_blocks\.\d+)")
 
 
@@ -198,9 +196,9 @@ def load_unet(flags: Mapping[str, Any], path: Path) -> ADMUNet:
 class ADMBackbone(Backbone):
     """Frozen ADM U-Net features: block outputs at chosen timesteps of the forward noising.
 
-    ``precision`` "bf16"/"fp16" runs the U-Net under autocast; "fp32" (default) adds none, so a
-    caller's autocast (bench's ``--precision``) still applies, and on CUDA so does PyTorch's TF32
-    setting for convolutions (on by default: about 1e-3 relative difference to exact fp32).
+    Numeric precision is the caller's: bench runs the forward under its precision policy's
+    autocast (``--precision``), the one place it is decided; under fp32 on CUDA, PyTorch's TF32
+    setting for convolutions applies (on by default: about 1e-3 relative difference to exact fp32).
     ``channels_last`` is off by default: PyTorch's CUDA GroupNorm works in NCHW, so on an H100
     channels_last made block 24 in bf16 slower (226 vs 317 img/s). ``compile`` runs the truncated
     U-Net through ``torch.compile`` (see ``bench.compile``); the features are the same, so it is
@@ -222,14 +220,11 @@ class ADMBackbone(Backbone):
         noise_seed: int = 0,
         noise_draws: int = 1,
         class_label: int = 0,
-        precision: str = "fp32",
         channels_last: bool = False,
         interpolation: str = "bicubic",
         compile: bool = False,
     ):
         super().__init__()
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         if noise_draws < 1:
             raise UsageError("noise_draws must be at least 1")
         if not 0 <= class_label < NUM_CLASSES:
@@ -248,7 +243,6 @@ class ADMBackbone(Backbone):
         self.noise_seed = noise_seed
         self.noise_draws = noise_draws
         self.class_label = class_label
-        self.precision = precision
         self.channels_last = channels_last
         self.interpolation = interpolation
         self.input_size = int(self.flags["image_size"])
@@ -268,7 +262,6 @@ class ADMBackbone(Backbone):
             "noise_seed": self.noise_seed,
             "noise_draws": self.noise_draws,
             "class_label": self.class_label if self.flags["class_cond"] else None,
-            "precision": self.precision,
             "transform": self.transform_description(),
         }
 
@@ -345,27 +338,20 @@ class ADMBackbone(Backbone):
         """Raw outputs of paper blocks (1-based) for already-noised ``x_t`` at timesteps ``t``.
 
         ``t`` is one integer timestep per image (or one for all); ``y`` defaults to
-        ``class_label`` for class-conditional checkpoints. Runs in this backbone's precision.
+        ``class_label`` for class-conditional checkpoints. Runs in the caller's autocast, if any.
         """
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
         if self.flags["class_cond"] and y is None:
             y = torch.full((x_t.shape[0],), self.class_label, device=x_t.device, dtype=torch.long)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        with self._autocast(x_t.device):
-            return self.compiled_forward(x_t, t, [int(b) for b in blocks], y)
+        return self.compiled_forward(x_t, t, [int(b) for b in blocks], y)
 
     def noise(self, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise per image, from its own generator: independent of the batch it is in."""
         return _diffusion.seeded_noise(self.noise_seed, sample_ids, draw, shape)
 
     # --- helpers ----------------------------------------------------------------------------
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
-        return (
-            contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-        )
-
     def _check_t(self, t: int) -> None:
         _diffusion.check_timestep(t, self.schedule.steps)
 
