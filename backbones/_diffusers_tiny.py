@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench.weights import weights_dir
+from bench.features.weights import weights_dir
 
 TEXT_LENGTH = 16  # tokens per prompt of the tiny tokenizer
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from backbones._shared import FrozenBackbone, frozen
 from bench.backbone import MAP, VECTOR, FeaturePoint
-from bench.weights import resolve
+from bench.features.weights import resolve
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 

@@ -1,7 +1,7 @@
 """What the comparison families share: a frozen-backbone base, weight-file helpers, transforms.
 
 Weights always reach a model through a file (downloaded, given by path or, for test-sized presets,
-seeded random weights written once under ``bench.weights.weights_dir()``), so tests exercise the
+seeded random weights written once under ``bench.features.weights.weights_dir()``), so tests exercise the
 same loading code as real weights and the digest is always the file's sha256.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.backbone import TOKENS, Backbone, FeaturePoint
-from bench.weights import WeightsError, load_checkpoint, offline
+from bench.features.weights import WeightsError, load_checkpoint, offline
 
 RANDOM_LICENCE = "none (random weights)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,7 +80,7 @@ def hub_file(repo_id: str, filenames: Sequence[str]) -> Path:
 def load_state_dict_file(path: str | os.PathLike, kind: str = "PyTorch") -> dict[str, Any]:
     """The object stored in a weights file: safetensors, or a torch pickle of tensors only.
 
-    A damaged or unsafe file raises ``WeightsError`` naming it (``bench.weights.load_checkpoint``).
+    A damaged or unsafe file raises ``WeightsError`` naming it (``bench.features.weights.load_checkpoint``).
     """
     return load_checkpoint(path, kind)
 

@@ -11,7 +11,7 @@ from torch import nn
 from backbones._shared import FrozenBackbone, block_numbers, block_points, frozen, hub_file
 from bench.backbone import TOKENS, VECTOR, FeaturePoint
 from bench.errors import UsageError
-from bench.weights import file_sha256, random_weights_file, reading_checkpoint, resolve
+from bench.features.weights import file_sha256, random_weights_file, reading_checkpoint, resolve
 
 FINAL_POINTS = ("cls", "patch-mean", "tokens")
 

@@ -39,7 +39,7 @@ import torch
 from backbones._shared import FrozenBackbone, RANDOM_LICENCE
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, download, file_sha256, offline, weights_dir
+from bench.features.weights import WeightsError, download, file_sha256, offline, weights_dir
 
 HUB = "https://tfhub.dev/deepmind/bigbigan-{}/1"
 OUTPUTS = ("avepool_feat", "bn_crelu_feat")

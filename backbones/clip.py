@@ -32,7 +32,7 @@ import torch
 from backbones._shared import FrozenBackbone, RANDOM_LICENCE, block_numbers, block_points, frozen
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import (
+from bench.features.weights import (
     WeightsError,
     file_sha256,
     offline,

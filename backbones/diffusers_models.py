@@ -38,7 +38,7 @@ from backbones import _diffusion
 from bench.errors import UsageError
 from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, offline
+from bench.features.weights import WeightsError, file_sha256, offline
 
 UNET, TEXT_UNET, DIT = "UNet2DModel", "UNet2DConditionModel", "DiT"
 DENOISER_CLASSES = {

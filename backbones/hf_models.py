@@ -27,7 +27,7 @@ from torch import nn
 from backbones._shared import FrozenBackbone, frozen
 from bench.backbone import MAP, TOKENS, VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, offline
+from bench.features.weights import WeightsError, offline
 
 UNKNOWN_LICENCE = "unknown: see the model card"
 

@@ -4,7 +4,7 @@ If a trained diffusion U-Net's block features beat this by little, the "represen
 the inductive bias of convolutions and pooling. Weights are drawn from a seed (deterministic, no
 file; the digest hashes the state dict); features are the outputs of the library's own down/mid/up
 blocks, called in the order of ``UNet2DModel.forward`` and stopped after the deepest requested
-block (a plain function without hooks, so ``compile=True`` can compile it: see ``bench.compile``).
+block (a plain function without hooks, so ``compile=True`` can compile it: see ``bench.features.compile``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from backbones._shared import FrozenBackbone, frozen, resize_crop
 from bench.backbone import MAP, FeaturePoint
-from bench.compile import StaticCompiled
+from bench.features.compile import StaticCompiled
 from bench.registry import register_backbone
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from backbones._resnet import ResNetBackbone, resnet50_net
 from backbones._shared import IMAGENET_MEAN, IMAGENET_STD, RANDOM_LICENCE, load_state_dict_file, resize_crop
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, random_weights_file, resolve
+from bench.features.weights import WeightsError, file_sha256, random_weights_file, resolve
 
 HUB = "https://huggingface.co/lightly-ai/simclrv1-imagenet1k-resnet50-{w}x/resolve/main/resnet50-{w}x.pth"
 NORMALISED_FORMATS = {"simclr-converter": False, "vissl": True}

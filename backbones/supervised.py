@@ -11,7 +11,7 @@ from backbones._resnet import ResNetBackbone, resnet50_net, torchvision_file
 from backbones._shared import RANDOM_LICENCE, load_state_dict_file
 from backbones._vit import TimmViT, timm_vit
 from bench.registry import register_backbone
-from bench.weights import file_sha256, random_weights_file, resolve
+from bench.features.weights import file_sha256, random_weights_file, resolve
 
 
 @register_backbone(

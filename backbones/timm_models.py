@@ -28,7 +28,7 @@ from backbones._shared import RANDOM_LICENCE, FrozenBackbone, frozen, hub_file
 from bench.errors import UsageError
 from bench.backbone import MAP, TOKENS, VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.weights import WeightsError, file_sha256, random_weights_file, reading_checkpoint, resolve
+from bench.features.weights import WeightsError, file_sha256, random_weights_file, reading_checkpoint, resolve
 
 PRE_LOGITS = "pre-logits"
 UNKNOWN_LICENCE = "unknown: see the model card"

@@ -2,7 +2,7 @@
 compare two results. No argparse here.
 
     from bench.api import run
-    from bench.spec import RunSpec, RunOptions
+    from bench.run.spec import RunSpec, RunOptions
     records = run(RunSpec(backbone="pixels", task="digits"), RunOptions(suite="mine"))
 
 ``run`` resolves the spec in this process when the job runs here (the backbone is built once);
@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.errors import BenchError, UsageError
-from bench.leaderboard import Leaderboard
-from bench.record import RunRecord
-from bench.scheduler import ExecutorConfig, JobOutcome, run_jobs, summary
-from bench.spec import RunOptions, RunSpec
-from bench.sweep import SweepPlan
+from bench.results.leaderboard import Leaderboard
+from bench.results.record import RunRecord
+from bench.run.scheduler import ExecutorConfig, JobOutcome, run_jobs, summary
+from bench.run.spec import RunOptions, RunSpec
+from bench.run.sweep import SweepPlan
 
 if TYPE_CHECKING:
-    from bench.similarity_run import SimilarityResult, SimilaritySpec
+    from bench.run.similarity_run import SimilarityResult, SimilaritySpec
     from bench.stats import Comparison, SeedAggregate
 
 
@@ -38,7 +38,7 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     """Options a job needs to agree with the driver wherever it runs: the experiment (created
     once, here), the tracking URI and the cache folder as absolute values."""
     from bench.paths import cache_dir, check_writable, results_dir, tracking_uri
-    from bench.tracking import ensure_experiment
+    from bench.results.tracking import ensure_experiment
 
     check_writable(results_dir(), "BENCH_RESULTS")  # pending results and job logs go there
     cache = cache_dir(options.cache_dir)  # a file in its place fails here, before any work
@@ -70,9 +70,9 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
     above one, e.g. few-shot's five draws; else ``spec.seed``). With several seeds, each cell's
     test metrics across seeds (mean, sample std) are logged on every record of that cell as
     ``test_top1_seed_mean``/``_seed_std``... and returned."""
-    from bench.jobs import BenchJob
+    from bench.run.jobs import BenchJob
     from bench.protocol import head_kind
-    from bench.spec import build_task, check_spec, resolve
+    from bench.run.spec import build_task, check_spec, resolve
 
     kind = head_kind(spec.head)
     if seeds is None:
@@ -102,9 +102,9 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
 
 def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
     from bench.metrics import names
-    from bench.record import seed_metrics
+    from bench.results.record import seed_metrics
     from bench.stats import aggregate_seeds
-    from bench.tracking import add_metrics
+    from bench.results.tracking import add_metrics
 
     cells: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -154,12 +154,12 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
 def leaderboard(suites: list[str], metric: str = "test_top1", references: bool = False,
                 title: str | None = None, log: bool = True, figures: bool = False,
                 protocol: str = "linear") -> tuple[Leaderboard, dict[str, Path]]:
-    """The backbone x task table of these suites for ``protocol``'s heads (``bench.leaderboard.
+    """The backbone x task table of these suites for ``protocol``'s heads (``bench.results.leaderboard.
     protocols()``), written under the results folder (and logged to the first suite's
     experiment); its file paths, figures included when asked for."""
-    from bench import leaderboard as boards
+    from bench.results import leaderboard as boards
     from bench.paths import results_dir
-    from bench.tracking import ensure_experiment
+    from bench.results.tracking import ensure_experiment
 
     board = boards.build(suites, metric, references, protocol)
     paths = boards.write(board, results_dir(), title or f"bench leaderboard: {', '.join(suites)} "
@@ -173,8 +173,8 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
 def write_figures(suites: list[str]) -> dict[str, Path]:
     """The reference sources' figures (the paper's ablations) for these suites' records."""
     from bench.paths import figures_dir
-    from bench.references import figures
-    from bench.tracking import experiment_ids, find_records
+    from bench.results.references import figures
+    from bench.results.tracking import experiment_ids, find_records
 
     folder = figures_dir()
     paths = {}
@@ -195,9 +195,9 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     test split manifests differ (another task, or changed files) are refused (``UsageError``);
     runs logged before the manifest was recorded must at least name the same task.
     """
-    from bench import leaderboard as boards
+    from bench.results import leaderboard as boards
     from bench.stats import compare as paired
-    from bench.tracking import load_predictions, load_record
+    from bench.results.tracking import load_predictions, load_record
 
     if task is None:
         first, second = load_record(a), load_record(b)
@@ -218,7 +218,7 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
 def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
     """A similarity matrix (CKA, mutual kNN, CKNNA) between feature points on the same images,
     from the feature cache, with a permutation null and 95% intervals, logged as one MLflow run
-    (reused when its identity is already logged): see ``bench.similarity_run``."""
-    from bench.similarity_run import similarity as compute
+    (reused when its identity is already logged): see ``bench.run.similarity_run``."""
+    from bench.run.similarity_run import similarity as compute
 
     return compute(spec, options)

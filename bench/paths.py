@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench.errors import UsageError
 
-# Read at import: bench sets TORCHINDUCTOR_CACHE_DIR itself once it compiles (bench.compile), so
+# Read at import: bench sets TORCHINDUCTOR_CACHE_DIR itself once it compiles (bench.features.compile), so
 # only a value present before that is the user's.
 _USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 

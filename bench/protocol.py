@@ -7,7 +7,7 @@
 3. ``trainer.refit_predict(data, point)`` retrains that point on train+val, identically, and
    returns its test logits: test is touched exactly once.
 
-A head is a registered ``HeadKind`` (``register_head``; built-ins in ``bench.kinds``, others from
+A head is a registered ``HeadKind`` (``register_head``; built-ins in ``bench.heads.kinds``, others from
 the entry-point group ``bench.heads``): its settings dataclass, its trainer, what it reads (pooled
 vectors or lightly pooled maps, ``accepts``) and whether it fuses all layers of a pool into one
 result. Adding a protocol is one trainer class and one registered kind; no engine module changes.
@@ -15,7 +15,7 @@ result. Adding a protocol is one trainer class and one registered kind; no engin
 Every metric and prediction comes from one ``bench.metrics.Predictions`` per evaluation (one tie
 rule: the lower class id wins); selections at an end of the grid are reported (``grid_edges``).
 
-``PROTOCOL_VERSION`` is part of every result's identity (``bench.spec``): bump it whenever a
+``PROTOCOL_VERSION`` is part of every result's identity (``bench.run.spec``): bump it whenever a
 change to this module or to a trainer changes the numbers a given configuration produces.
 """
 
@@ -256,7 +256,7 @@ def register_head(kind: Any) -> Any:
 
 
 def _discover() -> None:
-    """The built-in heads (``bench.kinds``), then installed packages' entry points in the group
+    """The built-in heads (``bench.heads.kinds``), then installed packages' entry points in the group
     ``bench.heads`` (a ``HeadKind``, a subclass, or a module that registers on import)."""
     global _discovered
     if _discovered:
@@ -264,7 +264,7 @@ def _discover() -> None:
     _discovered = True
     from bench.plugins import load_group
 
-    for kind in importlib.import_module("bench.kinds").KINDS:
+    for kind in importlib.import_module("bench.heads.kinds").KINDS:
         register_head(kind)
     load_group("bench.heads", register_head)
 

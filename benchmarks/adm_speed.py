@@ -6,7 +6,7 @@ rows run what ``ADMBackbone.unet_features`` runs, with and without channels_last
 default is without: faster on CUDA, where GroupNorm works in NCHW). Peak memory is what the call
 adds on top of weights and inputs: the CUDA allocator's peak on GPU, the peak bytes of live
 tensors created during the call on CPU. FLOPs are counted on the meta device. ``--compile`` adds
-rows running the same truncated forward through ``bench.compile.StaticCompiled`` (what
+rows running the same truncated forward through ``bench.features.compile.StaticCompiled`` (what
 ``compile=True`` runs), with the compile time of its first call and the relative L2 error of its
 features against the eager row's.
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.adm.backbone import RELEASED, TINY_FLAGS
 from backbones.adm.unet import ADMUNet, complete_flags
-from bench.compile import StaticCompiled
+from bench.features.compile import StaticCompiled
 from benchmarks.timing import seconds
 
 CONFIGS = {"256-tiny": TINY_FLAGS, "256-real-structure": RELEASED["diffusion"][0]}
@@ -110,10 +110,10 @@ def main() -> None:
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM)")
-    p.add_argument("--compile", action="store_true", help="add torch.compile rows (bench.compile)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile rows (bench.features.compile)")
     p.add_argument("--compile-mode", default="",
                    help="comma-separated torch.compile modes, one row each (default: "
-                        "bench.compile's choice, inductor's default)")
+                        "bench.features.compile's choice, inductor's default)")
     p.add_argument("--blocks", default="24,19", help="comma-separated blocks to time")
     args = p.parse_args()
 

@@ -1,7 +1,7 @@
 """What bootstrap intervals cost next to the probe they qualify, measured side by side in one run.
 
 Times ``bench.stats.bootstrap_intervals`` (top1, top5, stratified mean per class; 1,000 resamples)
-on ImageNet-sized predictions (50,000 test images, 1,000 classes), then ``bench.probe.fit_probe``
+on ImageNet-sized predictions (50,000 test images, 1,000 classes), then ``bench.heads.probe.fit_probe``
 (the default 5 x 5 grid, selection, retrain, test) on a synthetic problem with the same 50,000
 test images and 1,000 classes, and prints both times and the ratio. The probe here is smaller than
 ImageNet's (1.28M train images, 40 epochs), whose cost grows with train images x dim x epochs, so
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from bench.probe import ProbeConfig, fit_probe
+    from bench.heads.probe import ProbeConfig, fit_probe
     from bench.stats import bootstrap_intervals
 
     predictions = imagenet_sized_predictions(args.test, args.classes, accuracy=0.75)

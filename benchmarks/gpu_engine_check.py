@@ -1,6 +1,6 @@
 """The engine's GPU path, checked and timed in one run (no MLflow needed).
 
-1. Extraction through ``bench.extract`` of the ``diffusion-tiny`` ADM preset on digits, on the CPU
+1. Extraction through ``bench.features.extract`` of the ``diffusion-tiny`` ADM preset on digits, on the CPU
    in fp32 and on the GPU with bf16 autocast (the ``--precision auto`` default there): images/s of
    each and how far the GPU's bf16 features are from the CPU's fp32 ones.
 2. The batched grid probe on those features, on the CPU and on the GPU: test top-1 of each.
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones.adm import diffusion_tiny  # noqa: E402  (direct import: no registry scan)
 from backbones.adm.backbone import TINY_FLAGS  # noqa: E402
-from bench.cache import FeatureCache  # noqa: E402
-from bench.extract import extract  # noqa: E402
+from bench.features.cache import FeatureCache  # noqa: E402
+from bench.features.extract import extract  # noqa: E402
 from bench.precision import resolve_precision  # noqa: E402
-from bench.probe import ProbeConfig, fit_probe  # noqa: E402
+from bench.heads.probe import ProbeConfig, fit_probe  # noqa: E402
 from tasks.digits import Digits  # noqa: E402
 
 from probe_speed import synthetic_features  # noqa: E402

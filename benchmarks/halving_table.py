@@ -70,7 +70,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from bench.probe import ProbeConfig, fit_probe
+    from bench.heads.probe import ProbeConfig, fit_probe
     from bench.stats import compare
 
     torch.manual_seed(0)

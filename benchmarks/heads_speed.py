@@ -1,7 +1,7 @@
 """Attention head's learning-rate grid: one batched computation vs one head after another.
 
 Writes a real cache entry of fp16 feature maps (memory-mapped shards, as ``bench run`` leaves
-them), then trains the same 4 learning rates as a batched grid (``bench.heads.train_grid``: one
+them), then trains the same 4 learning rates as a batched grid (``bench.heads.attention.train_grid``: one
 minibatch read per step for all heads) and one lr after another the plain way: the head module's
 own forward and ``make_optimizer``'s torch.optim recipe (``train_one_by_one``, the reference the
 grid is tested equal to). All runs use the same seeds, minibatch order and steps. Also timed: the
@@ -22,7 +22,7 @@ import numpy as np
 
 def write_cache_entry(root: str, n: int, channels: int, side: int, classes: int):
     """A complete cache entry of (n, channels, side, side) fp16 maps, opened memory-mapped."""
-    from bench.cache import FeatureCache
+    from bench.features.cache import FeatureCache
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, classes, n)
@@ -42,7 +42,7 @@ def train_one_by_one(build, data, layers, cfg, lr: float, epochs: int, device=No
     grid's seeds and minibatch order (``cfg.seed``)."""
     import torch
 
-    from bench.heads import make_optimizer
+    from bench.heads.attention import make_optimizer
 
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from bench.heads import AttentionHead, HeadConfig, _Maps, train_grid
+    from bench.heads.attention import AttentionHead, HeadConfig, _Maps, train_grid
 
     classes, lrs = 10, (1e-4, 3e-4, 1e-3, 3e-3)
     cfg = HeadConfig(recipe=args.recipe, lrs=lrs, epochs=args.epochs, dim=args.dim, heads=2,

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
-    from bench.knn import KnnConfig, knn_top5
+    from bench.heads.knn import KnnConfig, knn_top5
 
     (bank, bank_y), (queries, query_y) = problem(args.size, args.queries, args.dim, args.classes,
                                                  args.noise)
@@ -56,7 +56,7 @@ def main() -> None:
     theirs = model.fit(bank, bank_y).predict(queries)
     theirs_s = time.perf_counter() - start
 
-    print(f"bench.knn on {args.device}: {ours_s:.2f} s, top1 {100 * (ours == query_y).mean():.2f}")
+    print(f"bench.heads.knn on {args.device}: {ours_s:.2f} s, top1 {100 * (ours == query_y).mean():.2f}")
     print(f"sklearn brute cosine:   {theirs_s:.2f} s, top1 {100 * (theirs == query_y).mean():.2f}")
     print(f"predictions agree on {100 * (ours == theirs).mean():.2f}% of queries; "
           f"speed-up {theirs_s / ours_s:.1f}x")

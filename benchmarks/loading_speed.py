@@ -2,7 +2,7 @@
 
 Extraction must not wait on loading: compare these numbers with a backbone's images/s. The tree is
 synthetic (CUB-like 500x375 JPEGs, quality 90, in class folders) and read through the tasks'
-loader (``bench.images.load_rgb``: full decode, RGB), then the usual eval transform: resize the
+loader (``bench.features.images.load_rgb``: full decode, RGB), then the usual eval transform: resize the
 short side to 256 (bicubic), centre-crop 224, to tensor, normalise. No model runs.
 Run: python benchmarks/loading_speed.py [--images 600] [--workers 0,1,2] [--dir DIR]
 """
@@ -72,7 +72,7 @@ def main() -> None:
 
     import torch
 
-    from bench.images import load_rgb
+    from bench.features.images import load_rgb
     from bench.task import Split
 
     torch.set_num_threads(1)  # as in a DataLoader worker: one image pipeline per process

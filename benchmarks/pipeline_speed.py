@@ -2,10 +2,10 @@
 
 Writes a folder of synthetic photo-like JPEGs (500x375, quality 90, like CUB or ImageNet), then
 measures with the same backbone, batch size and workers:
-  decode-only  the extraction input pipeline alone (bench.pipeline.Loader: read, decode, resize,
+  decode-only  the extraction input pipeline alone (bench.features.pipeline.Loader: read, decode, resize,
                crop, onto the device), for each --decode;
   model-only   the backbone's extract() on one prepared batch, repeated;
-  end-to-end   bench.extract.extract() into a fresh feature cache (workers start-up included).
+  end-to-end   bench.features.extract.extract() into a fresh feature cache (workers start-up included).
 The stages overlap (workers decode while the model runs), so end-to-end should reach the slower
 stage's rate: the last column is end-to-end / min(decode-only, model-only), target >= 0.85.
 
@@ -49,11 +49,11 @@ def main() -> None:
     import torch
 
     import bench
-    from bench.cache import FeatureCache
-    from bench.compile import enable_compile
-    from bench.extract import _decode_device, extract
-    from bench.images import load_rgb
-    from bench.pipeline import Loader
+    from bench.features.cache import FeatureCache
+    from bench.features.compile import enable_compile
+    from bench.features.extract import _decode_device, extract
+    from bench.features.images import load_rgb
+    from bench.features.pipeline import Loader
     from bench.precision import autocast, resolve_device, resolve_precision
     from bench.task import Split
 

@@ -87,7 +87,7 @@ def main() -> None:
     threadpool_limits(args.threads)
     torch.set_num_threads(args.threads)
     from bench.precision import resolve_device, resolve_precision
-    from bench.probe import ProbeConfig, fit_probe
+    from bench.heads.probe import ProbeConfig, fit_probe
 
     device = resolve_device(args.device)
     policies = [resolve_precision(name, device.type) for name in args.precision.split(",")]

@@ -1,4 +1,4 @@
-"""A 37 x 37 block CKA matrix all pairs at once (bench.similarity) vs pair by pair, side by side.
+"""A 37 x 37 block CKA matrix all pairs at once (bench.heads.similarity) vs pair by pair, side by side.
 
 The features stand in for guided-diffusion ADM-256's 37 blocks at pool 1: each block's channel
 width (256, 512, 1,024 by resolution level) divided by ``--width-divisor`` (default 2, so the
@@ -60,7 +60,7 @@ def pair_by_pair(points: list[torch.Tensor]) -> np.ndarray:
 
 
 def main() -> None:
-    from bench.similarity import Measure, as_points, matrix
+    from bench.heads.similarity import Measure, as_points, matrix
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)

@@ -33,7 +33,7 @@ SUITE = "bench"
 
 def record(i: int):
     """The i-th filler result: its own identity and slot (the seed), realistic names."""
-    from bench.record import RunRecord
+    from bench.results.record import RunRecord
 
     backbone, task = f"backbone{i % 50}", f"task{i // 50 % 10}"
     return RunRecord(
@@ -87,7 +87,7 @@ def measure(experiment_id: str, runs: range, repeats: int, leaderboard: bool, sa
             offset: int) -> dict[str, float]:
     """Median seconds of a reuse lookup and a supersede (each on other runs among ``runs``, from
     ``offset``), and a leaderboard."""
-    from bench import tracking
+    from bench.results import tracking
     from bench.api import leaderboard as board
 
     warm = record(runs[-1])  # untimed: connect, check the store, warm a fresh server up
@@ -167,7 +167,7 @@ def main() -> None:
     db = folder / "mlflow.db"
     os.environ["BENCH_RESULTS"] = str(folder / "results")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
-    from bench.tracking import ensure_experiment
+    from bench.results.tracking import ensure_experiment
 
     experiment_id = ensure_experiment(SUITE)
     proc, server = start_server(db, folder)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.data import Download
-from bench.filetask import FileTask, Partitions
-from bench.images import load_rgb
+from bench.features.data import Download
+from bench.features.filetask import FileTask, Partitions
+from bench.features.images import load_rgb
 from bench.registry import register_task
 from bench.task import DatasetError, data_root
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from bench.filetask import FileTask, Partitions
+from bench.features.filetask import FileTask, Partitions
 from bench.registry import register_task
 from bench.task import DatasetError, data_root
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.data import Download
-from bench.filetask import FileTask, Partitions
+from bench.features.data import Download
+from bench.features.filetask import FileTask, Partitions
 from bench.registry import register_task
 from bench.task import DatasetError, data_root
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.filetask import FileTask, Partitions, hidden, list_class_folders
-from bench.images import IMAGE_EXTENSIONS
+from bench.features.filetask import FileTask, Partitions, hidden, list_class_folders
+from bench.features.images import IMAGE_EXTENSIONS
 from bench.registry import register_task
 from bench.task import DatasetError, holdout_split
 

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.filetask import FileTask, Partitions, list_class_folders
+from bench.features.filetask import FileTask, Partitions, list_class_folders
 from bench.registry import register_task
 from bench.task import DatasetError, ManualDownloadError, data_root
 

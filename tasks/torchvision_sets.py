@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import Download
+from bench.features.data import Download
 from bench.errors import UsageError
-from bench.filetask import FileTask, Partitions
+from bench.features.filetask import FileTask, Partitions
 from bench.registry import register_task
 from bench.task import DatasetError, Split, data_root
 

@@ -31,7 +31,7 @@ def isolated_results(tmp_path, monkeypatch):
 
 def records(suite: str = "bench", include_superseded: bool = False):
     """The finished result records of a suite, as leaderboards read them."""
-    from bench.tracking import experiment_ids, find_records
+    from bench.results.tracking import experiment_ids, find_records
 
     return find_records(experiment_ids([suite]), include_superseded=include_superseded)
 

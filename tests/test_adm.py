@@ -20,7 +20,7 @@ from backbones.adm.backbone import (
     mismatch_message,
 )
 from backbones.adm.unet import complete_flags
-from bench.weights import WeightsError, file_sha256
+from bench.features.weights import WeightsError, file_sha256
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "adm"
 NAMES = ["adm_256_uncond_tiny", "adm_64_cond_tiny", "adm_128_cond_tiny"]
@@ -97,7 +97,7 @@ def test_parity_with_channels_last_and_pt_weights(tmp_path):
 
 @needs_fixtures
 def test_bf16_close_to_fp32():
-    """Under the bf16 policy's autocast (as bench.extract runs it): relative L2 error under 5% on
+    """Under the bf16 policy's autocast (as bench.features.extract runs it): relative L2 error under 5% on
     every block (measured about 1-2%)."""
     from bench.precision import autocast
 
@@ -246,7 +246,7 @@ def test_layers_group_by_timestep_for_difformer():
 
 
 def test_precision_is_the_policys_alone():
-    """One precision policy decides (bench.extract's autocast): the backbone has no precision of
+    """One precision policy decides (bench.features.extract's autocast): the backbone has no precision of
     its own to disagree with it, and its config (hence its identity) names none."""
     from bench.registry import InvalidArgumentError
 

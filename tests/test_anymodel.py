@@ -19,7 +19,7 @@ from PIL import Image
 import bench
 from bench.registry import FactoryError, InvalidArgumentError, Registry
 from bench.registry import backbones as backbone_registry
-from bench.weights import weights_dir
+from bench.features.weights import weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = {"img_size": 32, "depth": 2}

@@ -22,7 +22,7 @@ import bench
 from backbones import bigbigan, simclr
 from backbones.supervised import load_state_dict_file
 from bench.registry import backbones as registry
-from bench.weights import WeightsError
+from bench.features.weights import WeightsError
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -416,9 +416,9 @@ def test_bench_run_works_offline_for_every_family(preset):
     if preset == "bigbigan-tiny":
         pytest.importorskip("tensorflow", reason="BigBiGAN runs in TensorFlow: pip install "
                             "'bench[bigbigan]' (CI installs it)")
-    from bench.cache import FeatureCache
+    from bench.features.cache import FeatureCache
     from bench.cli import main
-    from bench.probe import ProbeConfig, fit_probe
+    from bench.heads.probe import ProbeConfig, fit_probe
 
     from .conftest import records
 

@@ -1,4 +1,4 @@
-"""Compiled extraction (bench.compile): same features as eager, same cache entries, static shapes.
+"""Compiled extraction (bench.features.compile): same features as eager, same cache entries, static shapes.
 
 Compiling on the CPU takes seconds per graph, so the parity test compiles one tiny graph (the
 first two blocks of diffusion-tiny: a convolution and a ResBlock) on a few images.
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import bench
-from bench.cache import FeatureCache
-from bench.compile import StaticCompiled, enable_compile
+from bench.features.cache import FeatureCache
+from bench.features.compile import StaticCompiled, enable_compile
 from bench.errors import UsageError
-from bench.extract import entry_fields, extract
+from bench.features.extract import entry_fields, extract
 from bench.paths import compile_cache_dir
 from bench.precision import resolve_precision
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import data
-from bench.weights import WeightsError, download
+from bench.features import data
+from bench.features.weights import WeightsError, download
 from tests.test_tasks import CUB_COUNTS, cub_tree
 
 
@@ -236,7 +236,7 @@ def test_data_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, bench.data; heavy = {'torch', 'torchvision', 'PIL', 'scipy', 'numpy'}; "
+    code = ("import sys, bench.features.data; heavy = {'torch', 'torchvision', 'PIL', 'scipy', 'numpy'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -19,7 +19,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import bench
 from backbones._diffusers_tiny import tiny_pipeline
 from backbones.diffusers_models import DiffusersBackbone, DiffusersLoadError, load_pipeline
-from bench.weights import file_sha256
+from bench.features.weights import file_sha256
 from tests.conftest import REPO
 
 # preset -> (diffusers class of the denoiser, its folder, modules checked)

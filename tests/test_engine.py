@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import bench
-from bench.cache import FeatureCache
-from bench.extract import extract
+from bench.features.cache import FeatureCache
+from bench.features.extract import extract
 from bench.precision import resolve_precision
-from bench.probe import ProbeConfig, fit_probe
+from bench.heads.probe import ProbeConfig, fit_probe
 from bench.errors import UsageError
 from bench.registry import UnknownNameError
 from bench.task import CorruptImageError, DatasetError, Split, holdout_split
@@ -67,7 +67,7 @@ def test_second_identical_extraction_computes_nothing(tmp_path):
 def test_cache_key_covers_what_changes_features():
     task = bench.create_task("digits")
     backbone = bench.create_backbone("pixels", size=8)
-    from bench.extract import entry_fields
+    from bench.features.extract import entry_fields
 
     from bench.precision import resolve_precision
 
@@ -90,8 +90,8 @@ def test_cache_key_covers_what_changes_features():
 SLOW_EXTRACTION = """
 import sys, time
 import bench
-from bench.cache import FeatureCache
-from bench.extract import extract
+from bench.features.cache import FeatureCache
+from bench.features.extract import extract
 import torch
 backbone = bench.create_backbone("pixels", size=8)
 inner = backbone.forward_features
@@ -207,8 +207,7 @@ def test_run_logs_to_mlflow_and_leaderboard_reads_it_back(tmp_path):
     assert main(["run", "--backbone", "pixels", "--task", "digits", "--workers", "0",
                  "--backbone-arg", "size=8", "--pool", "8,4", "--epochs", "10",
                  "--no-progress"]) == 0
-    from bench import leaderboard
-
+    from bench.results import leaderboard
     from .conftest import records
 
     runs = records()
@@ -269,7 +268,7 @@ def test_difformer_through_the_job_groups_blocks_by_timestep():
     """On a backbone with several blocks at several timesteps, the job hands DifFormer the
     backbone's grouping: one transformer over each timestep's blocks, CLS outputs concatenated."""
     from bench.api import run
-    from bench.spec import RunOptions, RunSpec
+    from bench.run.spec import RunOptions, RunSpec
 
     spec = RunSpec("diffusion-tiny", "digits", layers=["19@90", "24@90", "19@150", "24@150"],
                    pools=["map2"], head="difformer", task_args={"limit": 60},
@@ -300,9 +299,9 @@ def test_demo_runs_both_controls_end_to_end(capsys, tmp_path):
 
 
 def test_extraction_array_tasks_split_the_shards_and_the_probe_reuses_them(tmp_path):
-    from bench.jobs import BenchJob, ExtractJob
+    from bench.run.jobs import BenchJob, ExtractJob
 
-    from bench.spec import RunOptions, RunSpec
+    from bench.run.spec import RunOptions, RunSpec
 
     spec = RunSpec(backbone="pixels", task="digits", backbone_args={"size": 8},
                    head_args={"epochs": 4})

@@ -156,7 +156,7 @@ def test_a_module_changed_since_the_index_is_imported_and_registers_for_real(tmp
 
 
 def test_a_run_is_named_and_described_at_a_glance():
-    from bench.record import NOTE, RunRecord
+    from bench.results.record import NOTE, RunRecord
 
     record = RunRecord(identity="x", name="pixels/digits/image/16/linear", backbone="pixels",
                        task="digits", layer="image", pool="16", head="linear", seed=0,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from benchmarks.heads_speed import train_one_by_one
-from bench.heads import (
+from bench.heads.attention import (
     AttentionHead,
     DifFormerHead,
     HeadConfig,
@@ -349,7 +349,7 @@ def plugin_package(tmp_path, monkeypatch):
 
 
 def test_a_head_and_a_metric_from_outside_the_package_run_through_the_protocol(plugin_package):
-    from bench.leaderboard import metric_choices
+    from bench.results.leaderboard import metric_choices
     from bench.metrics import names
     from bench.protocol import ProbeData, evaluate, head_kind, head_names, protocols
     from bench.stats import bootstrap_intervals
@@ -383,7 +383,7 @@ def test_registering_something_that_is_not_a_head_kind_is_refused():
 @pytest.mark.parametrize("head, pool", [("attention", "2"), ("knn", "map4"), ("linear", "map2")])
 def test_a_pool_the_head_cannot_read_is_refused_in_resolve_before_extraction(head, pool):
     from bench.errors import UsageError
-    from bench.spec import RunOptions, RunSpec, resolve
+    from bench.run.spec import RunOptions, RunSpec, resolve
 
     spec = RunSpec(backbone="pixels", task="digits", pools=[pool], head=head,
                    backbone_args={"size": 8})
@@ -395,14 +395,14 @@ def test_a_pool_the_head_cannot_read_is_refused_in_resolve_before_extraction(hea
 
 
 def test_trainers_and_extraction_need_a_precision_policy_not_a_device_default():
-    from bench.extract import extract
-    from bench.knn import KnnConfig
-    from bench.probe import GridProbeTrainer, ProbeConfig
+    from bench.features.extract import extract
+    from bench.heads.knn import KnnConfig
+    from bench.heads.probe import GridProbeTrainer, ProbeConfig
 
     with pytest.raises(TypeError, match="PrecisionPolicy is required"):
         GridProbeTrainer(ProbeConfig(), "cpu", None)
     with pytest.raises(TypeError, match="PrecisionPolicy is required"):
-        from bench.heads import AttentionTrainer
+        from bench.heads.attention import AttentionTrainer
 
         AttentionTrainer(HeadConfig(), "cpu", None)
     with pytest.raises(TypeError, match="PrecisionPolicy is required"):

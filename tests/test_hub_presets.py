@@ -18,7 +18,7 @@ import torch
 
 import bench
 from backbones._diffusers_tiny import tiny_tokenizer
-from bench.weights import file_sha256
+from bench.features.weights import file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of repos without a pinned revision
 # stabilityai/stable-diffusion-2-1 was deleted (Nov 2025); the presets pin this mirror's commit

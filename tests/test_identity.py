@@ -12,9 +12,9 @@ import pytest
 
 import bench
 from bench.api import run
-from bench.probe import ProbeConfig
+from bench.heads.probe import ProbeConfig
 from bench.registry import backbones
-from bench.spec import RunOptions, RunSpec
+from bench.run.spec import RunOptions, RunSpec
 
 from .conftest import REPO, records
 
@@ -84,7 +84,7 @@ def test_the_precision_policy_is_logged_in_full_and_fp32_stores_fp32():
     assert record.protocol["precision"] == {"name": "fp32", "extraction": "fp32",
                                             "storage": "float32", "probe_inputs": "float32",
                                             "heads": "fp32"}
-    from bench.cache import FeatureCache
+    from bench.features.cache import FeatureCache
 
     features, _, _ = FeatureCache().find(record.cache_keys["train"][0])[0].load(dtype=None)
     assert features.dtype.name == "float32"
@@ -113,7 +113,7 @@ def test_a_run_builds_its_backbone_once(monkeypatch):
 
 def test_a_submitted_run_builds_no_backbone_in_the_driver(monkeypatch, tmp_path):
     from bench.registry import Entry
-    from bench.scheduler import ExecutorConfig
+    from bench.run.scheduler import ExecutorConfig
 
     entry = backbones.entry("pixels")
     built = []  # in this (the driver's) process; the job's process has its own registry
@@ -151,7 +151,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 def test_the_library_runs_a_cell_without_the_cli():
-    code = ("import sys; from bench.api import run; from bench.spec import RunSpec, RunOptions; "
+    code = ("import sys; from bench.api import run; from bench.run.spec import RunSpec, RunOptions; "
             "[r] = run(RunSpec('pixels', 'digits', head_args={'epochs': 2}), "
             "RunOptions(workers=0, progress=False)); "
             "print(r.metrics['test_top1'] > 50, 'bench.cli' in sys.modules)")
@@ -174,7 +174,7 @@ def test_an_installed_wheel_still_has_the_papers_rows(tmp_path):
     assert "backbones/adm/paper/finegrained.csv" in zipfile.ZipFile(wheel).namelist()
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(site), str(wheel)], check=True, capture_output=True)
-    code = ("import backbones, pandas as pd; from bench.leaderboard import with_references; "
+    code = ("import backbones, pandas as pd; from bench.results.leaderboard import with_references; "
             "t = with_references(pd.DataFrame({'cub': [1.0]}, index=['x'])); "
             "print(backbones.__file__); print(t.loc['seed paper, fine-grained table: GD linear', 'cub'])")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "

@@ -18,13 +18,13 @@ import torch
 
 import bench
 from bench.backbone import MAP, FeaturePoint, check_pool, pool_features
-from bench.cache import CacheFullError, CorruptShardError, FeatureCache
+from bench.features.cache import CacheFullError, CorruptShardError, FeatureCache
 from bench.cli import main as cli
-from bench.data import verify as verify_data
-from bench.extract import extract
-from bench.images import load_rgb, to_rgb
+from bench.features.data import verify as verify_data
+from bench.features.extract import extract
+from bench.features.images import load_rgb, to_rgb
 from bench.task import CorruptImageError, DatasetError, Split
-from bench.weights import WeightsError, file_sha256
+from bench.features.weights import WeightsError, file_sha256
 
 CPU = torch.device("cpu")
 
@@ -95,7 +95,7 @@ def test_image_over_the_pixel_limit_is_a_corrupt_image_naming_the_file(tmp_path,
 # --- 2, 18: checksums and finite values on read, bench cache verify --------------------------
 def _rewrite_shard(entry, index, change):
     """Change a shard's values and re-record its checksum, as if written that way."""
-    from bench.cache import _atomic_write
+    from bench.features.cache import _atomic_write
 
     data = np.load(entry.shard_path(index))
     change(data)
@@ -158,7 +158,7 @@ def test_shifted_labels_are_refused_reported_by_verify_and_rewritten_after_fix(t
 
 
 def test_labels_that_pass_their_checksum_but_differ_from_the_task_are_refused(tmp_path):
-    from bench.cache import _atomic_write
+    from bench.features.cache import _atomic_write
 
     _, entry = _extract(tmp_path)
     shifted = np.roll(np.load(entry.path / "labels.npy"), 1)
@@ -201,8 +201,7 @@ def test_fixed_image_is_recomputed_and_reused_skips_are_reported(tmp_path):
 
 # --- 13: disk full, stale temporary files -----------------------------------------------------
 def test_disk_full_says_so_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    from bench import cache as cache_module
-
+    from bench.features import cache as cache_module
     def full(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from bench import knn
-from bench.fewshot import FewShotConfig, fewshot_draw, fit_fewshot
-from bench.knn import KnnConfig, KnnTrainer, knn_scores, knn_top5
+from bench.heads import knn
+from bench.heads.fewshot import FewShotConfig, fewshot_draw, fit_fewshot
+from bench.heads.knn import KnnConfig, KnnTrainer, knn_scores, knn_top5
 from bench.precision import FP32
 from bench.protocol import ProbeData, evaluate
 

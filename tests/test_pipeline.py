@@ -1,4 +1,4 @@
-"""The input pipeline (bench.pipeline): worker decoding, and the tensor path of decode="gpu".
+"""The input pipeline (bench.features.pipeline): worker decoding, and the tensor path of decode="gpu".
 
 No GPU here: the nvJPEG path's code runs with ``decode_on`` set to the CPU (same functions,
 torchvision's CPU JPEG decoder), and the public ``decode="gpu"`` refuses to run without CUDA.
@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 import bench
-from bench.cache import FeatureCache
+from bench.features.cache import FeatureCache
 from bench.errors import UsageError
-from bench.extract import extract
-from bench.images import load_rgb
-from bench.pipeline import Loader, decode_resize_crop, file_of, resize_crop_recipe
+from bench.features.extract import extract
+from bench.features.images import load_rgb
+from bench.features.pipeline import Loader, decode_resize_crop, file_of, resize_crop_recipe
 from bench.task import Split
 
 STEP = 2 / 255  # one 8-bit step in the [-1, 1] input scale of the diffusion backbones
@@ -60,7 +60,7 @@ def test_tensor_decode_matches_pillow(tmp_path, size):
 
 
 def test_loader_decodes_jpegs_on_the_device_and_the_rest_in_workers(tmp_path, monkeypatch):
-    import bench.pipeline
+    import bench.features.pipeline
 
     decoded = []  # images per call of the device decoder
 
@@ -68,7 +68,7 @@ def test_loader_decodes_jpegs_on_the_device_and_the_rest_in_workers(tmp_path, mo
         decoded.append(len(data))
         return decode_resize_crop(data, recipe, device)
 
-    monkeypatch.setattr(bench.pipeline, "decode_resize_crop", counting)
+    monkeypatch.setattr(bench.features.pipeline, "decode_resize_crop", counting)
     files = [photo(tmp_path / f"{i}.jpg", 120, 90, seed=i) for i in range(3)]
     files.append(photo(tmp_path / "3.png", 90, 120, seed=3))
     (tmp_path / "4.jpg").write_bytes(files[0].read_bytes()[:300])  # truncated: corrupt

@@ -52,7 +52,7 @@ def fresh_executors(monkeypatch):
     submitit's plugin cache cleared before and after."""
     from submitit.core import plugins
 
-    from bench.scheduler import executors
+    from bench.run.scheduler import executors
 
     executors.names()  # the built-ins are registered
     monkeypatch.setattr(executors, "_classes", dict(executors._classes))
@@ -65,7 +65,7 @@ def fresh_executors(monkeypatch):
 
 
 RECORDING = '''
-from bench.scheduler import Executor, JobOutcome
+from bench.run.scheduler import Executor, JobOutcome
 
 
 class Recording(Executor):
@@ -99,7 +99,7 @@ def test_an_executor_from_an_installed_package_runs_bench_run(tmp_path, monkeypa
 def test_a_submitit_executor_plugin_is_an_executor_kind(tmp_path, monkeypatch, fresh_executors):
     """An executor submitit loads from its own entry-point group passes through AutoExecutor by
     its submitit name: bench needs no code for it."""
-    from bench.scheduler import ExecutorConfig, run_jobs
+    from bench.run.scheduler import ExecutorConfig, run_jobs
 
     install(tmp_path, monkeypatch, "plugin_cluster", (
         "from submitit.local.debug import DebugExecutor\n"

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from bench.probe import ProbeConfig, fit_probe, train_grid
+from bench.heads.probe import ProbeConfig, fit_probe, train_grid
 
 from .test_engine import _digit_features
 
@@ -89,7 +89,7 @@ def test_grid_adamw_equals_torch_optim_adamw_point_by_point():
 
 def test_bf16_policy_runs_the_linear_grid_in_bf16_close_to_fp32():
     from bench.precision import resolve_precision
-    from bench.probe import GridProbeTrainer
+    from bench.heads.probe import GridProbeTrainer
 
     policy = resolve_precision("bf16", "cpu")
     assert policy.heads == "bf16"
@@ -124,7 +124,7 @@ def test_bf16_policy_runs_the_linear_grid_in_bf16_close_to_fp32():
 
 def test_halving_never_cuts_between_equal_scores_nor_before_a_quarter_of_the_epochs():
     """The grid is lr-major: cutting ties by grid index used to favour the first points."""
-    from bench.probe import _survivors
+    from bench.heads.probe import _survivors
 
     assert _survivors([50, 70, 70, 70, 70, 20], 0) == [1, 2, 3, 4]  # 4 tied: all stay
     assert _survivors([10, 90, 30, 80], 0) == [1, 3]
@@ -159,7 +159,7 @@ def test_halving_never_drops_a_point_within_validation_noise_of_the_best():
     """Binomial standard error of the best top-1 on n images: 100 * sqrt(p (1 - p) / n). On the
     100-class set the full grid's winner was one validation image behind the leader when halving
     cut it; a point that close must train on."""
-    from bench.probe import _survivors
+    from bench.heads.probe import _survivors
 
     scores = [90.0, 89.9, 89.8, 89.7, 80.0, 70.0]
     se = 100 * math.sqrt(0.9 * 0.1 / 1000)  # 0.95 points on 1,000 images

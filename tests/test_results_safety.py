@@ -13,7 +13,7 @@ import pytest
 
 from bench.api import compare, run
 from bench.errors import UsageError
-from bench.spec import RunOptions, RunSpec
+from bench.run.spec import RunOptions, RunSpec
 
 from .conftest import REPO, records
 
@@ -30,8 +30,8 @@ def _spec(lr: float) -> RunSpec:
 
 # --- 1: other chosen settings are alternatives; only a newer protocol supersedes ---------------
 def test_other_settings_are_alternatives_chosen_on_val_and_a_new_protocol_supersedes(monkeypatch):
-    from bench import leaderboard, protocol
-
+    from bench.results import leaderboard
+    from bench import protocol
     [good] = run(_spec(1e-2), OPTIONS)
     [other] = run(_spec(1e-6), OPTIONS)  # a poor learning rate, chosen by the user
     assert {r.run_id for r in records()} == {good.run_id, other.run_id}  # nothing hidden
@@ -95,7 +95,7 @@ def test_a_full_disk_prints_the_result_keeps_nothing_partial_and_sync_removes_le
         return write_bytes(self, data)
 
     with monkeypatch.context() as m:
-        m.setattr("bench.tracking._log_record", outage)
+        m.setattr("bench.results.tracking._log_record", outage)
         m.setattr(Path, "write_bytes", full)
         assert main(["run", "--backbone", "pixels", "--task", "digits", *CLI_FAST]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -119,7 +119,7 @@ def test_a_full_disk_prints_the_result_keeps_nothing_partial_and_sync_removes_le
 # --- 10: identical runs with different results folders, one tracking store ---------------------
 SLOW_EXTRACTION = """
 import sys, time
-import bench.jobs as jobs
+import bench.run.jobs as jobs
 extract = jobs.extract_features
 def slow(*args, **kwargs):  # the cell is held long enough for the other run to arrive
     time.sleep(6)
@@ -156,9 +156,9 @@ def test_identical_runs_with_two_results_folders_and_one_store_compute_once(tmp_
 
 
 def test_a_claim_whose_holder_died_is_marked_killed_and_taken_over(monkeypatch):
-    from bench import record, tracking
+    from bench.results import record, tracking
     from bench.digest import json_digest
-    from bench.tracking import cell_lock, client, ensure_experiment
+    from bench.results.tracking import cell_lock, client, ensure_experiment
 
     monkeypatch.setattr(tracking, "LOCK_STALE_S", 1.0)
     monkeypatch.setattr(tracking, "LOCK_POLL_S", 0.2)

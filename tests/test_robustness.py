@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench.api import run
-from bench.spec import RunOptions, RunSpec
+from bench.run.spec import RunOptions, RunSpec
 
 from .conftest import REPO, records
 
@@ -40,8 +40,8 @@ def test_concurrent_first_runs_all_succeed_with_one_result_per_cell(processes, t
 def test_a_run_killed_while_logging_is_marked_killed_by_the_next(tmp_path):
     import mlflow
 
-    from bench.record import IDENTITY, KIND, RESULT
-    from bench.tracking import client, ensure_experiment
+    from bench.results.record import IDENTITY, KIND, RESULT
+    from bench.results.tracking import client, ensure_experiment
 
     spec = RunSpec("pixels", "digits", head_args={"epochs": 2})
     [first] = run(spec, OPTIONS)
@@ -80,7 +80,7 @@ def test_a_result_that_cannot_be_logged_is_kept_and_synced_later(monkeypatch, ca
 
     args = ["run", "--backbone", "pixels", "--task", "digits", *FAST]
     with monkeypatch.context() as m:
-        m.setattr("bench.tracking._log_record", outage)
+        m.setattr("bench.results.tracking._log_record", outage)
         assert main(args) == 2
     err = capsys.readouterr().err
     assert "could not be logged" in err and "bench sync" in err
@@ -131,7 +131,7 @@ def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, caps
 
     _require(MLFLOW_ENV, "`scripts/mlflow-up.sh DIR PORT`", "http://127.0.0.1:PORT")
 
-    from bench import tracking
+    from bench.results import tracking
     from bench.cli import main
 
     with socket.socket() as s:
@@ -267,7 +267,7 @@ def test_a_tracking_server_failing_after_its_health_check_is_one_line(mode, monk
                                                                        tmp_path):
     import time
 
-    from bench import tracking
+    from bench.results import tracking
     from bench.cli import main
 
     server = _Tracking(mode)
@@ -369,8 +369,8 @@ def test_a_misbehaving_backbone_plugin_is_named_with_what_it_returned(mode, says
     import torch
 
     from bench.backbone import BackboneOutputError
-    from bench.cache import FeatureCache
-    from bench.extract import extract
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import extract
     from bench.registry import backbones, tasks
 
     (tmp_path / "plugin.py").write_text(PLUGIN.format(mode=mode))

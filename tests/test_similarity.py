@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.errors import UsageError
-from bench.similarity import (Measure, as_points, gram_inner_products, interval, matrix, pair,
+from bench.heads.similarity import (Measure, as_points, gram_inner_products, interval, matrix, pair,
                               permutation_null)
 
 
@@ -31,7 +31,7 @@ def kornblith_inputs():
     return x, y
 
 
-# --- from-definition references (independent of bench.similarity) ----------------------------
+# --- from-definition references (independent of bench.heads.similarity) ----------------------------
 def centred_gram(gram: np.ndarray, unbiased: bool) -> np.ndarray:
     n = len(gram)
     if not unbiased:
@@ -205,7 +205,7 @@ def test_intervals_hold_the_value_and_narrow_with_more_images(method):
 # --- the command ----------------------------------------------------------------------------
 def test_layer_specs_expand_ranges_timesteps_and_globs():
     from bench.backbone import MAP, FeaturePoint
-    from bench.similarity_run import expand_layers
+    from bench.run.similarity_run import expand_layers
 
     class Vit:  # only what expand_layers reads: the layer names
         name = "vit"
@@ -228,7 +228,7 @@ def test_layer_specs_expand_ranges_timesteps_and_globs():
 
 
 def test_image_mismatch_names_the_first_differing_item():
-    from bench.similarity_run import check_items
+    from bench.run.similarity_run import check_items
 
     check_items(["a", "b"], ["a", "b"], ("x", "y"))
     with pytest.raises(UsageError, match="image 1 is 'b' on one side and 'c'"):
@@ -239,7 +239,7 @@ def test_image_mismatch_names_the_first_differing_item():
 
 def test_cli_writes_matrix_and_heatmaps_reuses_and_supersedes(tmp_path, capsys):
     from bench.cli import main
-    from bench.tracking import ensure_experiment, find_similarity
+    from bench.results.tracking import ensure_experiment, find_similarity
 
     argv = ["similarity", "--backbone", "pixels", "--pool", "1,2", "--task", "digits", "--n",
             "48", "--against", "random-unet", "--against-layers", "down1,mid", "--against-pool",
@@ -268,8 +268,8 @@ def test_cli_writes_matrix_and_heatmaps_reuses_and_supersedes(tmp_path, capsys):
 
 def test_timestep_matrix_draws_the_papers_panels_and_noise_spread(tmp_path):
     from bench.api import similarity
-    from bench.similarity_run import Side, SimilaritySpec
-    from bench.spec import RunOptions
+    from bench.run.similarity_run import Side, SimilaritySpec
+    from bench.run.spec import RunOptions
 
     spec = SimilaritySpec(Side("diffusion-tiny", ["block23..24@t90", "block23..24@t300"], ["1"]),
                           "digits", n=8, permutations=0, interval="none", noise_draws=2)
@@ -281,8 +281,8 @@ def test_timestep_matrix_draws_the_papers_panels_and_noise_spread(tmp_path):
 
 def test_a_subset_reads_the_whole_splits_cached_features(tmp_path):
     from bench.api import similarity
-    from bench.similarity_run import Side, SimilaritySpec
-    from bench.spec import RunOptions
+    from bench.run.similarity_run import Side, SimilaritySpec
+    from bench.run.spec import RunOptions
 
     options = RunOptions(workers=0, progress=False)
     spec = SimilaritySpec(Side("pixels", pools=["1", "2"]), "digits", permutations=0,

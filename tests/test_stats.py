@@ -210,9 +210,9 @@ def test_one_decision_rule_interval_and_p_value_agree_at_the_boundary(seed):
 
 
 def test_a_selection_at_the_end_of_its_grid_is_named_with_the_wider_grid_to_try():
-    from bench.leaderboard import EDGE, display_table, footnotes, select_cells
+    from bench.results.leaderboard import EDGE, display_table, footnotes, select_cells
     from bench.protocol import grid_edges
-    from bench.record import RunRecord
+    from bench.results.record import RunRecord
 
     grid = [{"lr": lr, "weight_decay": wd, "epochs": 10, "top1": 50.0}
             for lr in (1e-3, 1e-2, 1e-1) for wd in (0.0, 1e-2)]

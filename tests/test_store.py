@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench import record as names
-from bench import tracking
-from bench.record import RunRecord
+from bench.results import record as names
+from bench.results import tracking
+from bench.results.record import RunRecord
 
 
 def _record(identity: str, layer: str = "image", seed: int = 0) -> RunRecord:
@@ -78,8 +78,8 @@ def test_the_record_module_does_not_import_mlflow_or_tracking():
     import subprocess
     import sys
 
-    code = ("import sys, bench.record; print(sorted(m for m in sys.modules "
-            "if m.startswith(('mlflow', 'bench.tracking', 'bench.jobs'))))")
+    code = ("import sys, bench.results.record; print(sorted(m for m in sys.modules "
+            "if m.startswith(('mlflow', 'bench.results.tracking', 'bench.run.jobs'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.scheduler import executor_config, load_profile
-from bench.sweep import grid_layers, parse_grid
+from bench.run.scheduler import executor_config, load_profile
+from bench.run.sweep import grid_layers, parse_grid
 
 FAST = ["--epochs", "4", "--workers", "0", "--lrs", "1e-2", "--wds", "0"]
 
@@ -64,7 +64,7 @@ def test_profiles_are_read_and_checked(tmp_path):
 def test_slurm_executor_reads_squeue(tmp_path, monkeypatch):
     """The slurm executor's queue: a job squeue lists, one it no longer lists (gone), and no
     answer when squeue fails (then nothing is declared gone)."""
-    from bench.scheduler import ExecutorConfig
+    from bench.run.scheduler import ExecutorConfig
 
     squeue = tmp_path / "bin" / "squeue"
     squeue.parent.mkdir()
@@ -103,7 +103,7 @@ def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):
 def test_paper_rows_sit_beside_ours():
     import pandas as pd
 
-    from bench.leaderboard import with_references as with_paper
+    from bench.results.leaderboard import with_references as with_paper
 
     ours = pd.DataFrame({"cub": [40.0], "digits": [95.0]}, index=["diffusion"])
     table = with_paper(ours)

@@ -217,7 +217,7 @@ def test_requeued_job_resumes_and_matches_an_undisturbed_run(server, job_dir, tm
     assert {k: run["metrics"][k] for k in METRICS} == {k: ref["metrics"][k] for k in METRICS}
     assert {k: v for k, v in run["params"].items() if k.startswith("best.")} == {
         k: v for k, v in ref["params"].items() if k.startswith("best.")}
-    from bench.cache import FeatureCache
+    from bench.features.cache import FeatureCache
 
     ours = {e.key: e for e in FeatureCache(cache).entries()}
     theirs = {e.key: e for e in FeatureCache(ref_cache).entries()}

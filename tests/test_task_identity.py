@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import bench
-from bench.spec import RunOptions, RunSpec, resolve
+from bench.run.spec import RunOptions, RunSpec, resolve
 from bench.task import DatasetError, Split
 
 FORGETFUL = '''
@@ -51,8 +51,8 @@ def test_an_argument_config_forgets_still_separates_caches_and_results(tmp_path)
     assert plain.cells[0].identity != inverted.cells[0].identity
     assert spelled.cells[0].identity == plain.cells[0].identity  # the default, typed: the same
 
-    from bench.cache import cache_key
-    from bench.extract import entry_fields
+    from bench.features.cache import cache_key
+    from bench.features.extract import entry_fields
 
     backbone = bench.create_backbone("pixels")
     split = bench.create_task(task).split("train")

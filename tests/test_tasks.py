@@ -305,8 +305,7 @@ def test_imagenet_torchvision_archives(tmp_path, monkeypatch):
     """The devkit + tars layout is unpacked by `bench data download` through torchvision."""
     from torchvision.datasets import imagenet as tv
 
-    from bench import data
-
+    from bench.features import data
     source, folder = tmp_path / "src", tmp_path / "imagenet"
     imagenet_images(source)
     folder.mkdir()
@@ -328,7 +327,7 @@ def test_imagenet_torchvision_archives(tmp_path, monkeypatch):
              {p.name: p.read_bytes() for p in (source / "train" / wnid).iterdir()})
     _tar(folder / "ILSVRC2012_img_train.tar",
          {f"{w}.tar": (tmp_path / f"{w}.tar").read_bytes() for w in WNIDS})
-    from bench.weights import file_digests
+    from bench.features.weights import file_digests
 
     official = dict(tv.ARCHIVE_META)  # the real archives' md5s: our tiny archives differ
     for key, (name, _) in official.items():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.record import ci_names
-from bench.tracking import load_predictions
+from bench.results.record import ci_names
+from bench.results.tracking import load_predictions
 
 from .conftest import records
 
@@ -81,7 +81,7 @@ def test_refit_on_train_ignores_val():
     """The few-shot retrain sees the support (train) only: val changes nothing it predicts."""
     import torch
 
-    from bench.probe import GridProbeTrainer, ProbeConfig
+    from bench.heads.probe import GridProbeTrainer, ProbeConfig
     from bench.protocol import ProbeData
 
     rng = np.random.default_rng(0)
@@ -102,10 +102,10 @@ def test_refit_on_train_ignores_val():
 
 def log_result(backbone: str, hits: np.ndarray, labels: np.ndarray) -> str:
     """A finished result record on digits whose predictions hit where ``hits`` is True."""
-    from bench.jobs import BOOTSTRAP_RESAMPLES
-    from bench.record import PREDICTIONS, RunRecord, interval_metrics
+    from bench.run.jobs import BOOTSTRAP_RESAMPLES
+    from bench.results.record import PREDICTIONS, RunRecord, interval_metrics
     from bench.stats import Predictions, bootstrap_intervals
-    from bench.tracking import ensure_experiment, log_record
+    from bench.results.tracking import ensure_experiment, log_record
 
     wrong = (labels + 1) % 10
     top5 = np.stack([np.where(hits, labels, wrong)] + [(labels + i) % 10 for i in (2, 3, 4, 5)], 1)

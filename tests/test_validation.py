@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.errors import UsageError
-from bench.spec import RunOptions, RunSpec
+from bench.run.spec import RunOptions, RunSpec
 
 FAST = ["--epochs", "2", "--workers", "0", "--no-progress"]
 RUN = ["run", "--backbone", "pixels", "--task", "digits"]
@@ -63,8 +63,8 @@ def test_extract_refuses_a_zero_shard_size_before_writing_anything(tmp_path):
     """--shard-size 0 used to leave a labels.npy-only cache entry behind (ZeroDivisionError)."""
     import torch
 
-    from bench.cache import FeatureCache
-    from bench.extract import extract
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import extract
     from bench.registry import backbones, tasks
 
     task = tasks.create("digits", limit=8)
@@ -98,7 +98,7 @@ def test_a_weights_file_given_to_a_random_weights_preset_is_not_ignored():
     """mae-tiny used to log random weights for weights=/nonexistent; with seed=None the file is
     loaded into the tiny architecture, and a missing one is named."""
     import bench
-    from bench.weights import WeightsError
+    from bench.features.weights import WeightsError
 
     with pytest.raises(UsageError, match=r"seeded random weights \(seed=0\), so "
                        r"weights='/nonexistent' would be ignored; add seed=null"):
@@ -146,8 +146,8 @@ def test_exif_orientation_is_applied_on_every_decode_path(tmp_path):
     from PIL import Image
     from torchvision import transforms as T
 
-    from bench.pipeline import _Items
-    from bench.images import load_rgb
+    from bench.features.pipeline import _Items
+    from bench.features.images import load_rgb
     from bench.task import Split
 
     stored = np.random.default_rng(0).integers(0, 255, (6, 10, 3), dtype=np.uint8)

@@ -20,9 +20,9 @@ from backbones import _diffusion
 from backbones.adm.diffusion import NoiseSchedule
 from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
-from bench.compile import StaticCompiled
+from bench.features.compile import StaticCompiled
 from bench.errors import UsageError
-from bench.weights import file_sha256, load_checkpoint, random_weights_file, resolve
+from bench.features.weights import file_sha256, load_checkpoint, random_weights_file, resolve
 
 LICENCE = "MIT (openai/guided-diffusion)"
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
@@ -201,7 +201,7 @@ class ADMBackbone(Backbone):
     setting for convolutions applies (on by default: about 1e-3 relative difference to exact fp32).
     ``channels_last`` is off by default: PyTorch's CUDA GroupNorm works in NCHW, so on an H100
     channels_last made block 24 in bf16 slower (226 vs 317 img/s). ``compile`` runs the truncated
-    U-Net through ``torch.compile`` (see ``bench.compile``); the features are the same, so it is
+    U-Net through ``torch.compile`` (see ``bench.features.compile``); the features are the same, so it is
     not part of ``config``.
     """
 

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.cache import FeatureCache
+    from bench.features.cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
     if args.action == "ls":

@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     suites = [s for a in args.suite for s in options.csv(a)]
     a, b = args.a, args.b
     if args.task is None:
-        from bench.leaderboard import find_run
+        from bench.results.leaderboard import find_run
 
         a, b = (ref if FULL_ID.fullmatch(ref) else find_run(ref, suites).run_id for ref in (a, b))
     result = compare(a, b, task=args.task, suites=suites or ["bench"], metric=args.metric,

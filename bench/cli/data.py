@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def verify(args: argparse.Namespace) -> int:
-    from bench.data import create_task
+    from bench.features.data import create_task
 
     task = create_task(args.task, args.data_root, **options.key_values(args.task_arg))
     problems = task.verify(full=args.full)
@@ -46,7 +46,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    from bench.data import download as fetch
+    from bench.features.data import download as fetch
     from bench.task import ManualDownloadError
 
     try:  # what cannot be fetched (no public source, a wrong checksum) is a BenchError: exit 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
-from bench.scheduler import executors
+from bench.run.scheduler import executors
 
 BACKBONES = ("pixels", "random-unet")
 
@@ -29,10 +29,10 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard, run
     from bench.cli.runs import ID_CHARS, tally
-    from bench.leaderboard import FOOTER, footnotes, written_lines
+    from bench.results.leaderboard import FOOTER, footnotes, written_lines
     from bench.paths import tracking_uri
-    from bench.scheduler import ExecutorConfig
-    from bench.spec import RunOptions, RunSpec
+    from bench.run.scheduler import ExecutorConfig
+    from bench.run.spec import RunOptions, RunSpec
 
     run_options = RunOptions(device=args.device, workers=args.workers,
                              progress=not args.no_progress, suite=args.suite)

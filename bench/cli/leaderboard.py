@@ -9,7 +9,7 @@ from bench.cli import options
 
 
 def add_parser(sub) -> None:
-    from bench.leaderboard import metric_choices
+    from bench.results.leaderboard import metric_choices
     from bench.protocol import protocols
 
     p = sub.add_parser("leaderboard", help="pivot finished runs backbone x task from MLflow")
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard
     from bench.cli.runs import ID_CHARS
-    from bench.leaderboard import FOOTER, elsewhere, footnotes, written_lines
+    from bench.results.leaderboard import FOOTER, elsewhere, footnotes, written_lines
     from bench.paths import tracking_uri
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]

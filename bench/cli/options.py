@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.errors import UsageError
-from bench.scheduler import executors
+from bench.run.scheduler import executors
 
-SLURM_FLAGS = {  # flag -> help; the values go to bench.scheduler.executor_config by name
+SLURM_FLAGS = {  # flag -> help; the values go to bench.run.scheduler.executor_config by name
     "partition": "SLURM partition", "gpus": "GPUs per node", "cpus": "CPUs per task",
     "mem_gb": "memory per node (GB)", "time_min": "time limit (minutes)",
     "account": "SLURM account", "qos": "SLURM QOS", "constraint": "node constraint",
@@ -148,7 +148,7 @@ def head_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[str],
              pools: list[str]):
-    from bench.spec import RunSpec
+    from bench.run.spec import RunSpec
 
     return RunSpec(backbone=backbone, task=task, layers=layers, pools=pools, head=args.head,
                    backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
@@ -157,7 +157,7 @@ def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[st
 
 
 def run_options(args: argparse.Namespace):
-    from bench.spec import RunOptions
+    from bench.run.spec import RunOptions
 
     return RunOptions(device=args.device, batch_size=args.batch_size, workers=args.workers,
                       shard_size=args.shard_size, cache_dir=args.cache_dir,
@@ -166,7 +166,7 @@ def run_options(args: argparse.Namespace):
 
 
 def executor(args: argparse.Namespace):
-    from bench.scheduler import executor_config
+    from bench.run.scheduler import executor_config
 
     return executor_config(args.executor, args.profile, args.profiles, args.job_dir,
                            **{name: getattr(args, name) for name in SLURM_FLAGS})

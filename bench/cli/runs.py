@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from fnmatch import fnmatchcase
 
-    from bench.leaderboard import elsewhere, heads_of
-    from bench.tracking import experiment_ids, find_records
+    from bench.results.leaderboard import elsewhere, heads_of
+    from bench.results.tracking import experiment_ids, find_records
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
     heads = heads_of(args.protocol)
@@ -50,7 +50,7 @@ def table(records) -> str:
 
     import pandas as pd
 
-    from bench.leaderboard import column
+    from bench.results.leaderboard import column
 
     rows = []
     for r in records:

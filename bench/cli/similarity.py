@@ -53,8 +53,8 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import similarity
-    from bench.similarity import Measure
-    from bench.similarity_run import Side, SimilaritySpec, preset, table
+    from bench.heads.similarity import Measure
+    from bench.run.similarity_run import Side, SimilaritySpec, preset, table
 
     given = preset(args.preset) if args.preset else {}
 

@@ -34,9 +34,9 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard, sweep
     from bench.cli.runs import ID_CHARS, tally
-    from bench.leaderboard import written_lines
+    from bench.results.leaderboard import written_lines
     from bench.paths import tracking_uri
-    from bench.sweep import describe, make_plan, parse_grid
+    from bench.run.sweep import describe, make_plan, parse_grid
 
     executor = options.executor(args)
     grid = parse_grid(args.grid)
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         if dry.finished == 0:
-            from bench.leaderboard import elsewhere, suites_with_results
+            from bench.results.leaderboard import elsewhere, suites_with_results
 
             if set(suites_with_results()) - {args.suite}:
                 print(f"note: {elsewhere([args.suite])}")
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"figure: {path}")
     print("\n".join(written_lines(board, paths)))
     print(f"MLflow: {tracking_uri()} (experiment {args.suite})")
-    from bench.scheduler import summary
+    from bench.run.scheduler import summary
 
     for failure in report.failures:
         spec = failure.job.spec
@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print_retry(retries: int):
-    from bench.scheduler import summary
+    from bench.run.scheduler import summary
 
     def show(outcome) -> None:
         spec = outcome.job.spec

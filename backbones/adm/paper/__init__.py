@@ -17,8 +17,8 @@ import re
 from importlib import resources
 from typing import Any
 
-from bench.record import RunRecord
-from bench.references import ReferenceSource, register_reference
+from bench.results.record import RunRecord
+from bench.results.references import ReferenceSource, register_reference
 
 LAYER = re.compile(r"block(\d+)@t(\d+)$")
 ABLATIONS = {"imagenet": ["ablation_timestep.csv", "ablation_block.csv", "ablation_pool.csv"],

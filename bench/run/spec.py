@@ -28,7 +28,7 @@ from bench.errors import UsageError
 from bench.precision import PrecisionPolicy
 from bench import protocol as protocols
 from bench.protocol import HeadKind, head_kind
-from bench.images import IMAGE_READER
+from bench.features.images import IMAGE_READER
 from bench.ranges import HEAD_RANGES, OPTION_RANGES, TASK_RANGES, check_ranges
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class RunOptions:
     tracking_uri: str | None = None  # passed explicitly so SLURM jobs log where the driver reads
     experiment_id: str | None = None
     compile: bool = False  # torch.compile the backbone's truncated forward (the same features)
-    decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.pipeline)
+    decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.features.pipeline)
 
     def __post_init__(self) -> None:
         check_ranges({n: getattr(self, n) for n in OPTION_RANGES}, OPTION_RANGES, "option",
@@ -168,7 +168,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     from bench.backbone import check_pool
     from bench.digest import json_digest
     from bench.precision import resolve_device, resolve_precision
-    from bench.record import RESULT_SCHEMA
+    from bench.results.record import RESULT_SCHEMA
     from bench.registry import backbones
 
     kind = head_kind(spec.head)
@@ -271,7 +271,7 @@ def head_config(spec: RunSpec) -> Any:
 
 
 def check_task_args(spec: RunSpec) -> None:
-    from bench.images import max_image_pixels
+    from bench.features.images import max_image_pixels
 
     check_ranges(spec.task_args, TASK_RANGES, f"task {spec.task!r}:")
     max_image_pixels()  # $BENCH_MAX_IMAGE_PIXELS, checked before any image is decoded

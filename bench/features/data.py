@@ -61,8 +61,8 @@ def download(task_name: str, data_root: str | os.PathLike | None = None, **task_
     Raises ``ManualDownloadError`` with instructions for datasets without a public source.
     """
     from bench.task import DatasetError, ManualDownloadError
-    from bench.weights import download as fetch
-    from bench.weights import file_digests
+    from bench.features.weights import download as fetch
+    from bench.features.weights import file_digests
 
     task = create_task(task_name, data_root, **task_args)
     if not task.verify():

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bench.images import IMAGE_EXTENSIONS, load_rgb
+from bench.features.images import IMAGE_EXTENSIONS, load_rgb
 from bench.task import SPLITS, DatasetError, Split, Task, holdout_split, problems_error
 
 Partitions = dict[str, tuple[list[str], list[int]]]
@@ -31,7 +31,7 @@ class FileTask(Task):
     required: tuple[str, ...] = ()
     official_val = False  # the dataset publishes a val split; else holdout_split makes one
     listed = False  # True when items come from listing folders, so exist by construction
-    downloads: tuple[Any, ...] = ()  # bench.data.Download entries where a public source exists
+    downloads: tuple[Any, ...] = ()  # bench.features.data.Download entries where a public source exists
     max_image_pixels: int | None = None  # None: $BENCH_MAX_IMAGE_PIXELS or Pillow's limit
 
     def __init__(
@@ -154,7 +154,7 @@ class FileTask(Task):
         return sums
 
     def check_checksums(self) -> list[str]:
-        from bench.weights import file_digests
+        from bench.features.weights import file_digests
 
         problems = []
         for path, md5 in self.known_checksums().items():

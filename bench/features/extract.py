@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from bench.backbone import Backbone, BackboneOutputError, describe
-from bench.cache import CacheEntry, CacheError, FeatureCache
+from bench.features.cache import CacheEntry, CacheError, FeatureCache
 from bench.errors import NumericalError, UsageError
-from bench.pipeline import DECODES, Loader
+from bench.features.pipeline import DECODES, Loader
 from bench.precision import FP32, PrecisionPolicy, autocast, require
 from bench.ranges import OPTION_RANGES, check_ranges
-from bench.images import IMAGE_READER
+from bench.features.images import IMAGE_READER
 from bench.task import DatasetError, Split
 
 
@@ -45,7 +45,7 @@ def entry_fields(
     backbone: Backbone, task_config: dict, split: Split, layer: str, pool: str,
     precision: PrecisionPolicy,
 ) -> dict[str, Any]:
-    """Everything that changes a cached feature (see bench.cache)."""
+    """Everything that changes a cached feature (see bench.features.cache)."""
     return {
         "backbone": backbone.config,
         "weights_sha256": backbone.weights_digest(),
@@ -93,9 +93,9 @@ def extract(
     """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
 
     ``precision``: the run's resolved policy (``bench.precision``); a name is not resolved here.
-    ``compile``: run the backbone's truncated forward through torch.compile (see bench.compile;
+    ``compile``: run the backbone's truncated forward through torch.compile (see bench.features.compile;
     same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
-    decodes JPEG files with nvJPEG on the device (see bench.pipeline). ``on_first_batch(images,
+    decodes JPEG files with nvJPEG on the device (see bench.features.pipeline). ``on_first_batch(images,
     seconds, cache bytes per image)`` hears how the first batch went (for a time estimate).
     """
     check_ranges({"batch_size": batch_size, "shard_size": shard_size, "workers": workers},
@@ -103,7 +103,7 @@ def extract(
     require(precision)
     decode_on = _decode_device(decode, device)
     if compile:
-        from bench.compile import enable_compile
+        from bench.features.compile import enable_compile
 
         enable_compile(backbone)
     requests = list(dict.fromkeys(requests))

@@ -44,7 +44,7 @@ from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
 from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
 
-ARCHITECTURES = ("attention", "difformer")  # what this trainer builds (heads: bench.kinds)
+ARCHITECTURES = ("attention", "difformer")  # what this trainer builds (heads: bench.heads.kinds)
 RECIPES = ("paper", "adamw")
 MAX_SIDE = 16  # the paper pools every block to at most 16 x 16 before its attention head
 DEFAULT_LRS = {"paper": (5e-2,), "adamw": (1e-4, 3e-4, 1e-3)}

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.record import RunRecord
-from bench.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
+from bench.results.record import RunRecord
+from bench.run.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # the same predictions always give the same interval
@@ -36,8 +36,8 @@ class _Requeueable:
 def extract_features(prepared: Prepared, options: RunOptions, array_index: int = 0,
                      array_size: int = 1) -> dict[str, Any]:
     """Every request of the resolved run for train, val and test: split -> ExtractionReport."""
-    from bench.cache import FeatureCache
-    from bench.extract import extract
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     heard = work_notice(prepared, cache) if array_size == 1 else None
@@ -57,7 +57,7 @@ def work_notice(prepared: Prepared, cache: Any):
     for ``extract``; None when everything is cached."""
     import sys
 
-    from bench.extract import entry_fields
+    from bench.features.extract import entry_fields
 
     run = prepared.run
     todo = {}
@@ -103,7 +103,7 @@ class ExtractJob(_Requeueable):
     array_size: int = 1
 
     def __call__(self) -> dict[str, int]:
-        from bench.spec import resolve
+        from bench.run.spec import resolve
 
         reports = extract_features(resolve(self.spec, self.options), self.options,
                                    self.array_index, self.array_size)
@@ -128,8 +128,8 @@ class BenchJob(_Requeueable):
     def __call__(self) -> list[RunRecord]:
         import os
 
-        from bench.spec import resolve
-        from bench.tracking import cell_lock, ensure_experiment, find_records
+        from bench.run.spec import resolve
+        from bench.results.tracking import cell_lock, ensure_experiment, find_records
 
         if self.options.tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = self.options.tracking_uri
@@ -169,7 +169,7 @@ class BenchJob(_Requeueable):
         from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
         from bench.stats import bootstrap_intervals
-        from bench.tracking import TrackingError, log_record, save_pending, supersede
+        from bench.results.tracking import TrackingError, log_record, save_pending, supersede
 
         run = prepared.run
         kind = head_kind(run.spec.head)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.record import RunRecord
+from bench.results.record import RunRecord
 
 
 @dataclass(frozen=True)

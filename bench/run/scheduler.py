@@ -1,17 +1,17 @@
 """The one scheduler: jobs run where an executor puts them: in this process, in local subprocesses,
 on SLURM or on any cluster submitit has an executor for.
 
-Every job is a picklable callable (``bench.jobs``); an executor only decides where it runs. The
+Every job is a picklable callable (``bench.run.jobs``); an executor only decides where it runs. The
 submitit executors share one loop here: submit (one job array per batch), poll, resubmit failures
 up to ``retries`` times, report each job's outcome. Failures come from submitit's job API
 (``job.exception()``, the job's stderr path); a job its queue no longer lists without a result
 (``scancel``, node failure) is reported as such instead of being waited on forever.
 
-Executors are plugins (``executors``): a ``bench.scheduler.Executor`` subclass registered with
+Executors are plugins (``executors``): a ``bench.run.scheduler.Executor`` subclass registered with
 ``@executors.register(name)`` or the entry-point group ``bench.executors``. Every executor that
 submitit knows (its own and its plugins', entry-point group ``submitit``) is a kind too, under
 submitit's name: the kind goes to ``submitit.AutoExecutor(cluster=...)`` as it is. The built-in
-kinds (``bench.executors``): ``local`` (this process), ``submitit-local``, ``slurm``.
+kinds (``bench.run.executors``): ``local`` (this process), ``submitit-local``, ``slurm``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _submitit_kinds(plugins: Plugins[Executor]) -> None:
             plugins.add(name, SubmititExecutor)
 
 
-executors: Plugins[Executor] = Plugins("executor", Executor, ("bench.executors",), _submitit_kinds)
+executors: Plugins[Executor] = Plugins("executor", Executor, ("bench.run.executors",), _submitit_kinds)
 
 
 def load_profile(name: str, path: str | None = None) -> dict[str, Any]:

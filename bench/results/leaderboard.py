@@ -15,7 +15,7 @@ different (``bench.stats.Comparison.distinguishable``, the rule ``bench compare`
 marked ``≈``. A cell whose selected grid point lies at an end of its grid is marked ``†`` and
 named in a footnote. The table is printed, written
 to ``results/leaderboard.md`` and ``.csv`` and logged to MLflow (a ``leaderboard`` run holding it
-as a table and as files). Reference rows (``bench.references``: the paper's numbers) can be added.
+as a table and as files). Reference rows (``bench.results.references``: the paper's numbers) can be added.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, UsageError
-from bench.record import RunRecord
+from bench.results.record import RunRecord
 
 TIED = "≈"
 EDGE = "†"
@@ -109,7 +109,7 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
 def leading_record(suites: list[str], backbone: str, task: str, protocol: str = "linear"
                    ) -> RunRecord:
     """The record a leaderboard shows for ``backbone`` on ``task`` (column name, e.g. ``cub``)."""
-    from bench.tracking import experiment_ids, find_records
+    from bench.results.tracking import experiment_ids, find_records
 
     records = find_records(experiment_ids(suites))
     cells = select_cells(records, protocol=protocol)
@@ -137,7 +137,7 @@ def tied_with_best(cells: Any, metric: str = "test_top1") -> set[tuple[str, str]
     """(backbone, column) of every row not distinguishable from its column's best, by a paired
     bootstrap on the stored test predictions. Rows without predictions are never marked."""
     from bench.stats import compare
-    from bench.tracking import load_predictions
+    from bench.results.tracking import load_predictions
 
     ties = set()
     for task, rows in cells.groupby("task"):
@@ -184,7 +184,7 @@ def with_references(table: Any) -> Any:
     """The table plus the registered reference rows (the paper's numbers) for its tasks."""
     import pandas as pd
 
-    from bench.references import reference_rows
+    from bench.results.references import reference_rows
 
     if table.empty:
         return table
@@ -198,7 +198,7 @@ def with_references(table: Any) -> Any:
 
 def build(suites: list[str], metric: str = "test_top1", references: bool = False,
           protocol: str = "linear") -> Leaderboard:
-    from bench.tracking import experiment_ids, find_records
+    from bench.results.tracking import experiment_ids, find_records
 
     cells = select_cells(find_records(experiment_ids(suites)), metric, protocol)
     table = pivot(cells, metric)
@@ -254,7 +254,7 @@ def written_lines(board: Leaderboard, paths: dict[str, Path]) -> list[str]:
 def find_run(reference: str, suites: list[str] | None = None) -> RunRecord:
     """The result a user names as ``bench runs`` prints it: a run id or a unique prefix of one,
     or a run name (``pixels/digits/image/16/linear``), in ``suites`` (default: every suite)."""
-    from bench.tracking import experiment_ids, find_records
+    from bench.results.tracking import experiment_ids, find_records
 
     suites = suites or list(suites_with_results())
     records = find_records(experiment_ids(suites))
@@ -274,8 +274,8 @@ def find_run(reference: str, suites: list[str] | None = None) -> RunRecord:
 def suites_with_results() -> dict[str, int]:
     """Every suite (MLflow experiment) holding finished bench results: name -> result count
     (what to suggest when the suite asked for is empty)."""
-    from bench.record import result_filter
-    from bench.tracking import client
+    from bench.results.record import result_filter
+    from bench.results.tracking import client
 
     mlflow_client = client()
     out = {}
@@ -309,7 +309,7 @@ def elsewhere(suites: list[str], what: str = "results") -> str:
 def log(experiment_id: str, board: Leaderboard, paths: dict[str, Path],
         figures: dict[str, Path] | None = None) -> str:
     """Log (or refresh) the experiment's leaderboard run; its run id."""
-    from bench.tracking import log_leaderboard
+    from bench.results.tracking import log_leaderboard
 
     flat = board.display.reset_index() if not board.table.empty else board.cells
     return log_leaderboard(experiment_id, {"leaderboard.json": flat,

@@ -6,7 +6,7 @@ point's probe reads the shared cache.
 
 Grid axes: ``layer``, ``pool``, ``head``, and any axis a backbone preset names in its
 ``layer_template`` (``block`` and ``t`` for the diffusion U-Net: ``block{block}@t{t}``).
-Finished cells are found by identity (``bench.spec``) when each job resolves; ``--dry-run``
+Finished cells are found by identity (``bench.run.spec``) when each job resolves; ``--dry-run``
 resolves every job here and lists them.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.errors import BenchError, UsageError
-from bench.jobs import BenchJob
-from bench.spec import SPLITS, RunOptions, RunSpec
+from bench.run.jobs import BenchJob
+from bench.run.spec import SPLITS, RunOptions, RunSpec
 
 ENGINE_AXES = ("layer", "pool", "head")
 
@@ -66,7 +66,7 @@ def make_plan(backbones: list[str], tasks: list[str], grid: dict[str, list[str]]
     """One job per (backbone, task, head); ``template`` gives every other spec field."""
     from bench.registry import backbones as backbone_registry
     from bench.registry import tasks as task_registry
-    from bench.spec import check_spec
+    from bench.run.spec import check_spec
 
     plan = SweepPlan()
     for backbone in backbones:
@@ -96,7 +96,7 @@ def describe(plan: SweepPlan) -> DryRun:
     A bad grid value (a layer the backbone does not have, a pool that does not apply) is an error
     here, before anything is submitted; missing weights or data only leave the size unknown.
     """
-    from bench.tracking import ensure_experiment, find_records
+    from bench.results.tracking import ensure_experiment, find_records
 
     lines, total_bytes, cells, finished, resolved = [], 0, 0, 0, 0
     for job in plan.jobs:
@@ -143,9 +143,9 @@ def _estimate(job: BenchJob) -> tuple[Any, int]:
     import numpy as np
     import torch
 
-    from bench.cache import FeatureCache
-    from bench.extract import entry_fields
-    from bench.spec import resolve
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import entry_fields
+    from bench.run.spec import resolve
 
     options = job.options
     prepared = resolve(job.spec, options)

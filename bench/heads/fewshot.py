@@ -3,7 +3,7 @@
 Draws are chosen from file names alone, so every machine and every run picks the same images:
 within each class, train items are sorted by sha256(f"bench-fewshot/{k}/{draw}/{item}") and the
 first k are the support set (all of them, with a warning, when a class has fewer than k). The
-rest of train validates the probe's hyperparameter grid (the batched grid of ``bench.probe``);
+rest of train validates the probe's hyperparameter grid (the batched grid of ``bench.heads.probe``);
 features are L2-normalised (``normalisation``, see ``NORMALISATIONS``) and the grid trains with SGD
 (``optimizer``); the selected head is retrained on the k shots alone (``GridProbeTrainer(refit_on="train")``) and
 scored on test once, through ``bench.protocol.evaluate`` like every head. As a head
@@ -25,7 +25,7 @@ import torch
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy
-from bench.probe import OPTIMIZERS, GridProbeTrainer, ProbeConfig
+from bench.heads.probe import OPTIMIZERS, GridProbeTrainer, ProbeConfig
 from bench.protocol import ProbeData, ProbeResult, evaluate
 from bench.stats import aggregate_seeds
 
@@ -87,7 +87,7 @@ class FewShotConfig:
     eval_every: int = ProbeConfig.eval_every
     batch_size: int = ProbeConfig.batch_size
     normalisation: str = "l2"  # NORMALISATIONS; part of the identity like every setting
-    optimizer: str = "sgd"  # bench.probe.OPTIMIZERS: SGD with momentum (why: bench.probe._AdamW)
+    optimizer: str = "sgd"  # bench.heads.probe.OPTIMIZERS: SGD with momentum (why: bench.heads.probe._AdamW)
     seed: int = 0  # the draw: which k images per class, and the probe's minibatch order
 
     def __post_init__(self) -> None:

@@ -55,7 +55,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> Any:
         raise CorruptImageError(path, str(e)) from e
 
 
-# How files become pixels; part of every cache key and result identity (bench.extract, bench.spec),
+# How files become pixels; part of every cache key and result identity (bench.features.extract, bench.run.spec),
 # so features read before a change to it are never reused. 2: EXIF orientation applied.
 IMAGE_READER = "2"
 

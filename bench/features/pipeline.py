@@ -12,7 +12,7 @@ split rather than kept across the three: forked workers deliver a first batch in
 (2-core machine), nothing worth the state a shared pool would add.
 
 JPEG files with an EXIF orientation other than 1 take the CPU path, which applies it (as every
-image read by ``bench.images.load_rgb`` is). GPU-decoded pixels differ from Pillow's by JPEG IDCT and resampling rounding (a few 1/255 steps in
+image read by ``bench.features.images.load_rgb`` is). GPU-decoded pixels differ from Pillow's by JPEG IDCT and resampling rounding (a few 1/255 steps in
 a few pixels, measured in tests/test_pipeline.py), the size of the TF32 differences that CUDA vs
 CPU extraction already has; like the device, the decoder is not part of the cache key.
 """
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from bench.errors import UsageError
-from bench.filetask import FileTask
-from bench.images import load_rgb
+from bench.features.filetask import FileTask
+from bench.features.images import load_rgb
 from bench.task import DatasetError, Split
 
 DECODES = ("cpu", "gpu")
@@ -131,7 +131,7 @@ class _Items(torch.utils.data.Dataset):
 
 def _stored_upright(data: bytes) -> bool:
     """Whether a JPEG needs no EXIF rotation: nvJPEG ignores the tag, so rotated files take the
-    CPU path, which applies it (``bench.images.upright``), like every other image."""
+    CPU path, which applies it (``bench.features.images.upright``), like every other image."""
     import io
 
     from PIL import Image

@@ -27,7 +27,7 @@ from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
 from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
 
-ARCHITECTURES = ("linear", "bn-linear", "mlp")  # what this trainer builds (heads: bench.kinds)
+ARCHITECTURES = ("linear", "bn-linear", "mlp")  # what this trainer builds (heads: bench.heads.kinds)
 
 
 @dataclass

@@ -3,9 +3,9 @@
 Rows and columns are feature points (backbone, layer, timestep, pool) of one backbone, or of a
 backbone and an ``against`` one. Layers may be ranges and globs: ``block1..37@t90`` (37 points),
 ``block24@t0..999:25`` (40 timesteps), ``blocks.*`` (every layer of that name). Each side is
-resolved like a ``bench run`` (``bench.spec.resolve``) and its features are read from the feature
+resolved like a ``bench run`` (``bench.run.spec.resolve``) and its features are read from the feature
 cache: the whole split's entries when probes extracted them already, else an extraction
-(``bench.extract``) of just the ``n`` images chosen (a seeded subset, the same on both sides).
+(``bench.features.extract``) of just the ``n`` images chosen (a seeded subset, the same on both sides).
 Both sides must hold the same images in the same order, else the error names the first that
 differs.
 
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UsageError
-from bench.record import RunRecord
-from bench.similarity import INTERVALS, Measure
-from bench.spec import RunOptions, RunSpec
+from bench.results.record import RunRecord
+from bench.heads.similarity import INTERVALS, Measure
+from bench.run.spec import RunOptions, RunSpec
 
 RANGE = re.compile(r"(\d+)\.\.(\d+)(?::(\d+))?")
 CKA_COLOURS = (0.1, 0.9)  # the seed paper's colour range for CKA heatmaps
@@ -141,13 +141,13 @@ def _noise_seeds(backbone: Any, side: Side, draws: int) -> list[int] | None:
 class _Side:
     """One side resolved: per noise draw its prepared run; its points and kept items."""
 
-    prepared: list[Any]  # bench.spec.Prepared per noise draw
+    prepared: list[Any]  # bench.run.spec.Prepared per noise draw
     noise_seeds: list[int] | None
 
 
 def _resolve_side(side: Side, spec: SimilaritySpec, options: RunOptions) -> _Side:
     from bench.registry import backbones
-    from bench.spec import resolve
+    from bench.run.spec import resolve
 
     backbones.entry(side.backbone)
     first = backbones.create(side.backbone, **side.backbone_args)
@@ -181,8 +181,8 @@ def _features(prepared: Any, split_name: str, indices: np.ndarray | None,
     only the chosen images are extracted (their own cache entries). A diffusion backbone draws
     its noise by an image's position in the split it extracts, so its subsets always come from
     their own entries: the same images always get the same features."""
-    from bench.cache import FeatureCache
-    from bench.extract import entry_fields, extract
+    from bench.features.cache import FeatureCache
+    from bench.features.extract import entry_fields, extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     full = prepared.task.split(split_name)
@@ -227,7 +227,7 @@ def _points(prepared: Any, features: list[np.ndarray]) -> list[dict[str, Any]]:
 def _protocol(spec: SimilaritySpec, sides: list[_Side], images: str, n: int) -> dict[str, Any]:
     """What the matrix's identity digests: each side's resolved protocol (as a result's, less the
     head), the images and every setting that changes a number."""
-    from bench.spec import ResolvedCell
+    from bench.run.spec import ResolvedCell
 
     out: dict[str, Any] = {"kind": "similarity", "sides": []}
     for side in sides:
@@ -257,11 +257,11 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
     """Compute (or reuse) the matrix of ``spec``, log it as one MLflow run; its result."""
     import torch
 
-    from bench import similarity as estimators
+    from bench.heads import similarity as estimators
     from bench.digest import json_digest
     from bench.precision import resolve_device
-    from bench.spec import build_task
-    from bench.tracking import ensure_experiment, find_similarity
+    from bench.run.spec import build_task
+    from bench.results.tracking import ensure_experiment, find_similarity
 
     _check(spec)
     options = options or RunOptions()
@@ -326,7 +326,7 @@ def _name(spec: SimilaritySpec, n: int) -> str:
 
 def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> RunRecord:
     from bench.digest import json_digest
-    from bench.tracking import SimilarityRecord
+    from bench.results.tracking import SimilarityRecord
 
     points = [[p["backbone"], p["layer"], p["pool"]] for p in result.rows + result.cols]
     finite = result.values[np.isfinite(result.values)]
@@ -346,7 +346,7 @@ def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> R
 
 def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
          started: float) -> None:
-    from bench.tracking import log_record, supersede_similarity
+    from bench.results.tracking import log_record, supersede_similarity
 
     record = _record(spec, result, started)
     artifacts = {ARTIFACT: result.to_json(), "protocol.json": record.protocol_json(),
@@ -373,7 +373,7 @@ def _reused(record: RunRecord) -> SimilarityResult:
     import os
     import tempfile
 
-    from bench.tracking import client
+    from bench.results.tracking import client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:

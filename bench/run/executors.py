@@ -1,6 +1,6 @@
 """The built-in executors: ``local`` (this process), ``submitit-local`` (subprocesses through
 submitit) and ``slurm`` (sbatch job arrays through submitit, with SLURM's job dependencies and
-``squeue`` to notice lost jobs). ``bench.scheduler`` documents how to add one.
+``squeue`` to notice lost jobs). ``bench.run.scheduler`` documents how to add one.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
-from bench.scheduler import Executor, JobOutcome, SubmititExecutor, executors
+from bench.run.scheduler import Executor, JobOutcome, SubmititExecutor, executors
 
 
 @executors.register("local")

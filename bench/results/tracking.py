@@ -4,7 +4,7 @@ By default runs go to an embedded SQLite store under the results folder; ``MLFLO
 (for example a shared ``mlflow server``) takes precedence (``bench.paths``). Experiments are
 created once by the driver and their id handed to jobs: concurrent ``set_experiment`` calls lose
 runs to the Default experiment (environment.md). What is written, under which names, is
-``bench.record``'s business; this module only moves records in and out.
+``bench.results.record``'s business; this module only moves records in and out.
 
 Lookups are tag-equality searches (a result's identity, a slot's key), read page by page: their
 cost follows the runs they match, not the size of the store, and nothing is silently capped.
@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import record as names
+from bench.results import record as names
 from bench.errors import BenchError
 from bench.locks import file_lock
 from bench.paths import artifacts_dir, pending_dir, tracking_uri
-from bench.record import RunRecord
+from bench.results.record import RunRecord
 
 PAGE_SIZE = 1000  # runs per search request; every page is read
 CHECK_TIMEOUT_S = 5  # an unreachable tracking server fails in seconds, not minutes
@@ -484,7 +484,7 @@ def log_leaderboard(experiment_id: str, tables: dict[str, Any], files: Iterable[
     return run_id
 
 
-# --- similarity matrices (bench.similarity_run): one run per matrix, same identity rules ------
+# --- similarity matrices (bench.run.similarity_run): one run per matrix, same identity rules ------
 SIMILARITY = "similarity"  # the bench.kind of a similarity matrix's run
 
 

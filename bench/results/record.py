@@ -3,12 +3,12 @@
 A ``RunRecord`` is one result cell, built from a computed result in one place (``from_result``),
 written as ``to_params``, ``to_tags``, ``to_metrics`` and ``artifacts`` and read back in one place
 (``from_mlflow``) by resume, leaderboards and figures; no other module spells a tag, param, metric
-or artifact name. This module is pure: moving records in and out of MLflow is ``bench.tracking``'s.
+or artifact name. This module is pure: moving records in and out of MLflow is ``bench.results.tracking``'s.
 
 | MLflow | names |
 | --- | --- |
 | run | named by ``RunRecord.label`` (``pixels image/16 linear digits``: the UI's first column tells runs apart) |
-| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
+| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
 | params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bench.protocol import ProbeResult
-    from bench.spec import ResolvedCell, ResolvedRun
+    from bench.run.spec import ResolvedCell, ResolvedRun
     from bench.stats import Intervals
 
 RESULT_SCHEMA = "2"  # bump when the record's names or meaning change (the identity digests it)
@@ -264,7 +264,7 @@ def current_code_version() -> str:
     import bench
 
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -305,7 +305,7 @@ def _quoted(value: str) -> str:
 
 
 def lock_tags(key: str, owner: str) -> dict[str, str]:
-    """Tags of a claim on result cells (``bench.tracking.cell_lock``); ``key`` digests them."""
+    """Tags of a claim on result cells (``bench.results.tracking.cell_lock``); ``key`` digests them."""
     return {KIND: LOCK, LOCK_KEY: key, LOCK_OWNER: owner, HEARTBEAT: "0"}
 
 
