@@ -43,11 +43,11 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                               'name': 'diffusion-tiny'}],
                                  'sha256': '6547a5da74bde65f40b40ca4723dfc70a420e40425058ecc6696b3452a221a14'},
                'backbones.adm.backbone': {'presets': [],
-                                          'sha256': 'e099608de036d7df6177e01398341cc60f90bf976367461521187f1773291ffb'},
+                                          'sha256': 'eea0a9c24e75d7ae4b20d763f676829a1683748b20cb518ebf718f333447deb4'},
                'backbones.adm.diffusion': {'presets': [],
                                            'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
                'backbones.adm.paper': {'presets': [],
-                                       'sha256': '3eb45b282339ebc8307424377d2f2c6c9c2dc84fdec7622572a21288d171eff6'},
+                                       'sha256': 'e43b4658ac5dad989116cb4c3ff5ef6a3c9ff8315706810999917d668b0d43cd'},
                'backbones.adm.unet': {'presets': [],
                                       'sha256': 'eed566c6158a9b88fa0a26134e63e7c80e34f77905ede7656f0af4c81709fa78'},
                'backbones.bigbigan': {'presets': [{'description': 'BigBiGAN RevNet-50x4 encoder '
@@ -69,7 +69,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                   'needs TensorFlow',
                                                    'licence': 'none (random weights)',
                                                    'name': 'bigbigan-tiny'}],
-                                      'sha256': 'c8a885be794241242634f9ccf1253c09f331baccc08433620bb2e2cafd3d0b68'},
+                                      'sha256': '1ac251ce59b67c3c6e3da9ea36c5096621d5c6d14fb66c05cafdbb01c5aee5dc'},
                'backbones.clip': {'presets': [{'description': 'CLIP ViT-B/16, OpenAI weights '
                                                               '(open_clip); default feature = '
                                                               'encode_image (after the projection, '
@@ -88,7 +88,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                               'reloaded from the weights dir',
                                                'licence': 'none (random weights)',
                                                'name': 'clip-tiny'}],
-                                  'sha256': 'd87391c72789b1e53df95e4c4ebaba2ad6e4ec050d2fce73dfe7fe2e26c5baad'},
+                                  'sha256': '497a2f7406162b8083792acb250a808553587d762b26d5c1fe28a9477013570a'},
                'backbones.diffusers_models': {'presets': [{'description': 'DDAE (Xiang et al. '
                                                                           '2023, arXiv 2303.09769) '
                                                                           'on DDPM CIFAR-10: '
@@ -208,7 +208,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'weights: offline tests',
                                                            'licence': 'none (random weights)',
                                                            'name': 'sd-tiny'}],
-                                              'sha256': '2b7a45d6c70e70a9d20d3be068828d06cda1e10fef890dfa679d7a01a6acdcce'},
+                                              'sha256': 'eacc219b2a975fa51eefb8d0a7d9706c746bdc3fca7c8a72b62f7d15e9941646'},
                'backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                    'transformers vision encoder '
                                                                    '(AutoModel + '
@@ -220,7 +220,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                'license, else unknown: see the '
                                                                'model card',
                                                     'name': 'hf'}],
-                                       'sha256': 'e45f9e009227f5071bf1af08ee209c6d519141019458f9defac6fc931c8350a3'},
+                                       'sha256': 'bd3552e0cd78451f4ed089330e1d8ac3f95d0c0e47fc096a734c0b1cff970a53'},
                'backbones.mae': {'presets': [{'description': 'MAE ViT-B/16 (timm '
                                                              'vit_base_patch16_224.mae); default '
                                                              'feature = CLS token after the final '
@@ -271,7 +271,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                      'architecture alone gives',
                                                       'licence': 'none (random weights)',
                                                       'name': 'random-unet'}],
-                                         'sha256': '9287d6aa347a701b01bee601b5a776d10ba253fd31820b2dcd4a4bd4f8d8f279'},
+                                         'sha256': '623304335f759bc4a6d34bbc540c37190dd3d551ad853fe358fe3f309115a175'},
                'backbones.simclr': {'presets': [{'description': 'SimCLR v1 ResNet-50 (1x), '
                                                                 'official TF weights converted to '
                                                                 'PyTorch; 2048-d average pool, '
@@ -296,7 +296,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                 'key conversion',
                                                  'licence': 'none (random weights)',
                                                  'name': 'simclr-tiny'}],
-                                    'sha256': '6a6ebe91c7d1c632cbe4840fbf543621f8d540e0403c2435e599eddec1159afe'},
+                                    'sha256': 'ca370e2269eaefcf79b645335160258b3109a00c95a0bb39c86d59ecd2a69b6e'},
                'backbones.supervised': {'presets': [{'description': 'reference: DINOv2 ViT-B/14 '
                                                                     '(LVD-142M) via timm at 224 '
                                                                     'px; default feature = CLS '
@@ -326,7 +326,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                     'reloaded from the weights dir',
                                                      'licence': 'none (random weights)',
                                                      'name': 'resnet50-tiny'}],
-                                        'sha256': 'beb311775f4998fce4c4db2152e4ea275e42a093975d929a9bee0276462031fd'},
+                                        'sha256': 'aeb0e1a3c7f2b852dc8cb56b3db437d73c9d4e1da2381dcfb352562cda40cf53'},
                'backbones.timm_models': {'presets': [{'description': 'timm:NAME, any timm model '
                                                                      '(tag in the name, e.g. '
                                                                      'timm:vit_base_patch16_224.mae); '
@@ -339,7 +339,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                  'licence, else unknown: see the '
                                                                  'model card',
                                                       'name': 'timm'}],
-                                         'sha256': '9bf6e0e26e4931e770bc70a7d7efa010e68e3ad599cc239f23d33937560c7de0'}},
+                                         'sha256': '452cb4bd5086e96f02805ebc7acc941cc3446304f1c6a46c5bd7a532950067aa'}},
  'tasks': {'tasks': {'presets': [],
                      'sha256': 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'},
            'tasks.aircraft': {'presets': [{'description': 'FGVC-Aircraft 2013b variants, 100 '
@@ -347,18 +347,18 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                           'banner cropped',
                                            'licence': '',
                                            'name': 'aircraft'}],
-                              'sha256': '61c3edc1e73373479988914deecfc72ef6588b7083a0579517b7d70e5be55649'},
+                              'sha256': 'af9d996fcafe0f75de83035cbb7a72dd60496458e60b4141d83b361f0fe25ada'},
            'tasks.cars': {'presets': [{'description': 'Stanford Cars, 196 classes (manual '
                                                       'download: torchvision or Kaggle layout); '
                                                       'val = 10% holdout of train',
                                        'licence': '',
                                        'name': 'cars'}],
-                          'sha256': '6670f05596a2a2531f5fd198334f7925a0ffbfe92f7e361a8ec5b155c613c94e'},
+                          'sha256': '3989e011115fb1f223774be4ac909fafa06e7f6fdc81667c99340d04e4a3e8fa'},
            'tasks.cub': {'presets': [{'description': 'CUB-200-2011 birds, 200 classes; val = 10% '
                                                      'holdout of train',
                                       'licence': '',
                                       'name': 'cub'}],
-                         'sha256': '3d91243a79e9f9ae7fc56155dfa1acee79cf3c12efad71dc8785fc18ab1032bc'},
+                         'sha256': '2617cf85f151de3f4158ca66affd4f3dc3f1fcec0344cf153ce04e535859b695'},
            'tasks.digits': {'presets': [{'description': "offline: scikit-learn's 8x8 handwritten "
                                                         'digits (10 classes)',
                                          'licence': '',
@@ -368,19 +368,19 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                          'official train/val/test',
                                           'licence': '',
                                           'name': 'flowers'}],
-                             'sha256': '1d9aa070d07fc86a763d72f69fb7f83d605f204015d2701dae37e8e6514c00b0'},
+                             'sha256': 'd6837351400488f499ba61512a0f8e468f6558255d1ec239baeef5103bb50ace'},
            'tasks.folder': {'presets': [{'description': 'folder:PATH, any ImageFolder tree '
                                                         '(train/[val/]test/<class>/ or <class>/)',
                                          'licence': '',
                                          'name': 'folder'}],
-                            'sha256': 'be41d54aee570c385516f933c5b7d94516e4adfc69774c861597e6f74a939a56'},
+                            'sha256': '5a0ca70382e8fa811809c486b5c63910d2227d8f891266fdd2d3a298b766012c'},
            'tasks.imagenet': {'presets': [{'description': 'ImageNet-1k (manual download); test = '
                                                           'official val, val = 10% holdout of '
                                                           'train; imagenet:PATH for an existing '
                                                           'tree',
                                            'licence': '',
                                            'name': 'imagenet'}],
-                              'sha256': '8f7fc8d90f06e2ee4fe74f2f26fec6dc3d7dd710feeab2b23d55e2ae451a24bc'},
+                              'sha256': '05067c54e579d7d3cc4958beef4e78d46186b660edcd945b789cfcebc76cabb0'},
            'tasks.torchvision_sets': {'presets': [{'description': 'CIFAR-10, 10 classes, 32 px; '
                                                                   'val = 10% holdout of train',
                                                    'licence': '',
@@ -403,4 +403,4 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                   'val = 10% holdout of trainval',
                                                    'licence': '',
                                                    'name': 'pets'}],
-                                      'sha256': 'f5a5a94726002f23b003d87ab9e4b8601cd89cca41c675d5fe55e756d99d4b73'}}}
+                                      'sha256': 'f8085b5bb4521cb5426b48502adbf6b5a82a113dd93fdc445b9e6a2874fe94d8'}}}
