@@ -38,18 +38,30 @@ SD15_REPO, SD15_REVISION = "stable-diffusion-v1-5/stable-diffusion-v1-5", (
     "451f4fe16113bff5a5d2269ed5ad43b0592e9a14")
 
 # --- configs as published (only the TINY keys below differ from the real files) ----------------
-# Provenance (public copies found by content search; the search names no repository for most):
-# - DDPM_CELEBAHQ_UNET: every key matches a public YAML copy of google-ddpm-celebahq-256's UNet
-#   config (block_out_channels, downsample_padding 0, freq_shift 1, norm_eps 1e-06, ...).
-# - SD21_UNET: the architecture keys match public copies of SD 2.x's unet/config.json
-#   (attention_head_dim [5, 10, 20, 20], cross_attention_dim 1024, use_linear_projection,
-#   sample_size 96); "_diffusers_version" and key order are not verified.
-# - DIT_TRANSFORMER: class Transformer2DModel and its keys match diffusers' own DiT conversion
-#   and public code that rebuilds it (attention_head_dim 72, 16 heads, 28 layers,
-#   num_embeds_ada_norm 1000, ada_norm_zero); "_diffusers_version" is not verified.
-# - Not verified against a published copy: LEGACY_DDPM_SCHEDULER (only its class name and
-#   `timesteps` key, which diffusers' legacy mapping reads), DDPM_CIFAR10_UNET, DDPM_INDEX,
-#   SD15_*, SD_VAE, SD_TOKENIZER, the text encoder configs, DIT_SCHEDULER, DIT_INDEX.
+# Provenance: each dict was compared with public copies of the published file found by content
+# search; where the search named the repository it is given, otherwise "a public copy".
+# Verbatim (every key and value):
+# - SD15_UNET, SD21_UNET: kohya-ss/sd-scripts library/original_unet.py (its module docstring
+#   quotes both unet/config.json files; SD 1.5 also in two more public copies).
+# - SD15_SCHEDULER: two public copies, one a test that quotes it "verbatim".
+# - SD15_INDEX: the model_index.json quoted in diffusers' own docs (using-diffusers/loading).
+# - SD21_INDEX: a public test quoting stable-diffusion-2-1's model_index.json.
+# - SD21_SCHEDULER: three public copies (DDIMScheduler 0.8.0, v_prediction).
+# - SD21_VAE: two public copies of SD 2's vae/config.json ("hf-models/...768x768/vae").
+# - SD15_TEXT: a public copy of the CLIPTextModel config (openai/clip-vit-large-patch14,
+#   transformers 4.22.0.dev0) that SD 1.5's text_encoder/config.json carries.
+# - DIT_SCHEDULER: two public copies; DIT_TRANSFORMER: a public copy (DiT-XL-2's, identical
+#   but for sample_size, 64 there = the 512 px model; 32 here = 256 px / 8).
+# - DDPM_CELEBAHQ_UNET: a public YAML copy of google/ddpm-celebahq-256's config.json.
+# Not verified against a published copy (written from diffusers' defaults and the papers):
+# SD_VAE's sample_size (one public copy of an SD 1 vae config says 256, not 512),
+# SD21_TEXT, SD_TOKENIZER and the tokenizer files, DDPM_CIFAR10_UNET, LEGACY_DDPM_SCHEDULER
+# (only its class name and `timesteps` are attested, by the issue), DDPM_INDEX, DIT_INDEX and
+# DiT's vae config.
+# File names and layout verified: the ddpm repos are flat (model_index.json, config.json,
+# scheduler_config.json, diffusion_pytorch_model.bin at the root, per a public `hf download`
+# at cd5c944 and a cache path at 267b167); DiT's transformer weights are
+# transformer/diffusion_pytorch_model.bin at eab87f7 (a public cache path).
 DDPM_CIFAR10_UNET = {
     "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu",
     "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
@@ -97,6 +109,8 @@ SD_VAE = {
     "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
+SD21_VAE = {**SD_VAE, "_diffusers_version": "0.8.0",
+            "_name_or_path": "hf-models/stable-diffusion-v2-768x768/vae", "sample_size": 768}
 SD15_SCHEDULER = {
     "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
     "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
@@ -110,7 +124,7 @@ SD21_SCHEDULER = {
     "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
 }
 SD15_TEXT = {
-    "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0,
+    "_name_or_path": "openai/clip-vit-large-patch14", "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0,
     "dropout": 0.0, "eos_token_id": 2, "hidden_act": "quick_gelu", "hidden_size": 768,
     "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 3072,
     "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "model_type": "clip_text_model",
@@ -128,15 +142,18 @@ SD_TOKENIZER = {
 }
 
 
-def sd_index(scheduler: str) -> dict[str, Any]:
-    return {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-        "scheduler": ["diffusers", scheduler], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    }
+SD15_INDEX = {
+    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+}
+SD21_INDEX = {
+    **SD15_INDEX, "_diffusers_version": "0.8.0", "requires_safety_checker": False,
+    "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+}
 
 
 DIT_TRANSFORMER = {
@@ -207,12 +224,14 @@ def tokenizer_files(pad: str) -> dict[str, Any]:
     }
 
 
-def sd_files(unet: dict, text: dict, scheduler: dict, pad: str) -> dict[str, Any]:
+def sd_files(
+    index: dict, unet: dict, vae: dict, text: dict, scheduler: dict, pad: str
+) -> dict[str, Any]:
     return {
-        "model_index.json": sd_index(scheduler["_class_name"]),
+        "model_index.json": index,
         "scheduler/scheduler_config.json": scheduler,
         **model_files("unet", "sd_unet", unet, "diffusion_pytorch_model.safetensors"),
-        **model_files("vae", "vae", SD_VAE, "diffusion_pytorch_model.safetensors"),
+        **model_files("vae", "vae", vae, "diffusion_pytorch_model.safetensors"),
         **model_files("text_encoder", "text", text, "model.safetensors"),
         **tokenizer_files(pad),
     }
@@ -230,9 +249,9 @@ def hub_repos() -> dict[str, tuple[str | None, dict[str, Any]]]:
             **model_files("", "unet", DDPM_CELEBAHQ_UNET, "diffusion_pytorch_model.bin",
                           block_out_channels=[8, 8, 8, 8, 16, 16])}),
         SD15_REPO: (SD15_REVISION, sd_files(
-            SD15_UNET, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
+            SD15_INDEX, SD15_UNET, SD_VAE, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
         SD21_MIRROR: (SD21_REVISION, sd_files(
-            SD21_UNET, SD21_TEXT, SD21_SCHEDULER, "!")),
+            SD21_INDEX, SD21_UNET, SD21_VAE, SD21_TEXT, SD21_SCHEDULER, "!")),
         "facebook/DiT-XL-2-256": (DIT_REVISION, {
             "model_index.json": DIT_INDEX,
             "scheduler/scheduler_config.json": DIT_SCHEDULER,
