@@ -138,7 +138,9 @@ def find_part(
     return None
 
 
-def _missing(source: str, what: str, where: str) -> DiffusersLoadError:
+def _missing(
+    source: str, what: str, where: str, revision: str | None = None
+) -> DiffusersLoadError:
     if _is_local(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():
@@ -148,9 +150,11 @@ def _missing(source: str, what: str, where: str) -> DiffusersLoadError:
             )
         return DiffusersLoadError(f"{folder} has no {what}: expected {where}")
     mode = " (downloads are off: HF_HUB_OFFLINE=1)" if offline() else ""
+    pinned = f" --revision {revision}" if revision else ""
     return DiffusersLoadError(
         f"could not load the {what} of {source} from the Hugging Face hub or its cache{mode}: "
-        f"expected {where}. On a machine with network run `huggingface-cli download {source}` and "
+        f"expected {where}. On a machine with network run `huggingface-cli download {source}"
+        f"{pinned}` and "
         "copy the cache ($HF_HOME, default ~/.cache/huggingface), or pass a local folder."
     )
 
@@ -173,9 +177,29 @@ def weights_file(part: Part) -> Path | None:
     return None
 
 
+# sha256 (the LFS oid) of weights files at a pinned revision, as public sources state them:
+# (repo, revision, path in repo) -> digest. A cached file that differs is refused at load.
+PUBLISHED_SHA256: dict[tuple[str, str, str], str] = {
+    ("google/ddpm-celebahq-256", "cd5c944777ea2668051904ead6cc120739b86c4d",
+     "diffusion_pytorch_model.bin"):
+        "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d",
+}
+
+
 def _digest(part: Part, module: nn.Module) -> str:
     path = weights_file(part)
-    return file_sha256(path) if path is not None else state_dict_digest(module)
+    if path is None:
+        return state_dict_digest(module)
+    digest = file_sha256(path)
+    name = f"{part.subfolder}/{path.name}".lstrip("/")
+    expected = PUBLISHED_SHA256.get((part.source, part.revision or "", name))
+    if expected is not None and digest != expected:
+        raise DiffusersLoadError(
+            f"{part.source}@{part.revision}: {name} has sha256 {digest}, expected {expected} "
+            "(published for this revision); delete it from the Hugging Face cache and download "
+            "it again"
+        )
+    return digest
 
 
 def pipeline_class(source: str, name: str, revision: str | None) -> tuple[str, str] | None:
@@ -208,7 +232,7 @@ def load_scheduler(source: str, revision: str | None) -> Any:
 
     part = find_part(source, ("scheduler", ""), "scheduler_config.json", revision)
     if part is None:
-        raise _missing(source, "scheduler", "scheduler/scheduler_config.json")
+        raise _missing(source, "scheduler", "scheduler/scheduler_config.json", revision)
     library, name = pipeline_class(source, "scheduler", revision) or (
         "diffusers", str(part.config.get("_class_name", "")))
     try:
@@ -238,7 +262,7 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
     where = "unet/config.json or transformer/config.json (or config.json at the root)"
     part = find_part(source, ("unet", "transformer", ""), "config.json", revision)
     if part is None:
-        raise _missing(source, "denoiser", where)
+        raise _missing(source, "denoiser", where, revision)
     class_name = part.config.get("_class_name", "")
     if class_name not in DENOISER_CLASSES:
         raise DiffusersLoadError(
@@ -253,7 +277,8 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
     if DENOISER_CLASSES[class_name] != UNET:
         vae_part = find_part(source, ("vae",), "config.json", revision)
         if vae_part is None:
-            raise _missing(source, "VAE", "vae/config.json (latent models encode images first)")
+            raise _missing(source, "VAE", "vae/config.json (latent models encode images first)",
+                           revision)
         vae = diffusers.AutoencoderKL.from_pretrained(vae_part.source, **vae_part.diffusers_kwargs)
         digests["vae"] = _digest(vae_part, vae)
     if DENOISER_CLASSES[class_name] == TEXT_UNET:
@@ -265,7 +290,7 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
         tok_part = find_part(source, ("tokenizer",), "tokenizer_config.json", revision)
         if text_part is None or tok_part is None:
             what = "text encoder" if text_part is None else "tokenizer"
-            raise _missing(source, what, "text_encoder/config.json and tokenizer/")
+            raise _missing(source, what, "text_encoder/config.json and tokenizer/", revision)
         # the classes model_index.json names (as DiffusionPipeline), else what the files name
         encoder_class = component_class(source, "text_encoder", revision) or (
             transformers.CLIPTextModel)

@@ -208,7 +208,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'weights: offline tests',
                                                            'licence': 'none (random weights)',
                                                            'name': 'sd-tiny'}],
-                                              'sha256': '3d0301704ce0f573abbf2f3b53cc3736b8f69badee3c99fae2de95184b40280f'},
+                                              'sha256': '78334f1349c99ada92843d84862f18a263d5c99c68124c6b4dbc257c8c7add1c'},
                'backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                    'transformers vision encoder '
                                                                    '(AutoModel + '

@@ -297,10 +297,39 @@ def offline_hub(hub_cache, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # the tiny weights stand in for the published ones: their digests replace the published
+    from backbones import diffusers_models
+
+    tiny = {key: file_sha256(snapshot(hub_cache, key[0], key[1]) / key[2])
+            for key in diffusers_models.PUBLISHED_SHA256}
+    monkeypatch.setattr(diffusers_models, "PUBLISHED_SHA256", tiny)
     return hub_cache
 
 
+def snapshot(cache: Path, repo: str, commit: str) -> Path:
+    return cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+
+
 # --- the tests -----------------------------------------------------------------------------------
+def test_a_weights_file_unlike_its_published_sha256_is_refused(offline_hub, monkeypatch):
+    """The published digest of google/ddpm-celebahq-256's weights at the pinned revision: the
+    tiny file in the cache is not that file, so the preset refuses it in one line."""
+    from backbones import diffusers_models
+    from bench.errors import BenchError
+
+    published = "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d"
+    key = ("google/ddpm-celebahq-256", DDPM_CELEBAHQ_REVISION, "diffusion_pytorch_model.bin")
+    tiny = file_sha256(snapshot(offline_hub, key[0], key[1]) / key[2])
+    assert diffusers_models.PUBLISHED_SHA256 == {key: tiny}  # the fixture's stand-in
+    assert bench.create_backbone("ddpm-celebahq").weights_digest() == tiny
+    monkeypatch.setattr(diffusers_models, "PUBLISHED_SHA256", {key: published})
+    with pytest.raises(BenchError) as caught:
+        bench.create_backbone("ddpm-celebahq")
+    message = str(caught.value)
+    assert "\n" not in message and "diffusion_pytorch_model.bin" in message
+    assert f"has sha256 {tiny}, expected {published}" in message
+
+
 PRESETS = ["ddpm-cifar10", "ddpm-celebahq", "sd-1.5", "sd-2.1", "dit-xl-2-256", "dift",
            "ddae-ddpm-cifar10", "ddae-dit"]
 
@@ -462,3 +491,14 @@ def test_hf_family_loads_a_transformers_hub_repo_offline(offline_hub):
     bb = bench.create_backbone("hf:org/tiny-vit")
     out = bb.extract(torch.rand(1, 3, 32, 32), [("cls", "none")])
     assert out[("cls", "none")].shape == (1, 16)
+
+
+def test_a_pinned_preset_missing_from_the_cache_names_the_revision_to_download(tmp_path,
+                                                                                monkeypatch):
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BenchError, match=(
+            f"huggingface-cli download facebook/DiT-XL-2-256 --revision {DIT_REVISION}`")):
+        bench.create_backbone("dit-xl-2-256")
