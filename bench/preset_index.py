@@ -246,7 +246,9 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                'backbones.open_clip_models': {'presets': [{'description': 'open_clip:ARCH/TAG, any '
                                                                           'open_clip image tower '
                                                                           '(e.g. '
-                                                                          'open_clip:ViT-B-16/laion2b_s34b_b88k); '
+                                                                          'open_clip:ViT-B-16/laion2b_s34b_b88k), '
+                                                                          'or '
+                                                                          'open_clip:hf-hub:ORG/NAME; '
                                                                           'image-embedding, '
                                                                           'pre-projection, blocks; '
                                                                           'normalize=true for '
@@ -256,7 +258,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                       'card licence, else unknown: '
                                                                       'see the model card',
                                                            'name': 'open_clip'}],
-                                              'sha256': 'df2c51e9468e0a07e42fa2156e16a07a3187648095153308903fc7529f4a7412'},
+                                              'sha256': 'ee2e6769423c8713d25b3ac60ea6dad0f5677026a01a1914d04b0b36be5bf7d3'},
                'backbones.pixels': {'presets': [{'description': 'control: raw RGB pixels resized '
                                                                 'to 16x16 (no model, no weights)',
                                                  'licence': 'none (no weights)',

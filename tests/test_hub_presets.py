@@ -502,3 +502,36 @@ def test_a_pinned_preset_missing_from_the_cache_names_the_revision_to_download(t
     with pytest.raises(BenchError, match=(
             f"huggingface-cli download facebook/DiT-XL-2-256 --revision {DIT_REVISION}`")):
         bench.create_backbone("dit-xl-2-256")
+
+
+def test_open_clip_loads_a_model_in_open_clips_hub_layout_offline(offline_hub):
+    """``open_clip:hf-hub:ORG/NAME``: open_clip_config.json (model_cfg, preprocess_cfg, as
+    open_clip's hub repos publish it, shrunk) and open_clip_pytorch_model.bin in the cache, built
+    through open_clip's own hf-hub path; features equal open_clip's encode_image."""
+    import open_clip
+
+    model_cfg = {"embed_dim": 16,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                "head_width": 16},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16,
+                              "heads": 2, "layers": 1}}
+    preprocess_cfg = {"mean": [0.48145466, 0.4578275, 0.40821073],
+                      "std": [0.26862954, 0.26130258, 0.27577711]}
+    torch.manual_seed(0)
+    net = open_clip.CLIP(**model_cfg)
+    folder = snapshot(offline_hub, "org/tiny-open-clip", COMMIT)
+    folder.mkdir(parents=True)
+    (folder.parent.parent / "refs").mkdir()
+    (folder.parent.parent / "refs" / "main").write_text(COMMIT)
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    torch.save(net.state_dict(), folder / "open_clip_pytorch_model.bin")
+
+    bb = bench.create_backbone("open_clip:hf-hub:org/tiny-open-clip")
+    assert bb.config["hub_commit"] == COMMIT
+    assert bb.weights_digest() == file_sha256(folder / "open_clip_pytorch_model.bin")
+    x = torch.rand(2, 3, 32, 32)
+    out = bb.extract(x, [("image-embedding", "none")])[("image-embedding", "none")]
+    ref, _ = open_clip.create_model_from_pretrained("hf-hub:org/tiny-open-clip")
+    with torch.no_grad():
+        torch.testing.assert_close(out, ref.eval().encode_image(x))
