@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import BenchError, UsageError
+from bench.errors import BenchError
+from bench.plugins import Instances
 
 TOP = 5  # class ids kept per image
 
@@ -139,19 +140,10 @@ def average(scores: np.ndarray, labels: np.ndarray | None) -> float:
     return float((sums[present] / counts[present]).mean())
 
 
-_METRICS: dict[str, Metric] = {}
-_discovered = False
-
-
-def add(entry: Metric) -> Metric:
-    """Register ``entry``; a name registered twice with another function is an error."""
-    if not isinstance(entry, Metric):
-        raise TypeError(f"a metric must be a bench.metrics.Metric, got {type(entry).__name__}")
-    existing = _METRICS.get(entry.name)
-    if existing is not None and existing.per_image is not entry.per_image:
-        raise ValueError(f"metric {entry.name!r} is registered twice")
-    _METRICS[entry.name] = entry
-    return entry
+METRICS: Instances[Metric] = Instances("metric", Metric, "bench.metrics")
+add = METRICS.add  # register a Metric (entry points in the group ``bench.metrics`` land here)
+names = METRICS.names
+get = METRICS.get
 
 
 def metric(name: str, *, stratified: bool = False, description: str = ""
@@ -163,30 +155,6 @@ def metric(name: str, *, stratified: bool = False, description: str = ""
         return fn
 
     return decorator
-
-
-def _discover() -> None:
-    """Metrics of installed packages: entry points in the group ``bench.metrics``."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    from bench.plugins import load_group
-
-    load_group("bench.metrics", add)
-
-
-def names() -> list[str]:
-    """Every metric's name, built-in ones first."""
-    _discover()
-    return list(_METRICS)
-
-
-def get(name: str) -> Metric:
-    _discover()
-    if name not in _METRICS:
-        raise UsageError(f"unknown metric {name!r}; metrics: {', '.join(_METRICS)}")
-    return _METRICS[name]
 
 
 @metric("top1", description="top-1 accuracy")

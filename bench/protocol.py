@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 from bench.metrics import TOP, Predictions
+from bench.plugins import Instances
 
 # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 # 5: halving never drops a point within one binomial standard error of the best on val
@@ -235,56 +236,34 @@ def _load(path: Any) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-_HEADS: dict[str, HeadKind] = {}
-_discovered = False
+def _head_kind(given: Any) -> Any:
+    """A ``HeadKind`` subclass as its no-argument instance (anything else as it is); a head whose
+    ``inputs`` is neither 'vectors' nor 'maps' is refused."""
+    kind = given() if isinstance(given, type) and issubclass(given, HeadKind) else given
+    if isinstance(kind, HeadKind) and kind.inputs not in ("vectors", "maps"):
+        raise TypeError(f"head {kind.name!r}: inputs must be 'vectors' or 'maps'")
+    return kind
+
+
+# The built-in heads (``bench.heads.kinds``), then installed packages' entry points in the group
+# ``bench.heads`` (a ``HeadKind``, a subclass, or a module that registers on import).
+HEADS: Instances[HeadKind] = Instances(
+    "head", HeadKind, "bench.heads",
+    lambda: importlib.import_module("bench.heads.kinds").KINDS, _head_kind)
+head_names = HEADS.names
+head_kind = HEADS.get
 
 
 def register_head(kind: Any) -> Any:
     """Register a head kind: a ``HeadKind`` instance, or (as a class decorator) a ``HeadKind``
     subclass whose no-argument instance is registered. Anything else is a TypeError."""
-    entry = kind() if isinstance(kind, type) and issubclass(kind, HeadKind) else kind
-    if not isinstance(entry, HeadKind):
-        raise TypeError(f"a head kind must be a bench.protocol.HeadKind, got "
-                        f"{type(entry).__name__}")
-    if entry.inputs not in ("vectors", "maps"):
-        raise TypeError(f"head {entry.name!r}: inputs must be 'vectors' or 'maps'")
-    existing = _HEADS.get(entry.name)
-    if existing is not None and existing != entry:
-        raise ValueError(f"head {entry.name!r} is registered twice")
-    _HEADS[entry.name] = entry
+    HEADS.add(kind)
     return kind
-
-
-def _discover() -> None:
-    """The built-in heads (``bench.heads.kinds``), then installed packages' entry points in the group
-    ``bench.heads`` (a ``HeadKind``, a subclass, or a module that registers on import)."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    from bench.plugins import load_group
-
-    for kind in importlib.import_module("bench.heads.kinds").KINDS:
-        register_head(kind)
-    load_group("bench.heads", register_head)
-
-
-def head_names() -> list[str]:
-    _discover()
-    return list(_HEADS)
-
-
-def head_kind(name: str) -> HeadKind:
-    _discover()
-    if name not in _HEADS:
-        raise UsageError(f"unknown head {name!r}; heads: {', '.join(_HEADS)}")
-    return _HEADS[name]
 
 
 def protocols() -> dict[str, tuple[str, ...] | None]:
     """Leaderboard families (``--protocol``) -> the heads each ranks; ``all``: every head."""
-    _discover()
     out: dict[str, tuple[str, ...] | None] = {}
-    for kind in _HEADS.values():
+    for kind in HEADS.values():
         out[kind.leaderboard_family()] = (*(out.get(kind.leaderboard_family()) or ()), kind.name)
     return out | {"all": None}

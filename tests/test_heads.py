@@ -340,10 +340,9 @@ def plugin_package(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     protocol.head_names(), metrics.names()  # the built-ins first
-    monkeypatch.setattr(protocol, "_HEADS", dict(protocol._HEADS))
-    monkeypatch.setattr(protocol, "_discovered", False)
-    monkeypatch.setattr(metrics, "_METRICS", dict(metrics._METRICS))
-    monkeypatch.setattr(metrics, "_discovered", False)
+    for registry in (protocol.HEADS, metrics.METRICS):  # discovered afresh, restored after
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "_discovered", False)
     yield
     sys.modules.pop("centroid_plugin", None)
 

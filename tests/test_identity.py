@@ -60,7 +60,7 @@ def test_a_changed_head_default_or_protocol_version_recomputes(monkeypatch):
     from bench import protocol
 
     [old] = run(_spec(), OPTIONS)
-    monkeypatch.setitem(protocol._HEADS, "linear", replace(
+    monkeypatch.setitem(protocol.HEADS._entries, "linear", replace(
         protocol.head_kind("linear"), config="tests.test_identity:LongerProbe"))
     [longer] = run(_spec(), OPTIONS)
     assert not longer.reused and longer.identity != old.identity
