@@ -17,6 +17,7 @@ kinds (``bench.run.executors``): ``local`` (this process), ``submitit-local``, `
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ class ExecutorConfig:
         return executors.get(self.kind)(self)
 
 
-class Executor:
+class Executor(ABC):
     """Where jobs run. Register a subclass with ``@executors.register(name)`` or the entry-point
     group ``bench.executors`` and it is a ``--executor`` choice."""
 
@@ -65,11 +66,11 @@ class Executor:
     def __init__(self, config: ExecutorConfig):
         self.config = config
 
+    @abstractmethod
     def run(self, jobs: Sequence[Callable[[], Any]], retries: int, extract_array: int,
             poll: float, on_states: Callable[[list[str]], None] | None,
             on_retry: Callable[[JobOutcome], None] | None) -> list[JobOutcome]:
         """Every job's outcome, in order (``run_jobs`` documents the arguments)."""
-        raise NotImplementedError
 
 
 class SubmititExecutor(Executor):
