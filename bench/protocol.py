@@ -38,7 +38,8 @@ from bench.plugins import Instances
 
 # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 # 5: halving never drops a point within one binomial standard error of the best on val
-PROTOCOL_VERSION = "5"
+# 6: successive halving is the linear grid's default; AdamW's weight update by torch's fused kernel
+PROTOCOL_VERSION = "6"
 
 
 @dataclass
@@ -108,6 +109,16 @@ def predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> Predicti
 def metrics(logits: torch.Tensor, labels: Any, num_classes: int) -> dict[str, float]:
     """Every registered metric (``bench.metrics``) of (N, C) scores, in percent."""
     return predictions(logits, labels, num_classes).metrics()
+
+
+def grid_metrics(logits: torch.Tensor, labels: Any, num_classes: int) -> list[dict[str, float]]:
+    """``metrics`` of each head's scores in (G, N, C): the best classes of all heads are found
+    together (one ``top_classes`` call: a grid's validation passes are G of them)."""
+    import numpy as np
+
+    top = top_classes(logits.float()).cpu().numpy()
+    y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
+    return [Predictions(head, y, num_classes).metrics() for head in top]
 
 
 def checkpoints(epochs: int, eval_every: int) -> list[int]:

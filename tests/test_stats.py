@@ -71,6 +71,12 @@ def test_tied_logits_give_one_answer_in_every_metric_artifact_and_selection():
                           np.argsort(-scores, axis=1, kind="stable")[:, :5])
     numpy_path = Predictions.from_logits(scores, labels)
     assert np.array_equal(numpy_path.top5, result.predictions.top5)
+    # a grid's validation scores (all heads' best classes found in one call) follow the same rule
+    from bench.protocol import grid_metrics
+
+    stack = torch.from_numpy(np.stack([scores, scores[:, ::-1].copy(), -scores]))
+    assert grid_metrics(stack, labels, 12) == [pytest.approx(definition_metrics(head.numpy(), labels))
+                                               for head in stack]
 
 
 def test_predictions_roundtrip(tmp_path):

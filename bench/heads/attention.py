@@ -42,7 +42,7 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
+from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, grid_metrics
 
 ARCHITECTURES = ("attention", "difformer")  # what this trainer builds (heads: bench.heads.kinds)
 RECIPES = ("paper", "adamw")
@@ -508,8 +508,7 @@ class AttentionTrainer:
         def record(epoch: int) -> Callable[[HeadGrid], None]:
             def at(grid: HeadGrid) -> None:
                 logits = _logits(grid, val, layers, self.device, cfg.batch_size, self.autocast)
-                for lr, head_logits in zip(cfg.lrs, logits):
-                    m = metrics(head_logits, y_val, data.num_classes)
+                for lr, m in zip(cfg.lrs, grid_metrics(logits, y_val, data.num_classes)):
                     records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch,
                                     **m})
             return at

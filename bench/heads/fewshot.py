@@ -104,7 +104,7 @@ class FewShotConfig:
     def probe_config(self) -> ProbeConfig:
         return ProbeConfig(head="linear", lrs=self.lrs, weight_decays=self.weight_decays,
                            epochs=self.epochs, eval_every=self.eval_every,
-                           batch_size=self.batch_size, seed=self.seed)
+                           batch_size=self.batch_size, seed=self.seed, halving=False)
 
 
 class FewShotTrainer:

@@ -1,12 +1,13 @@
 """Probes on cached features: a whole hyperparameter grid trained as one batched computation.
 
-Every (learning rate, weight decay) pair is one head; all G linear heads live in one (D, G, C)
+Every (learning rate, weight decay) pair is one head; all G linear heads live in one (G, C, D)
 weight and train together off the same minibatches with AdamW, each at its own learning rate and
-decay, on a cosine schedule over ``epochs``: a step is two GEMMs against (D, G*C), gradients by
-hand (``train_grid``). ``halving=True`` drops the worse half of the grid at each checkpoint
-(off by default), except points within validation noise of the best. Validation accuracy is recorded at several epoch
-checkpoints, so the epoch count is a grid axis too. The best (lr, wd, epochs) on validation is
-retrained on train+val, identically, and evaluated on test exactly once.
+decay, on a cosine schedule over ``epochs``: a step is two GEMMs against its (G*C, D) view,
+gradients by hand (``train_grid``). ``halving=True`` (the default) drops the worse half of the
+grid at each checkpoint from a quarter of the epochs on, except points within validation noise of
+the best. Validation accuracy is recorded at several epoch checkpoints, so the epoch count is a
+grid axis too. The best (lr, wd, epochs) on validation is retrained on train+val, identically, and
+evaluated on test exactly once.
 
 Heads: ``linear`` (features standardised with training-set statistics, then Linear),
 ``bn-linear`` (MAE's protocol: BatchNorm1d(affine=False) with batch statistics in training and
@@ -25,7 +26,7 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, metrics
+from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, grid_metrics
 
 ARCHITECTURES = ("linear", "bn-linear", "mlp")  # what this trainer builds (heads: bench.heads.kinds)
 
@@ -45,9 +46,9 @@ class ProbeConfig:
     # last, only the better half of the grid (by the headline metric) trains on, with every point
     # tied with the last one kept and every point within one binomial standard error of the best
     # (val noise is no reason to drop a point); the points dropped keep the validation scores
-    # they reached, and selection is over all of them. Off by default: it searches the grid in
-    # about half the time, short of the 5x over scikit-learn the default must reach (README).
-    halving: bool = False
+    # they reached, and selection is over all of them. The default: on benchmarks/halving_table.py's
+    # four feature sets it selects the full grid's point, in about 60% of its time (README).
+    halving: bool = True
 
     def __post_init__(self) -> None:
         if self.head not in ARCHITECTURES:
@@ -62,10 +63,12 @@ class ProbeConfig:
 class _GridHeads(nn.Module):
     """G independent heads evaluated together: (N, D) -> (G, N, C).
 
-    ``linear`` and ``bn-linear`` keep all heads in one (D, G, C) weight, so a step over a shared
-    minibatch is one GEMM against (D, G*C) forward and one backward, with the softmax
+    ``linear`` and ``bn-linear`` keep all heads in one (G, C, D) weight (``nn.Linear``'s layout per
+    head), so a step over a shared minibatch is one GEMM against its (G*C, D) view forward and one
+    backward, with the softmax
     cross-entropy gradient written by hand. ``mlp`` keeps (G, fan_in, fan_out) weights per layer
-    and trains through autograd.
+    and trains through autograd. The grid axis comes first everywhere, so each grid point's
+    parameters are contiguous (the optimizer's fused kernel updates them one point at a time).
 
     ``matmul`` is the type of the linear heads' two GEMMs (inputs and weights rounded to it,
     outputs back in float32): bfloat16 halves their time on CPUs with native bf16 (AVX512-BF16,
@@ -80,7 +83,7 @@ class _GridHeads(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         if self.linear:  # convex problem: zero init is exact
-            self.weights.append(nn.Parameter(torch.zeros(dim, groups, classes)))
+            self.weights.append(nn.Parameter(torch.zeros(groups, classes, dim)))
             self.biases.append(nn.Parameter(torch.zeros(groups, classes)))
             return
         widths = [dim] + [cfg.hidden] * cfg.hidden_layers + [classes]
@@ -92,21 +95,18 @@ class _GridHeads(nn.Module):
 
     @property
     def groups(self) -> int:
-        return self.weights[0].shape[1 if self.linear else 0]
-
-    def grid_dims(self) -> list[int]:
-        """The grid axis of each parameter, in ``parameters()`` order."""
-        return [1 if self.linear else 0] * len(self.weights) + [0] * len(self.biases)
+        return len(self.weights[0])
 
     def _linear_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, G, C) float32 logits of the linear heads: one GEMM against (D, G*C)."""
-        w, b = self.weights[0], self.biases[0]
-        flat = torch.mm(x.to(self.matmul), w.reshape(len(w), -1).to(self.matmul))
-        return flat.float().view(len(x), *b.shape).add_(b)
+        """(N, G, C) float32 logits of the linear heads: one GEMM against the (G*C, D) weight."""
+        w, b = self.weights[0].detach(), self.biases[0]
+        flat = torch.mm(x.to(self.matmul), w.view(-1, w.shape[2]).to(self.matmul).T)
+        return flat.view(len(x), *b.shape).float().add_(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.linear:
-            return self._linear_logits(x).transpose(0, 1)
+            w, b = self.weights[0], self.biases[0]
+            return torch.matmul(x.to(self.matmul), w.to(self.matmul).mT).float() + b.unsqueeze(1)
         h = x.unsqueeze(0).expand(self.groups, -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
@@ -115,26 +115,32 @@ class _GridHeads(nn.Module):
         return h
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(G, N, C) logits without autograd: the linear heads' one GEMM."""
+        if self.linear:
+            return self._linear_logits(x).transpose(0, 1)
+        return self(x)
+
+    @torch.no_grad()
     def linear_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Gradients of the sum over heads of each head's mean cross-entropy, by hand.
 
-        d loss / d logits = (softmax - onehot) / B, shared inputs: grad W = x^T @ that (one GEMM).
+        d loss / d logits = (softmax - onehot) / B, shared inputs: grad W = that^T @ x, one GEMM
+        whose (G*C, D) output is the weights' (G, C, D) layout.
         """
         delta = torch.softmax(self._linear_logits(x), dim=-1)
         rows = torch.arange(len(x), device=x.device)
         delta[rows, :, y] -= 1.0
         delta /= len(x)
-        x = x.to(self.matmul)
-        grad_w = torch.mm(x.T, delta.view(len(x), -1).to(self.matmul)).float()
-        return [grad_w.view_as(self.weights[0]), delta.sum(0)]
+        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul))
+        return [flat.float().view_as(self.weights[0]), delta.sum(0)]
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only grid points ``index`` (successive halving). New parameters, not resized
         ones: autograd remembers a parameter's shape."""
-        dims = iter(self.grid_dims())
         for params in (self.weights, self.biases):
             for i, p in enumerate(params):
-                params[i] = nn.Parameter(p.detach().index_select(next(dims), index))
+                params[i] = nn.Parameter(p.detach().index_select(0, index))
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -148,8 +154,10 @@ class _AdamW:
     its first steps move a linear head toward the class means; Adam's per-coordinate scaling
     moves every weight by about lr whatever its gradient, which on a few images per class
     (few-shot) amplifies the dimensions that barely vary.
-    The update is written in place into one scratch buffer per parameter: the optimizer touches
-    every grid weight each step, so its passes over memory cost as much as a GEMM on a CPU.
+    The optimizer touches every grid weight each step, so on a CPU its passes over memory cost as
+    much as the GEMMs: the weights of each grid point (a contiguous slice of the (G, ...) stack)
+    are updated by torch's fused AdamW kernel, the one behind ``torch.optim.AdamW(fused=True)``
+    (one pass instead of eight), and the small biases by the same update written in torch ops.
     """
 
     def __init__(self, heads: _GridHeads, lrs: torch.Tensor, wds: torch.Tensor, total_steps: int,
@@ -158,59 +166,61 @@ class _AdamW:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         self.sgd = optimizer == "sgd"
         self.heads = heads
-        self.params = list(heads.parameters())
-        self.dims = heads.grid_dims()
-        self.decays = [i < len(heads.weights) for i in range(len(self.params))]
         self._state()
-        device = self.params[0].device
+        device = heads.weights[0].device
         self.lrs, self.wds = lrs.to(device, torch.float32), wds.to(device, torch.float32)
         self.total_steps = total_steps
         self.step_count = 0
+        self.step_tensor = torch.zeros((), device=device)  # the fused kernel's bias correction
 
     def _state(self, index: torch.Tensor | None = None) -> None:
+        params = list(self.heads.parameters())
         if index is None:
-            self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+            self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         else:
-            self.moments = [(m.index_select(d, index), v.index_select(d, index))
-                            for (m, v), d in zip(self.moments, self.dims)]
-        self.scratch = [torch.empty_like(p) for p in self.params]
-
-    def _per_point(self, values: torch.Tensor, p: torch.Tensor, dim: int) -> torch.Tensor:
-        shape = [1] * p.dim()
-        shape[dim] = -1
-        return values.view(shape)
+            self.moments = [(m.index_select(0, index), v.index_select(0, index))
+                            for m, v in self.moments]
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         self.step_count += 1
+        self.step_tensor.fill_(self.step_count)
         t = self.step_count
         scale = 0.5 * (1 + math.cos(math.pi * (t - 1) / self.total_steps))
-        # m_hat / (sqrt(v_hat) + eps) == c * m / (sqrt(v) + eps * sqrt(1 - beta2^t)),
-        # c = sqrt(1 - beta2^t) / (1 - beta1^t): the bias corrections become two scalars.
-        root = math.sqrt(1 - beta2**t)
-        c = root / (1 - beta1**t)
-        for p, g, (m, v), update, dim, decay in zip(self.params, grads, self.moments,
-                                                    self.scratch, self.dims, self.decays):
+        params = list(self.heads.parameters())
+        weights = len(self.heads.weights)
+        for i, (p, g, (m, v)) in enumerate(zip(params, grads, self.moments)):
+            decay, lr = i < weights, self._per_point(self.lrs, p.dim())
             if self.sgd:
-                lr = self._per_point(self.lrs, p, dim)
                 if decay:
-                    p.mul_(1 - scale * lr * self._per_point(self.wds, p, dim))
+                    p.mul_(1 - scale * lr * self._per_point(self.wds, p.dim()))
                 m.mul_(beta1).add_(g)
                 p.addcmul_(m, lr, value=-scale)
-                continue
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            torch.sqrt(v, out=update).add_(eps * root)
-            torch.div(m, update, out=update)
-            lr = self._per_point(self.lrs, p, dim)
-            if decay:
-                p.mul_(1 - scale * lr * self._per_point(self.wds, p, dim))
-            p.addcmul_(update, lr, value=-scale * c)
+            elif not decay:  # m_hat / (sqrt(v_hat) + eps), the bias corrections as two scalars
+                root = math.sqrt(1 - beta2**t)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                update = torch.sqrt(v).add_(eps * root)
+                p.addcdiv_(m * lr, update,
+                           value=-scale * root / (1 - beta1**t))
+        if self.sgd:
+            return
+        lr_list, wd_list = self.lrs.tolist(), self.wds.tolist()
+        for g in range(self.heads.groups):  # fused: one pass over a grid point's weights
+            torch._fused_adamw_(
+                [p[g] for p in params[:weights]], [d[g] for d in grads[:weights]],
+                [m[g] for m, _ in self.moments[:weights]], [v[g] for _, v in self.moments[:weights]],
+                [], [self.step_tensor] * weights, lr=scale * lr_list[g], beta1=beta1, beta2=beta2,
+                weight_decay=wd_list[g], eps=eps, amsgrad=False, maximize=False)
+
+    @staticmethod
+    def _per_point(values: torch.Tensor, dims: int) -> torch.Tensor:
+        """``values`` (one per grid point) shaped to broadcast along a (G, ...) parameter."""
+        return values.view(-1, *[1] * (dims - 1))
 
     def keep(self, index: torch.Tensor) -> None:
         """Follow ``_GridHeads.keep`` (call it first): its new parameters, their kept state."""
-        self.params = list(self.heads.parameters())
         self._state(index)
         self.lrs, self.wds = self.lrs[index], self.wds[index]
 
@@ -279,7 +289,7 @@ class GridModel:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         """(G, N, C) logits of every kept head on ``x`` (raw features, any float dtype)."""
-        return torch.cat([self.heads(self.norm(x[i : i + chunk], train=False))
+        return torch.cat([self.heads.logits(self.norm(x[i : i + chunk], train=False))
                           for i in range(0, len(x), chunk)], dim=1)
 
 
@@ -408,11 +418,10 @@ class GridProbeTrainer:
 
         def record(epoch: int) -> Checkpoint:
             def at(model: GridModel) -> list[float]:
-                logits = model.logits(x_val)
                 scores = []
-                for g, point in enumerate(model.points):
+                for point, m in zip(model.points,
+                                    grid_metrics(model.logits(x_val), y_val, data.num_classes)):
                     lr, wd = grid[point]
-                    m = metrics(logits[g], y_val, data.num_classes)
                     records.append({"lr": lr, "weight_decay": wd, "epochs": epoch, **m})
                     scores.append(m[data.headline])
                 return scores
