@@ -8,6 +8,11 @@ measured in this one run; the batched grid runs under each precision policy (``b
 GEMMs in bfloat16), with the full grid and with successive halving (``ProbeConfig.halving``); the
 row of the device's default (``auto`` precision, the default grid) is marked ``(default)``. Sets:
 digit pixels, synthetic 10000 x 512 x 100 classes, and 20000 x 512 x 100 classes.
+
+Each set also prints the floor of any schedule that passes the halving rules: every grid point
+trains for the first quarter of the epochs, timed alone (each precision policy, no validation),
+as a ratio to scikit-learn's time: a probe is at most that many times faster than scikit-learn.
+``--profile`` prints torch.profiler's top operators of the default row.
 """
 
 from __future__ import annotations
@@ -66,6 +71,22 @@ def sklearn_sweep(feats, labels, cs) -> float:
     return 100 * model.score(scaler.transform(feats["test"]), labels["test"])
 
 
+def first_quarter(feats, labels, classes, cfg, device, policy) -> float:
+    """Seconds to train the whole grid for the first quarter of the epochs: the part of a
+    successive-halving search that may not be cut (bench.heads.probe.train_grid)."""
+    import torch
+
+    from bench.heads.probe import GridProbeTrainer, train_grid
+
+    trainer = GridProbeTrainer(cfg, device, precision=policy)
+    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
+    x, y = trainer._tensor(feats["train"]), trainer._labels(labels["train"])
+    start = time.perf_counter()
+    train_grid(x, y, classes, torch.tensor([g[0] for g in grid]), torch.tensor([g[1] for g in grid]),
+               cfg, {}, stop_at=max(1, cfg.epochs // 4), matmul=trainer.matmul)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", default="all",
@@ -78,6 +99,8 @@ def main() -> None:
                         help="comma-separated precision policies for the batched grid")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (1: comparable timings on a shared machine)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's top operators of the default row")
     args = parser.parse_args()
     import torch
     from threadpoolctl import threadpool_limits
@@ -114,15 +137,31 @@ def main() -> None:
         for policy in policies:
             for halving in (False, True):
                 config = replace(cfg, halving=halving)
+                profiling = args.profile and (policy.name, halving) == default
+                if profiling:
+                    from torch.profiler import profile
+
+                    profiler = profile()
+                    profiler.start()
                 start = time.perf_counter()
                 result = fit_probe(feats, labels, classes, config, device=device,
                                    precision=policy)
                 batched = time.perf_counter() - start
+                if profiling:
+                    profiler.stop()
                 variant = f" {policy.name}" + (" halving" if halving else " full grid") + (
                     " (default)" if (policy.name, halving) == default else "")
                 print(f"{shape + variant:>44s} {batched:10.2f} {result.test['top1']:6.2f} "
                       f"{sequential:10.2f} {sk_top1:6.2f} {sequential / batched:8.2f}x",
                       flush=True)
+                if profiling:
+                    print(profiler.key_averages().table(sort_by="self_cpu_time_total",
+                                                        row_limit=10))
+        for policy in policies:
+            floor = first_quarter(feats, labels, classes, cfg, device, policy)
+            label = f"{shape} {policy.name} first quarter, all points"
+            print(f"{label:>44s} {floor:10.2f} {'':6s} {sequential:10.2f} {'':6s} "
+                  f"{sequential / floor:8.2f}x  (the floor of any halving schedule)", flush=True)
 
 
 if __name__ == "__main__":
