@@ -97,13 +97,20 @@ def top_classes(scores: torch.Tensor, k: int = TOP) -> torch.Tensor:
     return index[..., :k]
 
 
-def predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> Predictions:
-    """The ``Predictions`` of (N, C) scores: one tie rule for selection, test and artifacts."""
+def grid_predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> list[Predictions]:
+    """The ``Predictions`` of each head's scores in (G, N, C): one tie rule for selection, test
+    and artifacts; the best classes of all heads are found together (one ``top_classes`` call:
+    a grid's validation pass scores G heads)."""
     import numpy as np
 
     top = top_classes(logits.float()).cpu().numpy()
-    return Predictions(top, np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels,
-                                       dtype=np.int64), num_classes)
+    y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
+    return [Predictions(head, y, num_classes) for head in top]
+
+
+def predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> Predictions:
+    """The ``Predictions`` of (N, C) scores."""
+    return grid_predictions(logits.unsqueeze(0), labels, num_classes)[0]
 
 
 def metrics(logits: torch.Tensor, labels: Any, num_classes: int) -> dict[str, float]:
@@ -112,13 +119,8 @@ def metrics(logits: torch.Tensor, labels: Any, num_classes: int) -> dict[str, fl
 
 
 def grid_metrics(logits: torch.Tensor, labels: Any, num_classes: int) -> list[dict[str, float]]:
-    """``metrics`` of each head's scores in (G, N, C): the best classes of all heads are found
-    together (one ``top_classes`` call: a grid's validation passes are G of them)."""
-    import numpy as np
-
-    top = top_classes(logits.float()).cpu().numpy()
-    y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
-    return [Predictions(head, y, num_classes).metrics() for head in top]
+    """``metrics`` of each head's scores in (G, N, C)."""
+    return [p.metrics() for p in grid_predictions(logits, labels, num_classes)]
 
 
 def checkpoints(epochs: int, eval_every: int) -> list[int]:

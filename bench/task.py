@@ -15,6 +15,7 @@ the same split from the file names alone, whatever the file system's listing ord
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -121,7 +122,7 @@ def _stamp(path: Path) -> str:
 
 
 @dataclass
-class Task:
+class Task(abc.ABC):
     """Base class: subclasses fill ``splits`` lazily through ``build_splits``."""
 
     name: str = ""
@@ -151,8 +152,9 @@ class Task:
         arguments = {k: v for k, v in self.arguments.items() if k not in self.identity_excludes}
         return {**self.config, "arguments": arguments}
 
+    @abc.abstractmethod
     def build_splits(self) -> dict[str, Split]:
-        raise NotImplementedError
+        """The task's train, val and test ``Split``s (read once, on first use)."""
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

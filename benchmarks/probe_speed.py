@@ -78,12 +78,13 @@ def first_quarter(feats, labels, classes, cfg, device, policy) -> float:
 
     from bench.heads.probe import GridProbeTrainer, train_grid
 
-    trainer = GridProbeTrainer(cfg, device, precision=policy)
+    matmul = GridProbeTrainer(cfg, device, precision=policy).matmul
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
-    x, y = trainer._tensor(feats["train"]), trainer._labels(labels["train"])
+    x = torch.as_tensor(feats["train"], device=device)
+    y = torch.as_tensor(labels["train"], dtype=torch.long, device=device)
     start = time.perf_counter()
     train_grid(x, y, classes, torch.tensor([g[0] for g in grid]), torch.tensor([g[1] for g in grid]),
-               cfg, {}, stop_at=max(1, cfg.epochs // 4), matmul=trainer.matmul)
+               cfg, {}, stop_at=max(1, cfg.epochs // 4), matmul=matmul)
     return time.perf_counter() - start
 
 

@@ -8,6 +8,7 @@ forks) are never items or classes; ``FileTask.ignored`` lists what a listing lef
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,9 @@ class FileTask(Task):
         val = "official" if self.official_val else f"holdout {self.val_fraction} of train"
         return {"task": self.name.split(":", 1)[0], "val": val}
 
+    @abc.abstractmethod
     def read_partitions(self) -> tuple[Partitions, list[str]]:
         """Official {"train", "test"[, "val"]}: (items, 0-based labels), and the class names."""
-        raise NotImplementedError
 
     def holdout_key(self, item: str) -> str:
         """What the val holdout hashes; a layout-independent name where layouts differ."""

@@ -99,27 +99,19 @@ class _GridHeads(nn.Module):
 
     def _linear_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, G, C) float32 logits of the linear heads: one GEMM against the (G*C, D) weight."""
-        w, b = self.weights[0].detach(), self.biases[0]
+        w, b = self.weights[0], self.biases[0]
         flat = torch.mm(x.to(self.matmul), w.view(-1, w.shape[2]).to(self.matmul).T)
         return flat.view(len(x), *b.shape).float().add_(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.linear:
-            w, b = self.weights[0], self.biases[0]
-            return torch.matmul(x.to(self.matmul), w.to(self.matmul).mT).float() + b.unsqueeze(1)
+            return self._linear_logits(x).transpose(0, 1)
         h = x.unsqueeze(0).expand(self.groups, -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if i < len(self.weights) - 1:
                 h = torch.relu(h)
         return h
-
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(G, N, C) logits without autograd: the linear heads' one GEMM."""
-        if self.linear:
-            return self._linear_logits(x).transpose(0, 1)
-        return self(x)
 
     @torch.no_grad()
     def linear_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -144,6 +136,7 @@ class _GridHeads(nn.Module):
 
 
 OPTIMIZERS = ("adamw", "sgd")
+BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # AdamW's; BETA1 is SGD's momentum too
 
 
 class _AdamW:
@@ -169,60 +162,69 @@ class _AdamW:
         self._state()
         device = heads.weights[0].device
         self.lrs, self.wds = lrs.to(device, torch.float32), wds.to(device, torch.float32)
+        self.point_lrs, self.point_wds = lrs.tolist(), wds.tolist()  # the fused kernel's scalars
         self.total_steps = total_steps
         self.step_count = 0
         self.step_tensor = torch.zeros((), device=device)  # the fused kernel's bias correction
 
     def _state(self, index: torch.Tensor | None = None) -> None:
-        params = list(self.heads.parameters())
         if index is None:
-            self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+            self.moments = [(torch.zeros_like(p), torch.zeros_like(p))
+                            for p in self.heads.parameters()]
         else:
             self.moments = [(m.index_select(0, index), v.index_select(0, index))
                             for m, v in self.moments]
-
-    @torch.no_grad()
-    def step(self, grads: list[torch.Tensor]) -> None:
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
-        self.step_count += 1
-        self.step_tensor.fill_(self.step_count)
-        t = self.step_count
-        scale = 0.5 * (1 + math.cos(math.pi * (t - 1) / self.total_steps))
-        params = list(self.heads.parameters())
-        weights = len(self.heads.weights)
-        for i, (p, g, (m, v)) in enumerate(zip(params, grads, self.moments)):
-            decay, lr = i < weights, self._per_point(self.lrs, p.dim())
-            if self.sgd:
-                if decay:
-                    p.mul_(1 - scale * lr * self._per_point(self.wds, p.dim()))
-                m.mul_(beta1).add_(g)
-                p.addcmul_(m, lr, value=-scale)
-            elif not decay:  # m_hat / (sqrt(v_hat) + eps), the bias corrections as two scalars
-                root = math.sqrt(1 - beta2**t)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                update = torch.sqrt(v).add_(eps * root)
-                p.addcdiv_(m * lr, update,
-                           value=-scale * root / (1 - beta1**t))
-        if self.sgd:
-            return
-        lr_list, wd_list = self.lrs.tolist(), self.wds.tolist()
-        for g in range(self.heads.groups):  # fused: one pass over a grid point's weights
-            torch._fused_adamw_(
-                [p[g] for p in params[:weights]], [d[g] for d in grads[:weights]],
-                [m[g] for m, _ in self.moments[:weights]], [v[g] for _, v in self.moments[:weights]],
-                [], [self.step_tensor] * weights, lr=scale * lr_list[g], beta1=beta1, beta2=beta2,
-                weight_decay=wd_list[g], eps=eps, amsgrad=False, maximize=False)
 
     @staticmethod
     def _per_point(values: torch.Tensor, dims: int) -> torch.Tensor:
         """``values`` (one per grid point) shaped to broadcast along a (G, ...) parameter."""
         return values.view(-1, *[1] * (dims - 1))
 
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.step_count += 1
+        scale = 0.5 * (1 + math.cos(math.pi * (self.step_count - 1) / self.total_steps))
+        params, weights = list(self.heads.parameters()), len(self.heads.weights)
+        if self.sgd:
+            for i, (p, g, (m, _)) in enumerate(zip(params, grads, self.moments)):
+                lr = self._per_point(self.lrs, p.dim())
+                if i < weights:
+                    p.mul_(1 - scale * lr * self._per_point(self.wds, p.dim()))
+                m.mul_(BETA1).add_(g)
+                p.addcmul_(m, lr, value=-scale)
+            return
+        self._adamw_weights(params[:weights], grads[:weights], self.moments[:weights], scale)
+        self._adam_biases(params[weights:], grads[weights:], self.moments[weights:], scale)
+
+    def _adamw_weights(self, params, grads, moments, scale: float) -> None:
+        """Decayed AdamW, torch's fused kernel over each grid point's contiguous slice."""
+        self.step_tensor.fill_(self.step_count)
+        for g, (lr, wd) in enumerate(zip(self.point_lrs, self.point_wds)):
+            torch._fused_adamw_(
+                [p[g] for p in params], [d[g] for d in grads], [m[g] for m, _ in moments],
+                [v[g] for _, v in moments], [], [self.step_tensor] * len(params),
+                lr=scale * lr, beta1=BETA1, beta2=BETA2, weight_decay=wd, eps=EPS,
+                amsgrad=False, maximize=False)
+
+    def _adam_biases(self, params, grads, moments, scale: float) -> None:
+        """The same update without decay, all grid points at once: biases are small.
+        m_hat / (sqrt(v_hat) + EPS) == c * m / (sqrt(v) + EPS * sqrt(1 - BETA2^t)),
+        c = sqrt(1 - BETA2^t) / (1 - BETA1^t): the bias corrections become two scalars."""
+        root = math.sqrt(1 - BETA2**self.step_count)
+        c = root / (1 - BETA1**self.step_count)
+        for p, g, (m, v) in zip(params, grads, moments):
+            m.lerp_(g, 1 - BETA1)
+            v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+            p.addcdiv_(m * self._per_point(self.lrs, p.dim()), torch.sqrt(v).add_(EPS * root),
+                       value=-scale * c)
+
     def keep(self, index: torch.Tensor) -> None:
         """Follow ``_GridHeads.keep`` (call it first): its new parameters, their kept state."""
         self._state(index)
         self.lrs, self.wds = self.lrs[index], self.wds[index]
+        kept = index.tolist()
+        self.point_lrs = [self.point_lrs[i] for i in kept]
+        self.point_wds = [self.point_wds[i] for i in kept]
 
 
 class _Normaliser:
@@ -289,7 +291,7 @@ class GridModel:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         """(G, N, C) logits of every kept head on ``x`` (raw features, any float dtype)."""
-        return torch.cat([self.heads.logits(self.norm(x[i : i + chunk], train=False))
+        return torch.cat([self.heads(self.norm(x[i : i + chunk], train=False))
                           for i in range(0, len(x), chunk)], dim=1)
 
 
