@@ -7,6 +7,7 @@
 | artifacts of a local (sqlite) store | | ``RESULTS/artifacts`` |
 | leaderboard figures | | ``RESULTS/figures`` |
 | similarity matrices (``bench similarity``) | | ``RESULTS/similarity`` |
+| paper reports (``bench report``) | | ``RESULTS/reports`` |
 | feature cache | ``BENCH_CACHE`` | ``RESULTS/cache`` |
 | datasets | ``BENCH_DATA`` (or ``--data-root``) | ``~/.cache/bench/data`` |
 | weights | ``BENCH_WEIGHTS`` | ``~/.cache/bench/weights`` |
@@ -81,6 +82,11 @@ def figures_dir() -> Path:
 def similarity_dir() -> Path:
     """Similarity matrices' files, one folder per matrix identity."""
     return results_dir() / "similarity"
+
+
+def reports_dir() -> Path:
+    """Paper reports (``bench report PAPER``), one folder per paper."""
+    return results_dir() / "reports"
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:

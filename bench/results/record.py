@@ -8,7 +8,7 @@ or artifact name. This module is pure: moving records in and out of MLflow is ``
 | MLflow | names |
 | --- | --- |
 | run | named by ``RunRecord.label`` (``pixels image/16 linear digits``: the UI's first column tells runs apart) |
-| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
+| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / report: a paper's report, with ``bench.paper`` and ``bench.report_tables`` / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
 | params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
@@ -42,7 +42,8 @@ SLOTS_TAGGED = "bench.slots_tagged"  # experiment tag: every result run in it ca
 GRID_EDGE = "bench.grid_edge"
 SETTINGS = "bench.settings"
 TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
-RESULT, LEADERBOARD, LOCK = "result", "leaderboard", "lock"
+RESULT, LEADERBOARD, LOCK, REPORT = "result", "leaderboard", "lock", "report"
+PAPER, REPORT_TABLES = "bench.paper", "bench.report_tables"
 LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
 PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION = ("protocol.json", "per_class_accuracy.csv", "grid.csv",
@@ -313,6 +314,28 @@ def lock_filter(key: str) -> str:
     """Live claims (RUNNING) on the cells ``key`` digests."""
     return (f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = {_quoted(key)} "
             "and attributes.status = 'RUNNING'")
+
+
+def unfinished_filter(identity: str) -> str:
+    """Result runs of one identity that did not finish: FAILED, KILLED (its process died while
+    logging) or still RUNNING."""
+    return f"tags.`{IDENTITY}` = {_quoted(identity)} and attributes.status != 'FINISHED'"
+
+
+def report_tags(paper: str, tables: list[str], content: str, note: str) -> dict[str, str]:
+    """Tags of a paper's report run: ``content`` digests what it says (its identity)."""
+    return {KIND: REPORT, PAPER: paper, REPORT_TABLES: ",".join(tables), IDENTITY: content,
+            NOTE: note}
+
+
+def report_name(paper: str, tables: list[str], all_tables: bool) -> str:
+    return f"report {paper}" + ("" if all_tables else f" ({', '.join(tables)})")
+
+
+def report_filter(paper: str, tables: list[str]) -> str:
+    """Finished, not superseded reports of one paper and table selection."""
+    return _finished(f"tags.`{KIND}` = '{REPORT}' and tags.`{PAPER}` = {_quoted(paper)} and "
+                     f"tags.`{REPORT_TABLES}` = {_quoted(','.join(tables))}", False)
 
 
 def leaderboard_filter() -> str:

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -508,3 +509,56 @@ def find_similarity(experiment_id: str, identity: str | None = None) -> list[Run
 def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
     """Mark older similarity runs of ``record``'s slot (another identity) superseded by it."""
     return supersede(experiment_id, record, SIMILARITY)
+
+
+# --- failed cells and paper reports (bench.run.report) ------------------------------------------
+@dataclass
+class UnfinishedRun:
+    """A result run that did not finish: what tracking can tell of a cell that failed."""
+
+    run_id: str
+    status: str  # FAILED | KILLED | RUNNING
+    start_time: float  # epoch seconds
+
+
+def unfinished_runs(experiment_ids: list[str], identities: Iterable[str]
+                    ) -> dict[str, UnfinishedRun]:
+    """The newest unfinished result run of each identity that has one."""
+    out: dict[str, UnfinishedRun] = {}
+    for identity in dict.fromkeys(identities) if experiment_ids else ():
+        for run in search(experiment_ids, names.unfinished_filter(identity)):
+            if run.data.tags.get(names.KIND) == names.RESULT:
+                out[identity] = UnfinishedRun(run.info.run_id, run.info.status,
+                                              run.info.start_time / 1000)
+                break
+    return out
+
+
+@dataclass
+class LoggedReport:
+    run_id: str
+    reused: bool  # a finished report with the same content was there already
+    superseded: list[str]  # run ids of older reports of the same paper and tables
+
+
+def log_report(experiment_id: str, paper: str, tables: list[str], all_tables: bool,
+               content: str, note: str, folder: Path) -> LoggedReport:
+    """Log a paper's report folder as one run (artifacts: the folder), unless a finished report of
+    the same paper and tables says the same (``content`` digests it): then that run stays. Older
+    reports of the same paper and tables are marked superseded by the new one, never deleted."""
+    mlflow_client = client()
+    with store_lock():
+        found = list(search([experiment_id], names.report_filter(paper, tables), mlflow_client))
+        for run in found:
+            if run.data.tags.get(names.IDENTITY) == content:
+                return LoggedReport(run.info.run_id, True, [])
+        run_id = mlflow_client.create_run(
+            experiment_id, run_name=names.report_name(paper, tables, all_tables),
+            tags=names.report_tags(paper, tables, content, note)).info.run_id
+    mlflow_client.log_artifacts(run_id, str(folder))
+    with store_lock():
+        mlflow_client.set_terminated(run_id, "FINISHED")
+        for run in found:
+            for key, value in names.superseded_tags(content).items():
+                mlflow_client.set_tag(run.info.run_id, key, value)
+    return LoggedReport(run_id, False, [run.info.run_id for run in found])

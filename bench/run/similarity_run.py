@@ -253,19 +253,23 @@ def _check(spec: SimilaritySpec) -> None:
         raise UsageError("permutations must be >= 0 and noise draws >= 1")
 
 
-def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
-    """Compute (or reuse) the matrix of ``spec``, log it as one MLflow run; its result."""
-    import torch
+@dataclass
+class Planned:
+    """A matrix resolved without computing it: its sides, images and identity."""
 
-    from bench.heads import similarity as estimators
+    sides: list[_Side]
+    indices: np.ndarray | None  # the chosen images of the split (None: all)
+    protocol: dict[str, Any]
+    identity: str
+
+
+def plan(spec: SimilaritySpec, options: RunOptions) -> Planned:
+    """Resolve ``spec`` into its identity (the backbones are built, nothing is extracted): what
+    finds a matrix already logged (``bench similarity``, ``bench report``)."""
     from bench.digest import json_digest
-    from bench.precision import resolve_device
     from bench.run.spec import build_task
-    from bench.results.tracking import ensure_experiment, find_similarity
 
     _check(spec)
-    options = options or RunOptions()
-    started = time.time()
     build_task(RunSpec(spec.side.backbone, spec.task, task_args=spec.task_args))  # data first
     sides = [_resolve_side(spec.side, spec, options)]
     if spec.against is not None:
@@ -278,11 +282,26 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
     images = (split if indices is None else split.subset(indices)).manifest_digest()
     n = len(split) if indices is None else len(indices)
     protocol = _protocol(spec, sides, images, n)
-    identity = json_digest(protocol)[:32]
+    return Planned(sides, indices, protocol, json_digest(protocol)[:32])
+
+
+def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
+    """Compute (or reuse) the matrix of ``spec``, log it as one MLflow run; its result."""
+    import torch
+
+    from bench.heads import similarity as estimators
+    from bench.precision import resolve_device
+    from bench.results.tracking import ensure_experiment, find_similarity
+
+    options = options or RunOptions()
+    started = time.time()
+    planned = plan(spec, options)
+    sides, indices, protocol, identity = (planned.sides, planned.indices, planned.protocol,
+                                          planned.identity)
     experiment_id = options.experiment_id or ensure_experiment(options.suite)
     if not options.force:
         for found in find_similarity(experiment_id, identity):
-            return _reused(found)
+            return logged(found)
 
     draws = max(len(s.prepared) for s in sides)
     device = resolve_device(options.device)
@@ -309,7 +328,7 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
                              spec.interval_draws, spec.seed)
     numpy = (lambda t: None if t is None else t.double().cpu().numpy())  # noqa: E731
     result = SimilarityResult(
-        identity=identity, name=_name(spec, n),
+        identity=identity, name=_name(spec, protocol["n"]),
         rows=_points(*feats[0]), cols=_points(*feats[-1]), n=len(items),
         values=numpy(observed), null_mean=numpy(null.mean) if null else None,
         p=numpy(null.p) if null else None, low=numpy(ci.low) if ci else None,
@@ -369,7 +388,8 @@ def _write_local(identity: str, artifacts: dict[str, bytes]) -> dict[str, Path]:
     return files
 
 
-def _reused(record: RunRecord) -> SimilarityResult:
+def logged(record: RunRecord) -> SimilarityResult:
+    """The matrix of a finished similarity run, its files written under results/similarity/."""
     import os
     import tempfile
 
