@@ -1,5 +1,5 @@
 """The library's front door: run a cell (over several seeds), run a sweep, build a leaderboard,
-compare two results. No argparse here.
+compare two results, report on a paper. No argparse here.
 
     from bench.api import run
     from bench.run.spec import RunSpec, RunOptions
@@ -26,6 +26,7 @@ from bench.run.spec import RunOptions, RunSpec
 from bench.run.sweep import SweepPlan
 
 if TYPE_CHECKING:
+    from bench.run.report import Report
     from bench.run.similarity_run import SimilarityResult, SimilaritySpec
     from bench.stats import Comparison, SeedAggregate
 
@@ -222,3 +223,14 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
     from bench.run.similarity_run import similarity as compute
 
     return compute(spec, options)
+
+
+def report(paper: str, tables: list[str] | None = None,
+           options: RunOptions | None = None) -> Report:
+    """A paper's report (a name or a .yaml path; ``tables``: only these): every cell's value
+    beside ours with its 95% interval and a verdict, the curves, the CKA heatmaps and the claims,
+    written to results/reports/PAPER/ and logged as one MLflow run in ``options.suite``; see
+    ``bench.run.report``."""
+    from bench.run.report import make_report
+
+    return make_report(paper, tables, options)

@@ -162,14 +162,14 @@ class Report:
 
 
 # --- verdicts ------------------------------------------------------------------------------------
-def judge_cell(cell: PaperCell, planned: PlannedCell | None, record: RunRecord | None,
+def judge_cell(cell: PaperCell, planned: PlannedCell, record: RunRecord | None,
                unfinished: UnfinishedRun | None, suite: str) -> CellResult:
     """The verdict of one cell from its finished record (or what tracking says of its runs)."""
     from bench.results.record import ci_names
 
-    if planned is None or planned.identity is None:
-        why = planned.problem if planned is not None and planned.problem else "not resolvable"
-        return CellResult(cell, "failed", f"cannot be resolved here: {why}")
+    if planned.identity is None:
+        return CellResult(cell, "failed",
+                          f"cannot be resolved here: {planned.problem or 'no identity'}")
     if record is None:
         if unfinished is not None and unfinished.status != "RUNNING":
             return CellResult(cell, "failed", f"its last run {unfinished.run_id} ended "
@@ -287,10 +287,9 @@ def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
     cells = {}
     for table in paper.tables:
         for cell in table.cells:
-            planned = plan.cells.get(cell.id)
-            identity = planned.identity if planned is not None else None
-            cells[cell.id] = judge_cell(cell, planned, records.get(identity),
-                                        unfinished.get(identity), suite)
+            planned = plan.cells[cell.id]
+            cells[cell.id] = judge_cell(cell, planned, records.get(planned.identity),
+                                        unfinished.get(planned.identity), suite)
     claims = [judge_claim(c, cells[c.higher], cells[c.lower],
                           _compare(cells[c.higher], cells[c.lower])) for c in paper.claims]
     similarity = {t.key: judge_similarity(t, plan.similarity[t.key], ids, options)
@@ -377,9 +376,12 @@ def curve_figure(table: PaperTable, report: Report) -> Any:
     import matplotlib.pyplot as plt
 
     xs = [cell.x for cell in table.cells]
-    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-    position = (lambda x: float(x)) if numeric else (  # noqa: E731
-        lambda x: float(list(dict.fromkeys(map(str, xs))).index(str(x))))
+    labels = list(dict.fromkeys(map(str, xs)))
+    numeric = all(_number_or_none(x) is not None for x in xs)
+
+    def position(x: Any) -> float:  # a number as it is, anything else in file order
+        return _number_or_none(x) if numeric else float(labels.index(str(x)))
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     series = list(dict.fromkeys(cell.series for cell in table.cells))
     for k, name in enumerate(series):
@@ -395,7 +397,6 @@ def curve_figure(table: PaperTable, report: Report) -> Any:
             ax.fill_between(x, [r.low for r in done], [r.high for r in done], color=colour,
                             alpha=0.2, linewidth=0)
     if not numeric:
-        labels = list(dict.fromkeys(map(str, xs)))
         ax.set_xticks(range(len(labels)), labels)
     metrics = ", ".join(dict.fromkeys(c.metric for c in table.cells))
     ax.set_xlabel(table.x or "x")
@@ -404,6 +405,13 @@ def curve_figure(table: PaperTable, report: Report) -> Any:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _number_or_none(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
 
 
 def png(fig: Any) -> bytes:

@@ -1,0 +1,39 @@
+"""``bench report PAPER``: the paper's tables beside our results, with verdicts, figures and
+claims, written to results/reports/PAPER/ and logged as one MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.cli import options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report", help="a paper's tables beside ours: verdict per cell, curves, CKA figures, "
+        "claims (results/reports/PAPER/, one MLflow run)")
+    p.add_argument("paper", help="a paper's name (shipped or from a plugin) or a .yaml file")
+    p.add_argument("--table", action="append", default=[], metavar="KEY",
+                   help="only these tables (comma-separated or repeated; default every table)")
+    p.add_argument("--suite", default="bench", help="MLflow experiment holding the results")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.api import report
+    from bench.cli.runs import plural
+    from bench.paths import tracking_uri
+    from bench.run.spec import RunOptions
+
+    tables = [t for a in args.table for t in options.csv(a)] or None
+    done = report(args.paper, tables, RunOptions(suite=args.suite, progress=False))
+    print(f"report {done.paper.name}: {done.summary()}")
+    for claim in done.claims:
+        print(f"  {claim.line()}")
+    pages = sum(p.suffix == ".html" for p in done.files)
+    print(f"written: {done.folder}/ (index.md, index.html, {plural(pages - 1, 'table')} as "
+          ".md and .html, figures)")
+    note = " (unchanged: the same report was logged already)" if done.reused else ""
+    print(f"logged to MLflow: run {done.run_id} of suite {args.suite!r}{note}")
+    print(options.ui_hint(tracking_uri()))
+    return 0
