@@ -132,3 +132,181 @@ def test_curve_draws_the_papers_points_for_every_cell_and_ours_where_run():
     assert Image.open(io.BytesIO(png)).format == "PNG"
     assert json.loads(json.dumps(report.counts())) == {"reproduced": 5, "higher": 0, "lower": 0,
                                                        "not run": 1, "failed": 0}
+
+
+# --- a tiny paper end to end -----------------------------------------------------------------------
+HEAD = {"epochs": 2, "lrs": [0.01], "weight_decays": [0.0]}
+DEFAULTS = {"task": "digits", "head": "linear", "metric": "top1", "backbone": "pixels",
+            "backbone_args": {"size": 8}, "head_args": HEAD}
+CKA = {"backbone": "pixels", "pools": ["1", "2"], "task": "digits", "n": 48, "permutations": 9,
+       "interval_draws": 4}
+
+
+def shapes(root) -> str:
+    """A two-class folder task: dark and bright noisy 8x8 images, a third of them in the other
+    class's shade (so no probe is always right)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("dark", "bright")):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            shade = 80 + 100 * (k if i % 3 else 1 - k)
+            pixels = np.clip(rng.normal(shade, 30, (8, 8, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+def write_paper(path, values: dict[str, float], folder: str) -> None:
+    import yaml
+
+    cells = [{"id": "px8", "pool": "8", "value": values["px8"]},
+             {"id": "px4", "pool": "4", "value": values["px4"]},
+             {"id": "shapes", "task": folder, "pool": "2", "value": values["shapes"],
+              "protocol": "paper: SGD, 90 epochs; bench: AdamW grid"},
+             {"id": "unet", "backbone": "random-unet", "backbone_args": {}, "value": 50.0},
+             {"id": "killed", "pool": "2", "value": 50.0}]
+    curve = [{"id": f"pool{p}", "pool": p, "value": values[f"pool{p}"]} for p in ("1", "4", "8")]
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "title": "A tiny paper", "citation": "Nobody 2026",
+        "tables": [
+            {"key": "main", "kind": "table", "source": "Table 1", "defaults": DEFAULTS,
+             "cells": cells},
+            {"key": "pools", "kind": "curve", "source": "Figure 2", "x": "pool",
+             "defaults": DEFAULTS, "cells": curve},
+            {"key": "cka", "kind": "similarity", "title": "CKA of pools", "source": "Figure 3",
+             "similarity": CKA}],
+        "claims": [{"text": "pool 8 beats pool 1", "higher": "px8", "lower": "pool1"},
+                   {"text": "digits beat shapes", "higher": "px8", "lower": "shapes"}]}))
+
+
+def test_tiny_paper_report_end_to_end(tmp_path, capsys):
+    from bench.api import run, similarity
+    from bench.cli import main
+    from bench.heads.similarity import Measure
+    from bench.results import record as names
+    from bench.results.papers import load_paper
+    from bench.results.tracking import client, ensure_experiment, experiment_ids, search
+    from bench.run.reproduce import plan_paper
+    from bench.run.similarity_run import Side, SimilaritySpec
+    from bench.run.spec import RunOptions, RunSpec
+    from bench.stats import compare
+    from bench.results.tracking import load_predictions
+
+    folder = shapes(tmp_path / "shapes")
+    paper_file = tmp_path / "tiny.yaml"
+    options = RunOptions(workers=0, progress=False)
+    # the cells run by hand, as `bench run` and `bench similarity` would: found by identity
+    by_pool = {r.pool: r for r in run(RunSpec("pixels", "digits", pools=["1", "4", "8"],
+                                              backbone_args={"size": 8}, head_args=HEAD), options)}
+    [on_shapes] = run(RunSpec("pixels", folder, pools=["2"], backbone_args={"size": 8},
+                              head_args=HEAD), options)
+    matrix = similarity(SimilaritySpec(Side("pixels", [], ["1", "2"]), "digits", n=48,
+                                       permutations=9, interval_draws=4, measure=Measure()),
+                        options)
+
+    def half(record) -> float:
+        low, high = record.interval("top1")
+        return (high - low) / 2
+
+    ours = {"px8": by_pool["8"], "px4": by_pool["4"], "shapes": on_shapes,
+            "pool1": by_pool["1"], "pool4": by_pool["4"], "pool8": by_pool["8"]}
+    values = {"px8": by_pool["8"].metrics["test_top1"],  # reproduced
+              "px4": by_pool["4"].metrics["test_top1"] - 3 * half(by_pool["4"]),  # ours higher
+              "shapes": on_shapes.interval("top1")[1] + 1.0,  # ours lower
+              "pool1": by_pool["1"].metrics["test_top1"] + 0.5 * half(by_pool["1"]),
+              "pool4": by_pool["4"].metrics["test_top1"], "pool8": 1.0}
+    write_paper(paper_file, values, folder)
+    # a cell whose only run was killed while logging: failed, with the run that says so
+    plan = plan_paper(load_paper(str(paper_file)), options)
+    experiment = ensure_experiment("bench")
+    killed = client().create_run(experiment, tags={names.KIND: names.RESULT,
+                                                   names.IDENTITY: plan.cells["killed"].identity})
+    client().set_terminated(killed.info.run_id, "KILLED")
+
+    assert main(["report", str(paper_file)]) == 0
+    out = capsys.readouterr().out
+    assert "8 cells: 3 reproduced, 2 higher, 1 lower, 1 not run, 1 failed" in out
+    folder_out = tmp_path / "results" / "reports" / "tiny"
+    saved = json.loads((folder_out / "report.json").read_text())
+    verdicts = {c["id"]: c["verdict"] for c in saved["cells"]}
+    assert verdicts == {"px8": "reproduced", "px4": "higher", "shapes": "lower",
+                        "unet": "not run", "killed": "failed", "pool1": "reproduced",
+                        "pool4": "reproduced", "pool8": "higher"}
+    for c in saved["cells"]:
+        if c["id"] in ours:  # ours as logged, and the paper's value inside exactly when reproduced
+            record = ours[c["id"]]
+            assert (c["ours"], c["low"], c["high"]) == (record.metrics["test_top1"],
+                                                        *record.interval("top1"))
+            assert (c["low"] <= c["paper"] <= c["high"]) == (c["verdict"] == "reproduced")
+            assert c["run_id"] == record.run_id
+        else:
+            assert c["ours"] is None and c["verdict"] != "reproduced"
+    assert killed.info.run_id in next(c["why"] for c in saved["cells"] if c["id"] == "killed")
+
+    # claims: paired on the same test images through bench.stats.compare, else unpaired
+    paired, unpaired = saved["claims"]
+    reference = compare(load_predictions(by_pool["8"].run_id),
+                        load_predictions(by_pool["1"].run_id), "top1")
+    assert (paired["ours"], paired["low"], paired["high"]) == pytest.approx(
+        (reference.difference, reference.low, reference.high))
+    assert paired["paper"] == pytest.approx(values["px8"] - values["pool1"])
+    assert "paired bootstrap" in paired["how"] and "unpaired" in unpaired["how"]
+    assert "pool 8 beats pool 1: paper " in out
+
+    # pages: markdown and standalone html per table, the curve and the heatmaps as real PNGs
+    from PIL import Image
+
+    md = (folder_out / "main.md").read_text()
+    assert "| shapes † |" in md and "† shapes: run with another protocol" in md
+    page = (folder_out / "main.html").read_text()
+    assert page.count("<tr") == 6 and "src=\"http" not in page and "<link" not in page
+    assert Image.open(folder_out / "pools.png").format == "PNG"
+    assert "![pools](pools.png)" in (folder_out / "pools.md").read_text()
+    cka = (folder_out / "cka.md").read_text()
+    assert matrix.run_id in cka and "Figure 3: CKA of pools" in cka
+    copied = folder_out / "cka" / "matrix.png"
+    assert copied.read_bytes() == matrix.files["matrix.png"].read_bytes()
+    assert "data:image/png;base64," in (folder_out / "cka.html").read_text()
+
+    # one MLflow run with the folder; never a result
+    def reports():
+        return list(search(experiment_ids(["bench"]), f"tags.`{names.KIND}` = 'report'"))
+
+    [logged] = reports()
+    assert logged.data.tags[names.PAPER] == "tiny" and logged.info.status == "FINISHED"
+    listed = {f.path for f in client().list_artifacts(logged.info.run_id)}
+    assert {"index.md", "index.html", "main.md", "main.html", "pools.png", "cka",
+            "report.json"} <= listed
+    assert main(["runs"]) == 0 and "4 results in suite(s) bench" in capsys.readouterr().out
+
+    # the same report again: the logged run stays; a changed one supersedes it
+    assert main(["report", str(paper_file)]) == 0
+    assert "unchanged: the same report was logged already" in capsys.readouterr().out
+    assert [r.info.run_id for r in reports()] == [logged.info.run_id]
+    write_paper(paper_file, values | {"unet": 10.0, "px4": values["px8"]}, folder)
+    assert main(["report", str(paper_file), "--table", "main"]) == 0
+    capsys.readouterr()
+    write_paper(paper_file, values | {"px4": by_pool["4"].metrics["test_top1"]}, folder)
+    assert main(["report", str(paper_file)]) == 0
+    assert "4 reproduced" in capsys.readouterr().out
+    runs = reports()
+    assert len(runs) == 3
+    old = next(r for r in runs if r.info.run_id == logged.info.run_id)
+    assert old.data.tags[names.SUPERSEDED_BY] == runs[0].data.tags[names.IDENTITY]
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    from bench.cli import main
+
+    paper_file = tmp_path / "tiny.yaml"
+    write_paper(paper_file, {k: 50.0 for k in ("px8", "px4", "shapes", "pool1", "pool4",
+                                               "pool8")}, "digits")
+    assert main(["report", str(paper_file)]) == 2
+    err = capsys.readouterr().err
+    assert "has no results in suite 'bench' yet: run `bench reproduce" in err
+    assert err.count("\n") == 1
+    assert main(["report", str(paper_file), "--table", "nope"]) == 2
+    assert "no table 'nope'" in capsys.readouterr().err
+    assert main(["report", "no-such-paper"]) == 2
+    assert "unknown paper 'no-such-paper'" in capsys.readouterr().err
