@@ -1,5 +1,5 @@
-"""The library's front door: run a cell (over several seeds), run a sweep, build a leaderboard,
-compare two results, report on a paper. No argparse here.
+"""The library's front door: run a cell (over several seeds), run a sweep, reproduce a paper and
+report on it, build a leaderboard, compare two results. No argparse here.
 
     from bench.api import run
     from bench.run.spec import RunSpec, RunOptions
@@ -26,6 +26,8 @@ from bench.run.spec import RunOptions, RunSpec
 from bench.run.sweep import SweepPlan
 
 if TYPE_CHECKING:
+    from bench.results.papers import Paper
+    from bench.run.reproduce import PaperPlan
     from bench.run.report import Report
     from bench.run.similarity_run import SimilarityResult, SimilaritySpec
     from bench.stats import Comparison, SeedAggregate
@@ -149,6 +151,48 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
             report.records += outcome.result
         else:
             report.failures.append(outcome)
+    return report
+
+
+@dataclass
+class ReproduceReport:
+    plan: PaperPlan
+    records: list[RunRecord] = field(default_factory=list)  # every cell computed or reused
+    failures: list[JobOutcome] = field(default_factory=list)  # jobs that failed, with their logs
+    similarity: dict[str, SimilarityResult] = field(default_factory=dict)  # by table key
+    similarity_failures: dict[str, str] = field(default_factory=dict)  # table key -> why
+
+
+def reproduce_plan(paper: str | Paper, tables: list[str] | None = None,
+                   options: RunOptions | None = None,
+                   template: RunSpec | None = None) -> PaperPlan:
+    """The plan of a paper's cells (its ``tables``, default all), each resolved like ``bench
+    run``, and its similarity matrices. ``paper``: a name (``bench.results.papers.paper_names``),
+    a .yaml path or a ``Paper``; ``template``: the spec fields no cell sets (seed, precision)."""
+    from bench.results.papers import load_paper
+    from bench.run.reproduce import plan_paper
+
+    paper = (load_paper(paper) if isinstance(paper, str) else paper).select(tables)
+    return plan_paper(paper, options or RunOptions(), template)
+
+
+def reproduce(plan: PaperPlan, executor: ExecutorConfig | None = None, retries: int = 1,
+              extract_array: int = 1, poll: float = 5.0,
+              on_states: Callable[[list[str]], None] | None = None,
+              on_retry: Callable[[JobOutcome], None] | None = None) -> ReproduceReport:
+    """Run a ``reproduce_plan`` as one sweep (finished cells reused, nothing submitted for a
+    job whose cells are all done), then its similarity matrices (reused when logged)."""
+    report = ReproduceReport(plan)
+    ran = sweep(SweepPlan(plan.pending_jobs()), executor, retries, extract_array, poll,
+                on_states, on_retry)
+    report.records, report.failures = ran.records, ran.failures
+    for key, spec in plan.similarity.items():
+        try:
+            report.similarity[key] = similarity(spec, plan.options)
+        except BenchError as e:
+            if isinstance(e, UsageError):
+                raise
+            report.similarity_failures[key] = (str(e).splitlines() or [type(e).__name__])[0]
     return report
 
 

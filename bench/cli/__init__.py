@@ -13,11 +13,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from bench.cli import (cache, compare, data, demo, leaderboard, listing, report, run, runs,
-                       similarity, sweep, sync)
+from bench.cli import (cache, compare, data, demo, leaderboard, listing, report, reproduce, run,
+                       runs, similarity, sweep, sync)
 
 COMMANDS = (run, listing, runs, leaderboard, compare, demo, cache, data, sweep, sync, similarity,
-            report)
+            reproduce, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

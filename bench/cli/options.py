@@ -61,11 +61,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (default: $BENCH_DATA or ~/.cache/bench/data)")
 
 
-def add_feature_args(p: argparse.ArgumentParser) -> None:
-    """How features are computed and where they go (everything but the backbone and task)."""
-    p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a backbone preset argument (JSON values), e.g. t=150")
-    add_data_args(p)
+def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None:
+    """How features are computed and where they go (everything but the backbone and task);
+    ``spec_args``: with the backbone and task arguments (not where the cells name their own)."""
+    if spec_args:
+        p.add_argument("--backbone-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a backbone preset argument (JSON values), e.g. t=150")
+        add_data_args(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see README)")
@@ -99,6 +101,15 @@ def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> N
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """Retries, extraction arrays and polling of a sweep's jobs, and where they run."""
+    p.add_argument("--retries", type=int, default=1, help="resubmissions of a failed job")
+    p.add_argument("--extract-array", type=int, default=1,
+                   help="split each extraction over an N-task job array (SLURM)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls")
+    add_executor_args(p)
 
 
 def add_executor_args(p: argparse.ArgumentParser) -> None:

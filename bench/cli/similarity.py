@@ -53,33 +53,24 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import similarity
-    from bench.heads.similarity import Measure
-    from bench.run.similarity_run import Side, SimilaritySpec, preset, table
+    from bench.run.similarity_run import preset, similarity_spec, table
 
-    given = preset(args.preset) if args.preset else {}
-
-    def pick(flag: str, value, default=None):
-        return value if value not in (None, []) else given.get(flag, default)
-
-    backbone, task = pick("backbone", args.backbone), pick("task", args.task)
-    if not backbone or not task:
-        raise UsageError("bench similarity needs --backbone and --task (or a --preset)")
     split = lambda values: [v for a in values for v in options.csv(a)]  # noqa: E731
-    side = Side(backbone, pick("layers", split(args.layers), []), pick("pools", split(args.pool), []),
-                options.key_values(args.backbone_arg))
-    against = pick("against", args.against)
-    other = None
-    if against or args.against_layers:
-        other = Side(against or backbone, pick("against_layers", split(args.against_layers), []),
-                     pick("against_pools", split(args.against_pool), []),
-                     options.key_values(args.against_arg))
-    spec = SimilaritySpec(
-        side=side, task=task, split=pick("split", args.split, "val"), n=pick("n", args.n),
-        against=other, measure=Measure(args.measure, args.k, args.rbf_threshold, args.batch),
-        permutations=args.permutations, interval=args.interval,
-        interval_draws=args.interval_draws, noise_draws=args.noise_draws, seed=args.seed,
-        task_args=options.task_args(args, task), precision=args.precision,
-        skip_corrupt=args.skip_corrupt)
+    given = preset(args.preset) if args.preset else {}
+    task = args.task or given.get("task")
+    if not (args.backbone or given.get("backbone")) or not task:
+        raise UsageError("bench similarity needs --backbone and --task (or a --preset)")
+    spec = similarity_spec({
+        "preset": args.preset, "backbone": args.backbone, "task": args.task,
+        "layers": split(args.layers), "pools": split(args.pool),
+        "backbone_args": options.key_values(args.backbone_arg), "against": args.against,
+        "against_layers": split(args.against_layers), "against_pools": split(args.against_pool),
+        "against_args": options.key_values(args.against_arg), "split": args.split, "n": args.n,
+        "measure": args.measure, "k": args.k, "rbf_threshold": args.rbf_threshold,
+        "batch": args.batch, "permutations": args.permutations, "interval": args.interval,
+        "interval_draws": args.interval_draws, "noise_draws": args.noise_draws,
+        "seed": args.seed, "task_args": options.task_args(args, task),
+        "precision": args.precision, "skip_corrupt": args.skip_corrupt})
     result = similarity(spec, options.run_options(args))
     print(f"{result.name}: {len(result.rows)} x {len(result.cols)} points, n = {result.n} images")
     print(table(result))

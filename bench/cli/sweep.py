@@ -21,13 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="resolve every job here and print its cells, what is done and the cache "
                    "it adds; run nothing")
-    p.add_argument("--retries", type=int, default=1, help="resubmissions of a failed job")
-    p.add_argument("--extract-array", type=int, default=1,
-                   help="split each extraction over an N-task job array (SLURM)")
-    p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls")
     options.add_feature_args(p)
     options.add_probe_args(p, head_names())
-    options.add_executor_args(p)
+    options.add_schedule_args(p)
     p.set_defaults(func=main)
 
 

@@ -34,15 +34,18 @@ class _Requeueable:
 
 
 def extract_features(prepared: Prepared, options: RunOptions, array_index: int = 0,
-                     array_size: int = 1) -> dict[str, Any]:
-    """Every request of the resolved run for train, val and test: split -> ExtractionReport."""
+                     array_size: int = 1,
+                     requests: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Every request of the resolved run (or ``requests``: those of several heads on this
+    backbone and task) for train, val and test: split -> ExtractionReport."""
     from bench.features.cache import FeatureCache
     from bench.features.extract import extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
-    heard = work_notice(prepared, cache) if array_size == 1 else None
+    requests = requests or run.requests
+    heard = work_notice(prepared, cache, requests) if array_size == 1 else None
     return {split: extract(
-        prepared.backbone, prepared.task.split(split), run.requests, cache, run.task_config,
+        prepared.backbone, prepared.task.split(split), requests, cache, run.task_config,
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
         workers=options.workers, shard_size=options.shard_size,
         skip_corrupt=run.spec.skip_corrupt, array_index=array_index, array_size=array_size,
@@ -51,7 +54,7 @@ def extract_features(prepared: Prepared, options: RunOptions, array_index: int =
     ) for split in SPLITS}
 
 
-def work_notice(prepared: Prepared, cache: Any):
+def work_notice(prepared: Prepared, cache: Any, requests: list[tuple[str, str]]):
     """Say what extraction will cost before paying it (stderr): images x feature points now,
     then, from the first batch's speed and size, the time and cache it will take. The callback
     for ``extract``; None when everything is cached."""
@@ -65,15 +68,15 @@ def work_notice(prepared: Prepared, cache: Any):
         split = prepared.task.split(name)
         if not all(cache.entry(entry_fields(prepared.backbone, run.task_config, split, *request,
                                             run.precision)).complete()
-                   for request in run.requests):
+                   for request in requests):
             todo[name] = len(split)
     if not todo:
         return None
     images = sum(todo.values())
-    points = ", ".join(f"{layer} pool={pool}" for layer, pool in run.requests)
+    points = ", ".join(f"{layer} pool={pool}" for layer, pool in requests)
     splits = ", ".join(f"{name} {count:,}" for name, count in todo.items())
-    print(f"extracting {images:,} images ({splits}) x {len(run.requests)} feature point"
-          f"{'s' * (len(run.requests) != 1)} ({points}) with {run.spec.backbone} on "
+    print(f"extracting {images:,} images ({splits}) x {len(requests)} feature point"
+          f"{'s' * (len(requests) != 1)} ({points}) with {run.spec.backbone} on "
           f"{prepared.device}; the first batch tells how long", file=sys.stderr, flush=True)
     said = []
 
@@ -125,23 +128,26 @@ class BenchJob(_Requeueable):
         """This job's extraction split over ``parts`` array tasks (task k writes shards k mod n)."""
         return [ExtractJob(self.spec, self.options, k, parts) for k in range(parts)]
 
+    def finished(self, experiment_id: str, prepared: Prepared) -> dict[str, RunRecord]:
+        """The finished records of this job's cells, by identity (none with ``force``)."""
+        from bench.results.tracking import find_records
+
+        identities = [c.identity for c in prepared.run.cells]
+        return {} if self.options.force else {
+            r.identity: r for r in find_records([experiment_id], identities)}
+
     def __call__(self) -> list[RunRecord]:
-        import os
-
         from bench.run.spec import resolve
-        from bench.results.tracking import cell_lock, ensure_experiment, find_records
+        from bench.results.tracking import cell_lock
 
-        if self.options.tracking_uri:
-            os.environ["MLFLOW_TRACKING_URI"] = self.options.tracking_uri
-        experiment_id = self.options.experiment_id or ensure_experiment(self.options.suite)
+        experiment_id = _experiment(self.options)
         job_started = time.time()  # the first computed cell's run covers the extraction too
         prepared = self.prepared or resolve(self.spec, self.options)
         cells = prepared.run.cells
         identities = [c.identity for c in cells]
 
         def logged() -> dict[str, RunRecord]:
-            return {} if self.options.force else {
-                r.identity: r for r in find_records([experiment_id], identities)}
+            return self.finished(experiment_id, prepared)
 
         done = logged()
         if all(c.identity in done for c in cells):
@@ -213,6 +219,58 @@ class BenchJob(_Requeueable):
                                 "tracking store is back") from e
         supersede(experiment_id, record)
         return record
+
+
+def _experiment(options: RunOptions) -> str:
+    """The experiment a job logs to, in the tracking store its driver reads."""
+    import os
+
+    from bench.results.tracking import ensure_experiment
+
+    if options.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri
+    return options.experiment_id or ensure_experiment(options.suite)
+
+
+@dataclass
+class SharedJob(_Requeueable):
+    """Jobs of one backbone and task whose heads read different feature points (a paper's
+    linear, mlp and attention cells): every point those with cells to compute need, in one
+    backbone pass per split, then each job on the filled cache. With an extraction array
+    (SLURM), each job's points are extracted by array tasks of their own."""
+
+    jobs: list[BenchJob]
+
+    @property
+    def spec(self) -> RunSpec:  # what labels and failure messages name
+        return self.jobs[0].spec
+
+    @property
+    def options(self) -> RunOptions:
+        return self.jobs[0].options
+
+    @options.setter
+    def options(self, value: RunOptions) -> None:
+        for job in self.jobs:
+            job.options = value
+
+    def extraction_jobs(self, parts: int) -> list[ExtractJob]:
+        return [part for job in self.jobs for part in job.extraction_jobs(parts)]
+
+    def __call__(self) -> list[RunRecord]:
+        from bench.run.spec import resolve
+
+        experiment_id = _experiment(self.options)
+        built = next((job.prepared.backbone for job in self.jobs if job.prepared), None)
+        for job in self.jobs:  # the backbone is built once
+            job.prepared = job.prepared or resolve(job.spec, job.options, backbone=built)
+            built = job.prepared.backbone
+        todo = [job for job in self.jobs if {c.identity for c in job.prepared.run.cells}
+                - set(job.finished(experiment_id, job.prepared))]
+        if len(todo) > 1:
+            extract_features(todo[0].prepared, self.options, requests=list(dict.fromkeys(
+                request for job in todo for request in job.prepared.run.requests)))
+        return [record for job in self.jobs for record in job()]
 
 
 def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,

@@ -539,3 +539,37 @@ def preset(name: str) -> dict[str, Any]:
         raise UsageError(f"similarity preset {name!r}: use one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])
 
+
+
+SETTINGS = ("preset", "backbone", "task", "split", "n", "layers", "pools", "backbone_args",
+            "against", "against_layers", "against_pools", "against_args", "measure", "k",
+            "rbf_threshold", "batch", "permutations", "interval", "interval_draws",
+            "noise_draws", "seed", "task_args", "precision", "skip_corrupt")
+
+
+def similarity_spec(settings: dict[str, Any]) -> SimilaritySpec:
+    """A spec from ``bench similarity``'s settings by name (a ``preset`` first, the others over
+    it; absent ones take the command's defaults): what the CLI's flags and a paper's
+    similarity table give."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise UsageError(f"similarity setting {', '.join(sorted(unknown))}: use "
+                         f"{', '.join(SETTINGS)}")
+    given = {**(preset(settings["preset"]) if settings.get("preset") else {}),
+             **{k: v for k, v in settings.items() if v not in (None, [])}}
+    if not given.get("backbone") or not given.get("task"):
+        raise UsageError("a similarity matrix needs a backbone and a task (or a preset)")
+    side = Side(given["backbone"], list(given.get("layers", [])), list(given.get("pools", [])),
+                dict(given.get("backbone_args", {})))
+    other = None
+    if given.get("against") or given.get("against_layers"):
+        other = Side(given.get("against") or side.backbone, list(given.get("against_layers", [])),
+                     list(given.get("against_pools", [])), dict(given.get("against_args", {})))
+    defaults = Measure()
+    measure = Measure(given.get("measure", defaults.name), given.get("k", defaults.k),
+                      given.get("rbf_threshold", defaults.rbf_threshold),
+                      given.get("batch", defaults.batch_size))
+    named = {k: given[k] for k in ("split", "n", "permutations", "interval", "interval_draws",
+                                   "noise_draws", "seed", "task_args", "precision",
+                                   "skip_corrupt") if k in given}
+    return SimilaritySpec(side=side, task=given["task"], against=other, measure=measure, **named)

@@ -46,6 +46,10 @@ class RunSpec:
     task: str
     layers: list[str] = field(default_factory=list)  # empty: the backbone's default layers
     pools: list[str] = field(default_factory=list)  # empty: the head's or backbone's default
+    # Explicit (layer, pool) pairs instead of layers x pools (a paper's cells are no cross
+    # product); "" for the backbone's default layers or the default pool. Identities are per
+    # cell, so a pair given here is the same result as that layer and pool given as lists.
+    features: list[tuple[str, str]] = field(default_factory=list)
     head: str = "linear"
     backbone_args: dict[str, Any] = field(default_factory=dict)
     task_args: dict[str, Any] = field(default_factory=dict)
@@ -165,7 +169,6 @@ def build_task(spec: RunSpec) -> Task:
 
 def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
     """Resolve ``spec`` (building the task and, unless given, the backbone: once per process)."""
-    from bench.backbone import check_pool
     from bench.digest import json_digest
     from bench.precision import resolve_device, resolve_precision
     from bench.results.record import RESULT_SCHEMA
@@ -179,16 +182,8 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     backbones.entry(spec.backbone)  # unknown names fail before any model is built
     if backbone is None:
         backbone = backbones.create(spec.backbone, **spec.backbone_args)
-    layers = [backbone.canonical_layer(layer) for layer in spec.layers] or list(
-        backbone.default_layers)
-    pools = list(spec.pools) or [kind.default_pool or backbone.default_pool]
-    requests = [(layer, pool) for layer in dict.fromkeys(layers) for pool in dict.fromkeys(pools)]
-    for layer, pool in requests:
-        point = backbone.feature_point(layer)
-        check_pool(point, pool)
-        if not kind.accepts(point, pool):  # before anything is extracted
-            raise UsageError(f"head {spec.head!r} cannot read pool {pool!r} of layer {layer!r} "
-                             f"({point.kind}): it needs {kind.requirement()}")
+    requests = checked_requests(spec, backbone)
+    layers = [layer for layer, _ in requests]
     groups = None
     if kind.fuses_layers:
         groups = backbone.layer_groups(list(dict.fromkeys(layers)))
@@ -215,6 +210,44 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
         draft = ResolvedCell(features, "")
         run.cells.append(ResolvedCell(features, json_digest(run.protocol(draft))[:32]))
     return Prepared(run, backbone, task, device)
+
+
+def feature_requests(spec: RunSpec, backbone: Backbone) -> list[tuple[str, str]]:
+    """Every (canonical layer, pool) of ``spec``: its ``features``, else layers x pools, with the
+    backbone's default layers and the head's (else the backbone's) default pool where none is
+    given."""
+    kind = head_kind(spec.head)
+    default_pool = kind.default_pool or backbone.default_pool
+
+    def layers(given: list[str]) -> list[str]:
+        return [backbone.canonical_layer(layer) for layer in given] or list(
+            backbone.default_layers)
+
+    if spec.features:
+        if spec.layers or spec.pools:
+            raise UsageError("a run spec gives features or layers and pools, not both")
+        pairs = [(layer, pool or default_pool) for given, pool in spec.features
+                 for layer in layers([given] if given else [])]
+    else:
+        pairs = [(layer, pool) for layer in layers(spec.layers)
+                 for pool in (spec.pools or [default_pool])]
+    return list(dict.fromkeys(pairs))
+
+
+def checked_requests(spec: RunSpec, backbone: Backbone) -> list[tuple[str, str]]:
+    """``feature_requests``, each checked against the backbone and the head (a layer it lacks, a
+    pool that does not apply): before anything is extracted."""
+    from bench.backbone import check_pool
+
+    kind = head_kind(spec.head)
+    requests = feature_requests(spec, backbone)
+    for layer, pool in requests:
+        point = backbone.feature_point(layer)
+        check_pool(point, pool)
+        if not kind.accepts(point, pool):
+            raise UsageError(f"head {spec.head!r} cannot read pool {pool!r} of layer {layer!r} "
+                             f"({point.kind}): it needs {kind.requirement()}")
+    return requests
 
 
 def _cell_features(kind: HeadKind, requests: list[tuple[str, str]]) -> list[tuple]:

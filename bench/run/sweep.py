@@ -148,7 +148,7 @@ def _estimate(job: BenchJob) -> tuple[Any, int]:
     from bench.run.spec import resolve
 
     options = job.options
-    prepared = resolve(job.spec, options)
+    prepared = job.prepared or resolve(job.spec, options)
     run, task, backbone = prepared.run, prepared.task, prepared.backbone
     splits = [task.split(s) for s in SPLITS]
     cache = FeatureCache(options.cache_dir)
