@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from bench.cli import main
 from bench.results.papers import Claim, PaperCell, PaperTable
 from bench.results.record import RunRecord
 from bench.results.tracking import UnfinishedRun
@@ -181,17 +183,20 @@ def write_paper(path, values: dict[str, float], folder: str) -> None:
 
 
 def test_tiny_paper_report_end_to_end(tmp_path, capsys):
+    from PIL import Image
+
     from bench.api import run, similarity
-    from bench.cli import main
     from bench.heads.similarity import Measure
     from bench.results import record as names
     from bench.results.papers import load_paper
-    from bench.results.tracking import client, ensure_experiment, experiment_ids, search
+    from bench.results.record import settings_digest
+    from bench.results.tracking import (client, ensure_experiment, experiment_ids,
+                                        load_predictions, log_record, search)
+    from bench.run.report import slot_keys
     from bench.run.reproduce import plan_paper
     from bench.run.similarity_run import Side, SimilaritySpec
     from bench.run.spec import RunOptions, RunSpec
     from bench.stats import compare
-    from bench.results.tracking import load_predictions
 
     folder = shapes(tmp_path / "shapes")
     paper_file = tmp_path / "tiny.yaml"
@@ -255,8 +260,6 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys):
     assert "pool 8 beats pool 1: paper " in out
 
     # pages: markdown and standalone html per table, the curve and the heatmaps as real PNGs
-    from PIL import Image
-
     md = (folder_out / "main.md").read_text()
     assert "| shapes † |" in md and "† shapes: run with another protocol" in md
     page = (folder_out / "main.html").read_text()
@@ -295,10 +298,29 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys):
     old = next(r for r in runs if r.info.run_id == logged.info.run_id)
     assert old.data.tags[names.SUPERSEDED_BY] == runs[0].data.tags[names.IDENTITY]
 
+    # a cell whose slot holds a result of another identity (run where the protocol resolved
+    # otherwise, e.g. precision auto on a GPU): judged, marked, never counted as its identity's
+    slots = slot_keys(plan)
+    assert all(slots[r.identity] == r.slot_key for r in (*by_pool.values(), on_shapes))
+    unet = plan.cells["unet"].identity
+    resolved = next(j.prepared.run for job in plan.jobs for j in getattr(job, "jobs", [job])
+                    if j.prepared and unet in {c.identity for c in j.prepared.run.cells})
+    [unet_cell] = [c for c in resolved.cells if c.identity == unet]
+    elsewhere = replace(by_pool["8"], identity="e" * 32, backbone="random-unet",
+                        layer=unet_cell.layer, pool=unet_cell.pool,
+                        settings=settings_digest(resolved.settings), run_id=None)
+    assert elsewhere.slot_key == slots[unet]
+    elsewhere_id = log_record(experiment, elsewhere, {})
+    assert main(["report", str(paper_file), "--table", "main"]) == 0
+    capsys.readouterr()
+    judged = next(c for c in json.loads((folder_out / "report.json").read_text())["cells"]
+                  if c["id"] == "unet")
+    assert judged["by_slot"] and judged["run_id"] == elsewhere_id and judged["verdict"] == "higher"
+    md = (folder_out / "main.md").read_text()
+    assert "| unet ‡ |" in md and "‡ No result has the identity resolved here" in md
+
 
 def test_report_errors_are_one_line(tmp_path, capsys):
-    from bench.cli import main
-
     paper_file = tmp_path / "tiny.yaml"
     write_paper(paper_file, {k: 50.0 for k in ("px8", "px4", "shapes", "pool1", "pool4",
                                                "pool8")}, "digits")

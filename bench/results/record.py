@@ -95,8 +95,7 @@ class RunRecord:
         """The ``bench.slot`` tag: one value per slot, schema and chosen settings, safe in a
         search filter. Runs that chose no setting keep the key they had before settings were
         recorded, so a default run still supersedes runs logged then."""
-        key = [self.schema, *self.slot] + ([self.settings] if self.settings else [])
-        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+        return _slot_key(self.schema, self.slot, self.settings)
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% bootstrap interval of ``test_{metric}`` (None for records logged before)."""
@@ -211,6 +210,19 @@ class RunRecord:
             grid_edge=tags.get(GRID_EDGE, ""),
             settings=tags.get(SETTINGS, ""), test_manifest=params.get(TEST_MANIFEST_PARAM, ""),
         )
+
+
+def _slot_key(schema: str, slot: tuple[str, ...], settings: str) -> str:
+    key = [schema, *slot] + ([settings] if settings else [])
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+
+def resolved_slot_key(run: ResolvedRun, cell: ResolvedCell) -> str:
+    """The ``bench.slot`` key the record of a resolved cell carries (``RunRecord.slot_key``):
+    finds the slot's result where the identity resolved here differs from its run's."""
+    slot = (run.spec.backbone, run.spec.task, cell.layer, cell.pool, run.spec.head,
+            str(run.spec.seed), run.variant)
+    return _slot_key(RESULT_SCHEMA, slot, settings_digest(run.settings))
 
 
 def settings_digest(settings: dict[str, Any]) -> str:

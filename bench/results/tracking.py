@@ -534,6 +534,20 @@ def unfinished_runs(experiment_ids: list[str], identities: Iterable[str]
     return out
 
 
+def find_slot_records(experiment_ids: list[str], slot_keys: Iterable[str]
+                      ) -> dict[str, RunRecord]:
+    """The newest finished, not superseded result of each slot key (``RunRecord.slot_key``)."""
+    out: dict[str, RunRecord] = {}
+    for key in dict.fromkeys(slot_keys) if experiment_ids else ():
+        for run in search(experiment_ids, names.slot_filter(key)):
+            rec = RunRecord.from_mlflow(run)
+            if run.data.tags.get(names.KIND) == names.RESULT and rec.schema == names.RESULT_SCHEMA:
+                rec.reused = True
+                out[key] = rec
+                break
+    return out
+
+
 @dataclass
 class LoggedReport:
     run_id: str

@@ -51,7 +51,12 @@ if TYPE_CHECKING:
 
 VERDICTS = ("reproduced", "higher", "lower", "not run", "failed")
 CLAIM_VERDICTS = ("holds", "does not hold", "not distinguishable", "not run")
-DAGGER = "†"
+DAGGER, DOUBLE_DAGGER = "†", "‡"
+SLOT_NOTE = (f"{DOUBLE_DAGGER} No result has the identity resolved here; ours is the suite's "
+             "current result of the same cell (backbone, task, layer, pool, head, seed and chosen "
+             "settings), whose run resolved the protocol otherwise: precision auto is bf16 on a "
+             "GPU and fp32 on a CPU, or another code version, weights or data. Run `bench report` "
+             "where the cells ran to match identities exactly.")
 RULES = ("Verdicts: **reproduced** when the paper's value lies inside our 95% interval (over "
          "test images, bootstrap); **higher** / **lower** when ours is above / below it and the "
          "interval excludes it; **not run** when no finished result has the cell's identity; "
@@ -71,6 +76,7 @@ class CellResult:
     high: float | None = None
     run_id: str = ""
     test_manifest: str = ""  # what the test set was: claims pair results on the same one
+    by_slot: bool = False  # ours is the slot's result, not of the identity resolved here
 
     @property
     def difference(self) -> float | None:
@@ -149,7 +155,8 @@ class Report:
         """What the report says (its identity digests this): every cell, claim and matrix."""
         cells = [{"id": c.cell.id, "table": c.cell.table, "paper": c.cell.value,
                   "ours": c.ours, "low": c.low, "high": c.high, "verdict": c.verdict,
-                  "why": c.why, "run_id": c.run_id, "protocol": c.cell.protocol}
+                  "why": c.why, "run_id": c.run_id, "by_slot": c.by_slot,
+                  "protocol": c.cell.protocol}
                  for c in self.cells.values()]
         claims = [{"text": c.claim.text, "higher": c.claim.higher, "lower": c.claim.lower,
                    "paper": c.paper, "ours": c.ours, "low": c.low, "high": c.high,
@@ -163,8 +170,9 @@ class Report:
 
 # --- verdicts ------------------------------------------------------------------------------------
 def judge_cell(cell: PaperCell, planned: PlannedCell, record: RunRecord | None,
-               unfinished: UnfinishedRun | None, suite: str) -> CellResult:
-    """The verdict of one cell from its finished record (or what tracking says of its runs)."""
+               unfinished: UnfinishedRun | None, suite: str, by_slot: bool = False) -> CellResult:
+    """The verdict of one cell from its finished record (or what tracking says of its runs).
+    ``by_slot``: the record is its slot's current result, of another identity (``SLOT_NOTE``)."""
     from bench.results.record import ci_names
 
     if planned.identity is None:
@@ -180,7 +188,7 @@ def judge_cell(cell: PaperCell, planned: PlannedCell, record: RunRecord | None,
             why += f" (run {unfinished.run_id} is RUNNING: being logged, or its process died)"
         return CellResult(cell, "not run", why)
     found = CellResult(cell, "failed", run_id=record.run_id or "",
-                       test_manifest=record.test_manifest)
+                       test_manifest=record.test_manifest, by_slot=by_slot)
     metric = f"test_{cell.metric}"
     if metric not in record.metrics:
         found.why = f"its result {record.run_id} has no {metric}"
@@ -193,6 +201,8 @@ def judge_cell(cell: PaperCell, planned: PlannedCell, record: RunRecord | None,
     found.low, found.high = record.interval(cell.metric)
     found.verdict = ("reproduced" if found.low <= cell.value <= found.high else
                      "higher" if found.low > cell.value else "lower")
+    if by_slot:
+        found.why = f"{DOUBLE_DAGGER} run {record.run_id}, another identity"
     return found
 
 
@@ -273,23 +283,41 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     return panel
 
 
+def slot_keys(plan: PaperPlan) -> dict[str, str]:
+    """Each resolved cell's identity -> the slot key its record carries."""
+    from bench.results.record import resolved_slot_key
+
+    out = {}
+    for job in plan.jobs:
+        for one in getattr(job, "jobs", [job]):  # a SharedJob's jobs, or the job itself
+            if one.prepared is not None:
+                run = one.prepared.run
+                out |= {cell.identity: resolved_slot_key(run, cell) for cell in run.cells}
+    return out
+
+
 def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
           all_tables: bool = True) -> Report:
     """Judge every cell, claim and matrix of ``paper`` against the suite's results."""
-    from bench.results.tracking import experiment_ids, find_records, unfinished_runs
+    from bench.results.tracking import (experiment_ids, find_records, find_slot_records,
+                                        unfinished_runs)
 
     ids = experiment_ids([suite])
     identities = [p.identity for p in plan.cells.values() if p.identity]
     records: dict[str, RunRecord] = {}
     for record in find_records(ids, identities):  # newest first: the first of an identity wins
         records.setdefault(record.identity, record)
+    slots = {i: key for i, key in slot_keys(plan).items() if i not in records}
+    by_slot = find_slot_records(ids, slots.values())
     unfinished = unfinished_runs(ids, [i for i in identities if i not in records])
     cells = {}
     for table in paper.tables:
         for cell in table.cells:
             planned = plan.cells[cell.id]
-            cells[cell.id] = judge_cell(cell, planned, records.get(planned.identity),
-                                        unfinished.get(planned.identity), suite)
+            found = records.get(planned.identity)
+            other = by_slot.get(slots.get(planned.identity, "")) if found is None else None
+            cells[cell.id] = judge_cell(cell, planned, found or other,
+                                        unfinished.get(planned.identity), suite, other is not None)
     claims = [judge_claim(c, cells[c.higher], cells[c.lower],
                           _compare(cells[c.higher], cells[c.lower])) for c in paper.claims]
     similarity = {t.key: judge_similarity(t, plan.similarity[t.key], ids, options)
@@ -310,7 +338,8 @@ def rows(table: PaperTable, report: Report) -> list[dict[str, str]]:
         ours = "" if result.ours is None else _number(result.ours) + (
             "" if result.low is None else f" [{result.low:.2f}, {result.high:.2f}]")
         diff = result.difference
-        row = {"cell": cell.id + (f" {DAGGER}" if cell.protocol else "")}
+        marks = (DAGGER if cell.protocol else "") + (DOUBLE_DAGGER if result.by_slot else "")
+        row = {"cell": cell.id + (f" {marks}" if marks else "")}
         if table.kind == "curve":
             row |= {table.x or "x": str(cell.x), table.series or "series": cell.series}
         row |= {"backbone": cell.backbone, "layer": cell.layer or "(default)",
@@ -323,9 +352,10 @@ def rows(table: PaperTable, report: Report) -> list[dict[str, str]]:
     return out
 
 
-def footnotes(table: PaperTable) -> list[str]:
-    return [f"{DAGGER} {cell.id}: run with another protocol than the paper's: {cell.protocol}"
-            for cell in table.cells if cell.protocol]
+def footnotes(table: PaperTable, report: Report) -> list[str]:
+    out = [f"{DAGGER} {cell.id}: run with another protocol than the paper's: {cell.protocol}"
+           for cell in table.cells if cell.protocol]
+    return out + ([SLOT_NOTE] if any(report.cells[c.id].by_slot for c in table.cells) else [])
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:
@@ -449,7 +479,7 @@ def table_pages(table: PaperTable, report: Report) -> dict[str, bytes]:
         shown = rows(table, report)
         md += [markdown_table(shown), ""]
         page.append(html_table(shown))
-        notes = footnotes(table)
+        notes = footnotes(table, report)
         md += [*notes, ""] if notes else []
         page += [f'<p class="foot">{html.escape(n)}</p>' for n in notes]
         if table.kind == "curve":
