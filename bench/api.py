@@ -269,12 +269,12 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
     return compute(spec, options)
 
 
-def report(paper: str, tables: list[str] | None = None,
-           options: RunOptions | None = None) -> Report:
+def report(paper: str, tables: list[str] | None = None, options: RunOptions | None = None,
+           template: RunSpec | None = None) -> Report:
     """A paper's report (a name or a .yaml path; ``tables``: only these): every cell's value
     beside ours with its 95% interval and a verdict, the curves, the CKA heatmaps and the claims,
-    written to results/reports/PAPER/ and logged as one MLflow run in ``options.suite``; see
-    ``bench.run.report``."""
+    written to results/reports/PAPER/ and logged as one MLflow run in ``options.suite``;
+    ``template`` as given to ``reproduce_plan`` (seed, precision). See ``bench.run.report``."""
     from bench.run.report import make_report
 
-    return make_report(paper, tables, options)
+    return make_report(paper, tables, options, template)

@@ -318,6 +318,9 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys):
     assert judged["by_slot"] and judged["run_id"] == elsewhere_id and judged["verdict"] == "higher"
     md = (folder_out / "main.md").read_text()
     assert "| unet ‡ |" in md and "‡ No result has the identity resolved here" in md
+    # the template reaches the identities: another seed than the runs' finds nothing of them
+    assert main(["report", str(paper_file), "--table", "main", "--seed", "1"]) == 2
+    assert "has no results in suite 'bench' yet" in capsys.readouterr().err
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):

@@ -16,6 +16,11 @@ def add_parser(sub) -> None:
     p.add_argument("--table", action="append", default=[], metavar="KEY",
                    help="only these tables (comma-separated or repeated; default every table)")
     p.add_argument("--suite", default="bench", help="MLflow experiment holding the results")
+    p.add_argument("--seed", type=int, default=0, help="the probes' seed, as given to bench "
+                   "reproduce (default 0)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="as given to bench reproduce (auto: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--skip-corrupt", action="store_true", help="as given to bench reproduce")
     p.set_defaults(func=main)
 
 
@@ -23,10 +28,12 @@ def main(args: argparse.Namespace) -> int:
     from bench.api import report
     from bench.cli.runs import plural
     from bench.paths import tracking_uri
-    from bench.run.spec import RunOptions
+    from bench.run.spec import RunOptions, RunSpec
 
     tables = [t for a in args.table for t in options.csv(a)] or None
-    done = report(args.paper, tables, RunOptions(suite=args.suite, progress=False))
+    template = RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,
+                       skip_corrupt=args.skip_corrupt)
+    done = report(args.paper, tables, RunOptions(suite=args.suite, progress=False), template)
     print(f"report {done.paper.name}: {done.summary()}")
     for claim in done.claims:
         print(f"  {claim.line()}")

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import UsageError
-from bench.run.spec import RunOptions
+from bench.run.spec import RunOptions, RunSpec
 
 if TYPE_CHECKING:
     from bench.results.papers import Claim, Paper, PaperCell, PaperTable
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 VERDICTS = ("reproduced", "higher", "lower", "not run", "failed")
 CLAIM_VERDICTS = ("holds", "does not hold", "not distinguishable", "not run")
+UNRESOLVED = "cannot be resolved here: "
 DAGGER, DOUBLE_DAGGER = "†", "‡"
 SLOT_NOTE = (f"{DOUBLE_DAGGER} No result has the identity resolved here; ours is the suite's "
              "current result of the same cell (backbone, task, layer, pool, head, seed and chosen "
@@ -176,8 +177,7 @@ def judge_cell(cell: PaperCell, planned: PlannedCell, record: RunRecord | None,
     from bench.results.record import ci_names
 
     if planned.identity is None:
-        return CellResult(cell, "failed",
-                          f"cannot be resolved here: {planned.problem or 'no identity'}")
+        return CellResult(cell, "failed", UNRESOLVED + (planned.problem or "no identity"))
     if record is None:
         if unfinished is not None and unfinished.status != "RUNNING":
             return CellResult(cell, "failed", f"its last run {unfinished.run_id} ended "
@@ -267,7 +267,8 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     try:
         panel.identity = plan(spec, options).identity
     except BenchError as e:
-        panel.verdict, panel.why = "failed", f"cannot be resolved here: {e}"
+        panel.verdict = "failed"
+        panel.why = UNRESOLVED + (str(e).splitlines() or [type(e).__name__])[0]
         return panel
     found = [r for e in experiment_ids for r in find_similarity(e, panel.identity)]
     if not found:
@@ -552,8 +553,10 @@ def write(report: Report, folder: Path) -> list[Path]:
 
 # --- the command ---------------------------------------------------------------------------------
 def make_report(paper_name: str, tables: list[str] | None = None,
-                options: RunOptions | None = None) -> Report:
-    """Judge, write and log the report of a paper (a name or a .yaml path) in ``options.suite``."""
+                options: RunOptions | None = None, template: RunSpec | None = None) -> Report:
+    """Judge, write and log the report of a paper (a name or a .yaml path) in ``options.suite``;
+    ``template``: the spec fields no cell sets, as ``bench reproduce`` was given them (seed,
+    precision), so the cells resolve to the identities it ran."""
     from bench.digest import json_digest
     from bench.paths import reports_dir
     from bench.results.papers import load_paper
@@ -563,12 +566,16 @@ def make_report(paper_name: str, tables: list[str] | None = None,
     options = options or RunOptions()
     whole = load_paper(paper_name)
     paper = whole.select(tables)
-    report = build(paper, plan_paper(paper, options), options.suite, options,
+    report = build(paper, plan_paper(paper, options, template), options.suite, options,
                    all_tables=len(paper.tables) == len(whole.tables))
     if not report.any_run():
+        unresolved = [c for c in report.cells.values() if c.why.startswith(UNRESOLVED)]
+        where = (f"; {len(unresolved)} of {len(report.cells)} cells cannot be resolved here "
+                 f"({unresolved[0].why[len(UNRESOLVED):]}): report where their weights and data "
+                 "are") if unresolved else ""
         raise UsageError(f"paper {paper.name!r} has no results in suite {options.suite!r} yet: "
                          f"run `bench reproduce {paper_name}` first (or name the suite they are "
-                         "in with --suite)")
+                         f"in with --suite){where}")
     report.folder = reports_dir() / paper.name
     report.files = write(report, report.folder)
     keys = [t.key for t in paper.tables]
