@@ -167,7 +167,8 @@ def write_paper(path, values: dict[str, float], folder: str) -> None:
              {"id": "shapes", "task": folder, "pool": "2", "value": values["shapes"],
               "protocol": "paper: SGD, 90 epochs; bench: AdamW grid"},
              {"id": "unet", "backbone": "random-unet", "backbone_args": {}, "value": 50.0},
-             {"id": "killed", "pool": "2", "value": 50.0}]
+             {"id": "killed", "pool": "2", "value": 50.0},
+             {"id": "crash", "pool": "2", "head_args": {**HEAD, "epochs": 3}, "value": 50.0}]
     curve = [{"id": f"pool{p}", "pool": p, "value": values[f"pool{p}"]} for p in ("1", "4", "8")]
     path.write_text(yaml.safe_dump({
         "name": "tiny", "title": "A tiny paper", "citation": "Nobody 2026",
@@ -182,7 +183,7 @@ def write_paper(path, values: dict[str, float], folder: str) -> None:
                    {"text": "digits beat shapes", "higher": "px8", "lower": "shapes"}]}))
 
 
-def test_tiny_paper_report_end_to_end(tmp_path, capsys):
+def test_tiny_paper_report_end_to_end(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
     from bench.api import run, similarity
@@ -228,15 +229,27 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys):
     killed = client().create_run(experiment, tags={names.KIND: names.RESULT,
                                                    names.IDENTITY: plan.cells["killed"].identity})
     client().set_terminated(killed.info.run_id, "KILLED")
+    # a cell whose job raised while computing it: its claim is kept, FAILED, with the error
+    crash = plan.cells["crash"].identity
+    [job] = [one for job in plan.jobs for one in getattr(job, "jobs", [job])
+             if crash in {c.identity for c in one.prepared.run.cells}]
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2 GiB")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError, match="out of memory"):
+        patched.setattr("bench.run.jobs.extract_features", out_of_memory)
+        job()
 
     assert main(["report", str(paper_file)]) == 0
     out = capsys.readouterr().out
-    assert "8 cells: 3 reproduced, 2 higher, 1 lower, 1 not run, 1 failed" in out
+    assert "9 cells: 3 reproduced, 2 higher, 1 lower, 1 not run, 2 failed" in out
     folder_out = tmp_path / "results" / "reports" / "tiny"
     saved = json.loads((folder_out / "report.json").read_text())
     verdicts = {c["id"]: c["verdict"] for c in saved["cells"]}
     assert verdicts == {"px8": "reproduced", "px4": "higher", "shapes": "lower",
-                        "unet": "not run", "killed": "failed", "pool1": "reproduced",
+                        "unet": "not run", "killed": "failed", "crash": "failed",
+                        "pool1": "reproduced",
                         "pool4": "reproduced", "pool8": "higher"}
     for c in saved["cells"]:
         if c["id"] in ours:  # ours as logged, and the paper's value inside exactly when reproduced
@@ -247,7 +260,9 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys):
             assert c["run_id"] == record.run_id
         else:
             assert c["ours"] is None and c["verdict"] != "reproduced"
-    assert killed.info.run_id in next(c["why"] for c in saved["cells"] if c["id"] == "killed")
+    why = {c["id"]: c["why"] for c in saved["cells"]}
+    assert killed.info.run_id in why["killed"] and "ended KILLED" in why["killed"]
+    assert "ended FAILED without a result (RuntimeError: CUDA out of memory)" in why["crash"]
 
     # claims: paired on the same test images through bench.stats.compare, else unpaired
     paired, unpaired = saved["claims"]
@@ -263,7 +278,7 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys):
     md = (folder_out / "main.md").read_text()
     assert "| shapes † |" in md and "† shapes: run with another protocol" in md
     page = (folder_out / "main.html").read_text()
-    assert page.count("<tr") == 6 and "src=\"http" not in page and "<link" not in page
+    assert page.count("<tr") == 7 and "src=\"http" not in page and "<link" not in page
     assert Image.open(folder_out / "pools.png").format == "PNG"
     assert "![pools](pools.png)" in (folder_out / "pools.md").read_text()
     cka = (folder_out / "cka.md").read_text()

@@ -8,7 +8,7 @@ or artifact name. This module is pure: moving records in and out of MLflow is ``
 | MLflow | names |
 | --- | --- |
 | run | named by ``RunRecord.label`` (``pixels image/16 linear digits``: the UI's first column tells runs apart) |
-| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / report: a paper's report, with ``bench.paper`` and ``bench.report_tables`` / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
+| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / report: a paper's report, with ``bench.paper`` and ``bench.report_tables`` / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``; a claim whose job raised ends FAILED with ``bench.error``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
 | params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
@@ -45,6 +45,7 @@ TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
 RESULT, LEADERBOARD, LOCK, REPORT = "result", "leaderboard", "lock", "report"
 PAPER, REPORT_TABLES = "bench.paper", "bench.report_tables"
 LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
+ERROR = "bench.error"  # a failed claim's error, first line
 SLOT_PARAMS = ("backbone", "task", "layer", "pool", "head", "seed")
 PROTOCOL_JSON, PER_CLASS, GRID, CONFUSION = ("protocol.json", "per_class_accuracy.csv", "grid.csv",
                                              "confusion_matrix.png")
@@ -315,6 +316,20 @@ def _quoted(value: str) -> str:
     if "'" in value:
         raise ValueError(f"a quote cannot be searched for: {value!r}")
     return f"'{value}'"
+
+
+def lock_key(identities: list[str]) -> str:
+    """The ``bench.lock`` key of a claim on these result cells (one job's)."""
+    from bench.digest import json_digest
+
+    return json_digest(sorted(identities))[:32]
+
+
+def ended_lock_filter(key: str) -> str:
+    """Claims on the cells ``key`` digests that ended without their results: FAILED (the job
+    raised, ``bench.error`` says what) or KILLED (its process died; a waiter marked it)."""
+    return (f"tags.`{KIND}` = '{LOCK}' and tags.`{LOCK_KEY}` = {_quoted(key)} "
+            "and attributes.status != 'RUNNING'")
 
 
 def lock_tags(key: str, owner: str) -> dict[str, str]:

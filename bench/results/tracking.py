@@ -306,16 +306,15 @@ def cell_lock(experiment_id: str, identities: list[str],
     ``LOCK_HEARTBEAT_S``; a claim whose heartbeat has not moved for ``LOCK_STALE_S`` (by the
     waiter's clock: clocks of machines may disagree) belonged to a process that died, and is
     marked KILLED. A waiting run says whose claim it waits for and for how long, every
-    ``LOCK_REPORT_S``. The claim is deleted on release.
+    ``LOCK_REPORT_S``. The claim is deleted on release; if the work inside raised, it is kept,
+    ended FAILED (KILLED for an interrupt) with the error as ``bench.error``.
     """
     import random
     import socket
     import threading
 
-    from bench.digest import json_digest
-
     mlflow_client = client()
-    key = json_digest(sorted(identities))[:32]
+    key = names.lock_key(identities)
     owner = f"{socket.gethostname()} pid {os.getpid()}"
     seen: dict[str, tuple[str, float]] = {}  # claim run id -> (heartbeat, when it last moved)
     started = time.time()
@@ -372,14 +371,25 @@ def cell_lock(experiment_id: str, identities: list[str],
 
     beating = threading.Thread(target=heartbeat, name="bench-cell-lock", daemon=True)
     beating.start()
+    error: BaseException | None = None
     try:
         yield
+    except BaseException as e:
+        error = e
+        raise
     finally:
         stop.set()
         beating.join()
         try:
             with store_lock():
-                mlflow_client.delete_run(mine)
+                if error is None:
+                    mlflow_client.delete_run(mine)
+                else:  # kept, ended: what `bench report` can tell of a cell that failed
+                    first = (str(error).splitlines() or [""])[0]
+                    mlflow_client.set_tag(mine, names.ERROR,
+                                          f"{type(error).__name__}: {first}"[:names.MAX_TAG])
+                    mlflow_client.set_terminated(mine, "FAILED" if isinstance(error, Exception)
+                                                 else "KILLED")
         except Exception:  # an unreachable store: the claim goes stale, waiters take over
             pass
 
@@ -514,11 +524,13 @@ def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
 # --- failed cells and paper reports (bench.run.report) ------------------------------------------
 @dataclass
 class UnfinishedRun:
-    """A result run that did not finish: what tracking can tell of a cell that failed."""
+    """A result run that did not finish, or a job's claim that ended without its results: what
+    tracking can tell of a cell that failed."""
 
     run_id: str
     status: str  # FAILED | KILLED | RUNNING
     start_time: float  # epoch seconds
+    error: str = ""  # what the job raised, when known
 
 
 def unfinished_runs(experiment_ids: list[str], identities: Iterable[str]
@@ -545,6 +557,19 @@ def find_slot_records(experiment_ids: list[str], slot_keys: Iterable[str]
                 rec.reused = True
                 out[key] = rec
                 break
+    return out
+
+
+def ended_claims(experiment_ids: list[str], jobs: list[list[str]]) -> dict[str, UnfinishedRun]:
+    """For each job's cells (their identities), the newest claim on them that ended without
+    their results (``cell_lock``): identity -> that claim, with its error."""
+    out: dict[str, UnfinishedRun] = {}
+    for identities in jobs if experiment_ids else ():
+        for run in search(experiment_ids, names.ended_lock_filter(names.lock_key(identities))):
+            ended = UnfinishedRun(run.info.run_id, run.info.status, run.info.start_time / 1000,
+                                  run.data.tags.get(names.ERROR, ""))
+            out |= {identity: ended for identity in identities}
+            break
     return out
 
 

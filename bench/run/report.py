@@ -180,9 +180,10 @@ def judge_cell(cell: PaperCell, planned: PlannedCell, record: RunRecord | None,
         return CellResult(cell, "failed", UNRESOLVED + (planned.problem or "no identity"))
     if record is None:
         if unfinished is not None and unfinished.status != "RUNNING":
+            error = f" ({unfinished.error})" if unfinished.error else ""
             return CellResult(cell, "failed", f"its last run {unfinished.run_id} ended "
-                              f"{unfinished.status} without a result; `bench reproduce` runs "
-                              "it again", run_id=unfinished.run_id)
+                              f"{unfinished.status} without a result{error}; `bench reproduce` "
+                              "runs it again", run_id=unfinished.run_id)
         why = f"no finished result with its identity in suite {suite!r}"
         if unfinished is not None:
             why += f" (run {unfinished.run_id} is RUNNING: being logged, or its process died)"
@@ -284,24 +285,25 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     return panel
 
 
+def resolved_runs(plan: PaperPlan) -> list[Any]:
+    """The ``ResolvedRun`` of each job of the plan resolved here (a SharedJob's jobs each)."""
+    return [one.prepared.run for job in plan.jobs for one in getattr(job, "jobs", [job])
+            if one.prepared is not None]
+
+
 def slot_keys(plan: PaperPlan) -> dict[str, str]:
     """Each resolved cell's identity -> the slot key its record carries."""
     from bench.results.record import resolved_slot_key
 
-    out = {}
-    for job in plan.jobs:
-        for one in getattr(job, "jobs", [job]):  # a SharedJob's jobs, or the job itself
-            if one.prepared is not None:
-                run = one.prepared.run
-                out |= {cell.identity: resolved_slot_key(run, cell) for cell in run.cells}
-    return out
+    return {cell.identity: resolved_slot_key(run, cell) for run in resolved_runs(plan)
+            for cell in run.cells}
 
 
 def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
           all_tables: bool = True) -> Report:
     """Judge every cell, claim and matrix of ``paper`` against the suite's results."""
-    from bench.results.tracking import (experiment_ids, find_records, find_slot_records,
-                                        unfinished_runs)
+    from bench.results.tracking import (ended_claims, experiment_ids, find_records,
+                                        find_slot_records, unfinished_runs)
 
     ids = experiment_ids([suite])
     identities = [p.identity for p in plan.cells.values() if p.identity]
@@ -310,7 +312,10 @@ def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
         records.setdefault(record.identity, record)
     slots = {i: key for i, key in slot_keys(plan).items() if i not in records}
     by_slot = find_slot_records(ids, slots.values())
-    unfinished = unfinished_runs(ids, [i for i in identities if i not in records])
+    missing = [i for i in identities if i not in records]
+    jobs = [[c.identity for c in run.cells] for run in resolved_runs(plan)]
+    unfinished = ended_claims(ids, [j for j in jobs if set(j) & set(missing)])
+    unfinished |= unfinished_runs(ids, missing)
     cells = {}
     for table in paper.tables:
         for cell in table.cells:
