@@ -95,14 +95,16 @@ def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = Non
 
 def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     """The run spec of one cell (checked by name: preset, task, head and its settings)."""
+    from bench.protocol import head_kind
     from bench.registry import backbones, tasks
     from bench.run.spec import check_spec
 
-    features = [] if _fuses(cell.head) else [(cell.layer or "", cell.pool or "")]
+    with _naming(paper, cell, "head"):
+        fuses = head_kind(cell.head).fuses_layers
+    features = [] if fuses else [(cell.layer or "", cell.pool or "")]
     spec = replace(template, backbone=cell.backbone, task=cell.task, head=cell.head,
-                   layers=(cell.layer or "").split("+") if _fuses(cell.head) and cell.layer
-                   else [],
-                   pools=[cell.pool] if _fuses(cell.head) and cell.pool else [],
+                   layers=(cell.layer or "").split("+") if fuses and cell.layer else [],
+                   pools=[cell.pool] if fuses and cell.pool else [],
                    features=features,
                    backbone_args={**template.backbone_args, **cell.backbone_args},
                    task_args={**template.task_args, **cell.task_args},
@@ -111,7 +113,7 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
         backbones.entry(spec.backbone)
     with _naming(paper, cell, "task"):
         tasks.entry(spec.task)
-    with _naming(paper, cell, "head"):
+    with _naming(paper, cell, "head_args"):
         check_spec(spec)
     return spec
 
@@ -300,7 +302,7 @@ def describe_plan(plan: PaperPlan) -> list[str]:
     for one in plan.passes:
         todo = [c for c in one.cells if not plan.cells[c].done]
         images = f"{one.images:,} images" if one.images is not None else "images unknown here"
-        points = f", {len(one.points)} feature points" if one.points else ""
+        points = f", {_count(len(one.points), 'feature point')}" if one.points else ""
         lines.append(f"  {one.backbone} x {one.task}: one pass over {images}{points} feeds "
                      f"{_count(len(one.cells), 'cell')} ({len(todo)} to compute)")
         if one.problem:
