@@ -138,14 +138,24 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "computed 0 results" in out and "similarity cka:" in out and "(reused)" in out
 
+    # a shared job sent elsewhere (submitit, SLURM) travels without its backbone, resolves there
+    import pickle
+
+    sent = pickle.loads(pickle.dumps(shared))
+    assert all(job.prepared is None for job in sent.jobs)
+    monkeypatch.setattr(extract_module, "extract", no_extraction)
+    assert all(record.reused for record in sent())
+
 
 @pytest.mark.parametrize("change, message", [
     ({"0.0.backbone": "pixel"}, "cell 'px-p4', field 'backbone': unknown backbone 'pixel'"),
     ({"0.0.task": "digitz"}, "cell 'px-p4', field 'task': unknown task 'digitz'"),
-    ({"0.0.layer": "nolayer"}, "cell 'px-p4', field 'layer': "),
-    ({"0.4.layer": "mid-block"}, "cell 'unet-mid', field 'layer': "),
+    ({"0.0.layer": "nolayer"}, "cell 'px-p4', field 'layer': backbone 'pixels' has no layer"),
+    ({"0.0.pool": "cls"}, "cell 'px-p4', field 'pool': pool 'cls' does not apply"),
+    ({"0.0.head_args": {"epochs": 0}}, "cell 'px-p4', field 'head_args': head 'linear'"),
+    ({"0.4.layer": "mid-block"}, "cell 'unet-mid', field 'layer': backbone 'random-unet' has"),
     ({"0.1.value": "ten"}, "cell 'px-p8', field 'value': the paper's value must be a number"),
-    ({"0.0.head": "svm"}, "cell 'px-p4', field 'head': "),
+    ({"0.0.head": "svm"}, "cell 'px-p4', field 'head': unknown head 'svm'"),
 ])
 def test_bad_cells_are_one_line_errors(tmp_path, capsys, change, message):
     path = tiny_paper(tmp_path, **change)

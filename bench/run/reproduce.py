@@ -140,7 +140,7 @@ class _naming:
 def _plan_group(plan: PaperPlan, heads: list[list[PaperCell]], options: RunOptions,
                 template: RunSpec) -> None:
     """One backbone and task: its head groups resolved (or their problem said) as one job."""
-    from bench.run.spec import checked_requests, resolve
+    from bench.run.spec import checked_requests, feature_requests, resolve
 
     paper = plan.paper
     specs = [_head_spec(paper, cells, template) for cells in heads]
@@ -151,8 +151,12 @@ def _plan_group(plan: PaperPlan, heads: list[list[PaperCell]], options: RunOptio
     for spec, cells in zip(specs, heads):
         if backbone is not None:  # every layer and pool checked, naming the cell
             for cell in cells:
+                one = cell_spec(paper, cell, template)
                 with _naming(paper, cell, "layer"):
-                    checked_requests(cell_spec(paper, cell, template), backbone)
+                    for layer, _ in feature_requests(one, backbone):
+                        backbone.feature_point(layer)
+                with _naming(paper, cell, "pool"):
+                    checked_requests(one, backbone)
         if problems:
             checked = _checked_by_name(spec.backbone, cells, backbone is not None)
             for cell in cells:
