@@ -110,6 +110,7 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     plan = reproduce_plan(path, ["main", "by-pool", "cka"], options)
     shared = plan.jobs[0]
     assert isinstance(shared, SharedJob) and [j.spec.head for j in shared.jobs] == ["linear", "knn"]
+    assert plan.jobs[1].prepared.backbone is shared.jobs[0].prepared.backbone  # built once
     assert plan.cells["curve-p4"].identity == plan.cells["px-p4"].identity  # one result
     assert plan.cells["px-p8"].run_name == "pixels/digits/image/8/linear"
 
@@ -145,6 +146,27 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     assert all(job.prepared is None for job in sent.jobs)
     monkeypatch.setattr(extract_module, "extract", no_extraction)
     assert all(record.reused for record in sent())
+
+
+def test_a_fusing_head_cell_reads_all_its_layers(tmp_path):
+    """A difformer cell names its layers joined by "+": one spec of its own, the identity of the
+    same `bench run --layers down1,mid --head difformer`."""
+    from bench.api import reproduce_plan
+    from bench.results.papers import parse_paper
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    paper = parse_paper({"name": "fused", "tables": [
+        {"key": "t", "kind": "table", "source": "Table 1", "defaults": {
+            "task": "digits", "head": "difformer", "metric": "top1", "backbone": "random-unet"},
+         "cells": [{"id": "both", "layer": "down1+mid", "value": 1},
+                   {"id": "mid", "layer": "mid", "value": 2}]}]}, "fused.yaml")
+    options = RunOptions(workers=0, progress=False)
+    plan = reproduce_plan(paper, None, options)
+    by_hand = resolve(RunSpec("random-unet", "digits", layers=["down1", "mid"],
+                              head="difformer"), options).run.cells
+    assert len(plan.jobs) == 1 and len(plan.jobs[0].jobs) == 2
+    assert [plan.cells["both"].identity] == [c.identity for c in by_hand]
+    assert plan.cells["mid"].identity != plan.cells["both"].identity
 
 
 @pytest.mark.parametrize("change, message", [

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,7 +69,7 @@ class PaperPlan:
 
 def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = None) -> PaperPlan:
     """Resolve every cell of ``paper`` (``template``: the spec fields no cell sets, such as the
-    precision, seed and data root) and group them into jobs."""
+    precision and seed; its arguments go under each cell's) and group them into jobs."""
     from bench.run.similarity_run import similarity_spec
 
     template = template or RunSpec(backbone="", task="")
@@ -87,8 +89,9 @@ def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = Non
         if _fuses(spec.head):
             head += (cell.id,)  # a fusing head's cell is its own spec: all its layers
         groups.setdefault(key, {}).setdefault(head, []).append(cell)
+    built: dict[str, tuple[Any, str]] = {}  # one backbone per preset and arguments
     for heads in groups.values():
-        _plan_group(plan, [cells for cells in heads.values()], options, template)
+        _plan_group(plan, [cells for cells in heads.values()], options, template, built)
     _mark_done(plan, options)
     return plan
 
@@ -118,33 +121,29 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     return spec
 
 
-class _naming:
+@contextmanager
+def _naming(paper: Paper, cell: PaperCell, name: str) -> Iterator[None]:
     """Turn a UsageError (or an unknown name) into one line naming the file, table and cell."""
+    from bench.registry import UnknownNameError
 
-    def __init__(self, paper: Paper, cell: PaperCell, name: str):
-        self.paper, self.cell, self.name = paper, cell, name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, trace) -> bool:
-        from bench.registry import UnknownNameError
-
-        if isinstance(error, (UsageError, UnknownNameError)) and not isinstance(error, PaperError):
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise PaperError(f"{self.paper.path}, table {self.cell.table!r}, cell "
-                             f"{self.cell.id!r}, field {self.name!r}: {first}") from error
-        return False
+    try:
+        yield
+    except PaperError:
+        raise
+    except (UsageError, UnknownNameError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise PaperError(f"{paper.path}, table {cell.table!r}, cell {cell.id!r}, field "
+                         f"{name!r}: {first}") from error
 
 
 def _plan_group(plan: PaperPlan, heads: list[list[PaperCell]], options: RunOptions,
-                template: RunSpec) -> None:
+                template: RunSpec, built: dict[str, tuple[Any, str]]) -> None:
     """One backbone and task: its head groups resolved (or their problem said) as one job."""
     from bench.run.spec import checked_requests, feature_requests, resolve
 
     paper = plan.paper
     specs = [_head_spec(paper, cells, template) for cells in heads]
-    task, backbone, problems = _build(specs[0], paper, heads[0][0])
+    task, backbone, problems = _build(specs[0], paper, heads[0][0], built)
     short = "; ".join(problem.split(" (")[0] for problem in problems)
     jobs: list[BenchJob] = []
     points: list[tuple[str, str]] = []
@@ -187,9 +186,11 @@ def _head_spec(paper: Paper, cells: list[PaperCell], template: RunSpec) -> RunSp
         feature for cell in cells for feature in cell_spec(paper, cell, template).features)))
 
 
-def _build(spec: RunSpec, paper: Paper, cell: PaperCell) -> tuple[Any, Any, list[str]]:
-    """(task, backbone, problems): each built here if it can be; what is missing, one phrase
-    each ("weights missing (...)", "data missing (...)"). A bad argument is an error."""
+def _build(spec: RunSpec, paper: Paper, cell: PaperCell,
+           built: dict[str, tuple[Any, str]]) -> tuple[Any, Any, list[str]]:
+    """(task, backbone, problems): each built here if it can be (a backbone once per preset and
+    arguments: ``built``); what is missing, one phrase each ("weights missing (...)", "data
+    missing (...)"). A bad argument is an error."""
     from bench.features.weights import WeightsError
     from bench.registry import backbones
     from bench.run.spec import build_task
@@ -203,13 +204,16 @@ def _build(spec: RunSpec, paper: Paper, cell: PaperCell) -> tuple[Any, Any, list
     except BenchError as e:
         label = "data missing" if isinstance(e, DatasetError) else type(e).__name__
         problems.append(f"{label} ({_first(e)})")
-    try:
-        with _naming(paper, cell, "backbone_args"):
-            backbone = backbones.create(spec.backbone, **spec.backbone_args)
-    except BenchError as e:
-        label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
-        problems.append(f"{label} ({_first(e)})")
-    return task, backbone, problems
+    key = _key([spec.backbone, spec.backbone_args])
+    if key not in built:
+        try:
+            with _naming(paper, cell, "backbone_args"):
+                built[key] = (backbones.create(spec.backbone, **spec.backbone_args), "")
+        except BenchError as e:
+            label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
+            built[key] = (None, f"{label} ({_first(e)})")
+    backbone, problem = built[key]
+    return task, backbone, problems + [problem] * bool(problem)
 
 
 def _first(error: Exception) -> str:
