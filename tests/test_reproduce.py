@@ -195,6 +195,25 @@ def test_unknown_paper_and_table(tmp_path, capsys):
     assert "has no table 'nope'; its tables: imagenet-headline" in err and len(err.splitlines()) == 1
 
 
+def test_layers_without_weights_are_checked_against_the_template(tmp_path):
+    from bench.api import reproduce_plan
+    from bench.results.papers import parse_paper
+    from bench.run.spec import RunOptions
+
+    paper = parse_paper({"name": "adm", "tables": [
+        {"key": "t", "kind": "table", "source": "Table 1", "defaults": {
+            "task": "digits", "head": "linear", "metric": "top1", "backbone": "diffusion"},
+         "cells": [{"id": "named", "layer": "block24@t90", "value": 1},
+                   {"id": "module", "layer": "output_blocks.4", "value": 2},
+                   {"id": "default", "value": 3}]}]}, "adm.yaml")
+    plan = reproduce_plan(paper, None, RunOptions(workers=0))
+    cells = plan.cells
+    assert all(c.identity is None and c.problem == "weights missing" for c in cells.values())
+    assert cells["named"].checked.endswith("layer matches block{block}@t{t}")
+    assert "'output_blocks.4' is not of the form block{block}@t{t}" in cells["module"].checked
+    assert cells["default"].checked.endswith("the preset's default layer")
+
+
 def test_seed_paper_dry_runs_without_weights(capsys):
     """Every cell of the shipped file is listed, checked by name, and says why it cannot
     resolve on this machine (no weights, no ImageNet) instead of failing."""
