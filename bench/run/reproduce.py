@@ -61,10 +61,12 @@ class PaperPlan:
     passes: list[ForwardPass] = field(default_factory=list)  # one per job, in order
     options: RunOptions = field(default_factory=RunOptions)  # what the plan resolved with
 
-    def pending_jobs(self) -> list[Any]:
-        """Jobs with a cell still to compute (or not resolvable here: it may resolve there)."""
+    def pending_jobs(self, resolved_only: bool = False) -> list[Any]:
+        """Jobs with a cell still to compute (also those not resolvable here: they may resolve
+        where they run, unless ``resolved_only``)."""
         return [job for job, one in zip(self.jobs, self.passes)
-                if any(not self.cells[c].done for c in one.cells)]
+                if any(not self.cells[c].done for c in one.cells)
+                and not (resolved_only and one.problem)]
 
 
 def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = None) -> PaperPlan:
@@ -81,17 +83,17 @@ def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = Non
             except UsageError as e:
                 raise PaperError(f"{paper.path}, table {table.key!r}, field 'similarity': "
                                  f"{e}") from e
-    groups: dict[tuple, dict[tuple, list[PaperCell]]] = {}
+    groups: dict[tuple, dict[tuple, list[tuple[PaperCell, RunSpec]]]] = {}
     for cell in paper.cells():
         spec = cell_spec(paper, cell, template)
         key = (spec.backbone, spec.task, _key(spec.backbone_args), _key(spec.task_args))
-        head = (spec.head, _key(spec.head_args), spec.seed)
-        if _fuses(spec.head):
+        head = (spec.head, _key(spec.head_args))
+        if not spec.features:
             head += (cell.id,)  # a fusing head's cell is its own spec: all its layers
-        groups.setdefault(key, {}).setdefault(head, []).append(cell)
+        groups.setdefault(key, {}).setdefault(head, []).append((cell, spec))
     built: dict[str, tuple[Any, str]] = {}  # one backbone per preset and arguments
     for heads in groups.values():
-        _plan_group(plan, [cells for cells in heads.values()], options, template, built)
+        _plan_group(plan, list(heads.values()), options, built)
     _mark_done(plan, options)
     return plan
 
@@ -136,54 +138,45 @@ def _naming(paper: Paper, cell: PaperCell, name: str) -> Iterator[None]:
                          f"{name!r}: {first}") from error
 
 
-def _plan_group(plan: PaperPlan, heads: list[list[PaperCell]], options: RunOptions,
-                template: RunSpec, built: dict[str, tuple[Any, str]]) -> None:
-    """One backbone and task: its head groups resolved (or their problem said) as one job."""
+def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
+                options: RunOptions, built: dict[str, tuple[Any, str]]) -> None:
+    """One backbone and task: each head's cells (with their one-cell specs) as one spec,
+    resolved here or their problem said; the specs as one job."""
     from bench.run.spec import checked_requests, feature_requests, resolve
 
     paper = plan.paper
-    specs = [_head_spec(paper, cells, template) for cells in heads]
-    task, backbone, problems = _build(specs[0], paper, heads[0][0], built)
+    specs = [replace(cells[0][1], features=list(dict.fromkeys(
+        feature for _, one in cells for feature in one.features))) for cells in heads]
+    task, backbone, problems = _build(specs[0], paper, heads[0][0][0], built)
     short = "; ".join(problem.split(" (")[0] for problem in problems)
     jobs: list[BenchJob] = []
     points: list[tuple[str, str]] = []
     for spec, cells in zip(specs, heads):
         if backbone is not None:  # every layer and pool checked, naming the cell
-            for cell in cells:
-                one = cell_spec(paper, cell, template)
+            for cell, one in cells:
                 with _naming(paper, cell, "layer"):
                     for layer, _ in feature_requests(one, backbone):
                         backbone.feature_point(layer)
                 with _naming(paper, cell, "pool"):
                     checked_requests(one, backbone)
         if problems:
-            checked = _checked_by_name(spec.backbone, cells, backbone is not None)
-            for cell in cells:
+            checked = _checked_by_name(spec.backbone, [c for c, _ in cells], backbone is not None)
+            for cell, _ in cells:
                 plan.cells[cell.id] = PlannedCell(cell, None, short, checked=checked[cell.id])
             jobs.append(BenchJob(spec, options))
             continue
-        with _naming(paper, cells[0], "layer"):
-            prepared = resolve(spec, options, backbone=backbone)
-        for cell in cells:
-            resolved = _resolved_cell(prepared, cell_spec(paper, cell, template), backbone)
+        prepared = resolve(spec, options, backbone=backbone)
+        for cell, one in cells:
+            resolved = _resolved_cell(prepared, one, backbone)
             plan.cells[cell.id] = PlannedCell(cell, resolved.identity,
                                               run_name=prepared.run.run_name(resolved))
         points += prepared.run.requests
         jobs.append(BenchJob(spec, options, prepared=prepared))
     plan.jobs.append(jobs[0] if len(jobs) == 1 else SharedJob(jobs))
     plan.passes.append(ForwardPass(
-        specs[0].backbone, specs[0].task, [c.id for cells in heads for c in cells],
+        specs[0].backbone, specs[0].task, [c.id for cells in heads for c, _ in cells],
         list(dict.fromkeys(points)),
         None if task is None else sum(len(task.split(s)) for s in SPLITS), "; ".join(problems)))
-
-
-def _head_spec(paper: Paper, cells: list[PaperCell], template: RunSpec) -> RunSpec:
-    """The spec of one head's cells: their (layer, pool) features together."""
-    first = cell_spec(paper, cells[0], template)
-    if _fuses(first.head):
-        return first
-    return replace(first, features=list(dict.fromkeys(
-        feature for cell in cells for feature in cell_spec(paper, cell, template).features)))
 
 
 def _build(spec: RunSpec, paper: Paper, cell: PaperCell,
@@ -224,7 +217,7 @@ def _resolved_cell(prepared: Any, spec: RunSpec, backbone: Any) -> Any:
     """The resolved cell of a one-cell spec among its job's cells (the same feature point)."""
     from bench.run.spec import feature_requests
 
-    if _fuses(spec.head):
+    if not spec.features:  # a fusing head's cell: its spec is the job's
         return prepared.run.cells[0]
     wanted = tuple(feature_requests(spec, backbone)[:1])
     return next(c for c in prepared.run.cells if c.features == wanted)
@@ -277,12 +270,6 @@ def _mark_done(plan: PaperPlan, options: RunOptions) -> None:
         planned.done = planned.identity in found
 
 
-def _fuses(head: str) -> bool:
-    from bench.protocol import head_kind
-
-    return head_kind(head).fuses_layers
-
-
 def _key(args: Any) -> str:
     return json.dumps(args, sort_keys=True, default=str)
 
@@ -315,9 +302,8 @@ def describe_plan(plan: PaperPlan) -> list[str]:
                      f"{_count(len(one.cells), 'cell')} ({len(todo)} to compute)")
         if one.problem:
             lines.append(f"    not resolvable here: {one.problem}")
-    resolved = [job for job, one in zip(plan.jobs, plan.passes) if not one.problem]
-    pending = [job for job in plan.pending_jobs() if job in resolved]
-    inner = [j for job in pending for j in (job.jobs if isinstance(job, SharedJob) else [job])]
+    inner = [j for job in plan.pending_jobs(resolved_only=True)
+             for j in (job.jobs if isinstance(job, SharedJob) else [job])]
     if inner:
         lines.append("cost of the cells to run (resolved here):")
         lines += ["  " + line for line in describe(SweepPlan(inner)).lines]
