@@ -230,3 +230,19 @@ def test_seed_paper_dry_runs_without_weights(capsys):
             assert "layer matches block{block}@t{t}" in line, line
     assert f"{len(paper.cells())} cells: 0 done, 0 to run, {len(paper.cells())} not resolvable" in out
     assert out.count("similarity matrix diffusion") == 4
+
+
+def test_spec_features_and_similarity_settings_are_checked(tmp_path):
+    from bench.api import reproduce_plan
+    from bench.errors import UsageError
+    from bench.results.papers import PaperError, parse_paper
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    with pytest.raises(UsageError, match="features or layers and pools, not both"):
+        resolve(RunSpec("pixels", "digits", pools=["4"], features=[("image", "2")]), RunOptions())
+    paper = parse_paper({"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
+                                                  "similarity": {"preset": "paper-cka", "nn": 5}}]},
+                        "s.yaml")
+    with pytest.raises(PaperError, match=r"s.yaml, table 'm', field 'similarity': similarity "
+                                         r"setting nn: use preset, backbone"):
+        reproduce_plan(paper, None, RunOptions())
