@@ -137,7 +137,8 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(extract_module, "extract", no_extraction)
     assert main(run_args) == 0
     out = capsys.readouterr().out
-    assert "computed 0 results" in out and "similarity cka:" in out and "(reused)" in out
+    assert "computed 0 results, reused 6 already logged" in out  # 7 cells, one result twice
+    assert "similarity cka:" in out and "(reused)" in out
 
     # a shared job sent elsewhere (submitit, SLURM) travels without its backbone, resolves there
     import pickle

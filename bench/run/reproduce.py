@@ -68,6 +68,21 @@ class PaperPlan:
                 if any(not self.cells[c].done for c in one.cells)
                 and not (resolved_only and one.problem)]
 
+    def finished(self) -> list[Any]:
+        """The finished records (RunRecord) of the cells already done when it was planned."""
+        from bench.results.tracking import find_records
+
+        done = [c.identity for c in self.cells.values() if c.done]
+        experiments = _experiments(self.options)
+        return find_records(experiments, done) if done and experiments else []
+
+
+def _experiments(options: RunOptions) -> list[str]:
+    """The suite's experiment, if it exists (planning creates none)."""
+    from bench.results.tracking import experiment_ids
+
+    return [options.experiment_id] if options.experiment_id else experiment_ids([options.suite])
+
 
 def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = None) -> PaperPlan:
     """Resolve every cell of ``paper`` (``template``: the spec fields no cell sets, such as the
@@ -258,13 +273,12 @@ def _template_pattern(template: str) -> re.Pattern[str]:
 
 def _mark_done(plan: PaperPlan, options: RunOptions) -> None:
     """Which resolved cells have a finished result in the suite (none with ``force``)."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.tracking import find_records
 
     identities = [c.identity for c in plan.cells.values() if c.identity]
     if options.force or not identities:
         return
-    experiments = [options.experiment_id] if options.experiment_id else experiment_ids(
-        [options.suite])
+    experiments = _experiments(options)
     found = {r.identity for r in find_records(experiments, identities)} if experiments else set()
     for planned in plan.cells.values():
         planned.done = planned.identity in found
