@@ -185,7 +185,9 @@ def reproduce(plan: PaperPlan, executor: ExecutorConfig | None = None, retries: 
     report = ReproduceReport(plan)
     ran = sweep(SweepPlan(plan.pending_jobs()), executor, retries, extract_array, poll,
                 on_states, on_retry)
-    report.records, report.failures = ran.records, ran.failures
+    returned = {r.run_id for r in ran.records}  # cells done before are read back, once
+    report.records = ran.records + [r for r in plan.finished() if r.run_id not in returned]
+    report.failures = ran.failures
     for key, spec in plan.similarity.items():
         try:
             report.similarity[key] = similarity(spec, plan.options)

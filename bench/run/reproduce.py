@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -59,15 +61,32 @@ class PaperPlan:
     passes: list[ForwardPass] = field(default_factory=list)  # one per job, in order
     options: RunOptions = field(default_factory=RunOptions)  # what the plan resolved with
 
-    def pending_jobs(self) -> list[Any]:
-        """Jobs with a cell still to compute (or not resolvable here: it may resolve there)."""
+    def pending_jobs(self, resolved_only: bool = False) -> list[Any]:
+        """Jobs with a cell still to compute (also those not resolvable here: they may resolve
+        where they run, unless ``resolved_only``)."""
         return [job for job, one in zip(self.jobs, self.passes)
-                if any(not self.cells[c].done for c in one.cells)]
+                if any(not self.cells[c].done for c in one.cells)
+                and not (resolved_only and one.problem)]
+
+    def finished(self) -> list[Any]:
+        """The finished records (RunRecord) of the cells already done when it was planned."""
+        from bench.results.tracking import find_records
+
+        done = [c.identity for c in self.cells.values() if c.done]
+        experiments = _experiments(self.options)
+        return find_records(experiments, done) if done and experiments else []
+
+
+def _experiments(options: RunOptions) -> list[str]:
+    """The suite's experiment, if it exists (planning creates none)."""
+    from bench.results.tracking import experiment_ids
+
+    return [options.experiment_id] if options.experiment_id else experiment_ids([options.suite])
 
 
 def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = None) -> PaperPlan:
     """Resolve every cell of ``paper`` (``template``: the spec fields no cell sets, such as the
-    precision, seed and data root) and group them into jobs."""
+    precision and seed; its arguments go under each cell's) and group them into jobs."""
     from bench.run.similarity_run import similarity_spec
 
     template = template or RunSpec(backbone="", task="")
@@ -79,30 +98,33 @@ def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = Non
             except UsageError as e:
                 raise PaperError(f"{paper.path}, table {table.key!r}, field 'similarity': "
                                  f"{e}") from e
-    groups: dict[tuple, dict[tuple, list[PaperCell]]] = {}
+    groups: dict[tuple, dict[tuple, list[tuple[PaperCell, RunSpec]]]] = {}
     for cell in paper.cells():
         spec = cell_spec(paper, cell, template)
         key = (spec.backbone, spec.task, _key(spec.backbone_args), _key(spec.task_args))
-        head = (spec.head, _key(spec.head_args), spec.seed)
-        if _fuses(spec.head):
+        head = (spec.head, _key(spec.head_args))
+        if not spec.features:
             head += (cell.id,)  # a fusing head's cell is its own spec: all its layers
-        groups.setdefault(key, {}).setdefault(head, []).append(cell)
+        groups.setdefault(key, {}).setdefault(head, []).append((cell, spec))
+    built: dict[str, tuple[Any, str]] = {}  # one backbone per preset and arguments
     for heads in groups.values():
-        _plan_group(plan, [cells for cells in heads.values()], options, template)
+        _plan_group(plan, list(heads.values()), options, built)
     _mark_done(plan, options)
     return plan
 
 
 def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     """The run spec of one cell (checked by name: preset, task, head and its settings)."""
+    from bench.protocol import head_kind
     from bench.registry import backbones, tasks
     from bench.run.spec import check_spec
 
-    features = [] if _fuses(cell.head) else [(cell.layer or "", cell.pool or "")]
+    with _naming(paper, cell, "head"):
+        fuses = head_kind(cell.head).fuses_layers
+    features = [] if fuses else [(cell.layer or "", cell.pool or "")]
     spec = replace(template, backbone=cell.backbone, task=cell.task, head=cell.head,
-                   layers=(cell.layer or "").split("+") if _fuses(cell.head) and cell.layer
-                   else [],
-                   pools=[cell.pool] if _fuses(cell.head) and cell.pool else [],
+                   layers=(cell.layer or "").split("+") if fuses and cell.layer else [],
+                   pools=[cell.pool] if fuses and cell.pool else [],
                    features=features,
                    backbone_args={**template.backbone_args, **cell.backbone_args},
                    task_args={**template.task_args, **cell.task_args},
@@ -111,79 +133,72 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
         backbones.entry(spec.backbone)
     with _naming(paper, cell, "task"):
         tasks.entry(spec.task)
-    with _naming(paper, cell, "head"):
+    with _naming(paper, cell, "head_args"):
         check_spec(spec)
     return spec
 
 
-class _naming:
+@contextmanager
+def _naming(paper: Paper, cell: PaperCell, name: str) -> Iterator[None]:
     """Turn a UsageError (or an unknown name) into one line naming the file, table and cell."""
+    from bench.registry import UnknownNameError
 
-    def __init__(self, paper: Paper, cell: PaperCell, name: str):
-        self.paper, self.cell, self.name = paper, cell, name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, trace) -> bool:
-        from bench.registry import UnknownNameError
-
-        if isinstance(error, (UsageError, UnknownNameError)) and not isinstance(error, PaperError):
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise PaperError(f"{self.paper.path}, table {self.cell.table!r}, cell "
-                             f"{self.cell.id!r}, field {self.name!r}: {first}") from error
-        return False
+    try:
+        yield
+    except PaperError:
+        raise
+    except (UsageError, UnknownNameError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise PaperError(f"{paper.path}, table {cell.table!r}, cell {cell.id!r}, field "
+                         f"{name!r}: {first}") from error
 
 
-def _plan_group(plan: PaperPlan, heads: list[list[PaperCell]], options: RunOptions,
-                template: RunSpec) -> None:
-    """One backbone and task: its head groups resolved (or their problem said) as one job."""
-    from bench.run.spec import checked_requests, resolve
+def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
+                options: RunOptions, built: dict[str, tuple[Any, str]]) -> None:
+    """One backbone and task: each head's cells (with their one-cell specs) as one spec,
+    resolved here or their problem said; the specs as one job."""
+    from bench.run.spec import checked_requests, feature_requests, resolve
 
     paper = plan.paper
-    specs = [_head_spec(paper, cells, template) for cells in heads]
-    task, backbone, problems = _build(specs[0], paper, heads[0][0])
+    specs = [replace(cells[0][1], features=list(dict.fromkeys(
+        feature for _, one in cells for feature in one.features))) for cells in heads]
+    task, backbone, problems = _build(specs[0], paper, heads[0][0][0], built)
     short = "; ".join(problem.split(" (")[0] for problem in problems)
     jobs: list[BenchJob] = []
     points: list[tuple[str, str]] = []
     for spec, cells in zip(specs, heads):
         if backbone is not None:  # every layer and pool checked, naming the cell
-            for cell in cells:
+            for cell, one in cells:
                 with _naming(paper, cell, "layer"):
-                    checked_requests(cell_spec(paper, cell, template), backbone)
+                    for layer, _ in feature_requests(one, backbone):
+                        backbone.feature_point(layer)
+                with _naming(paper, cell, "pool"):
+                    checked_requests(one, backbone)
         if problems:
-            checked = _checked_by_name(spec.backbone, cells, backbone is not None)
-            for cell in cells:
+            checked = _checked_by_name(spec.backbone, [c for c, _ in cells], backbone is not None)
+            for cell, _ in cells:
                 plan.cells[cell.id] = PlannedCell(cell, None, short, checked=checked[cell.id])
             jobs.append(BenchJob(spec, options))
             continue
-        with _naming(paper, cells[0], "layer"):
-            prepared = resolve(spec, options, backbone=backbone)
-        for cell in cells:
-            resolved = _resolved_cell(prepared, cell_spec(paper, cell, template), backbone)
+        prepared = resolve(spec, options, backbone=backbone)
+        for cell, one in cells:
+            resolved = _resolved_cell(prepared, one, backbone)
             plan.cells[cell.id] = PlannedCell(cell, resolved.identity,
                                               run_name=prepared.run.run_name(resolved))
         points += prepared.run.requests
         jobs.append(BenchJob(spec, options, prepared=prepared))
     plan.jobs.append(jobs[0] if len(jobs) == 1 else SharedJob(jobs))
     plan.passes.append(ForwardPass(
-        specs[0].backbone, specs[0].task, [c.id for cells in heads for c in cells],
+        specs[0].backbone, specs[0].task, [c.id for cells in heads for c, _ in cells],
         list(dict.fromkeys(points)),
         None if task is None else sum(len(task.split(s)) for s in SPLITS), "; ".join(problems)))
 
 
-def _head_spec(paper: Paper, cells: list[PaperCell], template: RunSpec) -> RunSpec:
-    """The spec of one head's cells: their (layer, pool) features together."""
-    first = cell_spec(paper, cells[0], template)
-    if _fuses(first.head):
-        return first
-    return replace(first, features=list(dict.fromkeys(
-        feature for cell in cells for feature in cell_spec(paper, cell, template).features)))
-
-
-def _build(spec: RunSpec, paper: Paper, cell: PaperCell) -> tuple[Any, Any, list[str]]:
-    """(task, backbone, problems): each built here if it can be; what is missing, one phrase
-    each ("weights missing (...)", "data missing (...)"). A bad argument is an error."""
+def _build(spec: RunSpec, paper: Paper, cell: PaperCell,
+           built: dict[str, tuple[Any, str]]) -> tuple[Any, Any, list[str]]:
+    """(task, backbone, problems): each built here if it can be (a backbone once per preset and
+    arguments: ``built``); what is missing, one phrase each ("weights missing (...)", "data
+    missing (...)"). A bad argument is an error."""
     from bench.features.weights import WeightsError
     from bench.registry import backbones
     from bench.run.spec import build_task
@@ -197,13 +212,16 @@ def _build(spec: RunSpec, paper: Paper, cell: PaperCell) -> tuple[Any, Any, list
     except BenchError as e:
         label = "data missing" if isinstance(e, DatasetError) else type(e).__name__
         problems.append(f"{label} ({_first(e)})")
-    try:
-        with _naming(paper, cell, "backbone_args"):
-            backbone = backbones.create(spec.backbone, **spec.backbone_args)
-    except BenchError as e:
-        label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
-        problems.append(f"{label} ({_first(e)})")
-    return task, backbone, problems
+    key = _key([spec.backbone, spec.backbone_args])
+    if key not in built:
+        try:
+            with _naming(paper, cell, "backbone_args"):
+                built[key] = (backbones.create(spec.backbone, **spec.backbone_args), "")
+        except BenchError as e:
+            label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
+            built[key] = (None, f"{label} ({_first(e)})")
+    backbone, problem = built[key]
+    return task, backbone, problems + [problem] * bool(problem)
 
 
 def _first(error: Exception) -> str:
@@ -214,7 +232,7 @@ def _resolved_cell(prepared: Any, spec: RunSpec, backbone: Any) -> Any:
     """The resolved cell of a one-cell spec among its job's cells (the same feature point)."""
     from bench.run.spec import feature_requests
 
-    if _fuses(spec.head):
+    if not spec.features:  # a fusing head's cell: its spec is the job's
         return prepared.run.cells[0]
     wanted = tuple(feature_requests(spec, backbone)[:1])
     return next(c for c in prepared.run.cells if c.features == wanted)
@@ -255,22 +273,15 @@ def _template_pattern(template: str) -> re.Pattern[str]:
 
 def _mark_done(plan: PaperPlan, options: RunOptions) -> None:
     """Which resolved cells have a finished result in the suite (none with ``force``)."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.tracking import find_records
 
     identities = [c.identity for c in plan.cells.values() if c.identity]
     if options.force or not identities:
         return
-    experiments = [options.experiment_id] if options.experiment_id else experiment_ids(
-        [options.suite])
+    experiments = _experiments(options)
     found = {r.identity for r in find_records(experiments, identities)} if experiments else set()
     for planned in plan.cells.values():
         planned.done = planned.identity in found
-
-
-def _fuses(head: str) -> bool:
-    from bench.protocol import head_kind
-
-    return head_kind(head).fuses_layers
 
 
 def _key(args: Any) -> str:
@@ -300,14 +311,13 @@ def describe_plan(plan: PaperPlan) -> list[str]:
     for one in plan.passes:
         todo = [c for c in one.cells if not plan.cells[c].done]
         images = f"{one.images:,} images" if one.images is not None else "images unknown here"
-        points = f", {len(one.points)} feature points" if one.points else ""
+        points = f", {_count(len(one.points), 'feature point')}" if one.points else ""
         lines.append(f"  {one.backbone} x {one.task}: one pass over {images}{points} feeds "
                      f"{_count(len(one.cells), 'cell')} ({len(todo)} to compute)")
         if one.problem:
             lines.append(f"    not resolvable here: {one.problem}")
-    resolved = [job for job, one in zip(plan.jobs, plan.passes) if not one.problem]
-    pending = [job for job in plan.pending_jobs() if job in resolved]
-    inner = [j for job in pending for j in (job.jobs if isinstance(job, SharedJob) else [job])]
+    inner = [j for job in plan.pending_jobs(resolved_only=True)
+             for j in (job.jobs if isinstance(job, SharedJob) else [job])]
     if inner:
         lines.append("cost of the cells to run (resolved here):")
         lines += ["  " + line for line in describe(SweepPlan(inner)).lines]

@@ -1,0 +1,249 @@
+"""bench reproduce end to end, offline: a tiny paper file (pixels and random-unet on digits and a
+folder task; two tables, a curve, a similarity matrix, a cell that cannot resolve here), its plan
+and dry-run costs, the run (one forward pass per backbone and task), identities equal to `bench
+run`'s, a rerun that extracts and trains nothing; bad input; the shipped seed file's dry run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from bench.cli import main
+
+FAST = {"epochs": 4, "lrs": [0.01], "weight_decays": [0.0]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny work: on a shared 2-core machine, torch's second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def folder_tree(root):
+    from PIL import Image
+
+    for c in range(3):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (8, 8), (80 * c, 40, 10 * i)).save(root / f"class{c}/{i}.png")
+    return root
+
+
+def tiny_paper(tmp_path, **changes) -> str:
+    """Made-up "paper" values: px-p4 close to ours, px-p8 far below ours (ours higher), the
+    simclr cell not resolvable offline (not run)."""
+    tree = folder_tree(tmp_path / "tree")
+    digits = {"task": "digits", "head": "linear", "metric": "top1", "head_args": FAST}
+    paper = {
+        "name": "tiny", "title": "A tiny paper", "citation": "test 2026",
+        "tables": [
+            {"key": "main", "kind": "table", "title": "Digits and a folder", "source": "Table 1",
+             "defaults": digits, "cells": [
+                 {"id": "px-p4", "backbone": "pixels", "pool": "4", "value": 90.0},
+                 {"id": "px-p8", "backbone": "pixels", "pool": 8, "value": 10.0},
+                 {"id": "px-knn", "backbone": "pixels", "pool": "16", "head": "knn",
+                  "head_args": {}, "value": 95.0},
+                 {"id": "px-folder", "backbone": "pixels", "task": f"folder:{tree}",
+                  "pool": "2", "value": 50.0, "protocol": "paper: SGD; bench: AdamW grid"},
+                 {"id": "unet-mid", "backbone": "random-unet", "layer": "mid", "pool": "1",
+                  "value": 30.0}]},
+            {"key": "by-pool", "kind": "curve", "x": "pool", "source": "Figure 2",
+             "defaults": {**digits, "backbone": "pixels"}, "cells": [
+                 {"id": "curve-p2", "pool": "2", "value": 80.0},
+                 {"id": "curve-p4", "pool": "4", "value": 90.0}]},
+            {"key": "cka", "kind": "similarity", "source": "Figure 3", "similarity": {
+                "backbone": "random-unet", "task": "digits", "split": "val", "n": 50,
+                "layers": ["down1", "mid"], "pools": ["1"], "permutations": 5,
+                "interval": "jackknife", "interval_draws": 5}},
+            {"key": "offline", "kind": "table", "source": "Table 4", "defaults": digits,
+             "cells": [{"id": "simclr", "backbone": "simclr", "value": 60.0}]}],
+        "claims": [{"text": "pool 4 beats pool 8", "higher": "px-p4", "lower": "px-p8"}],
+    }
+    for key, value in changes.items():
+        table, cell, name = key.split(".")
+        paper["tables"][int(table)]["cells"][int(cell)][name] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(paper))
+    return str(path)
+
+
+def count_extractions(monkeypatch) -> list[tuple[str, str, tuple, bool]]:
+    """Every extraction: (backbone class, split, requests, whether all were cached already)."""
+    import bench.features.extract as extract_module
+
+    calls = []
+    real = extract_module.extract
+
+    def counted(backbone, split, requests, cache, task_config, **kw):
+        cached = all(cache.entry(extract_module.entry_fields(
+            backbone, task_config, split, *r, kw["precision"])).complete() for r in requests)
+        calls.append((type(backbone).__name__, task_config.get("task", ""), tuple(requests),
+                      cached))
+        return real(backbone, split, requests, cache, task_config, **kw)
+
+    monkeypatch.setattr(extract_module, "extract", counted)
+    return calls
+
+
+def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
+    from bench.api import reproduce_plan, run
+    from bench.run.jobs import SharedJob
+    from bench.run.spec import RunOptions, RunSpec
+
+    path = tiny_paper(tmp_path)
+    args = ["reproduce", path, "--workers", "0", "--no-progress"]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "px-p4: pixels digits (default layer) pool 4 linear: paper 90: to run" in out
+    assert "px-folder: " in out and "[protocol differs]" in out
+    assert "simclr: simclr digits" in out and "not resolvable here: weights missing" in out
+    assert "pixels x digits: one pass over 1,797 images, 4 feature points feeds 5 cells" in out
+    assert "GB new cache" in out  # the sweep dry run's cost of the jobs to run
+    assert "similarity matrix random-unet on digits val (n=50, cka-debiased)" in out
+    assert "8 cells: 0 done, 7 to run, 1 not resolvable here; 1 similarity matrices" in out
+
+    options = RunOptions(workers=0, progress=False)
+    plan = reproduce_plan(path, ["main", "by-pool", "cka"], options)
+    shared = plan.jobs[0]
+    assert isinstance(shared, SharedJob) and [j.spec.head for j in shared.jobs] == ["linear", "knn"]
+    assert plan.jobs[1].prepared.backbone is shared.jobs[0].prepared.backbone  # built once
+    assert plan.cells["curve-p4"].identity == plan.cells["px-p4"].identity  # one result
+    assert plan.cells["px-p8"].run_name == "pixels/digits/image/8/linear"
+
+    calls = count_extractions(monkeypatch)
+    run_args = [*args, "--table", "main", "--table", "by-pool", "--table", "cka"]
+    assert main(run_args) == 0
+    out = capsys.readouterr().out
+    assert "pixels/digits/image/4/linear" in out and "similarity cka:" in out
+    computed = [c for c in calls if c[0] == "Pixels" and c[1] == "digits" and not c[3]]
+    assert len(computed) == 3  # one pass per split fed the linear and knn cells
+    assert all(set(c[2]) == {("image", p) for p in ("4", "8", "2", "16")} for c in computed)
+
+    # the identity of a cell is the one `bench run` resolves: the hand-typed run is reused
+    [by_hand] = run(RunSpec("pixels", "digits", pools=["4"], head_args=dict(FAST)), options)
+    assert by_hand.reused and by_hand.identity == plan.cells["px-p4"].identity
+
+    assert main([*args, "--dry-run"]) == 0
+    assert "8 cells: 7 done, 0 to run, 1 not resolvable here" in capsys.readouterr().out
+
+    def no_extraction(*a, **k):
+        raise AssertionError("a rerun extracted features")
+
+    import bench.features.extract as extract_module
+    monkeypatch.setattr(extract_module, "extract", no_extraction)
+    assert main(run_args) == 0
+    out = capsys.readouterr().out
+    assert "computed 0 results, reused 6 already logged" in out  # 7 cells, one result twice
+    assert "similarity cka:" in out and "(reused)" in out
+
+    # a shared job sent elsewhere (submitit, SLURM) travels without its backbone, resolves there
+    import pickle
+
+    sent = pickle.loads(pickle.dumps(shared))
+    assert all(job.prepared is None for job in sent.jobs)
+    monkeypatch.setattr(extract_module, "extract", no_extraction)
+    assert all(record.reused for record in sent())
+
+
+def test_a_fusing_head_cell_reads_all_its_layers(tmp_path):
+    """A difformer cell names its layers joined by "+": one spec of its own, the identity of the
+    same `bench run --layers down1,mid --head difformer`."""
+    from bench.api import reproduce_plan
+    from bench.results.papers import parse_paper
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    paper = parse_paper({"name": "fused", "tables": [
+        {"key": "t", "kind": "table", "source": "Table 1", "defaults": {
+            "task": "digits", "head": "difformer", "metric": "top1", "backbone": "random-unet"},
+         "cells": [{"id": "both", "layer": "down1+mid", "value": 1},
+                   {"id": "mid", "layer": "mid", "value": 2}]}]}, "fused.yaml")
+    options = RunOptions(workers=0, progress=False)
+    plan = reproduce_plan(paper, None, options)
+    by_hand = resolve(RunSpec("random-unet", "digits", layers=["down1", "mid"],
+                              head="difformer"), options).run.cells
+    assert len(plan.jobs) == 1 and len(plan.jobs[0].jobs) == 2
+    assert [plan.cells["both"].identity] == [c.identity for c in by_hand]
+    assert plan.cells["mid"].identity != plan.cells["both"].identity
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"0.0.backbone": "pixel"}, "cell 'px-p4', field 'backbone': unknown backbone 'pixel'"),
+    ({"0.0.task": "digitz"}, "cell 'px-p4', field 'task': unknown task 'digitz'"),
+    ({"0.0.layer": "nolayer"}, "cell 'px-p4', field 'layer': backbone 'pixels' has no layer"),
+    ({"0.0.pool": "cls"}, "cell 'px-p4', field 'pool': pool 'cls' does not apply"),
+    ({"0.0.head_args": {"epochs": 0}}, "cell 'px-p4', field 'head_args': head 'linear'"),
+    ({"0.4.layer": "mid-block"}, "cell 'unet-mid', field 'layer': backbone 'random-unet' has"),
+    ({"0.1.value": "ten"}, "cell 'px-p8', field 'value': the paper's value must be a number"),
+    ({"0.0.head": "svm"}, "cell 'px-p4', field 'head': unknown head 'svm'"),
+])
+def test_bad_cells_are_one_line_errors(tmp_path, capsys, change, message):
+    path = tiny_paper(tmp_path, **change)
+    assert main(["reproduce", path, "--dry-run", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and path in err, err
+
+
+def test_unknown_paper_and_table(tmp_path, capsys):
+    assert main(["reproduce", "no-such-paper", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown paper 'no-such-paper'; papers: mukhopadhyay2023" in err
+    assert main(["reproduce", "mukhopadhyay2023", "--table", "nope", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "has no table 'nope'; its tables: imagenet-headline" in err and len(err.splitlines()) == 1
+
+
+def test_layers_without_weights_are_checked_against_the_template(tmp_path):
+    from bench.api import reproduce_plan
+    from bench.results.papers import parse_paper
+    from bench.run.spec import RunOptions
+
+    paper = parse_paper({"name": "adm", "tables": [
+        {"key": "t", "kind": "table", "source": "Table 1", "defaults": {
+            "task": "digits", "head": "linear", "metric": "top1", "backbone": "diffusion"},
+         "cells": [{"id": "named", "layer": "block24@t90", "value": 1},
+                   {"id": "module", "layer": "output_blocks.4", "value": 2},
+                   {"id": "default", "value": 3}]}]}, "adm.yaml")
+    plan = reproduce_plan(paper, None, RunOptions(workers=0))
+    cells = plan.cells
+    assert all(c.identity is None and c.problem == "weights missing" for c in cells.values())
+    assert cells["named"].checked.endswith("layer matches block{block}@t{t}")
+    assert "'output_blocks.4' is not of the form block{block}@t{t}" in cells["module"].checked
+    assert cells["default"].checked.endswith("the preset's default layer")
+
+
+def test_seed_paper_dry_runs_without_weights(capsys):
+    """Every cell of the shipped file is listed, checked by name, and says why it cannot
+    resolve on this machine (no weights, no ImageNet) instead of failing."""
+    from bench.results.papers import load_paper
+
+    assert main(["reproduce", "mukhopadhyay2023", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    paper = load_paper("mukhopadhyay2023")
+    lines = {line.strip().split(":")[0]: line for line in out.splitlines()}
+    for cell in paper.cells():
+        line = lines[cell.id]
+        assert "not resolvable here: " in line and "weights missing" in line, line
+        if cell.layer and cell.backbone.startswith("diffusion"):
+            assert "layer matches block{block}@t{t}" in line, line
+    assert f"{len(paper.cells())} cells: 0 done, 0 to run, {len(paper.cells())} not resolvable" in out
+    assert out.count("similarity matrix diffusion") == 4
+
+
+def test_spec_features_and_similarity_settings_are_checked(tmp_path):
+    from bench.api import reproduce_plan
+    from bench.errors import UsageError
+    from bench.results.papers import PaperError, parse_paper
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    with pytest.raises(UsageError, match="features or layers and pools, not both"):
+        resolve(RunSpec("pixels", "digits", pools=["4"], features=[("image", "2")]), RunOptions())
+    paper = parse_paper({"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
+                                                  "similarity": {"preset": "paper-cka", "nn": 5}}]},
+                        "s.yaml")
+    with pytest.raises(PaperError, match=r"s.yaml, table 'm', field 'similarity': similarity "
+                                         r"setting nn: use preset, backbone"):
+        reproduce_plan(paper, None, RunOptions())
