@@ -260,6 +260,8 @@ def layout(table: PaperTable, spec: Any) -> str:
 def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
                      options: RunOptions) -> SimilarityPanel:
     """The finished matrix of the table's identity, if any (its heatmaps), and the paper's layout."""
+    import numpy as np
+
     from bench.errors import BenchError
     from bench.results.tracking import find_similarity
     from bench.run.similarity_run import logged, plan
@@ -279,7 +281,7 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     panel.verdict, panel.run_id = "found", found[0].run_id or ""
     panel.summary = (f"{len(result.rows)} x {len(result.cols)} points, n = {result.n} images, "
                      f"{result.protocol['measure']['measure']}, mean value "
-                     f"{float(result.values.mean()):.3f}")
+                     f"{float(np.nanmean(result.values)):.3f}")
     panel.figures = {name: path.read_bytes() for name, path in sorted(result.files.items())
                      if name.endswith(".png")}
     return panel
