@@ -70,7 +70,7 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
     above one, e.g. few-shot's five draws; else ``spec.seed``). With several seeds, each cell's
     test metrics across seeds (mean, sample std) are logged on every record of that cell as
     ``test_top1_seed_mean``/``_seed_std``... and returned."""
-    from bench.run.jobs import BenchJob
+    from bench.run.jobs import BenchJob, share_features
     from bench.protocol import head_kind
     from bench.run.spec import build_task, check_spec, resolve
 
@@ -92,6 +92,7 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
     else:
         build_task(spec)  # missing data fails here, before anything is submitted
         jobs = [BenchJob(one, options) for one in specs]
+    share_features(jobs, executor.in_process)
     records = []
     for outcome in run_jobs(jobs, executor):
         if not outcome.ok:
@@ -138,9 +139,16 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
           on_states: Callable[[list[str]], None] | None = None,
           on_retry: Callable[[JobOutcome], None] | None = None) -> SweepReport:
     """Run every job of ``plan`` (failures retried, then reported with their logs)."""
+    from bench.run.jobs import share_features
+    from bench.run.sweep import describe
+
     executor = executor or ExecutorConfig()
+    share_features(plan.jobs, executor.in_process)
     for job in plan.jobs:
         job.options = job_options(job.options, executor)
+    refusal = describe(plan).disk_refusal()  # every job costed here, before any is submitted
+    if refusal is not None:
+        raise refusal
     report = SweepReport()
     for outcome in run_jobs(plan.jobs, executor, retries, extract_array, poll, on_states,
                             on_retry):

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
                    help="split each extraction over an N-task job array (SLURM)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between status polls")
     options.add_feature_args(p)
+    options.add_keep_arg(p)
     options.add_probe_args(p, head_names())
     options.add_executor_args(p)
     p.set_defaults(func=main)
