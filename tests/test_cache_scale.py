@@ -165,7 +165,7 @@ def test_values_beyond_fp16_are_refused_before_extraction_and_at_write(tmp_path,
     # the first images fit float16, a later one does not: caught as it is written, not as inf
     assert main([*command, "--backbone-arg", "from_item=30"]) == 2
     err = capsys.readouterr().err
-    assert "not finite in float16" in err and "--cache-dtype fp32 or bf16" in err
+    assert "not finite in float16" in err and "--cache-dtype bf16 or fp32" in err
     assert not records()
     assert main([*command[:-len(FLAGS) - 2], "--cache-dtype", "bf16", *FLAGS]) == 0  # bf16 holds it
 

@@ -53,7 +53,8 @@ def encode(features: np.ndarray, storage: str) -> np.ndarray:
     """float32 features as a cache file holds them (bfloat16: rounded to nearest even, the bits
     kept as uint16)."""
     if storage != BF16:
-        return features.astype(storage)
+        with np.errstate(over="ignore"):  # an overflow is refused by the caller, named
+            return features.astype(storage)
     return torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(torch.bfloat16).view(
         torch.int16).numpy().view(np.uint16)
 
@@ -192,8 +193,8 @@ def extract(
                         f"{describe(backbone)}: features of {req} are not finite in "
                         f"{precision.storage} (max |x| "
                         f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
-                        "dtype (try --cache-dtype fp32 or bf16) or is NaN: check the weights and "
-                        "inputs")
+                        "dtype (try --cache-dtype bf16 or fp32, or --precision fp32) or is NaN: "
+                        "check the weights and inputs")
                 entry.write_shard(shard, stored, shard_skips)
             buffers[req] = []
         report.shards_written += 1
