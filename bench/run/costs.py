@@ -219,7 +219,7 @@ def _calibrate(prepared: Prepared, split: Any, batch_size: int
     check_storage(backbone, out, run.precision.storage)
     dims = {request: int(features[0].numel()) for request, features in out.items()}
     if not cuda:
-        return dims, None, f"no CUDA device here ({device.type}) to time a calibration batch"
+        return dims, None, "no CUDA device here to time a calibration batch"
     torch.cuda.synchronize(device)
     started = time.perf_counter()
     forward()
