@@ -14,7 +14,7 @@ import bench
 from bench.api import run, run_seeds
 from bench.cli import main
 from bench.features.cache import CorruptShardError, FeatureCache
-from bench.features.extract import CacheDtypeError, NonFiniteFeaturesError, check_storage, extract
+from bench.features.extract import CacheDtypeError, check_storage, extract
 from bench.precision import FP32, resolve_precision, with_cache_dtype
 from bench.run.spec import RunOptions, RunSpec, resolve
 

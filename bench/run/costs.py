@@ -89,19 +89,19 @@ class JobCost:
         """Cache entry key -> bytes it adds (for sums over jobs that share entries)."""
         return {p.keys[s]: p.new[s] for p in self.points for s in SPLITS if p.new[s]}
 
-    def lines(self, done: set[str] | None = None) -> list[str]:
-        """The report, one line each: images, points, time, then each cell (``done``: the
-        identities already logged, marked as such)."""
+    def lines(self, done: set[str] | None = None, summary: bool = True) -> list[str]:
+        """The report, one line each: images, points and time (unless not ``summary``), the
+        cache, then each cell (``done``: the identities already logged, marked as such)."""
         images = ", ".join(f"{s} {n:,}" for s, n in self.images.items())
         todo = sum(self.to_extract.values())
         timing = (f"{duration(self.seconds)} ({self.calibration})" if self.seconds is not None
                   else f"time unknown ({self.calibration})")
         lines = [f"  images: {images} ({sum(self.images.values()):,}); "
-                 f"{_count(len(self.points), 'feature point')}",
+                 f"{count(len(self.points), 'feature point')}",
                  f"  extraction: {todo:,} images through the backbone, {timing}" if todo else
                  "  extraction: none (every feature is cached)",
                  f"  cache ({self.storage}): {size(self.total_bytes)} on disk, "
-                 f"{size(self.new_bytes)} of it new"]
+                 f"{size(self.new_bytes)} of it new"][0 if summary else 2:]
         for cell in self.cells:
             state = "" if done is None else ("done: " if cell.identity in done else "to run: ")
             disk = ", ".join(f"{s} {size(cell.bytes[s])}" for s in SPLITS)
@@ -128,7 +128,7 @@ def duration(seconds: float) -> str:
     return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
 
 
-def _count(n: int, noun: str) -> str:
+def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
@@ -255,7 +255,7 @@ def _grid_state(config: dict[str, Any], family: str, dims: int, classes: int
     if not lrs or not wds or family not in ("linear", "mlp", "few-shot"):
         return None, ""
     points = len(lrs) * len(wds)
-    if config.get("head") == "mlp" or family == "mlp":
+    if family == "mlp":
         hidden, layers = int(config["hidden"]), int(config["hidden_layers"])
         weights = dims * hidden + (layers - 1) * hidden * hidden + hidden * classes
         return (points * weights * GRID_STATE,

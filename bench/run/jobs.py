@@ -80,7 +80,8 @@ def work_notice(prepared: Prepared, cache: Any, options: RunOptions):
     print(f"extracting {images:,} images ({splits}) x {len(run.requests)} feature point"
           f"{'s' * (len(run.requests) != 1)} ({points}) with {run.spec.backbone} on "
           f"{prepared.device}; {how_long}", file=sys.stderr)
-    print("\n".join([*cost.lines()[2:], f"  {disk.line()}"]), file=sys.stderr, flush=True)
+    print("\n".join([*cost.lines(summary=False), f"  {disk.line()}"]), file=sys.stderr,
+          flush=True)
     said = []
 
     def heard(batch: int, seconds: float, bytes_per_image: int) -> None:

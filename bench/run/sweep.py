@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import string
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from bench.errors import BenchError, UsageError
 from bench.run.costs import DiskCheck, DiskSpaceError, JobCost
@@ -113,7 +112,7 @@ def describe(plan: SweepPlan) -> DryRun:
     """
     from bench.features.cache import FeatureCache
     from bench.results.tracking import ensure_experiment, find_records
-    from bench.run.costs import disk_check, duration, job_cost, size
+    from bench.run.costs import count, disk_check, duration, job_cost, size
     from bench.run.jobs import job_label
     from bench.run.spec import resolve
 
@@ -141,7 +140,7 @@ def describe(plan: SweepPlan) -> DryRun:
         dry.costs.append(cost)
         new_entries |= cost.new_entries()
         folders.add(cache.root)
-        dry.lines.append(f"job {label}: {_count(len(run.cells), 'cell')}, {len(done)} already done")
+        dry.lines.append(f"job {label}: {count(len(run.cells), 'cell')}, {len(done)} already done")
         dry.lines += cost.lines(done)
     unresolved = len(plan.jobs) - dry.resolved
     images = sum(sum(c.to_extract.values()) for c in dry.costs)
@@ -150,11 +149,11 @@ def describe(plan: SweepPlan) -> DryRun:
                "unknown (no CUDA device here to time a calibration batch)" if timed else "none")
     largest = max((cell.memory for c in dry.costs for cell in c.cells), default=0)
     dry.lines.append(
-        f"{_count(len(plan.jobs), 'job')}"
+        f"{count(len(plan.jobs), 'job')}"
         f"{f' ({unresolved} not resolvable here)' if unresolved else ''}, "
-        f"{_count(cells, 'cell')}, {dry.finished} already done; "
+        f"{count(cells, 'cell')}, {dry.finished} already done; "
         f"{images:,} images to extract, "
-        f"{_count(sum(len(c.points) for c in dry.costs), 'feature point')}; "
+        f"{count(sum(len(c.points) for c in dry.costs), 'feature point')}; "
         f"{size(sum(new_entries.values()))} new cache (of "
         f"{size(sum(c.total_bytes for c in dry.costs))} in all); extraction time {seconds}; "
         f"largest probe memory about {size(largest)} (an estimate)")
@@ -163,7 +162,3 @@ def describe(plan: SweepPlan) -> DryRun:
         dry.lines.append(dry.disk.line() + ("" if dry.disk.fits else
                                             ": bench sweep would refuse to start"))
     return dry
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
