@@ -82,7 +82,8 @@ def _digits_entry(cache_dir, dtype: str, shard_size: int = 4):
     return report.entries[("image", "1")]
 
 
-def test_bf16_storage_holds_bfloat16_bits_and_reads_back_as_float32(tmp_path):
+def test_bf16_storage_holds_bfloat16_bits_and_reads_back_as_float32(tmp_path, monkeypatch,
+                                                                     capsys):
     exact = _digits_entry(tmp_path, "fp32")
     half = _digits_entry(tmp_path, "bf16")
     assert half.key != exact.key
@@ -99,6 +100,11 @@ def test_bf16_storage_holds_bfloat16_bits_and_reads_back_as_float32(tmp_path):
     assert np.array_equal(np.asarray(mapped[np.arange(10) % 2 == 0]), expected[::2])
     assert not np.array_equal(expected, reference)  # bf16 really rounded something
     assert half.verify() == []
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    assert main(["cache", "ls"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(rf"{half.key[:12]} .* bfloat16 ", listing)
+    assert re.search(rf"{exact.key[:12]} .* float32 ", listing)
 
 
 def test_a_bf16_shard_holding_a_nan_is_refused_on_read(tmp_path):
