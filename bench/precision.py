@@ -10,7 +10,8 @@
 | ``auto`` | ``bf16`` on a GPU, ``fp32`` on the CPU | | | |
 
 "fp32 everywhere it can" is the point of ``fp32``: nothing is rounded on the way from the backbone
-to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix.
+to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix;
+``--cache-dtype`` replaces it (``with_cache_dtype``: ``auto`` keeps the policy's own).
 Head training in bfloat16 means the attention heads' autocast and the two GEMMs of the linear
 grid's search (weights, optimizer state and softmax stay float32; the selected point's refit, one
 head, runs in float32); it pays on GPUs and on CPUs with native

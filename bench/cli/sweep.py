@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--grid", nargs="*", default=[], metavar="AXIS=V1,V2",
                    help="grid axes: layer, pool, head, and backbone axes such as block and t")
     p.add_argument("--dry-run", action="store_true",
-                   help="resolve every job here and print its cells, what is done and the cache "
-                   "it adds; run nothing")
+                   help="resolve every job here and print its costs (images, cache bytes per "
+                   "split, extraction time, probe memory), its cells, what is done and whether "
+                   "the cache's disk holds it; run nothing")
     p.add_argument("--retries", type=int, default=1, help="resubmissions of a failed job")
     p.add_argument("--extract-array", type=int, default=1,
                    help="split each extraction over an N-task job array (SLURM)")

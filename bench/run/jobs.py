@@ -6,7 +6,10 @@ one backbone pass per split (or finds them in the cache), evaluates each cell wi
 protocol and logs one record per cell, marking what it supersedes. Every record carries the 95%
 bootstrap intervals of its test metrics (over test images, ``BOOTSTRAP_RESAMPLES`` resamples,
 seeded) and the per-image test predictions they come from, so any later comparison needs no
-recomputation. ``ExtractJob`` does the extraction alone (for SLURM arrays: task k of n).
+recomputation. Before extracting, a job says what it will cost and refuses when the cache's disk
+cannot hold it (``bench.run.costs``); with ``--no-keep-features`` it deletes the cache entries it
+read once its cells are logged (``share_features``). ``ExtractJob`` does the extraction alone (for
+SLURM arrays: task k of n).
 """
 
 from __future__ import annotations
