@@ -295,3 +295,26 @@ def test_jobs_sharing_features_extract_once_and_the_last_deletes(monkeypatch, tm
     with pytest.raises(ValueError, match="runs them at once, so one could delete them"):
         share_features(jobs, sequential=False)
     share_features(jobs[:1], sequential=False)  # a job alone owns its features
+
+
+def test_calibration_skips_a_corrupt_first_image_only_under_skip_corrupt():
+    from bench.run.costs import _images
+    from bench.task import CorruptImageError, DatasetError
+
+    class Split:
+        name, items = "train", ["bad.png", "a.png", "b.png"]
+
+        def __len__(self):
+            return 3
+
+        def load(self, index):
+            if index == 0:
+                raise CorruptImageError("bad.png", "truncated")
+            return index
+
+    assert _images(Split(), lambda image: image * 10, 2, skip_corrupt=True) == [10, 20]
+    with pytest.raises(CorruptImageError, match="bad.png"):
+        _images(Split(), lambda image: image, 2, skip_corrupt=False)
+    Split.load = lambda self, index: (_ for _ in ()).throw(CorruptImageError("x", "bad"))
+    with pytest.raises(DatasetError, match="no image of the train split decodes"):
+        _images(Split(), lambda image: image, 2, skip_corrupt=True)

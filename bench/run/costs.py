@@ -40,7 +40,6 @@ class PointCost:
     layer: str
     pool: str
     dims: int  # numbers per image
-    itemsize: int  # bytes per number in the cache
     bytes: dict[str, int]  # split -> bytes of its cache entry
     new: dict[str, int]  # split -> bytes not in the cache yet
     keys: dict[str, str]  # split -> cache entry key (entries shared by jobs are counted once)
@@ -68,7 +67,6 @@ class JobCost:
     """Everything ``bench run`` and ``bench sweep --dry-run`` say a job costs before it runs."""
 
     label: str  # "backbone x task head=..."
-    device: str
     storage: str  # the cache dtype
     images: dict[str, int]  # split -> images
     to_extract: dict[str, int]  # split -> images whose features are not all cached
@@ -96,12 +94,13 @@ class JobCost:
         todo = sum(self.to_extract.values())
         timing = (f"{duration(self.seconds)} ({self.calibration})" if self.seconds is not None
                   else f"time unknown ({self.calibration})")
-        lines = [f"  images: {images} ({sum(self.images.values()):,}); "
-                 f"{count(len(self.points), 'feature point')}",
-                 f"  extraction: {todo:,} images through the backbone, {timing}" if todo else
-                 "  extraction: none (every feature is cached)",
-                 f"  cache ({self.storage}): {size(self.total_bytes)} on disk, "
-                 f"{size(self.new_bytes)} of it new"][0 if summary else 2:]
+        lines = [f"  cache ({self.storage}): {size(self.total_bytes)} on disk, "
+                 f"{size(self.new_bytes)} of it new"]
+        if summary:
+            lines[:0] = [f"  images: {images} ({sum(self.images.values()):,}); "
+                         f"{count(len(self.points), 'feature point')}",
+                         f"  extraction: {todo:,} images through the backbone, {timing}" if todo
+                         else "  extraction: none (every feature is cached)"]
         for cell in self.cells:
             state = "" if done is None else ("done: " if cell.identity in done else "to run: ")
             disk = ", ".join(f"{s} {size(cell.bytes[s])}" for s in SPLITS)
@@ -163,15 +162,15 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
                                          else shard_size))
             total[name] = images[name] * dims[request] * itemsize + shards * SHARD_OVERHEAD
             new[name] = 0 if complete[request][name] else _missing_bytes(entry, total[name])
-        points.append(PointCost(*request, dims[request], itemsize, total, new,
+        points.append(PointCost(*request, dims[request], total, new,
                                 {name: entries[request][name].key for name in SPLITS}))
     by_request = {(p.layer, p.pool): p for p in points}
     cells = [_cell_cost(prepared, cell, [by_request[f] for f in cell.features], images)
              for cell in run.cells]
     if to_extract and seconds is not None:
         seconds *= sum(to_extract.values())
-    return JobCost(label, str(prepared.device), run.precision.storage, images, to_extract, points,
-                   cells, seconds, calibration)
+    return JobCost(label, run.precision.storage, images, to_extract, points, cells, seconds,
+                   calibration)
 
 
 def entries_of(prepared: Prepared, cache: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -206,8 +205,8 @@ def _calibrate(prepared: Prepared, split: Any, batch_size: int
     run, backbone, device = prepared.run, prepared.backbone, prepared.device
     cuda = device.type == "cuda"
     n = max(1, min(batch_size, CALIBRATION_IMAGES, len(split))) if cuda else 1
-    transform = backbone.transform()
-    x = torch.stack([transform(split.load(i)) for i in range(n)]).to(device)
+    x = torch.stack(_images(split, backbone.transform(), n, run.spec.skip_corrupt)).to(device)
+    n = len(x)
     ids = torch.arange(n, device=device)
     backbone.eval().to(device)
 
@@ -227,6 +226,26 @@ def _calibrate(prepared: Prepared, split: Any, batch_size: int
     per_image = (time.perf_counter() - started) / n
     return dims, per_image, (f"backbone forward of {n} calibration images on {device}, image "
                              "loading not counted")
+
+
+def _images(split: Any, transform: Any, n: int, skip_corrupt: bool) -> list[Any]:
+    """The first ``n`` images of ``split`` that decode (with ``skip_corrupt``; else the first
+    corrupt one stops the run here, as it would the extraction)."""
+    from bench.task import CorruptImageError, DatasetError
+
+    images = []
+    for index in range(len(split)):
+        try:
+            images.append(transform(split.load(index)))
+        except CorruptImageError:
+            if not skip_corrupt:
+                raise
+        if len(images) == n:
+            break
+    if not images:
+        raise DatasetError(f"no image of the {split.name} split decodes: check the data with "
+                           "`bench data verify --full`")
+    return images
 
 
 def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost],
