@@ -318,3 +318,17 @@ def test_calibration_skips_a_corrupt_first_image_only_under_skip_corrupt():
     Split.load = lambda self, index: (_ for _ in ()).throw(CorruptImageError("x", "bad"))
     with pytest.raises(DatasetError, match="no image of the train split decodes"):
         _images(Split(), lambda image: image, 2, skip_corrupt=True)
+
+
+def test_a_sweep_of_two_heads_without_keeping_features_extracts_once_and_leaves_none(
+        tmp_path, capsys):
+    args = ["sweep", "--backbones", "pixels", "--tasks", "digits", "--grid",
+            "head=linear,bn-linear", "--no-keep-features", *FLAGS]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("deleted 3 cache entries") == 1 and err.count("extracting 1,797") == 1
+    assert not _entries(tmp_path) and len(records()) == 2
+    from bench.results.tracking import client
+
+    logged = [client().get_run(r.run_id).data.params for r in records()]
+    assert [params["protocol.features_kept"] for params in logged] == ["False", "False"]
