@@ -73,7 +73,7 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
     above one, e.g. few-shot's five draws; else ``spec.seed``). With several seeds, each cell's
     test metrics across seeds (mean, sample std) are logged on every record of that cell as
     ``test_top1_seed_mean``/``_seed_std``... and returned."""
-    from bench.run.jobs import BenchJob
+    from bench.run.jobs import BenchJob, share_features
     from bench.protocol import head_kind
     from bench.run.spec import build_task, check_spec, resolve
 
@@ -95,6 +95,7 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
     else:
         build_task(spec)  # missing data fails here, before anything is submitted
         jobs = [BenchJob(one, options) for one in specs]
+    share_features(jobs, executor.in_process)
     records = []
     for outcome in run_jobs(jobs, executor):
         if not outcome.ok:
@@ -141,9 +142,20 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
           on_states: Callable[[list[str]], None] | None = None,
           on_retry: Callable[[JobOutcome], None] | None = None) -> SweepReport:
     """Run every job of ``plan`` (failures retried, then reported with their logs)."""
+    from bench.run.jobs import share_features
+    from bench.run.sweep import describe
+
     executor = executor or ExecutorConfig()
+    share_features(plan.jobs, executor.in_process)
     for job in plan.jobs:
         job.options = job_options(job.options, executor)
+    if executor.in_process:  # resolved once, here: costed, then run with the same backbone
+        _prepare(plan.jobs)
+        refusal = describe(plan).disk_refusal()  # before any job starts
+        if refusal is not None:
+            raise refusal
+    # Elsewhere the submitting node builds no backbone: each job checks the disk where it runs,
+    # before it extracts (``bench.run.jobs.work_notice``).
     report = SweepReport()
     for outcome in run_jobs(plan.jobs, executor, retries, extract_array, poll, on_states,
                             on_retry):
@@ -152,6 +164,20 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
         else:
             report.failures.append(outcome)
     return report
+
+
+def _prepare(jobs: list) -> None:
+    """Resolve each job that runs in this process once; one that cannot resolve is left to fail
+    as a job (reported with the others' results)."""
+    from bench.run.jobs import BenchJob
+    from bench.run.spec import resolve
+
+    for job in jobs:
+        if isinstance(job, BenchJob) and job.prepared is None:
+            try:
+                job.prepared = resolve(job.spec, job.options)
+            except BenchError:
+                pass
 
 
 @dataclass

@@ -10,7 +10,8 @@
 | ``auto`` | ``bf16`` on a GPU, ``fp32`` on the CPU | | | |
 
 "fp32 everywhere it can" is the point of ``fp32``: nothing is rounded on the way from the backbone
-to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix.
+to the probe. The storage type is part of the feature-cache key, so fp32 and fp16 caches never mix;
+``--cache-dtype`` replaces it (``with_cache_dtype``: ``auto`` keeps the policy's own).
 Head training in bfloat16 means the attention heads' autocast and the two GEMMs of the linear
 grid's search (weights, optimizer state and softmax stay float32; the selected point's refit, one
 head, runs in float32); it pays on GPUs and on CPUs with native
@@ -20,12 +21,15 @@ bfloat16 (AVX512-BF16, AMX), where those GEMMs take half the time.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench.errors import UsageError
 
 POLICIES = ("auto", "fp32", "bf16", "fp16")
+# --cache-dtype: the type cached features are stored in; "auto" is the policy's own storage
+CACHE_DTYPES = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+BF16 = "bfloat16"  # numpy has no bfloat16: stored as its raw 16 bits (uint16), float32 when read
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,24 @@ def resolve_precision(name: str, device_type: str) -> PrecisionPolicy:
 
 
 FP32 = PrecisionPolicy("fp32", "fp32", "float32", "float32", "fp32")  # nothing rounded anywhere
+
+
+def with_cache_dtype(policy: PrecisionPolicy, cache_dtype: str) -> PrecisionPolicy:
+    """``policy`` storing cached features as ``cache_dtype`` (``auto``: the policy's own type,
+    so every cache key and identity from before ``--cache-dtype`` stays what it was). Probe
+    inputs in float16 would overflow what bfloat16 storage holds: they become bfloat16 then."""
+    if cache_dtype not in CACHE_DTYPES:
+        raise UsageError(f"cache dtype {cache_dtype!r}: use one of {', '.join(CACHE_DTYPES)}")
+    storage = CACHE_DTYPES[cache_dtype] or policy.storage
+    probe_inputs = BF16 if storage == BF16 and policy.probe_inputs == "float16" else policy.probe_inputs
+    return replace(policy, storage=storage, probe_inputs=probe_inputs)
+
+
+def storage_numpy(storage: str):
+    """The numpy dtype a cache file holds for ``storage`` (uint16 bits for bfloat16)."""
+    import numpy as np
+
+    return np.dtype(np.uint16 if storage == BF16 else storage)
 
 
 def require(policy: Any) -> PrecisionPolicy:

@@ -339,9 +339,9 @@ def make():
 
 def _errors(err: str) -> list[str]:
     """stderr without MLflow's own INFO lines (printed when a store is first created) and
-    bench's progress notes ("extracting N images ...")."""
+    bench's progress notes ("extracting N images ..." and its indented cost lines)."""
     return [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line
-            and not line.startswith("extracting ")]
+            and not line.startswith(("extracting ", "  "))]
 
 
 def test_a_backbone_plugin_whose_module_fails_to_import_is_one_line(monkeypatch, capsys,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bench.cli import main
@@ -27,7 +29,7 @@ def test_sweep_dry_run_then_run_then_resume(capsys):
     args = ["sweep", "--backbones", "pixels", "--tasks", "digits", "--grid", "pool=4,8", *FAST]
     assert main([*args, "--dry-run"]) == 0
     plan = capsys.readouterr().out
-    assert "2 cells, 0 already done" in plan and "GB new cache" in plan
+    assert "2 cells, 0 already done" in plan and re.search(r"[\d.]+ [kMG]?B new cache", plan)
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "pixels/digits/image/4/linear" in out and "pixels/digits/image/8/linear" in out

@@ -30,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
             size = entry.size_bytes()
             total += size
             print(f"{entry.key[:12]}  {f['backbone'].get('family', '?'):10s} {f['layer']:>14s} "
-                  f"pool={f['pool']:<6s} {f['task'].get('task', '?')}/{f['split']:<5s} "
+                  f"pool={f['pool']:<6s} {f.get('storage', '?'):8s} "
+                  f"{f['task'].get('task', '?')}/{f['split']:<5s} "
                   f"{m['num_items']:>8d} items  {size / 1e6:9.1f} MB  {done}")
         print(f"{cache.root}: {total / 1e6:.1f} MB")
         return 0

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.errors import UsageError
+from bench.precision import CACHE_DTYPES
 from bench.run.scheduler import executors
 
 SLURM_FLAGS = {  # flag -> help; the values go to bench.run.scheduler.executor_config by name
@@ -71,6 +72,9 @@ def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see README)")
+    p.add_argument("--cache-dtype", default="auto", choices=list(CACHE_DTYPES),
+                   help="type of the cached features (auto: the precision policy's, float32 on "
+                   "the CPU, float16 under bf16; bf16 halves fp32's disk with fp32's range)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--shard-size", type=int, default=4096, help="images per cache shard")
@@ -83,6 +87,12 @@ def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None
                    "the same features and cache entries)")
     p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
                    help="gpu: decode JPEG files with nvJPEG on the GPU (CPU-poor GPU nodes)")
+
+
+def add_keep_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-keep-features", dest="keep_features", action="store_false",
+                   help="delete each job's cache entries once its cells are logged (recorded in "
+                   "the result; a rerun of it reuses the result, a new probe re-extracts)")
 
 
 def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> None:
@@ -164,7 +174,8 @@ def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[st
     return RunSpec(backbone=backbone, task=task, layers=layers, pools=pools, head=args.head,
                    backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
                    head_args=head_args(args), seed=args.seed or 0, precision=args.precision,
-                   skip_corrupt=args.skip_corrupt)
+                   skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
+                   keep_features=args.keep_features)
 
 
 def run_options(args: argparse.Namespace):

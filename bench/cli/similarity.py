@@ -70,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
         "batch": args.batch, "permutations": args.permutations, "interval": args.interval,
         "interval_draws": args.interval_draws, "noise_draws": args.noise_draws,
         "seed": args.seed, "task_args": options.task_args(args, task),
-        "precision": args.precision, "skip_corrupt": args.skip_corrupt})
+        "precision": args.precision, "skip_corrupt": args.skip_corrupt,
+        "cache_dtype": args.cache_dtype})
     result = similarity(spec, options.run_options(args))
     print(f"{result.name}: {len(result.rows)} x {len(result.cols)} points, n = {result.n} images")
     print(table(result))

@@ -19,9 +19,11 @@ def add_parser(sub) -> None:
     p.add_argument("--grid", nargs="*", default=[], metavar="AXIS=V1,V2",
                    help="grid axes: layer, pool, head, and backbone axes such as block and t")
     p.add_argument("--dry-run", action="store_true",
-                   help="resolve every job here and print its cells, what is done and the cache "
-                   "it adds; run nothing")
+                   help="resolve every job here and print its costs (images, cache bytes per "
+                   "split, extraction time, probe memory), its cells, what is done and whether "
+                   "the cache's disk holds it; run nothing")
     options.add_feature_args(p)
+    options.add_keep_arg(p)
     options.add_probe_args(p, head_names())
     options.add_schedule_args(p)
     p.set_defaults(func=main)

@@ -20,6 +20,10 @@ is used only when its sidecar agrees with the manifest (shard size, row count) a
 its bytes hash to the recorded blake2b and hold finite values: a shard that fails is never used
 (extraction recomputes shards whose sidecar disagrees; a read that finds bad bytes raises
 ``CorruptShardError`` naming the file and ``bench cache verify --fix``).
+
+Features are stored in the entry's ``storage`` type (its key field): float32, float16, or
+bfloat16, which numpy lacks: those shards hold the raw 16 bits (uint16) and every read
+(``load``, ``open``) returns them as float32 (exact: bfloat16 is float32's upper half).
 """
 
 from __future__ import annotations
@@ -40,10 +44,23 @@ import numpy as np
 from bench.errors import BenchError
 from bench.locks import STALE_TEMP_SECONDS, stale_temp, temp_name
 from bench.paths import cache_dir
+from bench.precision import BF16
 
 CACHE_FORMAT = 2  # 2: shard sidecars carry rows, shard size and a blake2b of the .npy bytes
 _READ_CHUNK = 1 << 24
 LABELS = "labels.npy"
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values stored as their uint16 bits, as float32 (exact)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _all_finite(values: np.ndarray, bf16: bool) -> bool:
+    """No NaN or infinity; for bfloat16 bits, no all-ones exponent."""
+    if bf16:
+        return bool(((values & 0x7F80) != 0x7F80).all())
+    return bool(np.isfinite(values).all())
 
 
 class CacheError(BenchError, RuntimeError):
@@ -122,8 +139,9 @@ def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
     return out.hash.hexdigest()
 
 
-def _read_npy(path: Path, digest: str, keep: bool) -> np.ndarray | None:
-    """Read a .npy file once, hashing its bytes and checking values are finite as they pass.
+def _read_npy(path: Path, digest: str, keep: bool, bf16: bool = False) -> np.ndarray | None:
+    """Read a .npy file once, hashing its bytes and checking values are finite as they pass
+    (``bf16``: the file holds bfloat16 bits).
 
     Returns the array when ``keep``, else only checks (for memory-mapped reads). Raises
     ``CorruptShardError`` on a short file, a checksum mismatch or a non-finite value.
@@ -151,7 +169,7 @@ def _read_npy(path: Path, digest: str, keep: bool) -> np.ndarray | None:
                 if n == 0:
                     raise CorruptShardError(path, f"truncated: {done} of {count} values")
                 h.update(memoryview(part[:n]).cast("B"))
-                if not np.isfinite(part[:n]).all():
+                if not _all_finite(part[:n], bf16):
                     raise CorruptShardError(path, "holds NaN or infinite values")
                 done += n
             h.update(f.read())  # trailing bytes change the digest
@@ -188,6 +206,11 @@ class CacheEntry:
 
     def exists(self) -> bool:
         return (self.path / "manifest.json").exists()
+
+    @property
+    def bf16(self) -> bool:
+        """Whether shards hold bfloat16 bits (read back as float32)."""
+        return self.manifest["fields"].get("storage") == BF16
 
     def create(self, fields: dict[str, Any], labels: np.ndarray, shard_size: int) -> None:
         """Write manifest and labels once; a second extraction of the same key reuses them after
@@ -349,22 +372,29 @@ class CacheEntry:
         infos = self._infos()
         labels, keep = self._labels_and_keep(infos)
         shards = [np.load(self.shard_path(i.index), mmap_mode="r") for i in infos]
+        bf16 = self.bf16
 
         def check(index: int) -> None:
-            _read_npy(self.shard_path(index), infos[index].blake2b, keep=False)
+            _read_npy(self.shard_path(index), infos[index].blake2b, keep=False, bf16=bf16)
 
-        return ShardedArray(shards, self.manifest["shard_size"], check=check), labels, keep
+        return (ShardedArray(shards, self.manifest["shard_size"], check=check, bf16=bf16), labels,
+                keep)
 
     def load(self, dtype: str | None = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features, labels, keep mask): corrupt items are in the mask as False.
 
         Each shard is hashed and checked for finite values as its bytes are read.
-        ``dtype=None`` keeps the stored precision (half the memory of float32 for fp16 caches).
+        ``dtype=None`` keeps the stored precision (half the memory of float32 for fp16 caches;
+        bfloat16 entries are read as float32, numpy having no bfloat16).
         """
         infos = self._infos()
         labels, keep = self._labels_and_keep(infos)
-        shards = [_read_npy(self.shard_path(i.index), i.blake2b, keep=True) for i in infos]
+        bf16 = self.bf16
+        shards = [_read_npy(self.shard_path(i.index), i.blake2b, keep=True, bf16=bf16)
+                  for i in infos]
         features = np.concatenate(shards)
+        if bf16:
+            features = bf16_to_float32(features)
         if dtype is not None:
             features = features.astype(dtype, copy=False)
         return features, labels, keep
@@ -377,10 +407,11 @@ class CacheEntry:
                 self.labels()
         except CorruptShardError as e:
             problems.append(e)
+        bf16 = self.bf16
         for i in range(self.manifest["num_shards"]):
             try:
                 info = self.shard_info(i)
-                _read_npy(self.shard_path(i), info.blake2b, keep=False)
+                _read_npy(self.shard_path(i), info.blake2b, keep=False, bf16=bf16)
             except FileNotFoundError:
                 continue  # not yet extracted: nothing wrong
             except CorruptShardError as e:
@@ -400,12 +431,14 @@ class ShardedArray:
 
     Supports what probes need: ``len``, ``shape``, ``dtype``, boolean-mask selection (a view)
     and ``np.take`` / integer-array indexing (reads just those rows). ``check(i)`` is called once
-    per shard before its first rows are returned (the entry's integrity check).
+    per shard before its first rows are returned (the entry's integrity check). ``bf16``: the
+    shards hold bfloat16 bits, taken as float32.
     """
 
     def __init__(self, shards: list[np.ndarray], shard_size: int, rows: np.ndarray | None = None,
-                 check: Callable[[int], None] | None = None, checked: set[int] | None = None):
-        self.shards, self.shard_size = shards, shard_size
+                 check: Callable[[int], None] | None = None, checked: set[int] | None = None,
+                 bf16: bool = False):
+        self.shards, self.shard_size, self.bf16 = shards, shard_size, bf16
         self.rows = rows  # logical row -> global row, after a selection
         self.check = check
         self.checked = checked if checked is not None else set()  # shared by selections
@@ -419,7 +452,7 @@ class ShardedArray:
 
     @property
     def dtype(self) -> np.dtype:
-        return self.shards[0].dtype
+        return np.dtype(np.float32) if self.bf16 else self.shards[0].dtype
 
     def __getitem__(self, key: np.ndarray) -> ShardedArray | np.ndarray:
         key = np.asarray(key)
@@ -427,7 +460,7 @@ class ShardedArray:
             rows = np.flatnonzero(key)
             return ShardedArray(self.shards, self.shard_size,
                                 rows if self.rows is None else self.rows[rows],
-                                self.check, self.checked)
+                                self.check, self.checked, self.bf16)
         return self.take(key)
 
     def take(self, indices, axis: int = 0, out: np.ndarray | None = None, mode: str = "raise"):
@@ -456,7 +489,8 @@ class ShardedArray:
                 self.check(shard)
                 self.checked.add(shard)
             where = np.flatnonzero(shard_of == shard)
-            out[where] = self.shards[shard][rows[where] - shard * self.shard_size]
+            part = self.shards[shard][rows[where] - shard * self.shard_size]
+            out[where] = bf16_to_float32(part) if self.bf16 else part
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from bench.backbone import Backbone, BackboneOutputError, describe
-from bench.features.cache import CacheEntry, CacheError, FeatureCache
+from bench.features.cache import CacheEntry, CacheError, FeatureCache, bf16_to_float32
 from bench.errors import NumericalError, UsageError
 from bench.features.pipeline import DECODES, Loader
-from bench.precision import FP32, PrecisionPolicy, autocast, require
+from bench.precision import BF16, FP32, PrecisionPolicy, autocast, require, storage_numpy
 from bench.ranges import OPTION_RANGES, check_ranges
 from bench.features.images import IMAGE_READER
 from bench.task import DatasetError, Split
@@ -39,6 +39,44 @@ def _decode_device(decode: str, device: torch.device) -> torch.device | None:
         raise UsageError(f"decode='gpu' decodes JPEGs with nvJPEG on a CUDA device, but extraction "
                          f"runs on {device.type}; use decode='cpu' (--decode cpu)")
     return device
+
+
+class CacheDtypeError(UsageError):
+    """A cache dtype that cannot hold what the backbone gives; found before anything is written."""
+
+
+FP16_MAX = 65504.0
+EXACT_INTEGERS = {"float16": 2 ** 11, BF16: 2 ** 8}  # integers above are rounded
+
+
+def encode(features: np.ndarray, storage: str) -> np.ndarray:
+    """float32 features as a cache file holds them (bfloat16: rounded to nearest even, the bits
+    kept as uint16)."""
+    if storage != BF16:
+        with np.errstate(over="ignore"):  # an overflow is refused by the caller, named
+            return features.astype(storage)
+    return torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(torch.bfloat16).view(
+        torch.int16).numpy().view(np.uint16)
+
+
+def check_storage(backbone: Backbone, outputs: dict[tuple[str, str], torch.Tensor],
+                  storage: str) -> None:
+    """Refuse a cache dtype that cannot store these (calibration) features as the backbone gives
+    them: integer features beyond the type's exact integers, or values beyond float16's range
+    (65504). Later images are checked again when written (``NonFiniteFeaturesError``)."""
+    for (layer, pool), features in outputs.items():
+        values = features.detach().float().abs()
+        largest = float(values.max()) if values.numel() else 0.0
+        where = f"{describe(backbone)}: {layer} pool={pool}"
+        exact = EXACT_INTEGERS.get(storage)
+        if not features.is_floating_point() and exact is not None and largest > exact:
+            raise CacheDtypeError(
+                f"{where} gives integers up to {largest:.0f}, which {storage} cannot hold exactly "
+                f"(exact up to {exact:,}): use --cache-dtype fp32")
+        if storage == "float16" and largest > FP16_MAX:
+            raise CacheDtypeError(
+                f"{where} reaches |x| = {largest:.3g}, beyond float16's largest value 65504 "
+                f"(it would be stored as inf): use --cache-dtype bf16 or fp32")
 
 
 def entry_fields(
@@ -142,19 +180,21 @@ def extract(
     shard_skips: list[int] = []
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}  # each request's feature shape
     current = mine[0]
-    dtype = np.dtype(precision.storage)
+    dtype = storage_numpy(precision.storage)
 
     def flush(shard: int) -> None:
         for req, entry in entries.items():
             if shard in todo[req]:
                 features = np.concatenate(buffers[req])
-                stored = features.astype(dtype)
-                if not np.isfinite(stored).all():
+                stored = encode(features, precision.storage)
+                decoded = bf16_to_float32(stored) if precision.storage == BF16 else stored
+                if not np.isfinite(decoded).all():
                     raise NonFiniteFeaturesError(
                         f"{describe(backbone)}: features of {req} are not finite in "
                         f"{precision.storage} (max |x| "
                         f"{np.abs(features).max():.3g}); the backbone's output overflows the cache "
-                        "precision (try --precision fp32) or is NaN: check the weights and inputs")
+                        "dtype (try --cache-dtype bf16 or fp32, or --precision fp32) or is NaN: "
+                        "check the weights and inputs")
                 entry.write_shard(shard, stored, shard_skips)
             buffers[req] = []
         report.shards_written += 1

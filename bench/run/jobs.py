@@ -6,7 +6,10 @@ one backbone pass per split (or finds them in the cache), evaluates each cell wi
 protocol and logs one record per cell, marking what it supersedes. Every record carries the 95%
 bootstrap intervals of its test metrics (over test images, ``BOOTSTRAP_RESAMPLES`` resamples,
 seeded) and the per-image test predictions they come from, so any later comparison needs no
-recomputation. ``ExtractJob`` does the extraction alone (for SLURM arrays: task k of n).
+recomputation. Before extracting, a job says what it will cost and refuses when the cache's disk
+cannot hold it (``bench.run.costs``); with ``--no-keep-features`` it deletes the cache entries it
+read once its cells are logged (``share_features``). ``ExtractJob`` does the extraction alone (for
+SLURM arrays: task k of n).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.errors import UsageError
 from bench.results.record import RunRecord
 from bench.run.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
 
@@ -43,7 +47,7 @@ def extract_features(prepared: Prepared, options: RunOptions, array_index: int =
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     requests = requests or run.requests
-    heard = work_notice(prepared, cache, requests) if array_size == 1 else None
+    heard = work_notice(prepared, cache, options, requests) if array_size == 1 else None
     return {split: extract(
         prepared.backbone, prepared.task.split(split), requests, cache, run.task_config,
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
@@ -54,30 +58,44 @@ def extract_features(prepared: Prepared, options: RunOptions, array_index: int =
     ) for split in SPLITS}
 
 
-def work_notice(prepared: Prepared, cache: Any, requests: list[tuple[str, str]]):
-    """Say what extraction will cost before paying it (stderr): images x feature points now,
-    then, from the first batch's speed and size, the time and cache it will take. The callback
-    for ``extract``; None when everything is cached."""
-    import sys
+def job_label(spec: RunSpec) -> str:
+    return f"{spec.backbone} x {spec.task} head={spec.head}"
 
-    from bench.features.extract import entry_fields
+
+def work_notice(prepared: Prepared, cache: Any, options: RunOptions,
+                requests: list[tuple[str, str]] | None = None):
+    """Say what extraction will cost before paying it (stderr): images x feature points, each
+    cell's cache bytes per split and probe memory (``bench.run.costs``), the time when a CUDA
+    device timed a calibration batch, the disk verdict; then, from the first batch's speed and
+    size, the time and cache it will take. Refuses (``DiskSpaceError``, ``CacheDtypeError``)
+    before anything is written. The callback for ``extract``; None when everything is cached.
+    ``requests``: the points of several heads extracted together (``SharedJob``); their cells'
+    probe memory is then said by each head's own job."""
+    from dataclasses import replace
+
+    from bench.run.costs import disk_check, duration, job_cost, size
 
     run = prepared.run
-    todo = {}
-    for name in SPLITS:
-        split = prepared.task.split(name)
-        if not all(cache.entry(entry_fields(prepared.backbone, run.task_config, split, *request,
-                                            run.precision)).complete()
-                   for request in requests):
-            todo[name] = len(split)
-    if not todo:
+    if requests is not None and requests != run.requests:
+        prepared = replace(prepared, run=replace(run, requests=requests, cells=[]))
+        run = prepared.run
+    label = job_label(run.spec)
+    cost = job_cost(prepared, cache, label, options.shard_size, options.batch_size)
+    if not cost.to_extract:
         return None
-    images = sum(todo.values())
-    points = ", ".join(f"{layer} pool={pool}" for layer, pool in requests)
-    splits = ", ".join(f"{name} {count:,}" for name, count in todo.items())
-    print(f"extracting {images:,} images ({splits}) x {len(requests)} feature point"
-          f"{'s' * (len(requests) != 1)} ({points}) with {run.spec.backbone} on "
-          f"{prepared.device}; the first batch tells how long", file=sys.stderr, flush=True)
+    disk = disk_check(cache.root, cost.new_bytes)
+    if not disk.fits:
+        raise disk.refusal(cost.storage, label)
+    images = sum(cost.to_extract.values())
+    points = ", ".join(f"{layer} pool={pool}" for layer, pool in run.requests)
+    splits = ", ".join(f"{name} {count:,}" for name, count in cost.to_extract.items())
+    how_long = ("the first batch tells how long" if cost.seconds is None else
+                f"{duration(cost.seconds)} by a calibration batch")
+    print(f"extracting {images:,} images ({splits}) x {len(run.requests)} feature point"
+          f"{'s' * (len(run.requests) != 1)} ({points}) with {run.spec.backbone} on "
+          f"{prepared.device}; {how_long}", file=sys.stderr)
+    print("\n".join([*cost.lines(summary=False), f"  {disk.line()}"]), file=sys.stderr,
+          flush=True)
     said = []
 
     def heard(batch: int, seconds: float, bytes_per_image: int) -> None:
@@ -85,17 +103,11 @@ def work_notice(prepared: Prepared, cache: Any, requests: list[tuple[str, str]])
             return
         said.append(True)
         rate = batch / max(seconds, 1e-6)
-        print(f"first batch: {batch} images in {seconds:.1f} s ({rate:,.1f} img/s): about "
-              f"{_duration(images / rate)} for {images:,} images, "
-              f"{images * bytes_per_image / 1e6:,.1f} MB of feature cache",
+        print(f"first batch: {batch} images in {seconds:.1f} s ({rate:,.1f} img/s): "
+              f"{duration(images / rate)} for {images:,} images, "
+              f"{size(images * bytes_per_image)} of feature cache",
               file=sys.stderr, flush=True)
     return heard
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -120,6 +132,11 @@ class BenchJob(_Requeueable):
     # Resolved already in this process (local executor): the backbone is not built twice.
     # Never pickled: a job on another machine resolves (and loads the weights) there.
     prepared: Prepared | None = field(default=None, repr=False, compare=False)
+    # --no-keep-features (spec.keep_features False): whether this job deletes its cache entries
+    # once its cells are logged (False: a later job reading the same entries does), and the specs
+    # of earlier jobs whose entries it deletes too (``share_features``)
+    deletes_features: bool = True
+    group_specs: list[RunSpec] = field(default_factory=list)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "prepared": None}
@@ -151,6 +168,7 @@ class BenchJob(_Requeueable):
 
         done = logged()
         if all(c.identity in done for c in cells):
+            self._release_features(prepared)
             return [done[c.identity] for c in cells]
         # One process at a time computes these cells, wherever it runs: the lock lives in the
         # tracking store with the results. An identical run started meanwhile waits there, then
@@ -168,7 +186,30 @@ class BenchJob(_Requeueable):
                 started = time.time()
                 records.append(self._evaluate(prepared, cell, reports, experiment_id,
                                               job_started if len(records) == 0 else started))
+        self._release_features(prepared)
         return records
+
+    def _release_features(self, prepared: Prepared) -> None:
+        """With ``--no-keep-features``, once every cell is logged: delete the cache entries this
+        job and the earlier jobs of its group read (a failed cell raised before: kept)."""
+        if self.spec.keep_features or not self.deletes_features:
+            return
+        from bench.features.cache import FeatureCache
+        from bench.run.costs import entries_of, size
+        from bench.run.spec import resolve
+
+        cache = FeatureCache(self.options.cache_dir)
+        runs = [prepared, *(resolve(spec, self.options, backbone=prepared.backbone)
+                            for spec in self.group_specs)]
+        gone = {e.key: e for p in runs for by_split in entries_of(p, cache).values()
+                for e in by_split.values() if e.exists()}
+        freed = sum(e.size_bytes() for e in gone.values())
+        for entry in gone.values():
+            cache.remove(entry)
+        if gone:
+            print(f"deleted {len(gone)} cache entries ({size(freed)}) of {job_label(self.spec)}: "
+                  "--no-keep-features", file=sys.stderr, flush=True)
+
 
     def _evaluate(self, prepared: Prepared, cell: ResolvedCell, reports: dict[str, Any],
                   experiment_id: str, run_started: float) -> RunRecord:
@@ -272,6 +313,31 @@ class SharedJob(_Requeueable):
                 request for job in todo for request in job.prepared.run.requests)))
         return [record for job in self.jobs for record in job()]
 
+
+def share_features(jobs: list[BenchJob], sequential: bool) -> None:
+    """Jobs with ``--no-keep-features`` that read the same cache entries (one backbone and task
+    with the same arguments, precision and cache dtype: several heads or seeds) leave the
+    deletion to the last of them, which deletes every one's entries; jobs that run at the same
+    time could delete under each other, so on a parallel executor that is refused."""
+    from bench.digest import json_digest
+
+    groups: dict[str, list[BenchJob]] = {}
+    for job in jobs:
+        s = job.spec
+        if not s.keep_features:
+            key = json_digest([s.backbone, s.task, s.backbone_args, s.task_args, s.precision,
+                               s.cache_dtype, s.skip_corrupt])
+            groups.setdefault(key, []).append(job)
+    for group in groups.values():
+        if len(group) > 1 and not sequential:
+            raise UsageError(
+                f"--no-keep-features: {len(group)} jobs read the features of "
+                f"{group[0].spec.backbone} x {group[0].spec.task} (several heads or seeds) and "
+                "this executor runs them at once, so one could delete them under another; use "
+                "--executor local, or keep the features")
+        for job in group[:-1]:
+            job.deletes_features = False
+        group[-1].group_specs = [job.spec for job in group[:-1]]
 
 def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
                 train_items: list[Any]):

@@ -67,6 +67,7 @@ class SimilaritySpec:
     task_args: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
     skip_corrupt: bool = False
+    cache_dtype: str = "auto"  # the cached features' type (bench.precision.CACHE_DTYPES)
 
 
 @dataclass
@@ -159,7 +160,8 @@ def _resolve_side(side: Side, spec: SimilaritySpec, options: RunOptions) -> _Sid
         backbone = first if k == 0 else backbones.create(side.backbone, **args)
         run_spec = RunSpec(backbone=side.backbone, task=spec.task, layers=layers,
                            pools=list(side.pools), backbone_args=args, task_args=spec.task_args,
-                           precision=spec.precision, skip_corrupt=spec.skip_corrupt)
+                           precision=spec.precision, skip_corrupt=spec.skip_corrupt,
+                           cache_dtype=spec.cache_dtype)
         prepared.append(resolve(run_spec, options, backbone=backbone))
     return _Side(prepared, seeds)
 
@@ -544,7 +546,7 @@ def preset(name: str) -> dict[str, Any]:
 SETTINGS = ("preset", "backbone", "task", "split", "n", "layers", "pools", "backbone_args",
             "against", "against_layers", "against_pools", "against_args", "measure", "k",
             "rbf_threshold", "batch", "permutations", "interval", "interval_draws",
-            "noise_draws", "seed", "task_args", "precision", "skip_corrupt")
+            "noise_draws", "seed", "task_args", "precision", "skip_corrupt", "cache_dtype")
 
 
 def similarity_spec(settings: dict[str, Any]) -> SimilaritySpec:
@@ -571,5 +573,5 @@ def similarity_spec(settings: dict[str, Any]) -> SimilaritySpec:
                       given.get("batch", defaults.batch_size))
     named = {k: given[k] for k in ("split", "n", "permutations", "interval", "interval_draws",
                                    "noise_draws", "seed", "task_args", "precision",
-                                   "skip_corrupt") if k in given}
+                                   "skip_corrupt", "cache_dtype") if k in given}
     return SimilaritySpec(side=side, task=given["task"], against=other, measure=measure, **named)

@@ -11,8 +11,9 @@ identity is a digest of exactly that, so
 - a changed preset default, head default, protocol version or weights file is a new result,
   computed afresh; the old run stays in MLflow, marked superseded;
 - a setting the user chose (``ResolvedRun.settings``: backbone, task and head arguments given,
-  an explicit precision, ``--skip-corrupt``) makes an alternative of the same cell, never a
-  successor: only a run with the same chosen settings supersedes.
+  an explicit precision or cache dtype, ``--skip-corrupt``, ``--no-keep-features``) makes an
+  alternative of the same cell, never a successor: only a run with the same chosen settings
+  supersedes.
 
 ``RunOptions`` says how and where to run (device, batch size, workers, cache folder...): nothing in
 it changes a number, so nothing in it enters an identity.
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import bench
 from bench.errors import UsageError
-from bench.precision import PrecisionPolicy
+from bench.precision import CACHE_DTYPES, PrecisionPolicy
 from bench import protocol as protocols
 from bench.protocol import HeadKind, head_kind
 from bench.features.images import IMAGE_READER
@@ -57,6 +58,8 @@ class RunSpec:
     seed: int = 0
     precision: str = "auto"
     skip_corrupt: bool = False  # leave unreadable images out (recorded) instead of stopping
+    cache_dtype: str = "auto"  # the cached features' type (auto: the precision policy's storage)
+    keep_features: bool = True  # False: the job deletes its cache entries once its cells are logged
 
 
 @dataclass
@@ -137,6 +140,8 @@ class ResolvedRun:
             "precision": self.precision.as_dict(),
             "skip_corrupt": self.spec.skip_corrupt,
             "image_reader": IMAGE_READER,
+            # only when not kept, so that every identity from before the flag stays the same
+            **({} if self.spec.keep_features else {"features_kept": False}),
         }
 
     def run_name(self, cell: ResolvedCell) -> str:
@@ -170,14 +175,14 @@ def build_task(spec: RunSpec) -> Task:
 def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
     """Resolve ``spec`` (building the task and, unless given, the backbone: once per process)."""
     from bench.digest import json_digest
-    from bench.precision import resolve_device, resolve_precision
+    from bench.precision import resolve_device, resolve_precision, with_cache_dtype
     from bench.results.record import RESULT_SCHEMA
     from bench.registry import backbones
 
     kind = head_kind(spec.head)
     head_settings = head_config(spec)  # bad settings fail first
     device = resolve_device(options.device)
-    policy = resolve_precision(spec.precision, device.type)
+    policy = with_cache_dtype(resolve_precision(spec.precision, device.type), spec.cache_dtype)
     task = build_task(spec)
     backbones.entry(spec.backbone)  # unknown names fail before any model is built
     if backbone is None:
@@ -262,8 +267,8 @@ def user_settings(spec: RunSpec, head_settings: Any) -> dict[str, Any]:
     """The settings the user chose, as resolved (``--lrs 1e-2`` and ``lrs=[0.01]`` agree):
     backbone and task arguments given (``root`` aside: it says where the data is, the split
     manifests say what it is), the head settings given (``shots`` aside: part of the cell), an
-    explicit precision and ``--skip-corrupt``. Defaults are not in it, so a changed default
-    supersedes; a run choosing otherwise is an alternative of the same cell."""
+    explicit precision or cache dtype, ``--skip-corrupt`` and ``--no-keep-features``. Defaults
+    are not in it, so a changed default supersedes; a run choosing otherwise is an alternative of the same cell."""
     head = _settings(head_settings)
     chosen = {
         "backbone_args": dict(spec.backbone_args),
@@ -271,6 +276,8 @@ def user_settings(spec: RunSpec, head_settings: Any) -> dict[str, Any]:
         "head": {k: head.get(k, v) for k, v in spec.head_args.items() if k != "shots"},
         "precision": spec.precision if spec.precision != "auto" else None,
         "skip_corrupt": spec.skip_corrupt or None,
+        "cache_dtype": spec.cache_dtype if spec.cache_dtype != "auto" else None,
+        "no_keep_features": not spec.keep_features or None,
     }
     return {k: v for k, v in chosen.items() if v}
 
@@ -292,6 +299,8 @@ def check_spec(spec: RunSpec) -> None:
     head_config(spec)
     if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"precision {spec.precision!r}: use auto, fp32, bf16 or fp16")
+    if spec.cache_dtype not in CACHE_DTYPES:
+        raise UsageError(f"cache dtype {spec.cache_dtype!r}: use {', '.join(CACHE_DTYPES)}")
 
 
 def head_config(spec: RunSpec) -> Any:

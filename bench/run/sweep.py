@@ -15,11 +15,11 @@ from __future__ import annotations
 import itertools
 import string
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from bench.errors import BenchError, UsageError
+from bench.run.costs import DiskCheck, DiskSpaceError, JobCost
 from bench.run.jobs import BenchJob
-from bench.run.spec import SPLITS, RunOptions, RunSpec
+from bench.run.spec import RunOptions, RunSpec
 
 ENGINE_AXES = ("layer", "pool", "head")
 
@@ -87,80 +87,78 @@ class DryRun:
     lines: list[str]  # the report, one line each
     resolved: int  # jobs resolvable here
     finished: int  # cells already done
+    costs: list[JobCost] = field(default_factory=list)  # of the jobs resolvable here
+    disk: DiskCheck | None = None  # the new cache of those jobs against the cache disk's space
+
+    def disk_refusal(self) -> DiskSpaceError | None:
+        """The error a sweep whose new cache would not fit stops with (None: it fits)."""
+        if self.disk is None or self.disk.fits:
+            return None
+        storage = "float32" if any(c.storage == "float32" for c in self.costs) else "float16"
+        return self.disk.refusal(storage, "this sweep")
 
 
 def describe(plan: SweepPlan) -> DryRun:
-    """The dry-run report: each job resolved here (the backbone built on the CPU), its cells,
-    which are already done, and the feature cache it would add.
+    """The plan with its costs: each job resolved here (its backbone run on calibration images),
+    its images, feature points, cache bytes per split, extraction time (on a CUDA device) and
+    cells (done or to run, with their probe memory), then the totals and whether the cache's
+    disk holds them (entries shared by jobs counted once). ``api.sweep`` refuses a plan whose
+    ``disk`` does not fit.
 
     A bad grid value (a layer the backbone does not have, a pool that does not apply) is an error
-    here, before anything is submitted; missing weights or data only leave the size unknown.
-    """
-    from bench.results.tracking import ensure_experiment, find_records
-
-    lines, total_bytes, cells, finished, resolved = [], 0, 0, 0, 0
-    for job in plan.jobs:
-        spec = job.spec
-        try:
-            prepared, size = _estimate(job)
-        except BenchError as e:
-            if isinstance(e, UsageError):
-                raise UsageError(f"{spec.backbone} x {spec.task}: {e}") from e
-            lines.append(f"job {spec.backbone} x {spec.task} head={spec.head}: not resolvable "
-                         f"here ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
-            continue
-        experiment = job.options.experiment_id or ensure_experiment(job.options.suite)
-        run = prepared.run
-        done = set() if job.options.force else {
-            r.identity for r in find_records([experiment], [c.identity for c in run.cells])}
-        cells += len(run.cells)
-        resolved += 1
-        finished += len(done & {c.identity for c in run.cells})
-        total_bytes += size
-        lines.append(f"job {spec.backbone} x {spec.task} head={spec.head}: "
-                     f"{_count(len(run.cells), 'cell')}, {len(done)} already done")
-        lines.append(f"  extraction: {len(run.requests)} (layer, pool) on train/val/test, "
-                     f"{size / 1e9:.3f} GB new cache")
-        for cell in run.cells:
-            state = "done" if cell.identity in done else "to run"
-            lines.append(f"    {cell.layer} pool={cell.pool}: {state}  [{cell.identity[:12]}]")
-    unresolved = len(plan.jobs) - resolved
-    lines.append(f"{_count(len(plan.jobs), 'job')}"
-                 f"{f' ({unresolved} not resolvable here)' if unresolved else ''}, "
-                 f"{_count(cells, 'cell')}, {finished} already done; "
-                 f"estimated new feature cache: {total_bytes / 1e9:.2f} GB")
-    return DryRun(lines, resolved, finished)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _estimate(job: BenchJob) -> tuple[Any, int]:
-    """(the job resolved here, bytes of cache it would add): the backbone runs on one CPU image.
+    here, before anything is submitted; missing weights or data only leave the cost unknown.
     Identities depend on the resolved precision: ``--precision auto`` resolves for this
-    machine's device, so give the policy explicitly when the jobs run on another kind."""
-    import numpy as np
-    import torch
-
+    machine's device, so give the policy explicitly when the jobs run on another kind.
+    """
     from bench.features.cache import FeatureCache
-    from bench.features.extract import entry_fields
+    from bench.results.tracking import ensure_experiment, find_records
+    from bench.run.costs import count, disk_check, duration, job_cost, size
+    from bench.run.jobs import job_label
     from bench.run.spec import resolve
 
-    options = job.options
-    prepared = job.prepared or resolve(job.spec, options)
-    run, task, backbone = prepared.run, prepared.task, prepared.backbone
-    splits = [task.split(s) for s in SPLITS]
-    cache = FeatureCache(options.cache_dir)
-    x = backbone.transform()(splits[0].load(0)).unsqueeze(0)
-    with torch.inference_mode():
-        out = backbone.extract(x, run.requests, torch.zeros(1, dtype=torch.long))
-    itemsize = np.dtype(run.precision.storage).itemsize
-    size = 0
-    for request, feats in out.items():
-        for split in splits:
-            entry = cache.entry(entry_fields(backbone, run.task_config, split, *request,
-                                             run.precision))
-            if not entry.complete():
-                size += feats[0].numel() * itemsize * len(split)
-    return prepared, size
+    dry = DryRun([], 0, 0)
+    cells, new_entries, folders = 0, {}, set()
+    for job in plan.jobs:
+        label, options = job_label(job.spec), job.options
+        cache = FeatureCache(options.cache_dir)
+        try:
+            prepared = job.prepared or resolve(job.spec, options)
+            cost = job_cost(prepared, cache, label, options.shard_size, options.batch_size)
+        except BenchError as e:
+            if isinstance(e, UsageError):
+                raise UsageError(f"{job.spec.backbone} x {job.spec.task}: {e}") from e
+            dry.lines.append(f"job {label}: not resolvable here "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            continue
+        experiment = options.experiment_id or ensure_experiment(options.suite)
+        run = prepared.run
+        done = set() if options.force else {
+            r.identity for r in find_records([experiment], [c.identity for c in run.cells])}
+        cells += len(run.cells)
+        dry.resolved += 1
+        dry.finished += len(done & {c.identity for c in run.cells})
+        dry.costs.append(cost)
+        new_entries |= cost.new_entries()
+        folders.add(cache.root)
+        dry.lines.append(f"job {label}: {count(len(run.cells), 'cell')}, {len(done)} already done")
+        dry.lines += cost.lines(done)
+    unresolved = len(plan.jobs) - dry.resolved
+    images = sum(sum(c.to_extract.values()) for c in dry.costs)
+    timed = [c.seconds for c in dry.costs if c.to_extract]
+    seconds = (duration(sum(timed)) if timed and None not in timed else
+               "unknown (no CUDA device here to time a calibration batch)" if timed else "none")
+    largest = max((cell.memory for c in dry.costs for cell in c.cells), default=0)
+    dry.lines.append(
+        f"{count(len(plan.jobs), 'job')}"
+        f"{f' ({unresolved} not resolvable here)' if unresolved else ''}, "
+        f"{count(cells, 'cell')}, {dry.finished} already done; "
+        f"{images:,} images to extract, "
+        f"{count(sum(len(c.points) for c in dry.costs), 'feature point')}; "
+        f"{size(sum(new_entries.values()))} new cache (of "
+        f"{size(sum(c.total_bytes for c in dry.costs))} in all); extraction time {seconds}; "
+        f"largest probe memory about {size(largest)} (an estimate)")
+    if len(folders) == 1:
+        dry.disk = disk_check(folders.pop(), sum(new_entries.values()))
+        dry.lines.append(dry.disk.line() + ("" if dry.disk.fits else
+                                            ": bench sweep would refuse to start"))
+    return dry

@@ -1,0 +1,318 @@
+"""What a job will cost, known before it runs, and whether the disk under the cache holds it.
+
+``job_cost`` resolves nothing itself: given a resolved job it counts the images of each split, the
+feature points and their dimensions (read from complete cache entries, else from one calibration
+forward pass), the bytes each point's cache entries take per split (images x dims x the cache
+dtype's size), the extraction time (a timed calibration batch on a CUDA device; unknown on the
+CPU, where the first batch of the real extraction tells) and each cell's probe memory (an
+estimate: its features as the probe holds them, plus the linear and mlp grids' own state: weights,
+two AdamW moments and gradients in float32 for every grid point). ``bench run`` prints it before
+extracting (``bench.run.jobs.work_notice``) and ``bench sweep --dry-run`` for every job
+(``bench.run.sweep.describe``); ``disk_check`` is the one refusal both apply when the new cache
+entries would not fit.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.run.spec import SPLITS, Prepared
+
+SHARD_OVERHEAD = 8192  # bytes per shard beyond its rows: .npy header, sidecar, filesystem blocks
+CALIBRATION_IMAGES = 64  # images timed on a CUDA device (at most the batch size)
+GRID_STATE = 4 * 4  # float32 bytes per weight: the weight, two AdamW moments and its gradient
+
+
+class DiskSpaceError(BenchError, RuntimeError):
+    """The cache's disk cannot hold what a run would add; found before anything is written."""
+
+
+@dataclass(frozen=True)
+class PointCost:
+    """One (layer, pool) feature point of a job: its size in the cache per split."""
+
+    layer: str
+    pool: str
+    dims: int  # numbers per image
+    bytes: dict[str, int]  # split -> bytes of its cache entry
+    new: dict[str, int]  # split -> bytes not in the cache yet
+    keys: dict[str, str]  # split -> cache entry key (entries shared by jobs are counted once)
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """One result of a job: its features' bytes per split and its probe's memory (estimates)."""
+
+    name: str  # "layer pool=P"
+    identity: str
+    dims: int
+    bytes: dict[str, int]
+    probe_bytes: int | None  # the features as the probe holds them; None: memory-mapped (maps)
+    head_bytes: int | None  # the grid's own state; None: not estimated for this head
+    head_formula: str = ""  # how head_bytes was counted
+
+    @property
+    def memory(self) -> int:
+        return (self.probe_bytes or 0) + (self.head_bytes or 0)
+
+
+@dataclass
+class JobCost:
+    """Everything ``bench run`` and ``bench sweep --dry-run`` say a job costs before it runs."""
+
+    label: str  # "backbone x task head=..."
+    storage: str  # the cache dtype
+    images: dict[str, int]  # split -> images
+    to_extract: dict[str, int]  # split -> images whose features are not all cached
+    points: list[PointCost]
+    cells: list[CellCost]
+    seconds: float | None  # extraction estimate; None: unknown (no CUDA device to time)
+    calibration: str  # how seconds was estimated, or why it is unknown
+
+    @property
+    def new_bytes(self) -> int:
+        return sum(sum(p.new.values()) for p in self.points)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(sum(p.bytes.values()) for p in self.points)
+
+    def new_entries(self) -> dict[str, int]:
+        """Cache entry key -> bytes it adds (for sums over jobs that share entries)."""
+        return {p.keys[s]: p.new[s] for p in self.points for s in SPLITS if p.new[s]}
+
+    def lines(self, done: set[str] | None = None, summary: bool = True) -> list[str]:
+        """The report, one line each: images, points and time (unless not ``summary``), the
+        cache, then each cell (``done``: the identities already logged, marked as such)."""
+        images = ", ".join(f"{s} {n:,}" for s, n in self.images.items())
+        todo = sum(self.to_extract.values())
+        timing = (f"{duration(self.seconds)} ({self.calibration})" if self.seconds is not None
+                  else f"time unknown ({self.calibration})")
+        lines = [f"  cache ({self.storage}): {size(self.total_bytes)} on disk, "
+                 f"{size(self.new_bytes)} of it new"]
+        if summary:
+            lines[:0] = [f"  images: {images} ({sum(self.images.values()):,}); "
+                         f"{count(len(self.points), 'feature point')}",
+                         f"  extraction: {todo:,} images through the backbone, {timing}" if todo
+                         else "  extraction: none (every feature is cached)"]
+        for cell in self.cells:
+            state = "" if done is None else ("done: " if cell.identity in done else "to run: ")
+            disk = ", ".join(f"{s} {size(cell.bytes[s])}" for s in SPLITS)
+            probe = ("memory-mapped, read a minibatch at a time" if cell.probe_bytes is None
+                     else f"{size(cell.probe_bytes)} of inputs")
+            head = ("" if cell.head_bytes is None else
+                    f" + {size(cell.head_bytes)} head state ({cell.head_formula})")
+            lines.append(f"    {state}{cell.name}  [{cell.identity[:12]}]: {cell.dims:,} dims; "
+                         f"disk {disk}; probe memory about {probe}{head}")
+        return lines
+
+
+def size(n: float) -> str:
+    """Bytes in the unit people read them in (decimal: 1 GB = 1e9 bytes)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    return f"about {seconds / 60:.0f} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
+             batch_size: int = CALIBRATION_IMAGES) -> JobCost:
+    """The cost of ``prepared``'s job with ``cache`` (a ``FeatureCache``). A point with an entry
+    not yet complete runs the backbone on calibration images (timed on CUDA), which also refuses
+    a cache dtype the features cannot be stored in (``CacheDtypeError``), before any work."""
+    from bench.precision import storage_numpy
+
+    run = prepared.run
+    splits = {name: prepared.task.split(name) for name in SPLITS}
+    images = {name: len(split) for name, split in splits.items()}
+    itemsize = storage_numpy(run.precision.storage).itemsize
+    entries = entries_of(prepared, cache)
+    complete = {request: {name: e.complete() for name, e in by_split.items()}
+                for request, by_split in entries.items()}
+    to_extract = {name: images[name] for name in SPLITS
+                  if not all(complete[r][name] for r in run.requests)}
+    dims = {r: math.prod(entries[r]["train"].feature_shape()) for r in run.requests
+            if complete[r]["train"]}
+    seconds, calibration = None, "nothing to extract"
+    if len(dims) < len(run.requests) or to_extract:
+        measured, seconds, calibration = _calibrate(prepared, splits["train"], batch_size)
+        dims = measured | dims
+    points = []
+    for request in run.requests:
+        total, new = {}, {}
+        for name in SPLITS:
+            entry = entries[request][name]
+            shards = -(-images[name] // (entry.manifest["shard_size"] if entry.exists()
+                                         else shard_size))
+            total[name] = images[name] * dims[request] * itemsize + shards * SHARD_OVERHEAD
+            new[name] = 0 if complete[request][name] else _missing_bytes(entry, total[name])
+        points.append(PointCost(*request, dims[request], total, new,
+                                {name: entries[request][name].key for name in SPLITS}))
+    by_request = {(p.layer, p.pool): p for p in points}
+    cells = [_cell_cost(prepared, cell, [by_request[f] for f in cell.features], images)
+             for cell in run.cells]
+    if to_extract and seconds is not None:
+        seconds *= sum(to_extract.values())
+    return JobCost(label, run.precision.storage, images, to_extract, points, cells, seconds,
+                   calibration)
+
+
+def entries_of(prepared: Prepared, cache: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The cache entries a resolved job reads: (layer, pool) -> split -> ``CacheEntry``."""
+    from bench.features.extract import entry_fields
+
+    run = prepared.run
+    return {request: {name: cache.entry(entry_fields(prepared.backbone, run.task_config,
+                                                     prepared.task.split(name), *request,
+                                                     run.precision))
+                      for name in SPLITS} for request in run.requests}
+
+
+def _missing_bytes(entry: Any, total: int) -> int:
+    """Bytes an entry still needs: all of it when absent, its missing shards' share otherwise."""
+    if not entry.exists():
+        return total
+    missing = sum(entry.expected_rows(i) for i in entry.missing_shards())
+    return total * missing // max(1, entry.manifest["num_items"])
+
+
+def _calibrate(prepared: Prepared, split: Any, batch_size: int
+               ) -> tuple[dict[tuple[str, str], int], float | None, str]:
+    """Each request's dims from the backbone's output on train images, the cache dtype checked
+    against it; on CUDA also the seconds per image of a timed batch (after one untimed pass),
+    else None and why."""
+    import torch
+
+    from bench.features.extract import check_storage
+    from bench.precision import autocast
+
+    run, backbone, device = prepared.run, prepared.backbone, prepared.device
+    cuda = device.type == "cuda"
+    n = max(1, min(batch_size, CALIBRATION_IMAGES, len(split))) if cuda else 1
+    x = torch.stack(_images(split, backbone.transform(), n, run.spec.skip_corrupt)).to(device)
+    n = len(x)
+    ids = torch.arange(n, device=device)
+    backbone.eval().to(device)
+
+    def forward() -> dict[tuple[str, str], torch.Tensor]:
+        with torch.inference_mode(), autocast(run.precision.extraction, device):
+            return backbone.extract(x, run.requests, ids)
+
+    out = forward()
+    check_storage(backbone, out, run.precision.storage)
+    dims = {request: int(features[0].numel()) for request, features in out.items()}
+    if not cuda:
+        return dims, None, "no CUDA device here to time a calibration batch"
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    forward()
+    torch.cuda.synchronize(device)
+    per_image = (time.perf_counter() - started) / n
+    return dims, per_image, (f"backbone forward of {n} calibration images on {device}, image "
+                             "loading not counted")
+
+
+def _images(split: Any, transform: Any, n: int, skip_corrupt: bool) -> list[Any]:
+    """The first ``n`` images of ``split`` that decode (with ``skip_corrupt``; else the first
+    corrupt one stops the run here, as it would the extraction)."""
+    from bench.task import CorruptImageError, DatasetError
+
+    images = []
+    for index in range(len(split)):
+        try:
+            images.append(transform(split.load(index)))
+        except CorruptImageError:
+            if not skip_corrupt:
+                raise
+        if len(images) == n:
+            break
+    if not images:
+        raise DatasetError(f"no image of the {split.name} split decodes: check the data with "
+                           "`bench data verify --full`")
+    return images
+
+
+def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost],
+               rows: dict[str, int]) -> CellCost:
+    """A cell's bytes per split and its probe's memory: every split's rows x dims at the probe
+    inputs' size (what the heads hold), plus the grid's state for the linear and mlp heads."""
+    from bench.protocol import head_kind
+
+    run = prepared.run
+    kind = head_kind(run.spec.head)
+    dims = sum(p.dims for p in points)
+    per_split = {s: sum(p.bytes[s] for p in points) for s in SPLITS}
+    name = f"{cell.layer} pool={cell.pool}"
+    if kind.inputs == "maps":
+        return CellCost(name, cell.identity, dims, per_split, None, None)
+    probe_itemsize = 2 if run.precision.probe_inputs in ("float16", "bfloat16") else 4
+    probe = sum(rows.values()) * dims * probe_itemsize
+    head, formula = _grid_state(run.head_config, kind.family or kind.name, dims, run.num_classes)
+    return CellCost(name, cell.identity, dims, per_split, probe, head, formula)
+
+
+def _grid_state(config: dict[str, Any], family: str, dims: int, classes: int
+                ) -> tuple[int | None, str]:
+    """Bytes of the grid heads' weights, AdamW moments and gradients (float32), and how counted."""
+    lrs, wds = config.get("lrs"), config.get("weight_decays")
+    if not lrs or not wds or family not in ("linear", "mlp", "few-shot"):
+        return None, ""
+    points = len(lrs) * len(wds)
+    if family == "mlp":
+        hidden, layers = int(config["hidden"]), int(config["hidden_layers"])
+        weights = dims * hidden + (layers - 1) * hidden * hidden + hidden * classes
+        return (points * weights * GRID_STATE,
+                f"{points} x {weights:,} weights x 4 B x 4")
+    return (points * (dims + 1) * classes * GRID_STATE,
+            f"{points} x {classes} x {dims + 1} x 4 B x 4")
+
+
+@dataclass(frozen=True)
+class DiskCheck:
+    """The new cache entries' bytes against the free space of the cache's disk."""
+
+    folder: Path
+    needed: int
+    free: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.free
+
+    def line(self) -> str:
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"disk: {size(self.needed)} of new feature cache in {self.folder}, "
+                f"{size(self.free)} free: {verdict}")
+
+    def refusal(self, storage: str, command: str) -> DiskSpaceError:
+        fixes = ["--cache-dtype fp16 (half of fp32)"] if storage == "float32" else []
+        fixes += ["fewer feature points (--layer/--pool, a smaller --grid)",
+                  "--cache-dir on a larger disk"]
+        return DiskSpaceError(
+            f"{command} would fill the disk under the feature cache: it needs {size(self.needed)}"
+            f" in {self.folder}, which has {size(self.free)} free; nothing was started. Use "
+            + ", or ".join(fixes))
+
+
+def disk_check(folder: Path, needed: int) -> DiskCheck:
+    """``needed`` bytes against the free space under ``folder`` (its nearest existing parent)."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return DiskCheck(Path(folder), needed, shutil.disk_usage(probe).free)
