@@ -169,11 +169,11 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
 def _prepare(jobs: list) -> None:
     """Resolve each job that runs in this process once; one that cannot resolve is left to fail
     as a job (reported with the others' results)."""
-    from bench.run.jobs import BenchJob
+    from bench.run.jobs import bench_jobs
     from bench.run.spec import resolve
 
-    for job in jobs:
-        if isinstance(job, BenchJob) and job.prepared is None:
+    for job in bench_jobs(jobs):
+        if job.prepared is None:
             try:
                 job.prepared = resolve(job.spec, job.options)
             except BenchError:

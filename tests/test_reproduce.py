@@ -102,7 +102,7 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     assert "px-folder: " in out and "[protocol differs]" in out
     assert "simclr: simclr digits" in out and "not resolvable here: weights missing" in out
     assert "pixels x digits: one pass over 1,797 images, 4 feature points feeds 5 cells" in out
-    assert "GB new cache" in out  # the sweep dry run's cost of the jobs to run
+    assert " new cache (of " in out  # the sweep dry run's cost of the jobs to run
     assert "similarity matrix random-unet on digits val (n=50, cka-debiased)" in out
     assert "8 cells: 0 done, 7 to run, 1 not resolvable here; 1 similarity matrices" in out
 

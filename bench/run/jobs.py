@@ -314,6 +314,11 @@ class SharedJob(_Requeueable):
         return [record for job in self.jobs for record in job()]
 
 
+def bench_jobs(jobs: list[Any]) -> list[BenchJob]:
+    """The ``BenchJob``s of a plan's jobs, a ``SharedJob``'s own jobs in its place."""
+    return [one for job in jobs for one in (job.jobs if isinstance(job, SharedJob) else [job])]
+
+
 def share_features(jobs: list[BenchJob], sequential: bool) -> None:
     """Jobs with ``--no-keep-features`` that read the same cache entries (one backbone and task
     with the same arguments, precision and cache dtype: several heads or seeds) leave the
@@ -338,6 +343,7 @@ def share_features(jobs: list[BenchJob], sequential: bool) -> None:
         for job in group[:-1]:
             job.deletes_features = False
         group[-1].group_specs = [job.spec for job in group[:-1]]
+
 
 def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
                 train_items: list[Any]):

@@ -113,12 +113,13 @@ def describe(plan: SweepPlan) -> DryRun:
     from bench.features.cache import FeatureCache
     from bench.results.tracking import ensure_experiment, find_records
     from bench.run.costs import count, disk_check, duration, job_cost, size
-    from bench.run.jobs import job_label
+    from bench.run.jobs import bench_jobs, job_label
     from bench.run.spec import resolve
 
     dry = DryRun([], 0, 0)
     cells, new_entries, folders = 0, {}, set()
-    for job in plan.jobs:
+    jobs = bench_jobs(plan.jobs)
+    for job in jobs:
         label, options = job_label(job.spec), job.options
         cache = FeatureCache(options.cache_dir)
         try:
@@ -142,14 +143,14 @@ def describe(plan: SweepPlan) -> DryRun:
         folders.add(cache.root)
         dry.lines.append(f"job {label}: {count(len(run.cells), 'cell')}, {len(done)} already done")
         dry.lines += cost.lines(done)
-    unresolved = len(plan.jobs) - dry.resolved
+    unresolved = len(jobs) - dry.resolved
     images = sum(sum(c.to_extract.values()) for c in dry.costs)
     timed = [c.seconds for c in dry.costs if c.to_extract]
     seconds = (duration(sum(timed)) if timed and None not in timed else
                "unknown (no CUDA device here to time a calibration batch)" if timed else "none")
     largest = max((cell.memory for c in dry.costs for cell in c.cells), default=0)
     dry.lines.append(
-        f"{count(len(plan.jobs), 'job')}"
+        f"{count(len(jobs), 'job')}"
         f"{f' ({unresolved} not resolvable here)' if unresolved else ''}, "
         f"{count(cells, 'cell')}, {dry.finished} already done; "
         f"{images:,} images to extract, "
