@@ -163,7 +163,6 @@ class Objective:
 
     rows: _Rows
     labels: torch.Tensor
-    classes: int
     passes: int = 0  # full passes over the rows (the cost of a solve)
 
     def __call__(self, theta: torch.Tensor, inv_cn: torch.Tensor
@@ -411,7 +410,7 @@ class LogRegTrainer:
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         train, y_train, norm = self._rows(data, ["train"])
         val, _, _ = self._rows(data, ["val"], norm)
-        objective = Objective(train, y_train, data.num_classes)
+        objective = Objective(train, y_train)
         solved: dict[float, tuple[torch.Tensor, float]] = {}  # C -> weights, L-BFGS scaling
         cold = (torch.zeros(data.num_classes, train.dim + 1, device=self.device), math.nan)
 
@@ -428,7 +427,7 @@ class LogRegTrainer:
         rows, labels, norm = self._rows(data, ["train", "val"])
         c = float(point["C"])
         start = torch.zeros(1, data.num_classes, rows.dim + 1, device=self.device)
-        solution = self._solve(Objective(rows, labels, data.num_classes), [c], start)
+        solution = self._solve(Objective(rows, labels), [c], start)
         if not solution.converged[0]:
             import warnings
 
