@@ -101,21 +101,18 @@ def logreg_row(shape: str, feats, labels, classes, device) -> None:
           f"{sk_top1:6.2f} {sequential / batched:8.2f}x  (C {result.best['C']:.3g})", flush=True)
 
 
-def feature_set(name: str, args) -> tuple[str, dict, dict, int]:
-    """A set of the table by name, and its printed shape."""
-    if name == "digits":
-        feats, labels, classes = digits_features()
-    else:
-        n = 2 * args.n if name == "synthetic20k" else args.n
-        feats, labels, classes = synthetic_features(n, args.dim, args.classes)
-    return f"{name} {len(feats['train'])}x{feats['train'].shape[1]}", feats, labels, classes
-
-
 def logreg_table(sets: list[str], args, device) -> None:
+    """``--logreg-only``: the logreg row of each set (its features as ``main`` builds them)."""
     print(f"{'features':>44s} {'logreg s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
-        logreg_row(*feature_set(name, args), device)
+        if name == "digits":
+            feats, labels, classes = digits_features()
+        else:
+            n = 2 * args.n if name == "synthetic20k" else args.n
+            feats, labels, classes = synthetic_features(n, args.dim, args.classes)
+        logreg_row(f"{name} {len(feats['train'])}x{feats['train'].shape[1]}", feats, labels,
+                   classes, device)
 
 
 def first_quarter(feats, labels, classes, cfg, device, policy) -> float:
@@ -177,7 +174,12 @@ def main() -> None:
     print(f"{'features':>44s} {'batched s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
-        shape, feats, labels, classes = feature_set(name, args)
+        if name == "digits":
+            feats, labels, classes = digits_features()
+        else:
+            n = 2 * args.n if name == "synthetic20k" else args.n
+            feats, labels, classes = synthetic_features(n, args.dim, args.classes)
+        shape = f"{name} {len(feats['train'])}x{feats['train'].shape[1]}"
         start = time.perf_counter()
         sk_top1 = sklearn_sweep(feats, labels, cs)
         sequential = time.perf_counter() - start

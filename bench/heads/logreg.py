@@ -368,7 +368,7 @@ def search_cs(cs: Sequence[float], refinements: int, headline: str, solve_round:
     round; ``starts[i]`` is the solved C that cs[i] starts from (the smaller neighbour: the path
     runs from strong to weak regularisation), None for zero. Returns every record by C."""
     records: dict[float, dict[str, float]] = {}
-    todo: list[tuple[float, float | None]] = [(c, None) for c in sorted(set(cs))]
+    todo: list[tuple[float, float | None]] = [(c, None) for c in sorted({float(c) for c in cs})]
     for round_index in range(refinements + 1):
         if round_index:
             solved = sorted(records)
