@@ -173,22 +173,24 @@ def test_streamed_rows_give_the_numbers_of_resident_rows(monkeypatch):
     assert max(read) <= 200 and len(read) > passes * math.ceil(len(feats["train"]) / 200)
 
 
-def test_a_split_within_the_budget_is_read_once():
+def test_train_within_the_budget_is_read_once_and_val_streams_beside_it():
     _, feats, labels = _digit_features()
-    calls = []
+    calls = {s: 0 for s in feats}
 
-    class Counted(np.ndarray):
-        def __getitem__(self, key):
-            calls.append(key)
-            return super().__getitem__(key)
+    def counted(split):
+        class Counted(np.ndarray):
+            def __getitem__(self, key):
+                calls[split] += 1
+                return super().__getitem__(key)
+        return Counted
 
-    features = {s: x.view(Counted) for s, x in feats.items()}
-    bytes_needed = 4 * len(feats["train"]) * (feats["train"].shape[1] + 1)
-    trainer = LogRegTrainer(LogRegConfig(cs=(1.0,), refinements=0))
-    trainer.search(ProbeData(features, labels, 10, memory_budget=bytes_needed))
-    chunks = math.ceil(len(feats["train"]) / logreg.CHUNK) + math.ceil(
-        len(feats["val"]) / logreg.CHUNK)
-    assert trainer.solutions[0][1].passes > 5 and len(calls) == chunks
+    features = {s: x.view(counted(s)) for s, x in feats.items()}
+    train_bytes = 4 * len(feats["train"]) * (feats["train"].shape[1] + 1)
+    trainer = LogRegTrainer(LogRegConfig(cs=(1e-2, 1.0), refinements=1))
+    trainer.search(ProbeData(features, labels, 10, memory_budget=train_bytes))
+    assert calls["train"] == math.ceil(len(feats["train"]) / logreg.CHUNK)  # once, kept
+    assert sum(s.passes for _, s in trainer.solutions) > 5
+    assert calls["val"] == len(trainer.solutions)  # no room left: read at each round's scoring
 
 
 def test_the_head_selects_on_val_and_beats_chance_through_evaluate():

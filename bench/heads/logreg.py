@@ -35,9 +35,10 @@ would (starting it from the search's solution of its C saved one iteration in se
 set: not worth the state).
 
 **Streamed.** A split's rows are read in chunks of ``CHUNK`` rows from a numpy array or any
-(memory-mapped) array with ``take``; a split whose float32 copy fits ``ProbeData.memory_budget``
-(or any split when it is None) is normalised once and kept on the device, and otherwise every
-pass reads its chunks again. The chunks are the same either way, so are the numbers.
+(memory-mapped) array with ``take``; the rows a model trains on, when their float32 copy fits
+``ProbeData.memory_budget`` (or when it is None), are normalised once and kept on the device,
+then the split it is scored on if it fits what is left; otherwise every pass reads its chunks
+again. The chunks are the same either way, so are the numbers.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class _Rows:
         self.n = sum(len(p) for p in self.parts)
         self.dim = int(np.prod(self.parts[0].shape[1:]))
         self.resident: list[torch.Tensor] | None = None
-        if budget is None or 4 * self.n * (self.dim + 1) <= budget:
+        if budget is None or 4 * self.n * (self.dim + 1) <= budget:  # as ``bytes`` counts
             self.resident = list(self._read_chunks())
 
     def _read_chunks(self) -> Iterator[torch.Tensor]:
@@ -130,6 +131,11 @@ class _Rows:
 
     def chunks(self) -> Iterator[torch.Tensor]:
         return iter(self.resident) if self.resident is not None else self._read_chunks()
+
+    @property
+    def bytes(self) -> int:
+        """Device memory the kept rows take (0 when streamed)."""
+        return 0 if self.resident is None else 4 * self.n * (self.dim + 1)
 
 
 def fit_normaliser(kind: str, parts: Sequence[Any], device: torch.device) -> _Normaliser:
@@ -391,11 +397,16 @@ class LogRegTrainer:
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
         self.solutions: list[tuple[list[float], Solution]] = []  # every solve, for inspection
 
-    def _rows(self, data: ProbeData, splits: Sequence[str], norm: _Normaliser | None = None
-              ) -> tuple[_Rows, torch.Tensor, _Normaliser]:
+    def _rows(self, data: ProbeData, splits: Sequence[str], norm: _Normaliser | None = None,
+              held: _Rows | None = None) -> tuple[_Rows, torch.Tensor, _Normaliser]:
+        """The rows of ``splits``, kept on the device if they fit what the budget leaves beside
+        ``held`` (the rows the model trains on: they are passed over most, so they come first)."""
         parts = [data.features[s] for s in splits]
         norm = norm or fit_normaliser(self.cfg.normalisation, parts, self.device)
-        rows = _Rows(parts, self.device, data.memory_budget, norm)
+        budget = data.memory_budget
+        if budget is not None and held is not None:
+            budget -= held.bytes
+        rows = _Rows(parts, self.device, budget, norm)
         return rows, _labels([data.labels[s] for s in splits], self.device), norm
 
     def _solve(self, objective: Objective, cs: list[float], start: torch.Tensor,
@@ -409,7 +420,7 @@ class LogRegTrainer:
 
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         train, y_train, norm = self._rows(data, ["train"])
-        val, _, _ = self._rows(data, ["val"], norm)
+        val, _, _ = self._rows(data, ["val"], norm, held=train)
         objective = Objective(train, y_train)
         solved: dict[float, tuple[torch.Tensor, float]] = {}  # C -> weights, L-BFGS scaling
         cold = (torch.zeros(data.num_classes, train.dim + 1, device=self.device), math.nan)
@@ -435,7 +446,7 @@ class LogRegTrainer:
                           f" ({solution.iterations[0]} iterations, max_iter "
                           f"{self.cfg.max_iter}): raise --probe-arg max_iter=N or tol",
                           stacklevel=2)
-        test = _Rows([data.features["test"]], self.device, data.memory_budget, norm)
+        test, _, _ = self._rows(data, ["test"], norm, held=rows)
         return _logits(test, solution.theta)[0]
 
 
