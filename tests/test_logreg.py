@@ -162,7 +162,7 @@ def test_streamed_rows_give_the_numbers_of_resident_rows(monkeypatch):
                for s, x in feats.items()}
     cfg = LogRegConfig(cs=(1e-2, 1.0), refinements=1, normalisation="standardise")
     results = []
-    for features, budget in ((feats, None), (sharded, 1024)):
+    for features, budget in ((feats, None), (sharded, 4 * 200 * 193)):  # one chunk
         trainer = LogRegTrainer(cfg)
         data = ProbeData(features, labels, 10, memory_budget=budget)
         results.append((trainer.search(data), trainer.refit_predict(data, {"C": 1.0})))
@@ -171,6 +171,13 @@ def test_streamed_rows_give_the_numbers_of_resident_rows(monkeypatch):
     assert torch.equal(streamed_test, resident_test)
     passes = sum(s.passes for _, s in trainer.solutions)
     assert max(read) <= 200 and len(read) > passes * math.ceil(len(feats["train"]) / 200)
+
+
+def test_a_budget_below_one_chunk_is_refused_in_one_line():
+    _, feats, labels = _digit_features()
+    with pytest.raises(UsageError, match=r"memory budget 1,000 bytes is below one chunk of 1,295 "
+                       r"rows \(999,740 bytes at dimension 192\): raise --memory-budget$"):
+        LogRegTrainer(LogRegConfig()).search(ProbeData(feats, labels, 10, memory_budget=1000))
 
 
 def test_train_within_the_budget_is_read_once_and_val_streams_beside_it():

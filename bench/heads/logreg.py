@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.errors import UsageError
 from bench.metrics import Predictions
 from bench.precision import FP32, PrecisionPolicy
 from bench.protocol import ProbeData, ProbeResult, evaluate, top_classes
@@ -402,8 +403,14 @@ class LogRegTrainer:
         """The rows of ``splits``, kept on the device if they fit what the budget leaves beside
         ``held`` (the rows the model trains on: they are passed over most, so they come first)."""
         parts = [data.features[s] for s in splits]
-        norm = norm or fit_normaliser(self.cfg.normalisation, parts, self.device)
         budget = data.memory_budget
+        chunk = min(CHUNK, sum(len(p) for p in parts))
+        dim = int(np.prod(parts[0].shape[1:]))
+        if held is None and budget is not None and budget < 4 * chunk * (dim + 1):
+            raise UsageError(f"memory budget {budget:,} bytes is below one chunk of {chunk:,} "
+                             f"rows ({4 * chunk * (dim + 1):,} bytes at dimension {dim}): raise "
+                             "--memory-budget")
+        norm = norm or fit_normaliser(self.cfg.normalisation, parts, self.device)
         if budget is not None and held is not None:
             budget -= held.bytes
         rows = _Rows(parts, self.device, budget, norm)
