@@ -13,6 +13,10 @@ Each set also prints the floor of any schedule that passes the halving rules: ev
 trains for the first quarter of the epochs, timed alone (each precision policy, no validation),
 as a ratio to scikit-learn's time: a probe is at most that many times faster than scikit-learn.
 ``--profile`` prints torch.profiler's top operators of the default row.
+
+Each set also has a ``logreg`` row: ``--head logreg`` (CLIP's L-BFGS probe, its C search batched)
+against scikit-learn's ``LogisticRegression`` fitting the C values that search visited, one after
+another, then refitting the selected one (``--logreg-only``: those rows alone).
 """
 
 from __future__ import annotations
@@ -101,18 +105,22 @@ def logreg_row(shape: str, feats, labels, classes, device) -> None:
           f"{sk_top1:6.2f} {sequential / batched:8.2f}x  (C {result.best['C']:.3g})", flush=True)
 
 
+def feature_set(name: str, args) -> tuple[str, dict, dict, int]:
+    """A set of the table by name, with its printed shape."""
+    if name == "digits":
+        feats, labels, classes = digits_features()
+    else:
+        n = 2 * args.n if name == "synthetic20k" else args.n
+        feats, labels, classes = synthetic_features(n, args.dim, args.classes)
+    return f"{name} {len(feats['train'])}x{feats['train'].shape[1]}", feats, labels, classes
+
+
 def logreg_table(sets: list[str], args, device) -> None:
-    """``--logreg-only``: the logreg row of each set (its features as ``main`` builds them)."""
+    """``--logreg-only``: the logreg row of each set."""
     print(f"{'features':>44s} {'logreg s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
-        if name == "digits":
-            feats, labels, classes = digits_features()
-        else:
-            n = 2 * args.n if name == "synthetic20k" else args.n
-            feats, labels, classes = synthetic_features(n, args.dim, args.classes)
-        logreg_row(f"{name} {len(feats['train'])}x{feats['train'].shape[1]}", feats, labels,
-                   classes, device)
+        logreg_row(*feature_set(name, args), device)
 
 
 def first_quarter(feats, labels, classes, cfg, device, policy) -> float:
@@ -174,12 +182,7 @@ def main() -> None:
     print(f"{'features':>44s} {'batched s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
-        if name == "digits":
-            feats, labels, classes = digits_features()
-        else:
-            n = 2 * args.n if name == "synthetic20k" else args.n
-            feats, labels, classes = synthetic_features(n, args.dim, args.classes)
-        shape = f"{name} {len(feats['train'])}x{feats['train'].shape[1]}"
+        shape, feats, labels, classes = feature_set(name, args)
         start = time.perf_counter()
         sk_top1 = sklearn_sweep(feats, labels, cs)
         sequential = time.perf_counter() - start
