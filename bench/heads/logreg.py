@@ -185,11 +185,13 @@ class Objective:
             y = self.labels[offset : offset + len(x)]
             offset += len(x)
             rows = torch.arange(len(x), device=x.device)
-            logp = torch.log_softmax((x @ flat.T).view(len(x), a, k), dim=-1)
-            loss -= logp[rows, :, y].sum(0, dtype=torch.float64)
+            # (A, K, rows): the softmax runs along K with the rows contiguous (the (rows, A, K)
+            # layout's softmax over a short last axis took half a digits pass)
+            logp = torch.log_softmax((flat @ x.T).view(a, k, len(x)), dim=1)
+            loss -= logp[:, y, rows].sum(1, dtype=torch.float64)
             delta = logp.exp_()
-            delta[rows, :, y] -= 1.0
-            grad.addmm_(delta.view(len(x), a * k).T, x)
+            delta[:, y, rows] -= 1.0
+            grad.addmm_(delta.view(a * k, len(x)), x)
         n = self.rows.n
         weights = theta[..., :-1]
         grad = grad.view(a, k, d1).div_(n)
@@ -283,13 +285,13 @@ def lbfgs(objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, 
         given = torch.tensor(scaling, dtype=torch.float64, device=theta.device)
         warmed = ~given.isnan()
         memory.gamma[warmed] = given[warmed]
-    iterations = [0] * g_count
-    active = (grad.flatten(1).abs().amax(1) > cfg.tol).tolist()
-    converged = [not a for a in active]
+    iterations = torch.zeros(g_count, dtype=torch.long, device=theta.device)
+    active = grad.flatten(1).abs().amax(1) > cfg.tol
+    converged = ~active
     bar = tqdm(total=cfg.max_iter, desc=f"logreg L-BFGS x{g_count} C", unit="it",
                disable=not progress, leave=False)
     for step in range(cfg.max_iter):
-        if not any(active):
+        if not bool(active.any()):
             break
         bar.update(1)
         direction = memory.direction(grad)
@@ -303,65 +305,55 @@ def lbfgs(objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, 
         if step == 0:
             cold = 1.0 / direction.flatten(1).norm(dim=1).double().clamp_min(1e-30)
             t = torch.where(warmed, t, cold)
-        new_theta, new_loss, new_grad, accepted = _line_search(
+        new_theta, new_loss, new_grad, moved = _line_search(
             objective, theta, loss, direction, slope, t, inv_cn, active)
+        # a point that found no decrease is at float32's precision: it stops where it is
+        s, y = new_theta - theta, new_grad - grad
+        sy, yy = _dot(s, y), _dot(y, y)
+        pair = moved & (sy > 0) & (sy > 1e-12 * yy)
         slot = memory.count % cfg.history
         memory.count += 1
-        memory.s[slot].zero_()
-        memory.y[slot].zero_()
-        memory.rho[slot] = 0.0
-        for g in range(g_count):
-            if not active[g]:
-                continue
-            if not accepted[g]:  # no decrease left at float32's precision: stop where it is
-                active[g] = False
-                continue
-            iterations[g] += 1
-            s, y = new_theta[g] - theta[g], new_grad[g] - grad[g]
-            sy, yy = float(_dot(s[None], y[None])), float(_dot(y[None], y[None]))
-            if sy > 1e-12 * yy and sy > 0:
-                memory.s[slot, g], memory.y[slot, g] = s, y
-                memory.rho[slot, g] = 1.0 / sy
-                memory.gamma[g] = sy / yy
-            decrease = float(loss[g] - new_loss[g])
-            scale = max(abs(float(loss[g])), abs(float(new_loss[g])), 1.0)
-            theta[g], loss[g], grad[g] = new_theta[g], new_loss[g], new_grad[g]
-            if float(grad[g].abs().max()) <= cfg.tol:
-                active[g], converged[g] = False, True
-            elif decrease <= FTOL * scale:
-                active[g] = False
+        memory.s[slot] = s * _per_point(pair, s)
+        memory.y[slot] = y * _per_point(pair, y)
+        memory.rho[slot] = torch.where(pair, 1.0 / sy, torch.zeros_like(sy))
+        memory.gamma = torch.where(pair, sy / yy, memory.gamma)
+        flat = loss - new_loss <= FTOL * torch.maximum(torch.maximum(loss.abs(), new_loss.abs()),
+                                                       torch.ones_like(loss))
+        keep = _per_point(moved, theta).bool()
+        theta, grad = torch.where(keep, new_theta, theta), torch.where(keep, new_grad, grad)
+        loss = torch.where(moved, new_loss, loss)
+        iterations += moved.long()
+        met = moved & (grad.flatten(1).abs().amax(1) <= cfg.tol)
+        converged |= met
+        active = moved & ~met & ~flat
     bar.close()
-    return Solution(theta, loss, iterations, converged, memory)
+    return Solution(theta, loss, iterations.tolist(), converged.tolist(), memory)
 
 
 def _line_search(objective, theta, loss, direction, slope, t, inv_cn, active):
     """Backtracking (Armijo, quadratic interpolation) for every active point at once; a trial
-    evaluates only the points still searching. Returns the new theta, f, gradient, and which
-    points found a sufficient decrease."""
+    evaluates only the points still searching. Returns the new theta, f, gradient (the old ones
+    where none was found) and which points found a sufficient decrease."""
     new_theta, new_loss, new_grad = theta.clone(), loss.clone(), torch.zeros_like(theta)
-    accepted = [False] * len(active)
-    searching = [g for g, a in enumerate(active) if a]
+    moved = torch.zeros_like(active)
+    searching = active.clone()
     for _ in range(MAX_LINE_SEARCH):
-        if not searching:
+        index = searching.nonzero().squeeze(1)
+        if not len(index):
             break
-        index = torch.tensor(searching, device=theta.device)
-        step = _per_point(t[index], theta)
-        trial = theta[index] + step * direction[index]
+        trial = theta[index] + _per_point(t[index], theta) * direction[index]
         f, grad = objective(trial, inv_cn[index])
-        still = []
-        for i, g in enumerate(searching):
-            expected = ARMIJO * float(t[g]) * float(slope[g])
-            if float(f[i]) <= float(loss[g]) + expected:
-                new_theta[g], new_loss[g], new_grad[g] = trial[i], f[i], grad[i]
-                accepted[g] = True
-                continue
-            # minimiser of the quadratic through f(0), f'(0) and f(t), kept in [0.1 t, 0.5 t]
-            tg, rise = float(t[g]), float(f[i]) - float(loss[g]) - float(slope[g]) * float(t[g])
-            quad = -float(slope[g]) * tg * tg / (2 * rise) if rise > 0 else 0.5 * tg
-            t[g] = min(max(quad, 0.1 * tg), 0.5 * tg)
-            still.append(g)
-        searching = still
-    return new_theta, new_loss, new_grad, accepted
+        ok = f <= loss[index] + ARMIJO * t[index] * slope[index]
+        done = index[ok]
+        new_theta[done], new_loss[done], new_grad[done] = trial[ok], f[ok], grad[ok]
+        moved[done] = True
+        searching[done] = False
+        # the rest: the minimiser of the quadratic through f(0), f'(0) and f(t), in [0.1t, 0.5t]
+        tg, g0 = t[index], slope[index]
+        rise = f - loss[index] - g0 * tg
+        quad = torch.where(rise > 0, -g0 * tg * tg / (2 * rise.clamp_min(1e-300)), 0.5 * tg)
+        t[index] = torch.where(ok, tg, torch.minimum(torch.maximum(quad, 0.1 * tg), 0.5 * tg))
+    return new_theta, new_loss, new_grad, moved
 
 
 Round = Callable[[list[float], list["float | None"]], list[dict[str, float]]]
