@@ -75,22 +75,29 @@ def sklearn_sweep(feats, labels, cs) -> float:
     return 100 * model.score(scaler.transform(feats["test"]), labels["test"])
 
 
-def sklearn_logreg(feats, labels, cs) -> float:
+def sklearn_logreg(feats, labels, cs, threads: int) -> float:
     """CLIP's protocol with scikit-learn, one C after another (each from zero, as CLIP's code):
-    select on val among ``cs`` (the first maximum), refit on train+val, test top-1."""
+    select on val among ``cs`` (the first maximum), refit on train+val, test top-1. The thread
+    limit is set here, after scikit-learn is imported: its OpenMP runtime and scipy's OpenBLAS
+    load with it, and a limit set before does not reach them (on 2 loaded cores their spinning
+    threads made a digits fit 9x slower)."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
-    scores = [LogisticRegression(C=c, max_iter=1000).fit(feats["train"], labels["train"]).score(
-        feats["val"], labels["val"]) for c in cs]
-    model = LogisticRegression(C=cs[int(np.argmax(scores))], max_iter=1000).fit(
-        np.concatenate([feats["train"], feats["val"]]),
-        np.concatenate([labels["train"], labels["val"]]))
-    return 100 * model.score(feats["test"], labels["test"])
+    with threadpool_limits(threads):
+        scores = [LogisticRegression(C=c, max_iter=1000).fit(feats["train"], labels["train"])
+                  .score(feats["val"], labels["val"]) for c in cs]
+        model = LogisticRegression(C=cs[int(np.argmax(scores))], max_iter=1000).fit(
+            np.concatenate([feats["train"], feats["val"]]),
+            np.concatenate([labels["train"], labels["val"]]))
+        return 100 * model.score(feats["test"], labels["test"])
 
 
 def logreg_row(shape: str, feats, labels, classes, device) -> None:
     """``--head logreg`` (its defaults: raw features, CLIP's search) against scikit-learn's
     L-BFGS fitting the same C values in sequence on the same features."""
+    import torch
+
     from bench.heads.logreg import fit_logreg
 
     start = time.perf_counter()
@@ -98,7 +105,7 @@ def logreg_row(shape: str, feats, labels, classes, device) -> None:
     batched = time.perf_counter() - start
     cs = sorted(r["C"] for r in result.grid)
     start = time.perf_counter()
-    sk_top1 = sklearn_logreg(feats, labels, cs)
+    sk_top1 = sklearn_logreg(feats, labels, cs, torch.get_num_threads())
     sequential = time.perf_counter() - start
     label = f"{shape} logreg, CLIP search ({len(cs)} C)"
     print(f"{label:>44s} {batched:10.2f} {result.test['top1']:6.2f} {sequential:10.2f} "
