@@ -25,7 +25,10 @@ well as scikit-learn's ``max |gradient| <= tol``; ties in validation go to the s
 **Batched and warm-started.** All C values of a round share every pass over the features: one
 (G, K, D + 1) weight (the bias as a last column against a column of ones), one GEMM per chunk of
 rows for all logits and one for all gradients. The L-BFGS state is per point (curvature pairs,
-step sizes, convergence), and converged points leave the GEMMs. The first round starts from zero;
+step sizes, convergence), and converged points leave the GEMMs. The first round starts from zero,
+as CLIP's fits do (started along the path, each C from the last, it took the 10k set's round from
+2.4 s to 1.2 s but stopped its large C at other points of their flat loss: C = 100 at 0.053
+against 0.0067 from zero, where scikit-learn stops too);
 each refinement point (a geometric midpoint) starts from the solution at the smaller of its two
 neighbouring C (stronger regularisation: the path's direction) and that solution's L-BFGS scaling. What
 that saves depends on the features: the refinements of the 10k x 512 x 100 set took 2-10
