@@ -11,8 +11,8 @@ import torch
 
 from bench.errors import UsageError
 from bench.heads import logreg
-from bench.heads.logreg import LogRegConfig, LogRegTrainer, fit_logreg, lbfgs, search_cs
-from bench.protocol import ProbeData, evaluate
+from bench.heads.logreg import LogRegConfig, LogRegTrainer, fit_logreg, search_cs
+from bench.protocol import ProbeData
 
 from .test_engine import _digit_features
 

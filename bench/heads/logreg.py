@@ -28,14 +28,13 @@ rows for all logits and one for all gradients. The L-BFGS state is per point (cu
 step sizes, convergence), and converged points leave the GEMMs. The first round starts from zero,
 as CLIP's fits do (started along the path, each C from the last, it took the 10k set's round from
 2.4 s to 1.2 s but stopped its large C at other points of their flat loss: C = 100 at 0.053
-against 0.0067 from zero, where scikit-learn stops too);
-each refinement point (a geometric midpoint) starts from the solution at the smaller of its two
-neighbouring C (stronger regularisation: the path's direction) and that solution's L-BFGS scaling. What
-that saves depends on the features: the refinements of the 10k x 512 x 100 set took 2-10
-iterations a point, its first round 6-16; on digits the count is set by the conditioning near
-the optimum and a warm start saves about a sixth. The refit starts from zero, as scikit-learn's
-would (starting it from the search's solution of its C saved one iteration in seven on the 10k
-set: not worth the state).
+against 0.0067 from zero, where scikit-learn stops too); each refinement point (a geometric
+midpoint) starts from the solution at the smaller of its two neighbouring C (stronger
+regularisation: the path's direction) and that solution's L-BFGS scaling. What that saves depends
+on the features: the refinements of the 10k x 512 x 100 set took 2-10 iterations a point, its
+first round 6-16; on digits the count is set by the conditioning near the optimum and a warm start
+saves about a sixth. The refit starts from zero, as scikit-learn's would (starting it from the
+search's solution of its C saved one iteration in seven on the 10k set: not worth the state).
 
 **Streamed.** A split's rows are read in chunks of ``CHUNK`` rows from a numpy array or any
 (memory-mapped) array with ``take``; the rows a model trains on, when their float32 copy fits
@@ -48,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
