@@ -13,9 +13,10 @@ values 1e-6, 1e-4, ..., 1e6 first, then the interval around the peak halved unti
 decade; the selected value is refit on train+val and scored on test once. This head does the
 same: ``cs`` is the first round (CLIP's seven values; as C = 1/lambda the range is the same),
 each of ``refinements`` rounds (CLIP's 4) solves the geometric midpoints between the best C so
-far and its nearest solved neighbours, which on CLIP's grid visits exactly CLIP_benchmark's
-``find_peak`` indices on its 97-value grid. CLIP_benchmark runs that search but trains an AdamW
-linear layer (lr 0.1, 10 epochs, minibatches) on L2-normalised features instead of L-BFGS;
+far and its nearest solved neighbours: the points CLIP_benchmark's ``find_peak`` search visits
+when run over CLIP's 97 values (8 per decade). CLIP_benchmark runs that search over its own 97
+weight decays, 1e-6..1e2 (12 per decade), and trains an AdamW linear layer (lr 0.1, 10 epochs,
+minibatches) on L2-normalised features instead of L-BFGS;
 ``normalisation="l2"`` gives its features, ``"standardise"`` scikit-learn's ``StandardScaler``
 (train statistics), ``"none"`` (the default) CLIP's raw features. Differences from scikit-learn's
 solver: float32 (float64 sums), a backtracking Armijo line search where scipy's L-BFGS-B uses
