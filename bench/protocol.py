@@ -52,6 +52,7 @@ class ProbeData:
     num_classes: int
     train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
     headline: str = "top1"  # the selection metric (successive halving ranks by it too)
+    memory_budget: int | None = None  # bytes; None = no limit
 
 
 class Trainer(Protocol):

@@ -40,6 +40,7 @@ HEAD_RANGES = {
     "temperature": POSITIVE, "epochs": COUNT, "eval_every": COUNT, "batch_size": COUNT,
     "hidden": COUNT, "hidden_layers": COUNT, "dim": COUNT, "heads": COUNT, "depth": COUNT,
     "shots": COUNT, "ks": COUNT,
+    "cs": POSITIVE, "refinements": COUNT0, "max_iter": COUNT, "tol": POSITIVE, "history": COUNT,
 }
 TASK_RANGES = {"val_fraction": FRACTION, "test_fraction": FRACTION, "limit": COUNT,
                "max_image_pixels": COUNT0}  # max_image_pixels 0: no limit; limit None: all

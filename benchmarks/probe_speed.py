@@ -13,6 +13,10 @@ Each set also prints the floor of any schedule that passes the halving rules: ev
 trains for the first quarter of the epochs, timed alone (each precision policy, no validation),
 as a ratio to scikit-learn's time: a probe is at most that many times faster than scikit-learn.
 ``--profile`` prints torch.profiler's top operators of the default row.
+
+Each set also has a ``logreg`` row: ``--head logreg`` (CLIP's L-BFGS probe, its C search batched)
+against scikit-learn's ``LogisticRegression`` fitting the C values that search visited, one after
+another, then refitting the selected one (``--logreg-only``: those rows alone).
 """
 
 from __future__ import annotations
@@ -71,6 +75,61 @@ def sklearn_sweep(feats, labels, cs) -> float:
     return 100 * model.score(scaler.transform(feats["test"]), labels["test"])
 
 
+def sklearn_logreg(feats, labels, cs, threads: int) -> float:
+    """CLIP's protocol with scikit-learn, one C after another (each from zero, as CLIP's code):
+    select on val among ``cs`` (the first maximum), refit on train+val, test top-1. The thread
+    limit is set here, after scikit-learn is imported: its OpenMP runtime and scipy's OpenBLAS
+    load with it, and a limit set before does not reach them (on 2 loaded cores their spinning
+    threads made a digits fit 9x slower)."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads):
+        scores = [LogisticRegression(C=c, max_iter=1000).fit(feats["train"], labels["train"])
+                  .score(feats["val"], labels["val"]) for c in cs]
+        model = LogisticRegression(C=cs[int(np.argmax(scores))], max_iter=1000).fit(
+            np.concatenate([feats["train"], feats["val"]]),
+            np.concatenate([labels["train"], labels["val"]]))
+        return 100 * model.score(feats["test"], labels["test"])
+
+
+def logreg_row(shape: str, feats, labels, classes, device) -> None:
+    """``--head logreg`` (its defaults: raw features, CLIP's search) against scikit-learn's
+    L-BFGS fitting the same C values in sequence on the same features."""
+    import torch
+
+    from bench.heads.logreg import fit_logreg
+
+    start = time.perf_counter()
+    result = fit_logreg(feats, labels, classes, device=device)
+    batched = time.perf_counter() - start
+    cs = sorted(r["C"] for r in result.grid)
+    start = time.perf_counter()
+    sk_top1 = sklearn_logreg(feats, labels, cs, torch.get_num_threads())
+    sequential = time.perf_counter() - start
+    label = f"{shape} logreg, CLIP search ({len(cs)} C)"
+    print(f"{label:>44s} {batched:10.2f} {result.test['top1']:6.2f} {sequential:10.2f} "
+          f"{sk_top1:6.2f} {sequential / batched:8.2f}x  (C {result.best['C']:.3g})", flush=True)
+
+
+def feature_set(name: str, args) -> tuple[str, dict, dict, int]:
+    """A set of the table by name, with its printed shape."""
+    if name == "digits":
+        feats, labels, classes = digits_features()
+    else:
+        n = 2 * args.n if name == "synthetic20k" else args.n
+        feats, labels, classes = synthetic_features(n, args.dim, args.classes)
+    return f"{name} {len(feats['train'])}x{feats['train'].shape[1]}", feats, labels, classes
+
+
+def logreg_table(sets: list[str], args, device) -> None:
+    """``--logreg-only``: the logreg row of each set."""
+    print(f"{'features':>44s} {'logreg s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
+          f"{'speed-up':>9s}")
+    for name in sets:
+        logreg_row(*feature_set(name, args), device)
+
+
 def first_quarter(feats, labels, classes, cfg, device, policy) -> float:
     """Seconds to train the whole grid for the first quarter of the epochs: the part of a
     successive-halving search that may not be cut (bench.heads.probe.train_grid)."""
@@ -100,6 +159,8 @@ def main() -> None:
                         help="comma-separated precision policies for the batched grid")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both (1: comparable timings on a shared machine)")
+    parser.add_argument("--logreg-only", action="store_true",
+                        help="only the logreg rows (--head logreg vs scikit-learn on the same C)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's top operators of the default row")
     args = parser.parse_args()
@@ -120,18 +181,15 @@ def main() -> None:
     grid_size = len(cfg.lrs) * len(cfg.weight_decays)
     cs = list(np.logspace(-4, 4, grid_size))
     sets = ["digits", "synthetic", "synthetic20k"] if args.features == "all" else [args.features]
+    if args.logreg_only:
+        return logreg_table(sets, args, device)
     default = (resolve_precision("auto", device.type).name, cfg.halving)
     print(f"grid of {grid_size} heads x {len(cfg.checkpoints())} epoch checkpoints "
           f"vs {grid_size} sequential LogisticRegression fits (C in 1e-4..1e4)")
     print(f"{'features':>44s} {'batched s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
-        if name == "digits":
-            feats, labels, classes = digits_features()
-        else:
-            n = 2 * args.n if name == "synthetic20k" else args.n
-            feats, labels, classes = synthetic_features(n, args.dim, args.classes)
-        shape = f"{name} {len(feats['train'])}x{feats['train'].shape[1]}"
+        shape, feats, labels, classes = feature_set(name, args)
         start = time.perf_counter()
         sk_top1 = sklearn_sweep(feats, labels, cs)
         sequential = time.perf_counter() - start
@@ -158,6 +216,7 @@ def main() -> None:
                 if profiling:
                     print(profiler.key_averages().table(sort_by="self_cpu_time_total",
                                                         row_limit=10))
+        logreg_row(shape, feats, labels, classes, device)
         for policy in policies:
             floor = first_quarter(feats, labels, classes, cfg, device, policy)
             label = f"{shape} {policy.name} first quarter, all points"

@@ -98,8 +98,9 @@ def add_keep_arg(p: argparse.ArgumentParser) -> None:
 def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> None:
     p.add_argument("--head", default="linear", choices=list(head_choices),
                    help="linear/bn-linear/mlp: batched grid on pooled vectors; attention/difformer:"
-                   " the paper's transformer heads on maps (pool map16 by default); knn: "
-                   "weighted kNN; few-shot: linear probe on k shots per class (bench run --shots)")
+                   " the paper's transformer heads on maps (pool map16 by default); logreg: CLIP's "
+                   "L-BFGS logistic regression, C searched; knn: weighted kNN; few-shot: linear "
+                   "probe on k shots per class (bench run --shots)")
     p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="other settings of the head, e.g. hidden=512, recipe=adamw, dim=512")
     p.add_argument("--seed", type=int, help="the probe's seed (default 0)")

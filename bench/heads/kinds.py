@@ -43,6 +43,11 @@ KINDS = (
     HeadKind("difformer", "DifFormer: one attention head shared across timesteps, fused",
              "bench.heads.attention:HeadConfig", "bench.heads.attention:AttentionTrainer", "maps", family="attention",
              default_pool="map16", fuses_layers=True, flags=_NET),
+    # Its own leaderboard protocol: CLIP's L-BFGS probe and the AdamW grid give different numbers
+    # for one feature set, and a `linear` cell must not switch protocol with whichever won on val.
+    HeadKind("logreg", "CLIP's probe: L2 logistic regression by full-batch L-BFGS, C searched on "
+             "val (7 decades, then bisection), all C of a round batched",
+             "bench.heads.logreg:LogRegConfig", "bench.heads.logreg:LogRegTrainer", "vectors"),
     HeadKind("knn", "DINOv2's weighted kNN (cosine, exp(sim/T)); k selected on val, no training",
              "bench.heads.knn:KnnConfig", "bench.heads.knn:KnnTrainer", "vectors"),
     FewShotKind("few-shot", "linear probe on k shots per class (drawn by hash; the seed is the "
