@@ -5,8 +5,8 @@ similar memory-bank features vote for their class with weight exp(similarity / T
 a class's score is the sum of its votes. k is selected on validation with the train split as the
 memory bank; train+val then becomes the bank and test is scored once, as for the probes.
 
-The bank is read in chunks of ``BANK_ROWS`` and the queries in chunks of ``QUERY_ROWS``, so a
-chunk's similarity matrix stays under ``MAX_SIMILARITIES`` entries: the N x N matrix never
+The bank is read in chunks of ``BANK_ROWS`` and the queries in chunks of ``QUERY_ROWS`` (fixed
+sizes: the same products whether streamed or in memory), so the N x N matrix never
 exists, each query keeps its running k best, and one neighbour search at the largest k serves
 every smaller k. Bank and queries live on the device (GPU memory in float32 on CUDA) when they fit
 the run's memory budget and are streamed from the cache otherwise, with the same numbers.
@@ -30,7 +30,6 @@ from bench.protocol import top_classes
 KS = (10, 20, 50, 100, 200)
 TEMPERATURE = 0.07
 WEIGHTINGS = ("exponential", "uniform")
-MAX_SIMILARITIES = 1 << 26  # entries of one chunk's (queries x bank) matrix: 256 MB in float32
 
 
 @dataclass
@@ -52,7 +51,7 @@ class KnnConfig:
 
 
 BANK_ROWS = 16384  # bank rows per similarity chunk: fixed, so streamed and in-memory agree
-QUERY_ROWS = MAX_SIMILARITIES // BANK_ROWS
+QUERY_ROWS = 1024  # queries per chunk: a (QUERY_ROWS, BANK_ROWS) similarity matrix is 64 MB
 
 
 def _normalised(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -82,6 +81,24 @@ class _Chunks:
         return iter(self.kept) if self.kept is not None else self._read()
 
 
+def knn_memory(bank: Rows, queries: Rows, budget: int | None) -> tuple[bool, bool]:
+    """Whether the normalised bank, and then the queries, stay on the device within ``budget``
+    bytes beside one step's chunks (else they stream); a ``UsageError`` below one step."""
+    dim = bank.dim
+    step = (min(BANK_ROWS, len(bank)) * dim * (bank.dtype.itemsize + 4)
+            + min(QUERY_ROWS, len(queries)) * (dim * (queries.dtype.itemsize + 4) + 4 * BANK_ROWS))
+    if budget is None:
+        return True, True
+    if budget < step:
+        raise UsageError(f"memory budget {size_text(budget)} is below one kNN minibatch "
+                         f"({BANK_ROWS} bank rows and {QUERY_ROWS} queries of {dim} dims: "
+                         f"{size_text(step)}): raise --memory-budget (e.g. 512MB or auto)")
+    left = budget - step
+    bank_kept = 4 * dim * len(bank) <= left
+    left -= 4 * dim * len(bank) if bank_kept else 0
+    return bank_kept, 4 * dim * len(queries) <= left
+
+
 def _neighbours(bank: Rows, queries: Rows, k: int, device: torch.device, progress: bool,
                 budget: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities (Nq, k) descending, bank indices (Nq, k)) of every query's k nearest.
@@ -92,18 +109,8 @@ def _neighbours(bank: Rows, queries: Rows, k: int, device: torch.device, progres
     """
     from tqdm.auto import tqdm
 
-    dim = bank.dim
-    step = (min(BANK_ROWS, len(bank)) * dim * (bank.dtype.itemsize + 4)
-            + min(QUERY_ROWS, len(queries)) * (dim * (queries.dtype.itemsize + 4) + 4 * BANK_ROWS))
-    if budget is not None and budget < step:
-        raise UsageError(f"memory budget {size_text(budget)} is below one kNN minibatch "
-                         f"({BANK_ROWS} bank rows and {QUERY_ROWS} queries of {dim} dims: "
-                         f"{size_text(step)}): raise --memory-budget (e.g. 512MB or auto)")
-    left = None if budget is None else budget - step
-    bank_bytes, query_bytes = 4 * dim * len(bank), 4 * dim * len(queries)
-    bank_kept = left is None or bank_bytes <= left
-    left = left if left is None or not bank_kept else left - bank_bytes
-    query_chunks = _Chunks(queries, QUERY_ROWS, device, left is None or query_bytes <= left)
+    bank_kept, queries_kept = knn_memory(bank, queries, budget)
+    query_chunks = _Chunks(queries, QUERY_ROWS, device, queries_kept)
     sims = torch.full((len(queries), k), -torch.inf, device=device)
     index = torch.zeros((len(queries), k), dtype=torch.long, device=device)
     bank_chunks = _Chunks(bank, BANK_ROWS, device, bank_kept)
