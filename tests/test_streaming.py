@@ -47,14 +47,15 @@ def _cached(root, shape=(DIM,), sizes=SIZES, shard_size=3_000) -> ProbeData:
 
 
 def _budgets(data: ProbeData, batch_size: int) -> dict[str, int | None]:
-    """A budget per reading mode of the train split (fp32 inputs): memory, windows, rows."""
+    """A budget per reading mode of the train split (fp32 inputs): memory, windows, rows; each
+    keeps one validation step (as many bytes as a train step here) free beside train."""
     rows = Rows([data.features["train"]])
     need = max(batch_size, streaming.CHUNK_ROWS) * DIM * (2 + 4 + 4)
     windows = 3 * streaming.WINDOW_ROWS * rows.row_bytes() + need
-    budgets = {"memory": None, "windows": windows, "rows": need}
+    budgets = {"memory": None, "windows": windows + need, "rows": 2 * need}
     for mode, budget in budgets.items():
         assert Batches(rows, None, batch_size, torch.device("cpu"), torch.float32,
-                       budget).mode == mode
+                       budget, reserve=need).mode == mode
     return budgets
 
 
@@ -143,7 +144,7 @@ def test_budget_below_one_minibatch_is_refused_before_training(tmp_path, monkeyp
     monkeypatch.setattr(probe, "train_grid", lambda *a, **k: pytest.fail("it trained"))
     data.memory_budget = 1000
     with pytest.raises(UsageError, match=r"memory budget 1\.0 KB is below one probe minibatch "
-                                         r"\(1024 rows x 8 dims"):
+                                         r"\(256 rows x 8 dims"):
         GridProbeTrainer(ProbeConfig(), "cpu", FP32).search(data)
 
 

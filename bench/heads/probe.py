@@ -26,7 +26,7 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.heads.streaming import Batches, Rows, moments
+from bench.heads.streaming import Batches, Rows, moments, step_bytes
 from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
                             top_predictions)
 
@@ -394,18 +394,25 @@ class GridProbeTrainer:
         # where G heads make them the cost; the selected point's refit is one head, in float32.
         self.matmul = torch.bfloat16 if precision.heads == "bf16" else torch.float32
 
-    def _batches(self, data: ProbeData, splits: Sequence[str]) -> Batches:
-        """The rows of ``splits`` (one after another) as the grid reads them, within the run's
-        memory budget."""
-        rows = Rows([data.features[s] for s in splits])
+    def _batches(self, data: ProbeData, splits: Sequence[str], held: int = 0,
+                 reserve: Sequence[str] = ()) -> Batches:
+        """The rows of ``splits`` (one after another) as the grid reads them, within what the
+        run's memory budget leaves beside ``held`` bytes of other features, keeping one step of
+        the ``reserve`` splits' (validation, read beside train) free."""
+        def rows(names: Sequence[str]) -> Rows:
+            return Rows([data.features[s] for s in names])
+
         labels = np.concatenate([np.asarray(data.labels[s]) for s in splits])
-        return Batches(rows, labels, self.cfg.batch_size, self.device, self.store,
-                       data.memory_budget)
+        budget = data.memory_budget
+        kept = step_bytes(rows(reserve), self.cfg.batch_size, self.store) if reserve else 0
+        return Batches(rows(splits), labels, self.cfg.batch_size, self.device, self.store,
+                       None if budget is None else budget - held, reserve=kept)
 
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        train, val = self._batches(data, ["train"]), self._batches(data, ["val"])
+        train = self._batches(data, ["train"], reserve=["val"])
+        val = self._batches(data, ["val"], held=train.held)
         grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
         records: list[dict[str, float]] = []
 

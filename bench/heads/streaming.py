@@ -32,7 +32,7 @@ from bench.errors import UsageError
 BLOCK_ROWS = 64  # rows per block of the shuffled order (a protocol constant: it changes numbers)
 WINDOW_BLOCKS = 256  # blocks per window; their rows are permuted together
 WINDOW_ROWS = BLOCK_ROWS * WINDOW_BLOCKS
-CHUNK_ROWS = 1024  # rows per scoring chunk and per float64 partial sum of the statistics
+CHUNK_ROWS = 256  # rows per scoring chunk and per float64 partial sum of the statistics
 AUTO_FRACTION = 0.5  # --memory-budget auto: this fraction of free RAM (free GPU memory on CUDA)
 
 
@@ -147,29 +147,30 @@ class Batches:
 
     ``mode``: ``memory`` (the whole split on the device in ``dtype``), ``windows`` (two windows of
     stored rows at a time, the next read ahead) or ``rows`` (each minibatch gathered alone). The
-    three give the same tensors.
+    three give the same tensors. ``held``: the bytes of features the mode holds at most.
     """
 
     def __init__(self, rows: Rows, labels: Any, batch_size: int, device: torch.device,
-                 dtype: torch.dtype, budget: int | None, what: str = "probe"):
+                 dtype: torch.dtype, budget: int | None, what: str = "probe", reserve: int = 0):
+        """``reserve``: bytes of the budget left for another split (validation beside train)."""
         self.rows, self.batch_size, self.device, self.dtype = rows, batch_size, device, dtype
         self.n, self.dim = len(rows), rows.dim
         self.labels = None if labels is None else torch.as_tensor(
             np.asarray(labels), dtype=torch.long).to(device)
         itemsize = torch.empty(0, dtype=dtype).element_size()
         whole = len(rows) * rows.dim * itemsize
-        # what one step holds: a minibatch (or a scoring chunk) as read, in the input dtype and
-        # standardised in float32
-        step = min(max(batch_size, CHUNK_ROWS), len(rows))
-        need = step * rows.dim * (rows.dtype.itemsize + itemsize + 4)
+        need = step_bytes(rows, batch_size, dtype)
         windows = (2 + math.ceil(batch_size / WINDOW_ROWS)) * WINDOW_ROWS * rows.row_bytes()
-        if budget is not None and budget < need:
+        if budget is not None and budget - reserve < need:
+            step = min(max(batch_size, CHUNK_ROWS), len(rows))
             raise UsageError(
                 f"memory budget {size_text(budget)} is below one {what} minibatch "
-                f"({step} rows x {rows.dim} dims: {size_text(need)}): raise --memory-budget "
-                "(e.g. 512MB or auto) or lower batch_size")
-        self.mode = ("memory" if budget is None or whole <= budget else
-                     "windows" if windows + need <= budget else "rows")
+                f"({step} rows x {rows.dim} dims: {size_text(need + reserve)}): raise "
+                "--memory-budget (e.g. 512MB or auto) or lower batch_size")
+        usable = None if budget is None else budget - reserve
+        self.mode = ("memory" if usable is None or whole <= usable else
+                     "windows" if windows + need <= usable else "rows")
+        self.held = {"memory": whole, "windows": windows + need, "rows": need}[self.mode]
         self.resident = self._load() if self.mode == "memory" else None
 
     @classmethod
@@ -261,6 +262,13 @@ class Batches:
             event = torch.cuda.Event()
             event.record(stream)
         return on_device, event
+
+
+def step_bytes(rows: Rows, batch_size: int, dtype: torch.dtype) -> int:
+    """What one step holds: a minibatch (or a scoring chunk) as read, in the input ``dtype``
+    and standardised in float32."""
+    step = min(max(batch_size, CHUNK_ROWS), len(rows))
+    return step * rows.dim * (rows.dtype.itemsize + torch.empty(0, dtype=dtype).element_size() + 4)
 
 
 def moments(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
