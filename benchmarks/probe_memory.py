@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache-dir", help="where to write the split (default: a temporary folder)")
+    parser.add_argument("--cache-dir", help="where to write the split (default: a temporary "
+                        "folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -51,7 +51,7 @@ def _budgets(data: ProbeData, batch_size: int) -> dict[str, int | None]:
     keeps one validation step (as many bytes as a train step here) free beside train."""
     rows = Rows([data.features["train"]])
     need = max(batch_size, streaming.CHUNK_ROWS) * DIM * (2 + 4 + 4)
-    windows = 3 * streaming.WINDOW_ROWS * rows.row_bytes() + need
+    windows = 2 * streaming.WINDOW_ROWS * rows.row_bytes() + need
     budgets = {"memory": None, "windows": windows + need, "rows": 2 * need}
     for mode, budget in budgets.items():
         assert Batches(rows, None, batch_size, torch.device("cpu"), torch.float32,

@@ -480,7 +480,8 @@ class ShardedArray:
         ``out[where]`` (a run too); False where the shard or ``out`` cannot be read that way."""
         array = self.shards[shard]
         target = out[where[0] : where[-1] + 1]
-        if not isinstance(array, np.memmap) or not target.flags.c_contiguous or not array.flags.c_contiguous:
+        if not (isinstance(array, np.memmap) and target.flags.c_contiguous
+                and array.flags.c_contiguous):
             return False
         row = array.dtype.itemsize * int(np.prod(array.shape[1:]))
         with open(array.filename, "rb") as f:

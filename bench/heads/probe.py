@@ -82,6 +82,7 @@ class _GridHeads(nn.Module):
         super().__init__()
         self.matmul = matmul
         self.linear = cfg.head != "mlp"
+        self._grad: torch.Tensor | None = None  # the linear weights' gradient, reused each step
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         if self.linear:  # convex problem: zero init is exact
@@ -126,8 +127,15 @@ class _GridHeads(nn.Module):
         rows = torch.arange(len(x), device=x.device)
         delta[rows, :, y] -= 1.0
         delta /= len(x)
-        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul))
-        return [flat.float().view_as(self.weights[0]), delta.sum(0)]
+        w = self.weights[0]
+        shape = (len(w) * w.shape[1], w.shape[2])
+        if self._grad is None or self._grad.dtype != self.matmul or self._grad.shape != shape:
+            # one buffer for every step: a fresh (G*C, D) result each step is a fresh mapping
+            # of hundreds of MB at ImageNet sizes, page-faulted in again at every step
+            self._grad = torch.empty(shape, dtype=self.matmul, device=w.device)
+        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul),
+                        out=self._grad)
+        return [flat.float().view_as(w), delta.sum(0)]
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only grid points ``index`` (successive halving). New parameters, not resized
@@ -246,12 +254,15 @@ class _Normaliser:
             self.var = torch.ones(batches.dim, device=batches.device)
         else:
             self.mean, self.var = moments(batches)
+            self.scale = 1 / torch.sqrt(self.var + 1e-5)  # fixed: computed once, not per step
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float()
         if not self.standardise:
             return x
-        if self.batchnorm and train:
+        if not self.batchnorm:
+            return (x - self.mean).mul_(self.scale)
+        if train:
             mean, var = x.mean(0), x.var(0, unbiased=False)
             with torch.no_grad():
                 self.mean.lerp_(mean, 0.1)
@@ -273,18 +284,24 @@ class GridModel:
     points: list[int]
 
     @torch.no_grad()
-    def chunk_logits(self, batches: Batches) -> Iterator[torch.Tensor]:
-        """(G, n, C) logits of every kept head, chunk by chunk of the split's rows."""
-        for _, chunk in batches.chunks():
-            yield self.heads(self.norm(chunk, train=False))
+    def chunk_logits(self, batches: Batches) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, (G, n, C) logits of every kept head), chunk by chunk of the split."""
+        for start, chunk in batches.chunks():
+            yield start, self.heads(self.norm(chunk, train=False))
 
     def top(self, batches: Batches) -> torch.Tensor:
         """(G, N, 5) best classes of every kept head (``top_classes``): never (G, N, C)."""
-        return torch.cat([top_classes(s) for s in self.chunk_logits(batches)], dim=1)
+        return torch.cat([top_classes(s) for _, s in self.chunk_logits(batches)], dim=1)
 
     def logits(self, batches: Batches) -> torch.Tensor:
-        """(G, N, C) logits of every kept head (a refit's single head on test)."""
-        return torch.cat(list(self.chunk_logits(batches)), dim=1)
+        """(G, N, C) logits of every kept head (a refit's single head on test), written chunk
+        by chunk into one tensor."""
+        out = None
+        for start, scores in self.chunk_logits(batches):
+            if out is None:
+                out = scores.new_empty((scores.shape[0], batches.n, scores.shape[2]))
+            out[:, start : start + scores.shape[1]] = scores
+        return out
 
 
 Checkpoint = Callable[[GridModel], "Sequence[float] | None"]  # val scores for halving

@@ -75,7 +75,8 @@ class Window:
 
 
 def epoch_windows(n: int, gen: torch.Generator) -> list[Window]:
-    """One epoch's order over ``n`` rows, drawn from ``gen`` (on the CPU: the same on any device)."""
+    """One epoch's order over ``n`` rows, drawn from ``gen`` (a CPU generator: the same order on
+    any device)."""
     blocks = torch.randperm(math.ceil(n / BLOCK_ROWS), generator=gen).numpy()
     windows = []
     for w in range(0, len(blocks), WINDOW_BLOCKS):
@@ -146,8 +147,9 @@ class Batches:
     feature data (None: no limit).
 
     ``mode``: ``memory`` (the whole split on the device in ``dtype``), ``windows`` (two windows of
-    stored rows at a time, the next read ahead) or ``rows`` (each minibatch gathered alone). The
-    three give the same tensors. ``held``: the bytes of features the mode holds at most.
+    stored rows at a time: the one serving, the next read ahead) or ``rows`` (each minibatch
+    gathered alone). The three give the same tensors. ``held``: the most feature bytes the mode
+    holds.
     """
 
     def __init__(self, rows: Rows, labels: Any, batch_size: int, device: torch.device,
@@ -160,7 +162,7 @@ class Batches:
         itemsize = torch.empty(0, dtype=dtype).element_size()
         whole = len(rows) * rows.dim * itemsize
         need = step_bytes(rows, batch_size, dtype)
-        windows = (2 + math.ceil(batch_size / WINDOW_ROWS)) * WINDOW_ROWS * rows.row_bytes()
+        windows = (1 + math.ceil(batch_size / WINDOW_ROWS)) * WINDOW_ROWS * rows.row_bytes()
         if budget is not None and budget - reserve < need:
             step = min(max(batch_size, CHUNK_ROWS), len(rows))
             raise UsageError(
@@ -234,10 +236,11 @@ class Batches:
 
             for i in starts:
                 ws = np.unique(window_of[i : i + self.batch_size]).tolist()
-                for w in ws + [ws[-1] + 1]:
-                    need(w)
                 for w in [w for w in loaded if w < ws[0]]:
                     del loaded[w]
+                # the next window is read ahead while one window serves: two live at most
+                for w in ws + [ws[-1] + 1] * (len(ws) == 1):
+                    need(w)
                 parts = []
                 for w in ws:
                     buffer, event = loaded[w].result()
