@@ -15,15 +15,7 @@ from bench.protocol import ProbeData
 
 CLASSES, DIM = 10, 8
 SIZES = {"train": 40_000, "val": 3_000, "test": 2_000}  # train spans three order windows
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny steps: one thread (several spin against each other on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _entry(root, split: str, x: np.ndarray, y: np.ndarray, shard_size: int):

@@ -139,7 +139,9 @@ class _GridHeads(nn.Module):
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only grid points ``index`` (successive halving). New parameters, not resized
-        ones: autograd remembers a parameter's shape."""
+        ones: autograd remembers a parameter's shape. The gradient buffer goes first: the
+        grid's old and new state are both alive for a moment."""
+        self._grad = None
         for params in (self.weights, self.biases):
             for i, p in enumerate(params):
                 params[i] = nn.Parameter(p.detach().index_select(0, index))

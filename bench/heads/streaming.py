@@ -244,8 +244,9 @@ class Batches:
                 parts = []
                 for w in ws:
                     buffer, event = loaded[w].result()
-                    if event is not None:
+                    if event is not None:  # copied on the side stream: used on this one
                         torch.cuda.current_stream(self.device).wait_event(event)
+                        buffer.record_stream(torch.cuda.current_stream(self.device))
                     at = local[i : i + self.batch_size][window_of[i : i + self.batch_size] == w]
                     parts.append(buffer[torch.from_numpy(at).to(buffer.device)])
                 batch = parts[0] if len(parts) == 1 else torch.cat(parts)
