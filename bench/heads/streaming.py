@@ -179,7 +179,8 @@ class Batches:
     def holding(cls, x: torch.Tensor, labels: Any, batch_size: int) -> Batches:
         """Batches over a tensor already where it trains, as it is (tests, benchmarks)."""
         x = x.reshape(len(x), -1)
-        self = cls(Rows([x[:0].cpu().numpy()]), None, batch_size, x.device, x.dtype, None)
+        self = cls(Rows([np.empty((0, x.shape[1]), np.float32)]), None, batch_size, x.device,
+                   x.dtype, None)
         self.n, self.dim, self.resident = len(x), x.shape[1], x
         self.labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
         return self
