@@ -95,6 +95,12 @@ def child(spec: dict) -> None:
                 batches.epoch = bounded
             return batches
 
+        def search(self, data):
+            records = super().search(data)
+            phases["search"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            return records
+
+    phases: dict[str, int] = {}
     cfg = ProbeConfig(epochs=spec["epochs"], eval_every=1)
     trainer = Bounded(cfg, device, resolve_precision("auto", device.type))
     start = time.perf_counter()
@@ -105,6 +111,7 @@ def child(spec: dict) -> None:
     print(json.dumps({
         "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "baseline": baseline, "seconds": seconds, "held": held, "grid": grid,
+        "peak_after_search": phases["search"],
         # weights, AdamW's two moments and the gradients, float32 (biases too)
         "grid_state": 4 * 4 * grid * spec["classes"] * (spec["dim"] + 1),
         "step_seconds": float(np.median(gaps[: spec["steps"] - 1])) if len(gaps) else None,
@@ -209,6 +216,8 @@ def main() -> None:
           f"AdamW moments, gradients) {m['grid_state'] / GB:.2f} GB, feature buffers "
           f"{features / GB:.2f} GB ({held}), the rest (step temporaries, allocator) "
           f"{rest / GB:.2f} GB")
+    print(f"peak RSS by the end of the search {m['peak_after_search'] / GB:.2f} GB; by the end "
+          f"(refit and test) {m['peak'] / GB:.2f} GB")
     print(f"peak / on-disk size: {m['peak'] / disk:.2f}x; target peak <= 1 GB + budget = "
           f"{(GB + budget) / GB:.1f} GB: {'met' if m['peak'] <= GB + budget else 'NOT met'}")
     for rows, dim in ((1_281_167, 2048), (1_281_167, 16384)):

@@ -114,8 +114,7 @@ class Rows:
         for part, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:]):
             a, b = max(start, lo), min(stop, hi)
             if a < b:
-                out[a - start : b - start] = _take(part, np.arange(a - lo, b - lo)).reshape(
-                    b - a, -1)
+                _take(part, np.arange(a - lo, b - lo), out[a - start : b - start])
         return out
 
     def take(self, index: np.ndarray) -> np.ndarray:
@@ -124,7 +123,7 @@ class Rows:
         part_of = np.searchsorted(self.bounds, index, side="right") - 1
         for p in np.unique(part_of).tolist():
             where = np.flatnonzero(part_of == p)
-            out[where] = _take(self.parts[p], index[where] - self.bounds[p]).reshape(len(where), -1)
+            out[where] = _take(self.parts[p], index[where] - self.bounds[p])
         return out
 
     def chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -133,8 +132,14 @@ class Rows:
             yield start, self.read(start, min(start + rows, len(self)))
 
 
-def _take(part: Any, index: np.ndarray) -> np.ndarray:
-    return part.take(index, axis=0) if hasattr(part, "take") else np.asarray(part)[index]
+def _take(part: Any, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``index`` of ``part`` as (len(index), D), copied into ``out`` when given."""
+    rows = part.take(index, axis=0) if hasattr(part, "take") else np.asarray(part)[index]
+    rows = rows.reshape(len(index), -1)
+    if out is None:
+        return rows
+    out[...] = rows
+    return out
 
 
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
