@@ -46,14 +46,16 @@ PROTOCOL_VERSION = "7"
 @dataclass
 class ProbeData:
     """Features and labels of train, val and test. Features are (N, D) arrays for vector heads,
-    or {layer: (N, C, h, w) array} for map heads (memory-mapped cache shards stay on disk)."""
+    or {layer: (N, C, h, w) array} for map heads (memory-mapped cache shards stay on disk).
+    ``memory_budget``: the bytes of features a head may hold at once (None: no limit); beyond
+    it a head streams them from the cache (``bench.heads.streaming``)."""
 
     features: dict[str, Any]
     labels: dict[str, np.ndarray]
     num_classes: int
     train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
     headline: str = "top1"  # the selection metric (successive halving ranks by it too)
-    memory_budget: int | None = None  # bytes of features a head may hold at once; None: no limit
+    memory_budget: int | None = None
 
 
 class Trainer(Protocol):
