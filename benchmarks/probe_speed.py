@@ -194,13 +194,16 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's top operators of the default row")
     args = parser.parse_args()
+    import sklearn.linear_model  # noqa: F401  (scipy's and scikit-learn's pools load now)
     import torch
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     # numpy's OpenBLAS started its threads at import, before any OMP_NUM_THREADS set here could
-    # count: scikit-learn's L-BFGS ran on every core while torch had ``--threads``
-    threadpool_limits(args.threads)
+    # count; scipy's OpenBLAS (scikit-learn's L-BFGS) loads with scikit-learn, so it is imported
+    # first: before that, the limit missed it and scikit-learn ran on every core
+    _limits = threadpool_limits(args.threads)  # held: the limits last the whole run
     torch.set_num_threads(args.threads)
+    pools = {(p["internal_api"], p["num_threads"]) for p in threadpool_info()}
     from bench.precision import resolve_device, resolve_precision
     from bench.heads.probe import ProbeConfig, fit_probe
 
@@ -217,7 +220,8 @@ def main() -> None:
         return large_row(args, cs, device)
     default = (resolve_precision("auto", device.type).name, cfg.halving)
     print(f"grid of {grid_size} heads x {len(cfg.checkpoints())} epoch checkpoints "
-          f"vs {grid_size} sequential LogisticRegression fits (C in 1e-4..1e4)")
+          f"vs {grid_size} sequential LogisticRegression fits (C in 1e-4..1e4); thread pools "
+          f"{sorted(pools)}, torch {torch.get_num_threads()}")
     print(f"{'features':>44s} {'batched s':>10s} {'top1':>6s} {'sklearn s':>10s} {'top1':>6s} "
           f"{'speed-up':>9s}")
     for name in sets:
