@@ -39,20 +39,23 @@ from bench.plugins import Instances
 # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 # 5: halving never drops a point within one binomial standard error of the best on val
 # 6: successive halving is the linear grid's default; AdamW's weight update by torch's fused kernel
-PROTOCOL_VERSION = "6"
+# 7: minibatches in bench.heads.streaming's block-and-window order; statistics in float64 chunks
+PROTOCOL_VERSION = "7"
 
 
 @dataclass
 class ProbeData:
     """Features and labels of train, val and test. Features are (N, D) arrays for vector heads,
-    or {layer: (N, C, h, w) array} for map heads (memory-mapped cache shards stay on disk)."""
+    or {layer: (N, C, h, w) array} for map heads (memory-mapped cache shards stay on disk).
+    ``memory_budget``: the bytes of features a head may hold at once (None: no limit); beyond
+    it a head streams them from the cache (``bench.heads.streaming``)."""
 
     features: dict[str, Any]
     labels: dict[str, np.ndarray]
     num_classes: int
     train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
     headline: str = "top1"  # the selection metric (successive halving ranks by it too)
-    memory_budget: int | None = None  # bytes; None = no limit
+    memory_budget: int | None = None
 
 
 class Trainer(Protocol):
@@ -102,11 +105,16 @@ def grid_predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> lis
     """The ``Predictions`` of each head's scores in (G, N, C): one tie rule for selection, test
     and artifacts; the best classes of all heads are found together (one ``top_classes`` call:
     a grid's validation pass scores G heads)."""
+    return top_predictions(top_classes(logits.float()), labels, num_classes)
+
+
+def top_predictions(top: torch.Tensor, labels: Any, num_classes: int) -> list[Predictions]:
+    """The ``Predictions`` of each head's best classes in (G, N, k) (``top_classes``' output,
+    gathered chunk by chunk where a split's (G, N, C) scores would not fit in memory)."""
     import numpy as np
 
-    top = top_classes(logits.float()).cpu().numpy()
     y = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
-    return [Predictions(head, y, num_classes) for head in top]
+    return [Predictions(head, y, num_classes) for head in top.cpu().numpy()]
 
 
 def predictions(logits: torch.Tensor, labels: Any, num_classes: int) -> Predictions:

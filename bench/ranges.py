@@ -44,7 +44,28 @@ HEAD_RANGES = {
 }
 TASK_RANGES = {"val_fraction": FRACTION, "test_fraction": FRACTION, "limit": COUNT,
                "max_image_pixels": COUNT0}  # max_image_pixels 0: no limit; limit None: all
-OPTION_RANGES = {"batch_size": COUNT, "shard_size": COUNT, "workers": COUNT0}  # 0: in-process
+BUDGET = Range("a size such as 512MB or 4GB (bytes >= 1), or auto",
+               lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1))
+OPTION_RANGES = {"batch_size": COUNT, "shard_size": COUNT, "workers": COUNT0,  # 0: in-process
+                 "memory_budget": BUDGET}
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int | str:
+    """'512MB', '4GB', '1.5GiB', '1000000' or 'auto' -> bytes (or 'auto'); anything else is a
+    ``UsageError`` naming the accepted forms."""
+    import re
+
+    text = text.strip()
+    if text.lower() == "auto":
+        return "auto"
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Za-z]*)", text)
+    unit = match and SIZE_UNITS.get(match[2].upper())
+    if not unit:
+        raise UsageError(f"memory size {text!r}: write a number with a unit (512MB, 4GB, "
+                         f"1.5GiB; units {', '.join(u for u in SIZE_UNITS if u)}) or auto")
+    return int(float(match[1]) * unit)
 
 
 def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], what: str,

@@ -43,6 +43,7 @@ def train_one_by_one(build, data, layers, cfg, lr: float, epochs: int, device=No
     import torch
 
     from bench.heads.attention import make_optimizer
+    from bench.heads.streaming import epoch_order
 
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
@@ -50,7 +51,7 @@ def train_one_by_one(build, data, layers, cfg, lr: float, epochs: int, device=No
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg, lr)
     for _ in range(epochs):
-        order = torch.randperm(len(data), generator=gen).numpy()
+        order = epoch_order(len(data), gen)
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for maps, y in data.batches(chunks, layers, device):
             loss = torch.nn.functional.cross_entropy(model(maps), y)

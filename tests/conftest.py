@@ -29,6 +29,18 @@ def isolated_results(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def one_thread():
+    """Thousands of tiny steps: one torch thread (several spin against each other on a shared
+    CPU)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def records(suite: str = "bench", include_superseded: bool = False):
     """The finished result records of a suite, as leaderboards read them."""
     from bench.results.tracking import experiment_ids, find_records

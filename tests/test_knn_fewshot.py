@@ -23,8 +23,10 @@ def blobs(n: int, dim: int, classes: int, seed: int, spread: float = 1.0):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Force several query chunks so the chunked path is what gets tested."""
-    monkeypatch.setattr(knn, "MAX_SIMILARITIES", 1000)
+    """Force several bank and query chunks so the chunked path (each query's running k best
+    merged across bank chunks) is what gets tested."""
+    monkeypatch.setattr(knn, "BANK_ROWS", 64)
+    monkeypatch.setattr(knn, "QUERY_ROWS", 16)
 
 
 def test_weighted_scores_equal_a_brute_force_cosine_reference(small_chunks):

@@ -60,12 +60,13 @@ def test_grid_adamw_equals_torch_optim_adamw_point_by_point():
     """Each grid point trains as torch.optim.AdamW (decay on weights only) under the cosine
     schedule would, on the same minibatches: the in-place update is the textbook one."""
     torch.manual_seed(0)
-    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
-    cfg = ProbeConfig(epochs=2, batch_size=16)
+    x, y = torch.randn(150, 6), torch.randint(0, 3, (150,))  # three order blocks
+    cfg = ProbeConfig(epochs=2, batch_size=64)
     lrs, wds = torch.tensor([1e-2, 3e-2]), torch.tensor([0.0, 0.1])
     model = train_grid(x, y, 3, lrs, wds, cfg, {})
     inputs = model.norm(x, train=False)
     steps = cfg.epochs * 3
+    from bench.heads.streaming import epoch_order
     for g, (lr, wd) in enumerate(zip(lrs.tolist(), wds.tolist())):
         w = torch.zeros(6, 3, requires_grad=True)
         b = torch.zeros(3, requires_grad=True)
@@ -75,7 +76,7 @@ def test_grid_adamw_equals_torch_optim_adamw_point_by_point():
             opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
         gen = torch.Generator().manual_seed(cfg.seed)
         for _ in range(cfg.epochs):
-            order = torch.randperm(len(x), generator=gen)
+            order = torch.from_numpy(epoch_order(len(x), gen))
             for i in range(0, len(x), cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
                 loss = torch.nn.functional.cross_entropy(inputs[idx] @ w + b, y[idx])

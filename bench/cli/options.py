@@ -56,6 +56,15 @@ def ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+def _size(text: str) -> int | str:
+    from bench.ranges import parse_size
+
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task argument (JSON values), e.g. limit=200")
@@ -109,6 +118,10 @@ def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> N
     p.add_argument("--lrs", type=floats, help="learning-rate grid, e.g. 1e-3,1e-2")
     p.add_argument("--wds", type=floats,
                    help="weight-decay grid of the linear/mlp heads, e.g. 0,1e-4,1e-2")
+    p.add_argument("--memory-budget", default="auto", type=_size,
+                   help="features a probe holds in memory at once, e.g. 512MB, 4GB (default auto: "
+                   "half the free RAM, or of free GPU memory on CUDA); larger splits stream from "
+                   "the cache, with the same numbers")
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
@@ -185,7 +198,8 @@ def run_options(args: argparse.Namespace):
     return RunOptions(device=args.device, batch_size=args.batch_size, workers=args.workers,
                       shard_size=args.shard_size, cache_dir=args.cache_dir,
                       progress=not args.no_progress, force=args.force, suite=args.suite,
-                      compile=args.compile, decode=args.decode)
+                      compile=args.compile, decode=args.decode,
+                      memory_budget=getattr(args, "memory_budget", "auto"))
 
 
 def executor(args: argparse.Namespace):

@@ -430,18 +430,22 @@ class ShardedArray:
     """The rows of an entry's memory-mapped shards as one (N, ...) array for reading.
 
     Supports what probes need: ``len``, ``shape``, ``dtype``, boolean-mask selection (a view)
-    and ``np.take`` / integer-array indexing (reads just those rows). ``check(i)`` is called once
-    per shard before its first rows are returned (the entry's integrity check). ``bf16``: the
+    and ``np.take`` / integer-array indexing (reads just those rows; a contiguous run of a shard
+    is read from its file, so streaming a split leaves no mapped pages behind in the process's
+    memory). ``check(i)`` is called before a shard's first rows are returned (the entry's
+    integrity check), and again whenever its file changed since (size, mtime or inode): a shard
+    whose bytes change while a probe streams it raises ``CorruptShardError``. ``bf16``: the
     shards hold bfloat16 bits, taken as float32.
     """
 
     def __init__(self, shards: list[np.ndarray], shard_size: int, rows: np.ndarray | None = None,
-                 check: Callable[[int], None] | None = None, checked: set[int] | None = None,
-                 bf16: bool = False):
+                 check: Callable[[int], None] | None = None,
+                 checked: dict[int, Any] | None = None, bf16: bool = False):
         self.shards, self.shard_size, self.bf16 = shards, shard_size, bf16
         self.rows = rows  # logical row -> global row, after a selection
         self.check = check
-        self.checked = checked if checked is not None else set()  # shared by selections
+        # shard -> its file's signature when checked; shared by selections
+        self.checked = checked if checked is not None else {}
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else sum(len(s) for s in self.shards)
@@ -485,17 +489,50 @@ class ShardedArray:
             out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
         shard_of = rows // self.shard_size
         for shard in np.unique(shard_of).tolist():
-            if self.check is not None and shard not in self.checked:
-                self.check(shard)
-                self.checked.add(shard)
+            self._checked(shard)
             where = np.flatnonzero(shard_of == shard)
-            part = self.shards[shard][rows[where] - shard * self.shard_size]
-            out[where] = bf16_to_float32(part) if self.bf16 else part
+            local = rows[where] - shard * self.shard_size
+            if self.bf16:  # the stored bits widened, never read raw into float32 rows
+                out[where] = bf16_to_float32(self.shards[shard][local])
+            elif not (_run(where) and _run(local) and self._read_run(shard, local, out, where)):
+                out[where] = self.shards[shard][local]
         return out
+
+    def _checked(self, shard: int) -> None:
+        """Run ``check`` on a shard not checked yet or whose file changed since it was."""
+        if self.check is None:
+            return
+        name = getattr(self.shards[shard], "filename", None)
+        stat = os.stat(name) if name else None
+        signature = stat and (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if shard not in self.checked or self.checked[shard] != signature:
+            self.check(shard)
+            self.checked[shard] = signature
+
+    def _read_run(self, shard: int, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> bool:
+        """Rows ``local`` (one ascending run) of a memory-mapped shard read from its file into
+        ``out[where]`` (a run too); False where the shard or ``out`` cannot be read that way."""
+        array = self.shards[shard]
+        target = out[where[0] : where[-1] + 1]
+        if not (isinstance(array, np.memmap) and target.flags.c_contiguous
+                and array.flags.c_contiguous):
+            return False
+        row = array.dtype.itemsize * int(np.prod(array.shape[1:]))
+        with open(array.filename, "rb") as f:
+            f.seek(array.offset + int(local[0]) * row)
+            if f.readinto(memoryview(target).cast("B")) != target.nbytes:
+                raise CorruptShardError(Path(array.filename), "truncated while being read")
+        return True
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self.take(np.arange(len(self)))
         return data if dtype is None else data.astype(dtype)
+
+
+def _run(index: np.ndarray) -> bool:
+    """Whether ``index`` is one ascending run of consecutive integers."""
+    return len(index) > 0 and int(index[-1]) - int(index[0]) == len(index) - 1 and (
+        len(index) == 1 or bool((np.diff(index) == 1).all()))
 
 
 @dataclass

@@ -42,7 +42,9 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, grid_metrics
+from bench.heads.streaming import epoch_order, size_text
+from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
+                            top_predictions)
 
 ARCHITECTURES = ("attention", "difformer")  # what this trainer builds (heads: bench.heads.kinds)
 RECIPES = ("paper", "adamw")
@@ -232,13 +234,25 @@ def make_optimizer(
 
 
 class _Maps:
-    """Maps of one or more splits, left on the host in their stored dtype (fp16 stays fp16) and
-    moved to the device a minibatch at a time: ImageNet-sized caches do not fit in GPU memory."""
+    """Maps of one or more splits, on the host in their stored dtype (fp16 stays fp16) and moved
+    to the device a minibatch at a time: ImageNet-sized caches do not fit in GPU memory. Read
+    into memory once when they fit ``budget`` bytes (None: no limit), else left memory-mapped
+    and read a minibatch at a time; a budget below one minibatch is a ``UsageError``."""
 
-    def __init__(self, parts: list[dict[str, np.ndarray]], labels: list[np.ndarray]):
-        self.parts = parts
+    def __init__(self, parts: list[dict[str, np.ndarray]], labels: list[np.ndarray],
+                 budget: int | None = None, batch_size: int = 1):
         self.bounds = np.cumsum([0] + [len(y) for y in labels])
         self.labels = np.concatenate(labels).astype(np.int64)
+        row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in parts[0].values())
+        batch = min(batch_size, len(self.labels)) * (row + 4 * row // parts[0][
+            next(iter(parts[0]))].dtype.itemsize)
+        if budget is not None and budget < batch:
+            raise UsageError(f"memory budget {size_text(budget)} is below one attention-head "
+                             f"minibatch ({batch_size} maps: {size_text(batch)}): raise "
+                             "--memory-budget (e.g. 4GB or auto) or lower batch_size")
+        if budget is None or row * len(self.labels) <= budget:
+            parts = [{name: np.asarray(a) for name, a in part.items()} for part in parts]
+        self.parts = parts
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -409,15 +423,27 @@ def _autocast(device: torch.device, kind: str):
 
 
 @torch.no_grad()
-def _logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.device,
-            batch_size: int, autocast_kind: str = "fp32") -> torch.Tensor:
-    """(G, N, classes) logits of every head of the grid on ``data``, in order."""
-    out = []
+def _chunk_logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.device,
+                  batch_size: int, autocast_kind: str = "fp32") -> Iterator[torch.Tensor]:
+    """(G, n, classes) logits of every head of the grid on ``data``, chunk by chunk, in order."""
     chunks = [np.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
     for maps, _ in data.batches(chunks, layers, device):
         with _autocast(device, autocast_kind):
-            out.append(grid(maps).to(torch.get_default_dtype()).cpu())
-    return torch.cat(out, dim=1)
+            yield grid(maps).to(torch.get_default_dtype())
+
+
+def _logits(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.device,
+            batch_size: int, autocast_kind: str = "fp32") -> torch.Tensor:
+    """(G, N, classes) logits of every head of the grid on ``data``, in order."""
+    return torch.cat([c.cpu() for c in _chunk_logits(grid, data, layers, device, batch_size,
+                                                     autocast_kind)], dim=1)
+
+
+def _top(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.device,
+         batch_size: int, autocast_kind: str = "fp32") -> torch.Tensor:
+    """(G, N, 5) best classes of every head (``top_classes``), never (G, N, classes)."""
+    return torch.cat([top_classes(c).cpu() for c in _chunk_logits(
+        grid, data, layers, device, batch_size, autocast_kind)], dim=1)
 
 
 def train_grid(
@@ -445,7 +471,7 @@ def train_grid(
 
     for epoch in tqdm(range(1, stop_at + 1), desc=f"{cfg.head} x{len(lrs)} lrs", unit="epoch",
                       disable=not progress, leave=False):
-        order = torch.randperm(len(data), generator=gen).numpy()
+        order = epoch_order(len(data), gen)
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         for maps, y in data.batches(chunks, layers, device):
             with _autocast(device, autocast_kind):
@@ -500,17 +526,15 @@ class AttentionTrainer:
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         build, layers = self._prepare(data)
-        train = _Maps([data.features["train"]], [data.labels["train"]])
-        val = _Maps([data.features["val"]], [data.labels["val"]])
-        y_val = torch.as_tensor(val.labels)
+        train, val = self._maps(data, ["train"]), self._maps(data, ["val"])
         records: list[dict[str, float]] = []
 
         def record(epoch: int) -> Callable[[HeadGrid], None]:
             def at(grid: HeadGrid) -> None:
-                logits = _logits(grid, val, layers, self.device, cfg.batch_size, self.autocast)
-                for lr, m in zip(cfg.lrs, grid_metrics(logits, y_val, data.num_classes)):
+                top = _top(grid, val, layers, self.device, cfg.batch_size, self.autocast)
+                for lr, p in zip(cfg.lrs, top_predictions(top, val.labels, data.num_classes)):
                     records.append({"lr": lr, "weight_decay": cfg.weight_decay, "epochs": epoch,
-                                    **m})
+                                    **p.metrics()})
             return at
 
         train_grid(build, train, layers, cfg, cfg.lrs, self.device,
@@ -522,12 +546,15 @@ class AttentionTrainer:
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         build, layers = self._prepare(data)
-        train_val = _Maps([data.features["train"], data.features["val"]],
-                          [data.labels["train"], data.labels["val"]])
-        grid = train_grid(build, train_val, layers, self.cfg, [point["lr"]], self.device, {},
-                          int(point["epochs"]), self.progress, self.autocast)
-        test = _Maps([data.features["test"]], [data.labels["test"]])
-        return _logits(grid, test, layers, self.device, self.cfg.batch_size, self.autocast)[0]
+        grid = train_grid(build, self._maps(data, ["train", "val"]), layers, self.cfg,
+                          [point["lr"]], self.device, {}, int(point["epochs"]), self.progress,
+                          self.autocast)
+        return _logits(grid, self._maps(data, ["test"]), layers, self.device,
+                       self.cfg.batch_size, self.autocast)[0]
+
+    def _maps(self, data: ProbeData, splits: Sequence[str]) -> _Maps:
+        return _Maps([data.features[s] for s in splits], [data.labels[s] for s in splits],
+                     data.memory_budget, self.cfg.batch_size)
 
 
 def fit_head(

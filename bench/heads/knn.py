@@ -5,13 +5,16 @@ similar memory-bank features vote for their class with weight exp(similarity / T
 a class's score is the sum of its votes. k is selected on validation with the train split as the
 memory bank; train+val then becomes the bank and test is scored once, as for the probes.
 
-Queries go through in chunks sized so that a chunk's similarity matrix stays under
-``MAX_SIMILARITIES`` entries: the N x N matrix never exists, and one neighbour search at the
-largest k serves every smaller k. On a CUDA device the bank lives in GPU memory in float32.
+The bank is read in chunks of ``BANK_ROWS`` and the queries in chunks of ``QUERY_ROWS`` (fixed
+sizes: the same products whether streamed or in memory), so the N x N matrix never
+exists, each query keeps its running k best, and one neighbour search at the largest k serves
+every smaller k. Bank and queries live on the device (GPU memory in float32 on CUDA) when they fit
+the run's memory budget and are streamed from the cache otherwise, with the same numbers.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.errors import UsageError
+from bench.heads.streaming import Rows, size_text
 from bench.metrics import Predictions
 from bench.protocol import top_classes
 
 KS = (10, 20, 50, 100, 200)
 TEMPERATURE = 0.07
 WEIGHTINGS = ("exponential", "uniform")
-MAX_SIMILARITIES = 1 << 26  # entries of one chunk's (queries x bank) matrix: 256 MB in float32
 
 
 @dataclass
@@ -46,25 +50,80 @@ class KnnConfig:
             raise ValueError(f"kNN temperature must be positive, got {self.temperature}")
 
 
-def _normalised(x: Any, device: torch.device) -> torch.Tensor:
+BANK_ROWS = 16384  # bank rows per similarity chunk: fixed, so streamed and in-memory agree
+QUERY_ROWS = 1024  # queries per chunk: a (QUERY_ROWS, BANK_ROWS) similarity matrix is 64 MB
+
+
+def _normalised(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, D) float32 unit rows on ``device``; zero rows stay zero."""
-    t = torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    t = torch.from_numpy(np.ascontiguousarray(x))
     t = t.reshape(len(t), -1).to(device=device, dtype=torch.float32)
     return torch.nn.functional.normalize(t, dim=1)
 
 
-def _neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int,
-                progress: bool) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Per chunk of queries: (its rows, similarities (q, k) descending, bank indices (q, k))."""
+def _rows(x: Any) -> Rows:
+    return x if isinstance(x, Rows) else Rows([x])
+
+
+class _Chunks:
+    """Normalised rows of a bank or of the queries, chunk by chunk: kept on the device when
+    ``resident``, else read again from their source at each pass."""
+
+    def __init__(self, rows: Rows, size: int, device: torch.device, resident: bool):
+        self.rows, self.size, self.device = rows, size, device
+        self.kept = list(self._read()) if resident else None
+
+    def _read(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for start, chunk in self.rows.chunks(self.size):
+            yield start, _normalised(chunk, self.device)
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        return iter(self.kept) if self.kept is not None else self._read()
+
+
+def knn_memory(bank: Rows, queries: Rows, budget: int | None) -> tuple[bool, bool]:
+    """Whether the normalised bank, and then the queries, stay on the device within ``budget``
+    bytes beside one step's chunks (else they stream); a ``UsageError`` below one step."""
+    dim = bank.dim
+    step = (min(BANK_ROWS, len(bank)) * dim * (bank.dtype.itemsize + 4)
+            + min(QUERY_ROWS, len(queries)) * (dim * (queries.dtype.itemsize + 4) + 4 * BANK_ROWS))
+    if budget is None:
+        return True, True
+    if budget < step:
+        raise UsageError(f"memory budget {size_text(budget)} is below one kNN minibatch "
+                         f"({BANK_ROWS} bank rows and {QUERY_ROWS} queries of {dim} dims: "
+                         f"{size_text(step)}): raise --memory-budget (e.g. 512MB or auto)")
+    left = budget - step
+    bank_kept = 4 * dim * len(bank) <= left
+    left -= 4 * dim * len(bank) if bank_kept else 0
+    return bank_kept, 4 * dim * len(queries) <= left
+
+
+def _neighbours(bank: Rows, queries: Rows, k: int, device: torch.device, progress: bool,
+                budget: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities (Nq, k) descending, bank indices (Nq, k)) of every query's k nearest.
+
+    The bank is read once, ``BANK_ROWS`` at a time (the outer loop), and each chunk's best k
+    are merged into every query's running best k; bank and queries stay on the device when
+    they fit ``budget``, else they stream. The N x N matrix never exists.
+    """
     from tqdm.auto import tqdm
 
-    chunk = max(1, min(len(queries), MAX_SIMILARITIES // max(len(bank), 1)))
-    starts = range(0, len(queries), chunk)
-    for start in tqdm(starts, desc=f"kNN k<={k}", unit="chunk", disable=not progress, leave=False):
-        rows = slice(start, start + chunk)
-        similarity = queries[rows] @ bank.T
-        sims, index = similarity.topk(k, dim=1)
-        yield rows, sims, index
+    bank_kept, queries_kept = knn_memory(bank, queries, budget)
+    query_chunks = _Chunks(queries, QUERY_ROWS, device, queries_kept)
+    sims = torch.full((len(queries), k), -torch.inf, device=device)
+    index = torch.zeros((len(queries), k), dtype=torch.long, device=device)
+    bank_chunks = _Chunks(bank, BANK_ROWS, device, bank_kept)
+    for start, chunk in tqdm(bank_chunks, desc=f"kNN k<={k}", unit="bank chunk",
+                             total=math.ceil(len(bank) / BANK_ROWS), disable=not progress,
+                             leave=False):
+        for q, query in query_chunks:
+            rows = slice(q, q + len(query))
+            top, at = (query @ chunk.T).topk(min(k, len(chunk)), dim=1)
+            merged = torch.cat([sims[rows], top], dim=1)
+            sims[rows], best = merged.topk(k, dim=1)
+            index[rows] = torch.cat([index[rows], at + start], dim=1).gather(1, best)
+    return sims, index
 
 
 def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, k: int, num_classes: int,
@@ -91,40 +150,40 @@ def _check_bank(bank: Any, bank_labels: Any, num_classes: int) -> np.ndarray:
 
 def knn_top5(bank: Any, bank_labels: Any, queries: Any, num_classes: int, ks: Sequence[int],
              cfg: KnnConfig | None = None, device: torch.device | str = "cpu",
-             progress: bool = False) -> dict[int, np.ndarray]:
+             progress: bool = False, budget: int | None = None) -> dict[int, np.ndarray]:
     """Top-5 class ids (N, 5) of every query for each k, from one neighbour search; ties to the
-    lower class id (``bench.metrics``' rule, as scikit-learn's argmax).
+    lower class id (``bench.metrics``' rule, as scikit-learn's argmax). ``bank`` and ``queries``:
+    arrays or ``bench.heads.streaming.Rows``, streamed beyond ``budget`` bytes.
 
     Each k is capped by the bank size; the returned keys are the capped values.
     """
     cfg = cfg or KnnConfig()
-    labels = torch.as_tensor(_check_bank(bank, bank_labels, num_classes))
-    dev = torch.device(device)
-    bank_t, labels = _normalised(bank, dev), labels.to(dev)
-    capped = sorted({min(k, len(bank_t)) for k in ks})
-    out = {k: np.empty((len(queries), min(5, num_classes)), dtype=np.int64) for k in capped}
+    bank, queries, dev = _rows(bank), _rows(queries), torch.device(device)
+    labels = torch.as_tensor(_check_bank(bank, bank_labels, num_classes)).to(dev)
+    capped = sorted({min(k, len(bank)) for k in ks})
     with torch.no_grad():
-        for rows, sims, index in _neighbours(bank_t, _normalised(queries, dev), capped[-1],
-                                             progress):
-            neighbour_labels = labels[index]
-            for k in capped:
-                out[k][rows] = top_classes(_vote(sims, neighbour_labels, k, num_classes, cfg)).cpu()
+        sims, index = _neighbours(bank, queries, capped[-1], dev, progress, budget)
+        neighbour_labels = labels[index]
+        out = {}
+        for k in capped:
+            top = [top_classes(_vote(sims[i : i + QUERY_ROWS], neighbour_labels[i : i + QUERY_ROWS],
+                                     k, num_classes, cfg)).cpu()
+                   for i in range(0, len(queries), QUERY_ROWS)]
+            out[k] = torch.cat(top).numpy()
     return out
 
 
 def knn_scores(bank: Any, bank_labels: Any, queries: Any, num_classes: int, k: int,
-               cfg: KnnConfig | None = None, device: torch.device | str = "cpu") -> np.ndarray:
+               cfg: KnnConfig | None = None, device: torch.device | str = "cpu",
+               budget: int | None = None) -> np.ndarray:
     """(N, C) class scores of every query (sum of its neighbours' weights per class)."""
     cfg = cfg or KnnConfig()
-    labels = torch.as_tensor(_check_bank(bank, bank_labels, num_classes))
-    dev = torch.device(device)
-    bank_t, labels = _normalised(bank, dev), labels.to(dev)
-    k = min(k, len(bank_t))
-    out = np.empty((len(queries), num_classes), dtype=np.float32)
+    bank, queries, dev = _rows(bank), _rows(queries), torch.device(device)
+    labels = torch.as_tensor(_check_bank(bank, bank_labels, num_classes)).to(dev)
+    k = min(k, len(bank))
     with torch.no_grad():
-        for rows, sims, index in _neighbours(bank_t, _normalised(queries, dev), k, False):
-            out[rows] = _vote(sims, labels[index], k, num_classes, cfg).cpu().numpy()
-    return out
+        sims, index = _neighbours(bank, queries, k, dev, False, budget)
+        return _vote(sims, labels[index], k, num_classes, cfg).cpu().numpy()
 
 
 class KnnTrainer:
@@ -137,14 +196,15 @@ class KnnTrainer:
 
     def search(self, data: Any) -> list[dict[str, float]]:
         val_top5 = knn_top5(data.features["train"], data.labels["train"], data.features["val"],
-                            data.num_classes, self.cfg.ks, self.cfg, self.device, self.progress)
+                            data.num_classes, self.cfg.ks, self.cfg, self.device, self.progress,
+                            data.memory_budget)
         return [{"k": k, **Predictions(top5, data.labels["val"], data.num_classes).metrics()}
                 for k, top5 in val_top5.items()]
 
     def refit_predict(self, data: Any, point: dict[str, float]) -> torch.Tensor:
-        bank = np.concatenate([np.asarray(data.features["train"]), np.asarray(data.features["val"])])
+        bank = Rows([data.features["train"], data.features["val"]])
         bank_labels = np.concatenate([data.labels["train"], data.labels["val"]])
         return torch.from_numpy(knn_scores(bank, bank_labels, data.features["test"],
                                            data.num_classes, int(point["k"]), self.cfg,
-                                           self.device))
+                                           self.device, data.memory_budget))
 

@@ -17,7 +17,7 @@ running statistics at evaluation, then Linear) and ``mlp`` (standardise, then Re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,9 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.protocol import ProbeData, ProbeResult, checkpoints, evaluate, grid_metrics
+from bench.heads.streaming import Batches, Rows, moments, step_bytes
+from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
+                            top_predictions)
 
 ARCHITECTURES = ("linear", "bn-linear", "mlp")  # what this trainer builds (heads: bench.heads.kinds)
 
@@ -80,6 +82,7 @@ class _GridHeads(nn.Module):
         super().__init__()
         self.matmul = matmul
         self.linear = cfg.head != "mlp"
+        self._grad: torch.Tensor | None = None  # the linear weights' gradient, reused each step
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         if self.linear:  # convex problem: zero init is exact
@@ -124,12 +127,21 @@ class _GridHeads(nn.Module):
         rows = torch.arange(len(x), device=x.device)
         delta[rows, :, y] -= 1.0
         delta /= len(x)
-        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul))
-        return [flat.float().view_as(self.weights[0]), delta.sum(0)]
+        w = self.weights[0]
+        shape = (len(w) * w.shape[1], w.shape[2])
+        if self._grad is None or self._grad.dtype != self.matmul or self._grad.shape != shape:
+            # one buffer for every step: a fresh (G*C, D) result each step is a fresh mapping
+            # of hundreds of MB at ImageNet sizes, page-faulted in again at every step
+            self._grad = torch.empty(shape, dtype=self.matmul, device=w.device)
+        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul),
+                        out=self._grad)
+        return [flat.float().view_as(w), delta.sum(0)]
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only grid points ``index`` (successive halving). New parameters, not resized
-        ones: autograd remembers a parameter's shape."""
+        ones: autograd remembers a parameter's shape. The gradient buffer goes first: the
+        grid's old and new state are both alive for a moment."""
+        self._grad = None
         for params in (self.weights, self.biases):
             for i, p in enumerate(params):
                 params[i] = nn.Parameter(p.detach().index_select(0, index))
@@ -230,50 +242,35 @@ class _AdamW:
 class _Normaliser:
     """Standardisation with fixed statistics, BatchNorm1d(affine=False) semantics, or none.
 
-    With fixed statistics the features are standardised once (``prepare``), not per step.
+    Fixed statistics come from one streaming pass over the training rows (float64 sums,
+    ``bench.heads.streaming.moments``); each minibatch is standardised as it is read.
     ``standardise=False``: the inputs are used as given (already normalised by the caller).
     """
 
-    def __init__(self, x: torch.Tensor, batchnorm: bool, standardise: bool = True):
+    def __init__(self, batches: Batches, batchnorm: bool, standardise: bool = True):
         self.batchnorm, self.standardise = batchnorm, standardise
         if not standardise:
             return
-        mean, var = _moments(x)
-        self.mean, self.var = (torch.zeros_like(mean), torch.ones_like(var)) if batchnorm else (
-            mean, var)
-
-    def prepare(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        """Training inputs: standardised once in fp32, or left as they are for batch statistics."""
-        if self.batchnorm:
-            return x
-        return torch.cat([self(x[i : i + chunk], train=False) for i in range(0, len(x), chunk)])
-
-    def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """A training minibatch of ``prepare``'s output."""
-        return self(x, train=True) if self.batchnorm else x
+        if batchnorm:  # running statistics, updated by every training minibatch
+            self.mean = torch.zeros(batches.dim, device=batches.device)
+            self.var = torch.ones(batches.dim, device=batches.device)
+        else:
+            self.mean, self.var = moments(batches)
+            self.scale = 1 / torch.sqrt(self.var + 1e-5)  # fixed: computed once, not per step
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float()
         if not self.standardise:
             return x
-        if self.batchnorm and train:
+        if not self.batchnorm:
+            return (x - self.mean).mul_(self.scale)
+        if train:
             mean, var = x.mean(0), x.var(0, unbiased=False)
             with torch.no_grad():
                 self.mean.lerp_(mean, 0.1)
                 self.var.lerp_(x.var(0, unbiased=True) if len(x) > 1 else var, 0.1)
             return (x - mean) / torch.sqrt(var + 1e-5)
         return (x - self.mean) / torch.sqrt(self.var + 1e-5)
-
-
-def _moments(x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    sq = torch.zeros_like(total)
-    for i in range(0, len(x), chunk):
-        block = x[i : i + chunk].double()
-        total += block.sum(0)
-        sq += (block * block).sum(0)
-    mean = total / len(x)
-    return mean.float(), (sq / len(x) - mean * mean).clamp_min(0).float()
 
 
 @dataclass
@@ -289,18 +286,32 @@ class GridModel:
     points: list[int]
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-        """(G, N, C) logits of every kept head on ``x`` (raw features, any float dtype)."""
-        return torch.cat([self.heads(self.norm(x[i : i + chunk], train=False))
-                          for i in range(0, len(x), chunk)], dim=1)
+    def chunk_logits(self, batches: Batches) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, (G, n, C) logits of every kept head), chunk by chunk of the split."""
+        for start, chunk in batches.chunks():
+            yield start, self.heads(self.norm(chunk, train=False))
+
+    def top(self, batches: Batches) -> torch.Tensor:
+        """(G, N, 5) best classes of every kept head (``top_classes``): never (G, N, C)."""
+        return torch.cat([top_classes(s) for _, s in self.chunk_logits(batches)], dim=1)
+
+    def logits(self, batches: Batches) -> torch.Tensor:
+        """(G, N, C) logits of every kept head (a refit's single head on test), written chunk
+        by chunk into one tensor."""
+        out = None
+        for start, scores in self.chunk_logits(batches):
+            if out is None:
+                out = scores.new_empty((scores.shape[0], batches.n, scores.shape[2]))
+            out[:, start : start + scores.shape[1]] = scores
+        return out
 
 
 Checkpoint = Callable[[GridModel], "Sequence[float] | None"]  # val scores for halving
 
 
 def train_grid(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | Batches,
+    y: torch.Tensor | None,
     num_classes: int,
     lrs: torch.Tensor,
     wds: torch.Tensor,
@@ -315,41 +326,40 @@ def train_grid(
 ) -> GridModel:
     """Train G = len(lrs) heads at once on (x, y), head g at (lrs[g], wds[g]).
 
-    Every head sees the same minibatches (seeded by ``cfg.seed``) and the same cosine schedule
+    ``x``: the training rows as ``bench.heads.streaming.Batches`` (labels inside, ``y`` None),
+    or a tensor where it trains with ``y`` its labels. Every head sees the same minibatches
+    (``bench.heads.streaming``'s order, seeded by ``cfg.seed``) and the same cosine schedule
     over ``cfg.epochs``; training stops after ``stop_at`` epochs (default all). At each epoch in
     ``evaluate_at`` the callback gets the model; with ``cfg.halving`` it returns one validation
     score per kept head (``model.points``, by the headline metric, in percent) and, from a
     quarter of the epochs on and except at the last epoch, only ``_survivors`` train on;
-    ``val_size`` (the number of validation images) sets their noise margin. Deterministic for a seed. ``matmul``: the linear heads' GEMM
-    type (``_GridHeads``); MLP heads train in float32. ``standardise=False``: ``x`` is used as
-    given by ``linear`` and ``mlp`` heads (normalised by the caller, e.g. few-shot).
+    ``val_size`` (the number of validation images) sets their noise margin. Deterministic for a
+    seed, and the same numbers whether ``x`` is in memory or streamed. ``matmul``: the linear
+    heads' GEMM type (``_GridHeads``); MLP heads train in float32. ``standardise=False``: ``x``
+    is used as given by ``linear`` and ``mlp`` heads (normalised by the caller, e.g. few-shot).
     ``optimizer``: ``adamw``, or ``sgd`` (with momentum; ``_AdamW``).
     """
+    batches = x if isinstance(x, Batches) else Batches.holding(x, y, cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = x.device
-    heads = _GridHeads(len(lrs), x.shape[1], num_classes, cfg, gen, matmul).to(device)
-    norm = _Normaliser(x, batchnorm=cfg.head == "bn-linear", standardise=standardise)
-    inputs = norm.prepare(x)
-    if heads.linear and not norm.batchnorm:  # rounded once, not at every step
-        inputs = inputs.to(matmul)
+    device = batches.device
+    heads = _GridHeads(len(lrs), batches.dim, num_classes, cfg, gen, matmul).to(device)
+    norm = _Normaliser(batches, batchnorm=cfg.head == "bn-linear", standardise=standardise)
     model = GridModel(heads, norm, list(range(len(lrs))))
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches.n / cfg.batch_size)
     optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch, optimizer)
     last = stop_at or cfg.epochs
     from tqdm.auto import tqdm
 
     for epoch in tqdm(range(1, last + 1), desc=f"probe {cfg.head} x{len(lrs)}",
                       unit="epoch", disable=not progress, leave=False):
-        order = torch.randperm(len(x), generator=gen).to(device)
-        for i in range(0, len(x), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            batch = norm.batch(inputs[idx])
+        for raw, labels in batches.epoch(gen):
+            batch = norm(raw, train=True)
             if heads.linear:
-                grads = heads.linear_gradients(batch, y[idx])
+                grads = heads.linear_gradients(batch.to(matmul), labels)
             else:
                 logits = heads(batch)
                 loss = nn.functional.cross_entropy(logits.reshape(-1, num_classes),
-                                                   y[idx].repeat(heads.groups))
+                                                   labels.repeat(heads.groups))
                 heads.zero_grad(set_to_none=True)
                 (loss * heads.groups).backward()  # sum over heads of each head's mean loss
                 grads = [p.grad for p in heads.parameters()]
@@ -403,48 +413,54 @@ class GridProbeTrainer:
         # where G heads make them the cost; the selected point's refit is one head, in float32.
         self.matmul = torch.bfloat16 if precision.heads == "bf16" else torch.float32
 
-    def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(np.asarray(a).reshape(len(a), -1))).to(
-            self.device, self.store)
+    def _batches(self, data: ProbeData, splits: Sequence[str], held: int = 0,
+                 reserve: Sequence[str] = ()) -> Batches:
+        """The rows of ``splits`` (one after another) as the grid reads them, within what the
+        run's memory budget leaves beside ``held`` bytes of other features, keeping one step of
+        the ``reserve`` splits' (validation, read beside train) free."""
+        def rows(names: Sequence[str]) -> Rows:
+            return Rows([data.features[s] for s in names])
 
-    def _labels(self, y: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
+        labels = np.concatenate([np.asarray(data.labels[s]) for s in splits])
+        budget = data.memory_budget
+        kept = step_bytes(rows(reserve), self.cfg.batch_size, self.store) if reserve else 0
+        return Batches(rows(splits), labels, self.cfg.batch_size, self.device, self.store,
+                       None if budget is None else budget - held, reserve=kept)
 
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        x_train, x_val = self._tensor(data.features["train"]), self._tensor(data.features["val"])
-        y_train, y_val = self._labels(data.labels["train"]), self._labels(data.labels["val"])
+        train = self._batches(data, ["train"], reserve=["val"])
+        val = self._batches(data, ["val"], held=train.held)
         grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
         records: list[dict[str, float]] = []
 
         def record(epoch: int) -> Checkpoint:
             def at(model: GridModel) -> list[float]:
                 scores = []
-                for point, m in zip(model.points,
-                                    grid_metrics(model.logits(x_val), y_val, data.num_classes)):
+                for point, p in zip(model.points, top_predictions(
+                        model.top(val), data.labels["val"], data.num_classes)):
                     lr, wd = grid[point]
+                    m = p.metrics()
                     records.append({"lr": lr, "weight_decay": wd, "epochs": epoch, **m})
                     scores.append(m[data.headline])
                 return scores
             return at
 
-        train_grid(x_train, y_train, data.num_classes, torch.tensor([g[0] for g in grid]),
+        train_grid(train, None, data.num_classes, torch.tensor([g[0] for g in grid]),
                    torch.tensor([g[1] for g in grid]), cfg,
                    {e: record(e) for e in cfg.checkpoints()}, progress=self.progress,
                    matmul=self.matmul, standardise=self.standardise,
-                   optimizer=self.optimizer, val_size=len(y_val))
+                   optimizer=self.optimizer, val_size=val.n)
         return records
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         torch.manual_seed(self.cfg.seed)
-        x_all = torch.cat([self._tensor(data.features[s]) for s in self.refit_splits])
-        y_all = torch.cat([self._labels(data.labels[s]) for s in self.refit_splits])
-        model = train_grid(x_all, y_all, data.num_classes, torch.tensor([point["lr"]]),
-                           torch.tensor([point["weight_decay"]]), self.cfg, {},
-                           stop_at=int(point["epochs"]), progress=self.progress,
+        model = train_grid(self._batches(data, self.refit_splits), None, data.num_classes,
+                           torch.tensor([point["lr"]]), torch.tensor([point["weight_decay"]]),
+                           self.cfg, {}, stop_at=int(point["epochs"]), progress=self.progress,
                            standardise=self.standardise, optimizer=self.optimizer)
-        return model.logits(self._tensor(data.features["test"]))[0]
+        return model.logits(self._batches(data, ["test"]))[0]
 
 
 def fit_probe(

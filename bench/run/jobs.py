@@ -222,7 +222,8 @@ class BenchJob(_Requeueable):
         kind = head_kind(run.spec.head)
         entries = {s: [reports[s].entries[r] for r in cell.features] for s in SPLITS}
         data = _probe_data(entries, kind.inputs == "maps", run.num_classes,
-                           prepared.task.split("train").items)
+                           prepared.task.split("train").items,
+                           _memory_budget(self.options.memory_budget, prepared.device))
         trainer = kind.make_trainer(kind.make_config(run.spec.head_args, run.spec.seed),
                                     prepared.device, run.precision, self.options.progress,
                                     run.groups)
@@ -345,11 +346,21 @@ def share_features(jobs: list[BenchJob], sequential: bool) -> None:
         group[-1].group_specs = [job.spec for job in group[:-1]]
 
 
+def _memory_budget(budget: int | str | None, device: Any) -> int | None:
+    """``RunOptions.memory_budget`` in bytes: ``auto`` is a fraction of the memory free now
+    where the features will sit (``bench.heads.streaming.auto_budget``)."""
+    if budget != "auto":
+        return budget
+    from bench.heads.streaming import auto_budget
+
+    return auto_budget(device)
+
+
 def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
-                train_items: list[Any]):
-    """Features of each split as the head reads them: vectors loaded at their stored precision,
-    maps left memory-mapped on disk and read a minibatch at a time; the names of the train rows
-    kept (few-shot draws are chosen by name)."""
+                train_items: list[Any], memory_budget: int | None = None):
+    """Features of each split as the head reads them: memory-mapped cache shards at their stored
+    precision, read by the head a minibatch (or, within ``memory_budget``, a split) at a time;
+    the names of the train rows kept (few-shot draws are chosen by name)."""
     import numpy as np
 
     from bench.protocol import ProbeData
@@ -357,7 +368,7 @@ def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
     features: dict[str, Any] = {}
     labels: dict[str, Any] = {}
     for split, split_entries in entries.items():
-        loaded = [e.open() if maps else e.load(dtype=None) for e in split_entries]
+        loaded = [e.open() for e in split_entries]
         # Entries written at different times may have left out different corrupt items.
         keep = np.logical_and.reduce([mask for _, _, mask in loaded])
         labels[split] = _kept(loaded[0][1], keep)
@@ -368,7 +379,7 @@ def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
             features[split] = _kept(loaded[0][0], keep)
         if split == "train":
             train_items = [item for item, kept in zip(train_items, keep) if kept]
-    return ProbeData(features, labels, num_classes, train_items)
+    return ProbeData(features, labels, num_classes, train_items, memory_budget=memory_budget)
 
 
 def _headline(record: RunRecord) -> str:

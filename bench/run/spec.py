@@ -78,6 +78,9 @@ class RunOptions:
     experiment_id: str | None = None
     compile: bool = False  # torch.compile the backbone's truncated forward (the same features)
     decode: str = "cpu"  # "gpu": JPEG files decoded with nvJPEG on the device (bench.features.pipeline)
+    # bytes of features a probe holds at once ("auto": a fraction of free RAM, or of free GPU
+    # memory on CUDA; None: no limit): the same numbers whatever it is (bench.heads.streaming)
+    memory_budget: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         check_ranges({n: getattr(self, n) for n in OPTION_RANGES}, OPTION_RANGES, "option",
