@@ -6,7 +6,6 @@ run`'s, a rerun that extracts and trains nothing; bad input; the shipped seed fi
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 
 from bench.cli import main
@@ -14,13 +13,7 @@ from bench.cli import main
 FAST = {"epochs": 4, "lrs": [0.01], "weight_decays": [0.0]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny work: on a shared 2-core machine, torch's second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny work: a second thread only waits
 
 
 def folder_tree(root):
