@@ -68,6 +68,14 @@ def parse_size(text: str) -> int | str:
     return int(float(match[1]) * unit)
 
 
+def size_text(n: float) -> str:
+    """Bytes in the unit people read them in (decimal, as ``parse_size``: 1 GB = 1e9 bytes)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def check_ranges(values: Mapping[str, Any], ranges: Mapping[str, Range], what: str,
                  flags: Mapping[str, str] | None = None) -> None:
     """A ``UsageError`` naming the first setting outside its range, its value and the range.

@@ -135,7 +135,7 @@ def test_budget_below_one_minibatch_is_refused_before_training(tmp_path, monkeyp
     data = _cached(tmp_path, sizes={"train": 2_000, "val": 300, "test": 200})
     monkeypatch.setattr(probe, "train_grid", lambda *a, **k: pytest.fail("it trained"))
     data.memory_budget = 1000
-    with pytest.raises(UsageError, match=r"memory budget 1\.0 KB is below one probe minibatch "
+    with pytest.raises(UsageError, match=r"memory budget 1\.0 kB is below one probe minibatch "
                                          r"\(256 rows x 8 dims"):
         GridProbeTrainer(ProbeConfig(), "cpu", FP32).search(data)
 
@@ -181,7 +181,7 @@ def test_cli_refuses_a_budget_below_a_minibatch_logs_nothing_and_keeps_the_cache
            "--backbone-arg", "size=8", "--epochs", "2", "--no-progress"]
     assert main([*run, "--memory-budget", "1KB"]) == 2
     err = capsys.readouterr().err
-    assert "memory budget 1.0 KB is below one probe minibatch" in err and "Traceback" not in err
+    assert "memory budget 1.0 kB is below one probe minibatch" in err and "Traceback" not in err
     assert records() == []
     with pytest.raises(SystemExit) as exit:
         main([*run, "--memory-budget", "bogus"])

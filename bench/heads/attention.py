@@ -42,7 +42,8 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.heads.streaming import epoch_order, size_text
+from bench.heads.streaming import epoch_order
+from bench.ranges import size_text
 from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
                             top_predictions)
 

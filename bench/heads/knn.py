@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from bench.errors import UsageError
-from bench.heads.streaming import Rows, size_text
+from bench.heads.streaming import Rows
+from bench.ranges import size_text
 from bench.metrics import Predictions
 from bench.protocol import top_classes
 

@@ -28,19 +28,13 @@ import numpy as np
 import torch
 
 from bench.errors import UsageError
+from bench.ranges import size_text
 
 BLOCK_ROWS = 64  # rows per block of the shuffled order (a protocol constant: it changes numbers)
 WINDOW_BLOCKS = 256  # blocks per window; their rows are permuted together
 WINDOW_ROWS = BLOCK_ROWS * WINDOW_BLOCKS
 CHUNK_ROWS = 256  # rows per scoring chunk and per float64 partial sum of the statistics
 AUTO_FRACTION = 0.5  # --memory-budget auto: this fraction of free RAM (free GPU memory on CUDA)
-
-
-def size_text(nbytes: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes:.0f} B"
 
 
 def auto_budget(device: torch.device | str) -> int:

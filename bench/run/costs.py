@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.ranges import size_text as size
 from bench.run.spec import SPLITS, Prepared
 
 SHARD_OVERHEAD = 8192  # bytes per shard beyond its rows: .npy header, sidecar, filesystem blocks
@@ -111,14 +112,6 @@ class JobCost:
             lines.append(f"    {state}{cell.name}  [{cell.identity[:12]}]: {cell.dims:,} dims; "
                          f"disk {disk}; probe memory about {probe}{head}")
         return lines
-
-
-def size(n: float) -> str:
-    """Bytes in the unit people read them in (decimal: 1 GB = 1e9 bytes)."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def duration(seconds: float) -> str:
