@@ -145,6 +145,8 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
     from bench.run.jobs import share_features
     from bench.run.sweep import describe
 
+    if not plan.jobs:  # nothing to submit (a paper whose cells are all done)
+        return SweepReport()
     executor = executor or ExecutorConfig()
     share_features(plan.jobs, executor.in_process)
     for job in plan.jobs:

@@ -1,4 +1,4 @@
-"""``bench sweep --executor slurm`` against the real single-node SLURM cluster and MLflow server.
+"""``bench sweep --executor slurm`` (and ``bench reproduce``) against the real single-node SLURM cluster and MLflow server.
 
 Needs both services (``BENCH_TEST_SLURM=1`` and ``BENCH_TEST_MLFLOW_URI``, see
 ``tests/test_cluster.py``, whose fixtures and helpers these tests share). Every sweep is driven
@@ -311,3 +311,39 @@ def test_a_cancelled_job_is_reported_and_the_sweep_ends(server, job_dir, tmp_pat
     text = log.read_text()
     assert "left the queue without a result" in text and "FAILED pixels x digits" in text, text
     assert board.read_text() == "an earlier leaderboard\n"
+
+
+@pytest.mark.slurm
+@pytest.mark.server
+def test_reproduce_runs_one_array_task_per_forward_pass(server, job_dir, tmp_path, capsys):
+    """`bench reproduce` of a tiny paper's table on the cluster: one sbatch array task per
+    (backbone, task) pass, pixels x digits' linear and kNN cells sharing one; every cell's
+    result lands in the server under the identity its plan resolved on the driver; the same
+    command again submits nothing."""
+    from bench.api import reproduce_plan
+    from bench.run.spec import RunOptions
+    from tests.test_reproduce import tiny_paper
+
+    suite = _suite("reproduce")
+    paper = tiny_paper(tmp_path)
+    args = ["reproduce", paper, "--table", "main", "--suite", suite, "--job-dir", str(job_dir),
+            "--workers", "0", "--no-progress", *SLURM]
+    assert main(args) == 0
+    capsys.readouterr()
+    array_id, logs = _array_logs(job_dir)
+    script = (job_dir / f"{array_id}_submission.sh").read_text()
+    assert re.search(r"#SBATCH --array=0-2%\d+", script), script  # 3 passes for 5 cells
+    assert len(logs) == 3
+
+    plan = reproduce_plan(paper, ["main"], RunOptions(suite=suite))
+    identities = {c.identity for c in plan.cells.values()}
+    runs = _runs(server, suite)
+    assert len(runs) == 5 and all(r["status"] == "FINISHED" for r in runs)
+    assert {r["tags"]["bench.identity"] for r in runs} == identities
+    assert {r["name"].rsplit("/", 1)[1] for r in runs} == {"linear", "knn"}
+
+    submitted = set(job_dir.glob("*_submission.sh"))
+    assert main(args) == 0
+    assert "5 cells: 5 done, 0 to run" in capsys.readouterr().out
+    assert set(job_dir.glob("*_submission.sh")) == submitted  # nothing submitted again
+    assert {r["id"] for r in _runs(server, suite)} == {r["id"] for r in runs}
