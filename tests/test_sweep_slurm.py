@@ -1,4 +1,5 @@
-"""``bench sweep --executor slurm`` (and ``bench reproduce``) against the real single-node SLURM cluster and MLflow server.
+"""``bench sweep --executor slurm`` (and ``bench reproduce``) against the real single-node SLURM
+cluster and MLflow server.
 
 Needs both services (``BENCH_TEST_SLURM=1`` and ``BENCH_TEST_MLFLOW_URI``, see
 ``tests/test_cluster.py``, whose fixtures and helpers these tests share). Every sweep is driven
