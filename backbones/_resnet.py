@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones._shared import FrozenBackbone, frozen
+from bench.backbones._shared import FrozenBackbone, frozen
 from bench.backbone import MAP, VECTOR, FeaturePoint
 from bench.features.weights import resolve
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones._shared import FrozenBackbone, block_numbers, block_points, frozen, hub_file
+from bench.backbones._shared import FrozenBackbone, block_numbers, block_points, frozen, hub_file
 from bench.backbone import TOKENS, VECTOR, FeaturePoint
 from bench.errors import UsageError
 from bench.features.weights import file_sha256, random_weights_file, reading_checkpoint, resolve

@@ -7,7 +7,7 @@ and its outputs come back as torch tensors: ``avepool_feat`` (the encoder's glob
 and ``bn_crelu_feat`` (BatchNorm then CReLU of it, twice as wide: the paper's best linear
 features). The sizes are read from the loaded module's ``encode`` signature (its structured outputs' last
 dimension), never assumed: 2048-d / 4096-d for ResNet-50 by DeepMind's colab printout, and
-8192-d / 16384-d for RevNet-50x4 by its 4x width (not checked against the downloaded module here). Needs the optional extra: ``pip install 'bench[bigbigan]'`` (TensorFlow only; the
+8192-d / 16384-d for RevNet-50x4 by its 4x width (not checked against the downloaded module here). Needs the optional extra: ``pip install 'frozen-bench[bigbigan]'`` (TensorFlow only; the
 module is read with ``tf.saved_model.load``, so tensorflow-hub is not needed).
 
 Modules are TF1 Hub format folders (``saved_model.pb`` + ``tfhub_module.pb`` + ``variables/``).
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones._shared import FrozenBackbone, RANDOM_LICENCE
+from bench.backbones._shared import FrozenBackbone, RANDOM_LICENCE
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.features.weights import WeightsError, download, file_sha256, offline, weights_dir
@@ -58,7 +58,7 @@ def import_tensorflow() -> Any:
     except ImportError as e:
         raise ImportError(
             "BigBiGAN runs DeepMind's TF Hub module and needs TensorFlow: "
-            "pip install 'bench[bigbigan]' (or pip install tensorflow-cpu)"
+            "pip install 'frozen-bench[bigbigan]' (or pip install tensorflow-cpu)"
         ) from e
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
@@ -278,7 +278,7 @@ def build_tiny_module(path: Path, seed: int = 0, size: int = 32, width: int = 16
 
 @register_backbone(
     "bigbigan",
-    description="BigBiGAN RevNet-50x4 encoder (DeepMind TF Hub module, needs bench[bigbigan]); "
+    description="BigBiGAN RevNet-50x4 encoder (DeepMind TF Hub module, needs frozen-bench[bigbigan]); "
     "default feature = BN+CReLU of the average pool, 256 px in [-1, 1]",
     licence=LICENCE,
 )

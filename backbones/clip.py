@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from backbones._shared import FrozenBackbone, RANDOM_LICENCE, block_numbers, block_points, frozen
+from bench.backbones._shared import FrozenBackbone, RANDOM_LICENCE, block_numbers, block_points, frozen
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.features.weights import (

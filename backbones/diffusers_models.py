@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones import _diffusion
+from bench.backbones import _diffusion
 from bench.errors import UsageError
 from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
 from bench.registry import register_backbone
@@ -54,7 +54,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
 )
 LATENTS = ("mean", "sample")  # what a latent model's VAE hands the denoiser
-HF_EXTRA = "transformers is needed for text-conditioned models: pip install 'bench[hf]'"
+HF_EXTRA = "transformers is needed for text-conditioned models: pip install 'frozen-bench[hf]'"
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -602,7 +602,7 @@ def diffusers_backbone(
     return DiffusersBackbone(load_pipeline(source, revision), **kwargs)
 
 
-SD = "needs pip install 'bench[hf]'"
+SD = "needs pip install 'frozen-bench[hf]'"
 DDAE = "DDAE (Xiang et al. 2023, arXiv 2303.09769)"
 # name, licence, description, defaults
 HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -675,6 +675,6 @@ for _name, _licence, _description, _defaults in HUB_PRESETS:
 )
 def diffusers_tiny(kind: str, seed: int = 0, **kwargs: Any) -> DiffusersBackbone:
     """Random weights are saved with save_pretrained and loaded back like a downloaded model."""
-    from backbones._diffusers_tiny import tiny_pipeline
+    from bench.backbones._diffusers_tiny import tiny_pipeline
 
     return DiffusersBackbone(load_pipeline(str(tiny_pipeline(kind, seed))), **kwargs)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones._shared import FrozenBackbone, frozen
+from bench.backbones._shared import FrozenBackbone, frozen
 from bench.backbone import MAP, TOKENS, VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.features.weights import WeightsError, offline
@@ -128,7 +128,7 @@ def hf_model(model: str, revision: str | None = None) -> HFVisionEncoder:
     try:
         from transformers import AutoImageProcessor, AutoModel
     except ImportError as e:
-        raise ImportError("hf: backbones need transformers: pip install 'bench[hf]'") from e
+        raise ImportError("hf: backbones need transformers: pip install 'frozen-bench[hf]'") from e
 
     try:
         net = AutoModel.from_pretrained(model, revision=revision, dtype=torch.float32)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backbones._shared import RANDOM_LICENCE
-from backbones._vit import TimmViT, timm_vit
+from bench.backbones._shared import RANDOM_LICENCE
+from bench.backbones._vit import TimmViT, timm_vit
 from bench.registry import register_backbone
 
 LICENCE = "CC-BY-NC 4.0"

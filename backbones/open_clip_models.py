@@ -23,9 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backbones._shared import RANDOM_LICENCE
-from backbones.clip import CLIPImage, build_clip
-from backbones.hf_models import UNKNOWN_LICENCE, card_licence
+from bench.backbones._shared import RANDOM_LICENCE
+from bench.backbones.clip import CLIPImage, build_clip
+from bench.backbones.hf_models import UNKNOWN_LICENCE, card_licence
 from bench.errors import UsageError
 from bench.registry import register_backbone
 from bench.features.weights import WeightsError, file_sha256

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import torch
 
-from backbones._shared import FrozenBackbone, frozen, resize_crop
+from bench.backbones._shared import FrozenBackbone, frozen, resize_crop
 from bench.backbone import MAP, FeaturePoint
 from bench.features.compile import StaticCompiled
 from bench.registry import register_backbone

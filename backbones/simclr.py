@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backbones._resnet import ResNetBackbone, resnet50_net
-from backbones._shared import IMAGENET_MEAN, IMAGENET_STD, RANDOM_LICENCE, load_state_dict_file, resize_crop
+from bench.backbones._resnet import ResNetBackbone, resnet50_net
+from bench.backbones._shared import IMAGENET_MEAN, IMAGENET_STD, RANDOM_LICENCE, load_state_dict_file, resize_crop
 from bench.registry import register_backbone
 from bench.features.weights import WeightsError, file_sha256, random_weights_file, resolve
 

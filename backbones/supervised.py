@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from backbones._resnet import ResNetBackbone, resnet50_net, torchvision_file
-from backbones._shared import RANDOM_LICENCE, load_state_dict_file
-from backbones._vit import TimmViT, timm_vit
+from bench.backbones._resnet import ResNetBackbone, resnet50_net, torchvision_file
+from bench.backbones._shared import RANDOM_LICENCE, load_state_dict_file
+from bench.backbones._vit import TimmViT, timm_vit
 from bench.registry import register_backbone
 from bench.features.weights import file_sha256, random_weights_file, resolve
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones._shared import RANDOM_LICENCE, FrozenBackbone, frozen, hub_file
+from bench.backbones._shared import RANDOM_LICENCE, FrozenBackbone, frozen, hub_file
 from bench.errors import UsageError
 from bench.backbone import MAP, TOKENS, VECTOR, FeaturePoint
 from bench.registry import register_backbone

@@ -182,7 +182,7 @@ class Registry:
         modules = self.modules()
         out = {m: {"sha256": _sha256(path), "presets": []} for m, path in modules.items()}
         for entry in sorted(self._entries.values(), key=lambda e: e.name):
-            if entry.module.split(".")[0] != self.package:
+            if entry.module != self.package and not entry.module.startswith(f"{self.package}."):
                 continue  # a plugin's: listed from its entry point
             if entry.module not in out:
                 raise ValueError(f"{self.kind} {entry.name!r} is registered by {entry.module}, "
@@ -556,8 +556,8 @@ class Plugins(Generic[T]):
         return iter(self.names())
 
 
-backbones = Registry("backbone", "backbones", shipped_index=True)
-tasks = Registry("task", "tasks", shipped_index=True)
+backbones = Registry("backbone", "bench.backbones", shipped_index=True)
+tasks = Registry("task", "bench.tasks", shipped_index=True)
 
 register_backbone = backbones.register
 register_task = tasks.register

@@ -33,8 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.adm.backbone import RELEASED, TINY_FLAGS
-from backbones.adm.unet import ADMUNet, complete_flags
+from bench.backbones.adm.backbone import RELEASED, TINY_FLAGS
+from bench.backbones.adm.unet import ADMUNet, complete_flags
 from bench.features.compile import StaticCompiled
 from benchmarks.timing import seconds
 

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.diffusers_models import DiffusersBackbone, load_pipeline
+from bench.backbones.diffusers_models import DiffusersBackbone, load_pipeline
 from benchmarks.timing import seconds
 
 

@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.adm import diffusion_tiny  # noqa: E402  (direct import: no registry scan)
-from backbones.adm.backbone import TINY_FLAGS  # noqa: E402
+from bench.backbones.adm import diffusion_tiny  # noqa: E402  (direct import: no registry scan)
+from bench.backbones.adm.backbone import TINY_FLAGS  # noqa: E402
 from bench.features.cache import FeatureCache  # noqa: E402
 from bench.features.extract import extract  # noqa: E402
 from bench.precision import resolve_precision  # noqa: E402
 from bench.heads.probe import ProbeConfig, fit_probe  # noqa: E402
-from tasks.digits import Digits  # noqa: E402
+from bench.tasks.digits import Digits  # noqa: E402
 
 from probe_speed import synthetic_features  # noqa: E402
 

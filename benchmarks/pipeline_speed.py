@@ -62,7 +62,7 @@ def main() -> None:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device.type)
     if args.random_weights:
-        from backbones.adm.backbone import random_weights
+        from bench.backbones.adm.backbone import random_weights
 
         from bench.registry import backbones
 

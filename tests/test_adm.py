@@ -12,14 +12,14 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import bench
-from backbones.adm.backbone import (
+from bench.backbones.adm.backbone import (
     RELEASED,
     TINY_FLAGS,
     CheckpointMismatchError,
     meta_unet,
     mismatch_message,
 )
-from backbones.adm.unet import complete_flags
+from bench.backbones.adm.unet import complete_flags
 from bench.features.weights import WeightsError, file_sha256
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "adm"

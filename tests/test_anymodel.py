@@ -67,7 +67,7 @@ def test_timm_cnn_stages_are_maps_equal_to_forward_intermediates(tmp_path):
 
 
 def test_timm_licence_comes_from_pretrained_cfg_and_bad_names_are_clear():
-    from backbones.timm_models import tag_licence
+    from bench.backbones.timm_models import tag_licence
 
     assert tag_licence("vit_base_patch16_224.mae") == "cc-by-nc-4.0"
     with pytest.raises(ValueError, match="timm has no model 'vit_nonexistent'"):
@@ -78,7 +78,7 @@ def test_timm_licence_comes_from_pretrained_cfg_and_bad_names_are_clear():
 def test_open_clip_image_embedding_equals_encode_image_and_normalize():
     import open_clip
 
-    from backbones.clip import TINY
+    from bench.backbones.clip import TINY
 
     plain = bench.create_backbone("open_clip:ViT-B-16", weights="none", model_cfg=TINY)
     normed = bench.create_backbone("open_clip:ViT-B-16", weights="none", model_cfg=TINY,
@@ -192,7 +192,7 @@ def test_entry_points_add_presets(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text(
         "[bench.backbones]\nplugin-cnn = plugin_models:tiny_cnn\nbroken = plugin_models:missing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("backbone", "backbones")  # fresh: only entry points register into it
+    registry = Registry("backbone", "bench.backbones")  # fresh: only entry points register into it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert registry.names() == ["plugin-cnn"]

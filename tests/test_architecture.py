@@ -18,8 +18,13 @@ BELOW = {  # what each layer may import besides itself, lowest first
 SUBPACKAGES = {"features", "heads", "results", "run", "cli"}  # bench/<layer>/: one folder a layer
 
 
+PLUGIN_FOLDERS = ("backbones", "tasks")  # installed as bench.backbones, bench.tasks (pyproject)
+
+
 def _modules(folder: str) -> dict[str, Path]:
-    return {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+    """Module name -> file; the plugin folders under their installed names (``bench.tasks.cub``)."""
+    prefix = "bench." if folder in PLUGIN_FOLDERS else ""
+    return {prefix + ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
             for p in sorted((REPO / folder).rglob("*.py"))}
 
 
@@ -39,8 +44,16 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append((node.lineno, node.module))
             out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
-                    if (REPO / node.module.replace(".", "/") / f"{a.name}.py").exists()]
+                    if _is_module(f"{node.module}.{a.name}")]
     return out
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``name`` is a module of this repository (``from bench.run import jobs``)."""
+    parts = name.split(".")
+    if parts[:2] in (["bench", f] for f in PLUGIN_FOLDERS):
+        parts = parts[1:]
+    return (REPO.joinpath(*parts).with_suffix(".py")).exists()
 
 
 def _layer(module: str) -> str | None:
@@ -52,6 +65,8 @@ def _layer(module: str) -> str | None:
         return None
     if len(parts) == 1:
         return "core"
+    if parts[1] in PLUGIN_FOLDERS:
+        return "plugins"
     if parts[1] == "api":
         return "api"
     if parts[1] in SUBPACKAGES:
@@ -74,7 +89,7 @@ def test_every_import_respects_the_layers():
     broken = []
     sources = {**_modules("bench"), **_modules("backbones"), **_modules("tasks")}
     for module, path in sources.items():
-        layer = "plugins" if not module.startswith("bench") else _layer(module)
+        layer = _layer(module)
         for line, imported in _imports(path):
             target = _layer(imported)
             if target is not None and target != layer and target not in BELOW[layer]:

@@ -2,7 +2,7 @@
 
 Each family is built at test size with seeded random weights that are saved to the weights dir and
 loaded back through the same code as real weights; features are checked against the library's own
-forward. BigBiGAN's tests run where TensorFlow is importable (``pip install 'bench[bigbigan]'``).
+forward. BigBiGAN's tests run where TensorFlow is importable (``pip install 'frozen-bench[bigbigan]'``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import bench
-from backbones import bigbigan, simclr
-from backbones.supervised import load_state_dict_file
+from bench.backbones import bigbigan, simclr
+from bench.backbones.supervised import load_state_dict_file
 from bench.registry import backbones as registry
 from bench.features.weights import WeightsError
 
@@ -384,7 +384,7 @@ def test_bigbigan_preprocessing_is_the_colabs_tf1_resize_bicubic(size, wide):
 
 # --- published reference rows --------------------------------------------------------------------
 def test_reference_rows_name_their_study_and_table_and_what_presets_load():
-    from backbones.adm.paper import leaderboard_rows
+    from bench.backbones.adm.paper import leaderboard_rows
 
     rows = leaderboard_rows(["imagenet", "cub"])
     studies = {label.split(",")[0] for label in rows.index}
@@ -415,7 +415,7 @@ def test_bench_run_works_offline_for_every_family(preset):
     """Issue 5/3: `bench run --backbone B --task digits` end to end with the test-sized preset."""
     if preset == "bigbigan-tiny":
         pytest.importorskip("tensorflow", reason="BigBiGAN runs in TensorFlow: pip install "
-                            "'bench[bigbigan]' (CI installs it)")
+                            "'frozen-bench[bigbigan]' (CI installs it)")
     from bench.features.cache import FeatureCache
     from bench.cli import main
     from bench.heads.probe import ProbeConfig, fit_probe

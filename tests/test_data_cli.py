@@ -131,7 +131,7 @@ def test_download_of_a_complete_partial_file(server, tmp_path):
 
 def test_dataset_download_extracts_atomically(server, tmp_path, monkeypatch, capsys):
     """`bench data download --task cub` against a tiny CUB archive: md5, extraction, verify."""
-    from tasks.cub import CUB
+    from bench.tasks.cub import CUB
 
     source = tmp_path / "source"
     cub_tree(source)

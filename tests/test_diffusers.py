@@ -17,8 +17,8 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import bench
-from backbones._diffusers_tiny import tiny_pipeline
-from backbones.diffusers_models import DiffusersBackbone, DiffusersLoadError, load_pipeline
+from bench.backbones._diffusers_tiny import tiny_pipeline
+from bench.backbones.diffusers_models import DiffusersBackbone, DiffusersLoadError, load_pipeline
 from bench.features.weights import file_sha256
 from tests.conftest import REPO
 
@@ -43,7 +43,7 @@ def reference_features(preset: str, x: torch.Tensor, ids: list[int], t: int,
     import diffusers
     import transformers
 
-    from backbones._diffusion import seeded_noise
+    from bench.backbones._diffusion import seeded_noise
 
     kind = preset.removesuffix("-tiny")
     folder = tiny_pipeline(kind)
@@ -142,7 +142,7 @@ def test_same_noise_per_sample_id_on_every_run_and_batch():
 
 
 def test_noise_draws_average_their_features():
-    from backbones._diffusion import seeded_noise
+    from bench.backbones._diffusion import seeded_noise
 
     bb = bench.create_backbone("ddpm-tiny", noise_draws=3)
     x, ids = images(bb), [0, 5]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import bench
-from backbones._diffusers_tiny import tiny_tokenizer
+from bench.backbones._diffusers_tiny import tiny_tokenizer
 from bench.features.weights import file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of the timm/hf test repos
@@ -298,7 +298,7 @@ def offline_hub(hub_cache, monkeypatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     # the tiny weights stand in for the published ones: their digests replace the published
-    from backbones import diffusers_models
+    from bench.backbones import diffusers_models
 
     tiny = {key: file_sha256(snapshot(hub_cache, key[0], key[1]) / key[2])
             for key in diffusers_models.PUBLISHED_SHA256}
@@ -314,7 +314,7 @@ def snapshot(cache: Path, repo: str, commit: str) -> Path:
 def test_a_weights_file_unlike_its_published_sha256_is_refused(offline_hub, monkeypatch):
     """The published digest of google/ddpm-celebahq-256's weights at the pinned revision: the
     tiny file in the cache is not that file, so the preset refuses it in one line."""
-    from backbones import diffusers_models
+    from bench.backbones import diffusers_models
     from bench.errors import BenchError
 
     published = "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d"
@@ -393,7 +393,7 @@ def test_latents_equal_diffusers_retrieve_latents(offline_hub):
         retrieve_latents,
     )
 
-    from backbones._diffusion import generators
+    from bench.backbones._diffusion import generators
 
     vae = AutoencoderKL.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5",
                                         subfolder="vae").eval()

@@ -271,8 +271,8 @@ class _Code:
 
 @pytest.mark.parametrize("kind", ["truncated", "random", "code", "bad-safetensors"])
 def test_damaged_checkpoints_name_the_file_and_never_suggest_unsafe_loading(tmp_path, kind):
-    from backbones._shared import load_state_dict_file
-    from backbones.adm.backbone import load_state_dict
+    from bench.backbones._shared import load_state_dict_file
+    from bench.backbones.adm.backbone import load_state_dict
 
     path = tmp_path / ("w.safetensors" if kind == "bad-safetensors" else "w.pt")
     if kind in ("truncated", "code"):

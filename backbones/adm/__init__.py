@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from backbones.adm.backbone import LICENCE, RELEASED, TINY_FLAGS, ADMBackbone, random_weights
+from bench.backbones.adm.backbone import LICENCE, RELEASED, TINY_FLAGS, ADMBackbone, random_weights
 from bench.errors import UsageError
 from bench.registry import register_backbone
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from backbones import _diffusion
-from backbones.adm.diffusion import NoiseSchedule
-from backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
+from bench.backbones import _diffusion
+from bench.backbones.adm.diffusion import NoiseSchedule
+from bench.backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
 from bench.features.compile import StaticCompiled
 from bench.errors import UsageError
