@@ -64,13 +64,15 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                           'name': 'diffusion-tiny'}],
                                              'sha256': 'd45a8761b223c4cd63f939fd9cba734dd4c2d912723bd3bb2afc874e6491b8f7'},
                      'bench.backbones.adm.backbone': {'presets': [],
-                                                      'sha256': '4ff29ade19c1a1268318809a79bc18eb1f6106d582054d259a83e313de5fb5d9'},
+                                                      'sha256': '0de1c1a18dabbfcc096e2ec7b58ce72d72d3fa16e0758e7117d738e399ddcd55'},
+                     'bench.backbones.adm.diffeed': {'presets': [],
+                                                     'sha256': '5565e37b8f2b178c8084053454ef4a3b1ff9f26ce1b83a8931f0356bada01af7'},
                      'bench.backbones.adm.diffusion': {'presets': [],
                                                        'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
                      'bench.backbones.adm.paper': {'presets': [],
                                                    'sha256': 'e43b4658ac5dad989116cb4c3ff5ef6a3c9ff8315706810999917d668b0d43cd'},
                      'bench.backbones.adm.unet': {'presets': [],
-                                                  'sha256': 'eed566c6158a9b88fa0a26134e63e7c80e34f77905ede7656f0af4c81709fa78'},
+                                                  'sha256': '263c0cc32816c68ac6ceb9b8df97b7a544ffedd476f2b695473f746ed0a2a0e0'},
                      'bench.backbones.bigbigan': {'presets': [{'description': 'BigBiGAN '
                                                                               'RevNet-50x4 encoder '
                                                                               '(DeepMind TF Hub '

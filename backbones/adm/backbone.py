@@ -340,12 +340,20 @@ class ADMBackbone(Backbone):
         ``t`` is one integer timestep per image (or one for all); ``y`` defaults to
         ``class_label`` for class-conditional checkpoints. Runs in the caller's autocast, if any.
         """
+        x_t, t, y = self.unet_inputs(x_t, t, y)
+        return self.compiled_forward(x_t, t, [int(b) for b in blocks], y)
+
+    def unet_inputs(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x_t in the backbone's memory format, one long timestep per image, the labels) as
+        ``self.unet`` takes them: for passes that need gradients (DifFeed's second pass)."""
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
         if self.flags["class_cond"] and y is None:
             y = torch.full((x_t.shape[0],), self.class_label, device=x_t.device, dtype=torch.long)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        return self.compiled_forward(x_t, t, [int(b) for b in blocks], y)
+        return x_t, t, y
 
     def noise(self, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise per image, from its own generator: independent of the batch it is in."""

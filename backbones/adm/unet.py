@@ -317,8 +317,14 @@ class ADMUNet(nn.Module):
         timesteps: torch.Tensor,
         blocks: Iterable[int],
         y: torch.Tensor | None = None,
+        added: Mapping[int, torch.Tensor] | None = None,
     ) -> dict[int, torch.Tensor]:
-        """Raw outputs of the given 1-based blocks; no block after the deepest one runs."""
+        """Raw outputs of the given 1-based blocks; no block after the deepest one runs.
+
+        ``added`` maps a block to a tensor of its output's shape that is summed onto that output
+        before anything reads it: the next block, the skip connection, and the block's own entry
+        in the result (DifFeed's second pass adds its feedback this way).
+        """
         want = set(blocks)
         if not want:
             return {}
@@ -327,7 +333,7 @@ class ADMUNet(nn.Module):
             raise UsageError(
                 f"blocks {bad} out of range: this U-Net has blocks 1..{self.num_blocks}"
             )
-        feats, _ = self._run(x, timesteps, y, want, max(want))
+        feats, _ = self._run(x, timesteps, y, want, max(want), added)
         return feats
 
     def _run(
@@ -337,6 +343,7 @@ class ADMUNet(nn.Module):
         y: torch.Tensor | None,
         want: set[int],
         last: int,
+        added: Mapping[int, torch.Tensor] | None = None,
     ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.class_cond:
@@ -356,6 +363,8 @@ class ADMUNet(nn.Module):
             if number > n_in + 1:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb)
+            if added and number in added:
+                h = h + added[number].to(h.dtype)
             if n_in - needed < number <= n_in:
                 skips.append(h)
             if number in want:
