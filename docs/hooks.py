@@ -203,8 +203,9 @@ def _arguments(parser: argparse.ArgumentParser) -> list[list[object]]:
         names = ", ".join(action.option_strings) or action.metavar or action.dest
         help_text = formatter._expand_help(action) if action.help else ""
         default = action.default
-        shown = ("" if default in (None, False, argparse.SUPPRESS) or action.option_strings == []
-                 else code(default if not isinstance(default, list) else ",".join(map(str, default))))
+        flag = action.nargs == 0  # --force, --no-keep-features: their stored value is no default
+        shown = ("" if flag or default in (None, argparse.SUPPRESS) or not action.option_strings
+                 else code(",".join(map(str, default)) if isinstance(default, list) else default))
         rows.append([code(names), text(help_text), shown])
     return rows
 
