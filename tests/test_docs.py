@@ -159,6 +159,34 @@ def test_generated_parts_follow_the_code():
         parts.render("<!-- generate: nope -->")
 
 
+def test_the_api_reference_lists_names_the_code_defines():
+    """mkdocstrings fails on a missing module or object but skips a missing name in `members:`;
+    each listed member must be defined at the top of its module's source."""
+    import ast
+
+    page = (DOCS / "reference" / "api.md").read_text()
+    problems = []
+    for target, options in re.findall(r"^::: ([\w.]+)\n((?:    .*\n)*)", page, re.M):
+        members = re.findall(r"^        - (\w+)$", options, re.M)
+        module, *attribute = target.split(".")  # the longest importable prefix is the module
+        for part in target.split(".")[1:]:
+            try:
+                found = importlib.util.find_spec(f"{module}.{part}")
+            except ModuleNotFoundError:
+                found = None
+            if found is None:
+                break
+            module, attribute = f"{module}.{part}", attribute[1:]
+        members += attribute
+        tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                    if isinstance(t, ast.Name)}
+        problems += [f"{module}.{m}" for m in members if m not in defined]
+    assert not problems, f"docs/reference/api.md lists names the code no longer has: {problems}"
+
+
 # --- examples, run as written -----------------------------------------------------------------------
 def block(page: str, after: str, fence: str) -> str:
     """The first ```fence block after the text ``after`` in docs/``page``."""
