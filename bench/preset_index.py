@@ -67,8 +67,6 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                       'sha256': '4ff29ade19c1a1268318809a79bc18eb1f6106d582054d259a83e313de5fb5d9'},
                      'bench.backbones.adm.diffusion': {'presets': [],
                                                        'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
-                     'bench.backbones.adm.paper': {'presets': [],
-                                                   'sha256': 'e43b4658ac5dad989116cb4c3ff5ef6a3c9ff8315706810999917d668b0d43cd'},
                      'bench.backbones.adm.unet': {'presets': [],
                                                   'sha256': 'eed566c6158a9b88fa0a26134e63e7c80e34f77905ede7656f0af4c81709fa78'},
                      'bench.backbones.bigbigan': {'presets': [{'description': 'BigBiGAN '

@@ -97,7 +97,8 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     assert "pixels x digits: one pass over 1,797 images, 4 feature points feeds 5 cells" in out
     assert " new cache (of " in out  # the sweep dry run's cost of the jobs to run
     assert "similarity matrix random-unet on digits val (n=50, cka-debiased)" in out
-    assert "8 cells: 0 done, 7 to run, 1 not resolvable here; 1 similarity matrices" in out
+    assert ("8 cells: 0 done, 7 to run, 1 not resolvable here, 0 not computed; 1 similarity "
+            "matrix; 4 jobs") in out
 
     options = RunOptions(workers=0, progress=False)
     plan = reproduce_plan(path, ["main", "by-pool", "cka"], options)
@@ -146,7 +147,7 @@ def test_a_fusing_head_cell_reads_all_its_layers(tmp_path):
     """A difformer cell names its layers joined by "+": one spec of its own, the identity of the
     same `bench run --layers down1,mid --head difformer`."""
     from bench.api import reproduce_plan
-    from bench.results.papers import parse_paper
+    from bench.study.paper import parse_paper
     from bench.run.spec import RunOptions, RunSpec, resolve
 
     paper = parse_paper({"name": "fused", "tables": [
@@ -191,7 +192,7 @@ def test_unknown_paper_and_table(tmp_path, capsys):
 
 def test_layers_without_weights_are_checked_against_the_template(tmp_path):
     from bench.api import reproduce_plan
-    from bench.results.papers import parse_paper
+    from bench.study.paper import parse_paper
     from bench.run.spec import RunOptions
 
     paper = parse_paper({"name": "adm", "tables": [
@@ -211,32 +212,37 @@ def test_layers_without_weights_are_checked_against_the_template(tmp_path):
 def test_seed_paper_dry_runs_without_weights(capsys):
     """Every cell of the shipped file is listed, checked by name, and says why it cannot
     resolve on this machine (no weights, no ImageNet) instead of failing."""
-    from bench.results.papers import load_paper
+    from bench.study.paper import load_paper
 
     assert main(["reproduce", "mukhopadhyay2023", "--dry-run"]) == 0
     out = capsys.readouterr().out
     paper = load_paper("mukhopadhyay2023")
     lines = {line.strip().split(":")[0]: line for line in out.splitlines()}
-    for cell in paper.cells():
+    computed = [cell for cell in paper.cells() if cell.computed]
+    for cell in computed:
         line = lines[cell.id]
         assert "not resolvable here: " in line and "weights missing" in line, line
         if cell.layer and cell.backbone.startswith("diffusion"):
             assert "layer matches block{block}@t{t}" in line, line
-    assert f"{len(paper.cells())} cells: 0 done, 0 to run, {len(paper.cells())} not resolvable" in out
+    for cell in paper.cells():
+        if not cell.computed:
+            assert f"not computed: {cell.not_computed}" in lines[cell.id]
+    assert (f"{len(paper.cells())} cells: 0 done, 0 to run, {len(computed)} not resolvable here, "
+            f"{len(paper.cells()) - len(computed)} not computed") in out
     assert out.count("similarity matrix diffusion") == 4
 
 
 def test_spec_features_and_similarity_settings_are_checked(tmp_path):
     from bench.api import reproduce_plan
     from bench.errors import UsageError
-    from bench.results.papers import PaperError, parse_paper
+    from bench.study.paper import PaperError, parse_paper
     from bench.run.spec import RunOptions, RunSpec, resolve
 
     with pytest.raises(UsageError, match="features or layers and pools, not both"):
         resolve(RunSpec("pixels", "digits", pools=["4"], features=[("image", "2")]), RunOptions())
-    paper = parse_paper({"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
-                                                  "similarity": {"preset": "paper-cka", "nn": 5}}]},
-                        "s.yaml")
     with pytest.raises(PaperError, match=r"s.yaml, table 'm', field 'similarity': similarity "
-                                         r"setting nn: use preset, backbone"):
-        reproduce_plan(paper, None, RunOptions())
+                                         r"setting nn: use preset, backbone"):  # when read
+        parse_paper({"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
+                                              "similarity": {"preset": "paper-cka", "nn": 5}}]},
+                    "s.yaml")
+    assert reproduce_plan  # planning is where names are checked (below)
