@@ -200,3 +200,146 @@ def test_the_seed_file_marks_what_it_assumes_and_leaves_out():
     for table in paper.tables:
         assert "arXiv 2307.08702v1" in table.source or "arXiv 2311.17921" in table.source
     assert "v3" in paper.note  # the follow-up's versions, and that which one was not checked
+
+
+# --- names that become paths, and strict reading (issue 31, items 1 and 7) -----------------------
+@pytest.mark.parametrize("where, value", [
+    ("name", "../../results"), ("name", "/tmp/victim"), ("name", "Tiny"), ("name", "a b"),
+    ("name", ".hidden"), ("name", "x" * 65), ("key", "../outside"), ("key", "a/b"),
+    ("key", "index"), ("key", "report"), ("key", "..\\\\x"), ("id", "../cell"), ("id", "a b")])
+def test_names_that_become_paths_are_slugs(where, value):
+    data = minimal()
+    target = {"name": data, "key": data["tables"][0], "id": data["tables"][0]["cells"][0]}[where]
+    target[where] = value
+    message = bad(data)
+    assert f"field {where!r}" in message and (
+        "is not a valid" in message or "report's own page" in message), message
+
+
+def write(tmp_path, text: str | bytes, name: str = "p.yaml") -> str:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def refused(path: str) -> str:
+    with pytest.raises(PaperError) as info:
+        load_paper(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(path)
+    return str(info.value)
+
+
+def test_paper_files_are_read_strictly(tmp_path):
+    """Not UTF-8, a key twice, an alias bomb, a recursive alias, too large or too deep: one line
+    each, at once (the bomb is refused before it is expanded)."""
+    import time
+
+    good = yaml.safe_dump(minimal())
+    assert load_paper(write(tmp_path, good)).name == "tiny"
+    assert "not UTF-8" in refused(write(tmp_path, good.replace("T", "T\u00e9").encode("latin-1")))
+    twice = good.replace("name: tiny", "name: tiny\nname: other")
+    assert "key 'name' is given twice" in refused(write(tmp_path, twice))
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = "\n".join(levels) + "\nname: bomb\ntables: *a8\n"
+    started = time.perf_counter()
+    assert "expands to more than 100,000 values" in refused(write(tmp_path, bomb))
+    assert time.perf_counter() - started < 5
+    assert "contains it" in refused(write(tmp_path, "name: r\ntables: &t [*t]\n"))
+    assert "bytes; a paper file is at most" in refused(write(tmp_path, "#" * (1 << 20) + "\n" + good))
+    assert "nested too deeply" in refused(write(tmp_path, "name: d\ntables: " + "[" * 5000 + "]" * 5000))
+    # a file PyYAML's own dumper wrote, sharing one defaults mapping: read as written
+    shared = {"task": "digits", "head": "linear", "metric": "top1"}
+    data = minimal()
+    data["tables"].append({"key": "t2", "kind": "table", "source": "T2", "defaults": shared,
+                           "cells": [{"id": "c", "backbone": "pixels", "value": 1}]})
+    data["tables"][0]["defaults"] = shared
+    dumped = yaml.safe_dump(data)
+    assert "&id001" in dumped and load_paper(write(tmp_path, dumped)).cell("c").task == "digits"
+
+
+@pytest.mark.parametrize("value", [101, -0.5, 1e308, 100.01])
+def test_values_are_percentages(value):
+    data = minimal()
+    data["tables"][0]["cells"][0]["value"] = value
+    assert "is not a percentage" in bad(data)
+
+
+def test_margin_colours_recipe_and_similarity_settings_are_checked_when_read():
+    assert parse_paper(minimal(), "p.yaml").margin == 1.0
+    assert parse_paper({**minimal(), "margin": 2}, "p.yaml").margin == 2.0
+    for margin in (0, -1, "one", True, 101):
+        assert "field 'margin'" in bad({**minimal(), "margin": margin})
+    data = minimal()
+    data["tables"][0]["cells"][0]["recipe"] = "paper"
+    assert "field 'recipe': 'paper' does not exist in this bench; recipes: bench" in bad(data)
+
+    def similarity(**settings) -> dict:
+        return {"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
+                                         "similarity": settings}]}
+
+    base = {"backbone": "pixels", "task": "digits"}
+    assert parse_paper(similarity(**base, n=50), "s.yaml").tables[0].similarity["n"] == 50
+    for settings, problem in [({"n": "all"}, "'n': expected an integer >= 4"),
+                              ({"n": 2}, "'n': expected an integer >= 4"),
+                              ({"layers": "mid"}, "'layers': expected a list"),
+                              ({"split": "validation"}, "'split': expected train, val or test"),
+                              ({"permutations": -1}, "'permutations'"),
+                              ({"interval": "bootstrap"}, "'interval'"),
+                              ({"backbone": 3}, "'backbone'"),
+                              ({"nn": 5}, "similarity setting nn: use preset, backbone")]:
+        message = bad(similarity(**{**base, **settings}))
+        assert "table 'm', field 'similarity'" in message and problem in message, message
+    assert "field 'colours'" in bad({**similarity(**base), "tables": [
+        {"key": "m", "kind": "similarity", "source": "F", "similarity": base,
+         "colours": [0.9, 0.1]}]})
+    data = minimal()
+    data["tables"][0]["colours"] = [0, 1]
+    assert "only a similarity table has 'colours'" in bad(data)
+
+
+def test_one_name_one_paper(tmp_path, monkeypatch):
+    """Two paper files of one name would share a report folder and supersede each other's
+    reports: a file named like the shipped paper, a shipped file named otherwise than its file,
+    and a name offered by two installed sources are refused."""
+    import importlib.metadata
+
+    import bench.study.paper as papers
+
+    copy = load_paper("mukhopadhyay2023")
+    clash = tmp_path / "mine.yaml"
+    clash.write_text(yaml.safe_dump({**minimal(), "name": copy.name}))
+    assert "is the name of the shipped paper" in refused(str(clash))
+    assert load_paper(copy.path).name == copy.name  # the shipped file itself, by its path
+
+    shipped = tmp_path / "papers"
+    shipped.mkdir()
+    (shipped / "alpha.yaml").write_text(yaml.safe_dump({**minimal(), "name": "beta"}))
+    monkeypatch.setattr(papers, "PAPERS_DIR", shipped)
+    with pytest.raises(PaperError, match="'beta' differs from the file's name 'alpha'"):
+        load_paper("alpha")
+
+    class Point:
+        name, value = "alpha", "pkg:alpha"
+
+        def load(self):
+            return lambda: {**minimal(), "name": "alpha"}
+
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [Point()] if group == "bench.papers" else [])
+    with pytest.raises(PaperError, match="'alpha' is offered by .*alpha.yaml and by entry point"):
+        load_paper("alpha")
+
+
+def test_published_numbers_bench_does_not_compute_are_kept_with_their_reason():
+    data = minimal()
+    data["tables"][0]["cells"].append({"id": "dogs", "task": "dogs", "method": "GD linear",
+                                       "value": 46.64, "not_computed": "no bench task for Dogs"})
+    del data["tables"][0]["cells"][0]["backbone"]  # a computed cell still needs its backbone
+    assert "cell 'a', field 'backbone': required" in bad(data)
+    data["tables"][0]["cells"][0]["backbone"] = "pixels"
+    data["left_out"] = [{"what": "Figure 1", "source": "p. 1", "reason": "a figure"}]
+    paper = parse_paper(data, "p.yaml")
+    dogs = paper.cell("dogs")
+    assert not dogs.computed and dogs.value == 46.64 and dogs.method == "GD linear"
+    assert paper.left_out[0].reason == "a figure"

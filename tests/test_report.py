@@ -3,8 +3,10 @@ pages and figures, and a tiny paper end to end (run, report, MLflow run, rerun).
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import shlex
 from dataclasses import replace
 
 import numpy as np
@@ -147,6 +149,117 @@ def test_curve_draws_the_papers_points_for_every_cell_and_ours_where_run():
         "failed": 0, "not computed": 0}
 
 
+def test_one_footnote_per_distinct_reason_and_curve_ticks_at_the_points_run():
+    sgd = "paper: SGD; bench: AdamW grid"
+    cells = [cell("a", protocol=sgd, x=1, series="s"), cell("b", protocol=sgd, x=2, series="s"),
+             cell("c", protocol="paper: LARS", assumed="block 19: not printed", x=8,
+                  series="s")]
+    results = [CellResult(cells[0], "not run", "no result"),
+               CellResult(cells[1], "not run", "no result"),
+               CellResult(cells[2], "unavailable here", "weights missing (X)")]
+    shown, report = tiny_report(cells, results, "curve", x="pool", series="s")
+    md = table_pages(shown, report)["t.md"].decode()
+    assert md.count("run with another protocol than the paper's") == 2
+    assert "†1 run with another protocol than the paper's (a, b): " + sgd in md
+    assert "†2 run with another protocol than the paper's (c): paper: LARS" in md
+    assert "*1 assumed, the paper does not print it (c): block 19: not printed" in md
+    assert "[1] no result (a, b)" in md and "[2] weights missing (X) (c)" in md
+    assert "| c †2 *1 |" in md
+    [ax] = curve_figure(shown, report).axes
+    assert list(ax.get_xticks()) == [1.0, 2.0, 8.0]  # the points, not a regular grid
+
+
+def _written(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_report_writes_and_swaps_only_inside_its_own_folder(tmp_path):
+    """Issue 31 item 1: whatever a paper is named, the report writes inside REPORTS/NAME and
+    replaces only a report of the same paper file; a link, a file or another file's report in
+    its place is refused, and nothing outside is touched."""
+    from dataclasses import replace as changed
+
+    from bench.study.pages import ReportError, write
+
+    root, victim = tmp_path / "reports", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("data")
+    marked = cell("a")
+    shown, report = tiny_report([marked], [CellResult(marked, "not run", "no result")])
+    files = write(report, root, "/papers/tiny.yaml")
+    assert {p.name for p in files} >= {"index.md", "index.html", "t.md", "t.html", "report.json"}
+    assert all(root / "tiny" in p.parents for p in files)
+    assert {"reports.csv", "reports.json", "tiny"} == {p.name for p in root.iterdir()}
+    for name in ("../victim", str(victim), "..", ""):
+        with pytest.raises(ReportError, match="not a folder name inside"):
+            write(changed(report, paper=changed(report.paper, name=name)), root, "/x.yaml")
+    assert (victim / "keep.txt").read_text() == "data"
+    with pytest.raises(ReportError, match="holds the report of another paper file"):
+        write(report, root, "/elsewhere/tiny.yaml")  # same name, another file: refused
+    before = _written(root)
+    (root / "link").symlink_to(victim)
+    with pytest.raises(ReportError, match="not a report folder"):
+        write(changed(report, paper=changed(report.paper, name="link")), root, "/l.yaml")
+    assert (victim / "keep.txt").read_text() == "data" and _written(root) == sorted(before + ["link"])
+    # a table key that would name the report's own pages is refused before anything is written
+    index = changed(shown, key="index")
+    with pytest.raises(ReportError, match="would be written twice"):
+        write(changed(report, paper=changed(report.paper, tables=(index,))), root,
+              "/papers/tiny.yaml")
+    assert _written(root) == sorted(before + ["link"])
+
+
+def test_a_report_on_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from bench.study.pages import ReportError, write
+
+    root = tmp_path / "reports"
+    marked = cell("a")
+    _, report = tiny_report([marked], [CellResult(marked, "not run", "no result")])
+    write(report, root, "/papers/tiny.yaml")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    real, calls = Path.write_bytes, []
+
+    def full(self, data):
+        calls.append(self)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    report.cells["a"].why = "changed"
+    with pytest.raises(ReportError) as info:
+        write(report, root, "/papers/tiny.yaml")
+    assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
+    assert "previous report, if any, is unchanged" in str(info.value)
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert after == before  # the old report as it was, and no temporary folder
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_reports_of_several_papers_export_to_one_csv_and_json(tmp_path):
+    import csv
+
+    from bench.study.paper import Paper
+    from bench.study.pages import write
+
+    root = tmp_path / "reports"
+    for name, value in (("one", 80.0), ("two", 70.0)):
+        marked = cell("a", value)
+        result = CellResult(marked, "differs", ours=value + 5, low=value + 3, high=value + 7,
+                            direction="ours higher", run_id=f"run-{name}")
+        shown, report = tiny_report([marked], [result])
+        report.paper = Paper(name=name, title=name, citation="C", tables=(shown,))
+        write(report, root, f"/papers/{name}.yaml")
+    rows = list(csv.DictReader(open(root / "reports.csv")))
+    assert [(r["paper"], r["id"], r["paper_value"], r["verdict"], r["direction"], r["run_id"])
+            for r in rows] == [("one", "a", "80.0", "differs", "ours higher", "run-one"),
+                               ("two", "a", "70.0", "differs", "ours higher", "run-two")]
+    assert [r["paper"] for r in json.loads((root / "reports.json").read_text())] == ["one", "two"]
+
+
 # --- a tiny paper end to end -----------------------------------------------------------------------
 HEAD = {"epochs": 2, "lrs": [0.01], "weight_decays": [0.0]}
 DEFAULTS = {"task": "digits", "head": "linear", "metric": "top1", "backbone": "pixels",
@@ -171,7 +284,7 @@ def shapes(root) -> str:
     return f"folder:{root}"
 
 
-def write_paper(path, values: dict[str, float], folder: str) -> None:
+def write_paper(path, values: dict[str, float], folder: str, note: str = "") -> None:
     import yaml
 
     cells = [{"id": "px8", "pool": "8", "value": values["px8"]},
@@ -186,7 +299,7 @@ def write_paper(path, values: dict[str, float], folder: str) -> None:
         "name": "tiny", "title": "A tiny paper", "citation": "Nobody 2026", "margin": MARGIN,
         "tables": [
             {"key": "main", "kind": "table", "source": "Table 1", "defaults": DEFAULTS,
-             "cells": cells},
+             "cells": cells, "note": note},
             {"key": "pools", "kind": "curve", "source": "Figure 2", "x": "pool",
              "defaults": DEFAULTS, "cells": curve},
             {"key": "cka", "kind": "similarity", "title": "CKA of pools", "source": "Figure 3",
@@ -314,6 +427,21 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys, monkeypatch):
             "report.json"} <= listed
     assert main(["runs"]) == 0 and "4 results in suite(s) bench" in capsys.readouterr().out
 
+    # per cell: the run, the one `bench run` that recomputes it (the same identity: reused),
+    # the selected settings, the weights' digest and the code version; the summary; the export
+    px8 = next(c for c in saved["cells"] if c["id"] == "px8")
+    assert px8["run_id"] == by_pool["8"].run_id and px8["settings"] == by_pool["8"].best
+    assert px8["weights_sha256"] == by_pool["8"].weights_sha256 and px8["code_version"]
+    assert px8["command"].startswith("bench run --backbone pixels --task digits --head linear")
+    assert main(shlex.split(px8["command"])[1:]) == 0
+    assert "computed 0 results, reused 1 already logged" in capsys.readouterr().out
+    assert f"run {px8['run_id']}" in (folder_out / "main.md").read_text()
+    assert "reproduced 3 of 6 cells with a result (margin 5 points)" in out
+    assert "largest misses: pool8 +" in out and "1 under another (†" in out
+    exported = list(csv.DictReader(open(folder_out.parent / "reports.csv")))
+    assert {(r["paper"], r["id"], r["verdict"]) for r in exported} >= {
+        ("tiny", "px8", "reproduced"), ("tiny", "shapes", "differs")}
+
     # the same report again: the logged run stays; a changed one supersedes it
     assert main(["report", str(paper_file)]) == 0
     assert "unchanged: the same report was logged already" in capsys.readouterr().out
@@ -354,6 +482,15 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys, monkeypatch):
     assert main(["report", str(paper_file), "--table", "main", "--seed", "1"]) == 2
     assert "has no results in suite 'bench' yet" in capsys.readouterr().err
 
+    # any change to what the report shows re-logs it: here only a table's note (issue 31, 7)
+    assert main(["report", str(paper_file), "--table", "main"]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    write_paper(paper_file, values | {"px4": by_pool["4"].metrics["test_top1"]}, folder,
+                note="the paper's table 1 prints no seed")
+    assert main(["report", str(paper_file), "--table", "main"]) == 0
+    assert "unchanged" not in capsys.readouterr().out
+    assert "**Note.** the paper's table 1 prints no seed" in (folder_out / "main.md").read_text()
+
 
 def test_report_errors_are_one_line(tmp_path, capsys):
     paper_file = tmp_path / "tiny.yaml"
@@ -367,3 +504,38 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert "no table 'nope'" in capsys.readouterr().err
     assert main(["report", "no-such-paper"]) == 2
     assert "unknown paper 'no-such-paper'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["report", "similarity"])
+def test_every_flag_is_read(command, tmp_path, monkeypatch):
+    """Every flag `bench report` and `bench similarity` accept is read before any work (a flag
+    accepted and dropped is issue 31's `--cache-dtype`)."""
+    import argparse
+
+    import bench.api
+    from bench.cli import build_parser
+
+    read: set[str] = set()
+
+    class Recording(argparse.Namespace):
+        def __getattribute__(self, name):
+            if not name.startswith("_"):
+                read.add(name)
+            return super().__getattribute__(name)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(bench.api, command, stop)
+    argv = {"report": ["report", "tiny"],
+            "similarity": ["similarity", "--backbone", "pixels", "--task", "digits"]}[command]
+    parser = build_parser()
+    args = parser.parse_args(argv, namespace=Recording())
+    with pytest.raises(Stop):
+        args.func(args)
+    sub = parser._subparsers._group_actions[0].choices[command]
+    dests = {a.dest for a in sub._actions if a.dest != "help"}
+    assert dests - read == set(), f"flags accepted but never read: {sorted(dests - read)}"

@@ -246,3 +246,126 @@ def test_spec_features_and_similarity_settings_are_checked(tmp_path):
                                               "similarity": {"preset": "paper-cka", "nn": 5}}]},
                     "s.yaml")
     assert reproduce_plan  # planning is where names are checked (below)
+
+
+# --- every flag reaches the cells; a dry run reads local files only (issue 31, 4 and 14) ----------
+def test_every_reproduce_flag_reaches_the_cells_or_the_run(tmp_path, monkeypatch):
+    """`--cache-dtype` (and precision, seed, skip-corrupt) reach every cell's identity and the
+    similarity matrices, as `bench run` with the same flags resolves them; every flag of the
+    command is read before any work (none is accepted and dropped)."""
+    import argparse
+
+    import bench.api
+    from bench.api import reproduce_plan
+    from bench.cli import build_parser
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    path = tiny_paper(tmp_path)
+    options = RunOptions(workers=0, progress=False)
+    plain = reproduce_plan(path, ["main", "cka"], options)
+    captured = {}
+
+    def capture(paper, tables, options, template, local_only=False):
+        captured.update(template=template, options=options, local_only=local_only)
+        return reproduce_plan(paper, tables, options, template, local_only)
+
+    monkeypatch.setattr(bench.api, "reproduce_plan", capture)
+    read: set[str] = set()
+
+    class Recording(argparse.Namespace):
+        def __getattribute__(self, name):
+            if not name.startswith("_"):
+                read.add(name)
+            return super().__getattribute__(name)
+
+    parser = build_parser()
+    argv = ["reproduce", path, "--table", "main", "--table", "cka", "--dry-run", "--workers",
+            "0", "--no-progress", "--cache-dtype", "bf16", "--precision", "fp32"]
+    args = parser.parse_args(argv, namespace=Recording())
+    assert args.func(args) == 0
+    template = captured["template"]
+    assert (template.cache_dtype, template.precision) == ("bf16", "fp32")
+    assert captured["local_only"] and captured["options"].workers == 0
+    reproduce = parser._subparsers._group_actions[0].choices["reproduce"]
+    dests = {a.dest for a in reproduce._actions if a.dest != "help"}
+    assert dests - read == set(), f"flags accepted but never read: {sorted(dests - read)}"
+
+    cast = reproduce_plan(path, ["main", "cka"], options, template)
+    by_hand = resolve(RunSpec("pixels", "digits", pools=["4"], head_args=dict(FAST),
+                              cache_dtype="bf16", precision="fp32"), options)
+    assert cast.cells["px-p4"].identity == by_hand.run.cells[0].identity
+    assert cast.cells["px-p4"].identity != plain.cells["px-p4"].identity
+    assert cast.similarity["cka"].cache_dtype == "bf16"
+    assert cast.similarity["cka"].precision == "fp32"
+    assert plain.similarity["cka"].cache_dtype == "auto"
+
+
+def test_a_dry_run_downloads_nothing_and_lists_what_is_missing(tmp_path, monkeypatch, capsys):
+    """With downloads on (no offline switch), a dry run opens no connection: the weights a
+    full run would fetch are listed with where they go; reasons are whole, never cut, and no
+    "run the same command again" advice."""
+    import socket
+
+    path = tiny_paper(tmp_path)
+    data = yaml.safe_load(open(path))
+    data["tables"][3]["cells"].append({"id": "mae", "backbone": "mae", "head": "bn-linear",
+                                       "value": 60.0})
+    open(path, "w").write(yaml.safe_dump(data))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BENCH_OFFLINE", raising=False)
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    connections = []
+
+    def no_network(*args, **kwargs):
+        connections.append(args)
+        raise OSError("the test forbids the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert main(["reproduce", path, "--table", "offline", "--dry-run", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert connections == []
+    assert "missing on this machine" in out
+    weights = [line for line in out.splitlines() if line.strip().startswith("weights: ")]
+    assert any("resnet50-1x.pth -> " in line and str(tmp_path / "weights") in line
+               for line in weights), out
+    assert any("vit_base_patch16_224.mae" in line for line in weights), out
+    assert "run the same command again" not in out.lower()
+    reason = next(line for line in out.splitlines() if line.strip().startswith("not resolvable"))
+    assert len(reason) > 200 and reason.rstrip().endswith(")")  # whole, not cut at 200
+    assert hub.HF_HUB_OFFLINE is False  # the switch is put back after the dry run
+
+
+def test_cells_unavailable_here_are_said_and_exit_zero(tmp_path, capsys):
+    """Issue 30: a cell whose weights are absent is "unavailable here", not a failure: the run
+    starts no job for it and exits 0 when everything that can run here ran."""
+    path = tiny_paper(tmp_path)
+    assert main(["reproduce", path, "--table", "offline", "--workers", "0", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "unavailable here: simclr x digits: weights missing" in captured.out
+    assert "FAILED" not in captured.err
+
+
+def test_similarity_tables_are_checked_by_name_when_planned(tmp_path):
+    """A similarity table's backbone, task and arguments fail at plan time, before any cell
+    runs, naming the file and table (issue 31, 7)."""
+    from bench.api import reproduce_plan
+    from bench.run.spec import RunOptions
+    from bench.study.paper import PaperError
+
+    for k, (change, message) in enumerate([({"backbone": "random-unett"}, "unknown backbone 'random-unett'"),
+                            ({"task": "digitz"}, "unknown task 'digitz'"),
+                            ({"backbone_args": {"sed": 1}}, "has no argument 'sed'"),
+                            ({"task_args": {"limitt": 5}}, "has no argument 'limitt'"),
+                            ({"against": "pixel"}, "unknown backbone 'pixel'"),
+                            ({"preset": "no-such-preset"}, "similarity preset 'no-such-preset'")]):
+        path = tiny_paper(tmp_path / str(k))
+        data = yaml.safe_load(open(path))
+        data["tables"][2]["similarity"].update(change)
+        open(path, "w").write(yaml.safe_dump(data))
+        with pytest.raises(PaperError) as info:
+            reproduce_plan(path, ["cka"], RunOptions(workers=0))
+        assert f"{path}, table 'cka', field 'similarity': " in str(info.value), info.value
+        assert message in str(info.value) and "\n" not in str(info.value), info.value

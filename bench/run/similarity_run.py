@@ -427,16 +427,30 @@ def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
     supersede_similarity(experiment_id, record)
 
 
+IDENTITY = re.compile(r"[0-9a-f]{32}")  # a matrix's identity: the folder of its files
+
+
 def _write_local(identity: str, artifacts: dict[str, bytes]) -> dict[str, Path]:
-    """The matrix's files under results/similarity/<identity>/ (the figures the CLI points to)."""
+    """The matrix's files under results/similarity/<identity>/ (the figures the CLI points to).
+    The identity and the names come from a logged run: checked, never trusted as paths."""
+    from bench.errors import BenchError
     from bench.paths import similarity_dir
 
+    if not IDENTITY.fullmatch(identity):
+        raise BenchError(f"similarity run with identity {identity[:80]!r}: not a bench digest; "
+                         "its files are not written (a damaged or foreign run)")
     folder = similarity_dir() / identity
-    folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, content in artifacts.items():
-        files[name] = folder / name
-        files[name].write_bytes(content)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in artifacts.items():
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise BenchError(f"similarity run {identity}: artifact {name[:80]!r} is not a "
+                                 "file name; its files are not written")
+            files[name] = folder / name
+            files[name].write_bytes(content)
+    except OSError as e:
+        raise BenchError(f"cannot write the matrix's files to {folder}: {e.strerror or e}") from None
     return files
 
 
@@ -452,6 +466,12 @@ def logged(record: RunRecord) -> SimilarityResult:
         folder = Path(client().download_artifacts(record.run_id, "", tmp))
         artifacts = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     result = SimilarityResult.from_json(artifacts[ARTIFACT])
+    if result.identity != record.identity:
+        from bench.errors import BenchError
+
+        raise BenchError(f"similarity run {record.run_id}: its {ARTIFACT} names identity "
+                         f"{str(result.identity)[:80]!r}, its tag {record.identity!r}: a "
+                         "damaged or foreign run; delete it or recompute with --force")
     result.files = _write_local(result.identity, artifacts)
     result.run_id, result.reused = record.run_id, True
     return result

@@ -282,7 +282,12 @@ def render(report: Report, origin: str) -> dict[str, bytes]:
     saved = json.loads(report.to_json()) | {"origin": origin}  # the owner of the folder
     files = index_pages(report) | {"report.json": json.dumps(saved, indent=1).encode()}
     for table in report.paper.tables:
-        files |= table_pages(table, report)
+        pages = table_pages(table, report)
+        twice = sorted(set(pages) & set(files))
+        if twice:
+            raise ReportError(f"table {table.key!r}: {', '.join(twice)} would be written twice "
+                              "in the report's folder (a key that names another page)")
+        files |= pages
     return files
 
 
@@ -358,7 +363,7 @@ def export_rows(root: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         for cell in data.get("cells", []):
-            row = {"paper": data.get("paper", saved.parent.name), **cell,
+            row = {**cell, "paper": data.get("paper", saved.parent.name),
                    "paper_value": cell.get("paper")}
             rows.append({k: row.get(k) for k in EXPORT_FIELDS})
     return rows

@@ -270,6 +270,8 @@ def read_yaml(path: Path) -> Any:
         return yaml.load(text, Loader=_strict_loader())  # a SafeLoader, stricter
     except _Refused as e:
         raise PaperError(f"{path}: {e}") from None
+    except RecursionError:
+        raise PaperError(f"{path}: nested too deeply to be a paper file") from None
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())
         raise PaperError(f"{path}: not valid YAML ({first})") from e
@@ -332,10 +334,7 @@ def _expanded_size(root: Any) -> int:
         sizes[id(node)] = total
         return total
 
-    try:
-        return size(root) if root is not None else 0
-    except RecursionError:
-        raise _Refused("nested too deeply to be a paper file") from None
+    return size(root) if root is not None else 0
 
 
 # --- the schema ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def make_report(paper_name: str, tables: list[str] | None = None,
     from bench.digest import json_digest
     from bench.paths import reports_dir
     from bench.results.tracking import ensure_experiment, log_report
-    from bench.study.pages import write
+    from bench.study.pages import ReportError, write
     from bench.study.paper import load_paper
     from bench.study.plan import plan_paper
 
@@ -46,8 +46,13 @@ def make_report(paper_name: str, tables: list[str] | None = None,
     report.folder = reports_dir() / paper.name
     report.files = write(report, reports_dir(), paper.origin)
     keys = [t.key for t in paper.tables]
-    logged = log_report(ensure_experiment(options.suite), paper.name, keys, report.all_tables,
-                        json_digest(json.loads(report.to_json()))[:32], report.summary(),
-                        report.folder)
+    try:
+        logged = log_report(ensure_experiment(options.suite), paper.name, keys,
+                            report.all_tables, json_digest(json.loads(report.to_json()))[:32],
+                            report.summary(), report.folder)
+    except OSError as e:  # a full disk under a local store's artifacts
+        raise ReportError(f"the report was written to {report.folder} but could not be logged "
+                          f"to MLflow: {e.strerror or e}; run `bench report` again once there is "
+                          "room") from None
     report.run_id, report.reused = logged.run_id, logged.reused
     return report
