@@ -510,18 +510,9 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 def test_every_flag_is_read(command, tmp_path, monkeypatch):
     """Every flag `bench report` and `bench similarity` accept is read before any work (a flag
     accepted and dropped is issue 31's `--cache-dtype`)."""
-    import argparse
-
     import bench.api
-    from bench.cli import build_parser
 
-    read: set[str] = set()
-
-    class Recording(argparse.Namespace):
-        def __getattribute__(self, name):
-            if not name.startswith("_"):
-                read.add(name)
-            return super().__getattribute__(name)
+    from .test_reproduce import recording
 
     class Stop(Exception):
         pass
@@ -532,10 +523,7 @@ def test_every_flag_is_read(command, tmp_path, monkeypatch):
     monkeypatch.setattr(bench.api, command, stop)
     argv = {"report": ["report", "tiny"],
             "similarity": ["similarity", "--backbone", "pixels", "--task", "digits"]}[command]
-    parser = build_parser()
-    args = parser.parse_args(argv, namespace=Recording())
+    args, unread = recording(argv)
     with pytest.raises(Stop):
         args.func(args)
-    sub = parser._subparsers._group_actions[0].choices[command]
-    dests = {a.dest for a in sub._actions if a.dest != "help"}
-    assert dests - read == set(), f"flags accepted but never read: {sorted(dests - read)}"
+    assert unread() == set(), f"flags accepted but never read: {sorted(unread())}"

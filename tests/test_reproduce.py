@@ -249,15 +249,33 @@ def test_spec_features_and_similarity_settings_are_checked(tmp_path):
 
 
 # --- every flag reaches the cells; a dry run reads local files only (issue 31, 4 and 14) ----------
+def recording(argv: list[str]):
+    """The parsed arguments of a command, recording which of them are read, and a function
+    giving the command's flags not read so far (a flag accepted and dropped)."""
+    import argparse
+
+    from bench.cli import build_parser
+
+    read: set[str] = set()
+
+    class Recording(argparse.Namespace):
+        def __getattribute__(self, name):
+            if not name.startswith("_"):
+                read.add(name)
+            return super().__getattribute__(name)
+
+    parser = build_parser()
+    command = parser._subparsers._group_actions[0].choices[argv[0]]
+    dests = {a.dest for a in command._actions if a.dest != "help"}
+    return parser.parse_args(argv, namespace=Recording()), lambda: dests - read
+
+
 def test_every_reproduce_flag_reaches_the_cells_or_the_run(tmp_path, monkeypatch):
     """`--cache-dtype` (and precision, seed, skip-corrupt) reach every cell's identity and the
     similarity matrices, as `bench run` with the same flags resolves them; every flag of the
     command is read before any work (none is accepted and dropped)."""
-    import argparse
-
     import bench.api
     from bench.api import reproduce_plan
-    from bench.cli import build_parser
     from bench.run.spec import RunOptions, RunSpec, resolve
 
     path = tiny_paper(tmp_path)
@@ -270,25 +288,14 @@ def test_every_reproduce_flag_reaches_the_cells_or_the_run(tmp_path, monkeypatch
         return reproduce_plan(paper, tables, options, template, local_only)
 
     monkeypatch.setattr(bench.api, "reproduce_plan", capture)
-    read: set[str] = set()
-
-    class Recording(argparse.Namespace):
-        def __getattribute__(self, name):
-            if not name.startswith("_"):
-                read.add(name)
-            return super().__getattribute__(name)
-
-    parser = build_parser()
-    argv = ["reproduce", path, "--table", "main", "--table", "cka", "--dry-run", "--workers",
-            "0", "--no-progress", "--cache-dtype", "bf16", "--precision", "fp32"]
-    args = parser.parse_args(argv, namespace=Recording())
+    args, unread = recording(["reproduce", path, "--table", "main", "--table", "cka",
+                              "--dry-run", "--workers", "0", "--no-progress", "--cache-dtype",
+                              "bf16", "--precision", "fp32"])
     assert args.func(args) == 0
     template = captured["template"]
     assert (template.cache_dtype, template.precision) == ("bf16", "fp32")
     assert captured["local_only"] and captured["options"].workers == 0
-    reproduce = parser._subparsers._group_actions[0].choices["reproduce"]
-    dests = {a.dest for a in reproduce._actions if a.dest != "help"}
-    assert dests - read == set(), f"flags accepted but never read: {sorted(dests - read)}"
+    assert unread() == set(), f"flags accepted but never read: {sorted(unread())}"
 
     cast = reproduce_plan(path, ["main", "cka"], options, template)
     by_hand = resolve(RunSpec("pixels", "digits", pools=["4"], head_args=dict(FAST),

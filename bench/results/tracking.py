@@ -524,7 +524,7 @@ def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
     return supersede(experiment_id, record, SIMILARITY)
 
 
-# --- failed cells and paper reports (bench.run.report) ------------------------------------------
+# --- failed cells and paper reports (bench.study) -----------------------------------------------
 @dataclass
 class UnfinishedRun:
     """A result run that did not finish, or a job's claim that ended without its results: what
