@@ -73,8 +73,8 @@ def hub_file(repo_id: str, filenames: Sequence[str]) -> Path:
         f"weights of {repo_id} are not in the Hugging Face cache{mode} ({'; '.join(errors)}). "
         f"On a machine with network run `huggingface-cli download {repo_id} {filenames[0]}` and "
         f"copy the cache ($HF_HOME, default ~/.cache/huggingface), or download "
-        f"https://huggingface.co/{repo_id}/resolve/main/{filenames[0]} and pass its path as weights=."
-    )
+        f"https://huggingface.co/{repo_id}/resolve/main/{filenames[0]} and pass its path as weights=.",
+        source=f"https://huggingface.co/{repo_id}/resolve/main/{filenames[0]}")
 
 
 def load_state_dict_file(path: str | os.PathLike, kind: str = "PyTorch") -> dict[str, Any]:

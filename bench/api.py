@@ -26,10 +26,10 @@ from bench.run.spec import RunOptions, RunSpec
 from bench.run.sweep import SweepPlan
 
 if TYPE_CHECKING:
-    from bench.results.papers import Paper
-    from bench.run.reproduce import PaperPlan
-    from bench.run.report import Report
     from bench.run.similarity_run import SimilarityResult, SimilaritySpec
+    from bench.study.judge import Report
+    from bench.study.paper import Paper
+    from bench.study.plan import PaperPlan
     from bench.stats import Comparison, SeedAggregate
 
 
@@ -189,19 +189,23 @@ class ReproduceReport:
     failures: list[JobOutcome] = field(default_factory=list)  # jobs that failed, with their logs
     similarity: dict[str, SimilarityResult] = field(default_factory=dict)  # by table key
     similarity_failures: dict[str, str] = field(default_factory=dict)  # table key -> why
+    # what could not run for want of weights or data (not a failure): "backbone x task" or
+    # "similarity KEY" -> what is missing
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def reproduce_plan(paper: str | Paper, tables: list[str] | None = None,
                    options: RunOptions | None = None,
-                   template: RunSpec | None = None) -> PaperPlan:
+                   template: RunSpec | None = None, local_only: bool = False) -> PaperPlan:
     """The plan of a paper's cells (its ``tables``, default all), each resolved like ``bench
-    run``, and its similarity matrices. ``paper``: a name (``bench.results.papers.paper_names``),
-    a .yaml path or a ``Paper``; ``template``: the spec fields no cell sets (seed, precision)."""
-    from bench.results.papers import load_paper
-    from bench.run.reproduce import plan_paper
+    run``, and its similarity matrices. ``paper``: a name (``bench.study.paper.paper_names``),
+    a .yaml path or a ``Paper``; ``template``: the spec fields no cell sets (seed, precision,
+    cache dtype); ``local_only``: download nothing, list what is missing (a dry run)."""
+    from bench.study.paper import load_paper
+    from bench.study.plan import plan_paper
 
     paper = (load_paper(paper) if isinstance(paper, str) else paper).select(tables)
-    return plan_paper(paper, options or RunOptions(), template)
+    return plan_paper(paper, options or RunOptions(), template, local_only)
 
 
 def reproduce(plan: PaperPlan, executor: ExecutorConfig | None = None, retries: int = 1,
@@ -209,21 +213,44 @@ def reproduce(plan: PaperPlan, executor: ExecutorConfig | None = None, retries: 
               on_states: Callable[[list[str]], None] | None = None,
               on_retry: Callable[[JobOutcome], None] | None = None) -> ReproduceReport:
     """Run a ``reproduce_plan`` as one sweep (finished cells reused, nothing submitted for a
-    job whose cells are all done), then its similarity matrices (reused when logged)."""
+    job whose cells are all done), then its similarity matrices (reused when logged). Cells
+    whose weights or data are missing are ``unavailable`` (said, not failed): in this process
+    their jobs are not started; elsewhere they run, and a job that finds its weights or data
+    missing there is unavailable too."""
+    from bench.features.weights import WeightsError
+    from bench.study.similarity import colours
+    from bench.task import DatasetError
+
+    missing = (WeightsError, DatasetError)
     report = ReproduceReport(plan)
-    ran = sweep(SweepPlan(plan.pending_jobs()), executor, retries, extract_array, poll,
-                on_states, on_retry)
+    local = (executor or ExecutorConfig()).in_process
+    for one in plan.passes:
+        if local and one.problem and any(not plan.cells[c].done for c in one.cells):
+            report.unavailable[f"{one.backbone} x {one.task}"] = one.problem
+    ran = sweep(SweepPlan(plan.pending_jobs(resolved_only=local)), executor, retries,
+                extract_array, poll, on_states, on_retry)
     returned = {r.run_id for r in ran.records}  # cells done before are read back, once
     report.records = ran.records + [r for r in plan.finished() if r.run_id not in returned]
-    report.failures = ran.failures
+    for outcome in ran.failures:
+        if isinstance(outcome.error, missing):
+            spec = outcome.job.spec
+            report.unavailable[f"{spec.backbone} x {spec.task}"] = _first_line(outcome.error)
+        else:
+            report.failures.append(outcome)
     for key, spec in plan.similarity.items():
         try:
-            report.similarity[key] = similarity(spec, plan.options)
+            report.similarity[key] = similarity(spec, plan.options,
+                                                colours(plan.paper.table(key)))
         except BenchError as e:
             if isinstance(e, UsageError):
                 raise
-            report.similarity_failures[key] = (str(e).splitlines() or [type(e).__name__])[0]
+            found = report.unavailable if isinstance(e, missing) else report.similarity_failures
+            found[f"similarity {key}" if found is report.unavailable else key] = _first_line(e)
     return report
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def leaderboard(suites: list[str], metric: str = "test_top1", references: bool = False,
@@ -236,7 +263,9 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
     from bench.paths import results_dir
     from bench.results.tracking import ensure_experiment
 
-    board = boards.build(suites, metric, references, protocol)
+    from bench.study.references import reference_rows
+
+    board = boards.build(suites, metric, reference_rows if references else None, protocol)
     paths = boards.write(board, results_dir(), title or f"bench leaderboard: {', '.join(suites)} "
                          f"({metric}, {protocol} protocol, best validation score per cell)")
     drawn = write_figures(suites) if figures else {}
@@ -246,14 +275,15 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
 
 
 def write_figures(suites: list[str]) -> dict[str, Path]:
-    """The reference sources' figures (the paper's ablations) for these suites' records."""
+    """Accuracy against timestep and pool for these suites' records, with the papers' values
+    dashed where they measured the same task (``bench.study.figures.ablation_figures``)."""
     from bench.paths import figures_dir
-    from bench.results.references import figures
     from bench.results.tracking import experiment_ids, find_records
+    from bench.study.figures import ablation_figures
 
     folder = figures_dir()
     paths = {}
-    for name, png in figures(find_records(experiment_ids(suites))).items():
+    for name, png in ablation_figures(find_records(experiment_ids(suites))).items():
         folder.mkdir(parents=True, exist_ok=True)
         paths[name] = folder / name
         paths[name].write_bytes(png)
@@ -290,13 +320,16 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
                   names=(first.name, second.name))
 
 
-def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
+def similarity(spec: SimilaritySpec, options: RunOptions | None = None,
+               colours: tuple[float, float] | None = None) -> SimilarityResult:
     """A similarity matrix (CKA, mutual kNN, CKNNA) between feature points on the same images,
     from the feature cache, with a permutation null and 95% intervals, logged as one MLflow run
-    (reused when its identity is already logged): see ``bench.run.similarity_run``."""
+    (reused when its identity is already logged) with its heatmaps (``colours``: their range, a
+    paper's; default 0-1): see ``bench.run.similarity_run`` and ``bench.study.figures``."""
     from bench.run.similarity_run import similarity as compute
+    from bench.study.figures import heatmaps
 
-    return compute(spec, options)
+    return compute(spec, options, figures=lambda result: heatmaps(result, colours))
 
 
 def report(paper: str, tables: list[str] | None = None, options: RunOptions | None = None,
@@ -304,7 +337,7 @@ def report(paper: str, tables: list[str] | None = None, options: RunOptions | No
     """A paper's report (a name or a .yaml path; ``tables``: only these): every cell's value
     beside ours with its 95% interval and a verdict, the curves, the CKA heatmaps and the claims,
     written to results/reports/PAPER/ and logged as one MLflow run in ``options.suite``;
-    ``template`` as given to ``reproduce_plan`` (seed, precision). See ``bench.run.report``."""
-    from bench.run.report import make_report
+    ``template`` as given to ``reproduce_plan`` (seed, precision). See ``bench.study.report``."""
+    from bench.study.report import make_report
 
     return make_report(paper, tables, options, template)

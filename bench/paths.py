@@ -29,7 +29,10 @@ URI and the cache folder, explicitly).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import UsageError
@@ -133,6 +136,32 @@ def compile_cache_dir() -> Path:
 def offline() -> bool:
     """Whether downloads are off (``BENCH_OFFLINE`` or ``HF_HUB_OFFLINE`` set, not to 0)."""
     return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "BENCH_OFFLINE"))
+
+
+@contextlib.contextmanager
+def downloads_off() -> Iterator[None]:
+    """Inside, nothing is downloaded (a dry run reads local files only): ``offline()`` is true,
+    and so is the Hugging Face hub's own switch, which the hub reads once when it is imported
+    (set here directly when it was, and put back after)."""
+    names = ("BENCH_OFFLINE", "HF_HUB_OFFLINE")
+    saved = {name: os.environ.get(name) for name in names}
+    hub = sys.modules.get("huggingface_hub.constants")
+    hub_was = getattr(hub, "HF_HUB_OFFLINE", None)
+    os.environ.update(dict.fromkeys(names, "1"))
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        hub = sys.modules.get("huggingface_hub.constants")  # perhaps imported inside
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = hub_was if hub_was is not None else saved["HF_HUB_OFFLINE"] not in (
+                None, "", "0")
 
 
 def debug() -> bool:

@@ -69,8 +69,6 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                      'sha256': '5565e37b8f2b178c8084053454ef4a3b1ff9f26ce1b83a8931f0356bada01af7'},
                      'bench.backbones.adm.diffusion': {'presets': [],
                                                        'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
-                     'bench.backbones.adm.paper': {'presets': [],
-                                                   'sha256': 'e43b4658ac5dad989116cb4c3ff5ef6a3c9ff8315706810999917d668b0d43cd'},
                      'bench.backbones.adm.unet': {'presets': [],
                                                   'sha256': '263c0cc32816c68ac6ceb9b8df97b7a544ffedd476f2b695473f746ed0a2a0e0'},
                      'bench.backbones.bigbigan': {'presets': [{'description': 'BigBiGAN '

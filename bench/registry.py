@@ -129,7 +129,7 @@ class Registry:
 
     def load_all(self) -> None:
         """Import every module of the package (and the plugins): every preset registered, and
-        whatever else the modules register on import (``bench.results.references`` sources)."""
+        whatever else the modules register on import."""
         self._discover()
 
     def _discover(self) -> None:

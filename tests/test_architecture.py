@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from .conftest import REPO
@@ -11,11 +12,12 @@ from .conftest import REPO
 BELOW = {  # what each layer may import besides itself, lowest first
     "core": set(), "features": {"core"}, "heads": {"core"}, "results": {"core"},
     "run": {"core", "features", "heads", "results"},
-    "api": {"core", "features", "heads", "results", "run"},
-    "cli": {"core", "features", "heads", "results", "run", "api"},
-    "plugins": {"core", "features", "results"},  # backbones/, tasks/ (published numbers: results)
+    "study": {"core", "features", "heads", "results", "run"},
+    "api": {"core", "features", "heads", "results", "run", "study"},
+    "cli": {"core", "features", "heads", "results", "run", "study", "api"},
+    "plugins": {"core", "features", "results"},  # backbones/, tasks/
 }
-SUBPACKAGES = {"features", "heads", "results", "run", "cli"}  # bench/<layer>/: one folder a layer
+SUBPACKAGES = {"features", "heads", "results", "run", "study", "cli"}  # bench/<layer>/
 
 
 PLUGIN_FOLDERS = ("backbones", "tasks")  # installed as bench.backbones, bench.tasks (pyproject)
@@ -135,3 +137,98 @@ def test_error_messages_are_one_line():
                         for c in ast.walk(node.exc)):
                     multi.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert multi == []
+
+
+# --- the engine knows no paper, model or dataset ------------------------------------------------
+# Where names of presets and tasks and diffusion layers (``block24@t90``) may be written: the
+# study layer and the paper files (papers are its data), and the plugin folders that define them.
+KNOWING = ("bench/study/", "bench/papers/", "backbones/", "tasks/")
+# A named layer at a timestep: block24@t90, f"block{b}@t{t}", "block{block}@t{t}". The bare
+# separator ("@t", f"{base}@t{t}") is the grammar itself, which core parses for every backbone.
+GRAMMAR = re.compile(r"[A-Za-z][\w.]*(\{[^}]*\})?@t(\d|\{)")
+# Literals that equal a registered name by coincidence, each with why it is not that name.
+COINCIDENCES = {
+    ("bench/features/cache.py", "clip"): "numpy's index mode (np.take(mode='clip'))",
+    ("bench/heads/attention.py", "clip"): "numpy's index mode (np.take(mode='clip'))",
+    # `bench demo` is the offline example: it runs these named presets on purpose.
+    ("bench/cli/demo.py", "pixels"): "the demo's backbone",
+    ("bench/cli/demo.py", "random-unet"): "the demo's backbone",
+    ("bench/cli/demo.py", "digits"): "the demo's task",
+}
+
+
+def _registered_names() -> set[str]:
+    """Every preset and task name, from the registries' generated index (no model imported)."""
+    from bench.preset_index import INDEX
+
+    return {preset["name"] for modules in INDEX.values() for module in modules.values()
+            for preset in module["presets"]}
+
+
+def _documentation(tree: ast.AST, path: Path) -> set[int]:
+    """ids of the string constants that document rather than act: docstrings, and the help
+    texts of the CLI's arguments and commands (``help=`` in bench/cli/, where usage examples
+    such as ``--layers block1..37@t90`` belong)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                out.add(id(body[0].value))
+        if (path.parts[-2] == "cli" and isinstance(node, ast.keyword) and node.arg == "help"):
+            out |= {id(n) for n in ast.walk(node.value)}
+    return out
+
+
+def _strings(tree: ast.AST, documentation: set[int]) -> list[tuple[int, str]]:
+    """(line, text) of every string that acts: constants, and each f-string as one text with
+    ``{}`` for its fields (its constant parts are not counted again)."""
+    parts = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr)
+             for v in node.values}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in documentation or id(node) in parts:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr):
+            out.append((node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}"
+                                             for v in node.values)))
+    return out
+
+
+def test_the_engine_names_no_preset_task_or_diffusion_layer():
+    """A preset or task name, or a diffusion layer at a timestep, written as a string in engine
+    code outside the study layer, the paper files and the plugin folders is a paper's (or a
+    model's) fact in the wrong place: it fails here, naming file, line and literal."""
+    names = _registered_names()
+    assert {"diffusion", "cub", "imagenet", "pixels"} <= names  # the index is read
+    found = []
+    for module, path in _modules("bench").items():
+        relative = path.relative_to(REPO).as_posix()
+        if relative.startswith(KNOWING) or module == "bench.preset_index":
+            continue
+        tree = ast.parse(path.read_text())
+        for line, text in _strings(tree, _documentation(tree, path)):
+            named = text in names and (relative, text) not in COINCIDENCES
+            if named or GRAMMAR.search(text):
+                found.append(f"{relative}:{line}: {text[:60]!r}")
+    assert found == [], "\n".join(found)
+
+
+def test_the_name_check_catches_what_it_should(tmp_path):
+    """The check above is not vacuous: the literals it must catch are caught, the ones it must
+    let through are not (checked on a made-up module)."""
+    code = ('"""Docstring: block24@t90 and diffusion are fine here."""\n'
+            'A = "diffusion"\nB = f"block{n}@t{t}"\nC = "block24@t90"\nD = "cub"\n'
+            'E = "diffusion model"\nF = "{block}@t{t}"\nG = f"{base}@t{t}"\nH = "@t"\n'
+            'I = "block{block}@t{t}"\nJ = "block1..37@t10"\n')
+    tree = ast.parse(code)
+    names = _registered_names()
+    hits = sorted(text for _, text in _strings(tree, _documentation(tree, tmp_path / "x.py"))
+                  if text in names or GRAMMAR.search(text))
+    assert hits == ["block1..37@t10", "block24@t90", "block{block}@t{t}", "block{}@t{}", "cub",
+                    "diffusion"]
+    cli = ast.parse('p.add_argument("--layers", help="e.g. block1..37@t90")\nx = "block1@t9"\n')
+    assert sorted(t for _, t in _strings(cli, _documentation(cli, tmp_path / "cli" / "x.py"))) == [
+        "--layers", "block1@t9"]

@@ -384,9 +384,9 @@ def test_bigbigan_preprocessing_is_the_colabs_tf1_resize_bicubic(size, wide):
 
 # --- published reference rows --------------------------------------------------------------------
 def test_reference_rows_name_their_study_and_table_and_what_presets_load():
-    from bench.backbones.adm.paper import leaderboard_rows
+    from bench.study.references import reference_rows
 
-    rows = leaderboard_rows(["imagenet", "cub"])
+    rows = reference_rows(["imagenet", "cub"])
     studies = {label.split(",")[0] for label in rows.index}
     assert studies == {"seed paper", "follow-up", "released checkpoint"}
     # the follow-up's GD numbers (another protocol) are rows of their own

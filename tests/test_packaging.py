@@ -50,15 +50,17 @@ def test_every_package_folder_is_in_the_wheel(wheel):
 
 
 def test_an_installed_wheel_still_has_the_papers_rows(wheel, tmp_path):
-    """The published reference rows are package data: an installed (not editable) copy reads
-    them, and ``bench.backbones`` is imported from the install, not from the checkout."""
-    assert "bench/backbones/adm/paper/finegrained.csv" in zipfile.ZipFile(wheel).namelist()
+    """The published reference rows are package data (the paper files): an installed (not
+    editable) copy reads them, and ``bench.backbones`` is imported from the install, not from
+    the checkout."""
+    assert "bench/papers/mukhopadhyay2023.yaml" in zipfile.ZipFile(wheel).namelist()
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(site), str(wheel)], check=True, capture_output=True)
     code = ("import bench.backbones as backbones, pandas as pd; "
             "from bench.results.leaderboard import with_references; "
-            "t = with_references(pd.DataFrame({'cub': [1.0]}, index=['x'])); "
+            "from bench.study.references import reference_rows; "
+            "t = with_references(pd.DataFrame({'cub': [1.0]}, index=['x']), reference_rows); "
             "print(backbones.__file__); "
             "print(t.loc['seed paper, fine-grained table: GD linear', 'cub'])")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "

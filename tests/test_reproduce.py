@@ -97,7 +97,8 @@ def test_plan_run_and_rerun(tmp_path, capsys, monkeypatch):
     assert "pixels x digits: one pass over 1,797 images, 4 feature points feeds 5 cells" in out
     assert " new cache (of " in out  # the sweep dry run's cost of the jobs to run
     assert "similarity matrix random-unet on digits val (n=50, cka-debiased)" in out
-    assert "8 cells: 0 done, 7 to run, 1 not resolvable here; 1 similarity matrices" in out
+    assert ("8 cells: 0 done, 7 to run, 1 not resolvable here, 0 not computed; 1 similarity "
+            "matrix; 4 jobs") in out
 
     options = RunOptions(workers=0, progress=False)
     plan = reproduce_plan(path, ["main", "by-pool", "cka"], options)
@@ -146,7 +147,7 @@ def test_a_fusing_head_cell_reads_all_its_layers(tmp_path):
     """A difformer cell names its layers joined by "+": one spec of its own, the identity of the
     same `bench run --layers down1,mid --head difformer`."""
     from bench.api import reproduce_plan
-    from bench.results.papers import parse_paper
+    from bench.study.paper import parse_paper
     from bench.run.spec import RunOptions, RunSpec, resolve
 
     paper = parse_paper({"name": "fused", "tables": [
@@ -191,7 +192,7 @@ def test_unknown_paper_and_table(tmp_path, capsys):
 
 def test_layers_without_weights_are_checked_against_the_template(tmp_path):
     from bench.api import reproduce_plan
-    from bench.results.papers import parse_paper
+    from bench.study.paper import parse_paper
     from bench.run.spec import RunOptions
 
     paper = parse_paper({"name": "adm", "tables": [
@@ -211,32 +212,167 @@ def test_layers_without_weights_are_checked_against_the_template(tmp_path):
 def test_seed_paper_dry_runs_without_weights(capsys):
     """Every cell of the shipped file is listed, checked by name, and says why it cannot
     resolve on this machine (no weights, no ImageNet) instead of failing."""
-    from bench.results.papers import load_paper
+    from bench.study.paper import load_paper
 
     assert main(["reproduce", "mukhopadhyay2023", "--dry-run"]) == 0
     out = capsys.readouterr().out
     paper = load_paper("mukhopadhyay2023")
     lines = {line.strip().split(":")[0]: line for line in out.splitlines()}
-    for cell in paper.cells():
+    computed = [cell for cell in paper.cells() if cell.computed]
+    for cell in computed:
         line = lines[cell.id]
         assert "not resolvable here: " in line and "weights missing" in line, line
         if cell.layer and cell.backbone.startswith("diffusion"):
             assert "layer matches block{block}@t{t}" in line, line
-    assert f"{len(paper.cells())} cells: 0 done, 0 to run, {len(paper.cells())} not resolvable" in out
+    for cell in paper.cells():
+        if not cell.computed:
+            assert f"not computed: {cell.not_computed}" in lines[cell.id]
+    assert (f"{len(paper.cells())} cells: 0 done, 0 to run, {len(computed)} not resolvable here, "
+            f"{len(paper.cells()) - len(computed)} not computed") in out
     assert out.count("similarity matrix diffusion") == 4
 
 
 def test_spec_features_and_similarity_settings_are_checked(tmp_path):
     from bench.api import reproduce_plan
     from bench.errors import UsageError
-    from bench.results.papers import PaperError, parse_paper
+    from bench.study.paper import PaperError, parse_paper
     from bench.run.spec import RunOptions, RunSpec, resolve
 
     with pytest.raises(UsageError, match="features or layers and pools, not both"):
         resolve(RunSpec("pixels", "digits", pools=["4"], features=[("image", "2")]), RunOptions())
-    paper = parse_paper({"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
-                                                  "similarity": {"preset": "paper-cka", "nn": 5}}]},
-                        "s.yaml")
     with pytest.raises(PaperError, match=r"s.yaml, table 'm', field 'similarity': similarity "
-                                         r"setting nn: use preset, backbone"):
-        reproduce_plan(paper, None, RunOptions())
+                                         r"setting nn: use preset, backbone"):  # when read
+        parse_paper({"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",
+                                              "similarity": {"preset": "paper-cka", "nn": 5}}]},
+                    "s.yaml")
+    assert reproduce_plan  # planning is where names are checked (below)
+
+
+# --- every flag reaches the cells; a dry run reads local files only (issue 31, 4 and 14) ----------
+def recording(argv: list[str]):
+    """The parsed arguments of a command, recording which of them are read, and a function
+    giving the command's flags not read so far (a flag accepted and dropped)."""
+    import argparse
+
+    from bench.cli import build_parser
+
+    read: set[str] = set()
+
+    class Recording(argparse.Namespace):
+        def __getattribute__(self, name):
+            if not name.startswith("_"):
+                read.add(name)
+            return super().__getattribute__(name)
+
+    parser = build_parser()
+    command = parser._subparsers._group_actions[0].choices[argv[0]]
+    dests = {a.dest for a in command._actions if a.dest != "help"}
+    return parser.parse_args(argv, namespace=Recording()), lambda: dests - read
+
+
+def test_every_reproduce_flag_reaches_the_cells_or_the_run(tmp_path, monkeypatch):
+    """`--cache-dtype` (and precision, seed, skip-corrupt) reach every cell's identity and the
+    similarity matrices, as `bench run` with the same flags resolves them; every flag of the
+    command is read before any work (none is accepted and dropped)."""
+    import bench.api
+    from bench.api import reproduce_plan
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    path = tiny_paper(tmp_path)
+    options = RunOptions(workers=0, progress=False)
+    plain = reproduce_plan(path, ["main", "cka"], options)
+    captured = {}
+
+    def capture(paper, tables, options, template, local_only=False):
+        captured.update(template=template, options=options, local_only=local_only)
+        return reproduce_plan(paper, tables, options, template, local_only)
+
+    monkeypatch.setattr(bench.api, "reproduce_plan", capture)
+    args, unread = recording(["reproduce", path, "--table", "main", "--table", "cka",
+                              "--dry-run", "--workers", "0", "--no-progress", "--cache-dtype",
+                              "bf16", "--precision", "fp32"])
+    assert args.func(args) == 0
+    template = captured["template"]
+    assert (template.cache_dtype, template.precision) == ("bf16", "fp32")
+    assert captured["local_only"] and captured["options"].workers == 0
+    assert unread() == set(), f"flags accepted but never read: {sorted(unread())}"
+
+    cast = reproduce_plan(path, ["main", "cka"], options, template)
+    by_hand = resolve(RunSpec("pixels", "digits", pools=["4"], head_args=dict(FAST),
+                              cache_dtype="bf16", precision="fp32"), options)
+    assert cast.cells["px-p4"].identity == by_hand.run.cells[0].identity
+    assert cast.cells["px-p4"].identity != plain.cells["px-p4"].identity
+    assert cast.similarity["cka"].cache_dtype == "bf16"
+    assert cast.similarity["cka"].precision == "fp32"
+    assert plain.similarity["cka"].cache_dtype == "auto"
+
+
+def test_a_dry_run_downloads_nothing_and_lists_what_is_missing(tmp_path, monkeypatch, capsys):
+    """With downloads on (no offline switch), a dry run opens no connection: the weights a
+    full run would fetch are listed with where they go; reasons are whole, never cut, and no
+    "run the same command again" advice."""
+    import socket
+
+    path = tiny_paper(tmp_path)
+    data = yaml.safe_load(open(path))
+    data["tables"][3]["cells"].append({"id": "mae", "backbone": "mae", "head": "bn-linear",
+                                       "value": 60.0})
+    open(path, "w").write(yaml.safe_dump(data))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("BENCH_OFFLINE", raising=False)
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    connections = []
+
+    def no_network(*args, **kwargs):
+        connections.append(args)
+        raise OSError("the test forbids the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert main(["reproduce", path, "--table", "offline", "--dry-run", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert connections == []
+    assert "missing on this machine" in out
+    weights = [line for line in out.splitlines() if line.strip().startswith("weights: ")]
+    assert any("resnet50-1x.pth -> " in line and str(tmp_path / "weights") in line
+               for line in weights), out
+    assert any("vit_base_patch16_224.mae" in line for line in weights), out
+    assert "run the same command again" not in out.lower()
+    reason = next(line for line in out.splitlines() if line.strip().startswith("not resolvable"))
+    assert len(reason) > 200 and reason.rstrip().endswith(")")  # whole, not cut at 200
+    assert hub.HF_HUB_OFFLINE is False  # the switch is put back after the dry run
+
+
+def test_cells_unavailable_here_are_said_and_exit_zero(tmp_path, capsys):
+    """Issue 30: a cell whose weights are absent is "unavailable here", not a failure: the run
+    starts no job for it and exits 0 when everything that can run here ran."""
+    path = tiny_paper(tmp_path)
+    assert main(["reproduce", path, "--table", "offline", "--workers", "0", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "unavailable here: simclr x digits: weights missing" in captured.out
+    assert "FAILED" not in captured.err
+
+
+def test_similarity_tables_are_checked_by_name_when_planned(tmp_path):
+    """A similarity table's backbone, task and arguments fail at plan time, before any cell
+    runs, naming the file and table (issue 31, 7)."""
+    from bench.api import reproduce_plan
+    from bench.run.spec import RunOptions
+    from bench.study.paper import PaperError
+
+    for k, (change, message) in enumerate([({"backbone": "random-unett"}, "unknown backbone 'random-unett'"),
+                            ({"task": "digitz"}, "unknown task 'digitz'"),
+                            ({"backbone_args": {"sed": 1}}, "has no argument 'sed'"),
+                            ({"task_args": {"limitt": 5}}, "has no argument 'limitt'"),
+                            ({"against": "pixel"}, "unknown backbone 'pixel'"),
+                            ({"preset": "no-such-preset"}, "similarity preset 'no-such-preset'")]):
+        path = tiny_paper(tmp_path / str(k))
+        data = yaml.safe_load(open(path))
+        data["tables"][2]["similarity"].update(change)
+        open(path, "w").write(yaml.safe_dump(data))
+        with pytest.raises(PaperError) as info:
+            reproduce_plan(path, ["cka"], RunOptions(workers=0))
+        assert f"{path}, table 'cka', field 'similarity': " in str(info.value), info.value
+        assert message in str(info.value) and "\n" not in str(info.value), info.value

@@ -296,3 +296,62 @@ def test_a_subset_reads_the_whole_splits_cached_features(tmp_path):
     assert part.n == 50 and whole.n > 50 and part.identity != whole.identity
     one, two = whole.protocol["sides"][0]["features"], part.protocol["sides"][0]["features"]
     assert one == two == [["image", "1"], ["image", "2"]]
+
+
+def test_constant_features_are_refused_with_the_reason(tmp_path, capsys):
+    """Issue 31 item 11: a feature point that is the same for every image has no defined
+    similarity: refused in one line naming it, and no run is logged (no NaN matrix)."""
+    from PIL import Image
+
+    from bench.cli import main
+    from bench.results.tracking import ensure_experiment, find_similarity
+
+    for k in range(2):
+        (tmp_path / "same" / f"c{k}").mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (8, 8), (90, 90, 90)).save(tmp_path / "same" / f"c{k}" / f"{i}.png")
+    argv = ["similarity", "--backbone", "pixels", "--pool", "1,2", "--task",
+            f"folder:{tmp_path / 'same'}", "--split", "train", "--permutations", "0",
+            "--interval", "none", "--workers", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "feature point pixels image/1 is the same for all" in err and err.count("\n") == 1
+    assert find_similarity(ensure_experiment("bench")) == []
+
+
+def test_a_matrix_run_describes_itself(tmp_path, capsys):
+    """Its MLflow description says what it is, not a result's "nan (val nan)"."""
+    from bench.cli import main
+    from bench.results import record as names
+    from bench.results.tracking import client, ensure_experiment, find_similarity
+
+    assert main(["similarity", "--backbone", "pixels", "--pool", "1,2", "--task", "digits",
+                 "--n", "48", "--permutations", "0", "--interval", "none", "--workers", "0",
+                 "--no-progress"]) == 0
+    [found] = find_similarity(ensure_experiment("bench"))
+    note = client().get_run(found.run_id).data.tags[names.NOTE]
+    assert "nan" not in note and note.startswith("cka-debiased, 2 x 2 points, n = 48 images, mean")
+
+
+def test_a_logged_matrix_never_names_where_its_files_go(tmp_path):
+    """The identity and file names inside a logged run are data, not paths: a run whose
+    similarity.json names another identity (say "../../evil") is refused, nothing written."""
+    from dataclasses import replace
+
+    from bench.api import similarity
+    from bench.errors import BenchError
+    from bench.results.tracking import ensure_experiment, find_similarity, log_record
+    from bench.run.similarity_run import ARTIFACT, Side, SimilaritySpec, logged
+    from bench.run.spec import RunOptions
+
+    options = RunOptions(workers=0, progress=False)
+    spec = SimilaritySpec(Side("pixels", pools=["1", "2"]), "digits", n=48, permutations=0,
+                          interval="none")
+    first = similarity(spec, options)
+    data = json.loads(first.files[ARTIFACT].read_bytes())
+    [record] = find_similarity(ensure_experiment("bench"), first.identity)
+    forged = log_record(ensure_experiment("bench"), replace(record, run_id=None),
+                        {ARTIFACT: json.dumps(data | {"identity": "../../../evil"}).encode()})
+    with pytest.raises(BenchError, match="names identity '../../../evil'"):
+        logged(replace(record, run_id=forged))
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "results" / "evil").exists()

@@ -105,7 +105,11 @@ def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):
 def test_paper_rows_sit_beside_ours():
     import pandas as pd
 
-    from bench.results.leaderboard import with_references as with_paper
+    from bench.results.leaderboard import with_references
+    from bench.study.references import reference_rows
+
+    def with_paper(table):
+        return with_references(table, reference_rows)
 
     ours = pd.DataFrame({"cub": [40.0], "digits": [95.0]}, index=["diffusion"])
     table = with_paper(ours)

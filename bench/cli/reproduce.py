@@ -15,10 +15,11 @@ def add_parser(sub) -> None:
     p.add_argument("paper", help="a paper name (bench/papers/NAME.yaml or an entry point in "
                    "bench.papers) or the path of a paper .yaml file")
     p.add_argument("--table", action="append", default=[], metavar="KEY",
-                   help="only this table (repeat for several; default: all)")
+                   help="only this table (repeat or comma-separate for several; default: all)")
     p.add_argument("--dry-run", action="store_true",
-                   help="resolve every cell here and print the plan: cells done, to run, not "
-                   "resolvable here (and why), forward passes, cache, time; run nothing")
+                   help="resolve every cell here from local files only (nothing is downloaded) "
+                   "and print the plan: cells done, to run, not resolvable here (and why), "
+                   "forward passes, cache, time, what a full run would download; run nothing")
     options.add_feature_args(p, spec_args=False)
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
@@ -28,27 +29,37 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
+def spec_template(args: argparse.Namespace):
+    """The run-spec fields no cell of a paper sets, from the flags that give them (`bench
+    reproduce` and `bench report` both): the cells resolve to the identities they ran."""
+    from bench.run.spec import RunSpec
+
+    return RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,
+                   skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype)
+
+
 def main(args: argparse.Namespace) -> int:
     from bench.api import reproduce, reproduce_plan
     from bench.cli.runs import ID_CHARS, tally
     from bench.cli.sweep import LiveTable, _print_retry
     from bench.paths import tracking_uri
-    from bench.run.reproduce import describe_plan
     from bench.run.scheduler import summary
-    from bench.run.spec import RunSpec
+    from bench.study.plan import describe_plan
 
+    # every flag is read here, before any work: each reaches the plan, the jobs or the scheduler
     executor = options.executor(args)
     run_options = options.run_options(args)
     run_options.progress = run_options.progress and executor.in_process
-    template = RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,
-                       skip_corrupt=args.skip_corrupt)
-    plan = reproduce_plan(args.paper, args.table or None, run_options, template)
+    template = spec_template(args)
+    schedule = (args.retries, args.extract_array, args.poll)
+    tables = [t for a in args.table for t in options.csv(a)] or None
+    plan = reproduce_plan(args.paper, tables, run_options, template, local_only=args.dry_run)
     print(f"executor: {executor.kind} {executor.params or ''}")
     print("\n".join(describe_plan(plan)), flush=True)
     if args.dry_run:
         return 0
     table = LiveTable([f"{j.spec.backbone:>20s} x {j.spec.task:<12s}" for j in plan.pending_jobs()])
-    report = reproduce(plan, executor, args.retries, args.extract_array, args.poll,
+    report = reproduce(plan, executor, *schedule,
                        None if executor.in_process else table.show, _print_retry(args.retries))
     for record in report.records:
         note = " (reused)" if record.reused else ""
@@ -60,7 +71,10 @@ def main(args: argparse.Namespace) -> int:
         note = " (reused)" if result.reused else ""
         print(f"  similarity {key}: {result.name}, {len(result.rows)} x {len(result.cols)} "
               f"points  run {result.run_id}{note}")
-    print(f"MLflow: {tracking_uri()} (experiment {args.suite})")
+    for what, why in report.unavailable.items():
+        print(f"  unavailable here: {what}: {why}")
+    print(f"MLflow: {tracking_uri()} (experiment {args.suite}); `bench report {args.paper}` "
+          "sets the results beside the paper")
     for failure in report.failures:
         spec = failure.job.spec
         print(f"FAILED {spec.backbone} x {spec.task}: {summary(failure)}\n"

@@ -15,8 +15,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "similarity", help="CKA / mutual-kNN matrix between feature points (blocks x timesteps "
         "x models), from the feature cache, with a permutation null and 95%% intervals")
-    p.add_argument("--preset", help="named settings, e.g. paper-cka (the seed paper's figure; "
-                   "flags given override them)")
+    p.add_argument("--preset", help="named settings: a paper file's similarity table that "
+                   "declares `preset: NAME` (the shipped paper's CKA figures); flags given "
+                   "override them")
     p.add_argument("--backbone", help="backbone preset of the rows (and columns)")
     p.add_argument("--layers", action="append", default=[], metavar="SPEC",
                    help="feature points: names, ranges and globs, comma-separated or repeated, "
@@ -31,20 +32,22 @@ def add_parser(sub) -> None:
     p.add_argument("--task", help="task whose images are compared (`bench list tasks`)")
     p.add_argument("--split", choices=["train", "val", "test"], help="split (default val)")
     p.add_argument("--n", type=int, help="images: a seeded subset of the split (default: all)")
-    p.add_argument("--measure", default="cka-debiased", help=MEASURE_HELP)
-    p.add_argument("--k", type=int, default=10, help="mknn, cknna: neighbours per image")
-    p.add_argument("--rbf-threshold", type=float, default=1.0,
-                   help="cka-rbf: bandwidth = threshold x median distance (Kornblith)")
-    p.add_argument("--batch", type=int, default=1000, help="cka-minibatch: images per batch")
-    p.add_argument("--permutations", type=int, default=100,
-                   help="permutation null per cell (0: none)")
-    p.add_argument("--interval", default="jackknife", choices=["jackknife", "subsample", "none"],
-                   help="95%% interval over images")
-    p.add_argument("--interval-draws", type=int, default=20,
-                   help="jackknife groups, or subsamples of n/2 images")
-    p.add_argument("--noise-draws", type=int, default=1,
-                   help="diffusion backbones: the matrix at K noise seeds; reports their spread")
-    p.add_argument("--seed", type=int, default=0, help="image subset, permutations, intervals")
+    # No defaults here: a setting not given is the preset's, else SimilaritySpec's (in help).
+    p.add_argument("--measure", help=MEASURE_HELP)
+    p.add_argument("--k", type=int, help="mknn, cknna: neighbours per image (default 10)")
+    p.add_argument("--rbf-threshold", type=float,
+                   help="cka-rbf: bandwidth = threshold x median distance (Kornblith; default 1)")
+    p.add_argument("--batch", type=int, help="cka-minibatch: images per batch (default 1000)")
+    p.add_argument("--permutations", type=int,
+                   help="permutation null per cell (0: none; default 100)")
+    p.add_argument("--interval", choices=["jackknife", "subsample", "none"],
+                   help="95%% interval over images (default jackknife)")
+    p.add_argument("--interval-draws", type=int,
+                   help="jackknife groups, or subsamples of n/2 images (default 20)")
+    p.add_argument("--noise-draws", type=int,
+                   help="diffusion backbones: the matrix at K noise seeds; reports their spread "
+                   "(default 1)")
+    p.add_argument("--seed", type=int, help="image subset, permutations, intervals (default 0)")
     options.add_feature_args(p)
     p.add_argument("--suite", default="bench", help="MLflow experiment")
     p.add_argument("--force", action="store_true", help="recompute a matrix already logged")
@@ -53,15 +56,17 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.api import similarity
-    from bench.run.similarity_run import preset, similarity_spec, table
+    from bench.run.similarity_run import similarity_spec, table
+    from bench.study.similarity import expand, preset
 
     split = lambda values: [v for a in values for v in options.csv(a)]  # noqa: E731
-    given = preset(args.preset) if args.preset else {}
-    task = args.task or given.get("task")
-    if not (args.backbone or given.get("backbone")) or not task:
+    named = preset(args.preset) if args.preset else None
+    base = expand(named.settings) if named else {}
+    task = args.task or base.get("task")
+    if not (args.backbone or base.get("backbone")) or not task:
         raise UsageError("bench similarity needs --backbone and --task (or a --preset)")
-    spec = similarity_spec({
-        "preset": args.preset, "backbone": args.backbone, "task": args.task,
+    given = {
+        "backbone": args.backbone, "task": args.task,
         "layers": split(args.layers), "pools": split(args.pool),
         "backbone_args": options.key_values(args.backbone_arg), "against": args.against,
         "against_layers": split(args.against_layers), "against_pools": split(args.against_pool),
@@ -71,8 +76,9 @@ def main(args: argparse.Namespace) -> int:
         "interval_draws": args.interval_draws, "noise_draws": args.noise_draws,
         "seed": args.seed, "task_args": options.task_args(args, task),
         "precision": args.precision, "skip_corrupt": args.skip_corrupt,
-        "cache_dtype": args.cache_dtype})
-    result = similarity(spec, options.run_options(args))
+        "cache_dtype": args.cache_dtype}
+    spec = similarity_spec(base | {k: v for k, v in given.items() if v not in (None, [], {})})
+    result = similarity(spec, options.run_options(args), named.colours if named else None)
     print(f"{result.name}: {len(result.rows)} x {len(result.cols)} points, n = {result.n} images")
     print(table(result))
     note = "  [already logged: reused; --force recomputes]" if result.reused else ""

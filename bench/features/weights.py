@@ -26,7 +26,13 @@ from bench.paths import offline, weights_dir
 
 
 class WeightsError(BenchError, RuntimeError):
-    """Weights that cannot be found, fetched or verified; the message says how to fix it."""
+    """Weights that cannot be found, fetched or verified; the message says how to fix it.
+    ``source`` (a URL or hub file) and ``target`` (where it goes) when a download is what is
+    missing, so a dry run can list them without reading the message."""
+
+    def __init__(self, message: str, source: str = "", target: Path | None = None):
+        super().__init__(message)
+        self.source, self.target = source, target
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -121,8 +127,8 @@ def resolve(source: str | os.PathLike, sha256: str | None = None) -> Path:
     if offline():
         raise WeightsError(
             f"weights {text} are not in the cache and downloads are off (offline mode). "
-            f"Download the file elsewhere and put it at {target}, or pass its local path."
-        )
+            f"Download the file elsewhere and put it at {target}, or pass its local path.",
+            source=text, target=target)
     download(text, target, sha256)
     return target
 

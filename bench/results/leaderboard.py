@@ -15,11 +15,12 @@ different (``bench.stats.Comparison.distinguishable``, the rule ``bench compare`
 marked ``≈``. A cell whose selected grid point lies at an end of its grid is marked ``†`` and
 named in a footnote. The table is printed, written
 to ``results/leaderboard.md`` and ``.csv`` and logged to MLflow (a ``leaderboard`` run holding it
-as a table and as files). Reference rows (``bench.results.references``: the paper's numbers) can be added.
+as a table and as files). Reference rows (published numbers, given by the caller: ``bench.study.references``) can be added.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,10 @@ def format_value(value: float, low: float, high: float) -> str:
     return f"{value:.2f} ± {(high - low) / 2:.2f}"
 
 
-def with_references(table: Any) -> Any:
-    """The table plus the registered reference rows (the paper's numbers) for its tasks."""
+def with_references(table: Any, reference_rows: Callable[[list[str]], Any]) -> Any:
+    """The table plus published reference rows for its tasks (``reference_rows``: tasks -> rows,
+    one column per task; the study layer's, read from the paper files)."""
     import pandas as pd
-
-    from bench.results.references import reference_rows
 
     if table.empty:
         return table
@@ -196,7 +196,8 @@ def with_references(table: Any) -> Any:
     return out
 
 
-def build(suites: list[str], metric: str = "test_top1", references: bool = False,
+def build(suites: list[str], metric: str = "test_top1",
+          references: Callable[[list[str]], Any] | None = None,
           protocol: str = "linear") -> Leaderboard:
     from bench.results.tracking import experiment_ids, find_records
 
@@ -204,8 +205,9 @@ def build(suites: list[str], metric: str = "test_top1", references: bool = False
     table = pivot(cells, metric)
     ties = tied_with_best(cells, metric) if not cells.empty else set()
     display = display_table(cells, ties, metric)
-    if references:
-        table, display = with_references(table), with_references(display)
+    if references is not None:
+        table = with_references(table, references)
+        display = with_references(display, references)
     return Leaderboard(cells, table, metric, display, ties)
 
 

@@ -60,13 +60,16 @@ def client():
     """An MlflowClient on ``tracking_uri()``, the store checked once per process."""
     import logging
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     # MLflow retries an unreachable server for minutes by default; fail fast, clearly, instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    # After the import: importing mlflow sets its logger to INFO ("Creating initial MLflow
+    # database tables" on stderr, beside a one-line error).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -521,7 +524,7 @@ def supersede_similarity(experiment_id: str, record: RunRecord) -> list[str]:
     return supersede(experiment_id, record, SIMILARITY)
 
 
-# --- failed cells and paper reports (bench.run.report) ------------------------------------------
+# --- failed cells and paper reports (bench.study) -----------------------------------------------
 @dataclass
 class UnfinishedRun:
     """A result run that did not finish, or a job's claim that ended without its results: what

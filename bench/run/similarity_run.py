@@ -19,10 +19,10 @@ measure) supersedes the old run, which stays in MLflow.
 from __future__ import annotations
 
 import fnmatch
-import io
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,11 @@ import numpy as np
 
 from bench.errors import UsageError
 from bench.results.record import RunRecord
+from bench.results.tracking import SimilarityRecord
 from bench.heads.similarity import INTERVALS, Measure
 from bench.run.spec import RunOptions, RunSpec
 
 RANGE = re.compile(r"(\d+)\.\.(\d+)(?::(\d+))?")
-CKA_COLOURS = (0.1, 0.9)  # the seed paper's colour range for CKA heatmaps
 ARTIFACT = "similarity.json"
 
 
@@ -287,8 +287,14 @@ def plan(spec: SimilaritySpec, options: RunOptions) -> Planned:
     return Planned(sides, indices, protocol, json_digest(protocol)[:32])
 
 
-def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> SimilarityResult:
-    """Compute (or reuse) the matrix of ``spec``, log it as one MLflow run; its result."""
+Figures = Callable[["SimilarityResult"], dict[str, bytes]]
+
+
+def similarity(spec: SimilaritySpec, options: RunOptions | None = None,
+               figures: Figures | None = None) -> SimilarityResult:
+    """Compute (or reuse) the matrix of ``spec``, log it as one MLflow run; its result.
+    ``figures``: PNGs drawn of the result, logged with it (the caller's renderer: the engine
+    draws none)."""
     import torch
 
     from bench.heads import similarity as estimators
@@ -313,6 +319,7 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
         for side in sides:
             prepared = side.prepared[min(k, len(side.prepared) - 1)]
             x, its = _features(prepared, spec.split, indices, options)
+            check_features(prepared, x)
             feats.append((prepared, x))
             items.append(its)
         if len(items) == 2:
@@ -320,6 +327,8 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
         rows = estimators.as_points(feats[0][1], device)
         cols = estimators.as_points(feats[1][1], device) if len(feats) == 2 else rows
         values.append(estimators.matrix(spec.measure, rows, cols))
+        if not bool(torch.isfinite(values[-1]).all()):
+            _refuse_non_finite(values[-1].isfinite(), feats)
         if k == 0:
             kept = (rows, cols, feats, items[0])
     rows, cols, feats, items = kept
@@ -336,8 +345,39 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
         p=numpy(null.p) if null else None, low=numpy(ci.low) if ci else None,
         high=numpy(ci.high) if ci else None,
         spread=numpy(torch.stack(values).std(0)) if draws > 1 else None, protocol=protocol)
-    _log(experiment_id, spec, result, started)
+    _log(experiment_id, spec, result, started, figures)
     return result
+
+
+def check_features(prepared: Any, features: list[np.ndarray]) -> None:
+    """Refuse feature points no measure can compare, before a matrix is computed: values that are
+    not finite, or the same for every image (a constant point's CKA divides 0 by 0 and its
+    neighbours are all ties), naming the point."""
+    from bench.errors import NumericalError
+
+    for (layer, pool), x in zip(prepared.run.requests, features):
+        flat = x.reshape(len(x), -1)
+        where = f"{prepared.run.spec.backbone} {layer}/{pool}"
+        if not np.isfinite(flat).all():
+            raise NumericalError(f"feature point {where} has values that are not finite (NaN or "
+                                 "inf): no similarity is computed; check the backbone's inputs "
+                                 "or use --precision fp32")
+        if len(flat) and (flat == flat[0]).all():
+            raise NumericalError(f"feature point {where} is the same for all {len(flat)} images "
+                                 "(constant features): its similarity to anything is undefined; "
+                                 "leave the point out or check what the backbone receives")
+
+
+def _refuse_non_finite(finite: Any, feats: list[tuple[Any, list[np.ndarray]]]) -> None:
+    """A matrix with a cell that is not finite is refused, naming the cell's two points."""
+    from bench.errors import NumericalError
+
+    bad = (~finite).nonzero()
+    i, j = (int(v) for v in bad[0])
+    rows, cols = _points(*feats[0]), _points(*feats[-1])
+    raise NumericalError(f"the similarity of {label(rows[i])} and {label(cols[j])} is not "
+                         f"finite ({len(bad)} such cells): nothing is logged; check those "
+                         "points' features")
 
 
 def _name(spec: SimilaritySpec, n: int) -> str:
@@ -345,16 +385,26 @@ def _name(spec: SimilaritySpec, n: int) -> str:
     return f"similarity/{models}/{spec.task}:{spec.split}/n{n}/{spec.measure.name}"
 
 
+class _MatrixRecord(SimilarityRecord):
+    """A matrix's record: its MLflow description says what it is (a result's says "test (val)",
+    which a matrix has not)."""
+
+    def description(self) -> str:
+        measure = self.head.removeprefix("similarity:")
+        shape = self.layer.split(":")[0].replace("x", " x ")
+        return (f"{measure}, {shape} points, n = {int(self.metrics['n'])} images, mean "
+                f"{self.metrics['mean_value']:.3f}")
+
+
 def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> RunRecord:
     from bench.digest import json_digest
-    from bench.results.tracking import SimilarityRecord
 
     points = [[p["backbone"], p["layer"], p["pool"]] for p in result.rows + result.cols]
     finite = result.values[np.isfinite(result.values)]
     metrics = {"n": float(result.n), "cells": float(result.values.size),
                "mean_value": float(finite.mean()) if finite.size else float("nan"),
                "seconds": time.time() - started}
-    return SimilarityRecord(
+    return _MatrixRecord(
         identity=result.identity, name=result.name,
         backbone=spec.side.backbone + (f" x {spec.against.backbone}" if spec.against else ""),
         task=f"{spec.task}:{spec.split}:n{result.protocol['n']}",
@@ -366,27 +416,41 @@ def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> R
 
 
 def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
-         started: float) -> None:
+         started: float, figures: Figures | None) -> None:
     from bench.results.tracking import log_record, supersede_similarity
 
     record = _record(spec, result, started)
     artifacts = {ARTIFACT: result.to_json(), "protocol.json": record.protocol_json(),
-                 "matrix.csv": matrix_csv(result).encode()} | heatmaps(result)
+                 "matrix.csv": matrix_csv(result).encode()} | (figures(result) if figures else {})
     result.files = _write_local(result.identity, artifacts)
     result.run_id = log_record(experiment_id, record, artifacts)
     supersede_similarity(experiment_id, record)
 
 
+IDENTITY = re.compile(r"[0-9a-f]{32}")  # a matrix's identity: the folder of its files
+
+
 def _write_local(identity: str, artifacts: dict[str, bytes]) -> dict[str, Path]:
-    """The matrix's files under results/similarity/<identity>/ (the figures the CLI points to)."""
+    """The matrix's files under results/similarity/<identity>/ (the figures the CLI points to).
+    The identity and the names come from a logged run: checked, never trusted as paths."""
+    from bench.errors import BenchError
     from bench.paths import similarity_dir
 
+    if not IDENTITY.fullmatch(identity):
+        raise BenchError(f"similarity run with identity {identity[:80]!r}: not a bench digest; "
+                         "its files are not written (a damaged or foreign run)")
     folder = similarity_dir() / identity
-    folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, content in artifacts.items():
-        files[name] = folder / name
-        files[name].write_bytes(content)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in artifacts.items():
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise BenchError(f"similarity run {identity}: artifact {name[:80]!r} is not a "
+                                 "file name; its files are not written")
+            files[name] = folder / name
+            files[name].write_bytes(content)
+    except OSError as e:
+        raise BenchError(f"cannot write the matrix's files to {folder}: {e.strerror or e}") from None
     return files
 
 
@@ -402,6 +466,12 @@ def logged(record: RunRecord) -> SimilarityResult:
         folder = Path(client().download_artifacts(record.run_id, "", tmp))
         artifacts = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     result = SimilarityResult.from_json(artifacts[ARTIFACT])
+    if result.identity != record.identity:
+        from bench.errors import BenchError
+
+        raise BenchError(f"similarity run {record.run_id}: its {ARTIFACT} names identity "
+                         f"{str(result.identity)[:80]!r}, its tag {record.identity!r}: a "
+                         "damaged or foreign run; delete it or recompute with --force")
     result.files = _write_local(result.identity, artifacts)
     result.run_id, result.reused = record.run_id, True
     return result
@@ -421,74 +491,6 @@ def matrix_csv(result: SimilarityResult) -> str:
             lines.append(",".join([f'"{label(r)}"', f'"{label(c)}"', str(r["d"]), str(c["d"]),
                                    *fields]))
     return "\n".join(lines) + "\n"
-
-
-def colour_range(measure: str) -> tuple[float, float]:
-    return CKA_COLOURS if measure.startswith("cka") else (0.0, 1.0)
-
-
-def _timestep(layer: str) -> tuple[str, str | None]:
-    """('block24', '90') from 'block24@t90'; (layer, None) without a timestep."""
-    base, _, t = layer.rpartition("@t")
-    return (base, t) if base and t.isdigit() else (layer, None)
-
-
-def panels(result: SimilarityResult) -> dict[str, list[tuple[str, list[int], list[int]]]]:
-    """The papers' layouts of a rows x rows matrix: block x block at each (timestep, pool) and
-    timestep x timestep of each (block, pool); figure name -> [(title, row ids, col ids)]."""
-    if result.cols != result.rows:
-        return {}
-    groups: dict[str, dict[tuple, list[int]]] = {"blocks": {}, "timesteps": {}}
-    for i, point in enumerate(result.rows):
-        base, t = _timestep(point["layer"])
-        groups["blocks"].setdefault((t, point["pool"]), []).append(i)
-        if t is not None:
-            groups["timesteps"].setdefault((base, point["pool"]), []).append(i)
-    out = {}
-    for figure, found in groups.items():
-        shown = [(key, ids) for key, ids in found.items() if len(ids) > 1]
-        if shown and len(shown) < len(result.rows) and (figure == "timesteps" or len(shown) > 1):
-            out[figure] = [(f"{'t=' + str(k[0]) if figure == 'blocks' else k[0]}, pool {k[1]}",
-                            ids, ids) for k, ids in shown[:8]]
-    return out
-
-
-def heatmaps(result: SimilarityResult) -> dict[str, bytes]:
-    """PNG heatmaps: the whole matrix, and the papers' panels (block x block per t, t x t)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    measure = result.protocol["measure"]["measure"]
-    vmin, vmax = colour_range(measure)
-    layouts = {"matrix.png": [(result.name, list(range(len(result.rows))),
-                               list(range(len(result.cols))))]}
-    layouts |= {f"{name}.png": found for name, found in panels(result).items()}
-    out = {}
-    for filename, found in layouts.items():
-        fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found) + 1, 4.4), squeeze=False)
-        tick = {"blocks.png": lambda p: _timestep(p["layer"])[0],
-                "timesteps.png": lambda p: f"t{_timestep(p['layer'])[1]}"}.get(filename, _short)
-        for panel, (ax, (title, rows, cols)) in enumerate(zip(axes[0], found)):
-            image = ax.imshow(result.values[np.ix_(rows, cols)], vmin=vmin, vmax=vmax,
-                              cmap="viridis", origin="lower", interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-            for setter, ids, points in ((ax.set_yticks, rows, result.rows),
-                                        (ax.set_xticks, cols, result.cols)):
-                step = max(1, len(ids) // 12)
-                shown = [tick(points[i]) for i in ids[::step]]
-                setter(range(0, len(ids), step), shown if panel == 0 or setter == ax.set_xticks
-                       else [""] * len(shown), fontsize=6)
-            plt.setp(ax.get_xticklabels(), rotation=90)
-        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
-                     label=f"{measure} (colour range {vmin:g}-{vmax:g}, values beyond clipped)")
-        fig.suptitle(f"{measure}, n = {result.n} images", fontsize=10)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        out[filename] = buffer.getvalue()
-    return out
 
 
 def _short(point: dict[str, Any]) -> str:
@@ -519,54 +521,78 @@ def table(result: SimilarityResult, width: int = 10) -> str:
     return "\n".join(lines)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The seed paper's CKA figure (rows of its 4x4 grid) and the follow-up's, on ImageNet's
-    # official validation images (bench's imagenet "test" split), guided-diffusion 256 weights.
-    "paper-cka": {"backbone": "diffusion", "task": "imagenet", "split": "test", "n": 5000,
-                  "layers": ["block1..37@t10", "block1..37@t90", "block1..37@t300",
-                             "block1..37@t500"], "pools": ["1"]},
-    "paper-cka-dims": {"backbone": "diffusion", "task": "imagenet", "split": "test", "n": 5000,
-                       "layers": ["block1..37@t90"], "pools": ["1", "2", "4", "8"]},
-    "paper-cka-mae": {"backbone": "diffusion", "task": "imagenet", "split": "test", "n": 5000,
-                      "layers": ["block1..37@t90"], "pools": ["1"],
-                      "against": "timm:vit_base_patch16_224.mae",
-                      "against_layers": ["blocks.*"], "against_pools": ["mean"]},
-    "paper-cka-timesteps": {"backbone": "diffusion", "task": "imagenet", "split": "test",
-                            "n": 5000, "layers": ["block24@t0..999:25"], "pools": ["1"]},
-}
-
-
-def preset(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise UsageError(f"similarity preset {name!r}: use one of {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
-
-
-
-SETTINGS = ("preset", "backbone", "task", "split", "n", "layers", "pools", "backbone_args",
+SETTINGS = ("backbone", "task", "split", "n", "layers", "pools", "backbone_args",
             "against", "against_layers", "against_pools", "against_args", "measure", "k",
             "rbf_threshold", "batch", "permutations", "interval", "interval_draws",
             "noise_draws", "seed", "task_args", "precision", "skip_corrupt", "cache_dtype")
 
 
-def similarity_spec(settings: dict[str, Any]) -> SimilaritySpec:
-    """A spec from ``bench similarity``'s settings by name (a ``preset`` first, the others over
-    it; absent ones take the command's defaults): what the CLI's flags and a paper's
-    similarity table give."""
-    unknown = set(settings) - set(SETTINGS)
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                            for v in value)
+
+
+def _integer(low: int) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+_TYPES: dict[str, tuple[Any, str]] = {  # setting -> (check, what it must be)
+    "backbone": (lambda v: isinstance(v, str) and v != "", "a backbone preset name"),
+    "against": (lambda v: isinstance(v, str) and v != "", "a backbone preset name"),
+    "task": (lambda v: isinstance(v, str) and v != "", "a task name"),
+    "split": (lambda v: v in ("train", "val", "test"), "train, val or test"),
+    "n": (_integer(4), "an integer >= 4 (images)"),
+    "layers": (_texts, "a list of layer specs"),
+    "pools": (_texts, "a list of pools"),
+    "against_layers": (_texts, "a list of layer specs"),
+    "against_pools": (_texts, "a list of pools"),
+    "backbone_args": (lambda v: isinstance(v, dict), "a mapping of arguments"),
+    "against_args": (lambda v: isinstance(v, dict), "a mapping of arguments"),
+    "task_args": (lambda v: isinstance(v, dict), "a mapping of arguments"),
+    "measure": (lambda v: isinstance(v, str), "a measure name"),
+    "k": (_integer(1), "an integer >= 1"),
+    "rbf_threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and 0 < v < float("inf"), "a number > 0"),
+    "batch": (_integer(4), "an integer >= 4"),
+    "permutations": (_integer(0), "an integer >= 0"),
+    "interval": (lambda v: v in INTERVALS, "one of " + ", ".join(INTERVALS)),
+    "interval_draws": (_integer(2), "an integer >= 2"),
+    "noise_draws": (_integer(1), "an integer >= 1"),
+    "seed": (_integer(0), "an integer >= 0"),
+    "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
+    "skip_corrupt": (lambda v: isinstance(v, bool), "true or false"),
+    "cache_dtype": (lambda v: isinstance(v, str), "a cache dtype"),
+}
+
+
+def check_types(settings: dict[str, Any]) -> None:
+    """Each setting given by name has the type and range it needs (a paper file's or a Python
+    caller's values arrive untyped): one line naming the first that does not."""
+    unknown = sorted(set(settings) - set(SETTINGS), key=str)
     if unknown:
-        raise UsageError(f"similarity setting {', '.join(sorted(unknown))}: use "
+        raise UsageError(f"similarity setting {', '.join(map(str, unknown))}: use "
                          f"{', '.join(SETTINGS)}")
-    given = {**(preset(settings["preset"]) if settings.get("preset") else {}),
-             **{k: v for k, v in settings.items() if v not in (None, [])}}
+    for name, value in settings.items():
+        check, what = _TYPES[name]
+        if value is not None and value != [] and not check(value):
+            raise UsageError(f"similarity setting {name!r}: expected {what}, got {value!r}")
+
+
+def similarity_spec(settings: dict[str, Any]) -> SimilaritySpec:
+    """A spec from ``bench similarity``'s settings by name (absent ones take the command's
+    defaults): what the CLI's flags and a paper's similarity table give."""
+    check_types(settings)
+    given = {k: v for k, v in settings.items() if v not in (None, [])}
     if not given.get("backbone") or not given.get("task"):
-        raise UsageError("a similarity matrix needs a backbone and a task (or a preset)")
-    side = Side(given["backbone"], list(given.get("layers", [])), list(given.get("pools", [])),
-                dict(given.get("backbone_args", {})))
+        raise UsageError("a similarity matrix needs a backbone and a task")
+    side = Side(given["backbone"], [str(v) for v in given.get("layers", [])],
+                [str(v) for v in given.get("pools", [])], dict(given.get("backbone_args", {})))
     other = None
     if given.get("against") or given.get("against_layers"):
-        other = Side(given.get("against") or side.backbone, list(given.get("against_layers", [])),
-                     list(given.get("against_pools", [])), dict(given.get("against_args", {})))
+        other = Side(given.get("against") or side.backbone,
+                     [str(v) for v in given.get("against_layers", [])],
+                     [str(v) for v in given.get("against_pools", [])],
+                     dict(given.get("against_args", {})))
     defaults = Measure()
     measure = Measure(given.get("measure", defaults.name), given.get("k", defaults.k),
                       given.get("rbf_threshold", defaults.rbf_threshold),

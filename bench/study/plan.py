@@ -1,17 +1,20 @@
 """A paper's cells as one plan: each cell resolved like ``bench run``, grouped into shared jobs.
 
-Every cell of a paper (``bench.results.papers``) becomes a run spec with one explicit (layer,
-pool) feature and is resolved by ``bench.run.spec.resolve``, so its identity is the one a hand-typed
-``bench run`` of the same protocol gets, and a result logged either way counts for both. Cells of
-one (backbone, task, arguments) and head form one ``BenchJob``; the jobs of one backbone and task
-form one ``SharedJob``, whose features come from one backbone pass per split (every layer and
-timestep any of its cells reads). Similarity tables become ``SimilaritySpec``s.
+Every computed cell of a paper (``bench.study.paper``) becomes a run spec with one explicit
+(layer, pool) feature and is resolved by ``bench.run.spec.resolve``, so its identity is the one a
+hand-typed ``bench run`` of the same protocol gets, and a result logged either way counts for
+both. Cells of one (backbone, task, arguments) and head form one ``BenchJob``; the jobs of one
+backbone and task form one ``SharedJob``, whose features come from one backbone pass per split
+(every layer and timestep any of its cells reads). Similarity tables become ``SimilaritySpec``s,
+their backbones, tasks and arguments checked by name.
 
 Where a cell cannot be resolved here (weights or data absent on this machine), the plan says so
-per cell, after checking by name what can be checked: the preset, the task, the head and its
-settings, and the layer against the preset's layer template (``block{block}@t{t}``). A name that
-is wrong anywhere (an unknown preset or task, a layer the backbone lacks) is a one-line error
-naming the paper file, the table and the cell.
+per cell and lists what a full run would download, after checking by name what can be checked:
+the preset, the task, the head and its settings, the arguments, and the layer against the
+preset's layer template (``block{block}@t{t}``). A name that is wrong anywhere (an unknown preset
+or task, a misspelt argument, a layer the backbone lacks) is a one-line error naming the paper
+file, the table and the cell, before any work. With ``local_only`` (a dry run) nothing is
+downloaded: weights and data are looked up where they would be.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ import json
 import re
 import string
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.errors import BenchError, UsageError
-from bench.results.papers import Paper, PaperCell, PaperError
 from bench.run.jobs import BenchJob, SharedJob
 from bench.run.spec import SPLITS, RunOptions, RunSpec
+from bench.study.paper import Paper, PaperCell, PaperError, PaperTable
 
 
 @dataclass
@@ -38,6 +41,23 @@ class PlannedCell:
     run_name: str = ""  # bench's record name for the cell (RunRecord.name), when resolved
     done: bool = False  # a finished result of this identity is in the suite
     checked: str = ""  # what was checked by name when it could not be resolved
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Something a full run would fetch that is not on this machine."""
+
+    kind: str  # "weights" | "data"
+    what: str  # the URL, hub file or dataset; else the loader's own sentence
+    where: str = ""  # where it goes
+    size: int | None = None  # bytes, when the registered metadata says
+
+    def line(self) -> str:
+        from bench.ranges import size_text
+
+        where = f" -> {self.where}" if self.where else ""
+        size = size_text(self.size) if self.size else "size not in the registered metadata"
+        return f"{self.kind}: {self.what}{where} ({size})"
 
 
 @dataclass
@@ -60,6 +80,8 @@ class PaperPlan:
     jobs: list[Any]  # BenchJob / SharedJob list that computes the cells
     passes: list[ForwardPass] = field(default_factory=list)  # one per job, in order
     options: RunOptions = field(default_factory=RunOptions)  # what the plan resolved with
+    template: RunSpec | None = None  # the spec fields no cell sets (seed, precision)
+    missing: list[Missing] = field(default_factory=list)  # what a full run would download
 
     def pending_jobs(self, resolved_only: bool = False) -> list[Any]:
         """Jobs with a cell still to compute (also those not resolvable here: they may resolve
@@ -84,31 +106,39 @@ def _experiments(options: RunOptions) -> list[str]:
     return [options.experiment_id] if options.experiment_id else experiment_ids([options.suite])
 
 
-def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = None) -> PaperPlan:
+def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = None,
+               local_only: bool = False) -> PaperPlan:
     """Resolve every cell of ``paper`` (``template``: the spec fields no cell sets, such as the
-    precision and seed; its arguments go under each cell's) and group them into jobs."""
-    from bench.run.similarity_run import similarity_spec
+    precision and seed; its arguments go under each cell's) and group them into jobs.
+    ``local_only``: download nothing (a dry run), list what is missing instead."""
+    from bench.paths import downloads_off
+    from bench.study.similarity import table_spec
 
     template = template or RunSpec(backbone="", task="")
-    plan = PaperPlan(paper, {}, {}, [], options=options)
-    for table in paper.tables:
-        if table.kind == "similarity":
-            try:
-                plan.similarity[table.key] = similarity_spec(dict(table.similarity or {}))
-            except UsageError as e:
-                raise PaperError(f"{paper.path}, table {table.key!r}, field 'similarity': "
-                                 f"{e}") from e
-    groups: dict[tuple, dict[tuple, list[tuple[PaperCell, RunSpec]]]] = {}
-    for cell in paper.cells():
-        spec = cell_spec(paper, cell, template)
-        key = (spec.backbone, spec.task, _key(spec.backbone_args), _key(spec.task_args))
-        head = (spec.head, _key(spec.head_args))
-        if not spec.features:
-            head += (cell.id,)  # a fusing head's cell is its own spec: all its layers
-        groups.setdefault(key, {}).setdefault(head, []).append((cell, spec))
-    built: dict[str, tuple[Any, str]] = {}  # one backbone per preset and arguments
-    for heads in groups.values():
-        _plan_group(plan, list(heads.values()), options, built)
+    plan = PaperPlan(paper, {}, {}, [], options=options, template=template)
+    with downloads_off() if local_only else nullcontext():
+        for table in paper.tables:
+            if table.kind == "similarity":
+                plan.similarity[table.key] = table_spec(paper, table, template)
+                _check_similarity_names(paper, table, plan.similarity[table.key])
+        groups: dict[tuple, dict[tuple, list[tuple[PaperCell, RunSpec]]]] = {}
+        for cell in paper.cells():
+            if not cell.computed:
+                plan.cells[cell.id] = PlannedCell(cell, None)
+                continue
+            spec = cell_spec(paper, cell, template)
+            key = (spec.backbone, spec.task, _key(spec.backbone_args), _key(spec.task_args))
+            head = (spec.head, _key(spec.head_args))
+            if not spec.features:
+                head += (cell.id,)  # a fusing head's cell is its own spec: all its layers
+            groups.setdefault(key, {}).setdefault(head, []).append((cell, spec))
+        built: dict[str, tuple[Any, str]] = {}  # one backbone per preset and arguments
+        for heads in groups.values():
+            _plan_group(plan, list(heads.values()), options, built)
+        if local_only:  # what the similarity matrices would download too
+            for spec in plan.similarity.values():
+                for side in filter(None, (spec.side, spec.against)):
+                    _backbone(plan, side.backbone, side.backbone_args, built, None)
     _mark_done(plan, options)
     return plan
 
@@ -138,6 +168,19 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     return spec
 
 
+def _check_similarity_names(paper: Paper, table: PaperTable, spec: Any) -> None:
+    """A similarity table's presets, task and their arguments by name, before any cell runs."""
+    from bench.registry import UnknownNameError, backbones, check_arguments, tasks
+
+    try:
+        for side in filter(None, (spec.side, spec.against)):
+            check_arguments("backbone", backbones.entry(side.backbone), side.backbone_args)
+        check_arguments("task", tasks.entry(spec.task), spec.task_args)
+    except (UsageError, UnknownNameError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise PaperError(f"{paper.path}, table {table.key!r}, field 'similarity': {first}") from e
+
+
 @contextmanager
 def _naming(paper: Paper, cell: PaperCell, name: str) -> Iterator[None]:
     """Turn a UsageError (or an unknown name) into one line naming the file, table and cell."""
@@ -162,7 +205,7 @@ def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
     paper = plan.paper
     specs = [replace(cells[0][1], features=list(dict.fromkeys(
         feature for _, one in cells for feature in one.features))) for cells in heads]
-    task, backbone, problems = _build(specs[0], paper, heads[0][0][0], built)
+    task, backbone, problems = _build(specs[0], plan, heads[0][0][0], built)
     short = "; ".join(problem.split(" (")[0] for problem in problems)
     jobs: list[BenchJob] = []
     points: list[tuple[str, str]] = []
@@ -194,16 +237,15 @@ def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
         None if task is None else sum(len(task.split(s)) for s in SPLITS), "; ".join(problems)))
 
 
-def _build(spec: RunSpec, paper: Paper, cell: PaperCell,
+def _build(spec: RunSpec, plan: PaperPlan, cell: PaperCell,
            built: dict[str, tuple[Any, str]]) -> tuple[Any, Any, list[str]]:
     """(task, backbone, problems): each built here if it can be (a backbone once per preset and
     arguments: ``built``); what is missing, one phrase each ("weights missing (...)", "data
-    missing (...)"). A bad argument is an error."""
-    from bench.features.weights import WeightsError
-    from bench.registry import backbones
+    missing (...)"), in full, and added to ``plan.missing``. A bad argument is an error."""
     from bench.run.spec import build_task
     from bench.task import DatasetError
 
+    paper = plan.paper
     task = backbone = None
     problems = []
     try:
@@ -212,20 +254,55 @@ def _build(spec: RunSpec, paper: Paper, cell: PaperCell,
     except BenchError as e:
         label = "data missing" if isinstance(e, DatasetError) else type(e).__name__
         problems.append(f"{label} ({_first(e)})")
-    key = _key([spec.backbone, spec.backbone_args])
-    if key not in built:
-        try:
-            with _naming(paper, cell, "backbone_args"):
-                built[key] = (backbones.create(spec.backbone, **spec.backbone_args), "")
-        except BenchError as e:
-            label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
-            built[key] = (None, f"{label} ({_first(e)})")
-    backbone, problem = built[key]
+        _add_missing(plan, _missing_data(spec, e))
+    backbone, problem = _backbone(plan, spec.backbone, spec.backbone_args, built, cell)
     return task, backbone, problems + [problem] * bool(problem)
 
 
+def _backbone(plan: PaperPlan, name: str, args: dict[str, Any],
+              built: dict[str, tuple[Any, str]], cell: PaperCell | None) -> tuple[Any, str]:
+    """(backbone, problem), built once per preset and arguments; missing weights are listed."""
+    from bench.features.weights import WeightsError
+    from bench.registry import backbones
+
+    key = _key([name, args])
+    if key not in built:
+        try:
+            with _naming(plan.paper, cell, "backbone_args") if cell else nullcontext():
+                built[key] = (backbones.create(name, **args), "")
+        except BenchError as e:
+            label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
+            built[key] = (None, f"{label} ({_first(e)})")
+            if isinstance(e, WeightsError):
+                _add_missing(plan, Missing("weights", e.source or _first(e),
+                                           str(e.target or ""), getattr(e, "size", None)))
+    return built[key]
+
+
+def _missing_data(spec: RunSpec, error: Exception) -> list[Missing]:
+    """What a task needs from the network: its registered downloads, else its own sentence."""
+    from bench.registry import tasks
+
+    try:
+        made = tasks.create(spec.task, **spec.task_args)
+    except BenchError:
+        made = None
+    downloads = list(getattr(made, "downloads", ()) or ())
+    if downloads:
+        return [Missing("data", d.url, str(getattr(made, "dir", "")), None) for d in downloads]
+    return [Missing("data", f"task {spec.task}, no public download ({_first(error)}); "
+                    f"`bench data download --task {spec.task}` says how to get it")]
+
+
+def _add_missing(plan: PaperPlan, found: Missing | list[Missing]) -> None:
+    for one in found if isinstance(found, list) else [found]:
+        if one not in plan.missing:
+            plan.missing.append(one)
+
+
 def _first(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+    """An error's first line, whole (never cut mid-word)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _resolved_cell(prepared: Any, spec: RunSpec, backbone: Any) -> Any:
@@ -288,16 +365,23 @@ def _key(args: Any) -> str:
     return json.dumps(args, sort_keys=True, default=str)
 
 
+# --- the plan in words ---------------------------------------------------------------------------
 def describe_plan(plan: PaperPlan) -> list[str]:
-    """The plan in lines: per table its cells (done, to run, not resolvable here and why), per
-    job the cells one forward pass feeds, then the cost of what is to run (the sweep dry-run's
-    report of those jobs: cells, cache, time where calibrated) and the similarity matrices."""
+    """The plan in lines: per table its notes and cells (done, to run, not resolvable here and
+    why, not computed and why), per job the cells one forward pass feeds, then the cost of what
+    is to run (the sweep dry-run's report of those jobs: cells, cache, time where calibrated),
+    the similarity matrices, what a full run would download and what the file leaves out."""
     from bench.run.sweep import SweepPlan, describe
 
-    lines = [f"paper {plan.paper.name}: {plan.paper.title} ({plan.paper.citation})"]
-    counts = {"done": 0, "to run": 0, "not resolvable here": 0}
-    for table in plan.paper.tables:
+    paper = plan.paper
+    lines = [f"paper {paper.name}: {paper.title} ({paper.citation})"]
+    if paper.note:
+        lines.append(f"  note: {paper.note}")
+    counts = {"done": 0, "to run": 0, "not resolvable here": 0, "not computed": 0}
+    for table in paper.tables:
         lines.append(f"table {table.key} ({table.kind}, {table.source}): {table.title}")
+        if table.note:
+            lines.append(f"  note: {table.note}")
         if table.kind == "similarity":
             spec = plan.similarity[table.key]
             against = f" x {spec.against.backbone}" if spec.against else ""
@@ -305,15 +389,19 @@ def describe_plan(plan: PaperPlan) -> list[str]:
                          f"{spec.split} (n={spec.n or 'all'}, {spec.measure.name}): runs after "
                          "the cells, reused when logged")
             continue
+        assumed: dict[str, list[str]] = {}
         for cell in table.cells:
             lines.append("  " + _cell_line(plan.cells[cell.id], counts))
+            if cell.assumed and cell.computed:
+                assumed.setdefault(cell.assumed, []).append(cell.id)
+        lines += [f"  assumed ({', '.join(ids)}): {text}" for text, ids in assumed.items()]
     lines.append("forward passes (one per backbone and task, shared by its cells):")
     for one in plan.passes:
         todo = [c for c in one.cells if not plan.cells[c].done]
         images = f"{one.images:,} images" if one.images is not None else "images unknown here"
-        points = f", {_count(len(one.points), 'feature point')}" if one.points else ""
+        points = f", {count(len(one.points), 'feature point')}" if one.points else ""
         lines.append(f"  {one.backbone} x {one.task}: one pass over {images}{points} feeds "
-                     f"{_count(len(one.cells), 'cell')} ({len(todo)} to compute)")
+                     f"{count(len(one.cells), 'cell')} ({len(todo)} to compute)")
         if one.problem:
             lines.append(f"    not resolvable here: {one.problem}")
     inner = [j for job in plan.pending_jobs(resolved_only=True)
@@ -321,21 +409,33 @@ def describe_plan(plan: PaperPlan) -> list[str]:
     if inner:
         lines.append("cost of the cells to run (resolved here):")
         lines += ["  " + line for line in describe(SweepPlan(inner)).lines]
-    lines.append(f"{_count(len(plan.cells), 'cell')}: {counts['done']} done, {counts['to run']} to run, "
-                 f"{counts['not resolvable here']} not resolvable here; "
-                 f"{len(plan.similarity)} similarity matrices; {len(plan.jobs)} jobs")
+    if plan.missing:
+        lines.append("missing on this machine (weights a full run downloads; data from `bench "
+                     "data download`):")
+        lines += [f"  {one.line()}" for one in plan.missing]
+    for left in paper.left_out:
+        lines.append(f"left out: {left.what} ({left.source}): {left.reason}")
+    lines.append(f"{count(len(plan.cells), 'cell')}: {counts['done']} done, {counts['to run']} to "
+                 f"run, {counts['not resolvable here']} not resolvable here, "
+                 f"{counts['not computed']} not computed; "
+                 f"{count(len(plan.similarity), 'similarity matrix', 'similarity matrices')}; "
+                 f"{count(len(plan.jobs), 'job')}")
     return lines
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def count(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _cell_line(planned: PlannedCell, counts: dict[str, int]) -> str:
     cell = planned.cell
+    if not cell.computed:
+        counts["not computed"] += 1
+        return (f"{cell.id}: {cell.method or cell.id} on {cell.task}: paper {cell.value:g}: "
+                f"not computed: {cell.not_computed}")
     where = f"{cell.backbone} {cell.task} {cell.layer or '(default layer)'} pool " \
             f"{cell.pool or '(default)'} {cell.head}"
-    mark = " [protocol differs]" if cell.protocol else ""
+    mark = (" [protocol differs]" if cell.protocol else "") + (" [assumed]" if cell.assumed else "")
     if planned.identity is None:
         counts["not resolvable here"] += 1
         state = f"not resolvable here: {planned.problem}; {planned.checked}"
@@ -344,4 +444,3 @@ def _cell_line(planned: PlannedCell, counts: dict[str, int]) -> str:
         counts[state] += 1
         state += f" [{planned.identity[:12]}]"
     return f"{cell.id}: {where}: paper {cell.value:g}{mark}: {state}"
-
