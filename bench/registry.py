@@ -245,6 +245,7 @@ class Entry:
     argument: str | None = None  # keyword that receives ARG in "name:ARG" (e.g. folder:PATH)
     layer_template: str | None = None  # sweep axes -> layer name, e.g. "block{block}@t{t}"
     module: str = ""  # the module whose import registers it
+    released: Any = None  # the bench.features.weights.Weights its defaults load (None: none)
 
 
 @dataclass(frozen=True)
@@ -279,15 +280,19 @@ class Presets(Registry[Entry]):
         licence: str = "",
         argument: str | None = None,
         layer_template: str | None = None,
+        released: Any = None,
         **defaults: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering ``factory`` under ``name`` with preset ``defaults``; stackable."""
+        """Decorator registering ``factory`` under ``name`` with preset ``defaults``; stackable.
+        ``released``: the ``bench.features.weights.Weights`` the defaults load (its licence is
+        the preset's unless ``licence`` is given)."""
 
         module = sys._getframe(1).f_globals.get("__name__", "")  # the registering module
+        licence = licence or (released.licence if released is not None else "")
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Entry(name, factory, dict(defaults), description, licence, argument,
-                           layer_template, module))
+                           layer_template, module, released))
             return factory
 
         return decorator
