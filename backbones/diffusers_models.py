@@ -37,6 +37,7 @@ from torch import nn
 from bench.backbones import _diffusion
 from bench.errors import UsageError
 from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
+from bench.points import LayerName
 from bench.registry import register_backbone
 from bench.features.weights import Weights, WeightsError, WeightsFile, file_sha256, offline
 
@@ -385,11 +386,11 @@ class DiffusersBackbone(Backbone):
 
     def canonical_layer(self, layer: str) -> str:
         module, t = self._parse(layer)
-        return f"{module}@t{t}"
+        return str(LayerName(module, t))
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``mid_block@t90`` -> group t90), modules in first-seen order."""
-        return _diffusion.timestep_groups([self._parse(layer) for layer in layers], "{}@t{}")
+        return _diffusion.timestep_groups([self._parse(layer) for layer in layers])
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every module at the default timestep; any other ``@tT`` is accepted too."""
@@ -399,7 +400,7 @@ class DiffusersBackbone(Backbone):
         module, t = self._parse(layer)
         grid = " (tokens as their patch grid)" if self.model_type == DIT else ""
         return FeaturePoint(
-            f"{module}@t{t}", MAP,
+            str(LayerName(module, t)), MAP,
             f"output of {module} at t={t}{grid} (any @tT, any named sub-module works)",
         )
 

@@ -64,7 +64,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                           'name': 'diffusion-tiny'}],
                                              'sha256': '58d7ebfe15d1f4c4ff1cebb53eb4df868e3d054b0125772aad4b3b12b595ca52'},
                      'bench.backbones.adm.backbone': {'presets': [],
-                                                      'sha256': '864bdf8762b4df1d72851076217952148886d248cc4f1c59c91a0aeeb0048633'},
+                                                      'sha256': 'a8e4815f5667d3b863c44c56915e8f7886e806161690a7adad24e58c90eabe4c'},
                      'bench.backbones.adm.diffusion': {'presets': [],
                                                        'sha256': 'f4840060d38551a9b808762a3e7b31234cd9db66cabd2ff92c0aa4cba9871bec'},
                      'bench.backbones.adm.paper': {'presets': [],
@@ -335,7 +335,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                        'licence': 'none (random '
                                                                                   'weights)',
                                                                        'name': 'sd-tiny'}],
-                                                          'sha256': 'd27dc7f28f69b77f05b0eeab2b7a98959672f1a098a0f72120e662d25b417c8c'},
+                                                          'sha256': 'd44cb10b83f1edb5e1ef96deeb9169cc9e5a0fc6cf8b661a06f42e1ae3a39996'},
                      'bench.backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                                'transformers '
                                                                                'vision encoder '

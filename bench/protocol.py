@@ -227,10 +227,13 @@ class HeadKind:
     def accepts(self, point: Any, pool: str) -> bool:
         """Whether ``pool`` of feature point ``point`` (``bench.backbone.FeaturePoint``) gives
         what this head reads: (C, h, w) maps (``mapN`` of a map) or one vector per image."""
-        maps = point.kind == "map" and pool.startswith("map")
+        from bench.points import Pool
+
+        parsed = Pool.parse(pool)
+        maps = point.kind == "map" and parsed.keeps_map
         if self.inputs == "maps":
             return maps
-        return not maps and pool != "tokens"
+        return not maps and parsed.form != "tokens"
 
     def requirement(self) -> str:
         """What ``accepts`` asks for, said to a user."""

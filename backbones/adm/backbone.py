@@ -21,6 +21,7 @@ from bench.backbones import _diffusion
 from bench.backbones.adm.diffusion import NoiseSchedule
 from bench.backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
+from bench.points import LayerName
 from bench.features.compile import StaticCompiled
 from bench.errors import UsageError
 from bench.features.weights import (Weights, WeightsFile, file_sha256, load_checkpoint,
@@ -246,13 +247,11 @@ class ADMBackbone(Backbone):
     def canonical_layer(self, layer: str) -> str:
         """``block24@t90`` from ``24``, ``block24``, ``output_blocks.4``, each with optional ``@t90``/``@90``."""
         block, t = self._parse(layer)
-        return f"block{block}@t{t}"
+        return str(LayerName(f"block{block}", t))
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``block19@t90`` -> group t90), blocks in first-seen order."""
-        return _diffusion.timestep_groups(
-            [self._parse(layer) for layer in layers], "block{}@t{}"
-        )
+        return _diffusion.timestep_groups([self._parse(layer) for layer in layers], "block")
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every block at the default timestep; any other ``@tT`` is accepted too."""
@@ -264,7 +263,7 @@ class ADMBackbone(Backbone):
         side = self.input_size // ds
         module = self.unet.block_names()[block - 1]
         return FeaturePoint(
-            f"block{block}@t{t}",
+            str(LayerName(f"block{block}", t)),
             MAP,
             f"{module} at t={t}: {channels}x{side}x{side} (any @tT works)",
         )

@@ -17,14 +17,13 @@ naming the paper file, the table and the cell.
 from __future__ import annotations
 
 import json
-import re
-import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.errors import BenchError, UsageError
+from bench.points import LayerTemplate
 from bench.results.papers import Paper, PaperCell, PaperError
 from bench.run.jobs import BenchJob, SharedJob
 from bench.run.spec import SPLITS, RunOptions, RunSpec
@@ -246,7 +245,7 @@ def _checked_by_name(backbone: str, cells: list[PaperCell], built: bool) -> dict
     if built:
         return {c.id: "preset, task, head, layer and pool checked" for c in cells}
     template = backbones.entry(backbone).layer_template
-    pattern = _template_pattern(template) if template else None
+    pattern = LayerTemplate(template).pattern() if template else None
     out = {}
     for cell in cells:
         if cell.layer is None:
@@ -259,16 +258,6 @@ def _checked_by_name(backbone: str, cells: list[PaperCell], built: bool) -> dict
             out[cell.id] = (f"preset, task and head checked; layer {cell.layer!r} is not of the "
                             f"form {template} (checked when it resolves)")
     return out
-
-
-def _template_pattern(template: str) -> re.Pattern[str]:
-    """``block{block}@t{t}`` -> a regex of its names, each field a number."""
-    parts = []
-    for literal, name, _, _ in string.Formatter().parse(template):
-        parts.append(re.escape(literal))
-        if name:
-            parts.append(r"\d+")
-    return re.compile("".join(parts))
 
 
 def _mark_done(plan: PaperPlan, options: RunOptions) -> None:

@@ -18,10 +18,8 @@ measure) supersedes the old run, which stays in MLflow.
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UsageError
+from bench.points import LayerName, expand_layers as expand_layer_specs
 from bench.results.record import RunRecord
 from bench.heads.similarity import INTERVALS, Measure
 from bench.run.spec import RunOptions, RunSpec
 
-RANGE = re.compile(r"(\d+)\.\.(\d+)(?::(\d+))?")
 CKA_COLOURS = (0.1, 0.9)  # the seed paper's colour range for CKA heatmaps
 ARTIFACT = "similarity.json"
 
@@ -106,28 +104,10 @@ def label(point: dict[str, Any]) -> str:
 
 
 def expand_layers(backbone: Any, specs: list[str]) -> list[str]:
-    """Layer specs -> layer names: ``a..b`` and ``a..b:step`` ranges (inclusive of ``b`` when the
-    step lands on it; several ranges in one spec give their product), globs over the backbone's
-    feature points, anything else as typed."""
-    out: list[str] = []
-    for spec in specs:
-        match = RANGE.search(spec)
-        if match:
-            lo, hi, step = int(match[1]), int(match[2]), int(match[3] or 1)
-            if hi < lo or step < 1:
-                raise UsageError(f"layer range {match[0]!r}: write low..high[:step], low <= high")
-            out += expand_layers(backbone, [spec[:match.start()] + str(v) + spec[match.end():]
-                                            for v in range(lo, hi + 1, step)])
-        elif any(c in spec for c in "*?["):
-            names = [p.name for p in backbone.feature_points()]
-            found = fnmatch.filter(names, spec)
-            if not found:
-                raise UsageError(f"layer pattern {spec!r} matches none of {backbone.name}'s "
-                                 f"layers: {', '.join(names)}")
-            out += found
-        else:
-            out.append(spec)
-    return out
+    """Layer specs (ranges, globs over the backbone's layers) -> layer names
+    (``bench.points.expand_layers``)."""
+    return expand_layer_specs(specs, lambda: [p.name for p in backbone.feature_points()],
+                              backbone.name)
 
 
 def _noise_seeds(backbone: Any, side: Side, draws: int) -> list[int] | None:
@@ -429,8 +409,11 @@ def colour_range(measure: str) -> tuple[float, float]:
 
 def _timestep(layer: str) -> tuple[str, str | None]:
     """('block24', '90') from 'block24@t90'; (layer, None) without a timestep."""
-    base, _, t = layer.rpartition("@t")
-    return (base, t) if base and t.isdigit() else (layer, None)
+    try:
+        name = LayerName.parse(layer)
+    except UsageError:
+        return layer, None
+    return (name.module, str(name.t)) if name.module and name.t is not None else (layer, None)
 
 
 def panels(result: SimilarityResult) -> dict[str, list[tuple[str, list[int], list[int]]]]:
