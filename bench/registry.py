@@ -209,8 +209,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The entry registered as ``name``; UnknownNameError suggesting close names."""
         self.discover()
-        if name in self._pending:
-            self._add_loaded(name, self._pending.pop(name)())
+        if name in self._pending:  # listed until it loads (a failure stays listed, raised again)
+            self._add_loaded(name, self._pending[name]())
         if name in self._entries:
             return self._entries[name]
         raise self.unknown(name)
