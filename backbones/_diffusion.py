@@ -9,15 +9,13 @@ go through the denoiser stacked as one batch (B images x T timesteps).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 
 from bench.errors import UsageError
-
-_T = re.compile(r"t?(\d+)")
+from bench.points import LayerName
 
 
 def noise_seed_for(noise_seed: int, sample_id: int, draw: int, domain: str = "adm-noise") -> int:
@@ -50,13 +48,10 @@ def seeded_noise(
 
 def split_timestep(layer: str, default_t: int, steps: int, example: str) -> tuple[str, int]:
     """``MODULE@tT`` (or ``@T``, or no suffix: ``default_t``) -> (MODULE, T), T in [0, steps)."""
-    base, _, suffix = str(layer).strip().partition("@")
-    match = _T.fullmatch(suffix.strip()) if suffix else None
-    if suffix and match is None:
-        raise UsageError(f"layer {layer!r}: write MODULE@tT, e.g. {example}")
-    t = int(match.group(1)) if match else default_t
+    name = LayerName.parse(layer, example)
+    t = default_t if name.t is None else name.t
     check_timestep(t, steps)
-    return base.strip(), t
+    return name.module, t
 
 
 def check_timestep(t: int, steps: int) -> None:
@@ -64,15 +59,15 @@ def check_timestep(t: int, steps: int) -> None:
         raise UsageError(f"timestep {t} outside [0, {steps}) of this model's noise schedule")
 
 
-def timestep_groups(parsed: Sequence[tuple[Any, int]], name: str) -> list[list[str]]:
+def timestep_groups(parsed: Sequence[tuple[Any, int]], prefix: str = "") -> list[list[str]]:
     """(module, t) pairs grouped per timestep for DifFormer, modules in first-seen order; every
-    module must appear at every timestep. ``name`` formats a pair back into a layer name."""
+    module must appear at every timestep. A pair's layer name is ``PREFIXMODULE@tT``."""
     modules = list(dict.fromkeys(m for m, _ in parsed))
     steps = list(dict.fromkeys(t for _, t in parsed))
     if len(set(parsed)) != len(modules) * len(steps):
-        layers = [name.format(m, t) for m, t in parsed]
+        layers = [str(LayerName(f"{prefix}{m}", t)) for m, t in parsed]
         raise UsageError(f"layers {layers} do not hold every block at every timestep")
-    return [[name.format(m, t) for m in modules] for t in steps]
+    return [[str(LayerName(f"{prefix}{m}", t)) for m in modules] for t in steps]
 
 
 def transform_description(size: int, interpolation: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.backbone import TOKENS, Backbone, FeaturePoint
-from bench.features.weights import WeightsError, load_checkpoint, offline
+from bench.features.weights import Weights, WeightsError, WeightsFile, load_checkpoint, offline
 
 RANDOM_LICENCE = "none (random weights)"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,6 +56,19 @@ class FrozenBackbone(Backbone):
 def frozen(module: nn.Module) -> nn.Module:
     """Inference mode for good: eval statistics, no gradients."""
     return module.eval().requires_grad_(False)
+
+
+TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's Hub repos hold, in that order
+
+
+def timm_release(tag: str, licence: str, origin: str, paper: str, input_size: int = 224,
+                 arguments: tuple[str, ...] = ("model", "weights", "seed", "arch")) -> Weights:
+    """The release of a timm tag: its Hub repo ``timm/TAG`` (the ``hf_hub_id`` of timm's
+    pretrained config), ImageNet normalisation; sizes are not published: unknown."""
+    return Weights((WeightsFile(TIMM_FILES[0], alternatives=TIMM_FILES[1:]),),
+                   hub_id=f"timm/{tag}", input_size=input_size, mean=IMAGENET_MEAN,
+                   std=IMAGENET_STD, licence=licence, origin=origin, paper=paper,
+                   arguments=arguments)
 
 
 def hub_file(repo_id: str, filenames: Sequence[str]) -> Path:

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.backbones._shared import FrozenBackbone, block_numbers, block_points, frozen, hub_file
+from bench.backbones._shared import (TIMM_FILES, FrozenBackbone, block_numbers, block_points,
+                                     frozen, hub_file)
 from bench.backbone import TOKENS, VECTOR, FeaturePoint
 from bench.errors import UsageError
 from bench.features.weights import file_sha256, random_weights_file, reading_checkpoint, resolve
@@ -114,7 +115,7 @@ def timm_vit(
         config["weights"] = weights
     else:
         repo = timm.models.get_pretrained_cfg(model).hf_hub_id
-        path = hub_file(repo, ["model.safetensors", "pytorch_model.bin"])
+        path = hub_file(repo, TIMM_FILES)
         config["weights"] = f"hf-hub:{repo}"
     with reading_checkpoint(path, f"timm {model}"):
         net = create(pretrained=True, pretrained_cfg_overlay={"file": str(path)})

@@ -39,11 +39,32 @@ import torch
 from bench.backbones._shared import FrozenBackbone, RANDOM_LICENCE
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
-from bench.features.weights import WeightsError, download, file_sha256, offline, weights_dir
+from bench.features.weights import (Weights, WeightsError, WeightsFile, download, file_sha256,
+                                    offline, weights_dir)
 
 HUB = "https://tfhub.dev/deepmind/bigbigan-{}/1"
 OUTPUTS = ("avepool_feat", "bn_crelu_feat")
 LICENCE = "Apache-2.0"
+
+
+def module_folder(handle: str) -> str:
+    """Where a module handle is extracted under $BENCH_WEIGHTS."""
+    return "tfhub/" + handle.split("://", 1)[1].rstrip("/").replace("/", "_")
+
+
+def release(encoder: str) -> Weights:
+    """DeepMind's TF Hub module of ``encoder`` (a folder once extracted; its size is not
+    published: unknown)."""
+    handle = HUB.format(encoder)
+    return Weights((WeightsFile(handle, local=module_folder(handle)),), input_size=256,
+                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), licence=LICENCE,
+                   origin="https://tfhub.dev/deepmind/ (DeepMind's BigBiGAN modules)",
+                   paper="Donahue & Simonyan 2019, Large Scale Adversarial Representation "
+                         "Learning (arXiv 1907.02544)",
+                   arguments=("module", "seed"))
+
+
+RELEASED = {"revnet50x4": release("revnet50x4"), "resnet50": release("resnet50")}
 
 
 def import_tensorflow() -> Any:
@@ -78,8 +99,8 @@ def module_dir(source: str) -> Path:
                 "(extract the module's .tar.gz into that folder)"
             )
         return path
-    name = source.split("://", 1)[1].rstrip("/").replace("/", "_")
-    target = weights_dir() / "tfhub" / name
+    target = weights_dir() / module_folder(source)
+    name = target.name
     if (target / "saved_model.pb").is_file():
         return target
     url = f"{source}?tf-hub-format=compressed"
@@ -280,14 +301,14 @@ def build_tiny_module(path: Path, seed: int = 0, size: int = 32, width: int = 16
     "bigbigan",
     description="BigBiGAN RevNet-50x4 encoder (DeepMind TF Hub module, needs frozen-bench[bigbigan]); "
     "default feature = BN+CReLU of the average pool, 256 px in [-1, 1]",
-    licence=LICENCE,
+    released=RELEASED["revnet50x4"],
 )
 @register_backbone(
     "bigbigan-resnet50",
     description="BigBiGAN ResNet-50 encoder (TF Hub module); bn_crelu_feat 4096-d, avepool_feat "
     "2048-d",
-    licence=LICENCE,
-    module=HUB.format("resnet50"),
+    released=RELEASED["resnet50"],
+    module=RELEASED["resnet50"].url,
 )
 @register_backbone(
     "bigbigan-tiny",
@@ -298,7 +319,7 @@ def build_tiny_module(path: Path, seed: int = 0, size: int = 32, width: int = 16
     seed=0,
 )
 def bigbigan(
-    module: str = HUB.format("revnet50x4"),
+    module: str = RELEASED["revnet50x4"].url,
     size: int = 256,
     seed: int | None = None,
 ) -> BigBiGAN:

@@ -33,7 +33,9 @@ from bench.backbones._shared import FrozenBackbone, RANDOM_LICENCE, block_number
 from bench.backbone import VECTOR, FeaturePoint
 from bench.registry import register_backbone
 from bench.features.weights import (
+    Weights,
     WeightsError,
+    WeightsFile,
     file_sha256,
     offline,
     random_weights_file,
@@ -46,6 +48,22 @@ TINY = {
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
 }
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def openai_release(repo: str) -> Weights:
+    """OpenAI's CLIP weights as open_clip fetches them: the ``hf_hub`` of its ``openai`` tag (a
+    timm Hub repo), the safetensors file first; sizes are not published: unknown."""
+    return Weights((WeightsFile("open_clip_model.safetensors",
+                                alternatives=("open_clip_pytorch_model.bin",)),),
+                   hub_id=repo, input_size=224, mean=CLIP_MEAN, std=CLIP_STD, licence="MIT",
+                   origin="https://github.com/openai/CLIP",
+                   paper="Radford et al. 2021, Learning Transferable Visual Models From Natural "
+                         "Language Supervision (arXiv 2103.00020)",
+                   arguments=("model", "pretrained", "seed", "arch"))
+
+
 PREPROCESS_KEYS = {
     "mean": "image_mean",
     "std": "image_std",
@@ -143,12 +161,12 @@ def checkpoint(model: str, pretrained: str) -> tuple[Path, dict[str, Any]]:
     "clip",
     description="CLIP ViT-B/16, OpenAI weights (open_clip); default feature = encode_image (after "
     "the projection, as CLIP_benchmark); pre-projection is the CLIP paper's ViT probe feature",
-    licence="MIT",
+    released=openai_release("timm/vit_base_patch16_clip_224.openai"),
 )
 @register_backbone(
     "clip-b32",
     description="CLIP ViT-B/32, OpenAI weights (open_clip), image embedding",
-    licence="MIT",
+    released=openai_release("timm/vit_base_patch32_clip_224.openai"),
     model="ViT-B-32",
 )
 @register_backbone(

@@ -37,8 +37,9 @@ from torch import nn
 from bench.backbones import _diffusion
 from bench.errors import UsageError
 from bench.backbone import MAP, Backbone, FeaturePoint, state_dict_digest
+from bench.points import LayerName
 from bench.registry import register_backbone
-from bench.features.weights import WeightsError, file_sha256, offline
+from bench.features.weights import Weights, WeightsError, WeightsFile, file_sha256, offline
 
 UNET, TEXT_UNET, DIT = "UNet2DModel", "UNet2DConditionModel", "DiT"
 DENOISER_CLASSES = {
@@ -175,15 +176,6 @@ def weights_file(part: Part) -> Path | None:
             if isinstance(found, str):
                 return Path(found)
     return None
-
-
-# sha256 (the LFS oid) of weights files at a pinned revision, as public sources state them:
-# (repo, revision, path in repo) -> digest. A cached file that differs is refused at load.
-PUBLISHED_SHA256: dict[tuple[str, str, str], str] = {
-    ("google/ddpm-celebahq-256", "cd5c944777ea2668051904ead6cc120739b86c4d",
-     "diffusion_pytorch_model.bin"):
-        "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d",
-}
 
 
 def _digest(part: Part, module: nn.Module) -> str:
@@ -394,11 +386,11 @@ class DiffusersBackbone(Backbone):
 
     def canonical_layer(self, layer: str) -> str:
         module, t = self._parse(layer)
-        return f"{module}@t{t}"
+        return str(LayerName(module, t))
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``mid_block@t90`` -> group t90), modules in first-seen order."""
-        return _diffusion.timestep_groups([self._parse(layer) for layer in layers], "{}@t{}")
+        return _diffusion.timestep_groups([self._parse(layer) for layer in layers])
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every module at the default timestep; any other ``@tT`` is accepted too."""
@@ -408,7 +400,7 @@ class DiffusersBackbone(Backbone):
         module, t = self._parse(layer)
         grid = " (tokens as their patch grid)" if self.model_type == DIT else ""
         return FeaturePoint(
-            f"{module}@t{t}", MAP,
+            str(LayerName(module, t)), MAP,
             f"output of {module} at t={t}{grid} (any @tT, any named sub-module works)",
         )
 
@@ -585,7 +577,6 @@ DIT_REVISION = "eab87f77abd5aef071a632f08807fbaab0b704d0"
 SD21_NOTE = (f"from {SD21_MIRROR}, a community mirror of the deleted "
              "stabilityai/stable-diffusion-2-1 (not maintained by Stability AI)")
 
-
 @register_backbone(
     "diffusers",
     description="any diffusers diffusion model: diffusers:REPO_ID or diffusers:/path/to/folder "
@@ -604,51 +595,91 @@ def diffusers_backbone(
 
 SD = "needs pip install 'frozen-bench[hf]'"
 DDAE = "DDAE (Xiang et al. 2023, arXiv 2303.09769)"
-# name, licence, description, defaults
-HUB_PRESETS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("ddpm-cifar10", "Apache-2.0",
+HALF = (0.5, 0.5, 0.5)  # every family here maps images to [-1, 1]
+UNET_WEIGHTS = "diffusion_pytorch_model"
+
+
+def _hub(repo: str, revision: str, licence: str, size: int, paper: str,
+         *files: WeightsFile) -> Weights:
+    """A Hub release: the weights files diffusers loads from it (configs and tokenizer files,
+    under 2 MB together, aside), each with the size and sha256 its sources publish."""
+    return Weights(files, hub_id=repo, revision=revision, input_size=size, mean=HALF, std=HALF,
+                   licence=licence, origin=f"https://huggingface.co/{repo}", paper=paper,
+                   arguments=("source", "revision"))
+
+
+DDPM_PAPER = "Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv 2006.11239)"
+SD_PAPER = "Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models (arXiv 2112.10752)"
+DIT_PAPER = "Peebles & Xie 2023, Scalable Diffusion Models with Transformers (arXiv 2212.09748)"
+# google/ddpm-celebahq-256's weights at cd5c944: 454,853,117 bytes, sha256 (its LFS oid) as two
+# public records of that cached file state. Stable Diffusion 1.5: the Hub's file listing
+# (HfApi.model_info(files_metadata=True)) of runwayml/stable-diffusion-v1-5, whose last commit
+# is the mirror's pinned 451f4fe, as a public script printed it. Other sizes are not published
+# where we could read them: None.
+DDPM_CIFAR10 = _hub("google/ddpm-cifar10-32", DDPM_CIFAR10_REVISION, "Apache-2.0", 32, DDPM_PAPER,
+                    WeightsFile(f"{UNET_WEIGHTS}.safetensors"))
+DDPM_CELEBAHQ = _hub(
+    "google/ddpm-celebahq-256", DDPM_CELEBAHQ_REVISION, "Apache-2.0", 256, DDPM_PAPER,
+    WeightsFile(f"{UNET_WEIGHTS}.bin", 454_853_117,
+                "efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d"))
+SD15 = _hub(SD15_REPO, SD15_REVISION, "CreativeML OpenRAIL-M", 512, SD_PAPER,
+            WeightsFile(f"unet/{UNET_WEIGHTS}.safetensors", 3_438_167_540),
+            WeightsFile(f"vae/{UNET_WEIGHTS}.safetensors", 334_643_276),
+            WeightsFile("text_encoder/model.safetensors", 492_265_874))
+SD21 = _hub(SD21_MIRROR, SD21_REVISION, "CreativeML OpenRAIL++-M", 768, SD_PAPER,
+            WeightsFile(f"unet/{UNET_WEIGHTS}.safetensors"),
+            WeightsFile(f"vae/{UNET_WEIGHTS}.safetensors"),
+            WeightsFile("text_encoder/model.safetensors"))
+DIT_XL = _hub("facebook/DiT-XL-2-256", DIT_REVISION, "CC-BY-NC 4.0", 256, DIT_PAPER,
+           WeightsFile(f"transformer/{UNET_WEIGHTS}.bin"),
+           WeightsFile(f"vae/{UNET_WEIGHTS}.safetensors"))
+
+
+# name, description, release, defaults
+HUB_PRESETS: list[tuple[str, str, Weights, dict[str, Any]]] = [
+    ("ddpm-cifar10",
      "DDPM CIFAR-10 32x32 U-Net (google/ddpm-cifar10-32), up_blocks.0 (8x8) at t=90",
-     dict(source="google/ddpm-cifar10-32", revision=DDPM_CIFAR10_REVISION,
-          layers=("up_blocks.0",), t=90, pool="2")),
-    ("ddpm-celebahq", "Apache-2.0",
+     DDPM_CIFAR10, dict(layers=("up_blocks.0",), t=90, pool="2")),
+    ("ddpm-celebahq",
      "DDPM CelebA-HQ 256x256 U-Net (google/ddpm-celebahq-256), up_blocks.0 (16x16) at t=90",
-     dict(source="google/ddpm-celebahq-256", revision=DDPM_CELEBAHQ_REVISION,
-          layers=("up_blocks.0",), t=90, pool="2")),
-    ("sd-1.5", "CreativeML OpenRAIL-M",
+     DDPM_CELEBAHQ, dict(layers=("up_blocks.0",), t=90, pool="2")),
+    ("sd-1.5",
      f"Stable Diffusion 1.5 U-Net on VAE latents, empty prompt, up_blocks.1 (32x32 latent) at "
      f"t=100; {SD}",
-     dict(source=SD15_REPO, revision=SD15_REVISION, layers=("up_blocks.1",), t=100, pool="2")),
-    ("sd-2.1", "CreativeML OpenRAIL++-M",
+     SD15, dict(layers=("up_blocks.1",), t=100, pool="2")),
+    ("sd-2.1",
      f"Stable Diffusion 2.1 (768 px) U-Net on VAE latents, empty prompt, up_blocks.1 at t=100, "
      f"{SD21_NOTE}; {SD}",
-     dict(source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=100, pool="2")),
-    ("dift", "CreativeML OpenRAIL++-M",
+     SD21, dict(layers=("up_blocks.1",), t=100, pool="2")),
+    ("dift",
      "DIFT (Tang et al. 2023, arXiv 2306.03881: SD 2.1, up_blocks.1 at t=261, 8 noise draws "
      f"averaged, 768 px, empty prompt, sampled VAE latent), {SD21_NOTE}; {SD}",
-     dict(source=SD21_MIRROR, revision=SD21_REVISION, layers=("up_blocks.1",), t=261,
-          noise_draws=8, size=768, latent="sample", pool="2")),
-    ("dit-xl-2-256", "CC-BY-NC 4.0",
+     SD21, dict(layers=("up_blocks.1",), t=261, noise_draws=8, size=768, latent="sample",
+                pool="2")),
+    ("dit-xl-2-256",
      "DiT-XL/2 256x256 class-conditional transformer on VAE latents, null class, "
      "transformer_blocks.14 (16x16 patch grid) at t=50",
-     dict(source="facebook/DiT-XL-2-256", revision=DIT_REVISION,
-          layers=("transformer_blocks.14",), t=50, pool="2")),
-    ("ddae-ddpm-cifar10", "Apache-2.0",
+     DIT_XL, dict(layers=("transformer_blocks.14",), t=50, pool="2")),
+    ("ddae-ddpm-cifar10",
      f"{DDAE} on DDPM CIFAR-10: up_blocks.1.resnets.2 at t=11, global average pool "
      "(google/ddpm-cifar10-32)",
-     dict(source="google/ddpm-cifar10-32", revision=DDPM_CIFAR10_REVISION,
-          layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
-    ("ddae-dit", "CC-BY-NC 4.0",
+     DDPM_CIFAR10, dict(layers=("up_blocks.1.resnets.2",), t=11, pool="1")),
+    ("ddae-dit",
      f"{DDAE} on DiT-XL/2 256 (facebook/DiT-XL-2-256, the ImageNet model its DiT probe loads): "
      "its 'layer-13' (13th block, counted from 1 as its code names blocks: "
      "transformer_blocks.12) at t=121 (its CIFAR-10 default; t=81 for Tiny-ImageNet), mean over "
      "tokens, sampled VAE latent, null class 1000",
-     dict(source="facebook/DiT-XL-2-256", revision=DIT_REVISION,
-          layers=("transformer_blocks.12",), t=121, pool="1",
-          latent="sample")),
+     DIT_XL, dict(layers=("transformer_blocks.12",), t=121, pool="1", latent="sample")),
 ]
-for _name, _licence, _description, _defaults in HUB_PRESETS:
-    register_backbone(_name, description=_description, licence=_licence,
-                      layer_template=LAYER_TEMPLATE, **_defaults)(diffusers_backbone)
+RELEASES = (DDPM_CIFAR10, DDPM_CELEBAHQ, SD15, SD21, DIT_XL)
+# (repo, revision, path in repo) -> the sha256 a release declares: a cached file that differs is
+# refused at load
+PUBLISHED_SHA256: dict[tuple[str, str, str], str] = {
+    (w.hub_id, w.revision, f.name): f.sha256 for w in RELEASES for f in w.files if f.sha256}
+for _name, _description, _released, _defaults in HUB_PRESETS:
+    register_backbone(_name, description=_description, released=_released,
+                      layer_template=LAYER_TEMPLATE, source=_released.hub_id,
+                      revision=_released.revision, **_defaults)(diffusers_backbone)
 
 
 @register_backbone(

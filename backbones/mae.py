@@ -13,30 +13,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.backbones._shared import RANDOM_LICENCE
+from bench.backbones._shared import RANDOM_LICENCE, timm_release
 from bench.backbones._vit import TimmViT, timm_vit
 from bench.registry import register_backbone
 
 LICENCE = "CC-BY-NC 4.0"
 TINY = {"embed_dim": 32, "depth": 3, "num_heads": 2, "img_size": 32}
+PAPER = "He et al. 2022, Masked Autoencoders Are Scalable Vision Learners (arXiv 2111.06377)"
+ORIGIN = "https://github.com/facebookresearch/mae (converted by timm)"
 
 
 @register_backbone(
     "mae",
     description="MAE ViT-B/16 (timm vit_base_patch16_224.mae); default feature = CLS token after "
     "the final norm, as MAE's linear probe",
-    licence=LICENCE,
+    released=timm_release("vit_base_patch16_224.mae", LICENCE, ORIGIN, PAPER),
 )
 @register_backbone(
     "mae-large",
     description="MAE ViT-L/16 (timm vit_large_patch16_224.mae), CLS token",
-    licence=LICENCE,
+    released=timm_release("vit_large_patch16_224.mae", LICENCE, ORIGIN, PAPER),
     model="vit_large_patch16_224.mae",
 )
 @register_backbone(
     "mae-huge",
     description="MAE ViT-H/14 (timm vit_huge_patch14_224.mae), CLS token",
-    licence=LICENCE,
+    released=timm_release("vit_huge_patch14_224.mae", LICENCE, ORIGIN, PAPER),
     model="vit_huge_patch14_224.mae",
 )
 @register_backbone(

@@ -28,10 +28,20 @@ from typing import Any
 from bench.backbones._resnet import ResNetBackbone, resnet50_net
 from bench.backbones._shared import IMAGENET_MEAN, IMAGENET_STD, RANDOM_LICENCE, load_state_dict_file, resize_crop
 from bench.registry import register_backbone
-from bench.features.weights import WeightsError, file_sha256, random_weights_file, resolve
+from bench.errors import UsageError
+from bench.features.weights import (Weights, WeightsError, WeightsFile, file_sha256,
+                                    random_weights_file, resolve)
 
 HUB = "https://huggingface.co/lightly-ai/simclrv1-imagenet1k-resnet50-{w}x/resolve/main/resnet50-{w}x.pth"
 NORMALISED_FORMATS = {"simclr-converter": False, "vissl": True}
+# width -> Lightly's copy of the converted official weights (inputs in [0, 1], no normalisation);
+# sizes and digests are not published: unknown
+RELEASED = {width: Weights(
+    (WeightsFile(HUB.format(w=width)),), input_size=224, licence="Apache-2.0",
+    origin="https://github.com/google-research/simclr (converted by tonylins/simclr-converter)",
+    paper="Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual "
+          "Representations (arXiv 2002.05709), Table 6 (linear evaluation)",
+    arguments=("weights", "width", "seed")) for width in (1, 2, 4)}
 
 
 def convert_state_dict(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -56,18 +66,18 @@ def convert_state_dict(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], str]
     "simclr",
     description="SimCLR v1 ResNet-50 (1x), official TF weights converted to PyTorch; 2048-d "
     "average pool, inputs in [0, 1] without ImageNet normalisation",
-    licence="Apache-2.0",
+    released=RELEASED[1],
 )
 @register_backbone(
     "simclr-2x",
     description="SimCLR v1 ResNet-50 (2x), converted official weights; 4096-d average pool",
-    licence="Apache-2.0",
+    released=RELEASED[2],
     width=2,
 )
 @register_backbone(
     "simclr-4x",
     description="SimCLR v1 ResNet-50 (4x), converted official weights; 8192-d average pool",
-    licence="Apache-2.0",
+    released=RELEASED[4],
     width=4,
 )
 @register_backbone(
@@ -93,7 +103,10 @@ def simclr(
         path = random_weights_file(config, seed, lambda: resnet50_net(width))
         config["weights"] = f"random seed {seed}"
     else:
-        config["weights"] = weights or HUB.format(w=width)
+        if weights is None and width not in RELEASED:
+            raise UsageError(f"SimCLR has no released weights of width {width} (released: "
+                             f"{', '.join(map(str, RELEASED))}); pass weights=PATH or URL")
+        config["weights"] = weights or RELEASED[width].url
         path = resolve(config["weights"])
     state, source = convert_state_dict(load_state_dict_file(path))
     net = resnet50_net(width)

@@ -8,17 +8,28 @@ from __future__ import annotations
 from typing import Any
 
 from bench.backbones._resnet import ResNetBackbone, resnet50_net, torchvision_file
-from bench.backbones._shared import RANDOM_LICENCE, load_state_dict_file
+from bench.backbones._shared import (IMAGENET_MEAN, IMAGENET_STD, RANDOM_LICENCE,
+                                     load_state_dict_file, timm_release)
 from bench.backbones._vit import TimmViT, timm_vit
 from bench.registry import register_backbone
-from bench.features.weights import file_sha256, random_weights_file, resolve
+from bench.features.weights import (Weights, WeightsFile, file_sha256, random_weights_file,
+                                    resolve)
+
+# torchvision's IMAGENET1K_V1 file; its name carries the first 8 hex digits of its sha256 (what
+# torchvision checks), its size is published only rounded (97.781 MB): neither is stated here
+RESNET50_V1 = Weights(
+    (WeightsFile("https://download.pytorch.org/models/resnet50-0676ba61.pth"),),
+    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, licence="BSD-3-Clause",
+    origin="torchvision.models.ResNet50_Weights.IMAGENET1K_V1",
+    paper="He et al. 2016, Deep Residual Learning (arXiv 1512.03385); 76.13 top-1 (torchvision)",
+    arguments=("weights", "width", "seed"))
 
 
 @register_backbone(
     "resnet50-supervised",
     description="reference: torchvision ResNet-50 trained with labels on ImageNet-1k (IMAGENET1K_V1, "
     "76.1% top-1, the classical recipe), 2048-d average pool",
-    licence="BSD-3-Clause",
+    released=RESNET50_V1,
 )
 @register_backbone(
     "resnet50-tiny",
@@ -70,7 +81,10 @@ DINOV2_TINY = {"embed_dim": 32, "depth": 3, "num_heads": 2, "img_size": 56}
     "dinov2",
     description="reference: DINOv2 ViT-B/14 (LVD-142M) via timm at 224 px; default feature = CLS "
     "token + patch mean of the final tokens, as DINOv2's linear evaluation",
-    licence="Apache-2.0",
+    released=timm_release(
+        "vit_base_patch14_dinov2.lvd142m", "Apache-2.0",
+        "https://github.com/facebookresearch/dinov2 (converted by timm)",
+        "Oquab et al. 2023, DINOv2 (arXiv 2304.07193)", input_size=518),
 )
 @register_backbone(
     "dinov2-tiny",

@@ -18,7 +18,6 @@ Pooling is part of the feature spec and lives here so every backbone gets the sa
 from __future__ import annotations
 
 import hashlib
-import re
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,15 +27,9 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError, UsageError
+from bench.points import MAP, POOLS_BY_KIND, TOKENS, VECTOR, Pool
 
-MAP, TOKENS, VECTOR = "map", "tokens", "vector"
-POOLS_BY_KIND = {
-    MAP: "'1','2','4','8' (average over p x p equal windows, flattened; p must divide the map's "
-    "height and width, so windows never overlap), 'mapN' (the same to the largest such p <= N, "
-    "kept as a map for attention heads), 'max'",
-    TOKENS: "'cls', 'mean' (mean of patch tokens), 'cls+mean', 'tokens' (all tokens kept)",
-    VECTOR: "'none'",
-}
+__all__ = ["MAP", "TOKENS", "VECTOR", "Backbone", "FeaturePoint", "check_pool", "pool_features"]
 
 
 class BackboneOutputError(BenchError, RuntimeError):
@@ -160,11 +153,10 @@ def check_outputs(backbone: Backbone, raw: Any, layers: Sequence[str], batch: in
 
 
 def check_pool(point: FeaturePoint, pool: str) -> None:
-    ok = {
-        MAP: re.fullmatch(r"[1-9]\d*|map[1-9]\d*|max", pool),
-        TOKENS: pool in {"cls", "mean", "cls+mean", "tokens"} and (point.has_cls or "cls" not in pool),
-        VECTOR: pool == "none",
-    }[point.kind]
+    try:
+        ok = Pool.parse(pool).applies(point.kind, point.has_cls)
+    except UsageError:
+        ok = False
     if not ok:
         raise UsageError(
             f"pool {pool!r} does not apply to layer {point.name!r} ({point.kind}); "
@@ -176,28 +168,29 @@ def pool_features(out: torch.Tensor, point: FeaturePoint, pool: str) -> torch.Te
     """(B, ...) raw output -> (B, D) vector, or (B, C, h, w) / (B, N, C) for map/token pools."""
     if point.kind == VECTOR:
         return out.flatten(1)
+    parsed = Pool.parse(pool)
     if point.kind == TOKENS:
         patches = out[:, 1:] if point.has_cls else out
-        if pool == "cls":
+        if parsed.form == "cls":
             return out[:, 0]
-        if pool == "mean":
+        if parsed.form == "mean":
             return patches.mean(1)
-        if pool == "cls+mean":
+        if parsed.form == "cls+mean":
             return torch.cat([out[:, 0], patches.mean(1)], dim=1)
         return out  # "tokens"
-    if pool == "max":
+    if parsed.form == "max":
         return out.amax(dim=(2, 3))
     height, width = out.shape[-2:]
     sides = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
-    if pool.startswith("map"):
-        side = max(p for p in sides if p <= int(pool[3:]))
+    if parsed.keeps_map:
+        side = max(p for p in sides if p <= parsed.size)
         return nn.functional.adaptive_avg_pool2d(out.float(), side)
-    if int(pool) not in sides:
+    if parsed.size not in sides:
         raise UsageError(
             f"pool {pool!r} does not fit layer {point.name!r}: its map is {height}x{width} and a "
             f"pool must divide both sides (windows would overlap or exceed the map); valid pools: "
             f"{', '.join(map(str, sides))}, 'mapN', 'max'")
-    return nn.functional.adaptive_avg_pool2d(out.float(), int(pool)).flatten(1)
+    return nn.functional.adaptive_avg_pool2d(out.float(), parsed.size).flatten(1)
 
 
 def state_dict_digest(module: nn.Module) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.errors import BenchError
-from bench.plugins import Instances
+from bench.registry import Registry
 
 TOP = 5  # class ids kept per image
 
@@ -140,7 +140,7 @@ def average(scores: np.ndarray, labels: np.ndarray | None) -> float:
     return float((sums[present] / counts[present]).mean())
 
 
-METRICS: Instances[Metric] = Instances("metric", Metric, "bench.metrics")
+METRICS: Registry[Metric] = Registry("metric", Metric, key=lambda metric: metric.name)
 add = METRICS.add  # register a Metric (entry points in the group ``bench.metrics`` land here)
 names = METRICS.names
 get = METRICS.get

@@ -62,9 +62,9 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                          'tests and demos',
                                                           'licence': 'none (random weights)',
                                                           'name': 'diffusion-tiny'}],
-                                             'sha256': 'd45a8761b223c4cd63f939fd9cba734dd4c2d912723bd3bb2afc874e6491b8f7'},
+                                             'sha256': '58d7ebfe15d1f4c4ff1cebb53eb4df868e3d054b0125772aad4b3b12b595ca52'},
                      'bench.backbones.adm.backbone': {'presets': [],
-                                                      'sha256': '0de1c1a18dabbfcc096e2ec7b58ce72d72d3fa16e0758e7117d738e399ddcd55'},
+                                                      'sha256': '611b406e27613f7748675c094b68410d48e6573defd7c3d8e7d7700e37447da7'},
                      'bench.backbones.adm.diffeed': {'presets': [],
                                                      'sha256': '5565e37b8f2b178c8084053454ef4a3b1ff9f26ce1b83a8931f0356bada01af7'},
                      'bench.backbones.adm.diffusion': {'presets': [],
@@ -100,7 +100,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                               'TensorFlow',
                                                                'licence': 'none (random weights)',
                                                                'name': 'bigbigan-tiny'}],
-                                                  'sha256': '8eff94abd0da6d784e131f4e9dc27e5870e4e9a5f5c40b8d4070d9f751c3de8e'},
+                                                  'sha256': '63482d12bedecf39bb8305dc0a093e84f4c89e96b39c2fdf722d336b387aada1'},
                      'bench.backbones.clip': {'presets': [{'description': 'CLIP ViT-B/16, OpenAI '
                                                                           'weights (open_clip); '
                                                                           'default feature = '
@@ -125,7 +125,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                           'the weights dir',
                                                            'licence': 'none (random weights)',
                                                            'name': 'clip-tiny'}],
-                                              'sha256': 'b800a2557b506de5334ad84cfcdbb26ed03a95525e9aef975a61e89f180e96b8'},
+                                              'sha256': '09f2627e235dddbaaac74c55eae96d23b40b22f5d1a53b810e85f0a1da06cd9b'},
                      'bench.backbones.diffusers_models': {'presets': [{'description': 'DDAE (Xiang '
                                                                                       'et al. '
                                                                                       '2023, arXiv '
@@ -335,7 +335,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                        'licence': 'none (random '
                                                                                   'weights)',
                                                                        'name': 'sd-tiny'}],
-                                                          'sha256': '3483028013d3db0db223ce9ffa7da3227864d6a8a95a61de885cc7f7c27bf0ca'},
+                                                          'sha256': 'd44cb10b83f1edb5e1ef96deeb9169cc9e5a0fc6cf8b661a06f42e1ae3a39996'},
                      'bench.backbones.hf_models': {'presets': [{'description': 'hf:REPO_OR_PATH, a '
                                                                                'transformers '
                                                                                'vision encoder '
@@ -378,7 +378,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                          'from the weights dir',
                                                           'licence': 'none (random weights)',
                                                           'name': 'mae-tiny'}],
-                                             'sha256': 'a6ba151bf164a24480b9cf36d1b0ea651afc3ae893b8c1791701492f73145ff6'},
+                                             'sha256': 'e43ab892ef29ce15d02f2a6fefa907b5648e4acd7223baabbdc9f2812b5da792'},
                      'bench.backbones.open_clip_models': {'presets': [{'description': 'open_clip:ARCH/TAG, '
                                                                                       'any '
                                                                                       'open_clip '
@@ -458,7 +458,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                             'conversion',
                                                              'licence': 'none (random weights)',
                                                              'name': 'simclr-tiny'}],
-                                                'sha256': 'b1183153edb306d7d30720b311c260f9d2a51bcb5f772c79399fac0e5d39f604'},
+                                                'sha256': 'd67f5f22477afc8587803e32f44bf9e70dba8c682f19946d5dbd7799d4b51746'},
                      'bench.backbones.supervised': {'presets': [{'description': 'reference: DINOv2 '
                                                                                 'ViT-B/14 '
                                                                                 '(LVD-142M) via '
@@ -503,7 +503,7 @@ INDEX = {'bench.backbones': {'bench.backbones': {'presets': [],
                                                                                 'weights dir',
                                                                  'licence': 'none (random weights)',
                                                                  'name': 'resnet50-tiny'}],
-                                                    'sha256': 'f9960d866830013c31aabb98acaaf2a9142520e4af343df7efe913d3404fb6f3'},
+                                                    'sha256': '9552a432014ec528b51d57d01be015075facb364942631bac459131943966654'},
                      'bench.backbones.timm_models': {'presets': [{'description': 'timm:NAME, any '
                                                                                  'timm model (tag '
                                                                                  'in the name, '

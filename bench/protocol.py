@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 from bench.metrics import TOP, Predictions
-from bench.plugins import Instances
+from bench.registry import Registry
 
 # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 # 5: halving never drops a point within one binomial standard error of the best on val
@@ -227,10 +227,13 @@ class HeadKind:
     def accepts(self, point: Any, pool: str) -> bool:
         """Whether ``pool`` of feature point ``point`` (``bench.backbone.FeaturePoint``) gives
         what this head reads: (C, h, w) maps (``mapN`` of a map) or one vector per image."""
-        maps = point.kind == "map" and pool.startswith("map")
+        from bench.points import Pool
+
+        parsed = Pool.parse(pool)
+        maps = point.kind == "map" and parsed.keeps_map
         if self.inputs == "maps":
             return maps
-        return not maps and pool != "tokens"
+        return not maps and parsed.form != "tokens"
 
     def requirement(self) -> str:
         """What ``accepts`` asks for, said to a user."""
@@ -267,11 +270,11 @@ def _head_kind(given: Any) -> Any:
     return kind
 
 
-# The built-in heads (``bench.heads.kinds``), then installed packages' entry points in the group
-# ``bench.heads`` (a ``HeadKind``, a subclass, or a module that registers on import).
-HEADS: Instances[HeadKind] = Instances(
-    "head", HeadKind, "bench.heads",
-    lambda: importlib.import_module("bench.heads.kinds").KINDS, _head_kind)
+# The entry points of the group ``bench.heads``: this project's (its built-in kinds, pyproject's
+# ``bench.heads.kinds:KINDS``) first, then installed packages' (a ``HeadKind``, a subclass, a
+# tuple of them, or a module that registers on import). Core names no heads module.
+HEADS: Registry[HeadKind] = Registry("head", HeadKind, key=lambda kind: kind.name,
+                                     prepare=_head_kind)
 head_names = HEADS.names
 head_kind = HEADS.get
 

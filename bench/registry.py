@@ -1,10 +1,19 @@
-"""timm-style registries: named presets of backbones and tasks, discovered from their packages.
+"""Registries: named plugins of one kind, found in this package and in installed packages.
 
-A preset is a factory plus default keyword arguments, a one-line description and (for weights) a
-licence. Several presets may share one factory (``mae``, ``mae-large``); ``create`` merges the
-user's overrides over the preset's defaults. Family modules register themselves on import; the
-registry imports a module when a preset of it is first created, so the CLI pays for model code
-only when it builds a model.
+``Registry[T]`` is the one implementation (lm-evaluation-harness's and timm's shape): entries of
+one type, checked against a base class when added (``classes=True``: subclasses of it, e.g.
+executors; else instances, e.g. head kinds and metrics, which carry their own ``name``); a
+decorator and ``add``; discovery on first use of the entry-point group ``bench.<kind>s`` (an
+entry point names a module, which registers on import, an object, or a tuple of objects: a
+package's built-ins); ``names(pattern)``; and an unknown name answered with the close matches.
+A ``lazy`` registry lists entry points by name and loads one only when it is asked for.
+
+``Presets`` layers the backbone and task presets on top of it (``backbones``, ``tasks``). A preset
+is a factory plus default keyword arguments, a one-line description and (for weights) a licence.
+Several presets may share one factory (``mae``, ``mae-large``); ``create`` merges the user's
+overrides over the preset's defaults. Family modules register themselves on import; the registry
+imports a module when a preset of it is first created, so the CLI pays for model code only when
+it builds a model.
 
 Listing needs no import at all: ``bench/preset_index.py`` records, per module of a registry's
 package, the sha256 of its source and the presets it registers (name, description, licence), so
@@ -24,9 +33,6 @@ Beyond the presets of this repository, a name may be:
 
 ``create`` checks every argument against the factory's signature and annotations before calling it,
 so the CLI and the Python API report a mistyped argument the same way, naming it.
-
-``Plugins`` is a registry of classes (executors): a decorator, an entry-point group
-``bench.<kind>s`` and a base-class check, nothing imported before a name is asked for.
 """
 
 from __future__ import annotations
@@ -42,16 +48,18 @@ import pkgutil
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from bench.errors import BenchError, UsageError
+from bench.errors import UsageError
 
 
-class UnknownNameError(BenchError, KeyError):
-    """An unknown backbone or task name; the message suggests close matches."""
+class UnknownNameError(UsageError, KeyError):
+    """An unknown backbone, task, head, metric or executor name; the message suggests close
+    matches."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
         return str(self.args[0])
@@ -66,6 +74,167 @@ class FactoryError(UsageError):
     the wrong kind of object."""
 
 
+class DuplicateNameError(UsageError):
+    """Two different things registered under one name (two plugins, two paper files)."""
+
+
+class RegistrationError(FactoryError, TypeError):
+    """Something registered that is not of the registry's type (not a subclass, not an
+    instance of its base)."""
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named entries of type ``T``: instances of ``base``, or with ``classes`` subclasses of it.
+
+    ``key`` names an entry that carries its own name (``lambda kind: kind.name``); without it an
+    entry is registered under the name it is given (the entry point's, for installed ones).
+    ``prepare`` turns what is given into the entry (and may refuse it with a TypeError or
+    ValueError); ``also`` adds more once discovery is done (names another library knows).
+    Nothing is imported until a name is asked for, so the CLI passes a registry itself as an
+    argparse ``choices`` (with a ``metavar``): ``bench --help`` imports no plugin.
+    """
+
+    def __init__(self, kind: str, base: type, *, classes: bool = False,
+                 key: Callable[[Any], str] | None = None,
+                 prepare: Callable[[Any], Any] | None = None,
+                 also: Callable[[Registry[T]], None] | None = None,
+                 lazy: bool = False, group: str | None = None):
+        self.kind, self.base, self.classes, self.key = kind, base, classes, key
+        self.prepare, self.also, self.lazy = prepare, also, lazy
+        self.group = group or f"bench.{kind}s"
+        self._entries: dict[str, T] = {}
+        self._pending: dict[str, Callable[[], Any]] = {}  # lazy entries: name -> loader
+        self._discovered = False
+
+    # --- adding ---------------------------------------------------------------------------------
+    def register(self, name: str | None = None) -> Callable[[Any], Any]:
+        """Decorator adding what it decorates (under ``name``, or the entry's own ``key``)."""
+
+        def decorator(obj: Any) -> Any:
+            self.add(obj, name)
+            return obj
+
+        return decorator
+
+    def add(self, given: Any, name: str | None = None) -> T:
+        """Add ``given`` (prepared, then checked against the base) under ``name`` or its own
+        name; the same name registered twice with something else is a DuplicateNameError."""
+        entry = self.prepare(given) if self.prepare is not None else given
+        self._check(entry, name)
+        name = self.key(entry) if self.key is not None else name
+        if not name:
+            raise ValueError(f"a {self.kind} needs a name to be registered under")
+        existing = self._entries.get(name)
+        if existing is not None and existing is not entry and existing != entry:
+            raise DuplicateNameError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        self._pending.pop(name, None)
+        return entry
+
+    def add_lazy(self, name: str, load: Callable[[], Any]) -> None:
+        """List ``name`` now; ``load()`` gives what to ``add`` when it is first asked for (a
+        name listed already is a DuplicateNameError: neither silently supersedes the other)."""
+        if name in self._entries or name in self._pending:
+            raise DuplicateNameError(f"{self.kind} {name!r} is registered twice")
+        self._pending[name] = load
+
+    def _check(self, entry: Any, name: str | None) -> None:
+        base = f"{self.base.__module__}.{self.base.__qualname__}"
+        if self.classes and not (isinstance(entry, type) and issubclass(entry, self.base)):
+            raise RegistrationError(f"{self.kind} {name!r}: {entry!r} is not a subclass of "
+                                    f"{base}: derive it from that")
+        if not self.classes and not isinstance(entry, self.base):
+            raise RegistrationError(f"a {self.kind} must be a {base}, got "
+                                    f"{type(entry).__name__}")
+
+    # --- discovery ------------------------------------------------------------------------------
+    def discover(self) -> None:
+        """Register the built-ins (``_load_builtins``), then installed packages' entry points,
+        then ``also``'s: once."""
+        if self._discovered:
+            return
+        self._discovered = True
+        self._load_builtins()
+        self._load_entry_points()
+        if self.also is not None:
+            self.also(self)
+
+    def _load_builtins(self) -> None:
+        """What the registry finds besides entry points (``Presets``: its package's modules)."""
+
+    def _load_entry_points(self) -> None:
+        """Every entry point of ``group``, this project's first: a module registers on import;
+        an object (or a tuple of them) is added. One that fails to load or is refused is
+        skipped with a warning naming it, so one broken plugin does not hide the others; in a
+        lazy registry an entry point is only listed, and loaded (errors raised) when asked for."""
+        from importlib.metadata import entry_points
+
+        points = sorted(entry_points(group=self.group),
+                        key=lambda point: not point.value.startswith("bench."))
+        for point in points:
+            if self.lazy:
+                self.add_lazy(point.name, point.load)
+                continue
+            try:
+                self._add_loaded(point.name, point.load())
+            except Exception as e:
+                warnings.warn(f"{self.group} entry point {point.name!r} ({point.value}) is "
+                              f"skipped: {type(e).__name__}: {e}", stacklevel=3)
+
+    def _add_loaded(self, name: str, loaded: Any) -> None:
+        """What an entry point ``name`` loaded: a module has registered itself on import."""
+        if isinstance(loaded, types.ModuleType):
+            return
+        if isinstance(loaded, tuple) and self.key is not None:
+            for item in loaded:
+                self.add(item)
+        else:
+            self.add(loaded, name)
+
+    # --- looking up -----------------------------------------------------------------------------
+    def names(self, pattern: str = "*") -> list[str]:
+        """Every name matching the glob ``pattern``, in the order registered (built-ins first)."""
+        self.discover()
+        return [n for n in (*self._entries, *self._pending) if fnmatch.fnmatchcase(n, pattern)]
+
+    def values(self) -> list[T]:
+        self.discover()
+        for name in list(self._pending):
+            self.get(name)
+        return list(self._entries.values())
+
+    def get(self, name: str) -> T:
+        """The entry registered as ``name``; UnknownNameError suggesting close names."""
+        self.discover()
+        if name in self._pending:  # listed until it loads (a failure stays listed, raised again)
+            self._add_loaded(name, self._pending[name]())
+        if name in self._entries:
+            return self._entries[name]
+        raise self.unknown(name)
+
+    def unknown(self, name: str, near: str | None = None) -> UnknownNameError:
+        """The error for an unknown ``name``: the names close to it (or to ``near``), then where
+        to see them all (``listing``)."""
+        close = difflib.get_close_matches(near or name, self.names(), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return UnknownNameError(f"unknown {self.kind} {name!r}.{hint} {self.listing()}")
+
+    def listing(self) -> str:
+        """Where a user sees every name (the end of an unknown name's message)."""
+        return f"{self.kind}s: {', '.join(self.names()) or '(none)'}"
+
+    def __contains__(self, name: object) -> bool:
+        self.discover()
+        return name in self._entries or name in self._pending
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+# --- presets: backbones and tasks -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -76,6 +245,7 @@ class Entry:
     argument: str | None = None  # keyword that receives ARG in "name:ARG" (e.g. folder:PATH)
     layer_template: str | None = None  # sweep axes -> layer name, e.g. "block{block}@t{t}"
     module: str = ""  # the module whose import registers it
+    released: Any = None  # the bench.features.weights.Weights its defaults load (None: none)
 
 
 @dataclass(frozen=True)
@@ -88,19 +258,21 @@ class Preset:
     module: str = ""
 
 
-class Registry:
+class Presets(Registry[Entry]):
+    """The presets of one kind (backbone, task): the modules of ``package`` register them on
+    import, the index lists them without importing, installed packages add theirs by entry
+    point (a module, or a factory registered under the entry point's name)."""
+
     def __init__(self, kind: str, package: str, index: dict[str, Any] | None = None,
                  shipped_index: bool = False):
-        self.kind = kind
+        super().__init__(kind, Entry, key=lambda entry: entry.name)
         self.package = package
-        self._entries: dict[str, Entry] = {}
-        self._discovered = False
-        self._plugins_loaded = False
         # module -> {"sha256", "presets"}; bench/preset_index.py's (shipped_index), else none
         self._index = index if index is not None or shipped_index else {}
         self._listed: dict[str, Preset] | None = None
+        self._entry_points_loaded = False  # listing loads them without a full discovery
 
-    def register(
+    def register(  # type: ignore[override]  # a preset's settings besides its name
         self,
         name: str,
         *,
@@ -108,42 +280,51 @@ class Registry:
         licence: str = "",
         argument: str | None = None,
         layer_template: str | None = None,
+        released: Any = None,
         **defaults: Any,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering ``factory`` under ``name`` with preset ``defaults``; stackable."""
+        """Decorator registering ``factory`` under ``name`` with preset ``defaults``; stackable.
+        ``released``: the ``bench.features.weights.Weights`` the defaults load (its licence is
+        the preset's unless ``licence`` is given)."""
 
         module = sys._getframe(1).f_globals.get("__name__", "")  # the registering module
+        licence = licence or (released.licence if released is not None else "")
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self.add(Entry(name, factory, dict(defaults), description, licence, argument,
-                           layer_template, module))
+                           layer_template, module, released))
             return factory
 
         return decorator
 
-    def add(self, entry: Entry) -> None:
-        existing = self._entries.get(entry.name)
-        if existing is not None and existing.factory is not entry.factory:
-            raise ValueError(f"{self.kind} {entry.name!r} is registered twice")
-        self._entries[entry.name] = entry
+    def _load_entry_points(self) -> None:
+        if not self._entry_points_loaded:
+            self._entry_points_loaded = True
+            super()._load_entry_points()
+
+    def _add_loaded(self, name: str, loaded: Any) -> None:
+        """An entry point's factory becomes a preset named like the entry point."""
+        if isinstance(loaded, types.ModuleType):
+            return
+        if not callable(loaded):
+            raise FactoryError(f"{self.kind} entry point {name!r} is not a factory")
+        doc = (inspect.getdoc(loaded) or "").split("\n", 1)[0]
+        self.add(Entry(name, loaded, description=doc or f"entry point of {name}",
+                       licence="unknown: see the package's documentation"))
 
     def load_all(self) -> None:
         """Import every module of the package (and the plugins): every preset registered, and
         whatever else the modules register on import."""
-        self._discover()
+        self.discover()
 
-    def _discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
+    def _load_builtins(self) -> None:
         package = importlib.import_module(self.package)
         for module in pkgutil.walk_packages(package.__path__, prefix=f"{self.package}."):
             if not module.name.rsplit(".", 1)[-1].startswith("_"):
                 importlib.import_module(module.name)
-        self._discover_entry_points()
 
     def modules(self) -> dict[str, Path]:
-        """The package's public modules (those ``_discover`` imports) and their files, found
+        """The package's public modules (those ``_load_builtins`` imports) and their files, found
         without importing any of them."""
         spec = importlib.util.find_spec(self.package)
         out = {}
@@ -171,14 +352,14 @@ class Registry:
                                      for p in known["presets"]}
                 else:
                     importlib.import_module(module)  # changed or new: it registers for real
-            self._discover_entry_points()
+            self._load_entry_points()
         listed = self._listed | {e.name: Preset(e.name, e.description, e.licence, e.module)
                                  for e in self._entries.values()}  # what registered wins
         return [listed[n] for n in sorted(listed) if fnmatch.fnmatchcase(n, pattern)]
 
     def index(self) -> dict[str, Any]:
         """This package's part of ``bench/preset_index.py``, from a full discovery."""
-        self._discover()
+        self.discover()
         modules = self.modules()
         out = {m: {"sha256": _sha256(path), "presets": []} for m, path in modules.items()}
         for entry in sorted(self._entries.values(), key=lambda e: e.name):
@@ -191,51 +372,37 @@ class Registry:
                 {"name": entry.name, "description": entry.description, "licence": entry.licence})
         return out
 
-    def _discover_entry_points(self) -> None:
-        """Presets of installed packages: entry points in the group ``bench.<kind>s``."""
-        if self._plugins_loaded:
-            return
-        self._plugins_loaded = True
-        from bench.plugins import load_group
-
-        def add(name: str, factory: Any) -> None:
-            if not callable(factory):
-                raise FactoryError(f"{self.kind} entry point {name!r} is not a factory")
-            doc = (inspect.getdoc(factory) or "").split("\n", 1)[0]
-            self.add(Entry(name, factory, description=doc or f"entry point of {name}",
-                           licence="unknown: see the package's documentation"))
-
-        load_group(f"bench.{self.kind}s", add, named=True)
-
     def names(self, pattern: str = "*") -> list[str]:
+        """Every preset name matching ``pattern``, sorted, from the index."""
         return [p.name for p in self.presets(pattern)]
 
-    def entry(self, name: str) -> Entry:
+    def get(self, name: str) -> Entry:
+        """The preset ``name`` (``family:ARG`` gives the family's entry; a user's factory
+        reference a new one), importing only the module the index names, else everything."""
         found = self._registered(name)
-        if found is None:  # import only the module the index names, else everything
+        if found is None:
             listed = {p.name: p for p in self.presets()}
-            base = name.split(":", 1)[0] if ":" in name and name not in listed else name
+            base = _family(name, listed)
             if base in listed:
                 importlib.import_module(listed[base].module)
                 found = self._registered(name)
         if found is None:
-            self._discover()
+            self.discover()
             found = self._registered(name)
         if found is not None:
             return found
-        base = name.split(":", 1)[0] if ":" in name and name not in self._entries else name
         if is_factory_reference(name):
             return Entry(name, load_factory(name, self.kind), description=f"user factory {name}",
                          licence="unknown: see the model's documentation")
-        close = difflib.get_close_matches(base, list(self._entries), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownNameError(
-            f"unknown {self.kind} {name!r}.{hint} `bench list {self.kind}s` shows all of them."
-        )
+        raise self.unknown(name, near=_family(name, self._entries))
+
+    entry = get  # the name the engine calls it by
+
+    def listing(self) -> str:
+        return f"`bench list {self.kind}s` shows all of them."
 
     def _registered(self, name: str) -> Entry | None:
-        base = name.split(":", 1)[0] if ":" in name and name not in self._entries else name
-        return self._entries.get(base)
+        return self._entries.get(_family(name, self._entries))
 
     def create(self, name: str, **overrides: Any) -> Any:
         entry = self.entry(name)
@@ -470,6 +637,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _family(name: str, known: Any) -> str:
+    """The registered name ``name`` refers to: itself, or for ``family:ARG`` the family."""
+    return name.split(":", 1)[0] if ":" in name and name not in known else name
+
+
 def write_index(path: Path | None = None) -> Path:
     """Rewrite ``bench/preset_index.py`` from a full discovery of both registries."""
     import pprint
@@ -482,82 +654,8 @@ def write_index(path: Path | None = None) -> Path:
     return path
 
 
-# --- plugins: named classes of one base class (executors) -----------------------------------------
-T = TypeVar("T")
-
-
-class Plugins(Generic[T]):
-    """Named subclasses of ``base``: registered with ``@plugins.register(name)`` in the ``modules``
-    imported on first use, or by an installed package's entry point in the group
-    ``bench.<kind>s`` (a class, registered under the entry point's name, or a module whose import
-    registers its classes). ``also`` adds more on discovery (e.g. names another library knows).
-
-    Nothing is imported until a name is asked for, so the CLI passes a ``Plugins`` itself as an
-    argparse ``choices`` (with a ``metavar``): ``bench --help`` imports no plugin.
-    """
-
-    def __init__(self, kind: str, base: type[T], modules: Sequence[str] = (),
-                 also: Callable[[Plugins[T]], None] | None = None):
-        self.kind, self.base, self.modules, self.also = kind, base, tuple(modules), also
-        self._classes: dict[str, type[T]] = {}
-        self._discovered = False
-
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        """Class decorator adding the class under ``name``."""
-
-        def decorator(cls: type[T]) -> type[T]:
-            self.add(name, cls)
-            return cls
-
-        return decorator
-
-    def add(self, name: str, cls: Any) -> None:
-        """Add ``cls`` under ``name``; it must subclass ``base`` and the name must be free."""
-        if not (isinstance(cls, type) and issubclass(cls, self.base)):
-            raise FactoryError(f"{self.kind} {name!r}: {cls!r} is not a subclass of "
-                               f"{self.base.__module__}.{self.base.__qualname__}: derive it "
-                               "from that")
-        existing = self._classes.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._classes[name] = cls
-
-    def _discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
-        for module in self.modules:
-            importlib.import_module(module)
-        from bench.plugins import load_group
-
-        load_group(f"bench.{self.kind}s", self.add, named=True)
-        if self.also is not None:
-            self.also(self)
-
-    def names(self, pattern: str = "*") -> list[str]:
-        self._discover()
-        return sorted(n for n in self._classes if fnmatch.fnmatchcase(n, pattern))
-
-    def get(self, name: str) -> type[T]:
-        """The class registered as ``name``; UnknownNameError suggesting close names."""
-        self._discover()
-        if name in self._classes:
-            return self._classes[name]
-        close = difflib.get_close_matches(name, list(self._classes), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} {self.kind}s: "
-                               f"{', '.join(sorted(self._classes))}")
-
-    def __contains__(self, name: object) -> bool:
-        self._discover()
-        return name in self._classes
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-
-backbones = Registry("backbone", "bench.backbones", shipped_index=True)
-tasks = Registry("task", "bench.tasks", shipped_index=True)
+backbones = Presets("backbone", "bench.backbones", shipped_index=True)
+tasks = Presets("task", "bench.tasks", shipped_index=True)
 
 register_backbone = backbones.register
 register_task = tasks.register

@@ -38,7 +38,7 @@ from bench.backbones.adm.unet import ADMUNet, complete_flags
 from bench.features.compile import StaticCompiled
 from benchmarks.timing import seconds
 
-CONFIGS = {"256-tiny": TINY_FLAGS, "256-real-structure": RELEASED["diffusion"][0]}
+CONFIGS = {"256-tiny": TINY_FLAGS, "256-real-structure": RELEASED["diffusion"].flags}
 
 
 class LiveTensorBytes(TorchDispatchMode):

@@ -207,7 +207,7 @@ def test_wrong_checkpoint_names_the_mismatch():
             flags=meta["create_model_flags"],
             weights=str(FIXTURES / "adm_64_cond_tiny.weights.safetensors"),
         )
-    released = meta_unet(complete_flags(RELEASED["adm-64"][0])).state_dict()
+    released = meta_unet(complete_flags(RELEASED["adm-64"].flags)).state_dict()
     assert "preset adm-64" in mismatch_message(complete_flags(TINY_FLAGS), released)
     with pytest.raises(ValueError, match="noise_schedule"):
         bench.create_backbone(

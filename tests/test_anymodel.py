@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import bench
-from bench.registry import FactoryError, InvalidArgumentError, Registry
+from bench.registry import FactoryError, InvalidArgumentError, Presets
 from bench.registry import backbones as backbone_registry
 from bench.features.weights import weights_dir
 
@@ -192,7 +192,7 @@ def test_entry_points_add_presets(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text(
         "[bench.backbones]\nplugin-cnn = plugin_models:tiny_cnn\nbroken = plugin_models:missing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("backbone", "bench.backbones")  # fresh: only entry points register into it
+    registry = Presets("backbone", "bench.backbones")  # fresh: only entry points register into it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert registry.names() == ["plugin-cnn"]

@@ -232,3 +232,72 @@ def test_the_name_check_catches_what_it_should(tmp_path):
     cli = ast.parse('p.add_argument("--layers", help="e.g. block1..37@t90")\nx = "block1@t9"\n')
     assert sorted(t for _, t in _strings(cli, _documentation(cli, tmp_path / "cli" / "x.py"))) == [
         "--layers", "block1@t9"]
+
+
+# --- no import circle ---------------------------------------------------------------------------
+_LAZY = re.compile(r"(?:bench|[A-Za-z_]\w*)(?:\.\w+)+:[A-Za-z_]\w*")  # "pkg.module:Name"
+
+
+def _references(path: Path, modules: set[str]) -> list[tuple[int, str]]:
+    """(line, bench module) of everything this file makes Python load: imports at module level,
+    inside functions and for annotations alone (a circle through annotations is still one),
+    ``importlib.import_module("...")`` of a literal, ``"pkg.module:Name"`` strings (lazy
+    references, as a head kind names its trainer) and a dotted module name given to a call (a
+    registry told which modules to import). ``from pkg import sub`` refers to the submodule,
+    not to the package."""
+
+    def owner(name: str) -> str | None:
+        parts = name.split(".")
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        return ".".join(parts) or None
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                     else node.module for a in node.names]
+        elif (isinstance(node, ast.Call) and ast.unparse(node.func).endswith("import_module")
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            names = [str(node.args[0].value)]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _LAZY.fullmatch(
+                node.value):
+            names = [node.value.split(":")[0]]
+        elif isinstance(node, ast.Call):
+            names = [c.value for arg in [*node.args, *(k.value for k in node.keywords)]
+                     for c in ast.walk(arg) if isinstance(c, ast.Constant)
+                     and c.value in modules and "." in c.value]
+        out += [(node.lineno, found) for found in map(owner, names) if found]
+    return out
+
+
+def test_no_import_circle_among_bench_modules():
+    """No bench module reaches itself through what it loads (any of ``_references``): the
+    registries find their plugins by discovery (a package walk, the generated preset index,
+    entry points), never by naming a module above them."""
+    sources = {**_modules("bench"), **_modules("backbones"), **_modules("tasks")}
+    modules = set(sources)
+    graph: dict[str, dict[str, str]] = {}  # module -> {module it loads: where}
+    for module, path in sources.items():
+        graph[module] = {}
+        for line, target in _references(path, modules):
+            if target != module:
+                graph[module].setdefault(target, f"{path.relative_to(REPO)}:{line}")
+    circles, done = [], set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        for target, where in graph[module].items():
+            if target in trail:
+                circle = trail[trail.index(target):] + [target]
+                circles.append(" -> ".join(circle) + f" (last step at {where})")
+            elif target not in done:
+                visit(target, [*trail, target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not circles, "\n".join(sorted(set(circles)))

@@ -144,7 +144,7 @@ def test_the_preset_index_is_current():
 
 def test_a_module_changed_since_the_index_is_imported_and_registers_for_real(tmp_path,
                                                                              monkeypatch):
-    from bench.registry import Registry
+    from bench.registry import Presets
 
     package = tmp_path / "zoo"
     package.mkdir()
@@ -155,7 +155,7 @@ def test_a_module_changed_since_the_index_is_imported_and_registers_for_real(tmp
             f"@REGISTRY.register('{name[:-1]}', description='a {name[:-1]} (imported)')\n"
             f"def make(size: int = 1):\n    return size\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registry = Registry("backbone", "zoo")
+    registry = Presets("backbone", "zoo")
     monkeypatch.setitem(sys.modules, "zoo_registry", types.SimpleNamespace(REGISTRY=registry))
     index = registry.index()  # full discovery: both modules imported
     assert [p["name"] for p in index["zoo.cats"]["presets"]] == ["cat"]
@@ -164,7 +164,7 @@ def test_a_module_changed_since_the_index_is_imported_and_registers_for_real(tmp
 
     index["zoo.cats"]["presets"][0]["description"] = "a cat (from the index)"
     index["zoo.dogs"]["sha256"] = "0" * 64  # dogs.py changed since the index was written
-    fresh = Registry("backbone", "zoo", index=index)
+    fresh = Presets("backbone", "zoo", index=index)
     monkeypatch.setitem(sys.modules, "zoo_registry", types.SimpleNamespace(REGISTRY=fresh))
     shown = {p.name: p.description for p in fresh.presets()}
     assert shown == {"cat": "a cat (from the index)", "dog": "a dog (imported)"}

@@ -37,6 +37,9 @@ def test_the_wheel_installs_one_top_level_name(wheel):
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "bench = bench.cli:main" in entry_points  # the command stays `bench`
+    # the built-in heads and executors, found like any plugin's (core names no heads module)
+    assert "builtin = bench.heads.kinds:KINDS" in entry_points.split("[bench.heads]")[1]
+    assert "builtin = bench.run.executors" in entry_points.split("[bench.executors]")[1]
 
 
 def test_every_package_folder_is_in_the_wheel(wheel):
@@ -62,9 +65,11 @@ def test_an_installed_wheel_still_has_the_papers_rows(wheel, tmp_path):
             "from bench.study.references import reference_rows; "
             "t = with_references(pd.DataFrame({'cub': [1.0]}, index=['x']), reference_rows); "
             "print(backbones.__file__); "
-            "print(t.loc['seed paper, fine-grained table: GD linear', 'cub'])")
+            "print(t.loc['seed paper, fine-grained table: GD linear', 'cub']); "
+            "from bench.protocol import head_names; print(head_names()[0])")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
                           f"{str(site)!r}); {code}"], capture_output=True, text=True, cwd=tmp_path)
     lines = out.stdout.split()
     assert lines and lines[0].startswith(str(site)), out.stderr[-2000:]
     assert lines[1] == "31.57"
+    assert lines[2] == "linear"  # the built-in heads, from the installed copy's entry points

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from bench.registry import FactoryError, Plugins, UnknownNameError
+from bench.registry import FactoryError, Registry, UnknownNameError
 
 
 class Base:
@@ -32,7 +32,7 @@ def test_plugins_from_entry_points_are_checked_against_the_base(tmp_path, monkey
         "class NotOne:\n    pass\n"),
         "[bench.things]\ngood = plugin_things:Good\nwrong = plugin_things:NotOne\n"
         "broken = plugin_things:Missing\n")
-    things = Plugins("thing", Base)
+    things = Registry("thing", Base, classes=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert things.names() == ["good"] and "good" in things
@@ -55,7 +55,7 @@ def fresh_executors(monkeypatch):
     from bench.run.scheduler import executors
 
     executors.names()  # the built-ins are registered
-    monkeypatch.setattr(executors, "_classes", dict(executors._classes))
+    monkeypatch.setattr(executors, "_entries", dict(executors._entries))
     monkeypatch.setattr(executors, "_discovered", False)
     plugins._get_plugins.cache_clear()
     plugins.get_executors.cache_clear()
@@ -119,3 +119,63 @@ def test_a_submitit_executor_plugin_is_an_executor_kind(tmp_path, monkeypatch, f
     assert plugin_cluster.InlineExecutor.submitted == 2
     with pytest.raises(UnknownNameError, match="unknown executor 'inlin'.*Did you mean inline"):
         ExecutorConfig("inlin")
+
+
+# --- the one registry -------------------------------------------------------------------------------
+class Named:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def test_one_registry_checks_names_suggests_and_loads_lazily(tmp_path, monkeypatch):
+    """Instances that carry their name (head kinds, metrics), a tuple of them from one entry
+    point (a package's built-ins, as this project declares its heads), and a lazy registry that
+    lists its entry points without importing them (paper files) and loads one when asked."""
+    import sys
+
+    from bench.errors import UsageError
+    from bench.registry import DuplicateNameError, RegistrationError
+
+    install(tmp_path, monkeypatch, "plugin_named", (
+        "from tests.test_plugins import Named\n"
+        "BUILTINS = (Named('alpha'), Named('beta'))\n"
+        "GAMMA = Named('gamma')\n"),
+        "[bench.nameds]\nbuiltins = plugin_named:BUILTINS\nother = plugin_named:GAMMA\n"
+        "[bench.papers]\nlate = plugin_named:GAMMA\n")
+    named = Registry("named", Named, key=lambda entry: entry.name)
+    named.add(Named("zeta"))
+    assert named.names() == ["zeta", "alpha", "beta", "gamma"]
+    assert named.names("*ta") == ["zeta", "beta"]
+    assert named.get("beta").name == "beta" and "gamma" in named
+    with pytest.raises(UnknownNameError, match=r"unknown named 'btea'"):
+        named.get("btea")
+    with pytest.raises(UsageError, match=r"Did you mean beta.*nameds: zeta, alpha, beta, gamma"):
+        named.get("btea")
+    with pytest.raises(DuplicateNameError, match="'beta' is registered twice"):
+        named.add(Named("beta"))
+    with pytest.raises(RegistrationError, match="a named must be a tests.test_plugins.Named"):
+        named.add("beta")
+    assert issubclass(RegistrationError, TypeError) and issubclass(RegistrationError, FactoryError)
+
+    sys.modules.pop("plugin_named", None)
+    lazy = Registry("paper", Named, lazy=True)
+    assert lazy.names() == ["late"] and "plugin_named" not in sys.modules  # listed, not loaded
+    assert lazy.get("late").name == "gamma" and "plugin_named" in sys.modules
+    lazy.add_lazy("file", lambda: Named("from a file"))
+    assert lazy.names() == ["late", "file"] and lazy.get("file").name == "from a file"
+    with pytest.raises(DuplicateNameError, match="paper 'late' is registered twice"):
+        lazy.add_lazy("late", lambda: Named("another file of the same name"))
+
+
+def test_the_built_in_heads_and_executors_are_this_projects_entry_points():
+    """Core names no heads module and the scheduler no executors module (no import circle):
+    both come from pyproject's entry points, the built-ins first."""
+    from importlib.metadata import entry_points
+
+    from bench.protocol import head_names
+    from bench.run.scheduler import executors
+
+    assert "bench.heads.kinds:KINDS" in {p.value for p in entry_points(group="bench.heads")}
+    assert "bench.run.executors" in {p.value for p in entry_points(group="bench.executors")}
+    assert head_names()[:3] == ["linear", "bn-linear", "mlp"]
+    assert {"local", "submitit-local", "slurm"} <= set(executors.names())

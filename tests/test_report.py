@@ -318,7 +318,7 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys, monkeypatch):
     from bench.results.record import settings_digest
     from bench.results.tracking import (client, ensure_experiment, experiment_ids,
                                         load_predictions, log_record, search)
-    from bench.study.judge import slot_keys
+    from bench.study.plan import slot_keys
     from bench.study.plan import plan_paper
     from bench.run.similarity_run import Side, SimilaritySpec
     from bench.run.spec import RunOptions, RunSpec

@@ -19,8 +19,9 @@ from bench.registry import register_backbone
 
 
 def _preset(name: str, **defaults: Any) -> dict[str, Any]:
-    flags, schedule, url = RELEASED[name]
-    return dict(flags=flags, weights=url, schedule=schedule, **defaults)
+    checkpoint = RELEASED[name]
+    return dict(flags=checkpoint.flags, weights=checkpoint.weights.url,
+                schedule=checkpoint.schedule, released=checkpoint.weights, **defaults)
 
 
 LAYER_TEMPLATE = "block{block}@t{t}"  # sweep axes block= and t= -> layer name
@@ -35,42 +36,36 @@ _CONDITIONAL = {
     "diffusion",
     description="ADM 256x256 unconditional (guided-diffusion), block 24 at t=90, pool 2: the "
     "paper's best ImageNet linear probe",
-    licence=LICENCE,
     layer_template=LAYER_TEMPLATE,
     **_preset("diffusion", t=90, layers=("block24",), pool="2"),
 )
 @register_backbone(
     "diffusion-fg",
     description="ADM 256x256 unconditional, block 19 at t=150, pool 4: the paper's best on CUB",
-    licence=LICENCE,
     layer_template=LAYER_TEMPLATE,
     **_preset("diffusion", t=150, layers=("block19",), pool="4"),
 )
 @register_backbone(
     "adm-64",
     description="ADM 64x64 class-conditional (cosine schedule), output_blocks.4 (block 22) at t=90",
-    licence=LICENCE,
     layer_template=LAYER_TEMPLATE,
     **_preset("adm-64", **_CONDITIONAL),
 )
 @register_backbone(
     "adm-128",
     description="ADM 128x128 class-conditional, output_blocks.4 (block 21) at t=90",
-    licence=LICENCE,
     layer_template=LAYER_TEMPLATE,
     **_preset("adm-128", **_CONDITIONAL),
 )
 @register_backbone(
     "adm-256",
     description="ADM 256x256 class-conditional, block 24 at t=90",
-    licence=LICENCE,
     layer_template=LAYER_TEMPLATE,
     **_preset("adm-256", **_CONDITIONAL),
 )
 @register_backbone(
     "adm-512",
     description="ADM 512x512 class-conditional, output_blocks.4 (block 27) at t=90",
-    licence=LICENCE,
     layer_template=LAYER_TEMPLATE,
     **_preset("adm-512", **_CONDITIONAL),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from bench.backbones import _diffusion
 from bench.backbones.adm.diffusion import NoiseSchedule
 from bench.backbones.adm.unet import NUM_CLASSES, ADMUNet, complete_flags
 from bench.backbone import MAP, Backbone, FeaturePoint
+from bench.points import LayerName
 from bench.features.compile import StaticCompiled
 from bench.errors import UsageError
-from bench.features.weights import file_sha256, load_checkpoint, random_weights_file, resolve
+from bench.features.weights import (Weights, WeightsFile, file_sha256, load_checkpoint,
+                                   random_weights_file, resolve)
 
 LICENCE = "MIT (openai/guided-diffusion)"
 BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
@@ -33,72 +36,42 @@ _COMMON = {
     "use_fp16": True,
     "use_scale_shift_norm": True,
 }
-# The released checkpoints: preset -> (create_model flags, noise schedule, URL), from the README
-# of openai/guided-diffusion (MODEL_FLAGS).
-RELEASED: dict[str, tuple[dict[str, Any], str, str]] = {
-    "diffusion": (
-        dict(
-            _COMMON,
-            image_size=256,
-            num_channels=256,
-            num_head_channels=64,
-            num_res_blocks=2,
-            class_cond=False,
-        ),
-        "linear",
-        f"{BASE_URL}/256x256_diffusion_uncond.pt",
-    ),
-    "adm-64": (
-        dict(
-            _COMMON,
-            image_size=64,
-            num_channels=192,
-            num_head_channels=64,
-            num_res_blocks=3,
-            class_cond=True,
-            dropout=0.1,
-            use_new_attention_order=True,
-        ),
-        "cosine",
-        f"{BASE_URL}/64x64_diffusion.pt",
-    ),
-    "adm-128": (
-        dict(
-            _COMMON,
-            image_size=128,
-            num_channels=256,
-            num_heads=4,
-            num_res_blocks=2,
-            class_cond=True,
-        ),
-        "linear",
-        f"{BASE_URL}/128x128_diffusion.pt",
-    ),
-    "adm-256": (
-        dict(
-            _COMMON,
-            image_size=256,
-            num_channels=256,
-            num_head_channels=64,
-            num_res_blocks=2,
-            class_cond=True,
-        ),
-        "linear",
-        f"{BASE_URL}/256x256_diffusion.pt",
-    ),
-    "adm-512": (
-        dict(
-            _COMMON,
-            image_size=512,
-            num_channels=256,
-            num_head_channels=64,
-            num_res_blocks=2,
-            class_cond=True,
-            use_fp16=False,
-        ),
-        "linear",
-        f"{BASE_URL}/512x512_diffusion.pt",
-    ),
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A released guided-diffusion checkpoint: its ``create_model`` flags (MODEL_FLAGS of
+    openai/guided-diffusion's README), its noise schedule and its weights."""
+
+    flags: dict[str, Any]
+    schedule: str
+    weights: Weights
+
+
+def _checkpoint(file: str, schedule: str, **flags: Any) -> Checkpoint:
+    """The README states no size or digest of the files: both are left unknown."""
+    return Checkpoint(dict(_COMMON, **flags), schedule, Weights(
+        (WeightsFile(f"{BASE_URL}/{file}"),), input_size=flags["image_size"],
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), licence=LICENCE, origin=ORIGIN,
+        paper="Dhariwal & Nichol 2021, Diffusion Models Beat GANs on Image Synthesis "
+              "(arXiv 2105.05233)"))
+
+
+ORIGIN = "https://github.com/openai/guided-diffusion (README: Download pre-trained models)"
+RELEASED: dict[str, Checkpoint] = {
+    "diffusion": _checkpoint("256x256_diffusion_uncond.pt", "linear", image_size=256,
+                             num_channels=256, num_head_channels=64, num_res_blocks=2,
+                             class_cond=False),
+    "adm-64": _checkpoint("64x64_diffusion.pt", "cosine", image_size=64, num_channels=192,
+                          num_head_channels=64, num_res_blocks=3, class_cond=True, dropout=0.1,
+                          use_new_attention_order=True),
+    "adm-128": _checkpoint("128x128_diffusion.pt", "linear", image_size=128, num_channels=256,
+                           num_heads=4, num_res_blocks=2, class_cond=True),
+    "adm-256": _checkpoint("256x256_diffusion.pt", "linear", image_size=256, num_channels=256,
+                           num_head_channels=64, num_res_blocks=2, class_cond=True),
+    "adm-512": _checkpoint("512x512_diffusion.pt", "linear", image_size=512, num_channels=256,
+                           num_head_channels=64, num_res_blocks=2, class_cond=True,
+                           use_fp16=False),
 }
 # A 256-structured U-Net small enough for CPU tests (37 blocks, 8.1M parameters at 64 px).
 TINY_FLAGS: dict[str, Any] = dict(
@@ -167,8 +140,8 @@ def mismatch_message(flags: Mapping[str, Any], state: Mapping[str, torch.Tensor]
         hints.append(f"learn_sigma={got['out.2.weight'][0] == 6}")
     presets = [
         name
-        for name, (f, _, _) in RELEASED.items()
-        if _shapes(meta_unet(complete_flags(f)).state_dict()) == got
+        for name, checkpoint in RELEASED.items()
+        if _shapes(meta_unet(complete_flags(checkpoint.flags)).state_dict()) == got
     ]
     fix = (
         f"the weights look like preset {' or '.join(presets)} (use it, or its flags)"
@@ -274,13 +247,11 @@ class ADMBackbone(Backbone):
     def canonical_layer(self, layer: str) -> str:
         """``block24@t90`` from ``24``, ``block24``, ``output_blocks.4``, each with optional ``@t90``/``@90``."""
         block, t = self._parse(layer)
-        return f"block{block}@t{t}"
+        return str(LayerName(f"block{block}", t))
 
     def layer_groups(self, layers: Sequence[str]) -> list[list[str]]:
         """One group per timestep (``block19@t90`` -> group t90), blocks in first-seen order."""
-        return _diffusion.timestep_groups(
-            [self._parse(layer) for layer in layers], "block{}@t{}"
-        )
+        return _diffusion.timestep_groups([self._parse(layer) for layer in layers], "block")
 
     def feature_points(self) -> list[FeaturePoint]:
         """Every block at the default timestep; any other ``@tT`` is accepted too."""
@@ -292,7 +263,7 @@ class ADMBackbone(Backbone):
         side = self.input_size // ds
         module = self.unet.block_names()[block - 1]
         return FeaturePoint(
-            f"block{block}@t{t}",
+            str(LayerName(f"block{block}", t)),
             MAP,
             f"{module} at t={t}: {channels}x{side}x{side} (any @tT works)",
         )

@@ -1,4 +1,11 @@
-"""Fetching and identifying weight files: one download path shared by every backbone family.
+"""Released weights and their files: what a preset loads, fetching it, and finding it offline.
+
+``Weights`` describes a preset's released weights (timm's ``PretrainedCfg`` in spirit): the files
+(a URL, or paths in a Hugging Face Hub repo at a pinned revision), each with its size and sha256
+where the source publishes them (None otherwise: never a guess), the input size and
+normalisation, the licence, where the weights are published and the paper whose numbers they
+reproduce. Every family declares its presets' weights with it; ``locate`` says, without touching
+the network, which files are already on this machine and what a full run would download.
 
 A URL is downloaded once into ``$BENCH_WEIGHTS`` (default ``~/.cache/bench/weights``) with a
 progress bar, written to a temporary name and renamed only when complete and verified, and its
@@ -18,6 +25,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,124 @@ class WeightsError(BenchError, RuntimeError):
     def __init__(self, message: str, source: str = "", target: Path | None = None):
         super().__init__(message)
         self.source, self.target = source, target
+
+
+# --- what a preset's released weights are --------------------------------------------------------
+@dataclass(frozen=True)
+class WeightsFile:
+    """One file a full run fetches: a URL, or a path inside the Hub repo of its ``Weights``."""
+
+    name: str
+    size: int | None = None  # bytes, as the source publishes them; None: not published (or found)
+    sha256: str | None = None  # as the source publishes it; a file that differs is refused
+    local: str | None = None  # where it is kept under $BENCH_WEIGHTS (default: the URL's last part)
+    alternatives: tuple[str, ...] = ()  # Hub names the loader takes instead when ``name`` is absent
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A preset's released weights: its files and what a user should know about them."""
+
+    files: tuple[WeightsFile, ...]
+    hub_id: str | None = None  # the Hugging Face Hub repo the files are in (None: URLs)
+    revision: str | None = None  # the Hub commit pinned (None: the repo's main branch)
+    input_size: int | None = None  # the image side the weights were trained at
+    mean: tuple[float, ...] | None = None  # normalisation of the inputs, per channel
+    std: tuple[float, ...] | None = None
+    licence: str = ""
+    origin: str = ""  # where they are published (repository, model card)
+    paper: str = ""  # the source of the published numbers these weights reproduce
+    arguments: tuple[str, ...] = ("weights",)  # factory arguments that load other weights
+
+    def __post_init__(self) -> None:
+        if self.hub_id is None:
+            for file in self.files:  # ``resolve`` checks a download of it against these
+                _PUBLISHED[file.name] = file
+
+    @property
+    def url(self) -> str | None:
+        """The URL of a single-file release (None for a Hub repo)."""
+        return self.files[0].name if self.hub_id is None and len(self.files) == 1 else None
+
+    @property
+    def size(self) -> int | None:
+        """Bytes of every file, when the source publishes each size."""
+        sizes = [file.size for file in self.files]
+        return None if None in sizes else sum(sizes)
+
+    def applies(self, arguments: dict[str, Any]) -> bool:
+        """Whether a preset given ``arguments`` loads these weights (none of ``arguments``
+        chooses others)."""
+        return not set(arguments) & set(self.arguments)
+
+
+_PUBLISHED: dict[str, WeightsFile] = {}  # URL -> the file a release declares there
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file of a release on this machine: where it is, or None where a run downloads it."""
+
+    file: WeightsFile
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What ``locate`` found of a release: each file and where it is."""
+
+    weights: Weights
+    files: tuple[LocalFile, ...]
+
+    @property
+    def missing(self) -> list[WeightsFile]:
+        return [found.file for found in self.files if found.path is None]
+
+    @property
+    def download_bytes(self) -> int | None:
+        """Bytes a full run would download (0: all here); None when a missing file's size is
+        not published."""
+        sizes = [file.size for file in self.missing]
+        return None if None in sizes else sum(sizes)
+
+    def describe(self) -> str:
+        """One line: here, or what a full run would download and its size."""
+        missing = self.missing
+        if not missing:
+            return "weights present"
+        where = f" from {self.weights.hub_id}" if self.weights.hub_id else ""
+        known = sum(file.size for file in missing if file.size is not None)
+        unknown = sum(file.size is None for file in missing)
+        size = f"{known / 1e9:.2f} GB" if known else ""
+        if unknown:
+            size += f"{' + ' if known else ''}{unknown} size{'s' * (unknown > 1)} not published"
+        return f"would download{where}: {', '.join(f.name for f in missing)} ({size})"
+
+
+def locate(weights: Weights) -> Availability:
+    """Which files of ``weights`` are already on this machine and where, without touching the
+    network (a dry run's question): URL files in $BENCH_WEIGHTS (or torch hub's checkpoints, as
+    torchvision keeps them), Hub files in the Hugging Face cache at the pinned revision."""
+    return Availability(weights, tuple(LocalFile(f, _local_path(weights, f))
+                                       for f in weights.files))
+
+
+def _local_path(weights: Weights, file: WeightsFile) -> Path | None:
+    if weights.hub_id is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in (file.name, *file.alternatives):
+            found = try_to_load_from_cache(weights.hub_id, name, revision=weights.revision)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    local = file.local or file.name.rstrip("/").rsplit("/", 1)[-1]
+    candidates = [weights_dir() / local]
+    if file.local is None:
+        import torch.hub
+
+        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / local)
+    return next((path for path in candidates if path.exists()), None)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -114,33 +240,43 @@ def reading_checkpoint(path: str | os.PathLike, kind: str) -> Iterator[None]:
 
 
 def resolve(source: str | os.PathLike, sha256: str | None = None) -> Path:
-    """A local weights file for ``source`` (a path or an http(s) URL), downloading if needed."""
+    """A local weights file for ``source`` (a path or an http(s) URL), downloading if needed.
+
+    A URL that a release declares (``Weights``) is checked against its published sha256 and
+    size, when downloaded and when found in the cache."""
     text = str(source)
     if not text.startswith(("http://", "https://")):
         path = Path(text).expanduser()
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         return path
-    target = weights_dir() / text.rstrip("/").rsplit("/", 1)[-1]
+    published = _PUBLISHED.get(text, WeightsFile(text))
+    target = weights_dir() / (published.local or text.rstrip("/").rsplit("/", 1)[-1])
+    sha256 = sha256 or published.sha256
     if target.is_file():
+        if sha256 and file_sha256(target) != sha256.lower():
+            raise WeightsError(f"{target} has sha256 {file_sha256(target)}, not the published "
+                               f"{sha256} of {text}: delete it and run again to download it")
         return target
     if offline():
         raise WeightsError(
             f"weights {text} are not in the cache and downloads are off (offline mode). "
             f"Download the file elsewhere and put it at {target}, or pass its local path.",
             source=text, target=target)
-    download(text, target, sha256)
+    download(text, target, sha256, size=published.size)
     return target
 
 
 def download(
-    url: str, target: Path, sha256: str | None = None, md5: str | None = None
+    url: str, target: Path, sha256: str | None = None, md5: str | None = None,
+    size: int | None = None,
 ) -> None:
     """Fetch ``url`` to ``target``, resumably and atomically.
 
     Bytes go to ``TARGET.partial``, which survives an interrupted run; the next call asks the
     server only for the missing tail (HTTP Range) and starts over if the server ignores that.
-    The file is renamed to ``target`` only once complete and matching every digest given.
+    The file is renamed to ``target`` only once complete and matching every digest given (and
+    ``size``, the published bytes, when given).
     """
     from tqdm.auto import tqdm
 
@@ -170,9 +306,13 @@ def download(
             raise WeightsError(f"download of {url} failed: {e}. {retry}") from e
     except (OSError, http.client.HTTPException) as e:
         raise WeightsError(f"download of {url} failed: {e}. {retry}") from e
-    size = partial.stat().st_size
-    if total is not None and size != total:
-        raise WeightsError(f"download of {url} stopped at {size} of {total} bytes. {retry}")
+    got = partial.stat().st_size
+    if total is not None and got != total:
+        raise WeightsError(f"download of {url} stopped at {got} of {total} bytes. {retry}")
+    if size is not None and got != size:
+        partial.unlink()
+        raise WeightsError(f"{url}: {got} bytes, not the published {size}; the download was "
+                           "deleted. Run again; if it persists the source has changed.")
     digests = file_digests(partial)
     for kind, expected in (("sha256", sha256), ("md5", md5)):
         if expected and digests[kind] != expected.lower():

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from bench.run.spec import ResolvedCell, ResolvedRun
     from bench.stats import Intervals
 
-RESULT_SCHEMA = "2"  # bump when the record's names or meaning change (the identity digests it)
+from bench.digest import RESULT_SCHEMA  # the record's schema version (every identity digests it)
 
 KIND, IDENTITY, SCHEMA, VERSION = "bench.kind", "bench.identity", "bench.schema", "bench.version"
 BACKBONE, TASK, HEADLINE = "bench.backbone", "bench.task", "bench.headline"

@@ -11,7 +11,8 @@ Executors are plugins (``executors``): a ``bench.run.scheduler.Executor`` subcla
 ``@executors.register(name)`` or the entry-point group ``bench.executors``. Every executor that
 submitit knows (its own and its plugins', entry-point group ``submitit``) is a kind too, under
 submitit's name: the kind goes to ``submitit.AutoExecutor(cluster=...)`` as it is. The built-in
-kinds (``bench.run.executors``): ``local`` (this process), ``submitit-local``, ``slurm``.
+kinds (``bench.run.executors``, this project's own entry point): ``local`` (this process),
+``submitit-local``, ``slurm``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.errors import BenchError, UsageError
-from bench.registry import Plugins
+from bench.registry import Registry
 
 SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
     "partition": "slurm_partition", "gpus": "gpus_per_node", "cpus": "cpus_per_task",
@@ -100,16 +101,17 @@ class SubmititExecutor(Executor):
         return _Submitted(self, jobs, retries, extract_array, poll, on_states, on_retry).wait()
 
 
-def _submitit_kinds(plugins: Plugins[Executor]) -> None:
+def _submitit_kinds(plugins: Registry[type[Executor]]) -> None:
     """Every executor submitit knows (its plugins' too) not named here already: passed through."""
     from submitit.core.plugins import get_executors
 
     for name in get_executors():
         if name not in plugins:
-            plugins.add(name, SubmititExecutor)
+            plugins.add(SubmititExecutor, name)
 
 
-executors: Plugins[Executor] = Plugins("executor", Executor, ("bench.run.executors",), _submitit_kinds)
+executors: Registry[type[Executor]] = Registry("executor", Executor, classes=True,
+                                               also=_submitit_kinds)
 
 
 def load_profile(name: str, path: str | None = None) -> dict[str, Any]:

@@ -18,7 +18,6 @@ measure) supersedes the old run, which stays in MLflow.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import time
@@ -30,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UsageError
+from bench.points import expand_layers as expand_layer_specs
 from bench.results.record import RunRecord
 from bench.results.tracking import SimilarityRecord
 from bench.heads.similarity import INTERVALS, Measure
 from bench.run.spec import RunOptions, RunSpec
 
-RANGE = re.compile(r"(\d+)\.\.(\d+)(?::(\d+))?")
 ARTIFACT = "similarity.json"
 
 
@@ -106,28 +105,10 @@ def label(point: dict[str, Any]) -> str:
 
 
 def expand_layers(backbone: Any, specs: list[str]) -> list[str]:
-    """Layer specs -> layer names: ``a..b`` and ``a..b:step`` ranges (inclusive of ``b`` when the
-    step lands on it; several ranges in one spec give their product), globs over the backbone's
-    feature points, anything else as typed."""
-    out: list[str] = []
-    for spec in specs:
-        match = RANGE.search(spec)
-        if match:
-            lo, hi, step = int(match[1]), int(match[2]), int(match[3] or 1)
-            if hi < lo or step < 1:
-                raise UsageError(f"layer range {match[0]!r}: write low..high[:step], low <= high")
-            out += expand_layers(backbone, [spec[:match.start()] + str(v) + spec[match.end():]
-                                            for v in range(lo, hi + 1, step)])
-        elif any(c in spec for c in "*?["):
-            names = [p.name for p in backbone.feature_points()]
-            found = fnmatch.filter(names, spec)
-            if not found:
-                raise UsageError(f"layer pattern {spec!r} matches none of {backbone.name}'s "
-                                 f"layers: {', '.join(names)}")
-            out += found
-        else:
-            out.append(spec)
-    return out
+    """Layer specs (ranges, globs over the backbone's layers) -> layer names
+    (``bench.points.expand_layers``)."""
+    return expand_layer_specs(specs, lambda: [p.name for p in backbone.feature_points()],
+                              backbone.name)
 
 
 def _noise_seeds(backbone: Any, side: Side, draws: int) -> list[int] | None:

@@ -177,9 +177,8 @@ def build_task(spec: RunSpec) -> Task:
 
 def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
     """Resolve ``spec`` (building the task and, unless given, the backbone: once per process)."""
-    from bench.digest import json_digest
+    from bench.digest import RESULT_SCHEMA, json_digest
     from bench.precision import resolve_device, resolve_precision, with_cache_dtype
-    from bench.results.record import RESULT_SCHEMA
     from bench.registry import backbones
 
     kind = head_kind(spec.head)

@@ -13,10 +13,10 @@ resolves every job here and lists them.
 from __future__ import annotations
 
 import itertools
-import string
 from dataclasses import dataclass, field, replace
 
 from bench.errors import BenchError, UsageError
+from bench.points import LayerTemplate
 from bench.run.costs import DiskCheck, DiskSpaceError, JobCost
 from bench.run.jobs import BenchJob
 from bench.run.spec import RunOptions, RunSpec
@@ -41,18 +41,14 @@ def grid_layers(template: str | None, backbone: str, grid: dict[str, list[str]])
     layers = list(grid.get("layer", []))
     if not axes:
         return layers
-    parts = (template or "").split("@")
-    fields = [{f for _, f, _, _ in string.Formatter().parse(p) if f} for p in parts]
-    known = set().union(*fields) if template else set()
+    known = LayerTemplate(template).axes if template else set()
     if set(axes) - known:
         extra = ", ".join(sorted(set(axes) - known))
         hint = f"its axes are {', '.join(sorted(known))}" if known else "it has none"
         raise UsageError(f"backbone {backbone!r} has no sweep axis {extra} ({hint}); use layer=...")
-    used = [p for p, f in zip(parts, fields) if f and f <= set(axes)]
     names = list(axes)
     for combo in itertools.product(*(axes[n] for n in names)):
-        values = dict(zip(names, combo))
-        layers.append("@".join(p.format(**values) for p in used))
+        layers.append(LayerTemplate(template).fill(dict(zip(names, combo))))
     return layers
 
 

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bench.errors import UsageError
+from bench.points import LayerName
+
 if TYPE_CHECKING:
     from bench.results.record import RunRecord
     from bench.run.similarity_run import SimilarityResult
@@ -19,7 +22,6 @@ if TYPE_CHECKING:
     from bench.study.paper import PaperTable
 
 FULL_RANGE = (0.0, 1.0)  # a heatmap's colour range when no paper gives one
-LAYER = re.compile(r"block(\d+)@t(\d+)$")  # a diffusion layer at a timestep
 
 
 def png(fig: Any, **savefig: Any) -> bytes:
@@ -92,8 +94,26 @@ def _number_or_none(x: Any) -> float | None:
 # --- similarity heatmaps -------------------------------------------------------------------------
 def _timestep(layer: str) -> tuple[str, str | None]:
     """('block24', '90') from 'block24@t90'; (layer, None) without a timestep."""
-    base, _, t = layer.rpartition("@t")
-    return (base, t) if base and t.isdigit() else (layer, None)
+    parsed = _layer_name(layer)
+    return (parsed.module, str(parsed.t)) if parsed and parsed.t is not None else (layer, None)
+
+
+def _layer_name(layer: str) -> LayerName | None:
+    """The parsed layer (``bench.points``' grammar), or None for a name outside it."""
+    try:
+        parsed = LayerName.parse(layer)
+    except UsageError:
+        return None
+    return parsed if parsed.module else None
+
+
+def _block_at(layer: str) -> tuple[int, int] | None:
+    """(block, t) of a diffusion layer ``block{N}@t{T}`` (the papers' ADM layers), else None."""
+    parsed = _layer_name(layer)
+    if parsed is None or parsed.t is None or not parsed.module.startswith("block"):
+        return None
+    number = parsed.module.removeprefix("block")
+    return (int(number), parsed.t) if number.isdigit() else None
 
 
 def panels(result: SimilarityResult) -> dict[str, list[tuple[str, list[int], list[int]]]]:
@@ -160,10 +180,10 @@ def sweep_points(records: list[RunRecord]) -> Any:
 
     rows = []
     for r in records:
-        match = LAYER.match(r.layer)
-        if match and r.pool.isdigit():
-            rows.append({"backbone": r.backbone, "task": r.task, "block": int(match[1]),
-                         "t": int(match[2]), "pool": int(r.pool), "acc": r.metrics["test_top1"]})
+        at = _block_at(r.layer)
+        if at and r.pool.isdigit():
+            rows.append({"backbone": r.backbone, "task": r.task, "block": at[0],
+                         "t": at[1], "pool": int(r.pool), "acc": r.metrics["test_top1"]})
     return pd.DataFrame(rows)
 
 
@@ -174,11 +194,11 @@ def paper_points(task: str) -> Any:
 
     from bench.study.paper import all_papers
 
-    rows = [{"block": int(match[1]), "t": int(match[2]), "pool": int(cell.pool), "acc": cell.value}
+    rows = [{"block": at[0], "t": at[1], "pool": int(cell.pool), "acc": cell.value}
             for paper in all_papers() for table in paper.tables if table.kind == "curve"
             for cell in table.cells
             if cell.computed and cell.metric == "top1" and cell.task == task.split(":")[0]
-            and cell.pool and cell.pool.isdigit() and (match := LAYER.match(cell.layer or ""))]
+            and cell.pool and cell.pool.isdigit() and (at := _block_at(cell.layer or ""))]
     if not rows:
         return pd.DataFrame(columns=["block", "t", "pool", "acc"])
     return pd.DataFrame(rows).drop_duplicates(["block", "t", "pool"])

@@ -366,20 +366,6 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     return panel
 
 
-def resolved_runs(plan: PaperPlan) -> list[Any]:
-    """The ``ResolvedRun`` of each job of the plan resolved here (a SharedJob's jobs each)."""
-    return [one.prepared.run for job in plan.jobs for one in getattr(job, "jobs", [job])
-            if one.prepared is not None]
-
-
-def slot_keys(plan: PaperPlan) -> dict[str, str]:
-    """Each resolved cell's identity -> the slot key its record carries."""
-    from bench.results.record import resolved_slot_key
-
-    return {cell.identity: resolved_slot_key(run, cell) for run in resolved_runs(plan)
-            for cell in run.cells}
-
-
 def run_command(cell: PaperCell, template: RunSpec | None, suite: str) -> str:
     """The one ``bench run`` that computes this cell (the same identity, so its result counts
     for the paper too)."""

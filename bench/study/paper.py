@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UsageError
+from bench.registry import Registry
 
 PAPERS_DIR = Path(__file__).resolve().parent.parent / "papers"  # the shipped files
 ENTRY_POINTS = "bench.papers"
@@ -172,71 +173,87 @@ class Paper:
 
 
 # --- finding papers ------------------------------------------------------------------------------
+class _Papers(Registry[Paper]):
+    """The shipped paper files and installed packages' (entry points in ``bench.papers``): a
+    lazy registry, so listing reads no file; a paper is read and checked when asked for. A
+    name offered twice is refused when it is asked for (one name, one report folder)."""
+
+    def __init__(self) -> None:
+        super().__init__("paper", Paper, lazy=True, group=ENTRY_POINTS)
+        self._offers: dict[str, list[str]] = {}  # name -> where it is offered
+
+    def _load_builtins(self) -> None:
+        for path in sorted(PAPERS_DIR.glob("*.yaml")):
+            self._offer(path.stem, str(path), lambda p=path: p)
+
+    def _load_entry_points(self) -> None:
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=self.group):
+            self._offer(point.name, f"entry point {point.value}", point.load)
+
+    def _offer(self, name: str, origin: str, load: Any) -> None:
+        self._offers.setdefault(name, []).append(origin)
+        if len(self._offers[name]) == 1:
+            self.add_lazy(name, load)
+
+    def get(self, name: str) -> Paper:
+        self.discover()
+        offered = self._offers.get(name, [])
+        if len(offered) > 1:
+            raise PaperError(f"paper {name!r} is offered by {' and by '.join(offered)}: one "
+                             "name, one paper; uninstall or rename one of them")
+        return super().get(name)
+
+    def unknown(self, name: str, near: str | None = None) -> PaperError:  # type: ignore[override]
+        return PaperError(f"unknown paper {name!r}; papers: {', '.join(sorted(self.names())) or 'none'}"
+                          " (or give the path of a .yaml file)")
+
+    def _add_loaded(self, name: str, loaded: Any) -> None:
+        [origin] = self._offers[name]
+        if isinstance(loaded, Path):  # a shipped file: named after it
+            paper = _read(loaded)
+            if paper.name != name:
+                raise PaperError(f"{paper.path}, field 'name': {paper.name!r} differs from the "
+                                 f"file's name {name!r}: a shipped paper is named after its file")
+        else:  # an entry point: a mapping, a path, or a callable giving one
+            given = loaded() if callable(loaded) else loaded
+            paper = (parse_paper(given, origin) if isinstance(given, Mapping)
+                     else _read(Path(given)))
+            paper = _unique(paper, origin, self, allowed=name)
+        self.add(paper, name)
+
+
 def paper_names() -> list[str]:
     """The shipped papers and those of installed packages (entry points), sorted."""
-    return sorted(set(_shipped()) | {point.name for point in _plugins()})
+    return sorted(_Papers().names())
 
 
 def load_paper(name_or_path: str) -> Paper:
     """A paper by name (shipped or an entry point) or from a ``.yaml`` file, schema-checked; its
     name must not be another paper's (they would share a report folder and supersede each
-    other's reports)."""
+    other's reports). Papers are files that may change while a process runs: listed afresh on
+    every call."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise PaperError(f"paper file {name_or_path}: no such file")
-        return _unique(_read(path), _origin(path))
-    shipped, plugins = _shipped(), [p for p in _plugins() if p.name == name_or_path]
-    offered = ([str(shipped[name_or_path])] if name_or_path in shipped else []) + [
-        f"entry point {p.value}" for p in plugins]
-    if len(offered) > 1:
-        raise PaperError(f"paper {name_or_path!r} is offered by {' and by '.join(offered)}: one "
-                         "name, one paper; uninstall or rename one of them")
-    if name_or_path in shipped:
-        paper = _read(shipped[name_or_path])
-        if paper.name != name_or_path:
-            raise PaperError(f"{paper.path}, field 'name': {paper.name!r} differs from the "
-                             f"file's name {name_or_path!r}: a shipped paper is named after "
-                             "its file")
-        return paper
-    if plugins:
-        given = plugins[0].load()
-        given = given() if callable(given) else given
-        origin = f"entry point {plugins[0].value}"
-        paper = (parse_paper(given, origin) if isinstance(given, Mapping)
-                 else _read(Path(given)))
-        return _unique(paper, origin, allowed=name_or_path)
-    raise PaperError(f"unknown paper {name_or_path!r}; papers: {', '.join(paper_names()) or 'none'}"
-                     " (or give the path of a .yaml file)")
+        return _unique(_read(path), str(path.resolve()), _Papers())
+    return _Papers().get(name_or_path)
 
 
-def _origin(path: Path) -> str:
-    return str(path.resolve())
-
-
-def _unique(paper: Paper, origin: str, allowed: str = "") -> Paper:
-    """Refuse a paper whose name is another paper's: the shipped files' and the entry points'
-    (``allowed``: the name it was asked for, which is its own)."""
-    shipped = _shipped()
-    if paper.name in shipped and _origin(shipped[paper.name]) != origin:
-        raise PaperError(f"{paper.path}, field 'name': {paper.name!r} is the name of the shipped "
-                         f"paper {shipped[paper.name]}; their reports would supersede each "
-                         "other: give this paper another name")
-    if paper.name != allowed and paper.name in {p.name for p in _plugins()}:
-        raise PaperError(f"{paper.path}, field 'name': {paper.name!r} is the name of an "
-                         "installed paper (entry point in bench.papers); their reports would "
-                         "supersede each other: give this paper another name")
+def _unique(paper: Paper, origin: str, papers: _Papers, allowed: str = "") -> Paper:
+    """Refuse a paper whose name is another paper's (``allowed``: the name it was asked for,
+    which is its own); a shipped file read by its own path is itself."""
+    papers.discover()
+    offered = [o for o in papers._offers.get(paper.name, [])
+               if o != origin and Path(o).resolve() != Path(origin)]
+    if paper.name != allowed and offered:
+        raise PaperError(f"{paper.path}, field 'name': {paper.name!r} is the name of the "
+                         f"{'shipped' if not offered[0].startswith('entry point') else 'installed'}"
+                         f" paper {offered[0]}; their reports would supersede each other: give "
+                         "this paper another name")
     return paper
-
-
-def _shipped() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(PAPERS_DIR.glob("*.yaml"))}
-
-
-def _plugins() -> list[Any]:
-    from importlib.metadata import entry_points
-
-    return list(entry_points(group=ENTRY_POINTS))
 
 
 def all_papers() -> list[Paper]:
@@ -502,12 +519,25 @@ def parse_paper(data: Mapping[str, Any], path: str) -> Paper:
                  tuple(claims), path, margin, tuple(left_out), top.text(data, "note"))
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Names and types of a table's settings (the presets, backbones and tasks they name are
+    checked when the paper is planned)."""
+    from bench.run.similarity_run import SETTINGS, check_types  # torch: only when read
+
+    named = ("preset", *SETTINGS)
+    unknown = sorted(set(settings) - set(named), key=str)
+    if unknown:
+        raise UsageError(f"similarity setting {', '.join(map(str, unknown))}: use "
+                         f"{', '.join(named)}")
+    if "preset" in settings and not isinstance(settings["preset"], str):
+        raise UsageError(f"similarity setting 'preset': expected a name, got {settings['preset']!r}")
+    check_types({k: v for k, v in settings.items() if k != "preset"})
+
+
 def _similarity_table(where: _Where, raw: Mapping[str, Any], key: str, title: str,
                       common: dict[str, Any]) -> PaperTable:
     """A similarity table: its settings checked by name and type here (the names of presets and
     tasks when it is planned)."""
-    from bench.study.similarity import check_settings
-
     if raw.get("cells"):
         raise where.error("cells", "a similarity table has no cells: give `similarity`")
     settings = where.args(raw, "similarity")

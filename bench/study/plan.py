@@ -20,14 +20,13 @@ downloaded: weights and data are looked up where they would be.
 from __future__ import annotations
 
 import json
-import re
-import string
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.errors import BenchError, UsageError
+from bench.points import LayerTemplate
 from bench.run.jobs import BenchJob, SharedJob
 from bench.run.spec import SPLITS, RunOptions, RunSpec
 from bench.study.paper import Paper, PaperCell, PaperError, PaperTable
@@ -323,7 +322,7 @@ def _checked_by_name(backbone: str, cells: list[PaperCell], built: bool) -> dict
     if built:
         return {c.id: "preset, task, head, layer and pool checked" for c in cells}
     template = backbones.entry(backbone).layer_template
-    pattern = _template_pattern(template) if template else None
+    pattern = LayerTemplate(template).pattern() if template else None
     out = {}
     for cell in cells:
         if cell.layer is None:
@@ -336,16 +335,6 @@ def _checked_by_name(backbone: str, cells: list[PaperCell], built: bool) -> dict
             out[cell.id] = (f"preset, task and head checked; layer {cell.layer!r} is not of the "
                             f"form {template} (checked when it resolves)")
     return out
-
-
-def _template_pattern(template: str) -> re.Pattern[str]:
-    """``block{block}@t{t}`` -> a regex of its names, each field a number."""
-    parts = []
-    for literal, name, _, _ in string.Formatter().parse(template):
-        parts.append(re.escape(literal))
-        if name:
-            parts.append(r"\d+")
-    return re.compile("".join(parts))
 
 
 def _mark_done(plan: PaperPlan, options: RunOptions) -> None:
@@ -444,3 +433,17 @@ def _cell_line(planned: PlannedCell, counts: dict[str, int]) -> str:
         counts[state] += 1
         state += f" [{planned.identity[:12]}]"
     return f"{cell.id}: {where}: paper {cell.value:g}{mark}: {state}"
+
+
+def resolved_runs(plan: PaperPlan) -> list[Any]:
+    """The ``ResolvedRun`` of each job of the plan resolved here (a SharedJob's jobs each)."""
+    return [one.prepared.run for job in plan.jobs for one in getattr(job, "jobs", [job])
+            if one.prepared is not None]
+
+
+def slot_keys(plan: PaperPlan) -> dict[str, str]:
+    """Each resolved cell's identity -> the slot key its record carries."""
+    from bench.results.record import resolved_slot_key
+
+    return {cell.identity: resolved_slot_key(run, cell) for run in resolved_runs(plan)
+            for cell in run.cells}

@@ -28,7 +28,7 @@ def find_results(plan: PaperPlan, suite: str) -> Found:
     job's claim that ended without it."""
     from bench.results.tracking import (ended_claims, experiment_ids, find_records,
                                         find_slot_records, unfinished_runs)
-    from bench.study.judge import resolved_runs, slot_keys
+    from bench.study.plan import resolved_runs, slot_keys
 
     found = Found(experiment_ids([suite]))
     ids = found.experiments

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import UsageError
-from bench.run.similarity_run import SETTINGS, check_types, similarity_spec
+from bench.run.similarity_run import similarity_spec
 
 if TYPE_CHECKING:
     from bench.run.similarity_run import SimilaritySpec
     from bench.run.spec import RunSpec
     from bench.study.paper import Paper, PaperTable
 
-NAMED = ("preset", *SETTINGS)  # what a paper's similarity table may set
 FROM_TEMPLATE = ("precision", "skip_corrupt", "cache_dtype")  # `bench reproduce`'s, unless set
 
 
@@ -33,18 +32,6 @@ class Preset:
     settings: Mapping[str, Any]
     colours: tuple[float, float] | None
     where: str  # "PAPER, table KEY"
-
-
-def check_settings(settings: Mapping[str, Any]) -> None:
-    """Names and types of a table's settings (the presets, backbones and tasks they name are
-    checked when the paper is planned)."""
-    unknown = sorted(set(settings) - set(NAMED), key=str)
-    if unknown:
-        raise UsageError(f"similarity setting {', '.join(map(str, unknown))}: use "
-                         f"{', '.join(NAMED)}")
-    if "preset" in settings and not isinstance(settings["preset"], str):
-        raise UsageError(f"similarity setting 'preset': expected a name, got {settings['preset']!r}")
-    check_types({k: v for k, v in settings.items() if k != "preset"})
 
 
 def presets() -> dict[str, Preset]:
