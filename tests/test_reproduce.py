@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from bench.cli import main
+from bench.ranges import size_text
 
 FAST = {"epochs": 4, "lrs": [0.01], "weight_decays": [0.0]}
 
@@ -376,3 +377,21 @@ def test_similarity_tables_are_checked_by_name_when_planned(tmp_path):
             reproduce_plan(path, ["cka"], RunOptions(workers=0))
         assert f"{path}, table 'cka', field 'similarity': " in str(info.value), info.value
         assert message in str(info.value) and "\n" not in str(info.value), info.value
+
+
+def test_a_dry_run_lists_each_missing_release_file_with_its_published_size(tmp_path, capsys):
+    """What a full run would download comes from the preset's registered release (files at the
+    pinned Hub revision, sizes as the source publishes them), looked up without the network."""
+    from bench.registry import backbones
+
+    released = backbones.entry("ddpm-celebahq").released
+    [published] = [f for f in released.files if f.size]
+    path = tiny_paper(tmp_path)
+    data = yaml.safe_load(open(path))
+    data["tables"][3]["cells"].append({"id": "ddpm", "backbone": "ddpm-celebahq",
+                                       "value": 60.0})
+    open(path, "w").write(yaml.safe_dump(data))
+    assert main(["reproduce", path, "--table", "offline", "--dry-run", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if published.name in line]
+    assert released.hub_id in line and size_text(published.size) in line, out

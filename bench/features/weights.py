@@ -54,6 +54,13 @@ class WeightsFile:
     local: str | None = None  # where it is kept under $BENCH_WEIGHTS (default: the URL's last part)
     alternatives: tuple[str, ...] = ()  # Hub names the loader takes instead when ``name`` is absent
 
+    def target(self) -> Path | None:
+        """Where a download of this URL file is kept ($BENCH_WEIGHTS); None for a Hub file (the
+        Hugging Face cache keeps those)."""
+        if self.local is None and not self.name.startswith(("http://", "https://")):
+            return None
+        return weights_dir() / (self.local or self.name.rstrip("/").rsplit("/", 1)[-1])
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -152,12 +159,11 @@ def _local_path(weights: Weights, file: WeightsFile) -> Path | None:
             if isinstance(found, str):
                 return Path(found)
         return None
-    local = file.local or file.name.rstrip("/").rsplit("/", 1)[-1]
-    candidates = [weights_dir() / local]
+    candidates = [file.target()]
     if file.local is None:
         import torch.hub
 
-        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / local)
+        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / candidates[0].name)
     return next((path for path in candidates if path.exists()), None)
 
 
@@ -251,7 +257,7 @@ def resolve(source: str | os.PathLike, sha256: str | None = None) -> Path:
             raise WeightsError(f"weights file not found: {path}")
         return path
     published = _PUBLISHED.get(text, WeightsFile(text))
-    target = weights_dir() / (published.local or text.rstrip("/").rsplit("/", 1)[-1])
+    target = published.target()
     sha256 = sha256 or published.sha256
     if target.is_file():
         if sha256 and file_sha256(target) != sha256.lower():

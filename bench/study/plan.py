@@ -273,9 +273,26 @@ def _backbone(plan: PaperPlan, name: str, args: dict[str, Any],
             label = "weights missing" if isinstance(e, WeightsError) else type(e).__name__
             built[key] = (None, f"{label} ({_first(e)})")
             if isinstance(e, WeightsError):
-                _add_missing(plan, Missing("weights", e.source or _first(e),
-                                           str(e.target or ""), getattr(e, "size", None)))
+                _add_missing(plan, _missing_weights(name, args, e))
     return built[key]
+
+
+def _missing_weights(name: str, args: dict[str, Any], error: Exception) -> list[Missing]:
+    """The files a full run would download for this preset: its registered release, looked up
+    on this machine without the network (``bench.features.weights.locate``), with their sizes
+    where the source publishes them; else the file the loader asked for."""
+    from bench.features.weights import locate
+    from bench.registry import backbones
+
+    released = backbones.entry(name).released
+    if released is not None and released.applies(args):
+        missing = locate(released).missing
+        if missing:
+            return [Missing("weights", f"{released.hub_id}: {file.name}" if released.hub_id
+                            else file.name, str(file.target() or "Hugging Face cache"),
+                            file.size) for file in missing]
+    return [Missing("weights", getattr(error, "source", "") or _first(error),
+                    str(getattr(error, "target", "") or ""))]
 
 
 def _missing_data(spec: RunSpec, error: Exception) -> list[Missing]:
