@@ -5,6 +5,7 @@ submitit) and ``slurm`` (sbatch job arrays through submitit, with SLURM's job de
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
@@ -57,13 +58,15 @@ class Slurm(SubmititExecutor):
         finally:
             executor.update_parameters(slurm_additional_parameters={})
 
-    def queue_state(self, job_id: str) -> str | None:
+    def queue_states(self) -> dict[str, str] | None:
+        """This user's jobs, one line per array task: one squeue call, which the controller
+        answers from this user's jobs alone (not the whole cluster's)."""
         try:
-            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True,
-                                 text=True, timeout=10, check=False)
+            out = subprocess.run(["squeue", "--noheader", "--array", "--user", str(os.getuid()),
+                                  "--format", "%i %T"], capture_output=True, text=True,
+                                 timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
             return None
         if out.returncode != 0:
             return None
-        states = dict(line.split(maxsplit=1) for line in out.stdout.splitlines() if " " in line)
-        return states.get(str(job_id), "")
+        return dict(line.split(maxsplit=1) for line in out.stdout.splitlines() if " " in line)

@@ -7,6 +7,11 @@ up to ``retries`` times, report each job's outcome. Failures come from submitit'
 (``job.exception()``, the job's stderr path); a job its queue no longer lists without a result
 (``scancel``, node failure) is reported as such instead of being waited on forever.
 
+Polling is gentle on a shared cluster: each poll reads the jobs' result files (submitit's
+``job.done()``, whose own watcher asks ``sacct`` about every job in one call, backing off), and the
+queue is listed in one call for all jobs, every ``poll`` seconds at first, then every half of the
+time since the last submission, up to once a minute (``_Queue``; submitit's watcher's schedule).
+
 Executors are plugins (``executors``): a ``bench.run.scheduler.Executor`` subclass registered with
 ``@executors.register(name)`` or the entry-point group ``bench.executors``. Every executor that
 submitit knows (its own and its plugins', entry-point group ``submitit``) is a kind too, under
@@ -33,7 +38,10 @@ SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
     "slurm_array_parallelism",
 }
 PROFILE_KEYS = ("executor", "setup", *SLURM_FIELDS)
-GONE_AFTER_POLLS = 3  # polls a job may be missing from its queue before it counts as gone
+QUERY_EVERY_MAX_S = 60.0  # the longest wait between two listings of the queue
+# A job missing from its queue this long without a result has left it (submitit, too, waits this
+# long for a result file a shared filesystem may show late).
+GONE_AFTER_S = 15.0
 
 
 @dataclass
@@ -91,9 +99,10 @@ class SubmititExecutor(Executor):
             part.result()
         return executor.submit(job)
 
-    def queue_state(self, job_id: str) -> str | None:
-        """The job's raw state in its queue; "" when the queue no longer lists it, None when
-        there is no queue to ask."""
+    def queue_states(self) -> dict[str, str] | None:
+        """The raw state of every job of this user that the queue lists (one query, however many
+        jobs are running: a job missing from it has left the queue); None when there is no queue
+        to ask or it did not answer."""
         return None
 
     def run(self, jobs, retries, extract_array, poll, on_states, on_retry) -> list[JobOutcome]:
@@ -188,6 +197,48 @@ def run_jobs(
     return executor.run(jobs, retries, extract_array, poll, on_states, on_retry)
 
 
+class _Queue:
+    """The jobs' queue as of its last listing, asked once for all jobs at a time: every ``poll``
+    seconds at first, then every half of the time since the last submission, up to once a
+    minute (as submitit's watcher asks sacct)."""
+
+    def __init__(self, kind: SubmititExecutor, poll: float):
+        self.kind, self.poll = kind, poll
+        self.states: dict[str, str] = {}
+        self.asked = self.listed = float("-inf")  # the last query; the last answer
+        self.submitted = time.monotonic()
+        self.missing_since: dict[str, float] = {}  # job id -> first listing that lacked it
+
+    def submitted_now(self) -> None:
+        """New jobs: list the queue often again (their start is when most changes)."""
+        self.submitted = time.monotonic()
+
+    def interval(self, now: float) -> float:
+        return min(max(self.poll, QUERY_EVERY_MAX_S), max(self.poll, (now - self.submitted) / 2))
+
+    def refresh(self, job_ids: list[str]) -> None:
+        """List the queue if the interval has passed (one query for every job)."""
+        now = time.monotonic()
+        if now - self.asked < self.interval(now):
+            return
+        self.asked = now
+        states = self.kind.queue_states()
+        if states is None:  # no queue, or no answer: nothing is declared gone
+            return
+        self.states, self.listed = states, now
+        for job_id in job_ids:
+            if job_id in states:
+                self.missing_since.pop(job_id, None)
+            else:
+                self.missing_since.setdefault(job_id, now)
+
+    def gone(self, job_id: str) -> bool:
+        """Whether the listings have lacked the job for ``GONE_AFTER_S`` (the caller checks
+        after the listing that it has no result either)."""
+        since = self.missing_since.get(job_id)
+        return since is not None and self.listed - since >= GONE_AFTER_S
+
+
 class _Submitted:
     """Jobs on submitit: submit, poll, resubmit failures, collect outcomes."""
 
@@ -207,15 +258,18 @@ class _Submitted:
         self.poll, self.on_states, self.on_retry = poll, on_states, on_retry
         self.outcomes: list[JobOutcome | None] = [None] * len(self.jobs)
         self.tries = [0] * len(self.jobs)
-        self.missing = [0] * len(self.jobs)
+        self.queue = _Queue(kind, poll)
 
     def wait(self) -> list[JobOutcome]:
         running = self._submit(list(range(len(self.jobs))))
         last: list[str] = []
         while running:
+            # The listing first, the result files after it: a job that finished just before the
+            # listing has its result by then, so a job missing from both has left the queue.
+            self.queue.refresh([handle.job_id for handle in running.values()])
             retry = []
             for i, handle in list(running.items()):
-                error = self._finished(i, handle)
+                error = self._finished(handle)
                 if error is False:
                     continue
                 running.pop(i)
@@ -247,7 +301,7 @@ class _Submitted:
 
         for i in indices:
             self.tries[i] += 1
-            self.missing[i] = 0
+        self.queue.submitted_now()
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # the submitter's errors: in the message
                 if self.extract_array <= 1:
@@ -268,17 +322,13 @@ class _Submitted:
             parts = [self.executor.submit(part) for part in job.extraction_jobs(self.extract_array)]
         return self.kind.submit_after(self.executor, job, parts)
 
-    def _finished(self, i: int, handle) -> BaseException | None | bool:
+    def _finished(self, handle) -> BaseException | None | bool:
         """False while running; else the job's error (None if it succeeded)."""
-        if handle.done():
+        if handle.done():  # its result file, or submitit's watcher (sacct) saying it ended
             return handle.exception()
-        if self.kind.queue_state(handle.job_id) == "":
-            self.missing[i] += 1
-            if self.missing[i] >= GONE_AFTER_POLLS and not handle.done():
-                return JobGone(f"{self.kind.config.kind} job {handle.job_id} left the queue "
-                               "without a result (cancelled, or its node failed)")
-        else:
-            self.missing[i] = 0
+        if self.queue.gone(handle.job_id):
+            return JobGone(f"{self.kind.config.kind} job {handle.job_id} left the queue "
+                           "without a result (cancelled, or its node failed)")
         return False
 
     def _state(self, i: int, running: dict[int, Any]) -> str:
@@ -290,8 +340,8 @@ class _Submitted:
             raw = handle.state
         except Exception:  # noqa: BLE001  (no accounting: submitit may raise)
             raw = "UNKNOWN"
-        if raw == "UNKNOWN":  # ask the queue itself, where there is one
-            raw = self.kind.queue_state(handle.job_id) or "UNKNOWN"
+        if raw == "UNKNOWN":  # the queue's last listing, where there is one
+            raw = self.queue.states.get(handle.job_id, "UNKNOWN")
         return {"PENDING": "pending", "REQUEUED": "pending", "CONFIGURING": "pending"}.get(
             raw, "running")
 
