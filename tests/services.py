@@ -42,7 +42,11 @@ def _require(var: str, how: str, example: str) -> str:
 
 
 def _sh(*cmd: str, timeout: float = 30) -> str:
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    """The command's output (stdout and stderr); where it is not installed, saying so."""
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return f"{cmd[0]}: command not found"
     return (proc.stdout + proc.stderr).strip()
 
 

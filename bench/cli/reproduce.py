@@ -38,6 +38,8 @@ def main(args: argparse.Namespace) -> int:
     from bench.run.spec import RunSpec
 
     executor = options.executor(args)
+    if not args.dry_run:
+        executor.check()  # before the plan opens the tracking store: no SLURM here
     run_options = options.run_options(args)
     run_options.progress = run_options.progress and executor.in_process
     template = RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,

@@ -11,6 +11,8 @@ Polling is gentle on a shared cluster: each poll reads the jobs' result files (s
 ``job.done()``, whose own watcher asks ``sacct`` about every job in one call, backing off), and the
 queue is listed in one call for all jobs, every ``poll`` seconds at first, then every half of the
 time since the last submission, up to once a minute (``_Queue``; submitit's watcher's schedule).
+An executor refuses to start, in one line, where its jobs cannot run (``Executor.check``: the
+cluster's tools missing, no controller answering), before any work.
 
 Executors are plugins (``executors``): a ``bench.run.scheduler.Executor`` subclass registered with
 ``@executors.register(name)`` or the entry-point group ``bench.executors``. Every executor that
@@ -52,6 +54,7 @@ class ExecutorConfig:
     kind: str = "local"
     params: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None  # submitit logs and pickles (default RESULTS/jobs)
+    checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         executors.get(self.kind)  # an unknown kind fails here, naming the known ones
@@ -60,6 +63,13 @@ class ExecutorConfig:
     def in_process(self) -> bool:
         """Whether jobs run in this process (the driver may hand them what it built)."""
         return executors.get(self.kind).in_process
+
+    def check(self) -> None:
+        """Refuse in one line (``ExecutorUnavailable``) where these jobs cannot run (asked once:
+        the command and the library both check before their work)."""
+        if not self.checked:
+            self.create().check()
+            self.checked = True
 
     def create(self) -> Executor:
         return executors.get(self.kind)(self)
@@ -73,6 +83,12 @@ class Executor(ABC):
 
     def __init__(self, config: ExecutorConfig):
         self.config = config
+
+    def check(self) -> None:
+        """Refuse, with an ``ExecutorUnavailable`` naming what is missing and what to do, when
+        jobs cannot run where this executor sends them (called before any work). By default
+        they can."""
+        return None
 
     @abstractmethod
     def run(self, jobs: Sequence[Callable[[], Any]], retries: int, extract_array: int,
@@ -171,6 +187,11 @@ class JobOutcome:
 
 class SubmissionError(BenchError, RuntimeError):
     """sbatch failed: no controller, a refused partition or account..."""
+
+
+class ExecutorUnavailable(BenchError, RuntimeError):
+    """Jobs cannot run where the executor sends them: the cluster's tools are not installed here,
+    or no controller answers."""
 
 
 class JobGone(RuntimeError):
