@@ -1,8 +1,8 @@
 """The scheduler without a cluster: how often the queue is asked (a clock of our own), and the
 one-line refusals where SLURM is not installed, has no controller, or refuses a submission.
 
-The SLURM tools are replaced by scripts on PATH and every real one is taken off it, so these
-tests behave the same on a machine without SLURM, with SLURM's tools but no controller, and on
+Every real SLURM command is off PATH (conftest's ``hide_slurm``) and the ones a test needs are
+scripts of its own, so these tests behave the same on a machine without SLURM, with SLURM's tools but no controller, and on
 the CI cluster (``tests/test_sweep_slurm.py`` runs the real thing there).
 """
 
@@ -15,43 +15,29 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from tests.services import SLURM_COMMANDS
 
 FAST = ["--epochs", "2", "--lrs", "1e-2", "--wds", "0", "--workers", "0", "--no-progress"]
-# Every SLURM command bench and submitit run, and a few more a user might have.
-SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "sinfo", "sacct", "scancel", "salloc")
 
 
 @pytest.fixture
-def no_slurm_path(tmp_path, monkeypatch) -> Path:
-    """PATH as it was, minus every SLURM command: one folder of links to everything else on it
-    (on Debian /bin is /usr/bin, so a folder cannot simply be dropped). Returns that folder."""
-    folder = tmp_path / "path-without-slurm"
+def no_slurm() -> None:
+    """Not one SLURM command on PATH (conftest's ``hide_slurm`` took them off), as on a laptop."""
+    assert not any(shutil.which(command) for command in SLURM_COMMANDS), os.environ["PATH"]
+
+
+@pytest.fixture
+def fake_slurm(no_slurm, tmp_path, monkeypatch) -> Path:
+    """A folder first on PATH for fake SLURM commands; without them SLURM is not installed."""
+    folder = tmp_path / "fake-slurm"
     folder.mkdir()
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        if not os.path.isdir(directory):
-            continue
-        for entry in os.scandir(directory):
-            target = folder / entry.name
-            if entry.name not in SLURM_COMMANDS and not target.exists() and \
-                    os.access(entry.path, os.X_OK):
-                target.symlink_to(entry.path)
-    monkeypatch.setenv("PATH", str(folder))
-    assert not any(shutil.which(command) for command in SLURM_COMMANDS)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     return folder
 
 
 def _fake(folder: Path, name: str, script: str) -> None:
     (folder / name).write_text(f"#!/bin/sh\n{script}\n")
     (folder / name).chmod(0o755)
-
-
-@pytest.fixture
-def fake_slurm(tmp_path, no_slurm_path, monkeypatch) -> Path:
-    """A folder on PATH (first) for fake SLURM commands; without them SLURM is not installed."""
-    folder = tmp_path / "fake-slurm"
-    folder.mkdir()
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{no_slurm_path}")
-    return folder
 
 
 def _commands(tmp_path) -> dict[str, list[str]]:
@@ -79,7 +65,7 @@ def _nothing_done(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("command", ["run", "sweep", "reproduce"])
-def test_slurm_not_installed_is_one_line_before_any_work(command, no_slurm_path, tmp_path,
+def test_slurm_not_installed_is_one_line_before_any_work(command, no_slurm, tmp_path,
                                                          capsys):
     """No SLURM tools at all (a laptop): one line naming the missing tools and what to do."""
     assert main([*_commands(tmp_path)[command], "--executor", "slurm"]) == 2
@@ -89,6 +75,17 @@ def test_slurm_not_installed_is_one_line_before_any_work(command, no_slurm_path,
         "node), or install them with the cluster's slurm.conf (Debian/Ubuntu: apt-get install "
         "slurm-client); or run with --executor local or submitit-local"]
     _nothing_done(tmp_path)
+
+
+def test_the_library_refuses_as_the_command_does(no_slurm, tmp_path):
+    """``run_jobs`` called directly (no bench.api in between): the same refusal, nothing
+    submitted or written."""
+    from bench.run.scheduler import ExecutorConfig, ExecutorUnavailable, run_jobs
+
+    config = ExecutorConfig("slurm", folder=str(tmp_path / "jobs"))
+    with pytest.raises(ExecutorUnavailable, match="sbatch, srun, squeue, scontrol are not on PATH"):
+        run_jobs([print], config)
+    assert not (tmp_path / "jobs").exists()
 
 
 def test_a_missing_slurm_tool_is_named(fake_slurm, tmp_path, capsys):

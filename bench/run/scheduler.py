@@ -214,8 +214,9 @@ def run_jobs(
     ``on_states`` receives every job's state (pending / running / done / failed) when one changes;
     ``on_retry`` each failed try that is resubmitted.
     """
-    executor = (config or ExecutorConfig()).create()
-    return executor.run(jobs, retries, extract_array, poll, on_states, on_retry)
+    config = config or ExecutorConfig()
+    config.check()  # where the callers (bench.api) have not already
+    return config.create().run(jobs, retries, extract_array, poll, on_states, on_retry)
 
 
 class _Queue:
