@@ -87,6 +87,7 @@ def run_seeds(spec: RunSpec, seeds: list[int] | None = None, options: RunOptions
              for settings in kind.expand(spec.head_args) for seed in seeds]
     for one in specs:
         check_spec(one)  # bad settings fail before the tracking store is touched
+    executor.check()  # so does an executor whose jobs cannot run (no SLURM here)
     options = job_options(options or RunOptions(), executor)
     if executor.in_process:  # the backbone is built (and its weights read) once
         first = resolve(specs[0], options)
@@ -148,6 +149,7 @@ def sweep(plan: SweepPlan, executor: ExecutorConfig | None = None, retries: int 
     if not plan.jobs:  # nothing to submit (a paper whose cells are all done)
         return SweepReport()
     executor = executor or ExecutorConfig()
+    executor.check()  # before the tracking store is touched: no SLURM here, no controller
     share_features(plan.jobs, executor.in_process)
     for job in plan.jobs:
         job.options = job_options(job.options, executor)

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from tests.services import MLFLOW_ENV, PARTITION, SLURM_ENV, _require, _sh
+from tests.services import hide_slurm  # noqa: F401  (autouse: no SLURM unless marked)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")

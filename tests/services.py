@@ -7,6 +7,9 @@ Contract (env vars), set by ``.ci/run`` and by a developer who starts the servic
 
 * ``BENCH_TEST_SLURM=1`` runs the ``slurm`` tests; ``BENCH_TEST_MLFLOW_URI`` the ``server`` tests.
   Unset, they skip, except under CI (``CI`` true/1) where that is an error; ``=0`` skips on purpose.
+* Every test not marked ``slurm`` runs with SLURM's commands off PATH (``hide_slurm``), so it
+  passes the same on a machine without SLURM, with SLURM's tools but no controller, and on the CI
+  cluster: a test that needs SLURM must say so with the marker.
 """
 
 from __future__ import annotations
@@ -16,12 +19,49 @@ import os
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 SLURM_ENV = "BENCH_TEST_SLURM"
 MLFLOW_ENV = "BENCH_TEST_MLFLOW_URI"
 PARTITION = "debug"
+# The commands of SLURM's packages (clients, daemons): what bench, submitit or a test could run.
+SLURM_COMMANDS = frozenset({
+    "sacct", "sacctmgr", "salloc", "sattach", "sbatch", "sbcast", "scancel", "scontrol",
+    "scrontab", "sdiag", "sh5util", "sinfo", "sprio", "squeue", "sreport", "srun", "sshare",
+    "sstat", "strigger", "sview", "slurmctld", "slurmd", "slurmdbd", "slurmstepd"})
+_WITHOUT_SLURM: dict[str, str] = {}  # PATH -> the same PATH without SLURM's commands
+
+
+def path_without_slurm(path: str, links: Path) -> str:
+    """``path`` with each folder that holds a SLURM command replaced by a folder (under
+    ``links``) of links to everything else in it: on Debian /bin is /usr/bin, so a folder cannot
+    simply be dropped. Folders without SLURM stay as they are (a virtual environment's python
+    must be run from its own folder)."""
+    if path not in _WITHOUT_SLURM:
+        folders = []
+        for folder in path.split(os.pathsep):
+            names = os.listdir(folder) if os.path.isdir(folder) else []
+            if SLURM_COMMANDS.isdisjoint(names):
+                folders.append(folder)
+                continue
+            copy = links / os.path.realpath(folder).strip("/").replace("/", "_")
+            if not copy.exists():
+                copy.mkdir(parents=True)
+                for name in set(names) - SLURM_COMMANDS:
+                    (copy / name).symlink_to(os.path.join(folder, name))
+            folders.append(str(copy))
+        _WITHOUT_SLURM[path] = os.pathsep.join(folders)
+    return _WITHOUT_SLURM[path]
+
+
+@pytest.fixture(autouse=True)
+def hide_slurm(request, monkeypatch, tmp_path_factory):
+    """SLURM's commands off PATH for every test not marked ``slurm`` (see the module's notes)."""
+    if request.node.get_closest_marker("slurm") is None:
+        links = tmp_path_factory.getbasetemp() / "path-without-slurm"
+        monkeypatch.setenv("PATH", path_without_slurm(os.environ.get("PATH", ""), links))
 
 
 def _in_ci() -> bool:
@@ -42,7 +82,11 @@ def _require(var: str, how: str, example: str) -> str:
 
 
 def _sh(*cmd: str, timeout: float = 30) -> str:
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    """The command's output (stdout and stderr); where it is not installed, saying so."""
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return f"{cmd[0]}: command not found"
     return (proc.stdout + proc.stderr).strip()
 
 

@@ -422,22 +422,3 @@ def test_comparing_predictions_over_different_class_counts_is_a_usage_error():
     three = Predictions(np.zeros((4, 3), int), np.arange(4) % 3, 3)
     with pytest.raises(UsageError, match="over 10 and 3 classes"):
         compare(ten, three)
-
-
-def test_slurm_without_a_controller_is_one_line(monkeypatch, capsys, tmp_path):
-    """A real `sbatch` process failing as it does where no controller answers."""
-    from bench.cli import main
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("sbatch", "squeue", "sacct", "scancel"):
-        (bin_dir / name).write_text(
-            "#!/bin/sh\necho 'sbatch: error: fetch_config: DNS SRV lookup failed' >&2\n"
-            "echo 'sbatch: fatal: Could not establish a configuration source' >&2\nexit 1\n")
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    assert main([*RUN, "--executor", "slurm"]) == 2
-    assert _errors(capsys.readouterr().err) == [
-        "bench: error: SLURM refused the submission (sbatch: fatal: Could not establish a "
-        "configuration source): is a controller reachable from here (`sinfo`)? Or run with "
-        "--executor local"]

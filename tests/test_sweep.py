@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -64,20 +65,24 @@ def test_profiles_are_read_and_checked(tmp_path):
 
 
 def test_slurm_executor_reads_squeue(tmp_path, monkeypatch):
-    """The slurm executor's queue: a job squeue lists, one it no longer lists (gone), and no
-    answer when squeue fails (then nothing is declared gone)."""
+    """The slurm executor's queue: one squeue call lists this user's jobs (not the whole
+    cluster's), one line per array task; a job it does not list has left the queue; no answer
+    when squeue fails (then nothing is declared gone)."""
     from bench.run.scheduler import ExecutorConfig
 
-    squeue = tmp_path / "bin" / "squeue"
+    squeue, calls = tmp_path / "bin" / "squeue", tmp_path / "calls"
     squeue.parent.mkdir()
-    squeue.write_text("#!/bin/sh\nprintf '41 RUNNING\\n42_3 PENDING\\n'\n")
+    squeue.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\nprintf '41 RUNNING\\n42_3 PENDING\\n'\n")
     squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{squeue.parent}:/usr/bin:/bin")
     slurm = ExecutorConfig("slurm").create()
-    assert [slurm.queue_state(j) for j in ("41", "42_3", "43")] == ["RUNNING", "PENDING", ""]
+    listed = slurm.queue_states()
+    assert [listed.get(j, "") for j in ("41", "42_3", "43")] == ["RUNNING", "PENDING", ""]
+    assert calls.read_text().split() == ["--noheader", "--array", "--user", str(os.getuid()),
+                                         "--format", "%i", "%T"]
     squeue.write_text("#!/bin/sh\nexit 1\n")
-    assert slurm.queue_state("41") is None
-    assert ExecutorConfig("submitit-local").create().queue_state("41") is None  # no queue
+    assert slurm.queue_states() is None
+    assert ExecutorConfig("submitit-local").create().queue_states() is None  # no queue
 
 
 def test_diffusion_sweep_draws_the_paper_figures(tmp_path, capsys):

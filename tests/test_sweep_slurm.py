@@ -348,3 +348,72 @@ def test_reproduce_runs_one_array_task_per_forward_pass(server, job_dir, tmp_pat
     assert "5 cells: 5 done, 0 to run" in capsys.readouterr().out
     assert set(job_dir.glob("*_submission.sh")) == submitted  # nothing submitted again
     assert {r["id"] for r in _runs(server, suite)} == {r["id"] for r in runs}
+
+
+QUERIES = ("squeue", "sacct", "sinfo", "scontrol")  # the SLURM tools that ask the controller
+
+
+def _logging_tools(folder: Path, log: Path) -> None:
+    """Wrappers in ``folder`` that log each call of a SLURM query tool, then exec the real one."""
+    import shlex
+    import shutil
+
+    folder.mkdir()
+    for tool in QUERIES:
+        real = shutil.which(tool)
+        assert real, f"{tool} is not on PATH"
+        script = folder / tool
+        script.write_text(f"#!/bin/sh\necho \"$(date +%s.%N) {tool} $*\" >> {shlex.quote(str(log))}"
+                          f"\nexec {shlex.quote(real)} \"$@\"\n")
+        script.chmod(0o755)
+
+
+def _backoff_allows(duration: float, poll: float) -> int:
+    """The most queries one poller makes in ``duration`` seconds: every ``poll`` seconds at
+    first, then every half of the time since the submission, up to a minute."""
+    t, n = 0.0, 1
+    while t < duration:
+        t += min(max(poll, 60.0), max(poll, t / 2))
+        n += 1
+    return n
+
+
+@pytest.mark.slurm
+def test_polling_n_jobs_asks_slurm_once_per_interval_and_backs_off(slurm_cluster, job_dir,
+                                                                   tmp_path, monkeypatch, capsys):
+    """8 array jobs on the real cluster, polled every 0.5 s: SLURM is asked about all of them in
+    one call per interval (never once per job), and the interval grows with the time since the
+    submission (submitit's watcher's schedule), so the number of calls follows the backoff, not
+    the number of jobs times the number of polls. Every call of squeue, sacct, sinfo and scontrol
+    the driver makes is counted by a wrapper on PATH that logs it and runs the real tool."""
+    import functools
+
+    from bench.run.scheduler import ExecutorConfig, run_jobs
+
+    log, n, poll, sleep = tmp_path / "queries.log", 8, 0.5, 4.0
+    _logging_tools(tmp_path / "bin", log)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    config = ExecutorConfig("slurm", {"slurm_partition": slurm_cluster, "cpus_per_task": 1,
+                                      "mem_gb": 1, "timeout_min": 10}, str(job_dir))
+    start = time.time()
+    outcomes = run_jobs([functools.partial(time.sleep, sleep) for _ in range(n)], config,
+                        poll=poll)
+    duration = time.time() - start
+    assert [o.ok for o in outcomes] == [True] * n, [o.error for o in outcomes]
+
+    calls = [line.split(maxsplit=2) for line in log.read_text().splitlines()] if log.exists() \
+        else []
+    by_tool = {tool: sorted(float(t) for t, name, *_ in calls if name == tool) for tool in QUERIES}
+    polls = duration / poll
+    with capsys.disabled():
+        print(f"\n{n} jobs, {duration:.1f} s, {polls:.0f} polls of {poll} s: "
+              + ", ".join(f"{tool} {len(times)}" for tool, times in by_tool.items())
+              + f" ({sum(map(len, by_tool.values())) / polls:.2f} queries a poll)")
+    squeue = by_tool["squeue"]
+    assert squeue, "the queue was never asked"
+    gaps = [b - a for a, b in zip(squeue, squeue[1:])]
+    assert min(gaps, default=poll) >= 0.8 * poll, f"several squeue calls in one poll: {gaps}"
+    assert len(squeue) <= _backoff_allows(duration, poll), (len(squeue), gaps)
+    # submitit's own watcher (sacct for every job at once, backing off from 2 s): a few calls
+    assert len(by_tool["sacct"]) <= 2 + _backoff_allows(duration, 2.0), by_tool["sacct"]
+    assert not by_tool["sinfo"] and len(by_tool["scontrol"]) <= 1

@@ -48,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
 
     # every flag is read here, before any work: each reaches the plan, the jobs or the scheduler
     executor = options.executor(args)
+    if not args.dry_run:
+        executor.check()  # before the plan opens the tracking store: no SLURM here
     run_options = options.run_options(args)
     run_options.progress = run_options.progress and executor.in_process
     template = spec_template(args)

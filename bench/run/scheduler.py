@@ -7,6 +7,13 @@ up to ``retries`` times, report each job's outcome. Failures come from submitit'
 (``job.exception()``, the job's stderr path); a job its queue no longer lists without a result
 (``scancel``, node failure) is reported as such instead of being waited on forever.
 
+Polling is gentle on a shared cluster: each poll reads the jobs' result files (submitit's
+``job.done()``, whose own watcher asks ``sacct`` about every job in one call, backing off), and the
+queue is listed in one call for all jobs, every ``poll`` seconds at first, then every half of the
+time since the last submission, up to once a minute (``_Queue``; submitit's watcher's schedule).
+An executor refuses to start, in one line, where its jobs cannot run (``Executor.check``: the
+cluster's tools missing, no controller answering), before any work.
+
 Executors are plugins (``executors``): a ``bench.run.scheduler.Executor`` subclass registered with
 ``@executors.register(name)`` or the entry-point group ``bench.executors``. Every executor that
 submitit knows (its own and its plugins', entry-point group ``submitit``) is a kind too, under
@@ -34,7 +41,10 @@ SLURM_FIELDS = {  # profile key / CLI flag -> submitit AutoExecutor parameter
     "slurm_array_parallelism",
 }
 PROFILE_KEYS = ("executor", "setup", *SLURM_FIELDS)
-GONE_AFTER_POLLS = 3  # polls a job may be missing from its queue before it counts as gone
+QUERY_EVERY_MAX_S = 60.0  # the longest wait between two listings of the queue
+# A job missing from its queue this long without a result has left it (submitit, too, waits this
+# long for a result file a shared filesystem may show late).
+GONE_AFTER_S = 15.0
 
 
 @dataclass
@@ -45,6 +55,7 @@ class ExecutorConfig:
     kind: str = "local"
     params: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None  # submitit logs and pickles (default RESULTS/jobs)
+    checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         executors.get(self.kind)  # an unknown kind fails here, naming the known ones
@@ -53,6 +64,13 @@ class ExecutorConfig:
     def in_process(self) -> bool:
         """Whether jobs run in this process (the driver may hand them what it built)."""
         return executors.get(self.kind).in_process
+
+    def check(self) -> None:
+        """Refuse in one line (``ExecutorUnavailable``) where these jobs cannot run (asked once:
+        the command and the library both check before their work)."""
+        if not self.checked:
+            self.create().check()
+            self.checked = True
 
     def create(self) -> Executor:
         return executors.get(self.kind)(self)
@@ -66,6 +84,12 @@ class Executor(ABC):
 
     def __init__(self, config: ExecutorConfig):
         self.config = config
+
+    def check(self) -> None:
+        """Refuse, with an ``ExecutorUnavailable`` naming what is missing and what to do, when
+        jobs cannot run where this executor sends them (called before any work). By default
+        they can."""
+        return None
 
     @abstractmethod
     def run(self, jobs: Sequence[Callable[[], Any]], retries: int, extract_array: int,
@@ -92,9 +116,10 @@ class SubmititExecutor(Executor):
             part.result()
         return executor.submit(job)
 
-    def queue_state(self, job_id: str) -> str | None:
-        """The job's raw state in its queue; "" when the queue no longer lists it, None when
-        there is no queue to ask."""
+    def queue_states(self) -> dict[str, str] | None:
+        """The raw state of every job of this user that the queue lists (one query, however many
+        jobs are running: a job missing from it has left the queue); None when there is no queue
+        to ask or it did not answer."""
         return None
 
     def run(self, jobs, retries, extract_array, poll, on_states, on_retry) -> list[JobOutcome]:
@@ -166,6 +191,11 @@ class SubmissionError(BenchError, RuntimeError):
     """sbatch failed: no controller, a refused partition or account..."""
 
 
+class ExecutorUnavailable(BenchError, RuntimeError):
+    """Jobs cannot run where the executor sends them: the cluster's tools are not installed here,
+    or no controller answers."""
+
+
 class JobGone(RuntimeError):
     """A job that left its queue without writing a result (cancelled, node failure)."""
 
@@ -186,8 +216,51 @@ def run_jobs(
     ``on_states`` receives every job's state (pending / running / done / failed) when one changes;
     ``on_retry`` each failed try that is resubmitted.
     """
-    executor = (config or ExecutorConfig()).create()
-    return executor.run(jobs, retries, extract_array, poll, on_states, on_retry)
+    config = config or ExecutorConfig()
+    config.check()  # where the callers (bench.api) have not already
+    return config.create().run(jobs, retries, extract_array, poll, on_states, on_retry)
+
+
+class _Queue:
+    """The jobs' queue as of its last listing, asked once for all jobs at a time: every ``poll``
+    seconds at first, then every half of the time since the last submission, up to once a
+    minute (as submitit's watcher asks sacct)."""
+
+    def __init__(self, kind: SubmititExecutor, poll: float):
+        self.kind, self.poll = kind, poll
+        self.states: dict[str, str] = {}
+        self.asked = self.listed = float("-inf")  # the last query; the last answer
+        self.submitted = time.monotonic()
+        self.missing_since: dict[str, float] = {}  # job id -> first listing that lacked it
+
+    def submitted_now(self) -> None:
+        """New jobs: list the queue often again (their start is when most changes)."""
+        self.submitted = time.monotonic()
+
+    def interval(self, now: float) -> float:
+        return min(max(self.poll, QUERY_EVERY_MAX_S), max(self.poll, (now - self.submitted) / 2))
+
+    def refresh(self, job_ids: list[str]) -> None:
+        """List the queue if the interval has passed (one query for every job)."""
+        now = time.monotonic()
+        if now - self.asked < self.interval(now):
+            return
+        self.asked = now
+        states = self.kind.queue_states()
+        if states is None:  # no queue, or no answer: nothing is declared gone
+            return
+        self.states, self.listed = states, now
+        for job_id in job_ids:
+            if job_id in states:
+                self.missing_since.pop(job_id, None)
+            else:
+                self.missing_since.setdefault(job_id, now)
+
+    def gone(self, job_id: str) -> bool:
+        """Whether the listings have lacked the job for ``GONE_AFTER_S`` (the caller checks
+        after the listing that it has no result either)."""
+        since = self.missing_since.get(job_id)
+        return since is not None and self.listed - since >= GONE_AFTER_S
 
 
 class _Submitted:
@@ -209,15 +282,18 @@ class _Submitted:
         self.poll, self.on_states, self.on_retry = poll, on_states, on_retry
         self.outcomes: list[JobOutcome | None] = [None] * len(self.jobs)
         self.tries = [0] * len(self.jobs)
-        self.missing = [0] * len(self.jobs)
+        self.queue = _Queue(kind, poll)
 
     def wait(self) -> list[JobOutcome]:
         running = self._submit(list(range(len(self.jobs))))
         last: list[str] = []
         while running:
+            # The listing first, the result files after it: a job that finished just before the
+            # listing has its result by then, so a job missing from both has left the queue.
+            self.queue.refresh([handle.job_id for handle in running.values()])
             retry = []
             for i, handle in list(running.items()):
-                error = self._finished(i, handle)
+                error = self._finished(handle)
                 if error is False:
                     continue
                 running.pop(i)
@@ -249,7 +325,7 @@ class _Submitted:
 
         for i in indices:
             self.tries[i] += 1
-            self.missing[i] = 0
+        self.queue.submitted_now()
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # the submitter's errors: in the message
                 if self.extract_array <= 1:
@@ -270,17 +346,13 @@ class _Submitted:
             parts = [self.executor.submit(part) for part in job.extraction_jobs(self.extract_array)]
         return self.kind.submit_after(self.executor, job, parts)
 
-    def _finished(self, i: int, handle) -> BaseException | None | bool:
+    def _finished(self, handle) -> BaseException | None | bool:
         """False while running; else the job's error (None if it succeeded)."""
-        if handle.done():
+        if handle.done():  # its result file, or submitit's watcher (sacct) saying it ended
             return handle.exception()
-        if self.kind.queue_state(handle.job_id) == "":
-            self.missing[i] += 1
-            if self.missing[i] >= GONE_AFTER_POLLS and not handle.done():
-                return JobGone(f"{self.kind.config.kind} job {handle.job_id} left the queue "
-                               "without a result (cancelled, or its node failed)")
-        else:
-            self.missing[i] = 0
+        if self.queue.gone(handle.job_id):
+            return JobGone(f"{self.kind.config.kind} job {handle.job_id} left the queue "
+                           "without a result (cancelled, or its node failed)")
         return False
 
     def _state(self, i: int, running: dict[int, Any]) -> str:
@@ -292,8 +364,8 @@ class _Submitted:
             raw = handle.state
         except Exception:  # noqa: BLE001  (no accounting: submitit may raise)
             raw = "UNKNOWN"
-        if raw == "UNKNOWN":  # ask the queue itself, where there is one
-            raw = self.kind.queue_state(handle.job_id) or "UNKNOWN"
+        if raw == "UNKNOWN":  # the queue's last listing, where there is one
+            raw = self.queue.states.get(handle.job_id, "UNKNOWN")
         return {"PENDING": "pending", "REQUEUED": "pending", "CONFIGURING": "pending"}.get(
             raw, "running")
 
