@@ -10,7 +10,7 @@ from bench.cli import options
 
 
 def add_parser(sub) -> None:
-    from bench.protocol import head_names
+    from bench.protocol import head_kinds
 
     p = sub.add_parser("sweep", help="backbones x tasks x grid as jobs (local, submitit, SLURM)")
     p.add_argument("--backbones", required=True, type=options.csv,
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                    "the cache's disk holds it; run nothing")
     options.add_feature_args(p)
     options.add_keep_arg(p)
-    options.add_probe_args(p, head_names())
+    options.add_probe_args(p, head_kinds())
     options.add_schedule_args(p)
     p.set_defaults(func=main)
 
