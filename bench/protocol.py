@@ -148,6 +148,7 @@ def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1",
 
     from bench.metrics import names
 
+    check_classes(data)
     data = dataclasses.replace(data, headline=headline)
     records = trainer.search(data)
     if not records:
@@ -160,6 +161,22 @@ def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1",
     return ProbeResult(best=point, val={k: v for k, v in best.items() if k in metric_names},
                        test=test.metrics(), predictions=test, grid=records,
                        edge=grid_edges(records, point, metric_names, widen))
+
+
+def check_classes(data: ProbeData) -> None:
+    """Refuse, before any training, labels whose scores would say nothing: fewer than two
+    classes, or a split holding fewer than two of them (every score on it would be perfect)."""
+    import numpy as np
+
+    if data.num_classes < 2:
+        raise UsageError(f"{data.num_classes} class{'' if data.num_classes == 1 else 'es'}: "
+                         "a classification task needs at least 2 (every score would be perfect)")
+    for split, labels in data.labels.items():
+        present = np.unique(np.asarray(labels))
+        if len(present) < 2:
+            raise UsageError(f"the {split} split holds images of {len(present)} class "
+                             f"({', '.join(map(str, present.tolist()))}) only: every score on it "
+                             "would be perfect; each split needs at least two classes")
 
 
 def grid_edges(records: list[dict[str, float]], point: dict[str, float],

@@ -54,16 +54,14 @@ class Trainer:
 
 
 def memory(config, inputs, budget):
-    plan = MemoryPlan(budget)
-    for phase, splits in (("search", ("train", "val")), ("test", ("train+val", "test"))):
-        sources = []
-        for name in splits:
-            rows = inputs.rows_of(name)
-            size = rows * inputs.dims * 8
-            sources.append(Source(name, size, size, f"{rows} rows x {inputs.dims} dims x 8 B",
-                                  what="centroid pass", fix=""))
-        plan.phase(phase, sources)
-    return plan
+    def source(name):
+        rows = inputs.rows_of(name)
+        size = rows * inputs.dims * 8
+        return Source(name, size, size, f"{rows} rows x {inputs.dims} dims x 8 B",
+                      what="centroid pass", fix="")
+
+    return MemoryPlan.of(budget, {"search": [source("train"), source("val")],
+                                  "test": [source("train+val"), source("test")]})
 
 
 def state(config, inputs):
@@ -144,7 +142,8 @@ def test_its_cost_shows_in_the_dry_run_and_its_plan_refuses_a_small_budget(one_f
     err = capsys.readouterr().err
     assert ("memory budget 100.0 kB is below one centroid pass (1295 rows x 48 dims x 8 B = "
             "497.3 kB, train) + one centroid pass (143 rows x 48 dims x 8 B = 54.9 kB, val) = "
-            "552.2 kB: raise --memory-budget to at least 552.2 kB (or auto)") in err
+            "552.2 kB; another phase of the head needs 690.0 kB: give --memory-budget 690.1kB or more "
+            "(or auto)") in err
 
 
 def test_it_runs_in_a_sweep_and_its_grid_edge_hint_names_its_flag(one_file_head, capsys):

@@ -182,7 +182,8 @@ def test_a_budget_below_one_chunk_is_refused_in_one_line():
     with pytest.raises(UsageError, match=r"memory budget 1\.0 kB is below one logistic-regression "
                        r"chunk \(1,295 rows x 193 numbers x 4 B = 999\.7 kB, train\) \+ one "
                        r"logistic-regression chunk \(143 rows x 193 numbers x 4 B = 110\.4 kB, "
-                       r"val\) = 1\.1 MB: raise --memory-budget to at least 1\.1 MB \(or auto\)$"):
+                       r"val\) = 1\.1 MB; another phase of the head needs 1\.4 MB: give --memory-budget 1\.4MB "
+                       r"or more \(or auto\)$"):
         LogRegTrainer(LogRegConfig()).search(ProbeData(feats, labels, 10, memory_budget=1000))
 
 

@@ -128,13 +128,17 @@ def test_the_standardisation_statistics_are_scikit_learns_at_any_offset_and_scal
         np.testing.assert_allclose(v.numpy(), peer.var_, rtol=1e-5, atol=1e-30)
 
 
-def test_logreg_on_raw_features_too_small_for_its_tolerance_is_refused():
+@pytest.mark.parametrize("scale, why", [(1e-8, "its gradient there is already under tol"),
+                                         (1e8, "no step from there decreased the loss")])
+def test_logreg_on_raw_features_out_of_the_solvers_reach_is_refused(scale, why):
     """CLIP's raw-feature protocol is not scale-free (C's meaning depends on the scale): where
-    the features are so small that every C's gradient at zero is under ``tol``, L-BFGS would stop
-    at zero weights and log chance as a result; it is refused in one line, naming the fix."""
+    every C stops at its zero start (a gradient under ``tol`` on tiny features, no decrease in
+    float32 on huge ones) it would log chance as a result (25.00 here, exit 0); it is refused
+    in one line, naming the fix."""
     feats, labels = _vectors()
     settings = {"cs": [0.1, 10.0], "refinements": 1}
     assert _evaluate("logreg", settings, feats, labels).test["top1"] > 60
-    with pytest.raises(UsageError, match=r"normalisation=standardise") as error:
-        _evaluate("logreg", settings, _scaled(feats, 1e-8), labels)
+    with pytest.raises(UsageError, match=rf"every C stopped at zero weights \({why}.*"
+                       r"normalisation=standardise \(scale-free\)") as error:
+        _evaluate("logreg", settings, _scaled(feats, scale), labels)
     assert "\n" not in str(error.value)

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard, sweep
     from bench.cli.runs import ID_CHARS, tally
-    from bench.results.leaderboard import written_lines
+    from bench.results.leaderboard import FOOTER, footnotes, written_lines
     from bench.paths import tracking_uri
     from bench.run.sweep import describe, make_plan, parse_grid
 
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
     print(tally(report.records, args.suite))
     board, paths = leaderboard([args.suite], references=True, figures=True,
                                title=f"bench sweep: {args.suite}", protocol="all")
-    if not board.table.empty:
-        print("\n" + board.display.to_markdown())
+    if not board.table.empty:  # its marks explained, as `bench leaderboard` prints them
+        print("\n\n".join(["", board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
     for name, path in paths.items():
         if name.startswith("figure:"):
             print(f"figure: {path}")

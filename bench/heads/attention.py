@@ -13,6 +13,10 @@ of once per training step as in the reference code.
   timestep's tokens (all its blocks, plus CLS) pass through it separately and the CLS outputs of
   all timesteps are concatenated before the classifier.
 
+Each layer's maps are divided by one number, their typical scale on the training split
+(``map_scales``), before the head's LayerNorm: its epsilon (1e-5) is then relative, so the head's
+numbers do not depend on the features' overall scale.
+
 Training follows ``bench.protocol.evaluate``: each learning rate of the grid is trained with
 validation checkpoints every ``eval_every`` epochs, the best (lr, epochs) on validation is retrained
 on train+val identically and evaluated on test once. Recipes: ``paper`` is the released scripts'
@@ -336,11 +340,8 @@ def attention_memory(cfg: HeadConfig, inputs: Inputs, budget: int | None) -> Mem
                       f"{batch:,} maps x {inputs.dims:,} numbers x {per} B [2 x {inputs.stored} "
                       "stored + 4 float32]", what="attention-head minibatch")
 
-    plan = MemoryPlan(budget)
-    plan.phase("search", [source("train"), source("val")])
-    plan.phase("refit", [source("train+val")])
-    plan.phase("test", [source("test")])
-    return plan
+    return MemoryPlan.of(budget, {"search": [source("train"), source("val")],
+                                  "refit": [source("train+val")], "test": [source("test")]})
 
 
 def attention_state(cfg: HeadConfig, inputs: Inputs) -> tuple[int, str]:

@@ -26,7 +26,7 @@ import torch
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy
 from bench.heads.memory import Inputs, MemoryPlan, Source, inputs_of
-from bench.heads.probe import OPTIMIZERS, GridProbeTrainer, ProbeConfig, grid_memory, grid_state
+from bench.heads.probe import OPTIMIZERS, GridProbeTrainer, ProbeConfig, grid_sources, grid_state
 from bench.heads.streaming import CHUNK_ROWS, chunk_moments, multiplier, unit_rows
 from bench.protocol import ProbeData, ProbeResult, evaluate
 from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
@@ -147,17 +147,13 @@ def fewshot_memory(cfg: FewShotConfig, inputs: Inputs, budget: int | None) -> Me
     support and the rest of train, within what is left."""
     rows, dims = inputs.rows["train"] + inputs.rows["test"], inputs.dims
     copy = 4 * rows * dims
-    plan = MemoryPlan(budget)
-    held = plan.phase("normalise", [Source("train+test normalised", copy, copy,
-                                           f"{rows:,} rows x {dims:,} dims x 4 B",
-                                           what="normalised copy", fix="")])
+    normalised = Source("train+test normalised", copy, copy, f"{rows:,} rows x {dims:,} dims x 4 B",
+                        what="normalised copy", fix="")
     support = min(cfg.shots * inputs.classes, inputs.rows["train"])
     shots = Inputs({"train": support, "val": inputs.rows["train"] - support,
                     "test": inputs.rows["test"]}, dims, 4, inputs.compute, inputs.classes)
-    grid = grid_memory(cfg.probe_config(), shots, None if budget is None else budget - copy,
-                       "train")
-    plan.phases.update({name: {**held, **phase} for name, phase in grid.phases.items()})
-    return plan
+    return MemoryPlan.of(budget, {name: [normalised, *sources] for name, sources
+                                  in grid_sources(cfg.probe_config(), shots, "train").items()})
 
 
 def fewshot_state(cfg: FewShotConfig, inputs: Inputs) -> tuple[int, str]:

@@ -93,9 +93,9 @@ def knn_sources(bank_rows: int, query_rows: int, dims: int, stored: int,
     normalised, and their (QUERY_ROWS, BANK_ROWS) float32 similarities."""
     chunk, queries_chunk = min(BANK_ROWS, bank_rows), min(QUERY_ROWS, query_rows)
     step = (chunk * dims * (stored + 4)
-            + queries_chunk * (dims * (stored + 4) + 4 * BANK_ROWS))
+            + queries_chunk * (dims * (stored + 4) + 4 * chunk))
     text = (f"{chunk:,} bank rows and {queries_chunk:,} queries of {dims:,} dims x {stored + 4} B "
-            f"[{stored} stored + 4 normalised] and {queries_chunk:,} x {BANK_ROWS:,} similarities "
+            f"[{stored} stored + 4 normalised] and {queries_chunk:,} x {chunk:,} similarities "
             "x 4 B")
     return [Source(bank, 4 * dims * bank_rows, 0, text, always=step, what="kNN minibatch",
                    fix=""),
@@ -105,20 +105,18 @@ def knn_sources(bank_rows: int, query_rows: int, dims: int, stored: int,
 def knn_memory(bank: Rows, queries: Rows, budget: int | None) -> tuple[bool, bool]:
     """Whether the normalised bank, and then the queries, stay on the device within ``budget``
     bytes beside one step's chunks (else they stream); a ``UsageError`` below one step."""
-    plan = MemoryPlan(budget)
-    taken = plan.phase("knn", knn_sources(len(bank), len(queries), bank.dim,
-                                          bank.dtype.itemsize))
-    return tuple(h.mode == "memory" for h in taken.values())
+    plan = MemoryPlan.of(budget, {"knn": knn_sources(len(bank), len(queries), bank.dim,
+                                                     bank.dtype.itemsize)})
+    return tuple(h.mode == "memory" for h in plan.phases["knn"].values())
 
 
 def knn_plan(cfg: KnnConfig, inputs: Inputs, budget: int | None) -> MemoryPlan:
     """kNN's reads within ``budget``: train as the bank for the val queries, then train+val as
     the bank for the test queries."""
-    plan = MemoryPlan(budget)
-    for phase, bank, queries in (("search", "train", "val"), ("test", "train+val", "test")):
-        plan.phase(phase, knn_sources(inputs.rows_of(bank), inputs.rows_of(queries),
-                                      inputs.dims, inputs.stored, bank, queries))
-    return plan
+    return MemoryPlan.of(budget, {
+        phase: knn_sources(inputs.rows_of(bank), inputs.rows_of(queries), inputs.dims,
+                           inputs.stored, bank, queries)
+        for phase, bank, queries in (("search", "train", "val"), ("test", "train+val", "test"))})
 
 
 def knn_state(cfg: KnnConfig, inputs: Inputs) -> tuple[int, str]:

@@ -153,10 +153,8 @@ def logreg_memory(cfg: LogRegConfig, inputs: Inputs, budget: int | None) -> Memo
                       f"{chunk:,} rows x {width:,} numbers x 4 B", what="logistic-regression chunk",
                       fix="")
 
-    plan = MemoryPlan(budget)
-    plan.phase("search", [source("train"), source("val")])
-    plan.phase("refit", [source("train+val"), source("test")])
-    return plan
+    return MemoryPlan.of(budget, {"search": [source("train"), source("val")],
+                                  "refit": [source("train+val"), source("test")]})
 
 
 def logreg_state(cfg: LogRegConfig, inputs: Inputs) -> tuple[int, str]:
@@ -453,19 +451,22 @@ class LogRegTrainer:
         return search_cs(self.cfg.cs, self.cfg.refinements, data.headline, solve_round)
 
     def _check_moved(self, solution: Solution, rows: _Rows) -> None:
-        """Refuse a first round whose every C stopped at zero weights: the gradient there was
-        already under ``tol``, which on raw features (CLIP's protocol: not scale-free, C's meaning
-        depends on the scale) means features too small for the tolerance, and would log chance
-        as a result."""
-        if any(solution.iterations) or not all(solution.converged):
+        """Refuse a first round whose every C stopped at its zero start, which would log chance
+        as a result: the gradient there was already under ``tol`` (features too small for it),
+        or no step along it decreased the loss in float32 (features too large). Raw features
+        (CLIP's protocol) are not scale-free: C's meaning and the solver's reach depend on
+        their scale; standardised or l2 rows are."""
+        if any(solution.iterations):
             return
         first = next(iter(rows.chunks()))[:, :-1]
         rms = float(first.double().square().mean().sqrt())
+        why = (f"its gradient there is already under tol={self.cfg.tol:g}" if all(
+            solution.converged) else "no step from there decreased the loss in float32")
         raise UsageError(
-            f"logreg: every C stopped at zero weights, whose gradient is already under "
-            f"tol={self.cfg.tol:g}: the features (RMS {rms:.3g} with normalisation="
-            f"{self.cfg.normalisation}) are too small for it; use --probe-arg "
-            "normalisation=standardise (scale-free) or normalisation=l2, or a smaller tol")
+            f"logreg: every C stopped at zero weights ({why}): the features' scale (RMS "
+            f"{rms:.3g} with normalisation={self.cfg.normalisation}) is out of the solver's "
+            "reach; use --probe-arg normalisation=standardise (scale-free) or "
+            "normalisation=l2")
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         plan = self.memory(data)

@@ -86,9 +86,11 @@ class Holding:
 
 @dataclass
 class Budget:
-    """One phase's budget (bytes; None: no limit), given out source by source."""
+    """One phase's budget (bytes; None: no limit), given out source by source. ``least``: the
+    least the whole protocol needs (its largest phase), advised in a refusal."""
 
     total: int | None
+    least: int = 0
     taken: list[Holding] = field(default_factory=list)
 
     @property
@@ -114,15 +116,27 @@ class Budget:
         return holding
 
     def _refusal(self, source: Source, reserve: Sequence[Source]) -> str:
-        """One line: each term of the least the phase needs, with its arithmetic, and the sum."""
+        """One line: each term of what the phase needs at least, with its arithmetic, the sum,
+        and the budget to give (the whole protocol's least, rounded up)."""
         parts = [f"{h.source.name} held ({h.mode}, {size_text(h.bytes)})" for h in self.taken]
         parts += [f"one {s.what} ({_least_text(s)}, {s.name})" for s in [source, *reserve]
                   if s.least]
         need = source.least + sum(r.least for r in reserve) + self.held
+        more = (f"; another phase of the head needs {size_text(self.least)}"
+                if self.least > need else "")
         fix = f", or {source.fix}" if source.fix else ""
         return (f"memory budget {size_text(self.total)} is below {' + '.join(parts)}"
-                f" = {size_text(need)}: raise --memory-budget to at least {size_text(need)} "
-                f"(or auto){fix}")
+                f" = {size_text(need)}{more}: give --memory-budget "
+                f"{rounded_up(max(need, self.least))} or more (or auto){fix}")
+
+
+def rounded_up(n: int) -> str:
+    """``n`` bytes as a --memory-budget value, rounded up to ``size_text``'s precision (typed
+    back, it is enough)."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{-(-n * 10 // scale) / 10:g}{unit}"
+    return f"{n}B"
 
 
 def _least_text(source: Source) -> str:
@@ -136,12 +150,18 @@ class MemoryPlan:
     budget: int | None
     phases: dict[str, dict[str, Holding]] = field(default_factory=dict)
 
-    def phase(self, name: str, sources: Sequence[Source]) -> dict[str, Holding]:
-        """Take ``sources`` in order, each with the least of those after it reserved."""
-        budget = Budget(self.budget)
-        out = {s.name: budget.take(s, sources[i + 1:]) for i, s in enumerate(sources)}
-        self.phases[name] = out
-        return out
+    @classmethod
+    def of(cls, budget: int | None, phases: Mapping[str, Sequence[Source]]) -> MemoryPlan:
+        """Each phase's sources taken in order, each with the least of those after it kept
+        free; a budget below a phase's least is the ``MemoryBudgetError`` of the first such
+        phase, advising the least every phase runs in."""
+        least = max((sum(s.least for s in sources) for sources in phases.values()), default=0)
+        plan = cls(budget)
+        for name, sources in phases.items():
+            budget_ = Budget(budget, least)
+            plan.phases[name] = {s.name: budget_.take(s, sources[i + 1:])
+                                 for i, s in enumerate(sources)}
+        return plan
 
     def mode(self, phase: str, source: str) -> str:
         return self.phases[phase][source].mode

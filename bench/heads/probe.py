@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
-from bench.heads.memory import Inputs, MemoryPlan, inputs_of
+from bench.heads.memory import Inputs, MemoryPlan, Source, inputs_of
 from bench.precision import FP32, PrecisionPolicy, require
 from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
 from bench.heads.streaming import Batches, Rows, batches_source, moments, standardisation
@@ -499,15 +499,18 @@ def grid_memory(cfg: ProbeConfig, inputs: Inputs, budget: int | None,
                 refit: str = "train+val") -> MemoryPlan:
     """The grid's reads within ``budget`` (``bench.heads.memory``): train, with one minibatch of
     val kept free, then val in what is left; the refit on ``refit``; then test."""
-    def source(name: str):
+    return MemoryPlan.of(budget, grid_sources(cfg, inputs, refit))
+
+
+def grid_sources(cfg: ProbeConfig, inputs: Inputs, refit: str = "train+val"
+                 ) -> dict[str, list[Source]]:
+    """The sources the grid reads in each phase, in order (``grid_memory``)."""
+    def source(name: str) -> Source:
         return batches_source(name, inputs.rows_of(name), inputs.dims, inputs.stored,
                               inputs.compute, cfg.batch_size)
 
-    plan = MemoryPlan(budget)
-    plan.phase("search", [source("train"), source("val")])
-    plan.phase("refit", [source(refit)])
-    plan.phase("test", [source("test")])
-    return plan
+    return {"search": [source("train"), source("val")], "refit": [source(refit)],
+            "test": [source("test")]}
 
 
 def grid_state(cfg: ProbeConfig, inputs: Inputs) -> tuple[int, str]:

@@ -21,6 +21,7 @@ it changes a number, so nothing in it enters an identity.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -165,14 +166,21 @@ class Prepared:
 def build_task(spec: RunSpec) -> Task:
     """The task, its data checked cheaply (layout, counts) before any model is built."""
     from bench.registry import tasks
-    from bench.task import problems_error
+    from bench.task import check_classes, problems_error
 
     check_task_args(spec)
     task = tasks.create(spec.task, **spec.task_args)
     problems = task.verify(full=False)
     if problems:
         raise problems_error(spec.task, [f"task {spec.task!r}: {problems[0]}", *problems[1:]])
+    for note in check_classes(task):  # fewer than two classes: refused here
+        if note not in _NOTED:
+            _NOTED.add(note)
+            print(f"note: {note}", file=sys.stderr, flush=True)
     return task
+
+
+_NOTED: set[str] = set()  # notes said once a process
 
 
 def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
