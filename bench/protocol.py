@@ -8,9 +8,11 @@
    returns its test logits: test is touched exactly once.
 
 A head is a registered ``HeadKind`` (``register_head``; built-ins in ``bench.heads.kinds``, others from
-the entry-point group ``bench.heads``): its settings dataclass, its trainer, what it reads (pooled
-vectors or lightly pooled maps, ``accepts``) and whether it fuses all layers of a pool into one
-result. Adding a protocol is one trainer class and one registered kind; no engine module changes.
+the entry-point group ``bench.heads``): its settings dataclass (each field with its range), its
+trainer, what it reads (pooled vectors or lightly pooled maps, ``accepts``), whether it fuses all
+layers of a pool into one result, its command-line options, its memory plan and its cost
+(``bench.heads.memory``). Adding a protocol is one file: a trainer, its settings and one
+registered kind; no engine module changes.
 
 Every metric and prediction comes from one ``bench.metrics.Predictions`` per evaluation (one tie
 rule: the lower class id wins); selections at an end of the grid are reported (``grid_edges``).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -137,12 +140,15 @@ def checkpoints(epochs: int, eval_every: int) -> list[int]:
     return sorted(set(range(eval_every, epochs + 1, eval_every)) | {epochs})
 
 
-def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1") -> ProbeResult:
-    """Select on val, retrain the winner on train+val, test once."""
+def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1",
+             widen: Callable[[str], str] | None = None) -> ProbeResult:
+    """Select on val, retrain the winner on train+val, test once. ``widen``: the flag that
+    widens each grid axis (``HeadKind.widen``), named in the grid-edge hints."""
     import numpy as np
 
     from bench.metrics import names
 
+    check_classes(data)
     data = dataclasses.replace(data, headline=headline)
     records = trainer.search(data)
     if not records:
@@ -154,14 +160,31 @@ def evaluate(trainer: Trainer, data: ProbeData, headline: str = "top1") -> Probe
     test = predictions(logits, data.labels["test"], data.num_classes)
     return ProbeResult(best=point, val={k: v for k, v in best.items() if k in metric_names},
                        test=test.metrics(), predictions=test, grid=records,
-                       edge=grid_edges(records, point, metric_names))
+                       edge=grid_edges(records, point, metric_names, widen))
+
+
+def check_classes(data: ProbeData) -> None:
+    """Refuse, before any training, labels whose scores would say nothing: fewer than two
+    classes, or a split holding fewer than two of them (every score on it would be perfect)."""
+    import numpy as np
+
+    if data.num_classes < 2:
+        raise UsageError(f"{data.num_classes} class{'' if data.num_classes == 1 else 'es'}: "
+                         "a classification task needs at least 2 (every score would be perfect)")
+    for split, labels in data.labels.items():
+        present = np.unique(np.asarray(labels))
+        if len(present) < 2:
+            raise UsageError(f"the {split} split holds images of {len(present)} class "
+                             f"({', '.join(map(str, present.tolist()))}) only: every score on it "
+                             "would be perfect; each split needs at least two classes")
 
 
 def grid_edges(records: list[dict[str, float]], point: dict[str, float],
-               metric_names: set[str]) -> list[str]:
+               metric_names: set[str], widen: Callable[[str], str] | None = None) -> list[str]:
     """The axes whose selected value is the smallest or largest the grid tried, each with the
-    wider range to try. A lower end with nothing below it (0, or 1 for a count) is no edge;
-    ``epochs`` (the training length, scored at checkpoints) is not a searched axis here."""
+    wider range to try (and, with ``widen``, the flag that widens it). A lower end with nothing
+    below it (0, or 1 for a count) is no edge; ``epochs`` (the training length, scored at
+    checkpoints) is not a searched axis here."""
     out = []
     for axis, value in point.items():
         if axis == "epochs" or axis in metric_names:
@@ -178,14 +201,40 @@ def grid_edges(records: list[dict[str, float]], point: dict[str, float],
         wider = value / step if value == values[0] else value * step
         wider = round(wider) if integer else float(f"{wider:.2g}")
         end = "smallest" if value == values[0] else "largest"
+        flag = widen(axis) if widen else ""
         out.append(f"{axis} {value:g} is the {end} of {values[0]:g}..{values[-1]:g}: "
-                   f"try a grid reaching {wider:g}")
+                   f"try a grid reaching {wider:g}" + (f" with {flag}" if flag else ""))
     return out
 
 
 @dataclass(frozen=True)
+class HeadOption:
+    """A command-line option of a head (``bench run``, ``bench sweep``): ``flag`` sets the
+    head's setting ``setting``, ``parse`` reads its text (a ValueError names what is wrong)."""
+
+    flag: str  # "--lrs"
+    setting: str  # "lrs"
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class HeadCost:
+    """What a head holds while it runs, known before extraction: its features within the
+    memory budget (``plan``, a ``bench.heads.memory.MemoryPlan``; None where the head declares
+    none) and its own state (bytes and how they were counted; None: not estimated)."""
+
+    plan: Any
+    state: int | None
+    formula: str = ""
+
+
+@dataclass(frozen=True)
 class HeadKind:
-    """One protocol: its settings (a dataclass), its trainer, and what features it reads.
+    """One protocol: its settings (a dataclass whose fields declare their ranges,
+    ``bench.ranges.setting``), its trainer, what features it reads, its command-line options,
+    its memory plan and its cost. The engine asks the kind; adding a head edits no engine file.
 
     Subclass to change what the engine asks of a head: ``accepts`` (which pooled features it
     reads, checked before anything is extracted), ``variant`` (a result's name suffix and
@@ -201,28 +250,70 @@ class HeadKind:
     family: str = ""  # the leaderboard's --protocol it ranks under (default: its name)
     default_pool: str | None = None  # None: the backbone's default pool
     fuses_layers: bool = False  # one result over all layers of a pool (DifFormer)
-    flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> settings field it sets
+    options: tuple[HeadOption, ...] = ()  # its command-line options (``bench run --help``)
+    # grid axis of its records (e.g. "lr") -> the setting listing its values ("lrs"): what a
+    # grid-edge hint tells the user to widen
+    axes: dict[str, str] = field(default_factory=dict)
+    # (config, bench.heads.memory.Inputs, budget) -> MemoryPlan, or "module:function": how it
+    # reads its features within --memory-budget (None: not declared, nothing estimated)
+    memory: Any = None
+    # (config, Inputs) -> (bytes, how counted), or "module:function": its own state (weights,
+    # optimizer moments...) in the cost estimate (None: not estimated)
+    state: Any = None
+    cell_settings: tuple[str, ...] = ()  # settings that name the cell (its variant): not a choice
     default_seeds: int = 1  # runs (seeds 0..n-1) when none are asked for
+
+    @property
+    def flags(self) -> dict[str, str]:
+        """CLI flag -> the setting it sets."""
+        return {option.flag: option.setting for option in self.options}
 
     def config_class(self) -> type:
         return _load(self.config)
 
     def make_config(self, settings: dict[str, Any], seed: int) -> Any:
-        """The head's settings with defaults filled in; unknown names are a UsageError."""
+        """The head's settings with defaults filled in; unknown names, and numbers outside the
+        ranges its settings declare (``bench.ranges.setting``), are a UsageError naming the
+        setting and the flag that sets it."""
+        from bench.ranges import check_ranges, settings_ranges
+
         cls = self.config_class()
         names = {f.name for f in dataclasses.fields(cls)} - {"head", "seed"}
         unknown = sorted(set(settings) - names)
         if unknown:
             raise UsageError(f"head {self.name!r} has no setting {', '.join(unknown)}; its settings:"
                              f" {', '.join(sorted(names))}")
+        ranges, what = settings_ranges(cls), f"head {self.name!r}:"
+        flags = {setting: flag for flag, setting in self.flags.items()}
+        check_ranges(settings, ranges, what, flags)
         try:
-            return cls(head=self.name, seed=seed, **settings)
+            config = cls(head=self.name, seed=seed, **settings)
         except (TypeError, ValueError) as e:
             raise UsageError(f"head {self.name!r}: {e}") from e
+        check_ranges({f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                     ranges, what, flags)
+        return config
 
     def make_trainer(self, config: Any, device: Any, precision: Any, progress: bool,
                      groups: list[list[str]] | None = None) -> Trainer:
         return _load(self.trainer)(config, device, precision, progress, groups)
+
+    def cost(self, config: Any, inputs: Any, budget: int | None) -> HeadCost:
+        """Its memory plan for ``inputs`` (``bench.heads.memory.Inputs``) within ``budget``
+        bytes (None: no limit) and its state; a budget below one step of its plan is the plan's
+        ``MemoryBudgetError``, raised here: before anything is extracted."""
+        plan = _load(self.memory)(config, inputs, budget) if self.memory else None
+        state, formula = _load(self.state)(config, inputs) if self.state else (None, "")
+        return HeadCost(plan, state, formula)
+
+    def widen(self, axis: str) -> str:
+        """How a user widens the grid axis ``axis``: its flag, or ``--probe-arg SETTING=[...]``
+        ("" for an axis the kind does not name)."""
+        setting = self.axes.get(axis)
+        if setting is None:
+            return ""
+        flag = next((o.flag for o in self.options if o.setting == setting), None)
+        return flag or f"--probe-arg {setting}=[...]"
 
     def accepts(self, point: Any, pool: str) -> bool:
         """Whether ``pool`` of feature point ``point`` (``bench.backbone.FeaturePoint``) gives
@@ -277,6 +368,7 @@ HEADS: Registry[HeadKind] = Registry("head", HeadKind, key=lambda kind: kind.nam
                                      prepare=_head_kind)
 head_names = HEADS.names
 head_kind = HEADS.get
+head_kinds = HEADS.values
 
 
 def register_head(kind: Any) -> Any:

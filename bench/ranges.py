@@ -1,9 +1,15 @@
 """The ranges of numeric settings (head, task, run options), checked wherever settings are
 resolved so the library refuses what the CLI refuses: one line naming the setting, its value and
-the range, before anything is computed."""
+the range, before anything is computed.
+
+A head's settings declare their own ranges, on the fields of its settings dataclass
+(``setting``): ``lrs: tuple[float, ...] = setting((1e-3, 1e-2), POSITIVE)``; the head kind checks
+them when it resolves settings (``bench.protocol.HeadKind.make_config``) and the dataclass when
+it is built (``check_settings`` in its ``__post_init__``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,14 +40,25 @@ NON_NEGATIVE = Range("a finite number >= 0", lambda v: _number(v) and v >= 0)
 FRACTION = Range("a number strictly between 0 and 1", lambda v: _number(v) and 0 < v < 1)
 COUNT, COUNT0 = _count(1), _count(0)
 
-# Settings checked wherever they appear, by name; a list is checked element by element.
-HEAD_RANGES = {
-    "lrs": POSITIVE, "weight_decays": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-    "temperature": POSITIVE, "epochs": COUNT, "eval_every": COUNT, "batch_size": COUNT,
-    "hidden": COUNT, "hidden_layers": COUNT, "dim": COUNT, "heads": COUNT, "depth": COUNT,
-    "shots": COUNT, "ks": COUNT,
-    "cs": POSITIVE, "refinements": COUNT0, "max_iter": COUNT, "tol": POSITIVE, "history": COUNT,
-}
+
+def setting(default: Any, rule: Range | None = None) -> Any:
+    """A field of a head's settings dataclass with its range (a list is checked element by
+    element; None is left unchecked)."""
+    return dataclasses.field(default=default, metadata={"range": rule} if rule else {})
+
+
+def settings_ranges(config: Any) -> dict[str, Range]:
+    """Setting -> its range, from the fields of a settings dataclass (or its class)."""
+    return {f.name: f.metadata["range"] for f in dataclasses.fields(config)
+            if "range" in f.metadata}
+
+
+def check_settings(config: Any) -> None:
+    """``check_ranges`` of a built settings dataclass: the library refuses what the CLI does."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    check_ranges(values, settings_ranges(config), f"head {getattr(config, 'head', '?')!r}:")
+
+
 TASK_RANGES = {"val_fraction": FRACTION, "test_fraction": FRACTION, "limit": COUNT,
                "max_image_pixels": COUNT0}  # max_image_pixels 0: no limit; limit None: all
 BUDGET = Range("a size such as 512MB or 4GB (bytes >= 1), or auto",
@@ -66,6 +83,27 @@ def parse_size(text: str) -> int | str:
         raise UsageError(f"memory size {text!r}: write a number with a unit (512MB, 4GB, "
                          f"1.5GiB; units {', '.join(u for u in SIZE_UNITS if u)}) or auto")
     return int(float(match[1]) * unit)
+
+
+def parse_numbers(text: str) -> tuple[float, ...]:
+    """'1e-3,1e-2' -> (0.001, 0.01): a head option's list of numbers (ranges are checked
+    where the settings resolve)."""
+    try:
+        return tuple(float(v) for v in _items(text))
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_integers(text: str) -> list[int]:
+    """'1,5,10' -> [1, 5, 10]."""
+    try:
+        return [int(v) for v in _items(text)]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _items(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def size_text(n: float) -> str:

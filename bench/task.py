@@ -172,6 +172,39 @@ class Task(abc.ABC):
         return []
 
 
+def check_classes(task: Task) -> list[str]:
+    """Refuse (``DatasetError``) a task whose scores would say nothing: fewer than two classes,
+    or a split holding images of fewer than two (every score on it would be perfect), naming the
+    classes it lacks. Returns one line per split that lacks some classes but not all, naming
+    them: its scores leave them out. Reads the splits' labels only (no image)."""
+    name = task.name or type(task).__name__
+    if task.num_classes < 2:
+        raise DatasetError(f"task {name!r} has {task.num_classes} class"
+                           f"{'' if task.num_classes == 1 else 'es'}: a classification task "
+                           "needs at least 2 (every score would be perfect)")
+    names = list(task.class_names) or [str(c) for c in range(task.num_classes)]
+    counts = {s: np.bincount(task.split(s).labels, minlength=task.num_classes) for s in SPLITS}
+    notes = []
+    for split in SPLITS:
+        absent = np.flatnonzero(counts[split][: task.num_classes] == 0)
+        if not len(absent):
+            continue
+        shown = [f"{names[c]!r} ({', '.join(f'{s} {counts[s][c]}' for s in SPLITS)})"
+                 for c in absent[:5]]
+        listed = ", ".join(shown) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        present = task.num_classes - len(absent)
+        if present < 2:
+            raise DatasetError(
+                f"task {name!r}: the {split} split holds images of {present} class only, so "
+                f"every score on it would be perfect; no image there of {listed}. Give every "
+                "class images in train, val and test (a class split by a holdout needs at least "
+                "3 images)")
+        notes.append(f"task {name!r}: the {split} split has no image of {len(absent)} "
+                     f"class{'es' * (len(absent) > 1)}: {listed}; its scores leave "
+                     f"{'them' if len(absent) > 1 else 'it'} out")
+    return notes
+
+
 def holdout_split(
     items: Sequence[Any], labels: Sequence[int], fraction: float = 0.1, salt: str = "bench-val"
 ) -> tuple[list[int], list[int]]:

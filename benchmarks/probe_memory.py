@@ -14,17 +14,26 @@ A full 40-epoch grid at this size is hours on a small CPU, and memory does not g
 minibatches per epoch; 0: all) bound the run; the output says exactly what ran. The statistics
 pass, every validation checkpoint, the refit and the test pass run in full.
 
+The peak is measured with glibc's default allocator (no ``MALLOC_*`` variable set): what a user
+gets. Beside it, the same probe with ``MALLOC_MMAP_THRESHOLD_=1048576`` (every block of 1 MB or
+more mapped alone and returned on free) shows what heap fragmentation adds; and with
+``--baseline REV`` (default ``main``) the ``bench/`` of that git revision runs the same probe on
+the same split, so the two codes' peaks are compared side by side in one run.
+
 Run: python benchmarks/probe_memory.py [--rows 250000] [--dim 2048] [--classes 1000]
-[--memory-budget 512MB] [--epochs 4] [--steps 8] [--threads 2]
-Last line: ``peak RSS N.N GB for a D.D GB split (budget B GB)``.
+[--memory-budget 512MB] [--epochs 4] [--steps 8] [--threads 2] [--baseline main]
+Last line: ``peak RSS N.N GB for a D.D GB split (budget B GB)`` (default allocator).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 GB = 1e9
+TUNED = {"MALLOC_MMAP_THRESHOLD_": "1048576"}  # blocks >= 1 MB mapped alone: no fragmentation
 
 
 def write_split(root: str, rows: int, dim: int, classes: int, shard_size: int,
@@ -65,6 +75,7 @@ def child(spec: dict) -> None:
 
     import torch
 
+    import bench
     from bench.features.cache import CacheEntry
     from bench.heads.probe import GridProbeTrainer, ProbeConfig
     from bench.precision import resolve_device, resolve_precision
@@ -116,7 +127,7 @@ def child(spec: dict) -> None:
         "grid_state": 4 * 4 * grid * spec["classes"] * (spec["dim"] + 1),
         "step_seconds": float(np.median(gaps[: spec["steps"] - 1])) if len(gaps) else None,
         "steps": len(steps), "top1": result.test["top1"], "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "code": str(Path(bench.__file__).parent),
     }), flush=True)
 
 
@@ -181,6 +192,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", help="where to write the split (default: a temporary "
                         "folder)")
+    parser.add_argument("--baseline", default="main",
+                        help="git revision whose bench/ runs the same probe beside this "
+                        "checkout's ('' for none)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -199,11 +213,16 @@ def main() -> None:
         spec = {"entries": entries, "classes": args.classes, "dim": args.dim, "budget": budget,
                 "epochs": args.epochs, "steps": args.steps, "threads": args.threads,
                 "device": args.device}
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                             capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"the probe failed:\n{out.stderr[-3000:]}")
-        m = json.loads(out.stdout.strip().splitlines()[-1])
+        codes = {"this checkout": None}
+        if args.baseline:
+            codes = {args.baseline: baseline_code(args.baseline, tmp), **codes}
+        peaks = {}
+        for code, path in codes.items():
+            for allocator, env in (("default", {}), ("tuned", TUNED)):
+                peaks[code, allocator] = measure(spec, path, env)
+                print(f"  {code} ({peaks[code, allocator]['code']}), {allocator} allocator: "
+                      f"peak RSS {peaks[code, allocator]['peak'] / GB:.2f} GB", flush=True)
+    m = peaks["this checkout", "default"]
     steps = f"{args.steps} training minibatches per epoch" if args.steps else "every minibatch"
     print(f"ran: linear grid of {m['grid']} points, successive halving, {args.epochs} epochs of "
           f"{steps} (validation at every epoch; statistics pass, validation, refit and test in "
@@ -212,18 +231,51 @@ def main() -> None:
     held = ", ".join(f"{split} {mode} {h / GB:.2f} GB" for split, (mode, h) in m["held"].items())
     features = features_held(m["held"])
     rest = m["peak"] - m["baseline"] - m["grid_state"] - features
-    print(f"peak made of: interpreter + torch {m['baseline'] / GB:.2f} GB, grid state (weights, "
-          f"AdamW moments, gradients) {m['grid_state'] / GB:.2f} GB, feature buffers "
-          f"{features / GB:.2f} GB ({held}), the rest (step temporaries, allocator) "
-          f"{rest / GB:.2f} GB")
+    print(f"peak made of (this checkout, default allocator): interpreter + torch "
+          f"{m['baseline'] / GB:.2f} GB, grid state (weights, AdamW moments, gradients) "
+          f"{m['grid_state'] / GB:.2f} GB, feature buffers {features / GB:.2f} GB ({held}), the "
+          f"rest (step temporaries, allocator) {rest / GB:.2f} GB")
     print(f"peak RSS by the end of the search {m['peak_after_search'] / GB:.2f} GB; by the end "
           f"(refit and test) {m['peak'] / GB:.2f} GB")
+    print("peak RSS (GB)        glibc default   MALLOC_MMAP_THRESHOLD_=1048576   default / tuned")
+    for code in codes:
+        default, tuned = peaks[code, "default"]["peak"], peaks[code, "tuned"]["peak"]
+        print(f"  {code:18s} {default / GB:13.2f}   {tuned / GB:30.2f}   {default / tuned:15.2f}x")
+    if args.baseline:
+        old = peaks[args.baseline, "default"]
+        print(f"this checkout / {args.baseline}, default allocator: "
+              f"{m['peak'] / old['peak']:.2f}x; test top-1 {m['top1']:.2f} and {old['top1']:.2f}")
     print(f"peak / on-disk size: {m['peak'] / disk:.2f}x; target peak <= 1 GB + budget = "
           f"{(GB + budget) / GB:.1f} GB: {'met' if m['peak'] <= GB + budget else 'NOT met'}")
     for rows, dim in ((1_281_167, 2048), (1_281_167, 16384)):
         print(projected(rows, dim, args.classes, budget, m, args.dim))
     print(f"peak RSS {m['peak'] / GB:.1f} GB for a {disk / GB:.1f} GB split "
           f"(budget {budget / GB:.1f} GB)")
+
+
+def baseline_code(revision: str, folder: str) -> str:
+    """The ``bench/`` package of git ``revision``, unpacked under ``folder`` (put first on the
+    child's PYTHONPATH, it is the ``bench`` the child imports)."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "archive", revision, "bench"], cwd=repo, check=True,
+                             capture_output=True).stdout
+    target = Path(folder) / f"baseline-{revision.replace('/', '_')}"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return str(target)
+
+
+def measure(spec: dict, code: str | None, allocator: dict[str, str]) -> dict:
+    """One child's measurement: this checkout's ``bench`` (or that under ``code``), under glibc's
+    default allocator (every ``MALLOC_*`` variable removed) or the ``allocator`` variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | allocator
+    if code:
+        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"the probe failed ({code or 'this checkout'}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ def test_streamed_rows_give_the_numbers_of_resident_rows(monkeypatch):
                for s, x in feats.items()}
     cfg = LogRegConfig(cs=(1e-2, 1.0), refinements=1, normalisation="standardise")
     results = []
-    for features, budget in ((feats, None), (sharded, 4 * 200 * 193)):  # one chunk
+    # one chunk of the rows trained on (streamed) and one of the split scored beside them
+    for features, budget in ((feats, None), (sharded, 2 * 4 * 200 * 193)):
         trainer = LogRegTrainer(cfg)
         data = ProbeData(features, labels, 10, memory_budget=budget)
         results.append((trainer.search(data), trainer.refit_predict(data, {"C": 1.0})))
@@ -177,12 +178,17 @@ def test_streamed_rows_give_the_numbers_of_resident_rows(monkeypatch):
 
 def test_a_budget_below_one_chunk_is_refused_in_one_line():
     _, feats, labels = _digit_features()
-    with pytest.raises(UsageError, match=r"memory budget 1,000 bytes is below one chunk of 1,295 "
-                       r"rows \(999,740 bytes at dimension 192\): raise --memory-budget$"):
+    # one chunk of train and one of val (the one memory policy: bench.heads.memory), summed
+    with pytest.raises(UsageError, match=r"memory budget 1\.0 kB is below one logistic-regression "
+                       r"chunk \(1,295 rows x 193 numbers x 4 B = 999\.7 kB, train\) \+ one "
+                       r"logistic-regression chunk \(143 rows x 193 numbers x 4 B = 110\.4 kB, "
+                       r"val\) = 1\.1 MB; another phase of the head needs 1\.4 MB: give --memory-budget 1\.4MB "
+                       r"or more \(or auto\)$"):
         LogRegTrainer(LogRegConfig()).search(ProbeData(feats, labels, 10, memory_budget=1000))
 
 
-def test_train_within_the_budget_is_read_once_and_val_streams_beside_it():
+def test_train_within_the_budget_is_read_once_and_val_streams_beside_it(monkeypatch):
+    monkeypatch.setattr(logreg, "CHUNK", 50)  # val (143 rows) streams in chunks smaller than it
     _, feats, labels = _digit_features()
     calls = {s: 0 for s in feats}
 
@@ -195,11 +201,13 @@ def test_train_within_the_budget_is_read_once_and_val_streams_beside_it():
 
     features = {s: x.view(counted(s)) for s, x in feats.items()}
     train_bytes = 4 * len(feats["train"]) * (feats["train"].shape[1] + 1)
+    train_bytes += 4 * 50 * (feats["val"].shape[1] + 1)  # one chunk of val beside it
     trainer = LogRegTrainer(LogRegConfig(cs=(1e-2, 1.0), refinements=1))
     trainer.search(ProbeData(features, labels, 10, memory_budget=train_bytes))
     assert calls["train"] == math.ceil(len(feats["train"]) / logreg.CHUNK)  # once, kept
     assert sum(s.passes for _, s in trainer.solutions) > 5
-    assert calls["val"] == len(trainer.solutions)  # no room left: read at each round's scoring
+    # no room left: read (chunk by chunk) at each round's scoring
+    assert calls["val"] == len(trainer.solutions) * math.ceil(len(feats["val"]) / logreg.CHUNK)
 
 
 def test_the_head_selects_on_val_and_beats_chance_through_evaluate():

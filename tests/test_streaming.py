@@ -119,12 +119,14 @@ def test_attention_head_streamed_equals_in_memory(tmp_path):
     data.features = {s: {"block": x} for s, x in data.features.items()}
     cfg = HeadConfig(recipe="adamw", lrs=(1e-3, 1e-2), epochs=2, eval_every=1, batch_size=32,
                      dim=8, heads=2, depth=1)
-    batch = 32 * 16 * (2 + 4)  # one minibatch of 4x2x2 fp16 maps, and in float32
+    # one minibatch of 4x2x2 fp16 maps: the one training and the one gathered ahead as stored,
+    # the first in float32; the search keeps val's beside train's (bench.heads.memory)
+    batch = 32 * 16 * (2 * 2 + 4)
     memory = _search_and_refit(AttentionTrainer(cfg, "cpu", FP32), data, None)
-    streamed = _search_and_refit(AttentionTrainer(cfg, "cpu", FP32), data, batch)
+    streamed = _search_and_refit(AttentionTrainer(cfg, "cpu", FP32), data, 2 * batch)
     assert streamed[0] == memory[0] and torch.equal(streamed[1], memory[1])
     with pytest.raises(UsageError, match="below one attention-head minibatch"):
-        _search_and_refit(AttentionTrainer(cfg, "cpu", FP32), data, batch - 1)
+        _search_and_refit(AttentionTrainer(cfg, "cpu", FP32), data, 2 * batch - 1)
 
 
 def test_budget_below_one_minibatch_is_refused_before_training(tmp_path, monkeypatch):
@@ -182,12 +184,13 @@ def test_cli_refuses_a_budget_below_a_minibatch_logs_nothing_and_keeps_the_cache
     assert main([*run, "--memory-budget", "1KB"]) == 2
     err = capsys.readouterr().err
     assert "memory budget 1.0 kB is below one probe minibatch" in err and "Traceback" not in err
+    assert "extracting" not in err  # refused before extraction (issue 31, item 10)
     assert records() == []
     with pytest.raises(SystemExit) as exit:
         main([*run, "--memory-budget", "bogus"])
     assert exit.value.code == 2 and "memory size 'bogus'" in capsys.readouterr().err
     assert main([*run, "--memory-budget", "64MB"]) == 0
-    assert "extracting" not in capsys.readouterr().err  # the features computed before are kept
+    assert "extracting" in capsys.readouterr().err
     assert len(records()) == 1
 
 
@@ -204,3 +207,60 @@ def test_budget_sizes_parse_and_are_not_identity():
     from bench.run.spec import RunSpec
 
     assert "memory_budget" not in {f.name for f in dataclasses.fields(RunSpec)}
+
+
+# --- issue 31, item 10: a budget a head cannot run in is refused before extraction ----------
+BUDGET_RUN = ["run", "--backbone", "pixels", "--task", "digits", "--workers", "0",
+              "--backbone-arg", "size=8", "--epochs", "2", "--no-progress"]
+
+
+def test_a_budget_below_one_minibatch_is_refused_before_extraction_with_its_arithmetic(
+        capsys, tmp_path):
+    """pixels at 8 px: 192 dims in float32 on the CPU: a minibatch of train (256 rows) and one
+    of val (its 143 rows) as read, as the probe's input and standardised: 12 B a number."""
+    from bench.cli import main
+
+    from .conftest import records
+
+    assert main([*BUDGET_RUN, "--memory-budget", "1KB"]) == 2
+    err = capsys.readouterr().err
+    train, val = 256 * 192 * 12, 143 * 192 * 12
+    assert (train, val, train + val) == (589_824, 329_472, 919_296)
+    assert ("memory budget 1.0 kB is below one probe minibatch (256 rows x 192 dims x 12 B "
+            "[4 stored + 4 input + 4 working] = 589.8 kB, train) + one probe minibatch (143 rows "
+            "x 192 dims x 12 B [4 stored + 4 input + 4 working] = 329.5 kB, val) = 919.3 kB: "
+            "give --memory-budget 919.3kB or more (or auto), or lower batch_size") in err
+    assert "extracting" not in err and not (tmp_path / "results" / "cache").exists()
+    assert main([*BUDGET_RUN, "--memory-budget", str(train + val - 1)]) == 2  # one byte short
+    assert "is below one probe minibatch" in capsys.readouterr().err
+    assert main([*BUDGET_RUN, "--memory-budget", "919.3kB"]) == 0  # the advice is enough
+    assert "every split in memory" not in capsys.readouterr().err and len(records()) == 1
+
+
+@pytest.mark.parametrize("head, pool", [
+    ("mlp", ""), ("bn-linear", ""), ("logreg", ""), ("knn", ""), ("few-shot", ""),
+    ("attention", "map2"),
+])
+def test_every_head_refuses_a_budget_it_cannot_run_in_and_its_advice_is_enough(head, pool,
+                                                                               capsys, tmp_path):
+    """Each head's own least (its memory plan), refused by the dry run and the run before any
+    extraction; the budget the refusal advises passes the same check."""
+    import re
+
+    from bench.cli import main
+
+    sweep = ["sweep", "--backbones", "pixels", "--tasks", "digits", "--backbone-arg", "size=8",
+             "--head", head, "--dry-run", *(["--grid", f"pool={pool}"] if pool else [])]
+    flags = ["--epochs", "2"] if head not in ("logreg", "knn") else []
+    assert main([*sweep, *flags, "--memory-budget", "1KB"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"memory budget 1\.0 kB is below .* = [\d.]+ [kM]B(; another phase of the "
+                     r"head needs [\d.]+ [kM]B)?: give --memory-budget", err)
+    advice = re.search(r"give --memory-budget (\S+) or more", err)[1]
+    run = ["run", "--backbone", "pixels", "--task", "digits", "--backbone-arg", "size=8",
+           "--head", head, *(["--pool", pool] if pool else []), "--workers", "0",
+           "--no-progress", *flags]
+    assert main([*run, "--memory-budget", "1KB"]) == 2
+    assert "extracting" not in capsys.readouterr().err
+    assert not (tmp_path / "results" / "cache").exists()
+    assert main([*sweep, *flags, "--memory-budget", advice]) == 0

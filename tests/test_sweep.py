@@ -154,3 +154,18 @@ def test_a_dry_run_with_nothing_resolvable_exits_non_zero_and_counts_in_words(tm
     assert code == 1, captured
     assert "1 job (1 not resolvable here), 0 cells" in captured.out
     assert "nothing would run" in captured.err
+
+
+def test_the_closing_table_explains_its_marks_and_the_hint_names_the_flag(capsys):
+    """Issue 31, items 16 and 17: every dagger of the closing table has its footnote (the
+    leaderboard's), and a grid-edge hint names the flag that widens the grid."""
+    args = ["sweep", "--backbones", "pixels", "--tasks", "digits", "--backbone-arg", "size=4",
+            "--epochs", "3", "--workers", "0", "--lrs", "1e-5,1e-4", "--wds", "0,1e-3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("| backbone"):]
+    assert table.count("†") >= 1  # learning rates far below those that select
+    assert "`a ± h`: test metric and the half-width h of its 95% bootstrap interval" in out
+    footnote = next(line for line in out.splitlines() if line.startswith("† pixels on digits"))
+    assert re.search(r"selected at the grid's edge: lr [\de.-]+ is the (smallest|largest) of "
+                     r"1e-05\.\.0\.0001: try a grid reaching [\de.-]+ with --lrs$", footnote)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.errors import UsageError
@@ -42,18 +43,10 @@ def csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-
-
 def ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    from bench.ranges import parse_integers
+
+    return _parsed_by(parse_integers)(text)
 
 
 def _size(text: str) -> int | str:
@@ -104,20 +97,16 @@ def add_keep_arg(p: argparse.ArgumentParser) -> None:
                    "the result; a rerun of it reuses the result, a new probe re-extracts)")
 
 
-def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> None:
-    p.add_argument("--head", default="linear", choices=list(head_choices),
-                   help="linear/bn-linear/mlp: batched grid on pooled vectors; attention/difformer:"
-                   " the paper's transformer heads on maps (pool map16 by default); logreg: CLIP's "
-                   "L-BFGS logistic regression, C searched; knn: weighted kNN; few-shot: linear "
-                   "probe on k shots per class (bench run --shots)")
+def add_probe_args(p: argparse.ArgumentParser, kinds: Sequence[Any]) -> None:
+    """The probe's flags: the head (``kinds``: every registered ``HeadKind``), its settings,
+    each head's own options (``HeadKind.options``), the memory budget and the suite."""
+    p.add_argument("--head", default="linear", choices=[kind.name for kind in kinds],
+                   help="the probe: " + "; ".join(f"{kind.name}: {kind.description}"
+                                                  for kind in kinds).replace("%", "%%"))
     p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="other settings of the head, e.g. hidden=512, recipe=adamw, dim=512")
     p.add_argument("--seed", type=int, help="the probe's seed (default 0)")
-    p.add_argument("--epochs", type=int,
-                   help="training epochs (default: the head's; linear/mlp 40, attention 28)")
-    p.add_argument("--lrs", type=floats, help="learning-rate grid, e.g. 1e-3,1e-2")
-    p.add_argument("--wds", type=floats,
-                   help="weight-decay grid of the linear/mlp heads, e.g. 0,1e-4,1e-2")
+    add_head_options(p, kinds)
     p.add_argument("--memory-budget", default="auto", type=_size,
                    help="features a probe holds in memory at once, e.g. 512MB, 4GB (default auto: "
                    "half the free RAM, or of free GPU memory on CUDA); larger splits stream from "
@@ -125,6 +114,44 @@ def add_probe_args(p: argparse.ArgumentParser, head_choices: Sequence[str]) -> N
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
+
+
+def head_options(kinds: Sequence[Any]) -> dict[str, tuple[Any, list[str]]]:
+    """Flag -> (its first declaration, the heads that declare it), in declaration order."""
+    declared: dict[str, tuple[Any, list[str]]] = {}
+    for kind in kinds:
+        for option in kind.options:
+            declared.setdefault(option.flag, (option, []))[1].append(kind.name)
+    return declared
+
+
+def _head_dest(flag: str) -> str:
+    return "head_option_" + flag.lstrip("-").replace("-", "_")
+
+
+def _parsed_by(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A head option's parser as an argparse type: its ValueError's message is the error."""
+    def read(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    read.__name__ = getattr(parse, "__name__", "value")
+    return read
+
+
+def add_head_options(p: argparse.ArgumentParser, kinds: Sequence[Any]) -> None:
+    """Each head option once, saying which heads take it; one that clashes with an option of
+    bench's own is left to --probe-arg, with a warning."""
+    for flag, (option, heads) in head_options(kinds).items():
+        try:
+            p.add_argument(flag, dest=_head_dest(flag), type=_parsed_by(option.parse),
+                           metavar=option.metavar or flag.lstrip("-").replace("-", "_").upper(),
+                           help=f"{option.help} (heads: {', '.join(heads)})".replace("%", "%%"))
+        except argparse.ArgumentError:
+            warnings.warn(f"the option {flag} of head {', '.join(heads)} clashes with an option "
+                          f"of bench's own; give it as --probe-arg {option.setting}=VALUE",
+                          stacklevel=2)
 
 
 def add_schedule_args(p: argparse.ArgumentParser) -> None:
@@ -162,15 +189,14 @@ def task_args(args: argparse.Namespace, task: str) -> dict[str, Any]:
 
 
 def head_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The head's settings from --epochs/--lrs/--wds/--probe-arg; a flag the head does not take is
-    refused, naming the head and what it takes instead."""
-    from bench.protocol import head_kind
+    """The head's settings from its options (``HeadKind.options``) and --probe-arg; a head
+    option the head does not take is refused, naming the head and what it takes instead."""
+    from bench.protocol import head_kind, head_kinds
 
     kind = head_kind(args.head)
-    given = {"--epochs": args.epochs, "--lrs": args.lrs, "--wds": args.wds,
-             "--shots": getattr(args, "shots", None)}
     out = {}
-    for flag, value in given.items():
+    for flag in head_options(head_kinds()):
+        value = getattr(args, _head_dest(flag), None)
         if value is None:
             continue
         if flag not in kind.flags:

@@ -9,7 +9,7 @@ from bench.errors import UsageError
 
 
 def add_parser(sub) -> None:
-    from bench.protocol import head_names
+    from bench.protocol import head_kinds
 
     p = sub.add_parser("run", help="extract features (cached) and probe one backbone on one task")
     p.add_argument("--backbone", required=True, help="backbone preset (`bench list backbones`)")
@@ -20,12 +20,10 @@ def add_parser(sub) -> None:
                    help="pooling: 1,2,4,8 (p x p average), cls, mean, none... (default: preset's)")
     options.add_feature_args(p)
     options.add_keep_arg(p)
-    options.add_probe_args(p, head_names())
+    options.add_probe_args(p, head_kinds())
     p.add_argument("--seeds", type=options.ints,
                    help="several seeds, e.g. 0,1,2: one result per seed on the same cached "
                    "features, and their mean and std (replaces --seed)")
-    p.add_argument("--shots", type=options.ints,
-                   help="few-shot head: images per class, e.g. 1,5,10,25 (default 5)")
     p.add_argument("--draws", type=int,
                    help="seeds 0..N-1 (few-shot: the draws per k; default: the head's, 5 draws "
                    "for few-shot, else --seed)")

@@ -10,7 +10,7 @@ from bench.cli import options
 
 
 def add_parser(sub) -> None:
-    from bench.protocol import head_names
+    from bench.protocol import head_kinds
 
     p = sub.add_parser("sweep", help="backbones x tasks x grid as jobs (local, submitit, SLURM)")
     p.add_argument("--backbones", required=True, type=options.csv,
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
                    "the cache's disk holds it; run nothing")
     options.add_feature_args(p)
     options.add_keep_arg(p)
-    options.add_probe_args(p, head_names())
+    options.add_probe_args(p, head_kinds())
     options.add_schedule_args(p)
     p.set_defaults(func=main)
 
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from bench.api import leaderboard, sweep
     from bench.cli.runs import ID_CHARS, tally
-    from bench.results.leaderboard import written_lines
+    from bench.results.leaderboard import FOOTER, footnotes, written_lines
     from bench.paths import tracking_uri
     from bench.run.sweep import describe, make_plan, parse_grid
 
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
     print(tally(report.records, args.suite))
     board, paths = leaderboard([args.suite], references=True, figures=True,
                                title=f"bench sweep: {args.suite}", protocol="all")
-    if not board.table.empty:
-        print("\n" + board.display.to_markdown())
+    if not board.table.empty:  # its marks explained, as `bench leaderboard` prints them
+        print("\n\n".join(["", board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
     for name, path in paths.items():
         if name.startswith("figure:"):
             print(f"figure: {path}")

@@ -13,6 +13,10 @@ of once per training step as in the reference code.
   timestep's tokens (all its blocks, plus CLS) pass through it separately and the CLS outputs of
   all timesteps are concatenated before the classifier.
 
+Each layer's maps are divided by one number, their typical scale on the training split
+(``map_scales``), before the head's LayerNorm: its epsilon (1e-5) is then relative, so the head's
+numbers do not depend on the features' overall scale.
+
 Training follows ``bench.protocol.evaluate``: each learning rate of the grid is trained with
 validation checkpoints every ``eval_every`` epochs, the best (lr, epochs) on validation is retrained
 on train+val identically and evaluated on test once. Recipes: ``paper`` is the released scripts'
@@ -42,8 +46,9 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
+from bench.heads.memory import HostBuffers, Inputs, MemoryPlan, Source, inputs_of
 from bench.heads.streaming import epoch_order
-from bench.ranges import size_text
+from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
 from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
                             top_predictions)
 
@@ -195,14 +200,16 @@ class DifFormerHead(AttentionHead):
 class HeadConfig:
     head: str = "attention"
     recipe: str = "paper"
-    lrs: tuple[float, ...] | None = None  # None: (5e-2,) for paper, (1e-4, 3e-4, 1e-3) for adamw
-    weight_decay: float | None = None  # None: 0 for paper (it has none), 0.05 for adamw
-    epochs: int = 28
-    eval_every: int = 7  # validation checkpoints: every N epochs, and the last
-    batch_size: int = 128
-    dim: int = 1024
-    heads: int = 8
-    depth: int = 2
+    # None: (5e-2,) for paper, (1e-4, 3e-4, 1e-3) for adamw
+    lrs: tuple[float, ...] | None = setting(None, POSITIVE)
+    # None: 0 for paper (it has none), 0.05 for adamw
+    weight_decay: float | None = setting(None, NON_NEGATIVE)
+    epochs: int = setting(28, COUNT)
+    eval_every: int = setting(7, COUNT)  # validation checkpoints: every N epochs, and the last
+    batch_size: int = setting(128, COUNT)
+    dim: int = setting(1024, COUNT)
+    heads: int = setting(8, COUNT)
+    depth: int = setting(2, COUNT)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -218,6 +225,7 @@ class HeadConfig:
             raise UsageError("the paper recipe has no weight decay; use recipe='adamw'")
         if self.epochs < 1 or self.eval_every < 1 or not self.lrs:
             raise UsageError("head needs epochs >= 1, eval_every >= 1 and a non-empty lr grid")
+        check_settings(self)
 
     def checkpoints(self) -> list[int]:
         return checkpoints(self.epochs, self.eval_every)
@@ -237,37 +245,38 @@ def make_optimizer(
 class _Maps:
     """Maps of one or more splits, on the host in their stored dtype (fp16 stays fp16) and moved
     to the device a minibatch at a time: ImageNet-sized caches do not fit in GPU memory. Read
-    into memory once when they fit ``budget`` bytes (None: no limit), else left memory-mapped
-    and read a minibatch at a time; a budget below one minibatch is a ``UsageError``."""
+    into memory once in mode ``memory``, else left memory-mapped and read a minibatch at a time
+    (``attention_memory``, the one memory policy's plan), through two reused host buffers per
+    layer: the minibatch training and the one gathered ahead."""
 
     def __init__(self, parts: list[dict[str, np.ndarray]], labels: list[np.ndarray],
-                 budget: int | None = None, batch_size: int = 1):
+                 mode: str = "memory", scales: dict[str, float] | None = None):
+        """``scales``: each layer's maps are divided by it on the device (``map_scales``)."""
+        self.scales = scales or {}
         self.bounds = np.cumsum([0] + [len(y) for y in labels])
         self.labels = np.concatenate(labels).astype(np.int64)
-        row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in parts[0].values())
-        batch = min(batch_size, len(self.labels)) * (row + 4 * row // parts[0][
-            next(iter(parts[0]))].dtype.itemsize)
-        if budget is not None and budget < batch:
-            raise UsageError(f"memory budget {size_text(budget)} is below one attention-head "
-                             f"minibatch ({batch_size} maps: {size_text(batch)}): raise "
-                             "--memory-budget (e.g. 4GB or auto) or lower batch_size")
-        if budget is None or row * len(self.labels) <= budget:
+        if mode == "memory":
             parts = [{name: np.asarray(a) for name, a in part.items()} for part in parts]
         self.parts = parts
+        self.buffers: dict[str, HostBuffers] = {}  # layer -> its two minibatch slots
+        self.copied: dict[int, torch.cuda.Event] = {}  # slot -> its last copy to the device
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _gather(self, index: np.ndarray, layers: Sequence[str], pin: bool):
-        """Rows ``index`` (sorted: fast on memory-mapped arrays) copied once, into pinned memory
-        on CUDA so the transfer can run asynchronously."""
+    def _gather(self, index: np.ndarray, layers: Sequence[str], slot: int, pin: bool):
+        """Rows ``index`` (sorted: fast on memory-mapped arrays) copied once, into buffer
+        ``slot`` (pinned on CUDA so the transfer can run asynchronously)."""
         index = np.sort(index)
         cuts = np.searchsorted(index, self.bounds)
+        if slot in self.copied:  # the slot's last minibatch must be on the device by now
+            self.copied.pop(slot).synchronize()
         maps = {}
         for layer in layers:
             first = self.parts[0][layer]
-            dtype = torch.from_numpy(np.empty(0, first.dtype)).dtype
-            out = torch.empty((len(index), *first.shape[1:]), dtype=dtype, pin_memory=pin)
+            if layer not in self.buffers:
+                self.buffers[layer] = HostBuffers(first.shape[1:], first.dtype, pin=pin)
+            out = self.buffers[layer].get(slot, len(index))
             view = out.numpy()
             for part, lo, a, b in zip(self.parts, self.bounds, cuts[:-1], cuts[1:]):
                 # mode="clip" writes straight into ``out`` (the default buffers); rows are valid.
@@ -282,15 +291,69 @@ class _Maps:
         the host while the current one trains (host reads were 2/3 of a step on an H100)."""
         pin = device.type == "cuda"
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(self._gather, chunks[0], layers, pin) if len(chunks) else None
+            pending = pool.submit(self._gather, chunks[0], layers, 0, pin) if len(chunks) else None
             for i in range(len(chunks)):
                 maps, y = pending.result()
                 if i + 1 < len(chunks):
-                    pending = pool.submit(self._gather, chunks[i + 1], layers, pin)
+                    pending = pool.submit(self._gather, chunks[i + 1], layers, (i + 1) % 2, pin)
                 # In the default dtype: float32, or float64 where a test asks for exactness.
                 real = torch.get_default_dtype()
-                yield ({k: v.to(device, non_blocking=True).to(real) for k, v in maps.items()},
-                       y.to(device))
+                moved = {k: _divided(v.to(device, non_blocking=True).to(real),
+                                     self.scales.get(k, 1.0)) for k, v in maps.items()}
+                if pin:
+                    self.copied[i % 2] = torch.cuda.Event()
+                    self.copied[i % 2].record()
+                yield moved, y.to(device)
+
+
+def _divided(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return x if scale == 1.0 else x / scale
+
+
+SCALE_ROWS = 1024  # training maps a layer's scale is measured on (evenly spread)
+
+
+def map_scales(maps: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each layer's typical map scale: the root mean per-map variance of up to ``SCALE_ROWS``
+    training maps spread evenly over the split (1 where nothing varies). Maps divided by it
+    reach the head's LayerNorm with unit variance, so its epsilon (1e-5, the paper's) is
+    relative: the head's numbers do not depend on the features' overall scale, and a map
+    constant in every position still normalises to 0."""
+    out = {}
+    for layer, array in maps.items():
+        rows = np.unique(np.linspace(0, len(array) - 1, min(len(array), SCALE_ROWS)).astype(int))
+        x = np.asarray(array[rows], dtype=np.float64).reshape(len(rows), -1)
+        out[layer] = float(np.sqrt(x.var(axis=1).mean())) or 1.0
+    return out
+
+
+def attention_memory(cfg: HeadConfig, inputs: Inputs, budget: int | None) -> MemoryPlan:
+    """The head's reads within ``budget`` (``bench.heads.memory``): train's maps held in their
+    stored type if they fit beside one minibatch of val, then val in what is left; the refit's
+    train+val; then test. One step: the minibatch training and the one gathered ahead, as
+    stored, and the first in float32 on the device."""
+    def source(name: str) -> Source:
+        rows = inputs.rows_of(name)
+        batch = min(cfg.batch_size, rows)
+        per = 2 * inputs.stored + 4
+        return Source(name, rows * inputs.dims * inputs.stored, batch * inputs.dims * per,
+                      f"{batch:,} maps x {inputs.dims:,} numbers x {per} B [2 x {inputs.stored} "
+                      "stored + 4 float32]", what="attention-head minibatch")
+
+    return MemoryPlan.of(budget, {"search": [source("train"), source("val")],
+                                  "refit": [source("train+val")], "test": [source("test")]})
+
+
+def attention_state(cfg: HeadConfig, inputs: Inputs) -> tuple[int, str]:
+    """Bytes of the lr grid's parameters, gradients and (AdamW) moments, float32; activations
+    are not counted."""
+    channels = sum(shape[0] for shape in inputs.shapes)
+    dim, layers = cfg.dim, max(len(inputs.shapes), 1)
+    params = (2 * inputs.dims + channels * dim + layers * dim + dim
+              + cfg.depth * (12 * dim * dim + 13 * dim) + (dim + 1) * inputs.classes)
+    copies = 4 if cfg.recipe == "adamw" else 2
+    return (len(cfg.lrs) * params * 4 * copies,
+            f"{len(cfg.lrs)} x {params:,} parameters x 4 B x {copies} (activations not counted)")
 
 
 class HeadGrid:
@@ -506,6 +569,7 @@ class AttentionTrainer:
             raise UsageError("groups apply to the difformer head only")
         self.cfg, self.device, self.progress, self.groups = cfg, torch.device(device), progress, groups
         self.autocast = require(precision).heads
+        self._scales: tuple[dict, dict[str, float]] | None = None  # (train maps, their scales)
 
     def _prepare(self, data: ProbeData) -> tuple[Callable[[], nn.Module], list[str]]:
         cfg, features = self.cfg, data.features
@@ -527,7 +591,7 @@ class AttentionTrainer:
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         build, layers = self._prepare(data)
-        train, val = self._maps(data, ["train"]), self._maps(data, ["val"])
+        train, val = self._maps(data, ["train"], "search"), self._maps(data, ["val"], "search")
         records: list[dict[str, float]] = []
 
         def record(epoch: int) -> Callable[[HeadGrid], None]:
@@ -547,15 +611,20 @@ class AttentionTrainer:
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         build, layers = self._prepare(data)
-        grid = train_grid(build, self._maps(data, ["train", "val"]), layers, self.cfg,
+        grid = train_grid(build, self._maps(data, ["train", "val"], "refit"), layers, self.cfg,
                           [point["lr"]], self.device, {}, int(point["epochs"]), self.progress,
                           self.autocast)
-        return _logits(grid, self._maps(data, ["test"]), layers, self.device,
+        return _logits(grid, self._maps(data, ["test"], "test"), layers, self.device,
                        self.cfg.batch_size, self.autocast)[0]
 
-    def _maps(self, data: ProbeData, splits: Sequence[str]) -> _Maps:
+    def _maps(self, data: ProbeData, splits: Sequence[str], phase: str) -> _Maps:
+        """The maps of ``splits`` in the plan's mode, each layer divided by its scale on train
+        (the same in every phase)."""
+        plan = attention_memory(self.cfg, inputs_of(data, 4), data.memory_budget)
+        if self._scales is None or self._scales[0] is not data.features["train"]:
+            self._scales = (data.features["train"], map_scales(data.features["train"]))
         return _Maps([data.features[s] for s in splits], [data.labels[s] for s in splits],
-                     data.memory_budget, self.cfg.batch_size)
+                     plan.mode(phase, "+".join(splits)), self._scales[1])
 
 
 def fit_head(

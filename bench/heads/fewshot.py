@@ -25,8 +25,11 @@ import torch
 
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy
-from bench.heads.probe import OPTIMIZERS, GridProbeTrainer, ProbeConfig
+from bench.heads.memory import Inputs, MemoryPlan, Source, inputs_of
+from bench.heads.probe import OPTIMIZERS, GridProbeTrainer, ProbeConfig, grid_sources, grid_state
+from bench.heads.streaming import CHUNK_ROWS, chunk_moments, multiplier, unit_rows
 from bench.protocol import ProbeData, ProbeResult, evaluate
+from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
 from bench.stats import aggregate_seeds
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -80,12 +83,12 @@ class FewShotConfig:
     """Settings of the ``few-shot`` head: k shots per class, and the linear grid probe's grid."""
 
     head: str = "few-shot"
-    shots: int = 5
-    lrs: tuple[float, ...] = LRS
-    weight_decays: tuple[float, ...] = ProbeConfig.weight_decays
-    epochs: int = ProbeConfig.epochs
-    eval_every: int = ProbeConfig.eval_every
-    batch_size: int = ProbeConfig.batch_size
+    shots: int = setting(5, COUNT)
+    lrs: tuple[float, ...] = setting(LRS, POSITIVE)
+    weight_decays: tuple[float, ...] = setting(ProbeConfig.weight_decays, NON_NEGATIVE)
+    epochs: int = setting(ProbeConfig.epochs, COUNT)
+    eval_every: int = setting(ProbeConfig.eval_every, COUNT)
+    batch_size: int = setting(ProbeConfig.batch_size, COUNT)
     normalisation: str = "l2"  # NORMALISATIONS; part of the identity like every setting
     optimizer: str = "sgd"  # bench.heads.probe.OPTIMIZERS: SGD with momentum (why: bench.heads.probe._AdamW)
     seed: int = 0  # the draw: which k images per class, and the probe's minibatch order
@@ -99,6 +102,7 @@ class FewShotConfig:
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"few-shot optimizer {self.optimizer!r}: use one of "
                              f"{', '.join(OPTIMIZERS)}")
+        check_settings(self)
         self.probe_config()  # the grid's own checks
 
     def probe_config(self) -> ProbeConfig:
@@ -124,6 +128,8 @@ class FewShotTrainer:
 
     def _support(self, data: ProbeData) -> tuple[ProbeData, FewShotDraw]:
         if self._split is None or self._split[0] != id(data):
+            compute = torch.empty(0, dtype=self.grid.store).element_size()
+            fewshot_memory(self.cfg, inputs_of(data, compute), data.memory_budget)  # refusals
             self._split = (id(data), *_support_data(data, self.cfg.shots, self.cfg.seed,
                                                     self.cfg.normalisation))
         return self._split[1], self._split[2]
@@ -135,18 +141,39 @@ class FewShotTrainer:
         return self.grid.refit_predict(self._support(data)[0], point)
 
 
+def fewshot_memory(cfg: FewShotConfig, inputs: Inputs, budget: int | None) -> MemoryPlan:
+    """Few-shot's memory (``bench.heads.memory``): the train pool and test normalised in
+    float32, held throughout, then the linear grid's plan (``grid_memory``) over the k-shot
+    support and the rest of train, within what is left."""
+    rows, dims = inputs.rows["train"] + inputs.rows["test"], inputs.dims
+    copy = 4 * rows * dims
+    normalised = Source("train+test normalised", copy, copy, f"{rows:,} rows x {dims:,} dims x 4 B",
+                        what="normalised copy", fix="")
+    support = min(cfg.shots * inputs.classes, inputs.rows["train"])
+    shots = Inputs({"train": support, "val": inputs.rows["train"] - support,
+                    "test": inputs.rows["test"]}, dims, 4, inputs.compute, inputs.classes)
+    return MemoryPlan.of(budget, {name: [normalised, *sources] for name, sources
+                                  in grid_sources(cfg.probe_config(), shots, "train").items()})
+
+
+def fewshot_state(cfg: FewShotConfig, inputs: Inputs) -> tuple[int, str]:
+    return grid_state(cfg.probe_config(), inputs)
+
+
 def normalise(features: dict[str, Any], pool: str, how: str) -> dict[str, np.ndarray]:
     """Every split of ``features`` normalised as ``how`` says (``NORMALISATIONS``), float32:
     ``pool`` with the per-dimension mean and variance of split ``pool`` (all of its rows, labels
     unused), ``l2`` to unit rows, ``support`` left as is (the probe standardises on its train)."""
     flat = {s: np.asarray(x, dtype=np.float32).reshape(len(x), -1) for s, x in features.items()}
-    if how == "pool":
-        reference = flat[pool].astype(np.float64)
-        mean, std = reference.mean(0), np.sqrt(reference.var(0) + 1e-5)
-        return {s: ((x - mean) / std).astype(np.float32) for s, x in flat.items()}
-    if how == "l2":
-        return {s: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if how == "pool":  # no epsilon: any scale; a dimension constant on the pool becomes 0
+        reference = torch.from_numpy(flat[pool])
+        mean, var = chunk_moments(reference[i : i + CHUNK_ROWS]
+                                  for i in range(0, len(reference), CHUNK_ROWS))
+        scale = multiplier(var)
+        return {s: ((torch.from_numpy(x).double() - mean) * scale).float().numpy()
                 for s, x in flat.items()}
+    if how == "l2":
+        return {s: unit_rows(torch.from_numpy(x)).numpy() for s, x in flat.items()}
     return flat
 
 
@@ -168,10 +195,12 @@ def _support_data(data: ProbeData, shots: int, draw: int,
         short = split.short_classes
         warnings.warn(f"{shots}-shot: {len(short)} classes have fewer than {shots} train images "
                       f"and use all they have (class: count {short})", stacklevel=3)
+    copies = sum(a.nbytes for a in features.values())  # held beside the grid (fewshot_memory)
     support = ProbeData(
         {"train": x[split.support], "val": x[split.rest], "test": features["test"]},
         {"train": y[split.support], "val": y[split.rest], "test": data.labels["test"]},
-        data.num_classes)
+        data.num_classes,
+        memory_budget=None if data.memory_budget is None else data.memory_budget - copies)
     return support, split
 
 

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.errors import UsageError
-from bench.heads.streaming import Rows
-from bench.ranges import size_text
+from bench.heads.memory import HostBuffers, Inputs, MemoryPlan, Source
+from bench.heads.streaming import Rows, unit_rows
 from bench.metrics import Predictions
 from bench.protocol import top_classes
+from bench.ranges import COUNT, POSITIVE, check_settings, setting
 
 KS = (10, 20, 50, 100, 200)
 TEMPERATURE = 0.07
@@ -36,8 +36,8 @@ WEIGHTINGS = ("exponential", "uniform")
 @dataclass
 class KnnConfig:
     head: str = "knn"
-    ks: tuple[int, ...] = KS  # candidates, selected on validation
-    temperature: float = TEMPERATURE
+    ks: tuple[int, ...] = setting(KS, COUNT)  # candidates, selected on validation
+    temperature: float = setting(TEMPERATURE, POSITIVE)
     weighting: str = "exponential"  # exp(similarity / temperature); "uniform": one vote each
     seed: int = 0  # kNN draws nothing at random; kept because every result has a seed
 
@@ -49,6 +49,7 @@ class KnnConfig:
             raise ValueError(f"kNN needs at least one k >= 1, got {self.ks}")
         if self.temperature <= 0:
             raise ValueError(f"kNN temperature must be positive, got {self.temperature}")
+        check_settings(self)
 
 
 BANK_ROWS = 16384  # bank rows per similarity chunk: fixed, so streamed and in-memory agree
@@ -58,8 +59,7 @@ QUERY_ROWS = 1024  # queries per chunk: a (QUERY_ROWS, BANK_ROWS) similarity mat
 def _normalised(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, D) float32 unit rows on ``device``; zero rows stay zero."""
     t = torch.from_numpy(np.ascontiguousarray(x))
-    t = t.reshape(len(t), -1).to(device=device, dtype=torch.float32)
-    return torch.nn.functional.normalize(t, dim=1)
+    return unit_rows(t.reshape(len(t), -1).to(device=device, dtype=torch.float32))
 
 
 def _rows(x: Any) -> Rows:
@@ -68,36 +68,61 @@ def _rows(x: Any) -> Rows:
 
 class _Chunks:
     """Normalised rows of a bank or of the queries, chunk by chunk: kept on the device when
-    ``resident``, else read again from their source at each pass."""
+    ``resident``, else read again from their source at each pass (through one reused host
+    buffer: ``_normalised`` makes the chunk it serves)."""
 
     def __init__(self, rows: Rows, size: int, device: torch.device, resident: bool):
         self.rows, self.size, self.device = rows, size, device
+        self.host = HostBuffers((rows.dim,), rows.dtype)
         self.kept = list(self._read()) if resident else None
 
     def _read(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start, chunk in self.rows.chunks(self.size):
+        for start in range(0, len(self.rows), self.size):
+            stop = min(start + self.size, len(self.rows))
+            chunk = self.rows.read(start, stop, out=self.host.get("chunk", stop - start).numpy())
             yield start, _normalised(chunk, self.device)
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         return iter(self.kept) if self.kept is not None else self._read()
 
 
+def knn_sources(bank_rows: int, query_rows: int, dims: int, stored: int,
+                bank: str = "train", queries: str = "val") -> list[Source]:
+    """The bank and the queries as the memory policy's sources: held whole as normalised
+    float32 rows; one step, held in every mode, is a bank chunk and a query chunk as read and
+    normalised, and their (QUERY_ROWS, BANK_ROWS) float32 similarities."""
+    chunk, queries_chunk = min(BANK_ROWS, bank_rows), min(QUERY_ROWS, query_rows)
+    step = (chunk * dims * (stored + 4)
+            + queries_chunk * (dims * (stored + 4) + 4 * chunk))
+    text = (f"{chunk:,} bank rows and {queries_chunk:,} queries of {dims:,} dims x {stored + 4} B "
+            f"[{stored} stored + 4 normalised] and {queries_chunk:,} x {chunk:,} similarities "
+            "x 4 B")
+    return [Source(bank, 4 * dims * bank_rows, 0, text, always=step, what="kNN minibatch",
+                   fix=""),
+            Source(queries, 4 * dims * query_rows, 0, "", what="kNN query chunk", fix="")]
+
+
 def knn_memory(bank: Rows, queries: Rows, budget: int | None) -> tuple[bool, bool]:
     """Whether the normalised bank, and then the queries, stay on the device within ``budget``
     bytes beside one step's chunks (else they stream); a ``UsageError`` below one step."""
-    dim = bank.dim
-    step = (min(BANK_ROWS, len(bank)) * dim * (bank.dtype.itemsize + 4)
-            + min(QUERY_ROWS, len(queries)) * (dim * (queries.dtype.itemsize + 4) + 4 * BANK_ROWS))
-    if budget is None:
-        return True, True
-    if budget < step:
-        raise UsageError(f"memory budget {size_text(budget)} is below one kNN minibatch "
-                         f"({BANK_ROWS} bank rows and {QUERY_ROWS} queries of {dim} dims: "
-                         f"{size_text(step)}): raise --memory-budget (e.g. 512MB or auto)")
-    left = budget - step
-    bank_kept = 4 * dim * len(bank) <= left
-    left -= 4 * dim * len(bank) if bank_kept else 0
-    return bank_kept, 4 * dim * len(queries) <= left
+    plan = MemoryPlan.of(budget, {"knn": knn_sources(len(bank), len(queries), bank.dim,
+                                                     bank.dtype.itemsize)})
+    return tuple(h.mode == "memory" for h in plan.phases["knn"].values())
+
+
+def knn_plan(cfg: KnnConfig, inputs: Inputs, budget: int | None) -> MemoryPlan:
+    """kNN's reads within ``budget``: train as the bank for the val queries, then train+val as
+    the bank for the test queries."""
+    return MemoryPlan.of(budget, {
+        phase: knn_sources(inputs.rows_of(bank), inputs.rows_of(queries), inputs.dims,
+                           inputs.stored, bank, queries)
+        for phase, bank, queries in (("search", "train", "val"), ("test", "train+val", "test"))})
+
+
+def knn_state(cfg: KnnConfig, inputs: Inputs) -> tuple[int, str]:
+    """Bytes of every query's running best k: similarities (float32) and bank indices (int64)."""
+    queries, k = max(inputs.rows["val"], inputs.rows["test"]), max(cfg.ks)
+    return queries * k * 12, f"{queries:,} queries x k {k} x (4 + 8) B"
 
 
 def _neighbours(bank: Rows, queries: Rows, k: int, device: torch.device, progress: bool,

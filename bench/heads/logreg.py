@@ -39,26 +39,29 @@ search's solution of its C saved one iteration in seven on the 10k set: not wort
 
 **Streamed.** A split's rows are read in chunks of ``CHUNK`` rows from a numpy array or any
 (memory-mapped) array with ``take``; the rows a model trains on, when their float32 copy fits
-``ProbeData.memory_budget`` (or when it is None), are normalised once and kept on the device,
-then the split it is scored on if it fits what is left; otherwise every pass reads its chunks
-again. The chunks are the same either way, so are the numbers.
+``ProbeData.memory_budget`` beside one chunk of the split it is scored on (or when it is None),
+are normalised once and kept on the device, then that split if it fits what is left; otherwise
+every pass reads its chunks again (``logreg_memory``: the one memory policy's plan). The chunks
+are the same either way, so are the numbers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from bench.errors import UsageError
+from bench.heads.memory import Inputs, MemoryPlan, Source, inputs_of
+from bench.heads.streaming import chunk_moments, multiplier, unit_rows
 from bench.metrics import Predictions
 from bench.precision import FP32, PrecisionPolicy
 from bench.protocol import ProbeData, ProbeResult, evaluate, top_classes
-from bench.ranges import HEAD_RANGES, check_ranges
+from bench.ranges import COUNT, COUNT0, POSITIVE, check_settings, setting
 
 CLIP_CS = (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)  # CLIP's first round (C = 1 / lambda)
 NORMALISATIONS = ("none", "standardise", "l2")
@@ -71,11 +74,12 @@ MAX_LINE_SEARCH = 20  # trial steps before a point stops where it is (it cannot 
 @dataclass
 class LogRegConfig:
     head: str = "logreg"
-    cs: tuple[float, ...] = CLIP_CS  # the first round of inverse regularisation strengths
-    refinements: int = 4  # bisection rounds around the best C (CLIP: 4, to 8 steps per decade)
-    max_iter: int = 1000  # L-BFGS iterations per C (CLIP's and scikit-learn's max_iter)
-    tol: float = 1e-4  # stop when max |gradient| <= tol (scikit-learn's tol)
-    history: int = 10  # L-BFGS curvature pairs kept (scipy's maxcor)
+    cs: tuple[float, ...] = setting(CLIP_CS, POSITIVE)  # the first round of C (1 / strength)
+    # bisection rounds around the best C (CLIP: 4, to 8 steps per decade)
+    refinements: int = setting(4, COUNT0)
+    max_iter: int = setting(1000, COUNT)  # L-BFGS iterations per C (CLIP's, scikit-learn's)
+    tol: float = setting(1e-4, POSITIVE)  # stop when max |gradient| <= tol (scikit-learn's)
+    history: int = setting(10, COUNT)  # L-BFGS curvature pairs kept (scipy's maxcor)
     normalisation: str = "none"  # CLIP's raw features; "standardise" (train statistics), "l2"
     seed: int = 0  # nothing is random; kept because every result has a seed
 
@@ -85,7 +89,7 @@ class LogRegConfig:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation {self.normalisation!r}: use one of "
                              f"{', '.join(NORMALISATIONS)}")
-        check_ranges(asdict(self), HEAD_RANGES, f"head {self.head!r}:")
+        check_settings(self)
 
 
 @dataclass
@@ -94,13 +98,13 @@ class _Normaliser:
 
     kind: str
     mean: torch.Tensor | None = None
-    scale: torch.Tensor | None = None
+    scale: torch.Tensor | None = None  # 1 / standard deviation; 0 for a constant dimension
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "l2":
-            return torch.nn.functional.normalize(x, dim=1)
+            return unit_rows(x)
         if self.kind == "standardise":
-            return (x - self.mean) / self.scale
+            return (x - self.mean) * self.scale
         return x
 
 
@@ -114,16 +118,16 @@ def _read(array: Any, start: int, stop: int) -> np.ndarray:
 
 class _Rows:
     """The rows of one or more feature arrays (train, or train + val), as chunks of ``CHUNK``
-    normalised float32 rows with a column of ones, on the device: kept there when they fit the
-    budget, read from the arrays at every pass otherwise."""
+    normalised float32 rows with a column of ones, on the device: kept there in mode
+    ``memory``, read from the arrays at every pass otherwise (``logreg_memory``)."""
 
-    def __init__(self, parts: Sequence[Any], device: torch.device, budget: int | None,
+    def __init__(self, parts: Sequence[Any], device: torch.device, mode: str,
                  norm: _Normaliser):
         self.parts, self.device, self.norm = list(parts), device, norm
         self.n = sum(len(p) for p in self.parts)
         self.dim = int(np.prod(self.parts[0].shape[1:]))
         self.resident: list[torch.Tensor] | None = None
-        if budget is None or 4 * self.n * (self.dim + 1) <= budget:  # as ``bytes`` counts
+        if mode == "memory":
             self.resident = list(self._read_chunks())
 
     def _read_chunks(self) -> Iterator[torch.Tensor]:
@@ -136,30 +140,43 @@ class _Rows:
     def chunks(self) -> Iterator[torch.Tensor]:
         return iter(self.resident) if self.resident is not None else self._read_chunks()
 
-    @property
-    def bytes(self) -> int:
-        """Device memory the kept rows take (0 when streamed)."""
-        return 0 if self.resident is None else 4 * self.n * (self.dim + 1)
+
+
+def logreg_memory(cfg: LogRegConfig, inputs: Inputs, budget: int | None) -> MemoryPlan:
+    """The solver's reads within ``budget`` (``bench.heads.memory``): train kept whole in float32
+    (with the ones column) if it fits beside one chunk of val, then val in what is left; the
+    refit's train+val, then test beside it."""
+    def source(name: str) -> Source:
+        rows = inputs.rows_of(name)
+        chunk, width = min(CHUNK, rows), inputs.dims + 1
+        return Source(name, 4 * rows * width, 4 * chunk * width,
+                      f"{chunk:,} rows x {width:,} numbers x 4 B", what="logistic-regression chunk",
+                      fix="")
+
+    return MemoryPlan.of(budget, {"search": [source("train"), source("val")],
+                                  "refit": [source("train+val"), source("test")]})
+
+
+def logreg_state(cfg: LogRegConfig, inputs: Inputs) -> tuple[int, str]:
+    """Bytes of one search round's solver state: each C's weights, gradient, line-search trial
+    and direction, and the L-BFGS pairs (2 x history), float32."""
+    points = max(len(cfg.cs), 2)  # the first round, or a refinement's two midpoints
+    weights = inputs.classes * (inputs.dims + 1)
+    copies = 2 * cfg.history + 6
+    return (points * weights * 4 * copies,
+            f"{points} x {inputs.classes} x {inputs.dims + 1} x 4 B x {copies}")
 
 
 def fit_normaliser(kind: str, parts: Sequence[Any], device: torch.device) -> _Normaliser:
-    """``kind``'s transform; standardisation statistics from one pass (float64 sums), zero
-    variances scaled by 1 (scikit-learn's ``StandardScaler``)."""
+    """``kind``'s transform; standardisation statistics from one pass (float64 sums,
+    ``bench.heads.streaming.chunk_moments``: scikit-learn's ``StandardScaler`` statistics, no
+    epsilon), constant dimensions mapped to 0."""
     if kind != "standardise":
         return _Normaliser(kind)
-    total = sq = None
-    n = 0
-    for part in parts:
-        for start in range(0, len(part), CHUNK):
-            x = torch.as_tensor(_read(part, start, min(start + CHUNK, len(part)))).to(
-                device, torch.float64)
-            total = x.sum(0) if total is None else total + x.sum(0)
-            sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
-            n += len(x)
-    mean = total / n
-    std = (sq / n - mean * mean).clamp_min(0).sqrt()
-    std[std == 0] = 1.0
-    return _Normaliser(kind, mean.float(), std.float())
+    mean, var = chunk_moments(
+        torch.as_tensor(_read(part, start, min(start + CHUNK, len(part)))).to(device)
+        for part in parts for start in range(0, len(part), CHUNK))
+    return _Normaliser(kind, mean.float(), multiplier(var).float())
 
 
 def _labels(parts: Sequence[Any], device: torch.device) -> torch.Tensor:
@@ -393,23 +410,17 @@ class LogRegTrainer:
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
         self.solutions: list[tuple[list[float], Solution]] = []  # every solve, for inspection
 
-    def _rows(self, data: ProbeData, splits: Sequence[str], norm: _Normaliser | None = None,
-              held: _Rows | None = None) -> tuple[_Rows, torch.Tensor, _Normaliser]:
-        """The rows of ``splits``, kept on the device if they fit what the budget leaves beside
-        ``held`` (the rows the model trains on: they are passed over most, so they come first)."""
+    def _rows(self, data: ProbeData, splits: Sequence[str], mode: str,
+              norm: _Normaliser | None = None) -> tuple[_Rows, torch.Tensor, _Normaliser]:
+        """The rows of ``splits`` in ``mode`` (the plan's), normalised by ``norm`` (else fitted
+        on them)."""
         parts = [data.features[s] for s in splits]
-        budget = data.memory_budget
-        chunk = min(CHUNK, sum(len(p) for p in parts))
-        dim = int(np.prod(parts[0].shape[1:]))
-        if held is None and budget is not None and budget < 4 * chunk * (dim + 1):
-            raise UsageError(f"memory budget {budget:,} bytes is below one chunk of {chunk:,} "
-                             f"rows ({4 * chunk * (dim + 1):,} bytes at dimension {dim}): raise "
-                             "--memory-budget")
         norm = norm or fit_normaliser(self.cfg.normalisation, parts, self.device)
-        if budget is not None and held is not None:
-            budget -= held.bytes
-        rows = _Rows(parts, self.device, budget, norm)
+        rows = _Rows(parts, self.device, mode, norm)
         return rows, _labels([data.labels[s] for s in splits], self.device), norm
+
+    def memory(self, data: ProbeData) -> MemoryPlan:
+        return logreg_memory(self.cfg, inputs_of(data, 4), data.memory_budget)
 
     def _solve(self, objective: Objective, cs: list[float], start: torch.Tensor,
                scaling: list[float] | None = None) -> Solution:
@@ -421,8 +432,9 @@ class LogRegTrainer:
         return solution
 
     def search(self, data: ProbeData) -> list[dict[str, float]]:
-        train, y_train, norm = self._rows(data, ["train"])
-        val, _, _ = self._rows(data, ["val"], norm, held=train)
+        plan = self.memory(data)
+        train, y_train, norm = self._rows(data, ["train"], plan.mode("search", "train"))
+        val, _, _ = self._rows(data, ["val"], plan.mode("search", "val"), norm)
         objective = Objective(train, y_train)
         solved: dict[float, tuple[torch.Tensor, float]] = {}  # C -> weights, L-BFGS scaling
         cold = (torch.zeros(data.num_classes, train.dim + 1, device=self.device), math.nan)
@@ -430,14 +442,35 @@ class LogRegTrainer:
         def solve_round(cs: list[float], starts: list[float | None]) -> list[dict[str, float]]:
             theta, scaling = zip(*[cold if s is None else solved[s] for s in starts])
             solution = self._solve(objective, cs, torch.stack(theta), list(scaling))
+            if not solved:
+                self._check_moved(solution, train)
             solved.update(zip(cs, zip(solution.theta, solution.memory.gamma.tolist())))
             return [{"C": c, **p.metrics()} for c, p in zip(cs, _predictions(
                 val, solution.theta, data.labels["val"], data.num_classes))]
 
         return search_cs(self.cfg.cs, self.cfg.refinements, data.headline, solve_round)
 
+    def _check_moved(self, solution: Solution, rows: _Rows) -> None:
+        """Refuse a first round whose every C stopped at its zero start, which would log chance
+        as a result: the gradient there was already under ``tol`` (features too small for it),
+        or no step along it decreased the loss in float32 (features too large). Raw features
+        (CLIP's protocol) are not scale-free: C's meaning and the solver's reach depend on
+        their scale; standardised or l2 rows are."""
+        if any(solution.iterations):
+            return
+        first = next(iter(rows.chunks()))[:, :-1]
+        rms = float(first.double().square().mean().sqrt())
+        why = (f"its gradient there is already under tol={self.cfg.tol:g}" if all(
+            solution.converged) else "no step from there decreased the loss in float32")
+        raise UsageError(
+            f"logreg: every C stopped at zero weights ({why}): the features' scale (RMS "
+            f"{rms:.3g} with normalisation={self.cfg.normalisation}) is out of the solver's "
+            "reach; use --probe-arg normalisation=standardise (scale-free) or "
+            "normalisation=l2")
+
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
-        rows, labels, norm = self._rows(data, ["train", "val"])
+        plan = self.memory(data)
+        rows, labels, norm = self._rows(data, ["train", "val"], plan.mode("refit", "train+val"))
         c = float(point["C"])
         start = torch.zeros(1, data.num_classes, rows.dim + 1, device=self.device)
         solution = self._solve(Objective(rows, labels), [c], start)
@@ -448,7 +481,7 @@ class LogRegTrainer:
                           f" ({solution.iterations[0]} iterations, max_iter "
                           f"{self.cfg.max_iter}): raise --probe-arg max_iter=N or tol",
                           stacklevel=2)
-        test, _, _ = self._rows(data, ["test"], norm, held=rows)
+        test, _, _ = self._rows(data, ["test"], plan.mode("refit", "test"), norm)
         return _logits(test, solution.theta)[0]
 
 

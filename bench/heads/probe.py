@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
+from bench.heads.memory import Inputs, MemoryPlan, Source, inputs_of
 from bench.precision import FP32, PrecisionPolicy, require
-from bench.heads.streaming import Batches, Rows, moments, step_bytes
+from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
+from bench.heads.streaming import Batches, Rows, batches_source, moments, standardisation
 from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
                             top_predictions)
 
@@ -36,13 +38,13 @@ ARCHITECTURES = ("linear", "bn-linear", "mlp")  # what this trainer builds (head
 @dataclass
 class ProbeConfig:
     head: str = "linear"
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
-    epochs: int = 40
-    eval_every: int = 2  # validation checkpoints: every N epochs, and the last
-    batch_size: int = 256
-    hidden: int = 1024  # mlp
-    hidden_layers: int = 1  # mlp
+    lrs: tuple[float, ...] = setting((3e-4, 1e-3, 3e-3, 1e-2, 3e-2), POSITIVE)
+    weight_decays: tuple[float, ...] = setting((0.0, 1e-4, 1e-3, 1e-2, 1e-1), NON_NEGATIVE)
+    epochs: int = setting(40, COUNT)
+    eval_every: int = setting(2, COUNT)  # validation checkpoints: every N epochs, and the last
+    batch_size: int = setting(256, COUNT)
+    hidden: int = setting(1024, COUNT)  # mlp
+    hidden_layers: int = setting(1, COUNT)  # mlp
     seed: int = 0
     # Successive halving: from a quarter of the epochs on, at each validation checkpoint but the
     # last, only the better half of the grid (by the headline metric) trains on, with every point
@@ -57,6 +59,7 @@ class ProbeConfig:
             raise UsageError(f"the grid probe builds {', '.join(ARCHITECTURES)}, not {self.head!r}")
         if self.epochs < 1 or self.eval_every < 1 or not self.lrs or not self.weight_decays:
             raise UsageError("probe needs epochs >= 1, eval_every >= 1 and non-empty lr/wd grids")
+        check_settings(self)
 
     def checkpoints(self) -> list[int]:
         return checkpoints(self.epochs, self.eval_every)
@@ -82,7 +85,10 @@ class _GridHeads(nn.Module):
         super().__init__()
         self.matmul = matmul
         self.linear = cfg.head != "mlp"
-        self._grad: torch.Tensor | None = None  # the linear weights' gradient, reused each step
+        # the linear heads' per-step results (logits, softmax, weight gradient), reused at every
+        # step and scoring chunk: fresh ones are tens to hundreds of MB at ImageNet sizes, and
+        # freed and taken again at every step they fragment the host heap (bench.heads.memory)
+        self._buffers: dict[str, torch.Tensor] = {}
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         if self.linear:  # convex problem: zero init is exact
@@ -100,10 +106,23 @@ class _GridHeads(nn.Module):
     def groups(self) -> int:
         return len(self.weights[0])
 
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The first shape[0] rows of the reused buffer ``key`` (made, or made larger, here)."""
+        buffer = self._buffers.get(key)
+        if (buffer is None or buffer.dtype != dtype or buffer.shape[1:] != shape[1:]
+                or len(buffer) < shape[0]):
+            self._buffers.pop(key, None)
+            buffer = torch.empty(shape, dtype=dtype, device=self.weights[0].device)
+            self._buffers[key] = buffer
+        return buffer[: shape[0]]
+
     def _linear_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, G, C) float32 logits of the linear heads: one GEMM against the (G*C, D) weight."""
+        """(N, G, C) float32 logits of the linear heads: one GEMM against the (G*C, D) weight,
+        without autograd into a reused buffer (valid until the next call)."""
         w, b = self.weights[0], self.biases[0]
-        flat = torch.mm(x.to(self.matmul), w.view(-1, w.shape[2]).to(self.matmul).T)
+        out = (None if torch.is_grad_enabled() else
+               self._buffer("logits", (len(x), len(w) * w.shape[1]), self.matmul))
+        flat = torch.mm(x.to(self.matmul), w.view(-1, w.shape[2]).to(self.matmul).T, out=out)
         return flat.view(len(x), *b.shape).float().add_(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,31 +142,32 @@ class _GridHeads(nn.Module):
         d loss / d logits = (softmax - onehot) / B, shared inputs: grad W = that^T @ x, one GEMM
         whose (G*C, D) output is the weights' (G, C, D) layout.
         """
-        delta = torch.softmax(self._linear_logits(x), dim=-1)
+        logits = self._linear_logits(x)
+        # torch.softmax's kernel, into a reused buffer
+        delta = torch.ops.aten._softmax.out(logits, -1, False,
+                                            out=self._buffer("softmax", logits.shape, logits.dtype))
         rows = torch.arange(len(x), device=x.device)
         delta[rows, :, y] -= 1.0
         delta /= len(x)
         w = self.weights[0]
-        shape = (len(w) * w.shape[1], w.shape[2])
-        if self._grad is None or self._grad.dtype != self.matmul or self._grad.shape != shape:
-            # one buffer for every step: a fresh (G*C, D) result each step is a fresh mapping
-            # of hundreds of MB at ImageNet sizes, page-faulted in again at every step
-            self._grad = torch.empty(shape, dtype=self.matmul, device=w.device)
-        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul),
-                        out=self._grad)
+        # one buffer for every step: a fresh (G*C, D) result each step is a fresh mapping of
+        # hundreds of MB at ImageNet sizes, page-faulted in again at every step
+        grad = self._buffer("grad", (len(w) * w.shape[1], w.shape[2]), self.matmul)
+        flat = torch.mm(delta.view(len(x), -1).to(self.matmul).T, x.to(self.matmul), out=grad)
         return [flat.float().view_as(w), delta.sum(0)]
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only grid points ``index`` (successive halving). New parameters, not resized
-        ones: autograd remembers a parameter's shape. The gradient buffer goes first: the
-        grid's old and new state are both alive for a moment."""
-        self._grad = None
+        ones: autograd remembers a parameter's shape. The buffers go first: the grid's old and
+        new state are both alive for a moment."""
+        self._buffers.clear()
         for params in (self.weights, self.biases):
             for i, p in enumerate(params):
                 params[i] = nn.Parameter(p.detach().index_select(0, index))
 
 
 OPTIMIZERS = ("adamw", "sgd")
+STATE_BYTES = 4 * 4  # float32 bytes per weight: the weight, two moments and its gradient
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # AdamW's; BETA1 is SGD's momentum too
 
 
@@ -243,34 +263,45 @@ class _Normaliser:
     """Standardisation with fixed statistics, BatchNorm1d(affine=False) semantics, or none.
 
     Fixed statistics come from one streaming pass over the training rows (float64 sums,
-    ``bench.heads.streaming.moments``); each minibatch is standardised as it is read.
-    ``standardise=False``: the inputs are used as given (already normalised by the caller).
+    ``bench.heads.streaming.standardisation``); each minibatch is standardised as it is read,
+    with no epsilon, so the numbers do not depend on the features' overall scale, and a
+    dimension constant on the training rows is 0 (also where a test row differs in it).
+    BatchNorm (``bn-linear``) keeps its epsilon, made relative: its inputs are centred, constant
+    dimensions zeroed and all divided by one number, the root mean variance of the others, so
+    they reach it with unit average variance at any scale. ``standardise=False``: the inputs are
+    used as given (already normalised by the caller).
     """
 
     def __init__(self, batches: Batches, batchnorm: bool, standardise: bool = True):
         self.batchnorm, self.standardise = batchnorm, standardise
         if not standardise:
             return
-        if batchnorm:  # running statistics, updated by every training minibatch
-            self.mean = torch.zeros(batches.dim, device=batches.device)
-            self.var = torch.ones(batches.dim, device=batches.device)
-        else:
-            self.mean, self.var = moments(batches)
-            self.scale = 1 / torch.sqrt(self.var + 1e-5)  # fixed: computed once, not per step
+        if not batchnorm:  # fixed: computed once, not per step
+            self.mean, self.scale = standardisation(batches)
+            return
+        mean, var = moments(batches)  # running statistics, updated by every training minibatch
+        self.mean = mean.float()
+        if batchnorm:
+            varying = var > 0
+            unit = var[varying].mean().sqrt() if bool(varying.any()) else var.new_ones(())
+            self.scale = (varying.double() / unit).float()
+            self.running_mean = torch.zeros(batches.dim, device=batches.device)
+            self.running_var = torch.ones(batches.dim, device=batches.device)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float()
         if not self.standardise:
             return x
+        x = (x - self.mean).mul_(self.scale)
         if not self.batchnorm:
-            return (x - self.mean).mul_(self.scale)
+            return x
         if train:
             mean, var = x.mean(0), x.var(0, unbiased=False)
             with torch.no_grad():
-                self.mean.lerp_(mean, 0.1)
-                self.var.lerp_(x.var(0, unbiased=True) if len(x) > 1 else var, 0.1)
+                self.running_mean.lerp_(mean, 0.1)
+                self.running_var.lerp_(x.var(0, unbiased=True) if len(x) > 1 else var, 0.1)
             return (x - mean) / torch.sqrt(var + 1e-5)
-        return (x - self.mean) / torch.sqrt(self.var + 1e-5)
+        return (x - self.running_mean) / torch.sqrt(self.running_var + 1e-5)
 
 
 @dataclass
@@ -413,25 +444,24 @@ class GridProbeTrainer:
         # where G heads make them the cost; the selected point's refit is one head, in float32.
         self.matmul = torch.bfloat16 if precision.heads == "bf16" else torch.float32
 
-    def _batches(self, data: ProbeData, splits: Sequence[str], held: int = 0,
-                 reserve: Sequence[str] = ()) -> Batches:
-        """The rows of ``splits`` (one after another) as the grid reads them, within what the
-        run's memory budget leaves beside ``held`` bytes of other features, keeping one step of
-        the ``reserve`` splits' (validation, read beside train) free."""
-        def rows(names: Sequence[str]) -> Rows:
-            return Rows([data.features[s] for s in names])
+    def memory(self, data: ProbeData) -> MemoryPlan:
+        """How the grid reads each split within the run's memory budget (``grid_memory``)."""
+        compute = torch.empty(0, dtype=self.store).element_size()
+        return grid_memory(self.cfg, inputs_of(data, compute), data.memory_budget,
+                           "+".join(self.refit_splits))
 
+    def _batches(self, data: ProbeData, splits: Sequence[str], mode: str) -> Batches:
+        """The rows of ``splits`` (one after another) as the grid reads them, in ``mode``."""
         labels = np.concatenate([np.asarray(data.labels[s]) for s in splits])
-        budget = data.memory_budget
-        kept = step_bytes(rows(reserve), self.cfg.batch_size, self.store) if reserve else 0
-        return Batches(rows(splits), labels, self.cfg.batch_size, self.device, self.store,
-                       None if budget is None else budget - held, reserve=kept)
+        return Batches(Rows([data.features[s] for s in splits]), labels, self.cfg.batch_size,
+                       self.device, self.store, mode=mode)
 
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        train = self._batches(data, ["train"], reserve=["val"])
-        val = self._batches(data, ["val"], held=train.held)
+        plan = self.memory(data)
+        train = self._batches(data, ["train"], plan.mode("search", "train"))
+        val = self._batches(data, ["val"], plan.mode("search", "val"))
         grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
         records: list[dict[str, float]] = []
 
@@ -456,11 +486,42 @@ class GridProbeTrainer:
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         torch.manual_seed(self.cfg.seed)
-        model = train_grid(self._batches(data, self.refit_splits), None, data.num_classes,
+        plan, refit = self.memory(data), "+".join(self.refit_splits)
+        model = train_grid(self._batches(data, self.refit_splits, plan.mode("refit", refit)),
+                           None, data.num_classes,
                            torch.tensor([point["lr"]]), torch.tensor([point["weight_decay"]]),
                            self.cfg, {}, stop_at=int(point["epochs"]), progress=self.progress,
                            standardise=self.standardise, optimizer=self.optimizer)
-        return model.logits(self._batches(data, ["test"]))[0]
+        return model.logits(self._batches(data, ["test"], plan.mode("test", "test")))[0]
+
+
+def grid_memory(cfg: ProbeConfig, inputs: Inputs, budget: int | None,
+                refit: str = "train+val") -> MemoryPlan:
+    """The grid's reads within ``budget`` (``bench.heads.memory``): train, with one minibatch of
+    val kept free, then val in what is left; the refit on ``refit``; then test."""
+    return MemoryPlan.of(budget, grid_sources(cfg, inputs, refit))
+
+
+def grid_sources(cfg: ProbeConfig, inputs: Inputs, refit: str = "train+val"
+                 ) -> dict[str, list[Source]]:
+    """The sources the grid reads in each phase, in order (``grid_memory``)."""
+    def source(name: str) -> Source:
+        return batches_source(name, inputs.rows_of(name), inputs.dims, inputs.stored,
+                              inputs.compute, cfg.batch_size)
+
+    return {"search": [source("train"), source("val")], "refit": [source(refit)],
+            "test": [source("test")]}
+
+
+def grid_state(cfg: ProbeConfig, inputs: Inputs) -> tuple[int, str]:
+    """Bytes of the grid heads' weights, AdamW moments and gradients (float32), and how counted."""
+    points, dims, classes = len(cfg.lrs) * len(cfg.weight_decays), inputs.dims, inputs.classes
+    if cfg.head == "mlp":
+        weights = (dims * cfg.hidden + (cfg.hidden_layers - 1) * cfg.hidden * cfg.hidden
+                   + cfg.hidden * classes)
+        return points * weights * STATE_BYTES, f"{points} x {weights:,} weights x 4 B x 4"
+    return (points * (dims + 1) * classes * STATE_BYTES,
+            f"{points} x {classes} x {dims + 1} x 4 B x 4")
 
 
 def fit_probe(

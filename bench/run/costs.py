@@ -4,9 +4,11 @@
 feature points and their dimensions (read from complete cache entries, else from one calibration
 forward pass), the bytes each point's cache entries take per split (images x dims x the cache
 dtype's size), the extraction time (a timed calibration batch on a CUDA device; unknown on the
-CPU, where the first batch of the real extraction tells) and each cell's probe memory (an
-estimate: its features as the probe holds them, plus the linear and mlp grids' own state: weights,
-two AdamW moments and gradients in float32 for every grid point). ``bench run`` prints it before
+CPU, where the first batch of the real extraction tells) and each cell's probe memory, as its
+head kind estimates it (``HeadKind.cost``): its memory plan within ``--memory-budget`` (the one
+policy the trainers follow, ``bench.heads.memory``: which splits it holds and which it streams)
+and its own state (e.g. the grid's weights, AdamW moments and gradients). A budget below one step
+of the head's plan is refused here, before anything is extracted. ``bench run`` prints it before
 extracting (``bench.run.jobs.work_notice``) and ``bench sweep --dry-run`` for every job
 (``bench.run.sweep.describe``); ``disk_check`` is the one refusal both apply when the new cache
 entries would not fit.
@@ -27,7 +29,6 @@ from bench.run.spec import SPLITS, Prepared
 
 SHARD_OVERHEAD = 8192  # bytes per shard beyond its rows: .npy header, sidecar, filesystem blocks
 CALIBRATION_IMAGES = 64  # images timed on a CUDA device (at most the batch size)
-GRID_STATE = 4 * 4  # float32 bytes per weight: the weight, two AdamW moments and its gradient
 
 
 class DiskSpaceError(BenchError, RuntimeError):
@@ -44,6 +45,7 @@ class PointCost:
     bytes: dict[str, int]  # split -> bytes of its cache entry
     new: dict[str, int]  # split -> bytes not in the cache yet
     keys: dict[str, str]  # split -> cache entry key (entries shared by jobs are counted once)
+    shape: tuple[int, ...] = ()  # one image's feature shape
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,10 @@ class CellCost:
     identity: str
     dims: int
     bytes: dict[str, int]
-    probe_bytes: int | None  # the features as the probe holds them; None: memory-mapped (maps)
-    head_bytes: int | None  # the grid's own state; None: not estimated for this head
+    probe_bytes: int | None  # the most feature bytes the head holds at once; None: not declared
+    head_bytes: int | None  # the head's own state; None: not estimated for this head
     head_formula: str = ""  # how head_bytes was counted
+    plan: Any = None  # the head's bench.heads.memory.MemoryPlan (what it holds, what it streams)
 
     @property
     def memory(self) -> int:
@@ -105,8 +108,8 @@ class JobCost:
         for cell in self.cells:
             state = "" if done is None else ("done: " if cell.identity in done else "to run: ")
             disk = ", ".join(f"{s} {size(cell.bytes[s])}" for s in SPLITS)
-            probe = ("memory-mapped, read a minibatch at a time" if cell.probe_bytes is None
-                     else f"{size(cell.probe_bytes)} of inputs")
+            probe = ("not declared by the head" if cell.plan is None
+                     else f"{size(cell.probe_bytes)} of inputs ({cell.plan.describe()})")
             head = ("" if cell.head_bytes is None else
                     f" + {size(cell.head_bytes)} head state ({cell.head_formula})")
             lines.append(f"    {state}{cell.name}  [{cell.identity[:12]}]: {cell.dims:,} dims; "
@@ -125,10 +128,15 @@ def count(n: int, noun: str) -> str:
 
 
 def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
-             batch_size: int = CALIBRATION_IMAGES) -> JobCost:
+             batch_size: int = CALIBRATION_IMAGES, memory_budget: int | str | None = "auto",
+             cells_of: list[Prepared] | None = None) -> JobCost:
     """The cost of ``prepared``'s job with ``cache`` (a ``FeatureCache``). A point with an entry
     not yet complete runs the backbone on calibration images (timed on CUDA), which also refuses
-    a cache dtype the features cannot be stored in (``CacheDtypeError``), before any work."""
+    a cache dtype the features cannot be stored in (``CacheDtypeError``), before any work; a
+    ``memory_budget`` (``RunOptions.memory_budget``) below what a cell's head needs is its
+    ``MemoryBudgetError``, also before any work. ``cells_of``: the runs whose cells to cost
+    (several heads sharing this extraction; default ``prepared``'s)."""
+    from bench.heads.memory import resolve_budget
     from bench.precision import storage_numpy
 
     run = prepared.run
@@ -140,12 +148,13 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
                 for request, by_split in entries.items()}
     to_extract = {name: images[name] for name in SPLITS
                   if not all(complete[r][name] for r in run.requests)}
-    dims = {r: math.prod(entries[r]["train"].feature_shape()) for r in run.requests
-            if complete[r]["train"]}
+    shapes = {r: tuple(entries[r]["train"].feature_shape()) for r in run.requests
+              if complete[r]["train"]}
     seconds, calibration = None, "nothing to extract"
-    if len(dims) < len(run.requests) or to_extract:
+    if len(shapes) < len(run.requests) or to_extract:
         measured, seconds, calibration = _calibrate(prepared, splits["train"], batch_size)
-        dims = measured | dims
+        shapes = measured | shapes
+    dims = {r: math.prod(shape) for r, shape in shapes.items()}
     points = []
     for request in run.requests:
         total, new = {}, {}
@@ -156,10 +165,12 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
             total[name] = images[name] * dims[request] * itemsize + shards * SHARD_OVERHEAD
             new[name] = 0 if complete[request][name] else _missing_bytes(entry, total[name])
         points.append(PointCost(*request, dims[request], total, new,
-                                {name: entries[request][name].key for name in SPLITS}))
+                                {name: entries[request][name].key for name in SPLITS},
+                                shapes[request]))
     by_request = {(p.layer, p.pool): p for p in points}
-    cells = [_cell_cost(prepared, cell, [by_request[f] for f in cell.features], images)
-             for cell in run.cells]
+    budget = resolve_budget(memory_budget, prepared.device)
+    cells = [_cell_cost(one, cell, [by_request[f] for f in cell.features], images, budget)
+             for one in cells_of or [prepared] for cell in one.run.cells]
     if to_extract and seconds is not None:
         seconds *= sum(to_extract.values())
     return JobCost(label, run.precision.storage, images, to_extract, points, cells, seconds,
@@ -186,8 +197,8 @@ def _missing_bytes(entry: Any, total: int) -> int:
 
 
 def _calibrate(prepared: Prepared, split: Any, batch_size: int
-               ) -> tuple[dict[tuple[str, str], int], float | None, str]:
-    """Each request's dims from the backbone's output on train images, the cache dtype checked
+               ) -> tuple[dict[tuple[str, str], tuple[int, ...]], float | None, str]:
+    """Each request's feature shape from the backbone's output on train images, the cache dtype checked
     against it; on CUDA also the seconds per image of a timed batch (after one untimed pass),
     else None and why."""
     import torch
@@ -209,16 +220,16 @@ def _calibrate(prepared: Prepared, split: Any, batch_size: int
 
     out = forward()
     check_storage(backbone, out, run.precision.storage)
-    dims = {request: int(features[0].numel()) for request, features in out.items()}
+    shapes = {request: tuple(features[0].shape) for request, features in out.items()}
     if not cuda:
-        return dims, None, "no CUDA device here to time a calibration batch"
+        return shapes, None, "no CUDA device here to time a calibration batch"
     torch.cuda.synchronize(device)
     started = time.perf_counter()
     forward()
     torch.cuda.synchronize(device)
     per_image = (time.perf_counter() - started) / n
-    return dims, per_image, (f"backbone forward of {n} calibration images on {device}, image "
-                             "loading not counted")
+    return shapes, per_image, (f"backbone forward of {n} calibration images on {device}, image "
+                               "loading not counted")
 
 
 def _images(split: Any, transform: Any, n: int, skip_corrupt: bool) -> list[Any]:
@@ -241,39 +252,25 @@ def _images(split: Any, transform: Any, n: int, skip_corrupt: bool) -> list[Any]
     return images
 
 
-def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost],
-               rows: dict[str, int]) -> CellCost:
-    """A cell's bytes per split and its probe's memory: every split's rows x dims at the probe
-    inputs' size (what the heads hold), plus the grid's state for the linear and mlp heads."""
+def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost], rows: dict[str, int],
+               budget: int | None) -> CellCost:
+    """A cell's bytes per split and its head's memory, as its kind estimates them
+    (``HeadKind.cost``) for these rows and dimensions within ``budget``."""
+    from bench.heads.memory import Inputs
+    from bench.precision import BF16, storage_numpy
     from bench.protocol import head_kind
 
     run = prepared.run
     kind = head_kind(run.spec.head)
     dims = sum(p.dims for p in points)
     per_split = {s: sum(p.bytes[s] for p in points) for s in SPLITS}
-    name = f"{cell.layer} pool={cell.pool}"
-    if kind.inputs == "maps":
-        return CellCost(name, cell.identity, dims, per_split, None, None)
-    probe_itemsize = 2 if run.precision.probe_inputs in ("float16", "bfloat16") else 4
-    probe = sum(rows.values()) * dims * probe_itemsize
-    head, formula = _grid_state(run.head_config, kind.family or kind.name, dims, run.num_classes)
-    return CellCost(name, cell.identity, dims, per_split, probe, head, formula)
-
-
-def _grid_state(config: dict[str, Any], family: str, dims: int, classes: int
-                ) -> tuple[int | None, str]:
-    """Bytes of the grid heads' weights, AdamW moments and gradients (float32), and how counted."""
-    lrs, wds = config.get("lrs"), config.get("weight_decays")
-    if not lrs or not wds or family not in ("linear", "mlp", "few-shot"):
-        return None, ""
-    points = len(lrs) * len(wds)
-    if family == "mlp":
-        hidden, layers = int(config["hidden"]), int(config["hidden_layers"])
-        weights = dims * hidden + (layers - 1) * hidden * hidden + hidden * classes
-        return (points * weights * GRID_STATE,
-                f"{points} x {weights:,} weights x 4 B x 4")
-    return (points * (dims + 1) * classes * GRID_STATE,
-            f"{points} x {classes} x {dims + 1} x 4 B x 4")
+    # as a head reads the cache: bfloat16 bits come widened to float32 (ShardedArray)
+    stored = 4 if run.precision.storage == BF16 else storage_numpy(run.precision.storage).itemsize
+    inputs = Inputs(rows, dims, stored, storage_numpy(run.precision.probe_inputs).itemsize,
+                    run.num_classes, tuple(p.shape for p in points))
+    cost = kind.cost(kind.make_config(run.spec.head_args, run.spec.seed), inputs, budget)
+    return CellCost(f"{cell.layer} pool={cell.pool}", cell.identity, dims, per_split,
+                    cost.plan.peak if cost.plan else None, cost.state, cost.formula, cost.plan)
 
 
 @dataclass(frozen=True)

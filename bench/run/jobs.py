@@ -38,16 +38,18 @@ class _Requeueable:
 
 
 def extract_features(prepared: Prepared, options: RunOptions, array_index: int = 0,
-                     array_size: int = 1,
-                     requests: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+                     array_size: int = 1, requests: list[tuple[str, str]] | None = None,
+                     cells_of: list[Prepared] | None = None) -> dict[str, Any]:
     """Every request of the resolved run (or ``requests``: those of several heads on this
-    backbone and task) for train, val and test: split -> ExtractionReport."""
+    backbone and task, whose runs are ``cells_of``) for train, val and test: split ->
+    ExtractionReport."""
     from bench.features.cache import FeatureCache
     from bench.features.extract import extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     requests = requests or run.requests
-    heard = work_notice(prepared, cache, options, requests) if array_size == 1 else None
+    heard = (work_notice(prepared, cache, options, requests, cells_of) if array_size == 1
+             else None)
     return {split: extract(
         prepared.backbone, prepared.task.split(split), requests, cache, run.task_config,
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
@@ -63,24 +65,28 @@ def job_label(spec: RunSpec) -> str:
 
 
 def work_notice(prepared: Prepared, cache: Any, options: RunOptions,
-                requests: list[tuple[str, str]] | None = None):
+                requests: list[tuple[str, str]] | None = None,
+                cells_of: list[Prepared] | None = None):
     """Say what extraction will cost before paying it (stderr): images x feature points, each
     cell's cache bytes per split and probe memory (``bench.run.costs``), the time when a CUDA
     device timed a calibration batch, the disk verdict; then, from the first batch's speed and
-    size, the time and cache it will take. Refuses (``DiskSpaceError``, ``CacheDtypeError``)
-    before anything is written. The callback for ``extract``; None when everything is cached.
-    ``requests``: the points of several heads extracted together (``SharedJob``); their cells'
-    probe memory is then said by each head's own job."""
+    size, the time and cache it will take. Refuses (``DiskSpaceError``, ``CacheDtypeError``, a
+    ``MemoryBudgetError`` for a budget a cell's head cannot run in) before anything is written,
+    even when everything is cached. The callback for ``extract``; None when everything is
+    cached. ``requests``: the points of several heads extracted together (``SharedJob``), whose
+    runs are ``cells_of``."""
     from dataclasses import replace
 
     from bench.run.costs import disk_check, duration, job_cost, size
 
     run = prepared.run
     if requests is not None and requests != run.requests:
+        cells_of = cells_of or [prepared]
         prepared = replace(prepared, run=replace(run, requests=requests, cells=[]))
         run = prepared.run
     label = job_label(run.spec)
-    cost = job_cost(prepared, cache, label, options.shard_size, options.batch_size)
+    cost = job_cost(prepared, cache, label, options.shard_size, options.batch_size,
+                    options.memory_budget, cells_of)
     if not cost.to_extract:
         return None
     disk = disk_check(cache.root, cost.new_bytes)
@@ -214,6 +220,7 @@ class BenchJob(_Requeueable):
     def _evaluate(self, prepared: Prepared, cell: ResolvedCell, reports: dict[str, Any],
                   experiment_id: str, run_started: float) -> RunRecord:
         from bench.paths import tracking_uri
+        from bench.heads.memory import resolve_budget
         from bench.protocol import evaluate, head_kind
         from bench.stats import bootstrap_intervals
         from bench.results.tracking import TrackingError, log_record, save_pending, supersede
@@ -223,12 +230,12 @@ class BenchJob(_Requeueable):
         entries = {s: [reports[s].entries[r] for r in cell.features] for s in SPLITS}
         data = _probe_data(entries, kind.inputs == "maps", run.num_classes,
                            prepared.task.split("train").items,
-                           _memory_budget(self.options.memory_budget, prepared.device))
+                           resolve_budget(self.options.memory_budget, prepared.device))
         trainer = kind.make_trainer(kind.make_config(run.spec.head_args, run.spec.seed),
                                     prepared.device, run.precision, self.options.progress,
                                     run.groups)
         probe_started = time.time()
-        result = evaluate(trainer, data, run.headline)
+        result = evaluate(trainer, data, run.headline, kind.widen)
         probe_seconds = time.time() - probe_started
         bootstrap_started = time.time()
         predictions = result.predictions
@@ -311,7 +318,8 @@ class SharedJob(_Requeueable):
                 - set(job.finished(experiment_id, job.prepared))]
         if len(todo) > 1:
             extract_features(todo[0].prepared, self.options, requests=list(dict.fromkeys(
-                request for job in todo for request in job.prepared.run.requests)))
+                request for job in todo for request in job.prepared.run.requests)),
+                cells_of=[job.prepared for job in todo])
         return [record for job in self.jobs for record in job()]
 
 
@@ -344,16 +352,6 @@ def share_features(jobs: list[BenchJob], sequential: bool) -> None:
         for job in group[:-1]:
             job.deletes_features = False
         group[-1].group_specs = [job.spec for job in group[:-1]]
-
-
-def _memory_budget(budget: int | str | None, device: Any) -> int | None:
-    """``RunOptions.memory_budget`` in bytes: ``auto`` is a fraction of the memory free now
-    where the features will sit (``bench.heads.streaming.auto_budget``)."""
-    if budget != "auto":
-        return budget
-    from bench.heads.streaming import auto_budget
-
-    return auto_budget(device)
 
 
 def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,

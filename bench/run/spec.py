@@ -21,6 +21,7 @@ it changes a number, so nothing in it enters an identity.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from bench.precision import CACHE_DTYPES, PrecisionPolicy
 from bench import protocol as protocols
 from bench.protocol import HeadKind, head_kind
 from bench.features.images import IMAGE_READER
-from bench.ranges import HEAD_RANGES, OPTION_RANGES, TASK_RANGES, check_ranges
+from bench.ranges import OPTION_RANGES, TASK_RANGES, check_ranges
 
 if TYPE_CHECKING:
     from bench.backbone import Backbone
@@ -165,14 +166,21 @@ class Prepared:
 def build_task(spec: RunSpec) -> Task:
     """The task, its data checked cheaply (layout, counts) before any model is built."""
     from bench.registry import tasks
-    from bench.task import problems_error
+    from bench.task import check_classes, problems_error
 
     check_task_args(spec)
     task = tasks.create(spec.task, **spec.task_args)
     problems = task.verify(full=False)
     if problems:
         raise problems_error(spec.task, [f"task {spec.task!r}: {problems[0]}", *problems[1:]])
+    for note in check_classes(task):  # fewer than two classes: refused here
+        if note not in _NOTED:
+            _NOTED.add(note)
+            print(f"note: {note}", file=sys.stderr, flush=True)
     return task
+
+
+_NOTED: set[str] = set()  # notes said once a process
 
 
 def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None) -> Prepared:
@@ -211,7 +219,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
         result_schema=RESULT_SCHEMA,
         protocol_version=protocols.PROTOCOL_VERSION,
         variant=kind.variant(head_settings),
-        settings=user_settings(spec, head_settings),
+        settings=user_settings(spec, head_settings, task.identity_excludes),
     )
     for features in _cell_features(kind, requests):
         draft = ResolvedCell(features, "")
@@ -265,17 +273,21 @@ def _cell_features(kind: HeadKind, requests: list[tuple[str, str]]) -> list[tupl
     return [tuple(r for r in requests if r[1] == pool) for pool in pools]
 
 
-def user_settings(spec: RunSpec, head_settings: Any) -> dict[str, Any]:
+def user_settings(spec: RunSpec, head_settings: Any,
+                  task_excludes: tuple[str, ...] = ("root",)) -> dict[str, Any]:
     """The settings the user chose, as resolved (``--lrs 1e-2`` and ``lrs=[0.01]`` agree):
-    backbone and task arguments given (``root`` aside: it says where the data is, the split
-    manifests say what it is), the head settings given (``shots`` aside: part of the cell), an
-    explicit precision or cache dtype, ``--skip-corrupt`` and ``--no-keep-features``. Defaults
-    are not in it, so a changed default supersedes; a run choosing otherwise is an alternative of the same cell."""
+    backbone and task arguments given (those the task leaves out of its identity aside,
+    ``Task.identity_excludes``: where the data is, what ``verify`` expects; the split manifests
+    say what it is), the head settings given (those naming the cell aside,
+    ``HeadKind.cell_settings``: few-shot's shots), an explicit precision or cache dtype,
+    ``--skip-corrupt`` and ``--no-keep-features``. Defaults are not in it, so a changed default
+    supersedes; a run choosing otherwise is an alternative of the same cell."""
     head = _settings(head_settings)
+    cell = head_kind(spec.head).cell_settings
     chosen = {
         "backbone_args": dict(spec.backbone_args),
-        "task_args": {k: v for k, v in spec.task_args.items() if k != "root"},
-        "head": {k: head.get(k, v) for k, v in spec.head_args.items() if k != "shots"},
+        "task_args": {k: v for k, v in spec.task_args.items() if k not in task_excludes},
+        "head": {k: head.get(k, v) for k, v in spec.head_args.items() if k not in cell},
         "precision": spec.precision if spec.precision != "auto" else None,
         "skip_corrupt": spec.skip_corrupt or None,
         "cache_dtype": spec.cache_dtype if spec.cache_dtype != "auto" else None,
@@ -306,12 +318,9 @@ def check_spec(spec: RunSpec) -> None:
 
 
 def head_config(spec: RunSpec) -> Any:
-    """The head's settings with defaults filled in, every number checked against its range."""
-    kind = head_kind(spec.head)
-    config = kind.make_config(spec.head_args, spec.seed)
-    check_ranges(_settings(config), HEAD_RANGES, f"head {spec.head!r}:",
-                 {name: flag for flag, name in kind.flags.items()})
-    return config
+    """The head's settings with defaults filled in, every number checked against the range its
+    kind declares (``HeadKind.make_config``)."""
+    return head_kind(spec.head).make_config(spec.head_args, spec.seed)
 
 
 def check_task_args(spec: RunSpec) -> None:

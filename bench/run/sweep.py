@@ -59,7 +59,8 @@ class SweepPlan:
 
 def make_plan(backbones: list[str], tasks: list[str], grid: dict[str, list[str]],
               template: RunSpec, options: RunOptions) -> SweepPlan:
-    """One job per (backbone, task, head); ``template`` gives every other spec field."""
+    """One job per (backbone, task, head, variant); ``template`` gives every other spec field."""
+    from bench.protocol import head_kind
     from bench.registry import backbones as backbone_registry
     from bench.registry import tasks as task_registry
     from bench.run.spec import check_spec
@@ -71,10 +72,13 @@ def make_plan(backbones: list[str], tasks: list[str], grid: dict[str, list[str]]
         for task in tasks:
             task_registry.entry(task)
             for head in grid.get("head", [template.head]):
-                spec = replace(template, backbone=backbone, task=task, head=head, layers=layers,
-                               pools=grid.get("pool", list(template.pools)))
-                check_spec(spec)
-                plan.jobs.append(BenchJob(spec, options))
+                # one job per variant of the head's settings (few-shot's --shots 1,5)
+                for settings in head_kind(head).expand(template.head_args):
+                    spec = replace(template, backbone=backbone, task=task, head=head,
+                                   layers=layers, pools=grid.get("pool", list(template.pools)),
+                                   head_args=settings)
+                    check_spec(spec)
+                    plan.jobs.append(BenchJob(spec, options))
     return plan
 
 
@@ -120,7 +124,8 @@ def describe(plan: SweepPlan) -> DryRun:
         cache = FeatureCache(options.cache_dir)
         try:
             prepared = job.prepared or resolve(job.spec, options)
-            cost = job_cost(prepared, cache, label, options.shard_size, options.batch_size)
+            cost = job_cost(prepared, cache, label, options.shard_size, options.batch_size,
+                            options.memory_budget)
         except BenchError as e:
             if isinstance(e, UsageError):
                 raise UsageError(f"{job.spec.backbone} x {job.spec.task}: {e}") from e
