@@ -146,10 +146,12 @@ KNOWING = ("bench/study/", "bench/papers/", "backbones/", "tasks/")
 # A named layer at a timestep: block24@t90, f"block{b}@t{t}", "block{block}@t{t}". The bare
 # separator ("@t", f"{base}@t{t}") is the grammar itself, which core parses for every backbone.
 GRAMMAR = re.compile(r"[A-Za-z][\w.]*(\{[^}]*\})?@t(\d|\{)")
+# Keyword arguments whose strings are another library's vocabulary, never a preset or task:
+# numpy's index modes (np.take(mode="clip")), PIL's image modes.
+FOREIGN_KEYWORDS = ("mode",)
 # Literals that equal a registered name by coincidence, each with why it is not that name.
 COINCIDENCES = {
-    ("bench/features/cache.py", "clip"): "numpy's index mode (np.take(mode='clip'))",
-    ("bench/heads/attention.py", "clip"): "numpy's index mode (np.take(mode='clip'))",
+    ("bench/features/cache.py", "clip"): "ShardedArray.take's own mode (np.take's vocabulary)",
     # `bench demo` is the offline example: it runs these named presets on purpose.
     ("bench/cli/demo.py", "pixels"): "the demo's backbone",
     ("bench/cli/demo.py", "random-unet"): "the demo's backbone",
@@ -166,9 +168,10 @@ def _registered_names() -> set[str]:
 
 
 def _documentation(tree: ast.AST, path: Path) -> set[int]:
-    """ids of the string constants that document rather than act: docstrings, and the help
+    """ids of the string constants that document rather than act: docstrings, the help
     texts of the CLI's arguments and commands (``help=`` in bench/cli/, where usage examples
-    such as ``--layers block1..37@t90`` belong)."""
+    such as ``--layers block1..37@t90`` belong), and other libraries' vocabulary
+    (``FOREIGN_KEYWORDS``)."""
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -176,6 +179,8 @@ def _documentation(tree: ast.AST, path: Path) -> set[int]:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 out.add(id(body[0].value))
         if (path.parts[-2] == "cli" and isinstance(node, ast.keyword) and node.arg == "help"):
+            out |= {id(n) for n in ast.walk(node.value)}
+        if isinstance(node, ast.keyword) and node.arg in FOREIGN_KEYWORDS:
             out |= {id(n) for n in ast.walk(node.value)}
     return out
 
@@ -222,7 +227,7 @@ def test_the_name_check_catches_what_it_should(tmp_path):
     code = ('"""Docstring: block24@t90 and diffusion are fine here."""\n'
             'A = "diffusion"\nB = f"block{n}@t{t}"\nC = "block24@t90"\nD = "cub"\n'
             'E = "diffusion model"\nF = "{block}@t{t}"\nG = f"{base}@t{t}"\nH = "@t"\n'
-            'I = "block{block}@t{t}"\nJ = "block1..37@t10"\n')
+            'I = "block{block}@t{t}"\nJ = "block1..37@t10"\nK = x.take(i, mode="clip")\n')
     tree = ast.parse(code)
     names = _registered_names()
     hits = sorted(text for _, text in _strings(tree, _documentation(tree, tmp_path / "x.py"))
