@@ -3,6 +3,7 @@ costs before work, the disk preflight, --no-keep-features."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import namedtuple
 
@@ -132,15 +133,20 @@ from torchvision import transforms as T
 
 
 class Big(Backbone):
+    """The first ``dims`` pixels (0..1) times ``gain`` (and ``1 + scale`` from item
+    ``from_item`` on) plus a common ``offset``."""
+
     family, input_size, default_layers, default_pool = "big", 8, ("out",), "none"
 
-    def __init__(self, scale, from_item):
+    def __init__(self, scale, from_item, offset=0.0, gain=1.0, dims=4):
         super().__init__()
         self.scale, self.from_item = scale, from_item
+        self.offset, self.gain, self.dims = offset, gain, dims
 
     @property
     def config(self):
-        return {"family": self.family, "scale": self.scale, "from_item": self.from_item}
+        return {"family": self.family, "scale": self.scale, "from_item": self.from_item,
+                "offset": self.offset, "gain": self.gain, "dims": self.dims}
 
     def transform(self):
         return T.Compose([T.Resize((8, 8)), T.ToTensor()])
@@ -149,12 +155,17 @@ class Big(Backbone):
         return [FeaturePoint("out", VECTOR)]
 
     def forward_features(self, x, layers, sample_ids=None):
-        big = (sample_ids >= self.from_item).float()[:, None] * self.scale
-        return {"out": x.flatten(1)[:, :4] + big}
+        big = 1 + (sample_ids >= self.from_item).float()[:, None] * self.scale
+        return {"out": x.flatten(1)[:, :self.dims] * self.gain * big + self.offset}
 
 
 def make(scale: float = 1e5, from_item: int = 0):
     return Big(scale, from_item)
+
+
+def shifted(offset: float = 4000.0, gain: float = 1.0):
+    """The digit's 64 grey pixels, shifted."""
+    return Big(0.0, 0, offset, gain, 64)
 '''
 
 
@@ -298,7 +309,7 @@ def test_jobs_sharing_features_extract_once_and_the_last_deletes(monkeypatch, tm
 
 
 def test_calibration_skips_a_corrupt_first_image_only_under_skip_corrupt():
-    from bench.run.costs import _images
+    from bench.features.extract import calibration_images as _images
     from bench.task import CorruptImageError, DatasetError
 
     class Split:
@@ -332,3 +343,86 @@ def test_a_sweep_of_two_heads_without_keeping_features_extracts_once_and_leaves_
 
     logged = [client().get_run(r.run_id).data.params for r in records()]
     assert [params["protocol.features_kept"] for params in logged] == ["False", "False"]
+
+
+# --- a 16-bit type that keeps no information ------------------------------------------------
+SHIFT_FLAGS = ["--epochs", "5", "--lrs", "1e-1", "--wds", "0", "--workers", "0", "--no-progress"]
+
+
+def _shifted(tmp_path, *args: str) -> list[str]:
+    module = tmp_path / "big.py"
+    module.write_text(BIG)
+    return ["run", "--backbone", f"{module}:shifted", "--task", "digits", *args, *SHIFT_FLAGS]
+
+
+def test_a_policys_16_bit_cache_that_would_keep_nothing_stores_float32_and_says_so(
+        tmp_path, capsys):
+    """--precision bf16 stores float16 unless told otherwise (auto on a GPU does too): features
+    4000 + pixel lose every pixel in float16 (its step at 4000 is 2). The run caches float32
+    instead, says so in one line, and its identity and cache key say float32."""
+    assert main(_shifted(tmp_path, "--precision", "fp32")) == 0
+    capsys.readouterr()
+    assert main(_shifted(tmp_path, "--precision", "bf16")) == 0
+    notes = [line for line in _errors(capsys.readouterr().err) if "float16" in line]
+    assert len(notes) == 1 and "caching float32 instead" in notes[0], notes
+    assert "float16 loses 51 of the 51 dimensions that vary" in notes[0], notes
+    from bench.results.tracking import client
+
+    def params(record):
+        return client().get_run(record.run_id).data.params
+
+    half, exact = sorted(records(), key=lambda r: params(r)["protocol.precision.name"])
+    assert params(half)["protocol.precision.name"] == "bf16"
+    assert params(half)["protocol.precision.storage"] == "float32"
+    stored = {json.loads(p.read_text())["fields"]["storage"] for p in _entries(tmp_path)}
+    assert stored == {"float32"}
+    assert exact.metrics["test_top1"] > 80  # the pixels separate the digits
+    assert abs(half.metrics["test_top1"] - exact.metrics["test_top1"]) < 3
+
+
+@pytest.mark.parametrize("dtype, backbone_args, better", [
+    ("fp16", [], "use --cache-dtype fp32"),  # offset: bfloat16's step at 4000 is 16
+    ("bf16", [], "use --cache-dtype fp32"),
+    ("fp16", ["--backbone-arg", "offset=0", "--backbone-arg", "gain=1e-9"],
+     "use --cache-dtype bf16 or fp32"),  # below float16's smallest step: all zeros
+    ("bf16", ["--backbone-arg", "offset=1e6"], "use --cache-dtype fp32"),
+])
+def test_a_chosen_16_bit_cache_dtype_that_would_keep_nothing_is_refused_before_work(
+        dtype, backbone_args, better, tmp_path, capsys):
+    assert main(_shifted(tmp_path, "--cache-dtype", dtype, *backbone_args)) == 2
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "dimensions that vary" in err[0] and better in err[0], err
+    assert not _entries(tmp_path) and not records()  # refused before anything was written
+
+
+def test_a_16_bit_type_that_keeps_the_features_is_kept():
+    backbone = bench.create_backbone("pixels", size=4)
+    rng = np.random.default_rng(0)
+    normal = {("image", "1"): torch.from_numpy(rng.normal(size=(16, 256)).astype(np.float32))}
+    for dtype in ("float16", "bfloat16"):
+        check_storage(backbone, normal, dtype)
+    # one dimension of 256 that float16 rounds away is not worth doubling the cache for
+    one = normal[("image", "1")].clone()
+    one[:, 0] += 4000
+    check_storage(backbone, {("image", "1"): one}, "float16")
+    constant = torch.full((16, 256), 4000.0)  # nothing to lose: every image gives the same
+    check_storage(backbone, {("image", "1"): constant}, "float16")
+
+
+def test_probe_inputs_in_float16_that_would_keep_nothing_become_float32():
+    """On a GPU, bf16 reads features as float16 even from a float32 cache."""
+    from bench.features.extract import storage_policy
+
+    gpu = resolve_precision("bf16", "cuda")
+    backbone = bench.create_backbone("pixels", size=4)
+    shifted = {("image", "1"): torch.rand(16, 48) + 4000}
+    explicit = storage_policy(backbone, shifted, with_cache_dtype(gpu, "fp32"), chosen=True)
+    assert explicit.policy.storage == explicit.policy.probe_inputs == "float32"
+    assert "probe reads them in float32" in explicit.note
+    auto = storage_policy(backbone, shifted, gpu, chosen=False)
+    assert auto.policy.storage == auto.policy.probe_inputs == "float32"
+    assert "caching float32 instead" in auto.note
+    with pytest.raises(CacheDtypeError, match="use --cache-dtype fp32"):
+        storage_policy(backbone, shifted, with_cache_dtype(gpu, "fp16"), chosen=True)
+    kept = storage_policy(backbone, {("image", "1"): torch.rand(16, 48)}, gpu, chosen=False)
+    assert kept.policy == gpu and kept.note == ""

@@ -67,7 +67,7 @@ def work_notice(prepared: Prepared, cache: Any, options: RunOptions,
     """Say what extraction will cost before paying it (stderr): images x feature points, each
     cell's cache bytes per split and probe memory (``bench.run.costs``), the time when a CUDA
     device timed a calibration batch, the disk verdict; then, from the first batch's speed and
-    size, the time and cache it will take. Refuses (``DiskSpaceError``, ``CacheDtypeError``)
+    size, the time and cache it will take. Refuses (``DiskSpaceError``)
     before anything is written. The callback for ``extract``; None when everything is cached.
     ``requests``: the points of several heads extracted together (``SharedJob``); their cells'
     probe memory is then said by each head's own job."""
