@@ -424,27 +424,10 @@ def test_a_shard_rewritten_in_place_under_its_old_mtime_is_refused_on_the_next_r
     np.testing.assert_array_equal(mapped.take(np.array([2999, 1000])), values[[2999, 1000]])
 
 
-class _RewritesInPlace:
-    """Train features whose first shard is rewritten in place (size and mtime restored) after
-    ``after`` reads, as ``rsync --inplace -t`` from another machine would."""
-
-    def __init__(self, rows, path, after: int):
-        self.rows, self.path, self.after, self.reads = rows, path, after, 0
-        self.shape, self.dtype = rows.shape, rows.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def take(self, index, axis=0):
-        self.reads += 1
-        if self.reads == self.after:
-            _rewrite_row_keeping_mtime(self.path, 10)
-        return self.rows.take(index, axis=axis)
-
-
 @pytest.mark.parametrize("mode", ["windows", "rows"])
 def test_a_shard_rewritten_in_place_while_a_probe_streams_it_is_never_trained_on(
-        tmp_path, mode, one_thread):
+        tmp_path, mode, one_thread, monkeypatch):
+    """As ``rsync --inplace -t`` from another machine would, after the probe's third read."""
     from bench.heads.probe import GridProbeTrainer, ProbeConfig
     from bench.heads.streaming import WINDOW_ROWS, Batches, Rows
     from bench.precision import FP32
@@ -458,8 +441,17 @@ def test_a_shard_rewritten_in_place_while_a_probe_streams_it_is_never_trained_on
     budget = {"windows": 2 * WINDOW_ROWS * 8 * 2 + 2 * step, "rows": 3 * step}[mode]
     assert Batches(Rows([data["train"]]), None, 256, CPU, torch.float32, budget,
                    reserve=step).mode == mode
-    train = data["train"]
-    data["train"] = _RewritesInPlace(train, train.shards[0].filename, after=3)
+    train, reads = data["train"], []
+    take = train.take
+
+    def rewriting(index, axis=0, **kwargs):
+        reads.append(len(index))
+        if len(reads) == 3:
+            _rewrite_row_keeping_mtime(entry_path, 10)
+        return take(index, axis=axis, **kwargs)
+
+    entry_path = train.shards[0].filename
+    monkeypatch.setattr(train, "take", rewriting)
     probe = ProbeData(data, labels, 10, memory_budget=budget)
     cfg = ProbeConfig(lrs=(1e-2,), weight_decays=(0.0,), epochs=3)
     with pytest.raises(CorruptShardError, match="shard-00000.npy is corrupt.*checksum mismatch"):
