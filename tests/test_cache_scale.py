@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import namedtuple
 
 import numpy as np
@@ -426,3 +427,74 @@ def test_probe_inputs_in_float16_that_would_keep_nothing_become_float32():
         storage_policy(backbone, shifted, with_cache_dtype(gpu, "fp16"), chosen=True)
     kept = storage_policy(backbone, {("image", "1"): torch.rand(16, 48)}, gpu, chosen=False)
     assert kept.policy == gpu and kept.note == ""
+
+
+# --- --no-keep-features and bench cache rm never remove what another run reads --------------
+def test_no_keep_features_skips_the_entries_another_run_is_reading(monkeypatch, capsys,
+                                                                  tmp_path):
+    """Run A (keeping its features) is probing when run B (--no-keep-features, same features)
+    finishes: B keeps the entries A reads and says so in one line; A finishes and logs."""
+    from bench import protocol
+
+    real, nested = protocol.evaluate, []
+
+    def evaluate_while_another_run_finishes(trainer, data, headline):
+        if not nested:  # A: its features are open; B runs to its end meanwhile
+            nested.append(None)
+            nested[0] = run(_spec(keep_features=False), OPTIONS)
+        return real(trainer, data, headline)
+
+    monkeypatch.setattr(protocol, "evaluate", evaluate_while_another_run_finishes)
+    [a] = run(_spec(), OPTIONS)
+    [[b]] = nested
+    assert a.metrics["test_top1"] > 50 and b.metrics["test_top1"] > 50
+    err = _errors(capsys.readouterr().err)
+    kept = [line for line in err if line.startswith("kept")]
+    assert len(kept) == 1 and "kept 3 cache entries" in kept[0], err
+    assert "another run is reading" in kept[0] and "deleted" not in "".join(err)
+    assert len(_entries(tmp_path)) == 3  # A keeps its features
+    assert {r.identity for r in records()} == {a.identity, b.identity}
+    [again] = run(_spec(keep_features=False, seed=1), OPTIONS)  # nobody reads them now
+    assert not _entries(tmp_path) and "deleted 3 cache entries" in capsys.readouterr().err
+
+
+def test_cache_rm_keeps_an_entry_a_run_is_reading(capsys, tmp_path):
+    from bench.features.cache import reading
+
+    entry = _digits_entry(tmp_path / "cache", "fp32")
+    args = ["cache", "rm", entry.key[:12], "--cache-dir", str(tmp_path / "cache")]
+    with reading([entry]):
+        assert main(args) == 1
+        assert "a run is reading it" in capsys.readouterr().out
+        assert entry.complete()
+    assert main(args) == 0 and not entry.path.exists()
+
+
+def test_a_reader_waiting_on_a_removal_holds_the_entry_recreated_after_it(tmp_path):
+    """A run that starts reading while the entry is being removed waits, then holds the entry
+    its extraction creates again: a second removal must skip it."""
+    import threading
+
+    from bench.features.cache import READERS, FeatureCache, reading
+    from bench.locks import exclusive_if_free
+
+    entry = _digits_entry(tmp_path, "fp32")
+    cache, held, release = FeatureCache(tmp_path), threading.Event(), threading.Event()
+
+    def reader():
+        with reading([entry]):
+            held.set()
+            release.wait(10)
+
+    with exclusive_if_free(entry.path / READERS) as free:  # what a removal does
+        assert free
+        thread = threading.Thread(target=reader)
+        thread.start()
+        assert not held.wait(0.3)  # waits while the removal holds the entry
+        shutil.rmtree(entry.path)
+    assert held.wait(5)
+    _digits_entry(tmp_path, "fp32")  # the reader's extraction writes it again
+    assert not cache.remove(entry) and entry.complete()
+    release.set()
+    thread.join()
+    assert cache.remove(entry) and not entry.path.exists()

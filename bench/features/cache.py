@@ -25,6 +25,11 @@ takes a CRC-32 of every block of rows (about 8 kB) in that same pass; every late
 the blocks it reads against them, so bytes that change afterwards (a shard rewritten in place
 with its size and mtime put back, as ``rsync --inplace -t`` does) are never returned.
 
+A run reading an entry (extracting into it, or probing from it) holds it (``reading``: a shared
+lock on the entry's ``.readers`` file); removing an entry (``FeatureCache.remove``: ``bench cache
+rm``, ``--no-keep-features``) skips one that another run holds, so no run loses its features
+mid-way; the entry is left for the last reader (or a later ``bench cache rm``).
+
 Features are stored in the entry's ``storage`` type (its key field): float32, float16, or
 bfloat16, which numpy lacks: those shards hold the raw 16 bits (uint16) and every read
 (``load``, ``open``) returns them as float32 (exact: bfloat16 is float32's upper half).
@@ -32,6 +37,7 @@ bfloat16, which numpy lacks: those shards hold the raw 16 bits (uint16) and ever
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -48,7 +54,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from bench.errors import BenchError
-from bench.locks import STALE_TEMP_SECONDS, stale_temp, temp_name
+from bench.locks import (STALE_TEMP_SECONDS, exclusive_if_free, shared_lock,
+                         stale_temp, temp_name)
 from bench.paths import cache_dir
 from bench.precision import BF16
 
@@ -58,6 +65,7 @@ _READ_CHUNK = 1 << 24
 # so a reader thread verifies a window's runs beside training (scattered rows have their own)
 BLOCK_BYTES = 8192
 LABELS = "labels.npy"
+READERS = ".readers"  # in an entry's folder: every run reading the entry holds a shared lock on it
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -624,6 +632,17 @@ def _run(index: np.ndarray) -> bool:
         len(index) == 1 or bool((np.diff(index) == 1).all()))
 
 
+@contextlib.contextmanager
+def reading(entries: Iterable[CacheEntry]) -> Iterator[None]:
+    """Hold ``entries`` for the ``with`` block (a run extracting into or probing from them):
+    ``FeatureCache.remove`` keeps an entry while any run holds it. Waits while one is being
+    removed (a moment), then holds the entry as it is now (recreated by the extraction)."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted({entry.path for entry in entries}):
+            stack.enter_context(shared_lock(path / READERS))
+        yield
+
+
 @dataclass
 class VerifyReport:
     """What ``bench cache verify`` found: entries checked and the corrupt shards."""
@@ -650,8 +669,12 @@ class FeatureCache:
     def find(self, prefix: str) -> list[CacheEntry]:
         return [e for e in self.entries() if e.key.startswith(prefix)]
 
-    def remove(self, entry: CacheEntry) -> None:
-        shutil.rmtree(entry.path)
+    def remove(self, entry: CacheEntry) -> bool:
+        """Remove ``entry`` unless another run holds it (``reading``): then keep it, False."""
+        with exclusive_if_free(entry.path / READERS) as free:
+            if free:
+                shutil.rmtree(entry.path)
+        return free
 
     def verify(self, fix: bool = False, progress: bool = True) -> VerifyReport:
         """Check every shard of every entry; with ``fix``, remove the bad ones (recomputed next run)."""

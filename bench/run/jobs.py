@@ -8,7 +8,8 @@ bootstrap intervals of its test metrics (over test images, ``BOOTSTRAP_RESAMPLES
 seeded) and the per-image test predictions they come from, so any later comparison needs no
 recomputation. Before extracting, a job says what it will cost and refuses when the cache's disk
 cannot hold it (``bench.run.costs``); with ``--no-keep-features`` it deletes the cache entries it
-read once its cells are logged (``share_features``). ``ExtractJob`` does the extraction alone (for
+read once its cells are logged (``share_features``), but none that another run is reading: a job
+holds its entries from extraction to its last logged cell (``bench.features.cache.reading``). ``ExtractJob`` does the extraction alone (for
 SLURM arrays: task k of n).
 """
 
@@ -118,11 +119,24 @@ class ExtractJob(_Requeueable):
     array_size: int = 1
 
     def __call__(self) -> dict[str, int]:
+        from bench.features.cache import reading
         from bench.run.spec import resolve
 
-        reports = extract_features(resolve(self.spec, self.options), self.options,
-                                   self.array_index, self.array_size)
+        prepared = resolve(self.spec, self.options)
+        with reading(job_entries(prepared, self.options)):
+            reports = extract_features(prepared, self.options, self.array_index,
+                                       self.array_size)
         return {split: r.shards_written for split, r in reports.items()}
+
+
+def job_entries(prepared: Prepared, options: RunOptions) -> list[Any]:
+    """The cache entries a resolved job reads (``CacheEntry``), every split of every point."""
+    from bench.features.cache import FeatureCache
+    from bench.run.costs import entries_of
+
+    cache = FeatureCache(options.cache_dir)
+    return [entry for by_split in entries_of(prepared, cache).values()
+            for entry in by_split.values()]
 
 
 @dataclass
@@ -154,6 +168,7 @@ class BenchJob(_Requeueable):
             r.identity: r for r in find_records([experiment_id], identities)}
 
     def __call__(self) -> list[RunRecord]:
+        from bench.features.cache import reading
         from bench.run.spec import resolve
         from bench.results.tracking import cell_lock
 
@@ -173,7 +188,9 @@ class BenchJob(_Requeueable):
         # One process at a time computes these cells, wherever it runs: the lock lives in the
         # tracking store with the results. An identical run started meanwhile waits there, then
         # finds them logged and reuses them (no second extraction, no second result).
-        with cell_lock(experiment_id, identities):
+        # the entries are held from extraction to the last logged cell: no other run's
+        # --no-keep-features (or `bench cache rm`) removes them meanwhile
+        with cell_lock(experiment_id, identities), reading(job_entries(prepared, self.options)):
             done = logged()
             if all(c.identity in done for c in cells):
                 return [done[c.identity] for c in cells]
@@ -191,24 +208,30 @@ class BenchJob(_Requeueable):
 
     def _release_features(self, prepared: Prepared) -> None:
         """With ``--no-keep-features``, once every cell is logged: delete the cache entries this
-        job and the earlier jobs of its group read (a failed cell raised before: kept)."""
+        job and the earlier jobs of its group read (a failed cell raised before: kept), but
+        skip, and say so, those another run is reading (it deletes them itself if it was
+        started with --no-keep-features; they are kept otherwise)."""
         if self.spec.keep_features or not self.deletes_features:
             return
         from bench.features.cache import FeatureCache
-        from bench.run.costs import entries_of, size
+        from bench.run.costs import size
         from bench.run.spec import resolve
 
         cache = FeatureCache(self.options.cache_dir)
         runs = [prepared, *(resolve(spec, self.options, backbone=prepared.backbone)
                             for spec in self.group_specs)]
-        gone = {e.key: e for p in runs for by_split in entries_of(p, cache).values()
-                for e in by_split.values() if e.exists()}
-        freed = sum(e.size_bytes() for e in gone.values())
-        for entry in gone.values():
-            cache.remove(entry)
+        found = {e.key: e for p in runs for e in job_entries(p, self.options) if e.exists()}
+        sizes = {key: e.size_bytes() for key, e in found.items()}
+        kept = [key for key, entry in found.items() if not cache.remove(entry)]
+        gone = [key for key in found if key not in kept]
         if gone:
-            print(f"deleted {len(gone)} cache entries ({size(freed)}) of {job_label(self.spec)}: "
-                  "--no-keep-features", file=sys.stderr, flush=True)
+            print(f"deleted {len(gone)} cache entries ({size(sum(sizes[k] for k in gone))}) of "
+                  f"{job_label(self.spec)}: --no-keep-features", file=sys.stderr, flush=True)
+        if kept:
+            print(f"kept {len(kept)} cache entries ({size(sum(sizes[k] for k in kept))}) of "
+                  f"{job_label(self.spec)} that another run is reading: --no-keep-features "
+                  "skips them (`bench cache rm` once it has finished)", file=sys.stderr,
+                  flush=True)
 
 
     def _evaluate(self, prepared: Prepared, cell: ResolvedCell, reports: dict[str, Any],
@@ -310,8 +333,11 @@ class SharedJob(_Requeueable):
         todo = [job for job in self.jobs if {c.identity for c in job.prepared.run.cells}
                 - set(job.finished(experiment_id, job.prepared))]
         if len(todo) > 1:
-            extract_features(todo[0].prepared, self.options, requests=list(dict.fromkeys(
-                request for job in todo for request in job.prepared.run.requests)))
+            from bench.features.cache import reading
+
+            with reading(e for job in todo for e in job_entries(job.prepared, self.options)):
+                extract_features(todo[0].prepared, self.options, requests=list(dict.fromkeys(
+                    request for job in todo for request in job.prepared.run.requests)))
         return [record for job in self.jobs for record in job()]
 
 
