@@ -41,7 +41,7 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     """Options a job needs to agree with the driver wherever it runs: the experiment (created
     once, here), the tracking URI and the cache folder as absolute values."""
     from bench.paths import cache_dir, check_writable, results_dir, tracking_uri
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     check_writable(results_dir(), "BENCH_RESULTS")  # pending results and job logs go there
     cache = cache_dir(options.cache_dir)  # a file in its place fails here, before any work
@@ -108,7 +108,7 @@ def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
     from bench.metrics import names
     from bench.results.record import seed_metrics
     from bench.stats import aggregate_seeds
-    from bench.results.tracking import add_metrics
+    from bench.results.runs import add_metrics
 
     cells: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -234,7 +234,7 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
     experiment); its file paths, figures included when asked for."""
     from bench.results import leaderboard as boards
     from bench.paths import results_dir
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     board = boards.build(suites, metric, references, protocol)
     paths = boards.write(board, results_dir(), title or f"bench leaderboard: {', '.join(suites)} "
@@ -249,7 +249,8 @@ def write_figures(suites: list[str]) -> dict[str, Path]:
     """The reference sources' figures (the paper's ablations) for these suites' records."""
     from bench.paths import figures_dir
     from bench.results.references import figures
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     folder = figures_dir()
     paths = {}
@@ -272,7 +273,8 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     """
     from bench.results import leaderboard as boards
     from bench.stats import compare as paired
-    from bench.results.tracking import load_predictions, load_record
+    from bench.results.artifacts import load_predictions
+    from bench.results.runs import load_record
 
     if task is None:
         first, second = load_record(a), load_record(b)

@@ -5,7 +5,7 @@ for leases: a shared lock held by every process using something (``shared_lock``
 removing it respects (``exclusive_if_free``: it removes only what nobody holds).
 
 Used for the SQLite tracking store's creation and writes (a result cell's lock lives in the
-tracking store itself, ``bench.results.tracking``, so it holds across results folders). The
+tracking store itself, ``bench.results.claims``, so it holds across results folders). The
 lock is released when its process dies (kill -9 included), so a crash never leaves a stale lock.
 flock works between processes of one machine and on most cluster file systems mounted with
 locking; where it is not supported, bench runs unlocked. Where the lock's folder cannot be

@@ -340,7 +340,7 @@ def test_a_sweep_of_two_heads_without_keeping_features_extracts_once_and_leaves_
     err = capsys.readouterr().err
     assert err.count("deleted 3 cache entries") == 1 and err.count("extracting 1,797") == 1
     assert not _entries(tmp_path) and len(records()) == 2
-    from bench.results.tracking import client
+    from bench.results.store import client
 
     logged = [client().get_run(r.run_id).data.params for r in records()]
     assert [params["protocol.features_kept"] for params in logged] == ["False", "False"]
@@ -367,7 +367,7 @@ def test_a_policys_16_bit_cache_that_would_keep_nothing_stores_float32_and_says_
     notes = [line for line in _errors(capsys.readouterr().err) if "float16" in line]
     assert len(notes) == 1 and "caching float32 instead" in notes[0], notes
     assert "float16 loses 51 of the 51 dimensions that vary" in notes[0], notes
-    from bench.results.tracking import client
+    from bench.results.store import client
 
     def params(record):
         return client().get_run(record.run_id).data.params

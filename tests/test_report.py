@@ -13,7 +13,7 @@ import pytest
 from bench.cli import main
 from bench.results.papers import Claim, PaperCell, PaperTable
 from bench.results.record import RunRecord
-from bench.results.tracking import UnfinishedRun
+from bench.results.runs import UnfinishedRun
 from bench.run.report import (CellResult, Report, curve_figure, judge_cell, judge_claim, rows,
                               table_pages)
 from bench.run.reproduce import PlannedCell
@@ -191,8 +191,9 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys, monkeypatch):
     from bench.results import record as names
     from bench.results.papers import load_paper
     from bench.results.record import settings_digest
-    from bench.results.tracking import (client, ensure_experiment, experiment_ids,
-                                        load_predictions, log_record, search)
+    from bench.results.artifacts import load_predictions
+    from bench.results.runs import log_record
+    from bench.results.store import client, ensure_experiment, experiment_ids, search
     from bench.run.report import slot_keys
     from bench.run.reproduce import plan_paper
     from bench.run.similarity_run import Side, SimilaritySpec

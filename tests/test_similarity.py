@@ -239,7 +239,8 @@ def test_image_mismatch_names_the_first_differing_item():
 
 def test_cli_writes_matrix_and_heatmaps_reuses_and_supersedes(tmp_path, capsys):
     from bench.cli import main
-    from bench.results.tracking import ensure_experiment, find_similarity
+    from bench.results.matrices import find_similarity
+    from bench.results.store import ensure_experiment
 
     argv = ["similarity", "--backbone", "pixels", "--pool", "1,2", "--task", "digits", "--n",
             "48", "--against", "random-unet", "--against-layers", "down1,mid", "--against-pool",

@@ -109,7 +109,8 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
 def leading_record(suites: list[str], backbone: str, task: str, protocol: str = "linear"
                    ) -> RunRecord:
     """The record a leaderboard shows for ``backbone`` on ``task`` (column name, e.g. ``cub``)."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     records = find_records(experiment_ids(suites))
     cells = select_cells(records, protocol=protocol)
@@ -137,7 +138,7 @@ def tied_with_best(cells: Any, metric: str = "test_top1") -> set[tuple[str, str]
     """(backbone, column) of every row not distinguishable from its column's best, by a paired
     bootstrap on the stored test predictions. Rows without predictions are never marked."""
     from bench.stats import compare
-    from bench.results.tracking import load_predictions
+    from bench.results.artifacts import load_predictions
 
     ties = set()
     for task, rows in cells.groupby("task"):
@@ -198,7 +199,8 @@ def with_references(table: Any) -> Any:
 
 def build(suites: list[str], metric: str = "test_top1", references: bool = False,
           protocol: str = "linear") -> Leaderboard:
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     cells = select_cells(find_records(experiment_ids(suites)), metric, protocol)
     table = pivot(cells, metric)
@@ -254,7 +256,8 @@ def written_lines(board: Leaderboard, paths: dict[str, Path]) -> list[str]:
 def find_run(reference: str, suites: list[str] | None = None) -> RunRecord:
     """The result a user names as ``bench runs`` prints it: a run id or a unique prefix of one,
     or a run name (``pixels/digits/image/16/linear``), in ``suites`` (default: every suite)."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     suites = suites or list(suites_with_results())
     records = find_records(experiment_ids(suites))
@@ -275,7 +278,7 @@ def suites_with_results() -> dict[str, int]:
     """Every suite (MLflow experiment) holding finished bench results: name -> result count
     (what to suggest when the suite asked for is empty)."""
     from bench.results.record import result_filter
-    from bench.results.tracking import client
+    from bench.results.store import client
 
     mlflow_client = client()
     out = {}
@@ -309,7 +312,7 @@ def elsewhere(suites: list[str], what: str = "results") -> str:
 def log(experiment_id: str, board: Leaderboard, paths: dict[str, Path],
         figures: dict[str, Path] | None = None) -> str:
     """Log (or refresh) the experiment's leaderboard run; its run id."""
-    from bench.results.tracking import log_leaderboard
+    from bench.results.publish import log_leaderboard
 
     flat = board.display.reset_index() if not board.table.empty else board.cells
     return log_leaderboard(experiment_id, {"leaderboard.json": flat,

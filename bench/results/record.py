@@ -3,7 +3,7 @@
 A ``RunRecord`` is one result cell, built from a computed result in one place (``from_result``),
 written as ``to_params``, ``to_tags``, ``to_metrics`` and ``artifacts`` and read back in one place
 (``from_mlflow``) by resume, leaderboards and figures; no other module spells a tag, param, metric
-or artifact name. This module is pure: moving records in and out of MLflow is ``bench.results.tracking``'s.
+or artifact name. This module is pure: moving records in and out of MLflow is the store modules' (``bench.results.store``).
 
 | MLflow | names |
 | --- | --- |
@@ -43,6 +43,7 @@ GRID_EDGE = "bench.grid_edge"
 SETTINGS = "bench.settings"
 TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
 RESULT, LEADERBOARD, LOCK, REPORT = "result", "leaderboard", "lock", "report"
+SIMILARITY = "similarity"  # a similarity matrix's run (bench.results.matrices)
 PAPER, REPORT_TABLES = "bench.paper", "bench.report_tables"
 LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
 ERROR = "bench.error"  # a failed claim's error, first line
@@ -333,7 +334,7 @@ def ended_lock_filter(key: str) -> str:
 
 
 def lock_tags(key: str, owner: str) -> dict[str, str]:
-    """Tags of a claim on result cells (``bench.results.tracking.cell_lock``); ``key`` digests them."""
+    """Tags of a claim on result cells (``bench.results.claims.cell_lock``); ``key`` digests them."""
     return {KIND: LOCK, LOCK_KEY: key, LOCK_OWNER: owner, HEARTBEAT: "0"}
 
 

@@ -161,7 +161,7 @@ class BenchJob(_Requeueable):
 
     def finished(self, experiment_id: str, prepared: Prepared) -> dict[str, RunRecord]:
         """The finished records of this job's cells, by identity (none with ``force``)."""
-        from bench.results.tracking import find_records
+        from bench.results.runs import find_records
 
         identities = [c.identity for c in prepared.run.cells]
         return {} if self.options.force else {
@@ -170,7 +170,7 @@ class BenchJob(_Requeueable):
     def __call__(self) -> list[RunRecord]:
         from bench.features.cache import reading
         from bench.run.spec import resolve
-        from bench.results.tracking import cell_lock
+        from bench.results.claims import cell_lock
 
         experiment_id = _experiment(self.options)
         job_started = time.time()  # the first computed cell's run covers the extraction too
@@ -239,7 +239,9 @@ class BenchJob(_Requeueable):
         from bench.paths import tracking_uri
         from bench.protocol import evaluate, head_kind
         from bench.stats import bootstrap_intervals
-        from bench.results.tracking import TrackingError, log_record, save_pending, supersede
+        from bench.results.outbox import save_pending
+        from bench.results.runs import log_record, supersede
+        from bench.results.store import TrackingError
 
         run = prepared.run
         kind = head_kind(run.spec.head)
@@ -290,7 +292,7 @@ def _experiment(options: RunOptions) -> str:
     """The experiment a job logs to, in the tracking store its driver reads."""
     import os
 
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     if options.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri

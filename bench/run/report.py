@@ -46,7 +46,7 @@ from bench.run.spec import RunOptions, RunSpec
 if TYPE_CHECKING:
     from bench.results.papers import Claim, Paper, PaperCell, PaperTable
     from bench.results.record import RunRecord
-    from bench.results.tracking import UnfinishedRun
+    from bench.results.runs import UnfinishedRun
     from bench.run.reproduce import PaperPlan, PlannedCell
 
 VERDICTS = ("reproduced", "higher", "lower", "not run", "failed")
@@ -234,7 +234,7 @@ def judge_claim(claim: Claim, higher: CellResult, lower: CellResult,
 
 def _compare(higher: CellResult, lower: CellResult) -> Any:
     """The paired comparison of two results on the same test images, else None."""
-    from bench.results.tracking import load_predictions
+    from bench.results.artifacts import load_predictions
     from bench.stats import compare
 
     if not (higher.test_manifest and higher.test_manifest == lower.test_manifest
@@ -263,7 +263,7 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     import numpy as np
 
     from bench.errors import BenchError
-    from bench.results.tracking import find_similarity
+    from bench.results.matrices import find_similarity
     from bench.run.similarity_run import logged, plan
 
     panel = SimilarityPanel(table, "not run", layout(table, spec))
@@ -304,8 +304,9 @@ def slot_keys(plan: PaperPlan) -> dict[str, str]:
 def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
           all_tables: bool = True) -> Report:
     """Judge every cell, claim and matrix of ``paper`` against the suite's results."""
-    from bench.results.tracking import (ended_claims, experiment_ids, find_records,
-                                        find_slot_records, unfinished_runs)
+    from bench.results.claims import ended_claims
+    from bench.results.runs import find_records, find_slot_records, unfinished_runs
+    from bench.results.store import experiment_ids
 
     ids = experiment_ids([suite])
     identities = [p.identity for p in plan.cells.values() if p.identity]
@@ -567,7 +568,8 @@ def make_report(paper_name: str, tables: list[str] | None = None,
     from bench.digest import json_digest
     from bench.paths import reports_dir
     from bench.results.papers import load_paper
-    from bench.results.tracking import ensure_experiment, log_report
+    from bench.results.publish import log_report
+    from bench.results.store import ensure_experiment
     from bench.run.reproduce import plan_paper
 
     options = options or RunOptions()

@@ -299,7 +299,8 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None) -> Simil
 
     from bench.heads import similarity as estimators
     from bench.precision import resolve_device
-    from bench.results.tracking import ensure_experiment, find_similarity
+    from bench.results.matrices import find_similarity
+    from bench.results.store import ensure_experiment
 
     options = options or RunOptions()
     started = time.time()
@@ -353,7 +354,7 @@ def _name(spec: SimilaritySpec, n: int) -> str:
 
 def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> RunRecord:
     from bench.digest import json_digest
-    from bench.results.tracking import SimilarityRecord
+    from bench.results.matrices import SimilarityRecord
 
     points = [[p["backbone"], p["layer"], p["pool"]] for p in result.rows + result.cols]
     finite = result.values[np.isfinite(result.values)]
@@ -373,7 +374,8 @@ def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> R
 
 def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
          started: float) -> None:
-    from bench.results.tracking import log_record, supersede_similarity
+    from bench.results.matrices import supersede_similarity
+    from bench.results.runs import log_record
 
     record = _record(spec, result, started)
     artifacts = {ARTIFACT: result.to_json(), "protocol.json": record.protocol_json(),
@@ -401,7 +403,7 @@ def logged(record: RunRecord) -> SimilarityResult:
     import os
     import tempfile
 
-    from bench.results.tracking import client
+    from bench.results.store import client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
