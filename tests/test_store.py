@@ -98,3 +98,31 @@ def test_a_sqlite_store_indexes_tags_by_value_so_lookups_do_not_scan():
                           "value = ?", (names.IDENTITY, "a" * 32)).fetchall()
     assert "bench_tags_key_value" in str(plan), plan
 
+
+def test_an_experiment_opens_on_its_results_in_the_mlflow_ui():
+    """MLflow 3 opens an experiment on its GenAI overview and shows no metric in its runs table:
+    bench's experiments (new, or made before bench set these) carry the machine-learning kind,
+    a saved view of the runs table with each result's description (headline ± interval) and
+    the test metrics, and a description linking that view; a description of the user's own
+    is kept."""
+    import json
+
+    from bench.results.record import results_view_path
+
+    mlflow_client = store.client()
+    old = mlflow_client.create_experiment("older")  # made before: no tag of bench's
+    mlflow_client.set_experiment_tag(old, names.NOTE, "my own notes")
+    for experiment in (store.ensure_experiment("bench"), store.ensure_experiment("older")):
+        tags = mlflow_client.get_experiment(experiment).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        view = json.loads(tags["mlflow.sharedViewState.bench-results"])
+        assert view["name"] == "bench results" and isinstance(view["createdAt"], int)
+        columns = json.loads(view["state"])["selectedColumns"]
+        assert columns[0] == "attributes.`Description`" and "metrics.`test_top1`" in columns
+        assert results_view_path(experiment) == (
+            f"#/experiments/{experiment}/runs?viewStateShareKey=bench-results"
+            "&workflowType=machine_learning")
+    bench = store.ensure_experiment("bench")
+    note = mlflow_client.get_experiment(bench).tags[names.NOTE]
+    assert f"[Open the results table]({results_view_path(bench)})" in note
+    assert mlflow_client.get_experiment(old).tags[names.NOTE] == "my own notes"

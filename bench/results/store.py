@@ -115,21 +115,41 @@ def index_tags(path: Path) -> None:
 
 
 def ensure_experiment(name: str) -> str:
-    """Id of experiment ``name``, created (with artifacts under results/) if it is new."""
+    """Id of experiment ``name``, created (with artifacts under results/) if it is new; either
+    way it opens on its results in the MLflow UI (``show_results``)."""
     mlflow_client = client()
     found = mlflow_client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = artifacts_dir().as_uri() if tracking_uri().startswith(
-        "sqlite:///") else None
-    try:  # a new experiment holds no run logged before the slot tag
-        return mlflow_client.create_experiment(name, artifact_location=location,
-                                               tags={names.SLOTS_TAGGED: "1"})
-    except Exception:  # created meanwhile by another process
-        found = mlflow_client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        location = artifacts_dir().as_uri() if tracking_uri().startswith(
+            "sqlite:///") else None
+        try:  # a new experiment holds no run logged before the slot tag
+            created = mlflow_client.create_experiment(name, artifact_location=location,
+                                                      tags={names.SLOTS_TAGGED: "1"})
+        except Exception:  # created meanwhile by another process
+            found = mlflow_client.get_experiment_by_name(name)
+            if found is None:
+                raise
+        else:
+            found = mlflow_client.get_experiment(created)
+    show_results(mlflow_client, found)
+    return found.experiment_id
+
+
+def show_results(mlflow_client: Any, experiment: Any) -> None:
+    """Give ``experiment`` the tags that open it on its runs table with each result's headline
+    and interval in view (``record.experiment_ui_tags``), and a description linking that view
+    where it has none; once (what is there already is left as it is)."""
+    import time
+
+    from bench.metrics import names as metric_names
+
+    wanted = names.experiment_ui_tags(metric_names(), int(time.time() * 1000))
+    wanted[names.NOTE] = names.experiment_note(experiment.experiment_id)
+    missing = {key: value for key, value in wanted.items() if key not in experiment.tags}
+    if missing:
+        with store_lock():
+            for key, value in missing.items():
+                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def experiment_ids(suites: Iterable[str]) -> list[str]:
