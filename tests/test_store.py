@@ -23,16 +23,18 @@ def _log(experiment: str, record: RunRecord) -> str:
 
 @pytest.fixture
 def searches(monkeypatch):
-    """Every search request's (filter, page size, page token), with pages of two runs."""
+    """Every search request's (filter, page size, page token), with pages of two runs: of
+    MLflow's client (writers) and of bench's reader of the store (lookups)."""
     monkeypatch.setattr(store, "PAGE_SIZE", 2)
     calls = []
-    search_runs = store.client().__class__.search_runs
+    store.client()  # the store exists: bench reads it
 
-    def spy(self, experiment_ids, filter_string="", *args, **kwargs):
-        calls.append((filter_string, kwargs.get("max_results"), kwargs.get("page_token")))
-        return search_runs(self, experiment_ids, filter_string, *args, **kwargs)
+    for cls in (store.client().__class__, store.reader().light.__class__):
+        def spy(self, experiment_ids, filter_string="", *args, _real=cls.search_runs, **kwargs):
+            calls.append((filter_string, kwargs.get("max_results"), kwargs.get("page_token")))
+            return _real(self, experiment_ids, filter_string, *args, **kwargs)
 
-    monkeypatch.setattr(store.client().__class__, "search_runs", spy)
+        monkeypatch.setattr(cls, "search_runs", spy)
     return calls
 
 

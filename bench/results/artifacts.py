@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.results import record as names
-from bench.results.store import client
+from bench.results.store import reader
 
 
 def log_files(mlflow_client: Any, run_id: str, artifacts: dict[str, bytes]) -> None:
@@ -28,7 +28,7 @@ def load_predictions(run_id: str) -> Any:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client().download_artifacts(run_id, names.PREDICTIONS, tmp)
+            path = reader().download_artifacts(run_id, names.PREDICTIONS, tmp)
         except Exception as e:
             raise BenchError(f"run {run_id} has no {names.PREDICTIONS} artifact (logged before "
                              "bench stored predictions?); re-run it with --force") from e

@@ -278,13 +278,12 @@ def suites_with_results() -> dict[str, int]:
     """Every suite (MLflow experiment) holding finished bench results: name -> result count
     (what to suggest when the suite asked for is empty)."""
     from bench.results.record import result_filter
-    from bench.results.store import client
+    from bench.results.store import reader
 
-    mlflow_client = client()
+    store = reader()
     out = {}
-    for experiment in mlflow_client.search_experiments():
-        runs = mlflow_client.search_runs([experiment.experiment_id], result_filter(),
-                                         max_results=1000)
+    for experiment in store.search_experiments():
+        runs = store.search_runs([experiment.experiment_id], result_filter(), max_results=1000)
         if runs:
             out[experiment.name] = len(runs)
     return out

@@ -17,7 +17,7 @@ from bench.errors import BenchError
 from bench.results import record as names
 from bench.results.artifacts import log_files
 from bench.results.record import RunRecord
-from bench.results.store import client, search, store_lock
+from bench.results.store import client, reader, search, store_lock
 
 
 def log_record(experiment_id: str, record: RunRecord, artifacts: dict[str, bytes]) -> str:
@@ -120,7 +120,7 @@ def add_metrics(run_id: str, metrics: dict[str, float]) -> None:
 def load_record(run_id: str) -> RunRecord:
     """The result record of one MLflow run id."""
     try:
-        run = client().get_run(run_id)
+        run = reader().get_run(run_id)
     except Exception as e:
         raise BenchError(f"no MLflow run {run_id!r} at this tracking URI ({e.__class__.__name__})"
                          "; run ids are listed in the MLflow UI and printed by bench run") from e

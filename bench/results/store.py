@@ -14,11 +14,13 @@ cost follows the runs they match, not the size of the store, and nothing is sile
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +155,86 @@ def show_results(mlflow_client: Any, experiment: Any) -> None:
 
 
 def experiment_ids(suites: Iterable[str]) -> list[str]:
-    mlflow_client = client()
-    return [e.experiment_id for s in suites
-            if (e := mlflow_client.get_experiment_by_name(s)) is not None]
+    store = reader()
+    return [e.experiment_id for s in suites if (e := store.get_experiment_by_name(s)) is not None]
+
+
+_READERS: dict[str, Any] = {}
+
+
+def reader() -> Any:
+    """What reads the store (lookups; writes use ``client``): bench's own reader where it has one
+    for ``tracking_uri()`` (``bench.results.reader``: no MLflow import), MLflow's client for
+    whatever that reader does not answer. One per store and process."""
+    uri = tracking_uri()
+    reads = _READERS.get(uri)
+    if reads is None or reads.light is None:  # (a SQLite store may exist since)
+        reads = _READERS[uri] = _Reads(_light_reader(uri))
+    return reads
+
+
+def _light_reader(uri: str) -> Any:
+    """bench's reader of ``uri``, or None (MLflow's client reads): a server without TLS
+    settings (checked reachable first), or an existing SQLite store of a known schema."""
+    from bench.paths import tracking_http
+    from bench.results import reader as light
+
+    path = _sqlite_path(uri)
+    if path is not None:
+        try:
+            return light.SqliteReader(path) if path.is_file() else None
+        except (light.Unsupported, sqlite3.Error):  # MLflow's client migrates, or names it
+            return None
+    settings = tracking_http()
+    if not uri.startswith(("http://", "https://")) or {
+            "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+            "MLFLOW_TRACKING_CLIENT_CERT_PATH"} & set(settings):
+        return None
+    if uri not in _CHECKED:
+        _check_store(uri, None)
+        _CHECKED.add(uri)
+    headers = {}
+    if "MLFLOW_TRACKING_TOKEN" in settings:
+        headers["Authorization"] = f"Bearer {settings['MLFLOW_TRACKING_TOKEN']}"
+    elif "MLFLOW_TRACKING_USERNAME" in settings:
+        pair = f"{settings['MLFLOW_TRACKING_USERNAME']}:{settings.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        headers["Authorization"] = f"Basic {base64.b64encode(pair.encode()).decode()}"
+
+    def failed(e: Exception) -> TrackingError:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        return TrackingError(f"the tracking server {uri} failed ({type(e).__name__}: {first}); "
+                             "check the server and its log, or set MLFLOW_TRACKING_URI to one "
+                             "that works")
+
+    timeout = float(settings.get("MLFLOW_HTTP_REQUEST_TIMEOUT", 30))
+    return light.RestReader(uri, headers, timeout, failed)
+
+
+class _Reads:
+    """The light reader's answer, else (``Unsupported``, or no light reader) MLflow's client's."""
+
+    def __init__(self, light: Any):
+        self.light = light
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        from bench.results.reader import Unsupported
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.light is not None:
+                try:
+                    return getattr(self.light, name)(*args, **kwargs)
+                except Unsupported:
+                    pass
+            return getattr(client(), name)(*args, **kwargs)
+
+        return call
 
 
 def search(experiment_ids: list[str], filter_string: str, mlflow_client: Any = None
            ) -> Iterator[Any]:
-    """Every run matching ``filter_string``, newest first, read ``PAGE_SIZE`` at a time."""
-    mlflow_client = mlflow_client or client()
+    """Every run matching ``filter_string``, newest first, read ``PAGE_SIZE`` at a time (by
+    ``mlflow_client`` when given: a writer reading what it writes, else ``reader()``)."""
+    mlflow_client = mlflow_client or reader()
     token = None
     while True:
         page = mlflow_client.search_runs(experiment_ids, filter_string, max_results=PAGE_SIZE,
