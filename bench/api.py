@@ -41,7 +41,7 @@ def job_options(options: RunOptions, executor: ExecutorConfig) -> RunOptions:
     """Options a job needs to agree with the driver wherever it runs: the experiment (created
     once, here), the tracking URI and the cache folder as absolute values."""
     from bench.paths import cache_dir, check_writable, results_dir, tracking_uri
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     check_writable(results_dir(), "BENCH_RESULTS")  # pending results and job logs go there
     cache = cache_dir(options.cache_dir)  # a file in its place fails here, before any work
@@ -109,7 +109,7 @@ def _log_seed_aggregates(records: list[RunRecord]) -> dict[str, SeedAggregate]:
     from bench.metrics import names
     from bench.results.record import seed_metrics
     from bench.stats import aggregate_seeds
-    from bench.results.tracking import add_metrics
+    from bench.results.runs import add_metrics
 
     cells: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -263,7 +263,7 @@ def leaderboard(suites: list[str], metric: str = "test_top1", references: bool =
     experiment); its file paths, figures included when asked for."""
     from bench.results import leaderboard as boards
     from bench.paths import results_dir
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     from bench.study.references import reference_rows
 
@@ -280,7 +280,8 @@ def write_figures(suites: list[str]) -> dict[str, Path]:
     """Accuracy against timestep and pool for these suites' records, with the papers' values
     dashed where they measured the same task (``bench.study.figures.ablation_figures``)."""
     from bench.paths import figures_dir
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
     from bench.study.figures import ablation_figures
 
     folder = figures_dir()
@@ -304,7 +305,8 @@ def compare(a: str, b: str, task: str | None = None, suites: list[str] | None = 
     """
     from bench.results import leaderboard as boards
     from bench.stats import compare as paired
-    from bench.results.tracking import load_predictions, load_record
+    from bench.results.artifacts import load_predictions
+    from bench.results.runs import load_record
 
     if task is None:
         first, second = load_record(a), load_record(b)

@@ -122,6 +122,19 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         }
 
 
+VIEW_STRIDE = 2**32  # more than any split's items: view v of item i is sample id v * VIEW_STRIDE + i
+
+
+def view_sample_ids(ids: torch.Tensor, view: int) -> torch.Tensor:
+    """The sample ids of view ``view`` of the items ``ids`` (their indices in the split): what a
+    stochastic backbone seeds its noise by (``forward_features``' ``sample_ids``). View 0 is the
+    items' own indices, so a run of one view draws the noise it always has; each later view is
+    its own set of ids, so the noise of (image, view) is drawn afresh, the same on every run."""
+    if view < 0:
+        raise ValueError(f"view {view}: views are numbered from 0")
+    return ids + view * VIEW_STRIDE
+
+
 RANKS = {MAP: "4 (B, C, H, W)", TOKENS: "3 (B, N, C)", VECTOR: "2 (B, D)"}
 
 

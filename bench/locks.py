@@ -1,9 +1,11 @@
 """Files shared by processes: advisory locks, and temporary files that name their writer.
 
-Advisory file locks (``fcntl.flock``) are for work that must happen once across processes.
+Advisory file locks (``fcntl.flock``) are for work that must happen once across processes, and
+for leases: a shared lock held by every process using something (``shared_lock``) that a process
+removing it respects (``exclusive_if_free``: it removes only what nobody holds).
 
 Used for the SQLite tracking store's creation and writes (a result cell's lock lives in the
-tracking store itself, ``bench.results.tracking``, so it holds across results folders). The
+tracking store itself, ``bench.results.claims``, so it holds across results folders). The
 lock is released when its process dies (kill -9 included), so a crash never leaves a stale lock.
 flock works between processes of one machine and on most cluster file systems mounted with
 locking; where it is not supported, bench runs unlocked. Where the lock's folder cannot be
@@ -29,30 +31,90 @@ STALE_TEMP_SECONDS = 3600
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block."""
-    path = Path(path)
+def _open_lock(path: Path):
+    """``path`` opened for locking (created, with its folder), or None where nothing can be
+    written (a read-only mount: nothing can be removed there either)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
+        return open(path, "a")
     except OSError as e:
         if e.errno not in UNWRITABLE:
             raise
+        return None
+
+
+def _flock(handle, operation: int) -> bool:
+    """``flock``; False where the file system has no locks (then bench runs unlocked)."""
+    try:
+        fcntl.flock(handle, operation)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block."""
+    handle = _open_lock(Path(path))
+    if handle is None:
         yield  # nothing can be written there, so there is nothing to serialise
         return
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
+        if not _flock(handle, fcntl.LOCK_EX):
             yield  # a file system without locks: unlocked, as before
             return
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def shared_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold a shared lock on ``path`` (created if missing, with its folder) for the ``with``
+    block: any number of holders at once; ``exclusive_if_free`` fails while one holds it. Waits
+    while a remover holds it; a file removed meanwhile (with what it guarded) is created again
+    and locked, so the lock always guards what is at ``path`` now."""
+    path = Path(path)
+    while True:
+        handle = _open_lock(path)
+        if handle is None or not _flock(handle, fcntl.LOCK_SH):
+            try:
+                yield
+            finally:
+                if handle is not None:
+                    handle.close()
+            return
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # removed while we waited: lock the file that is there now
+    try:
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+@contextlib.contextmanager
+def exclusive_if_free(path: str | os.PathLike) -> Iterator[bool]:
+    """An exclusive lock on ``path`` if no process holds it now (True for the ``with`` block),
+    else False at once: for removing what ``path`` guards only when nobody uses it."""
+    handle = _open_lock(Path(path))
+    if handle is None:
+        yield True  # nothing can be written there: a removal fails on its own, naming the file
+        return
+    with handle:
+        try:
+            _flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # False: no locks here, as before
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def temp_name(path: Path) -> Path:

@@ -12,6 +12,7 @@
 | datasets | ``BENCH_DATA`` (or ``--data-root``) | ``~/.cache/bench/data`` |
 | weights | ``BENCH_WEIGHTS`` | ``~/.cache/bench/weights`` |
 | tracking store | ``MLFLOW_TRACKING_URI`` | ``sqlite:///RESULTS/mlflow.db`` |
+| tracking server access | MLflow's ``MLFLOW_TRACKING_TOKEN``, ``_USERNAME``, ``_PASSWORD``, TLS and timeout variables | none |
 | submitit job folders | ``--job-dir`` | ``RESULTS/jobs`` |
 | executor profiles | ``BENCH_PROFILES`` (or ``--profiles``) | ``~/.config/bench/profiles.yaml`` |
 | compiled kernels (``--compile``) | ``TORCHINDUCTOR_CACHE_DIR`` | ``WEIGHTS/torch-compile`` |
@@ -162,6 +163,17 @@ def downloads_off() -> Iterator[None]:
         if hub is not None:
             hub.HF_HUB_OFFLINE = hub_was if hub_was is not None else saved["HF_HUB_OFFLINE"] not in (
                 None, "", "0")
+
+
+TRACKING_HTTP = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                 "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+def tracking_http() -> dict[str, str]:
+    """MLflow's settings for reaching a tracking server that are set (``TRACKING_HTTP``): bench's
+    own reads of a server honour them as MLflow's client does (``bench.results.reader``)."""
+    return {name: os.environ[name] for name in TRACKING_HTTP if os.environ.get(name)}
 
 
 def debug() -> bool:

@@ -87,23 +87,23 @@ def measure(experiment_id: str, runs: range, repeats: int, leaderboard: bool, sa
             offset: int) -> dict[str, float]:
     """Median seconds of a reuse lookup and a supersede (each on other runs among ``runs``, from
     ``offset``), and a leaderboard."""
-    from bench.results import tracking
+    from bench.results import runs
     from bench.api import leaderboard as board
 
     warm = record(runs[-1])  # untimed: connect, check the store, warm a fresh server up
-    tracking.find_records([experiment_id], [warm.identity])
+    runs.find_records([experiment_id], [warm.identity])
     warm.identity = hashlib.sha256(f"{salt}warm".encode()).hexdigest()[:32]
-    tracking.supersede(experiment_id, warm)
+    runs.supersede(experiment_id, warm)
     step = len(runs) // repeats
     lookups, supersedes = [], []
     for k in range(repeats):
         wanted = record(runs[k * step + offset])
-        seconds, found = timed(tracking.find_records, [experiment_id], [wanted.identity])
+        seconds, found = timed(runs.find_records, [experiment_id], [wanted.identity])
         assert [r.identity for r in found] == [wanted.identity], found
         lookups.append(seconds)
         newer = record(runs[k * step + offset + 1])  # the same slot, a new identity
         newer.identity = hashlib.sha256(f"{salt}{k}".encode()).hexdigest()[:32]
-        seconds, marked = timed(tracking.supersede, experiment_id, newer)
+        seconds, marked = timed(runs.supersede, experiment_id, newer)
         assert len(marked) == 1, marked
         supersedes.append(seconds)
     out = {"reuse lookup": statistics.median(lookups), "supersede": statistics.median(supersedes)}
@@ -167,7 +167,7 @@ def main() -> None:
     db = folder / "mlflow.db"
     os.environ["BENCH_RESULTS"] = str(folder / "results")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     experiment_id = ensure_experiment(SUITE)
     proc, server = start_server(db, folder)

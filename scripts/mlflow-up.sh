@@ -102,6 +102,6 @@ done
 log "healthy after $((SECONDS - T0))s (pid $pid, log $DIR/mlflow-server.log)"
 # bench looks results up by tag value: index them so lookups stay flat as the store grows
 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$(dirname "$MLFLOW")/python" -c \
-    'import sys; from pathlib import Path; from bench.results.tracking import index_tags; index_tags(Path(sys.argv[1]))' \
+    'import sys; from pathlib import Path; from bench.results.store import index_tags; index_tags(Path(sys.argv[1]))' \
     "$DIR/mlflow.db" || log "could not index the store's tags (bench still works; lookups slow down as it grows)"
 echo "export MLFLOW_TRACKING_URI=$URI"

@@ -44,7 +44,8 @@ def one_thread():
 
 def records(suite: str = "bench", include_superseded: bool = False):
     """The finished result records of a suite, as leaderboards read them."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     return find_records(experiment_ids([suite]), include_superseded=include_superseded)
 

@@ -87,3 +87,30 @@ def test_an_unknown_augmentation_is_one_line():
     with pytest.raises(UsageError, match="unknown augmentation 'papr'.*paper"):
         augmentation("papr")
     assert "paper" in AUGMENTATIONS.names()
+
+
+def test_each_view_of_an_image_draws_its_own_noise_and_view_0_draws_todays():
+    """``view_sample_ids``: a diffusion backbone given the ids of view v draws the noise of
+    (image, v), whatever the batch; view 0 is the plain index, as every single-view run."""
+    import torch
+
+    from bench import create_backbone
+    from bench.backbone import view_sample_ids
+
+    backbone = create_backbone("diffusion-tiny")
+    x = torch.rand(4, 3, backbone.input_size, backbone.input_size) * 2 - 1
+    ids = torch.arange(10, 14)
+    request = [("block3@t150", "1")]
+
+    def features(view: int, order: slice = slice(None)) -> torch.Tensor:
+        with torch.no_grad():
+            return backbone.extract(x[order], request, view_sample_ids(ids[order], view))[
+                request[0]]
+
+    plain = backbone.extract(x, request, ids)[request[0]]
+    assert torch.equal(features(0), plain)
+    one, two = features(1), features(2)
+    assert not torch.allclose(one, plain) and not torch.allclose(one, two)
+    assert torch.allclose(features(1, slice(2, 4)), one[2:4], atol=1e-6)  # not the batch's
+    with pytest.raises(ValueError, match="numbered from 0"):
+        view_sample_ids(ids, -1)

@@ -3,7 +3,9 @@ costs before work, the disk preflight, --no-keep-features."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections import namedtuple
 
 import numpy as np
@@ -132,15 +134,20 @@ from torchvision import transforms as T
 
 
 class Big(Backbone):
+    """The first ``dims`` pixels (0..1) times ``gain`` (and ``1 + scale`` from item
+    ``from_item`` on) plus a common ``offset``."""
+
     family, input_size, default_layers, default_pool = "big", 8, ("out",), "none"
 
-    def __init__(self, scale, from_item):
+    def __init__(self, scale, from_item, offset=0.0, gain=1.0, dims=4):
         super().__init__()
         self.scale, self.from_item = scale, from_item
+        self.offset, self.gain, self.dims = offset, gain, dims
 
     @property
     def config(self):
-        return {"family": self.family, "scale": self.scale, "from_item": self.from_item}
+        return {"family": self.family, "scale": self.scale, "from_item": self.from_item,
+                "offset": self.offset, "gain": self.gain, "dims": self.dims}
 
     def transform(self):
         return T.Compose([T.Resize((8, 8)), T.ToTensor()])
@@ -149,12 +156,17 @@ class Big(Backbone):
         return [FeaturePoint("out", VECTOR)]
 
     def forward_features(self, x, layers, sample_ids=None):
-        big = (sample_ids >= self.from_item).float()[:, None] * self.scale
-        return {"out": x.flatten(1)[:, :4] + big}
+        big = 1 + (sample_ids >= self.from_item).float()[:, None] * self.scale
+        return {"out": x.flatten(1)[:, :self.dims] * self.gain * big + self.offset}
 
 
 def make(scale: float = 1e5, from_item: int = 0):
     return Big(scale, from_item)
+
+
+def shifted(offset: float = 4000.0, gain: float = 1.0):
+    """The digit's 64 grey pixels, shifted."""
+    return Big(0.0, 0, offset, gain, 64)
 '''
 
 
@@ -299,7 +311,7 @@ def test_jobs_sharing_features_extract_once_and_the_last_deletes(monkeypatch, tm
 
 
 def test_calibration_skips_a_corrupt_first_image_only_under_skip_corrupt():
-    from bench.run.costs import _images
+    from bench.features.extract import calibration_images as _images
     from bench.task import CorruptImageError, DatasetError
 
     class Split:
@@ -329,7 +341,161 @@ def test_a_sweep_of_two_heads_without_keeping_features_extracts_once_and_leaves_
     err = capsys.readouterr().err
     assert err.count("deleted 3 cache entries") == 1 and err.count("extracting 1,797") == 1
     assert not _entries(tmp_path) and len(records()) == 2
-    from bench.results.tracking import client
+    from bench.results.store import client
 
     logged = [client().get_run(r.run_id).data.params for r in records()]
     assert [params["protocol.features_kept"] for params in logged] == ["False", "False"]
+
+
+# --- a 16-bit type that keeps no information ------------------------------------------------
+SHIFT_FLAGS = ["--epochs", "5", "--lrs", "1e-1", "--wds", "0", "--workers", "0", "--no-progress"]
+
+
+def _shifted(tmp_path, *args: str) -> list[str]:
+    module = tmp_path / "big.py"
+    module.write_text(BIG)
+    return ["run", "--backbone", f"{module}:shifted", "--task", "digits", *args, *SHIFT_FLAGS]
+
+
+def test_a_policys_16_bit_cache_that_would_keep_nothing_stores_float32_and_says_so(
+        tmp_path, capsys):
+    """--precision bf16 stores float16 unless told otherwise (auto on a GPU does too): features
+    4000 + pixel lose every pixel in float16 (its step at 4000 is 2). The run caches float32
+    instead, says so in one line, and its identity and cache key say float32."""
+    assert main(_shifted(tmp_path, "--precision", "fp32")) == 0
+    capsys.readouterr()
+    assert main(_shifted(tmp_path, "--precision", "bf16")) == 0
+    notes = [line for line in _errors(capsys.readouterr().err) if "float16" in line]
+    assert len(notes) == 1 and "caching float32 instead" in notes[0], notes
+    assert "float16 loses 51 of the 51 dimensions that vary" in notes[0], notes
+    from bench.results.store import client
+
+    def params(record):
+        return client().get_run(record.run_id).data.params
+
+    half, exact = sorted(records(), key=lambda r: params(r)["protocol.precision.name"])
+    assert params(half)["protocol.precision.name"] == "bf16"
+    assert params(half)["protocol.precision.storage"] == "float32"
+    stored = {json.loads(p.read_text())["fields"]["storage"] for p in _entries(tmp_path)}
+    assert stored == {"float32"}
+    assert exact.metrics["test_top1"] > 80  # the pixels separate the digits
+    assert abs(half.metrics["test_top1"] - exact.metrics["test_top1"]) < 3
+
+
+@pytest.mark.parametrize("dtype, backbone_args, better", [
+    ("fp16", [], "use --cache-dtype fp32"),  # offset: bfloat16's step at 4000 is 16
+    ("bf16", [], "use --cache-dtype fp32"),
+    ("fp16", ["--backbone-arg", "offset=0", "--backbone-arg", "gain=1e-9"],
+     "use --cache-dtype bf16 or fp32"),  # below float16's smallest step: all zeros
+    ("bf16", ["--backbone-arg", "offset=1e6"], "use --cache-dtype fp32"),
+])
+def test_a_chosen_16_bit_cache_dtype_that_would_keep_nothing_is_refused_before_work(
+        dtype, backbone_args, better, tmp_path, capsys):
+    assert main(_shifted(tmp_path, "--cache-dtype", dtype, *backbone_args)) == 2
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "dimensions that vary" in err[0] and better in err[0], err
+    assert not _entries(tmp_path) and not records()  # refused before anything was written
+
+
+def test_a_16_bit_type_that_keeps_the_features_is_kept():
+    backbone = bench.create_backbone("pixels", size=4)
+    rng = np.random.default_rng(0)
+    normal = {("image", "1"): torch.from_numpy(rng.normal(size=(16, 256)).astype(np.float32))}
+    for dtype in ("float16", "bfloat16"):
+        check_storage(backbone, normal, dtype)
+    # one dimension of 256 that float16 rounds away is not worth doubling the cache for
+    one = normal[("image", "1")].clone()
+    one[:, 0] += 4000
+    check_storage(backbone, {("image", "1"): one}, "float16")
+    constant = torch.full((16, 256), 4000.0)  # nothing to lose: every image gives the same
+    check_storage(backbone, {("image", "1"): constant}, "float16")
+
+
+def test_probe_inputs_in_float16_that_would_keep_nothing_become_float32():
+    """On a GPU, bf16 reads features as float16 even from a float32 cache."""
+    from bench.features.extract import storage_policy
+
+    gpu = resolve_precision("bf16", "cuda")
+    backbone = bench.create_backbone("pixels", size=4)
+    shifted = {("image", "1"): torch.rand(16, 48) + 4000}
+    explicit = storage_policy(backbone, shifted, with_cache_dtype(gpu, "fp32"), chosen=True)
+    assert explicit.policy.storage == explicit.policy.probe_inputs == "float32"
+    assert "probe reads them in float32" in explicit.note
+    auto = storage_policy(backbone, shifted, gpu, chosen=False)
+    assert auto.policy.storage == auto.policy.probe_inputs == "float32"
+    assert "caching float32 instead" in auto.note
+    with pytest.raises(CacheDtypeError, match="use --cache-dtype fp32"):
+        storage_policy(backbone, shifted, with_cache_dtype(gpu, "fp16"), chosen=True)
+    kept = storage_policy(backbone, {("image", "1"): torch.rand(16, 48)}, gpu, chosen=False)
+    assert kept.policy == gpu and kept.note == ""
+
+
+# --- --no-keep-features and bench cache rm never remove what another run reads --------------
+def test_no_keep_features_skips_the_entries_another_run_is_reading(monkeypatch, capsys,
+                                                                  tmp_path):
+    """Run A (keeping its features) is probing when run B (--no-keep-features, same features)
+    finishes: B keeps the entries A reads and says so in one line; A finishes and logs."""
+    from bench import protocol
+
+    real, nested = protocol.evaluate, []
+
+    def evaluate_while_another_run_finishes(trainer, data, *args):
+        if not nested:  # A: its features are open; B runs to its end meanwhile
+            nested.append(None)
+            nested[0] = run(_spec(keep_features=False), OPTIONS)
+        return real(trainer, data, *args)
+
+    monkeypatch.setattr(protocol, "evaluate", evaluate_while_another_run_finishes)
+    [a] = run(_spec(), OPTIONS)
+    [[b]] = nested
+    assert a.metrics["test_top1"] > 50 and b.metrics["test_top1"] > 50
+    err = _errors(capsys.readouterr().err)
+    kept = [line for line in err if line.startswith("kept")]
+    assert len(kept) == 1 and "kept 3 cache entries" in kept[0], err
+    assert "another run is reading" in kept[0] and "deleted" not in "".join(err)
+    assert len(_entries(tmp_path)) == 3  # A keeps its features
+    assert {r.identity for r in records()} == {a.identity, b.identity}
+    [again] = run(_spec(keep_features=False, seed=1), OPTIONS)  # nobody reads them now
+    assert not _entries(tmp_path) and "deleted 3 cache entries" in capsys.readouterr().err
+
+
+def test_cache_rm_keeps_an_entry_a_run_is_reading(capsys, tmp_path):
+    from bench.features.cache import reading
+
+    entry = _digits_entry(tmp_path / "cache", "fp32")
+    args = ["cache", "rm", entry.key[:12], "--cache-dir", str(tmp_path / "cache")]
+    with reading([entry]):
+        assert main(args) == 1
+        assert "a run is reading it" in capsys.readouterr().out
+        assert entry.complete()
+    assert main(args) == 0 and not entry.path.exists()
+
+
+def test_a_reader_waiting_on_a_removal_holds_the_entry_recreated_after_it(tmp_path):
+    """A run that starts reading while the entry is being removed waits, then holds the entry
+    its extraction creates again: a second removal must skip it."""
+    import threading
+
+    from bench.features.cache import READERS, FeatureCache, reading
+    from bench.locks import exclusive_if_free
+
+    entry = _digits_entry(tmp_path, "fp32")
+    cache, held, release = FeatureCache(tmp_path), threading.Event(), threading.Event()
+
+    def reader():
+        with reading([entry]):
+            held.set()
+            release.wait(10)
+
+    with exclusive_if_free(entry.path / READERS) as free:  # what a removal does
+        assert free
+        thread = threading.Thread(target=reader)
+        thread.start()
+        assert not held.wait(0.3)  # waits while the removal holds the entry
+        shutil.rmtree(entry.path)
+    assert held.wait(5)
+    _digits_entry(tmp_path, "fp32")  # the reader's extraction writes it again
+    assert not cache.remove(entry) and entry.complete()
+    release.set()
+    thread.join()
+    assert cache.remove(entry) and not entry.path.exists()

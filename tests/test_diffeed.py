@@ -301,7 +301,7 @@ def test_wiring_of_the_256_model():
     """Decoder block b feeds the encoder block whose output it takes as its skip connection,
     38 - b in the 37-block 256x256 model; the released pairs join blocks of equal shape (channel
     counts as the authors' ssl_diff/const.py FEAT_DIM_LIST), so nothing is resized."""
-    unet = meta_unet(complete_flags(RELEASED["diffusion"][0]))
+    unet = meta_unet(complete_flags(RELEASED["diffusion"].flags))
     assert unet.num_blocks == 37
     authors_dims = [256] * 7 + [512] * 6 + [1024] * 12 + [512] * 6 + [256] * 6
     assert [c for c, _ in unet.block_shapes] == authors_dims

@@ -369,3 +369,90 @@ def test_verify_full_reports_an_oversized_image_instead_of_crashing(tmp_path):
     _tree(tmp_path, {"a": 5, "b": 5})
     problems = bench.create_task(f"folder:{tmp_path}", max_image_pixels=8).verify(full=True)
     assert len(problems) == 10 and all("exceeds the limit" in p for p in problems)
+
+
+# --- issue 31, 5: what a probe reads is covered by the checksum ------------------------------
+def _shards(root, storage: str, rows: int = 3000, dim: int = 8, shard_size: int = 1000):
+    """A cache entry of ``rows`` Gaussian features in ``storage`` (written as extraction writes
+    them) and the float32 values it holds."""
+    from bench.features.cache import bf16_to_float32
+    from bench.features.extract import encode
+
+    rng = np.random.default_rng(0)
+    stored = encode(rng.normal(size=(rows, dim)).astype(np.float32), storage)
+    entry = FeatureCache(root).entry({"storage": storage, "rows": rows})
+    entry.create({"storage": storage}, rng.integers(0, 10, rows), shard_size)
+    for i, start in enumerate(range(0, rows, shard_size)):
+        entry.write_shard(i, stored[start : start + shard_size], [])
+    values = bf16_to_float32(stored) if storage == "bfloat16" else stored
+    return entry, values
+
+
+def _rewrite_row_keeping_mtime(path, row: int) -> None:
+    """One row of a shard's values changed in place, its size and mtime restored (as
+    ``rsync --inplace -t`` leaves a file it updated)."""
+    from numpy.lib import format as npy
+
+    array = np.load(path, mmap_mode="r")
+    width = array.itemsize * int(np.prod(array.shape[1:]))
+    data = bytearray(path.read_bytes())
+    start = array.offset + row * width
+    data[start : start + width] = bytes(reversed(data[start : start + width]))
+    assert npy.MAGIC_PREFIX == bytes(data[:6])
+    _rewrite_keeping_mtime(path, bytes(data))
+
+
+READS = {
+    "run": lambda a: a.take(np.arange(400, 600), axis=0),  # a contiguous run
+    "gather": lambda a: a.take(np.array([999, 3, 500, 2500, 500]), axis=0),  # scattered rows
+    "selected": lambda a: np.asarray(a[np.arange(len(a)) % 3 != 0]),  # a kept-rows mask
+    "numpy": lambda a: np.take(a, np.array([500, 0]), axis=0),  # what attention heads call
+}
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("read", list(READS))
+def test_a_shard_rewritten_in_place_under_its_old_mtime_is_refused_on_the_next_read(
+        tmp_path, storage, read):
+    entry, values = _shards(tmp_path, storage)
+    mapped, _, _ = entry.open()
+    first = READS[read](mapped)  # the shard is checked, then read
+    np.testing.assert_array_equal(first, READS[read](values))
+    _rewrite_row_keeping_mtime(entry.shard_path(0), 500)
+    with pytest.raises(CorruptShardError, match="shard-00000.npy is corrupt.*checksum mismatch"):
+        READS[read](mapped)
+    np.testing.assert_array_equal(mapped.take(np.array([2999, 1000])), values[[2999, 1000]])
+
+
+@pytest.mark.parametrize("mode", ["windows", "rows"])
+def test_a_shard_rewritten_in_place_while_a_probe_streams_it_is_never_trained_on(
+        tmp_path, mode, one_thread, monkeypatch):
+    """As ``rsync --inplace -t`` from another machine would, after the probe's third read."""
+    from bench.heads.probe import GridProbeTrainer, ProbeConfig
+    from bench.heads.streaming import WINDOW_ROWS, Batches, Rows
+    from bench.precision import FP32
+    from bench.protocol import ProbeData
+
+    data, labels = {}, {}
+    for split, rows in {"train": 2 * WINDOW_ROWS + 5000, "val": 300, "test": 200}.items():
+        entry, _ = _shards(tmp_path / split, "float16", rows=rows)
+        data[split], labels[split], _ = entry.open()
+    step = 256 * 8 * (2 + 4 + 4)  # a minibatch as read, as input and standardised
+    budget = {"windows": 2 * WINDOW_ROWS * 8 * 2 + 2 * step, "rows": 3 * step}[mode]
+    assert Batches(Rows([data["train"]]), None, 256, CPU, torch.float32, budget,
+                   reserve=step).mode == mode
+    train, reads = data["train"], []
+    take = train.take
+
+    def rewriting(index, axis=0, **kwargs):
+        reads.append(len(index))
+        if len(reads) == 3:
+            _rewrite_row_keeping_mtime(entry_path, 10)
+        return take(index, axis=axis, **kwargs)
+
+    entry_path = train.shards[0].filename
+    monkeypatch.setattr(train, "take", rewriting)
+    probe = ProbeData(data, labels, 10, memory_budget=budget)
+    cfg = ProbeConfig(lrs=(1e-2,), weight_decays=(0.0,), epochs=3)
+    with pytest.raises(CorruptShardError, match="shard-00000.npy is corrupt.*checksum mismatch"):
+        GridProbeTrainer(cfg, "cpu", FP32).search(probe)

@@ -181,6 +181,32 @@ def test_runs_page_renders_the_sweep_in_headless_chromium(sweep, tmp_path):
 
 
 @pytest.mark.server
+def test_the_results_view_shows_each_headline_with_its_interval_in_headless_chromium(sweep,
+                                                                                  tmp_path):
+    """The link bench prints (and the experiment's description) opens the runs table, not the
+    GenAI overview MLflow 3 opens by default, with every result's headline ± interval (its
+    description) and the headline metric as columns, no column picked by hand."""
+    from bench.results.record import results_view_path
+
+    exe = _chromium()
+    uri, suite, experiment_id = sweep
+    out_dir = _artifacts(tmp_path)
+    notes = [next(t["value"] for t in run["data"]["tags"] if t["key"] == "mlflow.note.content")
+             for run in _search(uri, experiment_id, "result")]
+    headlines = [note.split(" (val")[0] for note in notes]  # "64.96 ± 0.42"
+    assert all(" ± " in h for h in headlines), headlines
+    url = f"{uri}/{results_view_path(experiment_id)}"
+    _rendered(exe, url, ["bench results", "Description", "test_top1", *headlines],
+              out_dir / "mlflow-results-view.html")
+    _screenshot(exe, url, out_dir / "mlflow-results-view.png")
+    # opened without the link, the experiment's description links the view
+    landing = f"{uri}/#/experiments/{experiment_id}"
+    _rendered(exe, landing, ["Open the results table"], out_dir / "mlflow-landing.html")
+    assert f'href="{results_view_path(experiment_id)}"' in (
+        out_dir / "mlflow-landing.html").read_text()
+
+
+@pytest.mark.server
 def test_a_run_page_shows_its_description_in_headless_chromium(sweep, tmp_path):
     exe = _chromium()
     uri, _, experiment_id = sweep

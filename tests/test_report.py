@@ -15,7 +15,7 @@ import pytest
 from bench.cli import main
 from bench.study.paper import Claim, PaperCell, PaperTable
 from bench.results.record import RunRecord
-from bench.results.tracking import UnfinishedRun
+from bench.results.runs import UnfinishedRun
 from bench.study.figures import curve_figure
 from bench.study.judge import CellResult, Report, judge_cell, judge_claim
 from bench.study.pages import rows, table_pages
@@ -316,8 +316,9 @@ def test_tiny_paper_report_end_to_end(tmp_path, capsys, monkeypatch):
     from bench.results import record as names
     from bench.study.paper import load_paper
     from bench.results.record import settings_digest
-    from bench.results.tracking import (client, ensure_experiment, experiment_ids,
-                                        load_predictions, log_record, search)
+    from bench.results.artifacts import load_predictions
+    from bench.results.runs import log_record
+    from bench.results.store import client, ensure_experiment, experiment_ids, search
     from bench.study.plan import slot_keys
     from bench.study.plan import plan_paper
     from bench.run.similarity_run import Side, SimilaritySpec

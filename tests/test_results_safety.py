@@ -95,7 +95,7 @@ def test_a_full_disk_prints_the_result_keeps_nothing_partial_and_sync_removes_le
         return write_bytes(self, data)
 
     with monkeypatch.context() as m:
-        m.setattr("bench.results.tracking._log_record", outage)
+        m.setattr("bench.results.runs._log_record", outage)
         m.setattr(Path, "write_bytes", full)
         assert main(["run", "--backbone", "pixels", "--task", "digits", *CLI_FAST]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -156,12 +156,13 @@ def test_identical_runs_with_two_results_folders_and_one_store_compute_once(tmp_
 
 
 def test_a_claim_whose_holder_died_is_marked_killed_and_taken_over(monkeypatch):
-    from bench.results import record, tracking
+    from bench.results import claims, record
     from bench.digest import json_digest
-    from bench.results.tracking import cell_lock, client, ensure_experiment
+    from bench.results.claims import cell_lock
+    from bench.results.store import client, ensure_experiment
 
-    monkeypatch.setattr(tracking, "LOCK_STALE_S", 1.0)
-    monkeypatch.setattr(tracking, "LOCK_POLL_S", 0.2)
+    monkeypatch.setattr(claims, "LOCK_STALE_S", 1.0)
+    monkeypatch.setattr(claims, "LOCK_POLL_S", 0.2)
     experiment = ensure_experiment("bench")
     cells = ["a" * 32]
     # what a holder killed with -9 leaves: a RUNNING claim whose heartbeat never moves again

@@ -41,7 +41,7 @@ def test_a_run_killed_while_logging_is_marked_killed_by_the_next(tmp_path):
     import mlflow
 
     from bench.results.record import IDENTITY, KIND, RESULT
-    from bench.results.tracking import client, ensure_experiment
+    from bench.results.store import client, ensure_experiment
 
     spec = RunSpec("pixels", "digits", head_args={"epochs": 2})
     [first] = run(spec, OPTIONS)
@@ -80,7 +80,7 @@ def test_a_result_that_cannot_be_logged_is_kept_and_synced_later(monkeypatch, ca
 
     args = ["run", "--backbone", "pixels", "--task", "digits", *FAST]
     with monkeypatch.context() as m:
-        m.setattr("bench.results.tracking._log_record", outage)
+        m.setattr("bench.results.runs._log_record", outage)
         assert main(args) == 2
     err = capsys.readouterr().err
     assert "could not be logged" in err and "bench sync" in err
@@ -131,7 +131,7 @@ def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, caps
 
     _require(MLFLOW_ENV, "`scripts/mlflow-up.sh DIR PORT`", "http://127.0.0.1:PORT")
 
-    from bench.results import tracking
+    from bench.results import runs
     from bench.cli import main
 
     with socket.socket() as s:
@@ -142,7 +142,7 @@ def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, caps
     down = [str(REPO / "scripts" / "mlflow-down.sh"), str(folder)]
     subprocess.run(up, check=True, capture_output=True, timeout=300)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    log_record = tracking._log_record
+    log_record = runs._log_record
 
     def stop_the_server_then_log(*args, **kwargs):
         subprocess.run(down, check=True, capture_output=True, timeout=120)
@@ -150,7 +150,7 @@ def test_a_real_server_stopped_mid_run_loses_nothing(tmp_path, monkeypatch, caps
 
     try:
         with monkeypatch.context() as m:
-            m.setattr(tracking, "_log_record", stop_the_server_then_log)
+            m.setattr(runs, "_log_record", stop_the_server_then_log)
             assert main(["run", "--backbone", "pixels", "--task", "digits", *FAST]) == 2
         assert "bench sync" in capsys.readouterr().err
         subprocess.run(up, check=True, capture_output=True, timeout=300)
@@ -267,14 +267,14 @@ def test_a_tracking_server_failing_after_its_health_check_is_one_line(mode, monk
                                                                        tmp_path):
     import time
 
-    from bench.results import tracking
+    from bench.results import store
     from bench.cli import main
 
     server = _Tracking(mode)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(tracking, "_CHECKED", set())
+    monkeypatch.setattr(store, "_CHECKED", set())
     started = time.monotonic()
     try:
         assert main(RUN) == 2
@@ -339,9 +339,9 @@ def make():
 
 def _errors(err: str) -> list[str]:
     """stderr without MLflow's own INFO lines (printed when a store is first created) and
-    bench's progress notes ("extracting N images ..." and its indented cost lines)."""
+    bench's progress notes ("extracting N images ..." and its indented cost lines, "note: ...")."""
     return [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line
-            and not line.startswith(("extracting ", "  "))]
+            and not line.startswith(("extracting ", "  ", "note: "))]
 
 
 def test_a_backbone_plugin_whose_module_fails_to_import_is_one_line(monkeypatch, capsys,

@@ -239,7 +239,8 @@ def test_image_mismatch_names_the_first_differing_item():
 
 def test_cli_writes_matrix_and_heatmaps_reuses_and_supersedes(tmp_path, capsys):
     from bench.cli import main
-    from bench.results.tracking import ensure_experiment, find_similarity
+    from bench.results.matrices import find_similarity
+    from bench.results.store import ensure_experiment
 
     argv = ["similarity", "--backbone", "pixels", "--pool", "1,2", "--task", "digits", "--n",
             "48", "--against", "random-unet", "--against-layers", "down1,mid", "--against-pool",
@@ -304,7 +305,8 @@ def test_constant_features_are_refused_with_the_reason(tmp_path, capsys):
     from PIL import Image
 
     from bench.cli import main
-    from bench.results.tracking import ensure_experiment, find_similarity
+    from bench.results.matrices import find_similarity
+    from bench.results.store import ensure_experiment
 
     for k in range(2):
         (tmp_path / "same" / f"c{k}").mkdir(parents=True)
@@ -323,7 +325,8 @@ def test_a_matrix_run_describes_itself(tmp_path, capsys):
     """Its MLflow description says what it is, not a result's "nan (val nan)"."""
     from bench.cli import main
     from bench.results import record as names
-    from bench.results.tracking import client, ensure_experiment, find_similarity
+    from bench.results.matrices import find_similarity
+    from bench.results.store import client, ensure_experiment
 
     assert main(["similarity", "--backbone", "pixels", "--pool", "1,2", "--task", "digits",
                  "--n", "48", "--permutations", "0", "--interval", "none", "--workers", "0",
@@ -340,7 +343,9 @@ def test_a_logged_matrix_never_names_where_its_files_go(tmp_path):
 
     from bench.api import similarity
     from bench.errors import BenchError
-    from bench.results.tracking import ensure_experiment, find_similarity, log_record
+    from bench.results.matrices import find_similarity
+    from bench.results.runs import log_record
+    from bench.results.store import ensure_experiment
     from bench.run.similarity_run import ARTIFACT, Side, SimilaritySpec, logged
     from bench.run.spec import RunOptions
 

@@ -8,7 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.results.record import ci_names
-from bench.results.tracking import load_predictions
+from bench.results.artifacts import load_predictions
 
 from .conftest import records
 
@@ -105,7 +105,8 @@ def log_result(backbone: str, hits: np.ndarray, labels: np.ndarray) -> str:
     from bench.run.jobs import BOOTSTRAP_RESAMPLES
     from bench.results.record import PREDICTIONS, RunRecord, interval_metrics
     from bench.stats import Predictions, bootstrap_intervals
-    from bench.results.tracking import ensure_experiment, log_record
+    from bench.results.runs import log_record
+    from bench.results.store import ensure_experiment
 
     wrong = (labels + 1) % 10
     top5 = np.stack([np.where(hits, labels, wrong)] + [(labels + i) % 10 for i in (2, 3, 4, 5)], 1)

@@ -52,7 +52,12 @@ def main(args: argparse.Namespace) -> int:
     if not targets:
         print("nothing to remove (give key prefixes from `bench cache ls`, or --all)")
         return 1
+    kept = 0
     for entry in targets:
-        cache.remove(entry)
-        print(f"removed {entry.key[:12]}")
-    return 0
+        if cache.remove(entry):
+            print(f"removed {entry.key[:12]}")
+        else:
+            kept += 1
+            print(f"kept {entry.key[:12]}: a run is reading it; rerun `bench cache rm` once it "
+                  "has finished")
+    return 1 if kept else 0

@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     board, paths = leaderboard([args.suite])  # the file `bench leaderboard` writes, the same
     print("\n\n".join(["", board.display.to_markdown(), FOOTER, *footnotes(board.cells)]))
     print("\n".join(written_lines(board, paths)))
-    print(options.ui_hint(tracking_uri()))
+    print(options.ui_hint(tracking_uri(), args.suite))
     print("\nnext:\n" + "\n".join(f"  {line}" for line in next_commands(args.suite)))
     return 0
 

@@ -45,5 +45,5 @@ def main(args: argparse.Namespace) -> int:
     print("\n".join(written_lines(board, paths)))
     if not args.no_log:
         print(f"logged to MLflow: the 'leaderboard' run of suite {suites[0]!r}")
-    print(options.ui_hint(tracking_uri()))
+    print(options.ui_hint(tracking_uri(), suites[0]))
     return 0

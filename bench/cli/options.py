@@ -235,8 +235,15 @@ def executor(args: argparse.Namespace):
                            **{name: getattr(args, name) for name in SLURM_FLAGS})
 
 
-def ui_hint(uri: str) -> str:
+def ui_hint(uri: str, suite: str | None = None) -> str:
+    """Where to see the results: the MLflow UI's address, at the runs table of ``suite`` in
+    bench's results view (``bench.results.record.results_view_path``) when it exists."""
+    from bench.results.record import results_view_path
+    from bench.results.store import experiment_ids
+
+    found = experiment_ids([suite]) if suite else []
+    view = f"/{results_view_path(found[0])}" if found else ""
     if uri.startswith("sqlite:///"):
         return (f"open it in the MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000"
-                f"  (then http://127.0.0.1:5000)")
-    return f"open it in the MLflow UI: {uri}"
+                f"  (then http://127.0.0.1:5000{view})")
+    return f"open it in the MLflow UI: {uri.rstrip('/')}{view}"

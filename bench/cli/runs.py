@@ -27,7 +27,8 @@ def main(args: argparse.Namespace) -> int:
     from fnmatch import fnmatchcase
 
     from bench.results.leaderboard import elsewhere, heads_of
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     suites = [s for a in args.suite for s in options.csv(a)] or ["bench"]
     heads = heads_of(args.protocol)

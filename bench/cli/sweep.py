@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
         if name.startswith("figure:"):
             print(f"figure: {path}")
     print("\n".join(written_lines(board, paths)))
-    print(f"MLflow: {tracking_uri()} (experiment {args.suite})")
+    print(options.ui_hint(tracking_uri(), args.suite))
     from bench.run.scheduler import summary
 
     for failure in report.failures:

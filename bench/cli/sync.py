@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.paths import pending_dir, tracking_uri
-    from bench.results.tracking import remove_incomplete_pending, sync_pending
+    from bench.results.outbox import remove_incomplete_pending, sync_pending
 
     for folder in remove_incomplete_pending():
         print(f"removed incomplete kept result {folder} (its write was interrupted or ran out "

@@ -19,7 +19,16 @@ interrupted extraction resumes at the first missing shard and never reads half a
 is used only when its sidecar agrees with the manifest (shard size, row count) and, when read,
 its bytes hash to the recorded blake2b and hold finite values: a shard that fails is never used
 (extraction recomputes shards whose sidecar disagrees; a read that finds bad bytes raises
-``CorruptShardError`` naming the file and ``bench cache verify --fix``).
+``CorruptShardError`` naming the file and ``bench cache verify --fix``). A memory-mapped entry
+(``open``, what probes stream) checks each shard in full before its first rows are returned and
+takes a CRC-32 of every block of rows (about 8 kB) in that same pass; every later read verifies
+the blocks it reads against them, so bytes that change afterwards (a shard rewritten in place
+with its size and mtime put back, as ``rsync --inplace -t`` does) are never returned.
+
+A run reading an entry (extracting into it, or probing from it) holds it (``reading``: a shared
+lock on the entry's ``.readers`` file); removing an entry (``FeatureCache.remove``: ``bench cache
+rm``, ``--no-keep-features``) skips one that another run holds, so no run loses its features
+mid-way; the entry is left for the last reader (or a later ``bench cache rm``).
 
 Features are stored in the entry's ``storage`` type (its key field): float32, float16, or
 bfloat16, which numpy lacks: those shards hold the raw 16 bits (uint16) and every read
@@ -28,13 +37,16 @@ bfloat16, which numpy lacks: those shards hold the raw 16 bits (uint16) and ever
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,13 +54,18 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from bench.errors import BenchError
-from bench.locks import STALE_TEMP_SECONDS, stale_temp, temp_name
+from bench.locks import (STALE_TEMP_SECONDS, exclusive_if_free, shared_lock,
+                         stale_temp, temp_name)
 from bench.paths import cache_dir
 from bench.precision import BF16
 
 CACHE_FORMAT = 2  # 2: shard sidecars carry rows, shard size and a blake2b of the .npy bytes
 _READ_CHUNK = 1 << 24
+# bytes of rows a block checksum covers, at least: zlib's CRC-32 releases the GIL above 5 kB,
+# so a reader thread verifies a window's runs beside training (scattered rows have their own)
+BLOCK_BYTES = 8192
 LABELS = "labels.npy"
+READERS = ".readers"  # in an entry's folder: every run reading the entry holds a shared lock on it
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -139,9 +156,55 @@ def _atomic_write(path: Path, write: Callable[[Any], None], size_hint: int = 0,
     return out.hash.hexdigest()
 
 
-def _read_npy(path: Path, digest: str, keep: bool, bf16: bool = False) -> np.ndarray | None:
+class _Crcs:
+    """The CRC-32 of each ``size``-byte piece of a byte stream fed in parts of any length."""
+
+    def __init__(self, size: int):
+        self.size, self.crcs, self.crc, self.filled = size, [], 0, 0
+
+    def update(self, data: memoryview) -> None:
+        at = 0
+        while at < len(data):
+            part = data[at : at + self.size - self.filled]
+            self.crc = zlib.crc32(part, self.crc)
+            self.filled += len(part)
+            at += len(part)
+            if self.filled == self.size:
+                self.crcs.append(self.crc)
+                self.crc, self.filled = 0, 0
+
+    def digests(self) -> array:
+        return array("I", self.crcs + [self.crc] * (self.filled > 0))
+
+
+@dataclass(frozen=True)
+class BlockDigests:
+    """The CRC-32 of a shard's blocks of ``rows`` rows (``crcs``: what a run of rows is
+    verified against) and of each row (``row_crcs``: scattered rows; the blocks' own when a
+    block is one row)."""
+
+    rows: int
+    crcs: array  # unsigned 32-bit: compact, and each read gives a plain int
+    row_crcs: array
+
+
+def block_rows(row_bytes: int) -> int:
+    """Rows per checksummed block: the fewest (a power of two) holding ``BLOCK_BYTES``."""
+    rows = 1
+    while rows * max(1, row_bytes) < BLOCK_BYTES:
+        rows *= 2
+    return rows
+
+
+def _row_bytes(array: np.ndarray) -> int:
+    return array.itemsize * int(np.prod(array.shape[1:]))
+
+
+def _read_npy(path: Path, digest: str, keep: bool, bf16: bool = False,
+              crcs: Iterable[_Crcs] = ()) -> np.ndarray | None:
     """Read a .npy file once, hashing its bytes and checking values are finite as they pass
-    (``bf16``: the file holds bfloat16 bits).
+    (``bf16``: the file holds bfloat16 bits); ``crcs``: also takes the CRC-32 of each block
+    (and row) of its values, in the same pass (trusted once the whole file's digest matched).
 
     Returns the array when ``keep``, else only checks (for memory-mapped reads). Raises
     ``CorruptShardError`` on a short file, a checksum mismatch or a non-finite value.
@@ -169,6 +232,8 @@ def _read_npy(path: Path, digest: str, keep: bool, bf16: bool = False) -> np.nda
                 if n == 0:
                     raise CorruptShardError(path, f"truncated: {done} of {count} values")
                 h.update(memoryview(part[:n]).cast("B"))
+                for crc in crcs:
+                    crc.update(memoryview(part[:n]).cast("B"))
                 if not _all_finite(part[:n], bf16):
                     raise CorruptShardError(path, "holds NaN or infinite values")
                 done += n
@@ -368,14 +433,20 @@ class CacheEntry:
     def open(self) -> tuple[ShardedArray, np.ndarray, np.ndarray]:
         """Like ``load`` but memory-mapped: rows are read from disk only when taken, so caches
         larger than RAM (attention-head maps of ImageNet) can be trained on. Each shard's bytes
-        are checked (checksum, finite values) the first time a row of it is taken."""
+        are checked (checksum, finite values) the first time a row of it is taken, its blocks'
+        CRC-32s taken in that pass; every read then verifies the blocks it reads."""
         infos = self._infos()
         labels, keep = self._labels_and_keep(infos)
         shards = [np.load(self.shard_path(i.index), mmap_mode="r") for i in infos]
         bf16 = self.bf16
 
-        def check(index: int) -> None:
-            _read_npy(self.shard_path(index), infos[index].blake2b, keep=False, bf16=bf16)
+        def check(index: int) -> BlockDigests:
+            width = _row_bytes(shards[index])
+            rows = block_rows(width)
+            crcs = [_Crcs(rows * width)] + [_Crcs(width)] * (rows > 1)
+            _read_npy(self.shard_path(index), infos[index].blake2b, keep=False, bf16=bf16,
+                      crcs=crcs)
+            return BlockDigests(rows, crcs[0].digests(), crcs[-1].digests())
 
         return (ShardedArray(shards, self.manifest["shard_size"], check=check, bf16=bf16), labels,
                 keep)
@@ -430,22 +501,23 @@ class ShardedArray:
     """The rows of an entry's memory-mapped shards as one (N, ...) array for reading.
 
     Supports what probes need: ``len``, ``shape``, ``dtype``, boolean-mask selection (a view)
-    and ``np.take`` / integer-array indexing (reads just those rows; a contiguous run of a shard
-    is read from its file, so streaming a split leaves no mapped pages behind in the process's
-    memory). ``check(i)`` is called before a shard's first rows are returned (the entry's
-    integrity check), and again whenever its file changed since (size, mtime or inode): a shard
-    whose bytes change while a probe streams it raises ``CorruptShardError``. ``bf16``: the
-    shards hold bfloat16 bits, taken as float32.
+    and ``np.take`` / integer-array indexing (reads just those rows from the shard files, so
+    streaming a split leaves no mapped pages behind in the process's memory). ``check(i)``, the
+    entry's integrity check, runs before a shard's first rows are returned and gives the CRC-32
+    of each block and row of it (``BlockDigests``); every read then verifies what it read, so
+    bytes that changed since (even under the same size, mtime and inode)
+    raise ``CorruptShardError`` instead of being returned. Without ``check`` (arrays given
+    directly) rows are taken as they are. ``bf16``: the shards hold bfloat16 bits, taken as
+    float32.
     """
 
     def __init__(self, shards: list[np.ndarray], shard_size: int, rows: np.ndarray | None = None,
-                 check: Callable[[int], None] | None = None,
-                 checked: dict[int, Any] | None = None, bf16: bool = False):
+                 check: Callable[[int], BlockDigests] | None = None,
+                 checked: dict[int, BlockDigests] | None = None, bf16: bool = False):
         self.shards, self.shard_size, self.bf16 = shards, shard_size, bf16
         self.rows = rows  # logical row -> global row, after a selection
         self.check = check
-        # shard -> its file's signature when checked; shared by selections
-        self.checked = checked if checked is not None else {}
+        self.checked = checked if checked is not None else {}  # shard -> digests; shared by selections
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else sum(len(s) for s in self.shards)
@@ -489,50 +561,86 @@ class ShardedArray:
             out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
         shard_of = rows // self.shard_size
         for shard in np.unique(shard_of).tolist():
-            self._checked(shard)
             where = np.flatnonzero(shard_of == shard)
             local = rows[where] - shard * self.shard_size
-            if self.bf16:  # the stored bits widened, never read raw into float32 rows
-                out[where] = bf16_to_float32(self.shards[shard][local])
-            elif not (_run(where) and _run(local) and self._read_run(shard, local, out, where)):
-                out[where] = self.shards[shard][local]
+            if self.check is None:
+                values = self.shards[shard][local]
+                out[where] = bf16_to_float32(values) if self.bf16 else values
+                continue
+            if shard not in self.checked:
+                self.checked[shard] = self.check(shard)
+            _VerifiedReader(self.shards[shard], self.checked[shard], self.bf16).read(
+                local, out, where)
         return out
-
-    def _checked(self, shard: int) -> None:
-        """Run ``check`` on a shard not checked yet or whose file changed since it was."""
-        if self.check is None:
-            return
-        name = getattr(self.shards[shard], "filename", None)
-        stat = os.stat(name) if name else None
-        signature = stat and (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        if shard not in self.checked or self.checked[shard] != signature:
-            self.check(shard)
-            self.checked[shard] = signature
-
-    def _read_run(self, shard: int, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> bool:
-        """Rows ``local`` (one ascending run) of a memory-mapped shard read from its file into
-        ``out[where]`` (a run too); False where the shard or ``out`` cannot be read that way."""
-        array = self.shards[shard]
-        target = out[where[0] : where[-1] + 1]
-        if not (isinstance(array, np.memmap) and target.flags.c_contiguous
-                and array.flags.c_contiguous):
-            return False
-        row = array.dtype.itemsize * int(np.prod(array.shape[1:]))
-        with open(array.filename, "rb") as f:
-            f.seek(array.offset + int(local[0]) * row)
-            if f.readinto(memoryview(target).cast("B")) != target.nbytes:
-                raise CorruptShardError(Path(array.filename), "truncated while being read")
-        return True
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self.take(np.arange(len(self)))
         return data if dtype is None else data.astype(dtype)
 
 
+class _VerifiedReader:
+    """Rows of one memory-mapped shard, their bytes verified against the shard's CRC-32s
+    before any is returned: a run of rows in whole blocks read from the file, scattered rows
+    one by one."""
+
+    def __init__(self, array: np.memmap, digests: BlockDigests, bf16: bool):
+        self.array, self.digests, self.bf16 = array, digests, bf16
+        self.path = Path(array.filename)
+        self.width = _row_bytes(array)
+
+    def read(self, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
+        """Rows ``local`` of the shard into ``out[where]``. The whole blocks of one ascending
+        run into a run of ``out`` of the shard's dtype are read from the file in place (no page
+        of it stays mapped); the rest row by row through the map."""
+        per, n = self.digests.rows, len(self.array)
+        if not self.bf16 and out.dtype == self.array.dtype and _run(local) and _run(where):
+            a, b = int(local[0]), int(local[-1]) + 1
+            lo, hi = -(-a // per) * per, (b if b == n else b // per * per)
+            target = out[where[0] + lo - a : where[0] + hi - a]
+            if lo < hi and target.flags.c_contiguous:
+                self._blocks(lo // per, target)
+                edge = (local < lo) | (local >= hi)
+                local, where = local[edge], where[edge]
+        if len(local):
+            values = self.array[local]
+            self._verify(memoryview(values).cast("B"), self.width, self.digests.row_crcs, local)
+            out[where] = bf16_to_float32(values) if self.bf16 else values
+
+    def _blocks(self, first: int, target: np.ndarray) -> None:
+        """Blocks ``first``.. of the shard read from its file into ``target``, verified."""
+        view = memoryview(target).cast("B")
+        with open(self.path, "rb", buffering=0) as file:
+            file.seek(self.array.offset + first * self.digests.rows * self.width)
+            if file.readinto(view) != len(view):
+                raise CorruptShardError(self.path, "truncated while being read")
+        size = self.digests.rows * self.width
+        self._verify(view, size, self.digests.crcs, range(first, first + -(-len(view) // size)))
+
+    def _verify(self, view: memoryview, size: int, crcs: array, pieces: Iterable[int]) -> None:
+        """``view`` holds ``pieces`` (blocks or rows) of ``size`` bytes one after another (the
+        shard's last block may be short), each checked against its CRC-32."""
+        for at, piece in zip(range(0, len(view), size), pieces):
+            if zlib.crc32(view[at : at + size]) != crcs[piece]:
+                first = int(piece) * (size // self.width)
+                raise CorruptShardError(self.path, "checksum mismatch: its bytes changed since "
+                                                   f"it was checked (at row {first})")
+
+
 def _run(index: np.ndarray) -> bool:
     """Whether ``index`` is one ascending run of consecutive integers."""
     return len(index) > 0 and int(index[-1]) - int(index[0]) == len(index) - 1 and (
         len(index) == 1 or bool((np.diff(index) == 1).all()))
+
+
+@contextlib.contextmanager
+def reading(entries: Iterable[CacheEntry]) -> Iterator[None]:
+    """Hold ``entries`` for the ``with`` block (a run extracting into or probing from them):
+    ``FeatureCache.remove`` keeps an entry while any run holds it. Waits while one is being
+    removed (a moment), then holds the entry as it is now (recreated by the extraction)."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted({entry.path for entry in entries}):
+            stack.enter_context(shared_lock(path / READERS))
+        yield
 
 
 @dataclass
@@ -561,8 +669,12 @@ class FeatureCache:
     def find(self, prefix: str) -> list[CacheEntry]:
         return [e for e in self.entries() if e.key.startswith(prefix)]
 
-    def remove(self, entry: CacheEntry) -> None:
-        shutil.rmtree(entry.path)
+    def remove(self, entry: CacheEntry) -> bool:
+        """Remove ``entry`` unless another run holds it (``reading``): then keep it, False."""
+        with exclusive_if_free(entry.path / READERS) as free:
+            if free:
+                shutil.rmtree(entry.path)
+        return free
 
     def verify(self, fix: bool = False, progress: bool = True) -> VerifyReport:
         """Check every shard of every entry; with ``fix``, remove the bad ones (recomputed next run)."""

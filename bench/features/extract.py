@@ -7,9 +7,10 @@ missing shards i with i % n == k.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,10 @@ class CacheDtypeError(UsageError):
 
 FP16_MAX = 65504.0
 EXACT_INTEGERS = {"float16": 2 ** 11, BF16: 2 ** 8}  # integers above are rounded
+REDUCED = ("float16", BF16)  # the 16-bit types features can be stored or probed in
+FLAGS = {"float16": "fp16", BF16: "bf16", "float32": "fp32"}  # --cache-dtype's names
+STORAGE_CHECK_IMAGES = 16  # calibration images whose spread the resolution is checked against
+LOST_SHARE = 0.01  # the share of dimensions a 16-bit type may round away before it is not used
 
 
 def encode(features: np.ndarray, storage: str) -> np.ndarray:
@@ -59,24 +64,151 @@ def encode(features: np.ndarray, storage: str) -> np.ndarray:
         torch.int16).numpy().view(np.uint16)
 
 
+def _steps(magnitudes: np.ndarray, dtype: str) -> np.ndarray:
+    """The rounding step of ``dtype`` at each magnitude (subnormals included: float16's
+    smallest step is 6e-8, so smaller features become zeros)."""
+    if dtype == BF16:  # float32's exponent, 8 significant bits: float32's step x 2**16
+        return np.spacing(magnitudes.astype(np.float32)).astype(np.float64) * 2.0 ** 16
+    return np.spacing(magnitudes.astype(np.float16)).astype(np.float64)
+
+
+def storage_problem(backbone: Backbone, outputs: dict[tuple[str, str], torch.Tensor],
+                    dtype: str) -> str | None:
+    """Why ``dtype`` cannot hold these calibration features as the backbone gives them, or None.
+
+    Integers beyond the type's exact integers, values beyond float16's range (65504), or a
+    resolution too coarse for the spread: a dimension is lost when the type's rounding step at
+    its magnitude (root mean square over the images) reaches its spread over the images (their
+    standard deviation; constant dimensions carry nothing to lose), and the type is not used when
+    more than ``LOST_SHARE`` of the dimensions are lost: features with a large common offset
+    (4000 + x in float16, whose step there is 2) would otherwise be cached as constants.
+    """
+    if dtype not in REDUCED:
+        return None
+    for (layer, pool), features in outputs.items():
+        where = f"{describe(backbone)}: {layer} pool={pool}"
+        values = features.detach().float().cpu().numpy().reshape(len(features), -1)
+        largest = float(np.abs(values).max()) if values.size else 0.0
+        exact = EXACT_INTEGERS[dtype]
+        if not features.is_floating_point() and largest > exact:
+            return (f"{where} gives integers up to {largest:.0f}, which {dtype} cannot hold "
+                    f"exactly (exact up to {exact:,})")
+        if dtype == "float16" and largest > FP16_MAX:
+            return (f"{where} reaches |x| = {largest:.3g}, beyond float16's largest value 65504 "
+                    "(it would be stored as inf)")
+        if len(values) < 2:
+            continue  # one image has no spread to measure
+        magnitude = np.abs(values)
+        step = np.sqrt((_steps(magnitude, dtype) ** 2).mean(axis=0))
+        spread = values.astype(np.float64).std(axis=0)
+        informative = spread > 0
+        lost = informative & (step >= spread)
+        if lost.sum() > LOST_SHARE * max(1, informative.sum()):
+            return (f"{where} in {dtype} loses {lost.sum():,} of the {informative.sum():,} "
+                    f"dimensions that vary over {len(values)} calibration images (of "
+                    f"{values.shape[1]:,}): its step at their magnitude (median "
+                    f"{np.median(step[lost]):.3g} at |x| ~ "
+                    f"{np.median(magnitude.mean(axis=0)[lost]):.3g}) is above their spread "
+                    f"(median {np.median(spread[lost]):.3g})")
+    return None
+
+
+def _fix(backbone: Backbone, outputs: dict[tuple[str, str], torch.Tensor], dtype: str) -> str:
+    """The --cache-dtype values that hold these features, instead of ``dtype``."""
+    fits = [FLAGS[other] for other in REDUCED
+            if other != dtype and storage_problem(backbone, outputs, other) is None]
+    return f"use --cache-dtype {' or '.join([*fits, 'fp32'])}"
+
+
 def check_storage(backbone: Backbone, outputs: dict[tuple[str, str], torch.Tensor],
                   storage: str) -> None:
-    """Refuse a cache dtype that cannot store these (calibration) features as the backbone gives
-    them: integer features beyond the type's exact integers, or values beyond float16's range
-    (65504). Later images are checked again when written (``NonFiniteFeaturesError``)."""
-    for (layer, pool), features in outputs.items():
-        values = features.detach().float().abs()
-        largest = float(values.max()) if values.numel() else 0.0
-        where = f"{describe(backbone)}: {layer} pool={pool}"
-        exact = EXACT_INTEGERS.get(storage)
-        if not features.is_floating_point() and exact is not None and largest > exact:
-            raise CacheDtypeError(
-                f"{where} gives integers up to {largest:.0f}, which {storage} cannot hold exactly "
-                f"(exact up to {exact:,}): use --cache-dtype fp32")
-        if storage == "float16" and largest > FP16_MAX:
-            raise CacheDtypeError(
-                f"{where} reaches |x| = {largest:.3g}, beyond float16's largest value 65504 "
-                f"(it would be stored as inf): use --cache-dtype bf16 or fp32")
+    """Refuse a cache dtype that cannot store these (calibration) features
+    (``storage_problem``). Later images are checked again when written (overflow:
+    ``NonFiniteFeaturesError``)."""
+    problem = storage_problem(backbone, outputs, storage)
+    if problem:
+        raise CacheDtypeError(f"{problem}: {_fix(backbone, outputs, storage)}")
+
+
+@dataclass(frozen=True)
+class StorageChoice:
+    """The precision policy a run uses for its features, and the line saying what changed."""
+
+    policy: PrecisionPolicy
+    note: str = ""  # empty: the policy as resolved
+
+
+def storage_policy(backbone: Backbone, outputs: dict[tuple[str, str], torch.Tensor],
+                   policy: PrecisionPolicy, chosen: bool) -> StorageChoice:
+    """``policy`` if its 16-bit types hold these calibration features; else, where the type was
+    the policy's own (not ``chosen`` with ``--cache-dtype``), the policy with float32 in its
+    place, so a run under ``--precision auto`` on a GPU gives a correct result without a rerun
+    (the result's identity and cache key then say float32). A chosen type that cannot hold them
+    is refused (``CacheDtypeError``)."""
+    problem = storage_problem(backbone, outputs, policy.storage)
+    if problem and chosen:
+        raise CacheDtypeError(f"{problem}: {_fix(backbone, outputs, policy.storage)}")
+    if problem:
+        return StorageChoice(replace(policy, storage="float32", probe_inputs="float32"),
+                             f"{problem}: caching float32 instead (the result's identity and "
+                             "cache key say float32)")
+    problem = (storage_problem(backbone, outputs, policy.probe_inputs)
+               if policy.probe_inputs != policy.storage else None)
+    if problem:
+        return StorageChoice(replace(policy, probe_inputs="float32"),
+                             f"{problem}: the probe reads them in float32 instead (the "
+                             "result's identity says so)")
+    return StorageChoice(policy)
+
+
+_CHOICES: dict[str, StorageChoice] = {}  # this process's decisions: said once, computed once
+
+
+def checked_storage(backbone: Backbone, split: Split, requests: Sequence[tuple[str, str]],
+                    policy: PrecisionPolicy, *, device: torch.device, skip_corrupt: bool,
+                    chosen: bool) -> StorageChoice:
+    """``storage_policy`` on the backbone's features of the first ``STORAGE_CHECK_IMAGES``
+    images of ``split`` (the calibration images), when the policy stores or probes in a 16-bit
+    type; the note, if any, is printed once (stderr)."""
+    if policy.storage not in REDUCED and policy.probe_inputs not in REDUCED:
+        return StorageChoice(policy)
+    from bench.digest import json_digest
+
+    key = json_digest([backbone.config, backbone.weights_digest(), split.manifest_digest(),
+                       list(requests), policy.as_dict(), chosen, skip_corrupt])
+    if key not in _CHOICES:
+        images = calibration_images(split, backbone.transform(), STORAGE_CHECK_IMAGES,
+                                    skip_corrupt)
+        x = torch.stack(images).to(device)
+        backbone.eval().to(device)
+        with torch.inference_mode(), autocast(policy.extraction, device):
+            outputs = backbone.extract(x, list(requests), torch.arange(len(x), device=device))
+        choice = storage_policy(backbone, outputs, policy, chosen)
+        if choice.note:
+            print(choice.note, file=sys.stderr, flush=True)
+        _CHOICES[key] = choice
+    return _CHOICES[key]
+
+
+def calibration_images(split: Split, transform: Callable[[Any], Any], n: int,
+                       skip_corrupt: bool) -> list[Any]:
+    """The first ``n`` images of ``split`` that decode (with ``skip_corrupt``; else the first
+    corrupt one stops the run here, as it would the extraction)."""
+    from bench.task import CorruptImageError
+
+    images = []
+    for index in range(len(split)):
+        try:
+            images.append(transform(split.load(index)))
+        except CorruptImageError:
+            if not skip_corrupt:
+                raise
+        if len(images) == n:
+            break
+    if not images:
+        raise DatasetError(f"no image of the {split.name} split decodes: check the data with "
+                           "`bench data verify --full`")
+    return images
 
 
 def entry_fields(

@@ -110,7 +110,8 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
 def leading_record(suites: list[str], backbone: str, task: str, protocol: str = "linear"
                    ) -> RunRecord:
     """The record a leaderboard shows for ``backbone`` on ``task`` (column name, e.g. ``cub``)."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     records = find_records(experiment_ids(suites))
     cells = select_cells(records, protocol=protocol)
@@ -138,7 +139,7 @@ def tied_with_best(cells: Any, metric: str = "test_top1") -> set[tuple[str, str]
     """(backbone, column) of every row not distinguishable from its column's best, by a paired
     bootstrap on the stored test predictions. Rows without predictions are never marked."""
     from bench.stats import compare
-    from bench.results.tracking import load_predictions
+    from bench.results.artifacts import load_predictions
 
     ties = set()
     for task, rows in cells.groupby("task"):
@@ -199,7 +200,8 @@ def with_references(table: Any, reference_rows: Callable[[list[str]], Any]) -> A
 def build(suites: list[str], metric: str = "test_top1",
           references: Callable[[list[str]], Any] | None = None,
           protocol: str = "linear") -> Leaderboard:
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     cells = select_cells(find_records(experiment_ids(suites)), metric, protocol)
     table = pivot(cells, metric)
@@ -256,7 +258,8 @@ def written_lines(board: Leaderboard, paths: dict[str, Path]) -> list[str]:
 def find_run(reference: str, suites: list[str] | None = None) -> RunRecord:
     """The result a user names as ``bench runs`` prints it: a run id or a unique prefix of one,
     or a run name (``pixels/digits/image/16/linear``), in ``suites`` (default: every suite)."""
-    from bench.results.tracking import experiment_ids, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import experiment_ids
 
     suites = suites or list(suites_with_results())
     records = find_records(experiment_ids(suites))
@@ -277,13 +280,12 @@ def suites_with_results() -> dict[str, int]:
     """Every suite (MLflow experiment) holding finished bench results: name -> result count
     (what to suggest when the suite asked for is empty)."""
     from bench.results.record import result_filter
-    from bench.results.tracking import client
+    from bench.results.store import reader
 
-    mlflow_client = client()
+    store = reader()
     out = {}
-    for experiment in mlflow_client.search_experiments():
-        runs = mlflow_client.search_runs([experiment.experiment_id], result_filter(),
-                                         max_results=1000)
+    for experiment in store.search_experiments():
+        runs = store.search_runs([experiment.experiment_id], result_filter(), max_results=1000)
         if runs:
             out[experiment.name] = len(runs)
     return out
@@ -311,7 +313,7 @@ def elsewhere(suites: list[str], what: str = "results") -> str:
 def log(experiment_id: str, board: Leaderboard, paths: dict[str, Path],
         figures: dict[str, Path] | None = None) -> str:
     """Log (or refresh) the experiment's leaderboard run; its run id."""
-    from bench.results.tracking import log_leaderboard
+    from bench.results.publish import log_leaderboard
 
     flat = board.display.reset_index() if not board.table.empty else board.cells
     return log_leaderboard(experiment_id, {"leaderboard.json": flat,

@@ -3,7 +3,7 @@
 A ``RunRecord`` is one result cell, built from a computed result in one place (``from_result``),
 written as ``to_params``, ``to_tags``, ``to_metrics`` and ``artifacts`` and read back in one place
 (``from_mlflow``) by resume, leaderboards and figures; no other module spells a tag, param, metric
-or artifact name. This module is pure: moving records in and out of MLflow is ``bench.results.tracking``'s.
+or artifact name. This module is pure: moving records in and out of MLflow is the store modules' (``bench.results.store``).
 
 | MLflow | names |
 | --- | --- |
@@ -43,6 +43,7 @@ GRID_EDGE = "bench.grid_edge"
 SETTINGS = "bench.settings"
 TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
 RESULT, LEADERBOARD, LOCK, REPORT = "result", "leaderboard", "lock", "report"
+SIMILARITY = "similarity"  # a similarity matrix's run (bench.results.matrices)
 PAPER, REPORT_TABLES = "bench.paper", "bench.report_tables"
 LOCK_KEY, LOCK_OWNER, HEARTBEAT = "bench.lock", "bench.lock_owner", "bench.heartbeat"
 ERROR = "bench.error"  # a failed claim's error, first line
@@ -333,7 +334,7 @@ def ended_lock_filter(key: str) -> str:
 
 
 def lock_tags(key: str, owner: str) -> dict[str, str]:
-    """Tags of a claim on result cells (``bench.results.tracking.cell_lock``); ``key`` digests them."""
+    """Tags of a claim on result cells (``bench.results.claims.cell_lock``); ``key`` digests them."""
     return {KIND: LOCK, LOCK_KEY: key, LOCK_OWNER: owner, HEARTBEAT: "0"}
 
 
@@ -375,6 +376,44 @@ def leaderboard_tags() -> dict[str, str]:
 
 def superseded_tags(identity: str) -> dict[str, str]:
     return {SUPERSEDED_BY: identity}
+
+
+# --- what the MLflow UI shows of an experiment (MLflow 3's own tags and routes) ----------------
+# MLflow 3 opens an experiment on its GenAI traces overview, and its runs table shows no metric
+# until columns are picked. The UI takes the landing tab from the experiment's kind (MLflow 3.0
+# to 3.x) or from its workflow switch (``workflowType``: 3.17 on, a browser setting the link
+# can set), and a runs table's columns from a saved view (an experiment tag the "Views" menu
+# lists, opened by ``viewStateShareKey``). bench's experiments carry all three.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MACHINE_LEARNING_KIND = "custom_model_development"  # the UI's "Machine learning" experiments
+SAVED_VIEW = "mlflow.sharedViewState."  # + the view's id: a saved view of the runs table
+RESULTS_VIEW = "bench-results"
+RESULTS_VIEW_NAME = "bench results"
+
+
+def results_view_path(experiment_id: str) -> str:
+    """The UI route (after the server's address) of an experiment's runs table in the results
+    view: each run's description (headline ± interval, validation score, chosen point) and the
+    headline metrics as columns."""
+    return (f"#/experiments/{experiment_id}/runs?viewStateShareKey={RESULTS_VIEW}"
+            "&workflowType=machine_learning")
+
+
+def experiment_ui_tags(headlines: list[str], created_ms: int) -> dict[str, str]:
+    """Tags that make the UI show an experiment's results: its kind (landing on the runs table)
+    and the results view (the runs' descriptions and the test metrics ``headlines``), in the
+    envelope MLflow's saved views use (``{name, createdAt, state}``, state a JSON string)."""
+    state = {"selectedColumns": ["attributes.`Description`",
+                                 *(f"metrics.`test_{name}`" for name in headlines)]}
+    view = {"name": RESULTS_VIEW_NAME, "createdAt": created_ms, "state": json.dumps(state)}
+    return {EXPERIMENT_KIND: MACHINE_LEARNING_KIND, SAVED_VIEW + RESULTS_VIEW: json.dumps(view)}
+
+
+def experiment_note(experiment_id: str) -> str:
+    """The experiment's description (shown above whichever tab the UI opens), linking the
+    results view."""
+    return (f"[Open the results table]({results_view_path(experiment_id)}): each run's headline "
+            f"± its 95% interval (the runs table's view \"{RESULTS_VIEW_NAME}\").")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:

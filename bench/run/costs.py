@@ -131,10 +131,10 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
              batch_size: int = CALIBRATION_IMAGES, memory_budget: int | str | None = "auto",
              cells_of: list[Prepared] | None = None) -> JobCost:
     """The cost of ``prepared``'s job with ``cache`` (a ``FeatureCache``). A point with an entry
-    not yet complete runs the backbone on calibration images (timed on CUDA), which also refuses
-    a cache dtype the features cannot be stored in (``CacheDtypeError``), before any work; a
+    not yet complete runs the backbone on calibration images (timed on CUDA); the cache dtype
+    was checked against them when the job was resolved (``bench.run.spec.resolve``). A
     ``memory_budget`` (``RunOptions.memory_budget``) below what a cell's head needs is its
-    ``MemoryBudgetError``, also before any work. ``cells_of``: the runs whose cells to cost
+    ``MemoryBudgetError``, before any work. ``cells_of``: the runs whose cells to cost
     (several heads sharing this extraction; default ``prepared``'s)."""
     from bench.heads.memory import resolve_budget
     from bench.precision import storage_numpy
@@ -198,18 +198,18 @@ def _missing_bytes(entry: Any, total: int) -> int:
 
 def _calibrate(prepared: Prepared, split: Any, batch_size: int
                ) -> tuple[dict[tuple[str, str], tuple[int, ...]], float | None, str]:
-    """Each request's feature shape from the backbone's output on train images, the cache dtype checked
-    against it; on CUDA also the seconds per image of a timed batch (after one untimed pass),
-    else None and why."""
+    """Each request's feature shape from the backbone's output on train images; on CUDA also
+    the seconds per image of a timed batch (after one untimed pass), else None and why."""
     import torch
 
-    from bench.features.extract import check_storage
+    from bench.features.extract import calibration_images
     from bench.precision import autocast
 
     run, backbone, device = prepared.run, prepared.backbone, prepared.device
     cuda = device.type == "cuda"
     n = max(1, min(batch_size, CALIBRATION_IMAGES, len(split))) if cuda else 1
-    x = torch.stack(_images(split, backbone.transform(), n, run.spec.skip_corrupt)).to(device)
+    x = torch.stack(calibration_images(split, backbone.transform(), n, run.spec.skip_corrupt)
+                    ).to(device)
     n = len(x)
     ids = torch.arange(n, device=device)
     backbone.eval().to(device)
@@ -219,7 +219,6 @@ def _calibrate(prepared: Prepared, split: Any, batch_size: int
             return backbone.extract(x, run.requests, ids)
 
     out = forward()
-    check_storage(backbone, out, run.precision.storage)
     shapes = {request: tuple(features[0].shape) for request, features in out.items()}
     if not cuda:
         return shapes, None, "no CUDA device here to time a calibration batch"
@@ -230,26 +229,6 @@ def _calibrate(prepared: Prepared, split: Any, batch_size: int
     per_image = (time.perf_counter() - started) / n
     return shapes, per_image, (f"backbone forward of {n} calibration images on {device}, image "
                                "loading not counted")
-
-
-def _images(split: Any, transform: Any, n: int, skip_corrupt: bool) -> list[Any]:
-    """The first ``n`` images of ``split`` that decode (with ``skip_corrupt``; else the first
-    corrupt one stops the run here, as it would the extraction)."""
-    from bench.task import CorruptImageError, DatasetError
-
-    images = []
-    for index in range(len(split)):
-        try:
-            images.append(transform(split.load(index)))
-        except CorruptImageError:
-            if not skip_corrupt:
-                raise
-        if len(images) == n:
-            break
-    if not images:
-        raise DatasetError(f"no image of the {split.name} split decodes: check the data with "
-                           "`bench data verify --full`")
-    return images
 
 
 def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost], rows: dict[str, int],

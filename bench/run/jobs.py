@@ -8,12 +8,14 @@ bootstrap intervals of its test metrics (over test images, ``BOOTSTRAP_RESAMPLES
 seeded) and the per-image test predictions they come from, so any later comparison needs no
 recomputation. Before extracting, a job says what it will cost and refuses when the cache's disk
 cannot hold it (``bench.run.costs``); with ``--no-keep-features`` it deletes the cache entries it
-read once its cells are logged (``share_features``). ``ExtractJob`` does the extraction alone (for
+read once its cells are logged (``share_features``), but none that another run is reading: a job
+holds its entries from extraction to its last logged cell (``bench.features.cache.reading``). ``ExtractJob`` does the extraction alone (for
 SLURM arrays: task k of n).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import time
@@ -37,19 +39,30 @@ class _Requeueable:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def extract_features(prepared: Prepared, options: RunOptions, array_index: int = 0,
-                     array_size: int = 1, requests: list[tuple[str, str]] | None = None,
-                     cells_of: list[Prepared] | None = None) -> dict[str, Any]:
+def extraction_notice(prepared: Prepared, options: RunOptions,
+                      requests: list[tuple[str, str]] | None = None,
+                      cells_of: list[Prepared] | None = None, array_size: int = 1) -> Any:
+    """``work_notice`` for an extraction (None for a task of an array: its driver said it):
+    called before a job holds its cache entries (``reading``), so a refusal writes nothing."""
+    from bench.features.cache import FeatureCache
+
+    if array_size != 1:
+        return None
+    return work_notice(prepared, FeatureCache(options.cache_dir), options,
+                       requests or prepared.run.requests, cells_of)
+
+
+def extract_features(prepared: Prepared, options: RunOptions, heard: Any,
+                     array_index: int = 0, array_size: int = 1,
+                     requests: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Every request of the resolved run (or ``requests``: those of several heads on this
-    backbone and task, whose runs are ``cells_of``) for train, val and test: split ->
-    ExtractionReport."""
+    backbone and task) for train, val and test: split -> ExtractionReport. ``heard``: the
+    ``extraction_notice`` callback."""
     from bench.features.cache import FeatureCache
     from bench.features.extract import extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     requests = requests or run.requests
-    heard = (work_notice(prepared, cache, options, requests, cells_of) if array_size == 1
-             else None)
     return {split: extract(
         prepared.backbone, prepared.task.split(split), requests, cache, run.task_config,
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
@@ -70,11 +83,10 @@ def work_notice(prepared: Prepared, cache: Any, options: RunOptions,
     """Say what extraction will cost before paying it (stderr): images x feature points, each
     cell's cache bytes per split and probe memory (``bench.run.costs``), the time when a CUDA
     device timed a calibration batch, the disk verdict; then, from the first batch's speed and
-    size, the time and cache it will take. Refuses (``DiskSpaceError``, ``CacheDtypeError``, a
-    ``MemoryBudgetError`` for a budget a cell's head cannot run in) before anything is written,
-    even when everything is cached. The callback for ``extract``; None when everything is
-    cached. ``requests``: the points of several heads extracted together (``SharedJob``), whose
-    runs are ``cells_of``."""
+    size, the time and cache it will take. Refuses (``DiskSpaceError``, a ``MemoryBudgetError``
+    for a budget a cell's head cannot run in) before anything is written, even when everything
+    is cached. The callback for ``extract``; None when everything is cached. ``requests``: the
+    points of several heads extracted together (``SharedJob``), whose runs are ``cells_of``."""
     from dataclasses import replace
 
     from bench.run.costs import disk_check, duration, job_cost, size
@@ -124,11 +136,25 @@ class ExtractJob(_Requeueable):
     array_size: int = 1
 
     def __call__(self) -> dict[str, int]:
+        from bench.features.cache import reading
         from bench.run.spec import resolve
 
-        reports = extract_features(resolve(self.spec, self.options), self.options,
-                                   self.array_index, self.array_size)
+        prepared = resolve(self.spec, self.options)
+        heard = extraction_notice(prepared, self.options, array_size=self.array_size)
+        with reading(job_entries(prepared, self.options)):
+            reports = extract_features(prepared, self.options, heard, self.array_index,
+                                       self.array_size)
         return {split: r.shards_written for split, r in reports.items()}
+
+
+def job_entries(prepared: Prepared, options: RunOptions) -> list[Any]:
+    """The cache entries a resolved job reads (``CacheEntry``), every split of every point."""
+    from bench.features.cache import FeatureCache
+    from bench.run.costs import entries_of
+
+    cache = FeatureCache(options.cache_dir)
+    return [entry for by_split in entries_of(prepared, cache).values()
+            for entry in by_split.values()]
 
 
 @dataclass
@@ -153,15 +179,16 @@ class BenchJob(_Requeueable):
 
     def finished(self, experiment_id: str, prepared: Prepared) -> dict[str, RunRecord]:
         """The finished records of this job's cells, by identity (none with ``force``)."""
-        from bench.results.tracking import find_records
+        from bench.results.runs import find_records
 
         identities = [c.identity for c in prepared.run.cells]
         return {} if self.options.force else {
             r.identity: r for r in find_records([experiment_id], identities)}
 
     def __call__(self) -> list[RunRecord]:
+        from bench.features.cache import reading
         from bench.run.spec import resolve
-        from bench.results.tracking import cell_lock
+        from bench.results.claims import cell_lock
 
         experiment_id = _experiment(self.options)
         job_started = time.time()  # the first computed cell's run covers the extraction too
@@ -179,11 +206,15 @@ class BenchJob(_Requeueable):
         # One process at a time computes these cells, wherever it runs: the lock lives in the
         # tracking store with the results. An identical run started meanwhile waits there, then
         # finds them logged and reuses them (no second extraction, no second result).
-        with cell_lock(experiment_id, identities):
+        # the entries are held from extraction to the last logged cell: no other run's
+        # --no-keep-features (or `bench cache rm`) removes them meanwhile
+        with cell_lock(experiment_id, identities), contextlib.ExitStack() as held:
             done = logged()
             if all(c.identity in done for c in cells):
                 return [done[c.identity] for c in cells]
-            reports = extract_features(prepared, self.options)
+            heard = extraction_notice(prepared, self.options)  # its refusals write nothing
+            held.enter_context(reading(job_entries(prepared, self.options)))
+            reports = extract_features(prepared, self.options, heard)
             records = []
             for cell in cells:
                 if cell.identity in done:
@@ -197,24 +228,30 @@ class BenchJob(_Requeueable):
 
     def _release_features(self, prepared: Prepared) -> None:
         """With ``--no-keep-features``, once every cell is logged: delete the cache entries this
-        job and the earlier jobs of its group read (a failed cell raised before: kept)."""
+        job and the earlier jobs of its group read (a failed cell raised before: kept), but
+        skip, and say so, those another run is reading (it deletes them itself if it was
+        started with --no-keep-features; they are kept otherwise)."""
         if self.spec.keep_features or not self.deletes_features:
             return
         from bench.features.cache import FeatureCache
-        from bench.run.costs import entries_of, size
+        from bench.run.costs import size
         from bench.run.spec import resolve
 
         cache = FeatureCache(self.options.cache_dir)
         runs = [prepared, *(resolve(spec, self.options, backbone=prepared.backbone)
                             for spec in self.group_specs)]
-        gone = {e.key: e for p in runs for by_split in entries_of(p, cache).values()
-                for e in by_split.values() if e.exists()}
-        freed = sum(e.size_bytes() for e in gone.values())
-        for entry in gone.values():
-            cache.remove(entry)
+        found = {e.key: e for p in runs for e in job_entries(p, self.options) if e.exists()}
+        sizes = {key: e.size_bytes() for key, e in found.items()}
+        kept = [key for key, entry in found.items() if not cache.remove(entry)]
+        gone = [key for key in found if key not in kept]
         if gone:
-            print(f"deleted {len(gone)} cache entries ({size(freed)}) of {job_label(self.spec)}: "
-                  "--no-keep-features", file=sys.stderr, flush=True)
+            print(f"deleted {len(gone)} cache entries ({size(sum(sizes[k] for k in gone))}) of "
+                  f"{job_label(self.spec)}: --no-keep-features", file=sys.stderr, flush=True)
+        if kept:
+            print(f"kept {len(kept)} cache entries ({size(sum(sizes[k] for k in kept))}) of "
+                  f"{job_label(self.spec)} that another run is reading: --no-keep-features "
+                  "skips them (`bench cache rm` once it has finished)", file=sys.stderr,
+                  flush=True)
 
 
     def _evaluate(self, prepared: Prepared, cell: ResolvedCell, reports: dict[str, Any],
@@ -223,7 +260,9 @@ class BenchJob(_Requeueable):
         from bench.heads.memory import resolve_budget
         from bench.protocol import evaluate, head_kind
         from bench.stats import bootstrap_intervals
-        from bench.results.tracking import TrackingError, log_record, save_pending, supersede
+        from bench.results.outbox import save_pending
+        from bench.results.runs import log_record, supersede
+        from bench.results.store import TrackingError
 
         run = prepared.run
         kind = head_kind(run.spec.head)
@@ -274,7 +313,7 @@ def _experiment(options: RunOptions) -> str:
     """The experiment a job logs to, in the tracking store its driver reads."""
     import os
 
-    from bench.results.tracking import ensure_experiment
+    from bench.results.store import ensure_experiment
 
     if options.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri
@@ -317,9 +356,14 @@ class SharedJob(_Requeueable):
         todo = [job for job in self.jobs if {c.identity for c in job.prepared.run.cells}
                 - set(job.finished(experiment_id, job.prepared))]
         if len(todo) > 1:
-            extract_features(todo[0].prepared, self.options, requests=list(dict.fromkeys(
-                request for job in todo for request in job.prepared.run.requests)),
-                cells_of=[job.prepared for job in todo])
+            from bench.features.cache import reading
+
+            requests = list(dict.fromkeys(request for job in todo
+                                          for request in job.prepared.run.requests))
+            heard = extraction_notice(todo[0].prepared, self.options, requests,
+                                      [job.prepared for job in todo])
+            with reading(e for job in todo for e in job_entries(job.prepared, self.options)):
+                extract_features(todo[0].prepared, self.options, heard, requests=requests)
         return [record for job in self.jobs for record in job()]
 
 

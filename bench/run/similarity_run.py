@@ -31,7 +31,7 @@ import numpy as np
 from bench.errors import UsageError
 from bench.points import expand_layers as expand_layer_specs
 from bench.results.record import RunRecord
-from bench.results.tracking import SimilarityRecord
+from bench.results.matrices import SimilarityRecord
 from bench.heads.similarity import INTERVALS, Measure
 from bench.run.spec import RunOptions, RunSpec
 
@@ -164,27 +164,33 @@ def _features(prepared: Any, split_name: str, indices: np.ndarray | None,
     only the chosen images are extracted (their own cache entries). A diffusion backbone draws
     its noise by an image's position in the split it extracts, so its subsets always come from
     their own entries: the same images always get the same features."""
-    from bench.features.cache import FeatureCache
+    from bench.features.cache import FeatureCache, reading
     from bench.features.extract import entry_fields, extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     full = prepared.task.split(split_name)
-    entries = {r: cache.entry(entry_fields(prepared.backbone, run.task_config, full, *r,
-                                           run.precision)) for r in run.requests}
+
+    def entries_of(split: Any) -> dict[tuple[str, str], Any]:
+        return {r: cache.entry(entry_fields(prepared.backbone, run.task_config, split, *r,
+                                            run.precision)) for r in run.requests}
+
+    entries = entries_of(full)
     source, rows = full, np.arange(len(full)) if indices is None else indices
     shared = indices is None or "noise_seed" not in prepared.backbone.config
     if not (shared and all(e.complete() for e in entries.values())):
         source = full if indices is None else full.subset(indices)
-        entries = extract(prepared.backbone, source, run.requests, cache, run.task_config,
-                          device=prepared.device, precision=run.precision,
-                          batch_size=options.batch_size, workers=options.workers,
-                          shard_size=options.shard_size, skip_corrupt=run.spec.skip_corrupt,
-                          progress=options.progress, compile=options.compile,
-                          decode=options.decode).entries
-        rows = np.arange(len(source))
-    opened = [entries[r].open() for r in run.requests]
-    rows = rows[np.logical_and.reduce([mask[rows] for _, _, mask in opened])]
-    return [np.asarray(x.take(rows)) for x, _, _ in opened], [source.items[i] for i in rows]
+        entries, rows = entries_of(source), np.arange(len(source))
+    with reading(entries.values()):  # no other run's --no-keep-features removes them meanwhile
+        if source is not full or not all(e.complete() for e in entries.values()):
+            entries = extract(prepared.backbone, source, run.requests, cache, run.task_config,
+                              device=prepared.device, precision=run.precision,
+                              batch_size=options.batch_size, workers=options.workers,
+                              shard_size=options.shard_size, skip_corrupt=run.spec.skip_corrupt,
+                              progress=options.progress, compile=options.compile,
+                              decode=options.decode).entries
+        opened = [entries[r].open() for r in run.requests]
+        rows = rows[np.logical_and.reduce([mask[rows] for _, _, mask in opened])]
+        return [np.asarray(x.take(rows)) for x, _, _ in opened], [source.items[i] for i in rows]
 
 
 def check_items(rows: list[Any], cols: list[Any], names: tuple[str, str]) -> None:
@@ -280,7 +286,8 @@ def similarity(spec: SimilaritySpec, options: RunOptions | None = None,
 
     from bench.heads import similarity as estimators
     from bench.precision import resolve_device
-    from bench.results.tracking import ensure_experiment, find_similarity
+    from bench.results.matrices import find_similarity
+    from bench.results.store import ensure_experiment
 
     options = options or RunOptions()
     started = time.time()
@@ -398,7 +405,8 @@ def _record(spec: SimilaritySpec, result: SimilarityResult, started: float) -> R
 
 def _log(experiment_id: str, spec: SimilaritySpec, result: SimilarityResult,
          started: float, figures: Figures | None) -> None:
-    from bench.results.tracking import log_record, supersede_similarity
+    from bench.results.matrices import supersede_similarity
+    from bench.results.runs import log_record
 
     record = _record(spec, result, started)
     artifacts = {ARTIFACT: result.to_json(), "protocol.json": record.protocol_json(),
@@ -440,7 +448,7 @@ def logged(record: RunRecord) -> SimilarityResult:
     import os
     import tempfile
 
-    from bench.results.tracking import client
+    from bench.results.store import client
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:

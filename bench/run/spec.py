@@ -198,6 +198,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     if backbone is None:
         backbone = backbones.create(spec.backbone, **spec.backbone_args)
     requests = checked_requests(spec, backbone)
+    policy = _kept_by_storage(spec, backbone, task, requests, policy, device)
     layers = [layer for layer, _ in requests]
     groups = None
     if kind.fuses_layers:
@@ -225,6 +226,19 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
         draft = ResolvedCell(features, "")
         run.cells.append(ResolvedCell(features, json_digest(run.protocol(draft))[:32]))
     return Prepared(run, backbone, task, device)
+
+
+def _kept_by_storage(spec: RunSpec, backbone: Backbone, task: Task,
+                     requests: list[tuple[str, str]], policy: PrecisionPolicy,
+                     device: Any) -> PrecisionPolicy:
+    """The policy whose 16-bit types hold the backbone's features of the calibration images
+    (``bench.features.extract.checked_storage``): float32 where the policy's own would lose them,
+    a refusal where the user chose it (``--cache-dtype``)."""
+    from bench.features.extract import checked_storage
+
+    return checked_storage(backbone, task.split("train"), requests, policy, device=device,
+                           skip_corrupt=spec.skip_corrupt,
+                           chosen=spec.cache_dtype != "auto").policy
 
 
 def feature_requests(spec: RunSpec, backbone: Backbone) -> list[tuple[str, str]]:

@@ -111,7 +111,8 @@ def describe(plan: SweepPlan) -> DryRun:
     machine's device, so give the policy explicitly when the jobs run on another kind.
     """
     from bench.features.cache import FeatureCache
-    from bench.results.tracking import ensure_experiment, find_records
+    from bench.results.runs import find_records
+    from bench.results.store import ensure_experiment
     from bench.run.costs import count, disk_check, duration, job_cost, size
     from bench.run.jobs import bench_jobs, job_label
     from bench.run.spec import resolve

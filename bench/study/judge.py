@@ -41,7 +41,7 @@ from bench.run.spec import RunOptions
 
 if TYPE_CHECKING:
     from bench.results.record import RunRecord
-    from bench.results.tracking import UnfinishedRun
+    from bench.results.runs import UnfinishedRun
     from bench.run.spec import RunSpec
     from bench.study.paper import Claim, Paper, PaperCell, PaperTable
     from bench.study.plan import PaperPlan, PlannedCell
@@ -311,7 +311,7 @@ def judge_claim(claim: Claim, higher: CellResult, lower: CellResult,
 
 def _compare(higher: CellResult, lower: CellResult) -> Any:
     """The paired comparison of two results on the same test images, else None."""
-    from bench.results.tracking import load_predictions
+    from bench.results.artifacts import load_predictions
     from bench.stats import compare
 
     if not (higher.test_manifest and higher.test_manifest == lower.test_manifest

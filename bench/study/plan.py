@@ -91,7 +91,7 @@ class PaperPlan:
 
     def finished(self) -> list[Any]:
         """The finished records (RunRecord) of the cells already done when it was planned."""
-        from bench.results.tracking import find_records
+        from bench.results.runs import find_records
 
         done = [c.identity for c in self.cells.values() if c.done]
         experiments = _experiments(self.options)
@@ -100,7 +100,7 @@ class PaperPlan:
 
 def _experiments(options: RunOptions) -> list[str]:
     """The suite's experiment, if it exists (planning creates none)."""
-    from bench.results.tracking import experiment_ids
+    from bench.results.store import experiment_ids
 
     return [options.experiment_id] if options.experiment_id else experiment_ids([options.suite])
 
@@ -356,7 +356,7 @@ def _checked_by_name(backbone: str, cells: list[PaperCell], built: bool) -> dict
 
 def _mark_done(plan: PaperPlan, options: RunOptions) -> None:
     """Which resolved cells have a finished result in the suite (none with ``force``)."""
-    from bench.results.tracking import find_records
+    from bench.results.runs import find_records
 
     identities = [c.identity for c in plan.cells.values() if c.identity]
     if options.force or not identities:

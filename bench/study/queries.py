@@ -1,4 +1,4 @@
-"""The queries the study layer makes of the store (``bench.results.tracking``): a paper's
+"""The queries the study layer makes of the store (``bench.results``): a paper's
 results by identity, the slot's current result where the identity has none, the runs that ended
 without a result, and finished similarity matrices. Reading only; the report's own run is logged
 by ``bench.study.report``."""
@@ -26,8 +26,9 @@ class Found:
 def find_results(plan: PaperPlan, suite: str) -> Found:
     """Each resolved cell's finished result, else its slot's current one, else the run or the
     job's claim that ended without it."""
-    from bench.results.tracking import (ended_claims, experiment_ids, find_records,
-                                        find_slot_records, unfinished_runs)
+    from bench.results.claims import ended_claims
+    from bench.results.runs import find_records, find_slot_records, unfinished_runs
+    from bench.results.store import experiment_ids
     from bench.study.plan import resolved_runs, slot_keys
 
     found = Found(experiment_ids([suite]))
@@ -47,6 +48,6 @@ def find_results(plan: PaperPlan, suite: str) -> Found:
 
 def finished_matrices(experiment_ids: list[str], identity: str) -> list[RunRecord]:
     """The finished similarity runs of one identity, newest first."""
-    from bench.results.tracking import find_similarity
+    from bench.results.matrices import find_similarity
 
     return [r for e in experiment_ids for r in find_similarity(e, identity)]

@@ -25,7 +25,8 @@ def make_report(paper_name: str, tables: list[str] | None = None,
     precision, cache dtype), so the cells resolve to the identities it ran."""
     from bench.digest import json_digest
     from bench.paths import reports_dir
-    from bench.results.tracking import ensure_experiment, log_report
+    from bench.results.publish import log_report
+    from bench.results.store import ensure_experiment
     from bench.study.pages import ReportError, write
     from bench.study.paper import load_paper
     from bench.study.plan import plan_paper
