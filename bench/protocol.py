@@ -43,7 +43,10 @@ from bench.registry import Registry
 # 5: halving never drops a point within one binomial standard error of the best on val
 # 6: successive halving is the linear grid's default; AdamW's weight update by torch's fused kernel
 # 7: minibatches in bench.heads.streaming's block-and-window order; statistics in float64 chunks
-PROTOCOL_VERSION = "7"
+# 8: scale-free standardisation (no epsilon; constant dimensions 0; shifted float64 sums), the
+#    BatchNorm and attention-LayerNorm epsilons relative to the features' scale, and the linear
+#    and mlp grids centred where standardised features select (lr 3e-4..3 x wd 0..10, decades)
+PROTOCOL_VERSION = "8"
 
 
 @dataclass

@@ -3,7 +3,8 @@ grids of ``bench.heads.probe.ProbeConfig`` (the linear, bn-linear and mlp heads)
 
 Every feature set is probed over a wide grid, learning rates 1e-5..10 by half decades and weight
 decays 0 and 1e-4..10 by decades, for the default 40 epochs (validation at every other epoch, no
-successive halving: the whole landscape), selecting on validation as the protocol does. The table
+successive halving: the whole landscape; the mlp with 256 hidden units, not the default 1,024,
+to keep its 91-point grid affordable), selecting on validation as the protocol does. The table
 gives each set's selected point and the points within one binomial standard error of the best on
 validation (the range a default grid should cover), then, for the default grid given by
 ``--lrs`` / ``--wds`` (the current defaults unless given), how many sets select at one of its

@@ -157,3 +157,26 @@ def test_it_runs_in_a_sweep_and_its_grid_edge_hint_names_its_flag(one_file_head,
     assert head_kind("centroid-grid").widen("shrink") == "--shrinks"
     if record.best["shrink"] == 0.25:
         assert record.grid_edge.endswith("with --shrinks")
+
+
+def test_what_a_user_chose_leaves_out_what_the_task_and_the_head_say_is_no_choice(tmp_path):
+    """``ResolvedRun.settings`` (what makes a run an alternative of its cell) asks the task for
+    the arguments outside its identity (``Task.identity_excludes``, not a hard-coded ``root``)
+    and the head kind for the settings naming its cell (``HeadKind.cell_settings``, not a
+    hard-coded ``shots``)."""
+    from bench.run.spec import RunOptions, RunSpec, resolve
+
+    (tmp_path / "mirrored.py").write_text(
+        "from bench.tasks.digits import Digits\n\n\n"
+        "class Mirrored(Digits):\n"
+        "    identity_excludes = ('root', 'expected_counts', 'mirror')\n\n\n"
+        "def mirrored(mirror: str = 'a', limit: int = 30):\n"
+        "    return Mirrored(limit)\n")
+    task = f"{tmp_path / 'mirrored.py'}:mirrored"
+    options = RunOptions(device="cpu")
+    run = resolve(RunSpec("pixels", task, task_args={"mirror": "b", "limit": 20},
+                          backbone_args={"size": 4}), options).run
+    assert run.settings["task_args"] == {"limit": 20}  # where the data comes from is no choice
+    shots = resolve(RunSpec("pixels", "digits", head="few-shot", backbone_args={"size": 4},
+                            head_args={"shots": 2, "epochs": 3}), options).run
+    assert shots.settings["head"] == {"epochs": 3} and shots.variant == "2-shot"

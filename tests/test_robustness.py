@@ -339,7 +339,8 @@ def make():
 
 def _errors(err: str) -> list[str]:
     """stderr without MLflow's own INFO lines (printed when a store is first created) and
-    bench's progress notes ("extracting N images ..." and its indented cost lines, "note: ...")."""
+    bench's progress notes ("extracting N images ..." and its indented cost lines, and "note:"
+    lines such as a class a small ``limit`` leaves out of a split)."""
     return [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line
             and not line.startswith(("extracting ", "  ", "note: "))]
 

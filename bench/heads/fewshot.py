@@ -41,6 +41,7 @@ DRAWS = 5
 # estimate a variance per dimension), kept to compare.
 NORMALISATIONS = ("l2", "pool", "support")
 LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # SGD's grid: on unit-length rows
+WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)  # SGD's decoupled decay, lr x decay < 1
 
 
 @dataclass
@@ -85,7 +86,7 @@ class FewShotConfig:
     head: str = "few-shot"
     shots: int = setting(5, COUNT)
     lrs: tuple[float, ...] = setting(LRS, POSITIVE)
-    weight_decays: tuple[float, ...] = setting(ProbeConfig.weight_decays, NON_NEGATIVE)
+    weight_decays: tuple[float, ...] = setting(WEIGHT_DECAYS, NON_NEGATIVE)
     epochs: int = setting(ProbeConfig.epochs, COUNT)
     eval_every: int = setting(ProbeConfig.eval_every, COUNT)
     batch_size: int = setting(ProbeConfig.batch_size, COUNT)
