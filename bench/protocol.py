@@ -265,6 +265,9 @@ class HeadKind:
     state: Any = None
     cell_settings: tuple[str, ...] = ()  # settings that name the cell (its variant): not a choice
     default_seeds: int = 1  # runs (seeds 0..n-1) when none are asked for
+    # recipe name -> the settings it fixes for this head (``RECIPES``; ``bench`` fixes none): a
+    # recipe this head does not list is refused (``recipe_settings``)
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def flags(self) -> dict[str, str]:
@@ -379,6 +382,66 @@ def register_head(kind: Any) -> Any:
     subclass whose no-argument instance is registered. Anything else is a TypeError."""
     HEADS.add(kind)
     return kind
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How heads are trained, by name (``--recipe``). ``bench``, the default, is each head's
+    own settings: a grid selected on val, retrained, tested once. Another recipe fixes settings
+    per head, declared by the head's kind (``HeadKind.recipes``: a one-file head adds its own);
+    a head that declares none refuses it. ``mark`` and ``footnote``: how a leaderboard marks its
+    results; ``selects``: whether validation selects anything under it."""
+
+    name: str
+    description: str
+    mark: str = ""
+    footnote: str = ""
+    selects: bool = True
+
+
+DEFAULT_RECIPE = "bench"
+RECIPES: Registry[Recipe] = Registry("recipe", Recipe, key=lambda recipe: recipe.name)
+RECIPES.add(Recipe(DEFAULT_RECIPE, "each head's own settings: a hyperparameter grid selected on "
+                   "val, the winner retrained on train+val and tested once"))
+RECIPES.add(Recipe(
+    "paper", "Mukhopadhyay et al. 2023's released scripts (finetune.py, scripts/linear.sh, "
+    "attention.sh): SGD without momentum or weight decay, cross-entropy, StepLR(7, 0.1) per "
+    "epoch, 28 epochs, batch 128, lr 1e-2 (linear, raw features) or 5e-2 (attention); one "
+    "training on train+val, the model after the last epoch is tested",
+    mark="§", footnote="trained with the paper's recipe (SGD without momentum or weight decay, "
+    "StepLR(7, 0.1), 28 epochs, batch 128, raw features), no validation selection",
+    selects=False))
+
+
+def recipe_settings(kind: HeadKind, recipe: str) -> dict[str, Any]:
+    """The settings ``recipe`` fixes for ``kind`` ({} for ``bench``); an unknown recipe, or one
+    the head does not declare, is a one-line UsageError."""
+    RECIPES.get(recipe)  # unknown: the registry's error, naming the recipes
+    if recipe == DEFAULT_RECIPE:
+        return {}
+    if recipe not in kind.recipes:
+        having = [k.name for k in HEADS.values() if recipe in k.recipes]
+        raise UsageError(f"head {kind.name!r} has no {recipe!r} recipe; heads with one: "
+                         f"{', '.join(having) or 'none'} (or use --recipe {DEFAULT_RECIPE})")
+    return dict(kind.recipes[recipe])
+
+
+def apply_recipe(kind: HeadKind, recipe: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with what ``recipe`` fixes for ``kind``; a setting given otherwise than the
+    recipe fixes it is a one-line UsageError naming its flag (the same value is fine)."""
+    fixed = recipe_settings(kind, recipe)
+    flags = {setting: flag for flag, setting in kind.flags.items()}
+
+    def same(a: Any, b: Any) -> bool:
+        return (tuple(a) if isinstance(a, (list, tuple)) else a) == (
+            tuple(b) if isinstance(b, (list, tuple)) else b)
+
+    for name, value in settings.items():
+        if name in fixed and not same(value, fixed[name]):
+            given = flags.get(name) or f"--probe-arg {name}="
+            raise UsageError(f"--recipe {recipe} fixes {name} = {fixed[name]!r} for head "
+                             f"{kind.name!r}: drop {given}, or use --recipe {DEFAULT_RECIPE}")
+    return {**settings, **fixed}
 
 
 def protocols() -> dict[str, tuple[str, ...] | None]:

@@ -41,10 +41,12 @@ FRACTION = Range("a number strictly between 0 and 1", lambda v: _number(v) and 0
 COUNT, COUNT0 = _count(1), _count(0)
 
 
-def setting(default: Any, rule: Range | None = None) -> Any:
+def setting(default: Any, rule: Range | None = None, *, when_set: bool = False) -> Any:
     """A field of a head's settings dataclass with its range (a list is checked element by
-    element; None is left unchecked)."""
-    return dataclasses.field(default=default, metadata={"range": rule} if rule else {})
+    element; None is left unchecked). ``when_set``: in a result's identity only where it is
+    not ``default`` (a setting added later leaves the identities from before it as they were)."""
+    metadata = ({"range": rule} if rule else {}) | ({"when_set": True} if when_set else {})
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def settings_ranges(config: Any) -> dict[str, Range]:

@@ -106,6 +106,7 @@ def add_probe_args(p: argparse.ArgumentParser, kinds: Sequence[Any]) -> None:
     p.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="other settings of the head, e.g. hidden=512, recipe=adamw, dim=512")
     p.add_argument("--seed", type=int, help="the probe's seed (default 0)")
+    add_recipe_arg(p, "bench")
     add_head_options(p, kinds)
     p.add_argument("--memory-budget", default="auto", type=_size,
                    help="features a probe holds in memory at once, e.g. 512MB, 4GB (default auto: "
@@ -114,6 +115,19 @@ def add_probe_args(p: argparse.ArgumentParser, kinds: Sequence[Any]) -> None:
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
+
+
+def add_recipe_arg(p: argparse.ArgumentParser, default: str, study: bool = False) -> None:
+    """``--recipe``: how heads are trained (``bench.protocol.RECIPES``, the registry itself as
+    the choices)."""
+    from bench.protocol import RECIPES
+
+    where = (" (cells naming their own keep it; a head without it trains under bench's own)"
+             if study else " (a head without it refuses it)")
+    p.add_argument("--recipe", default=default, choices=RECIPES, metavar="{" + ",".join(
+        RECIPES.names()) + "}", help="how heads are trained: bench, each head's own grid "
+        "selected on val; paper, the seed paper's SGD + StepLR(7, 0.1), 28 epochs, batch 128, "
+        f"no selection (linear, attention){where}; default {default}")
 
 
 def head_options(kinds: Sequence[Any]) -> dict[str, tuple[Any, list[str]]]:
@@ -215,7 +229,7 @@ def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[st
                    backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
                    head_args=head_args(args), seed=args.seed or 0, precision=args.precision,
                    skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
-                   keep_features=args.keep_features)
+                   keep_features=args.keep_features, recipe=args.recipe)
 
 
 def run_options(args: argparse.Namespace):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options
+from bench.cli.reproduce import STUDY_RECIPE
 from bench.precision import CACHE_DTYPES
 
 
@@ -24,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-dtype", default="auto", choices=list(CACHE_DTYPES),
                    help="as given to bench reproduce")
     p.add_argument("--skip-corrupt", action="store_true", help="as given to bench reproduce")
+    options.add_recipe_arg(p, STUDY_RECIPE, study=True)
     p.set_defaults(func=main)
 
 

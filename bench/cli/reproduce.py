@@ -7,6 +7,8 @@ import sys
 
 from bench.cli import options
 
+STUDY_RECIPE = "paper"  # bench.study.plan.STUDY_RECIPE, spelt here: the parser imports no study
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -22,6 +24,7 @@ def add_parser(sub) -> None:
                    "forward passes, cache, time, what a full run would download; run nothing")
     options.add_feature_args(p, spec_args=False)
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
+    options.add_recipe_arg(p, STUDY_RECIPE, study=True)
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
@@ -35,7 +38,8 @@ def spec_template(args: argparse.Namespace):
     from bench.run.spec import RunSpec
 
     return RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,
-                   skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype)
+                   skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
+                   recipe=args.recipe)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -26,6 +26,12 @@ GRID = (EPOCHS, LRS, WDS)
 GRID_AXES = {"lr": "lrs", "weight_decay": "weight_decays"}
 PROBE = dict(options=GRID, axes=GRID_AXES, memory="bench.heads.probe:grid_memory",
              state="bench.heads.probe:grid_state")
+# The paper's recipe (``bench.protocol.RECIPES``; Mukhopadhyay et al. 2023's finetune.py and
+# scripts/*.sh: 28 epochs at batch 128, validation only at the end so nothing is selected)
+PAPER = dict(epochs=28, batch_size=128, eval_every=28)
+PAPER_LINEAR = {"paper": PAPER | dict(optimizer="sgd-step", standardise=False, lrs=(1e-2,),
+                                      weight_decays=(0.0,), halving=False)}
+PAPER_ATTENTION = {"paper": PAPER | dict(recipe="paper", lrs=(5e-2,), weight_decay=0.0)}
 ATTENTION = dict(options=(EPOCHS, LRS), axes={"lr": "lrs"},
                  memory="bench.heads.attention:attention_memory",
                  state="bench.heads.attention:attention_state")
@@ -48,7 +54,7 @@ class FewShotKind(HeadKind):
 KINDS = (
     HeadKind("linear", "standardised features, Linear; AdamW lr x wd x epochs grid, batched",
              "bench.heads.probe:ProbeConfig", "bench.heads.probe:GridProbeTrainer", "vectors",
-             **PROBE),
+             recipes=PAPER_LINEAR, **PROBE),
     HeadKind("bn-linear", "MAE's protocol: BatchNorm without affine, then Linear; batched grid",
              "bench.heads.probe:ProbeConfig", "bench.heads.probe:GridProbeTrainer", "vectors",
              family="linear", **PROBE),
@@ -57,7 +63,7 @@ KINDS = (
              **PROBE),
     HeadKind("attention", "the paper's attention head on lightly pooled maps (map16)",
              "bench.heads.attention:HeadConfig", "bench.heads.attention:AttentionTrainer", "maps",
-             default_pool="map16", **ATTENTION),
+             default_pool="map16", recipes=PAPER_ATTENTION, **ATTENTION),
     HeadKind("difformer", "DifFormer: one attention head shared across timesteps, fused",
              "bench.heads.attention:HeadConfig", "bench.heads.attention:AttentionTrainer", "maps",
              family="attention", default_pool="map16", fuses_layers=True, **ATTENTION),

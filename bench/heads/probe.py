@@ -64,10 +64,17 @@ class ProbeConfig:
     # they reached, and selection is over all of them. The default: on benchmarks/halving_table.py's
     # four feature sets it selects the full grid's point, in about 60% of its time (README).
     halving: bool = True
+    # The paper's recipe (``bench.protocol.RECIPES``) sets these: ``sgd-step`` (``_AdamW``) on
+    # the raw features; in an identity only where not the default
+    optimizer: str = setting("adamw", when_set=True)
+    standardise: bool = setting(True, when_set=True)
 
     def __post_init__(self) -> None:
         if self.head not in ARCHITECTURES:
             raise UsageError(f"the grid probe builds {', '.join(ARCHITECTURES)}, not {self.head!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"probe optimizer {self.optimizer!r}: use one of "
+                             f"{', '.join(OPTIMIZERS)}")
         if self.epochs < 1 or self.eval_every < 1 or not self.lrs or not self.weight_decays:
             raise UsageError("probe needs epochs >= 1, eval_every >= 1 and non-empty lr/wd grids")
         check_settings(self)
@@ -177,7 +184,8 @@ class _GridHeads(nn.Module):
                 params[i] = nn.Parameter(p.detach().index_select(0, index))
 
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "sgd-step")
+STEP_EPOCHS, STEP_GAMMA = 7, 0.1  # sgd-step: the paper's StepLR(7, 0.1), stepped per epoch
 STATE_BYTES = 4 * 4  # float32 bytes per weight: the weight, two moments and its gradient
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # AdamW's; BETA1 is SGD's momentum too
 
@@ -189,7 +197,9 @@ class _AdamW:
     ``optimizer="sgd"``: SGD with momentum 0.9 and decoupled decay instead. From zero weights
     its first steps move a linear head toward the class means; Adam's per-coordinate scaling
     moves every weight by about lr whatever its gradient, which on a few images per class
-    (few-shot) amplifies the dimensions that barely vary.
+    (few-shot) amplifies the dimensions that barely vary. ``optimizer="sgd-step"``: the paper's
+    recipe, torch's ``SGD(momentum=0)`` (decay, if any, added to the gradient) with
+    ``StepLR(7, 0.1)`` stepped once per epoch of ``steps_per_epoch`` steps, no cosine.
     The optimizer touches every grid weight each step, so on a CPU its passes over memory cost as
     much as the GEMMs: the weights of each grid point (a contiguous slice of the (G, ...) stack)
     are updated by torch's fused AdamW kernel, the one behind ``torch.optim.AdamW(fused=True)``
@@ -197,10 +207,11 @@ class _AdamW:
     """
 
     def __init__(self, heads: _GridHeads, lrs: torch.Tensor, wds: torch.Tensor, total_steps: int,
-                 optimizer: str = "adamw"):
+                 optimizer: str = "adamw", steps_per_epoch: int = 1):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        self.sgd = optimizer == "sgd"
+        self.sgd, self.step_lr = optimizer == "sgd", optimizer == "sgd-step"
+        self.steps_per_epoch = steps_per_epoch
         self.heads = heads
         self._state()
         device = heads.weights[0].device
@@ -228,6 +239,15 @@ class _AdamW:
         self.step_count += 1
         scale = 0.5 * (1 + math.cos(math.pi * (self.step_count - 1) / self.total_steps))
         params, weights = list(self.heads.parameters()), len(self.heads.weights)
+        if self.step_lr:
+            epoch = (self.step_count - 1) // self.steps_per_epoch
+            scale = STEP_GAMMA ** (epoch // STEP_EPOCHS)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                lr = self._per_point(self.lrs, p.dim())
+                if i < weights:
+                    g = g + self._per_point(self.wds, p.dim()) * p
+                p.addcmul_(g, lr, value=-scale)
+            return
         if self.sgd:
             for i, (p, g, (m, _)) in enumerate(zip(params, grads, self.moments)):
                 lr = self._per_point(self.lrs, p.dim())
@@ -379,7 +399,7 @@ def train_grid(
     seed, and the same numbers whether ``x`` is in memory or streamed. ``matmul``: the linear
     heads' GEMM type (``_GridHeads``); MLP heads train in float32. ``standardise=False``: ``x``
     is used as given by ``linear`` and ``mlp`` heads (normalised by the caller, e.g. few-shot).
-    ``optimizer``: ``adamw``, or ``sgd`` (with momentum; ``_AdamW``).
+    ``optimizer``: ``adamw``, ``sgd`` (with momentum) or ``sgd-step`` (the paper's; ``_AdamW``).
     """
     batches = x if isinstance(x, Batches) else Batches.holding(x, y, cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -388,7 +408,7 @@ def train_grid(
     norm = _Normaliser(batches, batchnorm=cfg.head == "bn-linear", standardise=standardise)
     model = GridModel(heads, norm, list(range(len(lrs))))
     steps_per_epoch = math.ceil(batches.n / cfg.batch_size)
-    optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch, optimizer)
+    optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch, optimizer, steps_per_epoch)
     last = stop_at or cfg.epochs
     from tqdm.auto import tqdm
 
@@ -440,16 +460,18 @@ class GridProbeTrainer:
     ``refit_on="train"`` retrains the selected point on train alone: few-shot probes validate on
     the rest of train, which must not leak into the k-shot head. ``standardise=False``: features
     come normalised (few-shot normalises rows itself: the k shots cannot estimate variances).
+    ``standardise`` and ``optimizer``: None, the settings' own (``ProbeConfig``).
     """
 
     def __init__(self, cfg: ProbeConfig, device: torch.device | str, precision: PrecisionPolicy,
                  progress: bool = False, groups=None, refit_on: str = "train+val",
-                 standardise: bool = True, optimizer: str = "adamw"):
+                 standardise: bool | None = None, optimizer: str | None = None):
         if refit_on not in REFIT_ON:
             raise ValueError(f"refit_on must be one of {', '.join(REFIT_ON)}, got {refit_on!r}")
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress
         self.refit_splits = refit_on.split("+")
-        self.standardise, self.optimizer = standardise, optimizer
+        self.standardise = cfg.standardise if standardise is None else standardise
+        self.optimizer = cfg.optimizer if optimizer is None else optimizer
         self.store = getattr(torch, require(precision).probe_inputs)
         # The policy's head type: bf16 GEMMs for the linear grid's search (``_GridHeads``),
         # where G heads make them the cost; the selected point's refit is one head, in float32.

@@ -13,7 +13,8 @@ half-width of its 95% bootstrap interval over test images. Per column, rows that
 comparison with the column's best (from the stored per-image predictions) does not find
 different (``bench.stats.Comparison.distinguishable``, the rule ``bench compare`` prints) are
 marked ``≈``. A cell whose selected grid point lies at an end of its grid is marked ``†`` and
-named in a footnote. The table is printed, written
+named in a footnote; one trained under another recipe than bench's own (``bench.protocol.RECIPES``:
+``--recipe paper``) carries that recipe's mark (``§``) and footnote. The table is printed, written
 to ``results/leaderboard.md`` and ``.csv`` and logged to MLflow (a ``leaderboard`` run holding it
 as a table and as files). Reference rows (published numbers, given by the caller: ``bench.study.references``) can be added.
 """
@@ -30,6 +31,7 @@ from bench.results.record import RunRecord
 
 TIED = "≈"
 EDGE = "†"
+DEFAULT_RECIPE = "bench"  # bench.protocol.DEFAULT_RECIPE: unmarked
 FOOTER = (f"`a ± h`: test metric and the half-width h of its 95% bootstrap interval over test "
           f"images. {TIED}: not distinguishable from the best of its column (paired bootstrap "
           f"of the difference on the same test images: two-sided p >= 0.05).")
@@ -50,9 +52,29 @@ def footnotes(cells: Any) -> list[str]:
     rows = list(cells.itertuples())
     edges = [f"{EDGE} {row.backbone} on {row.task} ({row.run}): selected at the grid's edge: "
              f"{row.edge}" for row in rows if getattr(row, "edge", "")]
-    return edges + [f"{row.backbone} on {row.task}: chosen on validation (never test) among "
-                    f"{row.alternatives} alternatives of {row.run} with other chosen settings"
-                    for row in rows if getattr(row, "alternatives", 1) > 1]
+    recipes = [f"{recipe_mark(row.recipe)} {row.backbone} on {row.task} ({row.run}): "
+               f"{recipe_footnote(row.recipe)}"
+               for row in rows if getattr(row, "recipe", DEFAULT_RECIPE) != DEFAULT_RECIPE]
+    return edges + recipes + [
+        f"{row.backbone} on {row.task}: chosen on validation (never test) among "
+        f"{row.alternatives} alternatives of {row.run} with other chosen settings"
+        for row in rows if getattr(row, "alternatives", 1) > 1]
+
+
+def recipe_mark(recipe: str) -> str:
+    """A recipe's leaderboard mark ("" for bench's own; its name for one not registered here)."""
+    from bench.protocol import RECIPES
+
+    if recipe == DEFAULT_RECIPE:
+        return ""
+    return RECIPES.get(recipe).mark if recipe in RECIPES else f"[{recipe}]"
+
+
+def recipe_footnote(recipe: str) -> str:
+    from bench.protocol import RECIPES
+
+    return (RECIPES.get(recipe).footnote if recipe in RECIPES else
+            f"trained with recipe {recipe!r}, not registered in this bench")
 
 
 @dataclass
@@ -95,9 +117,9 @@ def select_cells(records: list[RunRecord], metric: str = "test_top1",
         rows.append({"backbone": r.backbone, "task": column(r), "run": r.name,
                      "run_id": r.run_id, metric: r.metrics.get(metric), "low": low, "high": high,
                      "val": r.val_score, "start": r.start_time or 0.0, "edge": r.grid_edge,
-                     "slot": "/".join(r.slot)})
+                     "slot": "/".join(r.slot), "recipe": r.recipe})
     columns = ["backbone", "task", "run", "run_id", metric, "low", "high", "val", "edge",
-               "alternatives"]
+               "recipe", "alternatives"]
     if not rows:
         return pd.DataFrame(columns=columns)
     df = pd.DataFrame(rows).sort_values(["val", "start"], ascending=[False, False], kind="stable")
@@ -170,6 +192,8 @@ def display_table(cells: Any, ties: set[tuple[str, str]], metric: str = "test_to
         format_value(row[metric], row["low"], row["high"])
         + (f" {TIED}" if (row["backbone"], row["task"]) in ties else "")
         + (f" {EDGE}" if row.get("edge") else "")
+        + (f" {recipe_mark(row['recipe'])}" if row.get("recipe", DEFAULT_RECIPE)
+           != DEFAULT_RECIPE else "")
         for _, row in cells.iterrows()])
     table = text.pivot(index="backbone", columns="task", values="shown").fillna("")
     table.columns.name = None

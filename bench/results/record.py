@@ -8,7 +8,7 @@ or artifact name. This module is pure: moving records in and out of MLflow is th
 | MLflow | names |
 | --- | --- |
 | run | named by ``RunRecord.label`` (``pixels image/16 linear digits``: the UI's first column tells runs apart) |
-| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / report: a paper's report, with ``bench.paper`` and ``bench.report_tables`` / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``; a claim whose job raised ends FAILED with ``bench.error``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end) |
+| tags | ``mlflow.note.content`` (the run's description in the UI: ``94.71 ± 2.09 (val 96.50), linear, lr 0.003, wd 0, epochs 40``), ``bench.name`` (the record's name, ``pixels/digits/image/16/linear``), ``bench.kind`` (result / leaderboard / report: a paper's report, with ``bench.paper`` and ``bench.report_tables`` / lock: a claim on cells being computed, with ``bench.lock``, ``bench.lock_owner``, ``bench.heartbeat``; a claim whose job raised ends FAILED with ``bench.error``), ``bench.identity`` (the resolved protocol's digest), ``bench.schema``, ``bench.version`` (code: package + git), ``bench.backbone``, ``bench.task``, ``bench.headline``, ``bench.weights_sha256``, ``bench.cache_keys``, ``bench.skipped_count``, ``bench.skipped``, ``bench.superseded_by``, ``bench.slot`` (digest of the schema and the leaderboard slot, for lookups by tag; with the settings digest when the user chose settings), ``bench.settings`` (digest of the settings the user chose, when any: ``bench.run.spec.user_settings``), ``bench.grid_edge`` (a grid axis selected at its end), ``bench.recipe`` (how the head was trained, when not bench's own: ``bench.protocol.RECIPES``) |
 | params | ``backbone``, ``task``, ``layer``, ``pool``, ``head``, ``seed``, ``variant`` (heads with variants, e.g. ``5-shot``), ``best.*`` (the selected grid point), ``protocol.*`` (the resolved protocol, flattened) |
 | metrics | ``test_top1``, ``test_top5``, ``test_mean_per_class``, their 95% bootstrap intervals ``test_top1_ci95_low``/``_high`` (...), ``val_*`` of the selected point, ``probe_seconds``, ``bootstrap_seconds``; after a several-seed run, ``test_top1_seed_mean``/``_seed_std`` (...) and ``seed_count`` on each of its records |
 | artifacts | ``protocol.json``, ``per_class_accuracy.csv``, ``grid.csv``, ``confusion_matrix.png``, ``predictions.npz`` (per test image: top-5 class ids and label, ``bench.stats.Predictions``) |
@@ -41,6 +41,7 @@ SLOT = "bench.slot"
 SLOTS_TAGGED = "bench.slots_tagged"  # experiment tag: every result run in it carries SLOT
 GRID_EDGE = "bench.grid_edge"
 SETTINGS = "bench.settings"
+RECIPE = "bench.recipe"  # written only for a recipe other than bench's own
 TEST_MANIFEST_PARAM = "protocol.split_manifests.test"
 RESULT, LEADERBOARD, LOCK, REPORT = "result", "leaderboard", "lock", "report"
 SIMILARITY = "similarity"  # a similarity matrix's run (bench.results.matrices)
@@ -85,6 +86,7 @@ class RunRecord:
     grid_edge: str = ""  # grid axes selected at an end of their range (``protocol.grid_edges``)
     settings: str = ""  # digest of the settings the user chose ("": none, the defaults)
     test_manifest: str = ""  # the test split's manifest digest: what the test set was
+    recipe: str = "bench"  # how the head was trained (bench.protocol.RECIPES)
 
     @property
     def slot(self) -> tuple[str, ...]:
@@ -143,6 +145,8 @@ class RunRecord:
             tags[GRID_EDGE] = self.grid_edge[:MAX_TAG]
         if self.settings:
             tags[SETTINGS] = self.settings
+        if self.recipe != "bench":
+            tags[RECIPE] = self.recipe
         return tags
 
     def to_params(self) -> dict[str, str]:
@@ -187,6 +191,7 @@ class RunRecord:
                                            "settings": run.settings},
             start_time=start_time, variant=run.variant, grid_edge="; ".join(result.edge),
             settings=settings_digest(run.settings), test_manifest=run.split_manifests["test"],
+            recipe=run.spec.recipe,
         )
 
     # --- reading ------------------------------------------------------------------------------
@@ -211,6 +216,7 @@ class RunRecord:
             superseded_by=tags.get(SUPERSEDED_BY), variant=_variant(params),
             grid_edge=tags.get(GRID_EDGE, ""),
             settings=tags.get(SETTINGS, ""), test_manifest=params.get(TEST_MANIFEST_PARAM, ""),
+            recipe=tags.get(RECIPE, "bench"),
         )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.ranges import size_text as size
-from bench.run.spec import SPLITS, Prepared
+from bench.run.spec import SPLITS, Prepared, head_config
 
 SHARD_OVERHEAD = 8192  # bytes per shard beyond its rows: .npy header, sidecar, filesystem blocks
 CALIBRATION_IMAGES = 64  # images timed on a CUDA device (at most the batch size)
@@ -247,7 +247,7 @@ def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost], rows: dic
     stored = 4 if run.precision.storage == BF16 else storage_numpy(run.precision.storage).itemsize
     inputs = Inputs(rows, dims, stored, storage_numpy(run.precision.probe_inputs).itemsize,
                     run.num_classes, tuple(p.shape for p in points))
-    cost = kind.cost(kind.make_config(run.spec.head_args, run.spec.seed), inputs, budget)
+    cost = kind.cost(head_config(run.spec), inputs, budget)
     return CellCost(f"{cell.layer} pool={cell.pool}", cell.identity, dims, per_split,
                     cost.plan.peak if cost.plan else None, cost.state, cost.formula, cost.plan)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.errors import UsageError
 from bench.results.record import RunRecord
-from bench.run.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec
+from bench.run.spec import SPLITS, Prepared, ResolvedCell, RunOptions, RunSpec, head_config
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0  # the same predictions always give the same interval
@@ -270,7 +270,7 @@ class BenchJob(_Requeueable):
         data = _probe_data(entries, kind.inputs == "maps", run.num_classes,
                            prepared.task.split("train").items,
                            resolve_budget(self.options.memory_budget, prepared.device))
-        trainer = kind.make_trainer(kind.make_config(run.spec.head_args, run.spec.seed),
+        trainer = kind.make_trainer(head_config(run.spec),
                                     prepared.device, run.precision, self.options.progress,
                                     run.groups)
         probe_started = time.time()

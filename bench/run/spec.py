@@ -61,6 +61,9 @@ class RunSpec:
     skip_corrupt: bool = False  # leave unreadable images out (recorded) instead of stopping
     cache_dtype: str = "auto"  # the cached features' type (auto: the precision policy's storage)
     keep_features: bool = True  # False: the job deletes its cache entries once its cells are logged
+    # how the head is trained (bench.protocol.RECIPES): "bench", each head's own grid selected on
+    # val; "paper", the settings the head's kind declares for the paper's recipe
+    recipe: str = protocols.DEFAULT_RECIPE
 
 
 @dataclass
@@ -146,6 +149,8 @@ class ResolvedRun:
             "image_reader": IMAGE_READER,
             # only when not kept, so that every identity from before the flag stays the same
             **({} if self.spec.keep_features else {"features_kept": False}),
+            **({} if self.spec.recipe == protocols.DEFAULT_RECIPE else
+               {"recipe": self.spec.recipe}),
         }
 
     def run_name(self, cell: ResolvedCell) -> str:
@@ -294,14 +299,18 @@ def user_settings(spec: RunSpec, head_settings: Any,
     ``Task.identity_excludes``: where the data is, what ``verify`` expects; the split manifests
     say what it is), the head settings given (those naming the cell aside,
     ``HeadKind.cell_settings``: few-shot's shots), an explicit precision or cache dtype,
-    ``--skip-corrupt`` and ``--no-keep-features``. Defaults are not in it, so a changed default
-    supersedes; a run choosing otherwise is an alternative of the same cell."""
+    ``--skip-corrupt``, ``--no-keep-features`` and a recipe other than ``bench`` (the settings
+    it fixes are the recipe's, not chosen one by one). Defaults are not in it, so a changed
+    default supersedes; a run choosing otherwise is an alternative of the same cell."""
     head = _settings(head_settings)
-    cell = head_kind(spec.head).cell_settings
+    kind = head_kind(spec.head)
+    fixed = protocols.recipe_settings(kind, spec.recipe)
     chosen = {
+        "recipe": spec.recipe if spec.recipe != protocols.DEFAULT_RECIPE else None,
         "backbone_args": dict(spec.backbone_args),
         "task_args": {k: v for k, v in spec.task_args.items() if k not in task_excludes},
-        "head": {k: head.get(k, v) for k, v in spec.head_args.items() if k not in cell},
+        "head": {k: head.get(k, v) for k, v in spec.head_args.items()
+                 if k not in kind.cell_settings and k not in fixed},
         "precision": spec.precision if spec.precision != "auto" else None,
         "skip_corrupt": spec.skip_corrupt or None,
         "cache_dtype": spec.cache_dtype if spec.cache_dtype != "auto" else None,
@@ -311,9 +320,13 @@ def user_settings(spec: RunSpec, head_settings: Any,
 
 
 def _settings(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
+    """The head's settings as its identity digests them: lists for tuples, and a setting added
+    later (``bench.ranges.setting(when_set=True)``) only where it is not its default."""
+    from dataclasses import asdict, fields
 
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    added = {f.name: f.default for f in fields(config) if f.metadata.get("when_set")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
+            if k not in added or v != added[k]}
 
 
 def check_spec(spec: RunSpec) -> None:
@@ -332,9 +345,11 @@ def check_spec(spec: RunSpec) -> None:
 
 
 def head_config(spec: RunSpec) -> Any:
-    """The head's settings with defaults filled in, every number checked against the range its
-    kind declares (``HeadKind.make_config``)."""
-    return head_kind(spec.head).make_config(spec.head_args, spec.seed)
+    """The head's settings with the recipe's (``bench.protocol.apply_recipe``: a head without
+    it, or a setting given otherwise, is refused) and defaults filled in, every number checked
+    against the range its kind declares (``HeadKind.make_config``)."""
+    kind = head_kind(spec.head)
+    return kind.make_config(protocols.apply_recipe(kind, spec.recipe, spec.head_args), spec.seed)
 
 
 def check_task_args(spec: RunSpec) -> None:

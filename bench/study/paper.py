@@ -44,10 +44,11 @@ RESERVED_KEYS = ("index", "report")  # the report folder's own pages (index.md, 
 MAX_BYTES = 1 << 20  # the shipped seed paper is 40 KB
 MAX_NODES = 100_000  # values after YAML aliases are expanded; the seed paper has about 3,000
 DEFAULT_MARGIN = 1.0  # points: ours minus the paper within +-margin counts as reproduced
-# How a cell's head is trained. "bench" is ours (cached features, settings selected on val);
-# the paper's own training recipe is added here when bench has one, and a cell may then ask
-# for it. Until then a cell naming another recipe is refused.
-RECIPES = ("bench",)
+# How a cell's head is trained: a recipe of ``bench.protocol.RECIPES``, "bench" (ours: cached
+# features, settings selected on val) or "paper" (the seed paper's released recipe: SGD, StepLR,
+# 28 epochs, no selection). A cell without ``recipe`` is trained under the recipe `bench
+# reproduce --recipe` names (paper by default; ``bench.study.plan``); a cell naming one
+# trains under it whatever the flag says. A recipe bench does not have is refused.
 
 
 class PaperError(UsageError):
@@ -78,7 +79,7 @@ class PaperCell:
     method: str = ""  # the paper's name for the row (leaderboard reference rows); "" = the id
     not_computed: str = ""  # why bench does not compute this published number ("" = it does)
     assumed: str = ""  # a setting the paper does not state, chosen by bench, and why
-    recipe: str = "bench"  # how its head is trained: one of RECIPES
+    recipe: str = ""  # how its head is trained (bench.protocol.RECIPES); "": as reproduce says
 
     @property
     def computed(self) -> bool:
@@ -572,8 +573,10 @@ def _cell(where: _Where, raw: Any, defaults: Mapping[str, Any], table: str, sour
     metric = where.text(merged, "metric")
     if metric not in metric_names:
         raise where.error("metric", f"{metric!r}: use one of {', '.join(metric_names)}")
-    recipe = where.text(merged, "recipe", "bench")
-    if recipe not in RECIPES:
+    from bench.protocol import RECIPES
+
+    recipe = where.text(merged, "recipe")
+    if recipe and recipe not in RECIPES:
         raise where.error("recipe", f"{recipe!r} does not exist in this bench; recipes: "
                           f"{', '.join(RECIPES)}")
     x = merged.get("x", merged.get(str(x_field))) if kind == "curve" else merged.get("x")

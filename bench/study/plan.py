@@ -15,6 +15,13 @@ preset's layer template (``block{block}@t{t}``). A name that is wrong anywhere (
 or task, a misspelt argument, a layer the backbone lacks) is a one-line error naming the paper
 file, the table and the cell, before any work. With ``local_only`` (a dry run) nothing is
 downloaded: weights and data are looked up where they would be.
+
+Recipes (``bench.protocol.RECIPES``): a cell trains under its own ``recipe:`` if it names one
+(a head without that recipe is an error naming the cell), else under the template's
+(``bench reproduce --recipe``; ``STUDY_RECIPE``, the paper's, by default). A cell whose head
+has no such recipe (knn, mlp, bn-linear, difformer for ``paper``) is planned under bench's own,
+and the plan and the report say so (``PlannedCell.recipe_note``): it is a cell of the paper
+still, computed the only way bench can.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from bench.run.jobs import BenchJob, SharedJob
 from bench.run.spec import SPLITS, RunOptions, RunSpec
 from bench.study.paper import Paper, PaperCell, PaperError, PaperTable
 
+STUDY_RECIPE = "paper"  # the recipe a paper's cells train under unless told otherwise
+
 
 @dataclass
 class PlannedCell:
@@ -40,6 +49,8 @@ class PlannedCell:
     run_name: str = ""  # bench's record name for the cell (RunRecord.name), when resolved
     done: bool = False  # a finished result of this identity is in the suite
     checked: str = ""  # what was checked by name when it could not be resolved
+    recipe: str = "bench"  # the recipe it is planned under (bench.protocol.RECIPES)
+    recipe_note: str = ""  # why that is not the one asked for ("": it is)
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = Non
     from bench.paths import downloads_off
     from bench.study.similarity import table_spec
 
-    template = template or RunSpec(backbone="", task="")
+    template = template or RunSpec(backbone="", task="", recipe=STUDY_RECIPE)
     plan = PaperPlan(paper, {}, {}, [], options=options, template=template)
     with downloads_off() if local_only else nullcontext():
         for table in paper.tables:
@@ -127,7 +138,7 @@ def plan_paper(paper: Paper, options: RunOptions, template: RunSpec | None = Non
                 continue
             spec = cell_spec(paper, cell, template)
             key = (spec.backbone, spec.task, _key(spec.backbone_args), _key(spec.task_args))
-            head = (spec.head, _key(spec.head_args))
+            head = (spec.head, spec.recipe, _key(spec.head_args))
             if not spec.features:
                 head += (cell.id,)  # a fusing head's cell is its own spec: all its layers
             groups.setdefault(key, {}).setdefault(head, []).append((cell, spec))
@@ -151,7 +162,8 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     with _naming(paper, cell, "head"):
         fuses = head_kind(cell.head).fuses_layers
     features = [] if fuses else [(cell.layer or "", cell.pool or "")]
-    spec = replace(template, backbone=cell.backbone, task=cell.task, head=cell.head,
+    recipe, _ = cell_recipe(paper, cell, template)
+    spec = replace(template, backbone=cell.backbone, task=cell.task, head=cell.head, recipe=recipe,
                    layers=(cell.layer or "").split("+") if fuses and cell.layer else [],
                    pools=[cell.pool] if fuses and cell.pool else [],
                    features=features,
@@ -165,6 +177,25 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     with _naming(paper, cell, "head_args"):
         check_spec(spec)
     return spec
+
+
+def cell_recipe(paper: Paper, cell: PaperCell, template: RunSpec) -> tuple[str, str]:
+    """(the recipe ``cell`` trains under, why it is not the template's or "" when it is): its
+    own ``recipe:`` (refused for a head without it), else the template's where its head has it,
+    else bench's own."""
+    from bench.protocol import DEFAULT_RECIPE, RECIPES, head_kind, recipe_settings
+
+    with _naming(paper, cell, "recipe"):
+        kind = head_kind(cell.head)
+        RECIPES.get(template.recipe)
+        if cell.recipe:
+            recipe_settings(kind, cell.recipe)  # a head without it: refused
+            asked = "" if cell.recipe == template.recipe else \
+                f"the cell asks for recipe {cell.recipe}"
+            return cell.recipe, asked
+    if template.recipe == DEFAULT_RECIPE or template.recipe in kind.recipes:
+        return template.recipe, ""
+    return DEFAULT_RECIPE, f"head {cell.head} has no {template.recipe} recipe: bench's own"
 
 
 def _check_similarity_names(paper: Paper, table: PaperTable, spec: Any) -> None:
@@ -218,15 +249,17 @@ def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
                     checked_requests(one, backbone)
         if problems:
             checked = _checked_by_name(spec.backbone, [c for c, _ in cells], backbone is not None)
-            for cell, _ in cells:
-                plan.cells[cell.id] = PlannedCell(cell, None, short, checked=checked[cell.id])
+            for cell, one in cells:
+                plan.cells[cell.id] = PlannedCell(cell, None, short, checked=checked[cell.id],
+                                                  **_recipe(plan, cell, one))
             jobs.append(BenchJob(spec, options))
             continue
         prepared = resolve(spec, options, backbone=backbone)
         for cell, one in cells:
             resolved = _resolved_cell(prepared, one, backbone)
             plan.cells[cell.id] = PlannedCell(cell, resolved.identity,
-                                              run_name=prepared.run.run_name(resolved))
+                                              run_name=prepared.run.run_name(resolved),
+                                              **_recipe(plan, cell, one))
         points += prepared.run.requests
         jobs.append(BenchJob(spec, options, prepared=prepared))
     plan.jobs.append(jobs[0] if len(jobs) == 1 else SharedJob(jobs))
@@ -234,6 +267,12 @@ def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
         specs[0].backbone, specs[0].task, [c.id for cells in heads for c, _ in cells],
         list(dict.fromkeys(points)),
         None if task is None else sum(len(task.split(s)) for s in SPLITS), "; ".join(problems)))
+
+
+def _recipe(plan: PaperPlan, cell: PaperCell, spec: RunSpec) -> dict[str, str]:
+    """A planned cell's recipe and, where it is not the one asked for, why."""
+    return {"recipe": spec.recipe,
+            "recipe_note": cell_recipe(plan.paper, cell, plan.template)[1]}
 
 
 def _build(spec: RunSpec, plan: PaperPlan, cell: PaperCell,
@@ -383,6 +422,9 @@ def describe_plan(plan: PaperPlan) -> list[str]:
     lines = [f"paper {paper.name}: {paper.title} ({paper.citation})"]
     if paper.note:
         lines.append(f"  note: {paper.note}")
+    if plan.template is not None:
+        lines.append(f"recipe: {plan.template.recipe} (`--recipe`; a cell naming its own keeps "
+                     "it, a head without this recipe trains under bench's own: said per cell)")
     counts = {"done": 0, "to run": 0, "not resolvable here": 0, "not computed": 0}
     for table in paper.tables:
         lines.append(f"table {table.key} ({table.kind}, {table.source}): {table.title}")
@@ -449,7 +491,9 @@ def _cell_line(planned: PlannedCell, counts: dict[str, int]) -> str:
         state = "done" if planned.done else "to run"
         counts[state] += 1
         state += f" [{planned.identity[:12]}]"
-    return f"{cell.id}: {where}: paper {cell.value:g}{mark}: {state}"
+    recipe = f"; recipe {planned.recipe}" + (
+        f" ({planned.recipe_note})" if planned.recipe_note else "")
+    return f"{cell.id}: {where}: paper {cell.value:g}{mark}: {state}{recipe}"
 
 
 def resolved_runs(plan: PaperPlan) -> list[Any]:
