@@ -272,7 +272,9 @@ def test_margin_colours_recipe_and_similarity_settings_are_checked_when_read():
         assert "field 'margin'" in bad({**minimal(), "margin": margin})
     data = minimal()
     data["tables"][0]["cells"][0]["recipe"] = "paper"
-    assert "field 'recipe': 'paper' does not exist in this bench; recipes: bench" in bad(data)
+    assert parse_paper(data, "p.yaml").tables[0].cells[0].recipe == "paper"
+    data["tables"][0]["cells"][0]["recipe"] = "papr"
+    assert "field 'recipe': 'papr' does not exist in this bench; recipes: bench, paper" in bad(data)
 
     def similarity(**settings) -> dict:
         return {"name": "s", "tables": [{"key": "m", "kind": "similarity", "source": "F",

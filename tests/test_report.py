@@ -262,8 +262,9 @@ def test_reports_of_several_papers_export_to_one_csv_and_json(tmp_path):
 
 # --- a tiny paper end to end -----------------------------------------------------------------------
 HEAD = {"epochs": 2, "lrs": [0.01], "weight_decays": [0.0]}
+# bench's recipe: the cells' own fast settings (the paper's recipe fixes 28 epochs)
 DEFAULTS = {"task": "digits", "head": "linear", "metric": "top1", "backbone": "pixels",
-            "backbone_args": {"size": 8}, "head_args": HEAD}
+            "backbone_args": {"size": 8}, "head_args": HEAD, "recipe": "bench"}
 MARGIN = 5.0  # points: the digits test set is small, its intervals a few points wide
 CKA = {"backbone": "pixels", "pools": ["1", "2"], "task": "digits", "n": 48, "permutations": 9,
        "interval_draws": 4}

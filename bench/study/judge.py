@@ -24,6 +24,10 @@ distinguishable``; ``not run`` when either cell has no result.
 
 Similarity tables find the finished matrix of their identity (its heatmaps) beside a description
 of the paper's panels.
+
+Each cell is judged under the recipe it was planned under (``bench.study.plan``: the paper's by
+default); where the suite also holds its result under another recipe (``bench reproduce --recipe
+bench``), that result is shown beside it (``CellResult.others``), never judged in its place.
 """
 
 from __future__ import annotations
@@ -77,6 +81,22 @@ def verdict(low: float, high: float, margin: float) -> tuple[str, str]:
     return "differs", HIGHER if low + high > 0 else LOWER
 
 
+@dataclass(frozen=True)
+class RecipeResult:
+    """A cell's finished result under another recipe than the one its verdict is of."""
+
+    recipe: str
+    ours: float
+    low: float | None
+    high: float | None
+    run_id: str
+
+    @property
+    def shown(self) -> str:
+        interval = "" if self.low is None else f" [{self.low:.2f}, {self.high:.2f}]"
+        return f"{self.ours:.2f}{interval}"
+
+
 @dataclass
 class CellResult:
     """One cell of the paper beside ours."""
@@ -97,6 +117,9 @@ class CellResult:
     weights_sha256: str = ""  # of the result judged
     code_version: str = ""
     settings: dict[str, Any] = field(default_factory=dict)  # the selected grid point (best.*)
+    recipe: str = "bench"  # how ours was trained (bench.protocol.RECIPES)
+    recipe_note: str = ""  # why that is not the recipe asked for ("": it is)
+    others: list[RecipeResult] = field(default_factory=list)  # ours under other recipes
 
     @property
     def difference(self) -> float | None:
@@ -193,11 +216,14 @@ class Report:
         gaps = [c.difference for c in judged]
         reproduced = sum(c.verdict == "reproduced" for c in judged)
         other = sum(bool(c.cell.protocol) for c in judged)
+        recipes = {r: sum(c.recipe == r for c in judged) for r in dict.fromkeys(
+            c.recipe for c in judged)}
         out = [f"reproduced {reproduced} of {len(judged)} cells with a result (margin "
                f"{_margins(judged)} points); median gap, ours minus the paper: "
                f"{statistics.median(gaps):+.2f} points",
                f"protocol: {len(judged) - other} judged under the paper's protocol, {other} under "
-               f"another ({DAGGER}: the gap may be the protocol's)"]
+               f"another ({DAGGER}: the gap may be the protocol's)",
+               "recipe: " + ", ".join(f"{n} judged under {r}'s" for r, n in recipes.items())]
         misses = sorted((c for c in judged if c.verdict == "differs"),
                         key=lambda c: -abs(c.difference))[:3]
         if misses:
@@ -219,7 +245,8 @@ class Report:
                   "settings": c.settings, "weights_sha256": c.weights_sha256,
                   "code_version": c.code_version, "protocol": c.cell.protocol,
                   "assumed": c.cell.assumed, "note": c.cell.note, "source": c.cell.source,
-                  "recipe": c.cell.recipe}
+                  "recipe": c.recipe, "recipe_note": c.recipe_note,
+                  "others": [vars(o) for o in c.others]}
                  for c in self.cells.values()]
         claims = [{"text": c.claim.text, "higher": c.claim.higher, "lower": c.claim.lower,
                    "paper": c.paper, "ours": c.ours, "low": c.low, "high": c.high,
@@ -309,6 +336,27 @@ def judge_claim(claim: Claim, higher: CellResult, lower: CellResult,
     return out
 
 
+def _add_other_recipe(cells: dict[str, CellResult], plan: PaperPlan, other: PaperPlan,
+                      experiments: list[str]) -> None:
+    """Each cell's finished result under ``other``'s recipe, where that is another identity."""
+    from bench.results.runs import find_records
+
+    wanted = {o.identity: cell_id for cell_id, o in other.cells.items()
+              if o.identity and o.identity != plan.cells[cell_id].identity}
+    found: dict[str, RunRecord] = {}
+    for record in find_records(experiments, list(wanted)) if wanted and experiments else []:
+        found.setdefault(record.identity, record)  # newest first
+    for identity, record in found.items():
+        result = cells[wanted[identity]]
+        metric = result.cell.metric
+        if f"test_{metric}" not in record.metrics:
+            continue
+        low, high = record.interval(metric) or (None, None)
+        result.others.append(RecipeResult(other.cells[wanted[identity]].recipe,
+                                          record.metrics[f"test_{metric}"], low, high,
+                                          record.run_id or ""))
+
+
 def _compare(higher: CellResult, lower: CellResult) -> Any:
     """The paired comparison of two results on the same test images, else None."""
     from bench.results.artifacts import load_predictions
@@ -366,15 +414,18 @@ def judge_similarity(table: PaperTable, spec: Any, experiment_ids: list[str],
     return panel
 
 
-def run_command(cell: PaperCell, template: RunSpec | None, suite: str) -> str:
-    """The one ``bench run`` that computes this cell (the same identity, so its result counts
-    for the paper too)."""
+def run_command(cell: PaperCell, template: RunSpec | None, suite: str,
+                recipe: str = "bench") -> str:
+    """The one ``bench run`` that computes this cell under ``recipe`` (the same identity, so its
+    result counts for the paper too)."""
     from bench.protocol import head_kind
 
     def arg(flag: str, values: Any) -> list[str]:
         return [part for key, value in values.items() for part in (flag, f"{key}={_cli(value)}")]
 
     parts = ["bench", "run", "--backbone", cell.backbone, "--task", cell.task, "--head", cell.head]
+    if recipe != "bench":
+        parts += ["--recipe", recipe]
     if cell.layer:
         layers = cell.layer.split("+") if head_kind(cell.head).fuses_layers else [cell.layer]
         parts += ["--layer", ",".join(layers)]
@@ -409,8 +460,9 @@ def _cli(value: Any) -> str:
 
 
 def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
-          all_tables: bool = True) -> Report:
-    """Judge every cell, claim and matrix of ``paper`` against the suite's results."""
+          all_tables: bool = True, others: tuple[PaperPlan, ...] = ()) -> Report:
+    """Judge every cell, claim and matrix of ``paper`` against the suite's results; ``others``:
+    plans of the same cells under other recipes, whose results are shown beside."""
     from bench.study.queries import find_results
 
     found = find_results(plan, suite)
@@ -423,8 +475,12 @@ def build(paper: Paper, plan: PaperPlan, suite: str, options: RunOptions,
             cells[cell.id] = judge_cell(cell, planned, record or other,
                                         found.unfinished.get(planned.identity or ""), suite,
                                         other is not None, paper.margin_of(cell))
+            cells[cell.id].recipe = planned.recipe
+            cells[cell.id].recipe_note = planned.recipe_note
             if cell.computed:
-                cells[cell.id].command = run_command(cell, plan.template, suite)
+                cells[cell.id].command = run_command(cell, plan.template, suite, planned.recipe)
+    for other in others:
+        _add_other_recipe(cells, plan, other, found.experiments)
     claims = [judge_claim(c, cells[c.higher], cells[c.lower],
                           _compare(cells[c.higher], cells[c.lower])) for c in paper.claims]
     similarity = {t.key: judge_similarity(t, plan.similarity[t.key], found.experiments, options)

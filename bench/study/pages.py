@@ -33,7 +33,7 @@ EXPORT_CSV, EXPORT_JSON = "reports.csv", "reports.json"  # every paper's cells, 
 EXPORT_FIELDS = ("paper", "table", "id", "method", "backbone", "task", "layer", "pool", "head",
                  "metric", "paper_value", "ours", "low", "high", "difference", "margin",
                  "verdict", "direction", "why", "run_id", "command", "weights_sha256",
-                 "code_version", "protocol", "assumed", "source")
+                 "code_version", "protocol", "assumed", "source", "recipe")
 
 
 class ReportError(BenchError):
@@ -84,6 +84,7 @@ def rows(table: PaperTable, report: Report, notes: Notes | None = None) -> list[
     """The table's cells as page rows (Markdown and HTML show the same); ``notes`` collects the
     footnotes their marks refer to."""
     notes = notes if notes is not None else Notes()
+    others = list(dict.fromkeys(o.recipe for c in table.cells for o in report.cells[c.id].others))
     out = []
     for cell in table.cells:
         result = report.cells[cell.id]
@@ -94,15 +95,20 @@ def rows(table: PaperTable, report: Report, notes: Notes | None = None) -> list[
                  notes.mark("assumed", cell.assumed if cell.computed else "", cell.id),
                  notes.mark("slot", "slot" if result.by_slot else "", cell.id)]
         why = "" if result.by_slot else result.why
-        refs = [notes.mark("note", text, cell.id) for text in (why, cell.note) if text]
+        refs = [notes.mark("note", text, cell.id) for text in (why, cell.note, result.recipe_note)
+                if text]
         row = {"cell": " ".join([cell.id, *filter(None, marks)])}
         if table.kind == "curve":
             row |= {table.x or "x": str(cell.x), table.series or "series": cell.series}
         row |= {"backbone": cell.backbone or "-", "layer": cell.layer or "(default)",
                 "pool": cell.pool or "(default)", "task": cell.task, "head": cell.head or "-",
                 "metric": cell.metric, "paper": _number(cell.value),
+                "recipe": result.recipe if cell.computed else "",
                 "ours [95% interval]": ours, "ours - paper": "" if diff is None else f"{diff:+.2f}",
-                "verdict": result.shown, "run": result.run_id, "notes": " ".join(refs)}
+                "verdict": result.shown}
+        shown = {o.recipe: o.shown for o in result.others}
+        row |= {f"ours, {recipe} recipe": shown.get(recipe, "") for recipe in others}
+        row |= {"run": result.run_id, "notes": " ".join(refs)}
         out.append(row)
     return out
 

@@ -1,7 +1,8 @@
 """``bench report``: a paper's tables beside our results, written and logged once.
 
-``make_report`` plans the paper like ``bench reproduce`` (``bench.study.plan``), judges every
-cell, claim and matrix (``bench.study.judge``), writes ``results/reports/PAPER/`` (Markdown and
+``make_report`` plans the paper like ``bench reproduce`` (``bench.study.plan``, under its
+``--recipe``, and again under every other recipe: results the suite holds under those are shown
+beside), judges every cell, claim and matrix (``bench.study.judge``), writes ``results/reports/PAPER/`` (Markdown and
 standalone HTML pages per table, an index, figures, ``report.json``; ``bench.study.pages``) with
 the CSV/JSON export across papers beside it, and logs the folder as one MLflow run (``bench.kind
 = report``). The same content is logged once: a rerun that finds a finished report of the same
@@ -12,6 +13,7 @@ run; a changed report is a new run and the older ones are marked superseded.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from bench.errors import UsageError
 from bench.run.spec import RunOptions, RunSpec
@@ -29,13 +31,17 @@ def make_report(paper_name: str, tables: list[str] | None = None,
     from bench.results.store import ensure_experiment
     from bench.study.pages import ReportError, write
     from bench.study.paper import load_paper
-    from bench.study.plan import plan_paper
+    from bench.protocol import RECIPES
+    from bench.study.plan import STUDY_RECIPE, plan_paper
 
     options = options or RunOptions()
     whole = load_paper(paper_name)
     paper = whole.select(tables)
+    template = template or RunSpec(backbone="", task="", recipe=STUDY_RECIPE)
+    others = tuple(plan_paper(paper, options, replace(template, recipe=recipe))
+                   for recipe in RECIPES.names() if recipe != template.recipe)
     report = build(paper, plan_paper(paper, options, template), options.suite, options,
-                   all_tables=len(paper.tables) == len(whole.tables))
+                   all_tables=len(paper.tables) == len(whole.tables), others=others)
     if not report.any_run():
         unavailable = [c for c in report.cells.values() if c.verdict == "unavailable here"]
         where = (f"; {len(unavailable)} of {len(report.cells)} cells are unavailable here "
