@@ -250,3 +250,25 @@ def test_the_shipped_paper_plans_under_both_recipes(capsys):
         mae = next(x for x in out.splitlines() if x.strip().startswith("followup-mae:"))
         assert mae.endswith("recipe bench (head bn-linear has no paper recipe: bench's own)"
                             if recipe == "paper" else "recipe bench")
+
+
+def test_the_report_shows_each_cells_recipe_and_both_results(tmp_path, capsys):
+    import json
+
+    path = tiny_paper(tmp_path)
+    run = ["reproduce", path, "--workers", "0", "--no-progress"]
+    assert main(run) == 0 and main([*run, "--recipe", "bench"]) == 0
+    capsys.readouterr()
+    for recipe, other in (("paper", "bench"), ("bench", "paper")):
+        assert main(["report", path, "--recipe", recipe]) == 0
+        folder = tmp_path / "results" / "reports" / "tiny"
+        cells = {c["id"]: c for c in json.loads((folder / "report.json").read_text())["cells"]}
+        linear, knn = cells["px-linear"], cells["px-knn"]
+        assert (linear["recipe"], knn["recipe"]) == (recipe, "bench")
+        [beside] = linear["others"]  # the other recipe's result of the same cell, not judged
+        assert beside["recipe"] == other and beside["ours"] != linear["ours"]
+        assert knn["others"] == []  # knn trains under bench's own either way: one result
+        assert ("--recipe paper" in linear["command"]) == (recipe == "paper")
+        page = (folder / "main.md").read_text()
+        assert "| recipe | ours [95% interval] |" in page and f"| ours, {other} recipe |" in page
+        assert "head knn has no paper recipe: bench's own" in page or recipe == "bench"
