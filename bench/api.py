@@ -202,7 +202,9 @@ def reproduce_plan(paper: str | Paper, tables: list[str] | None = None,
     """The plan of a paper's cells (its ``tables``, default all), each resolved like ``bench
     run``, and its similarity matrices. ``paper``: a name (``bench.study.paper.paper_names``),
     a .yaml path or a ``Paper``; ``template``: the spec fields no cell sets (seed, precision,
-    cache dtype); ``local_only``: download nothing, list what is missing (a dry run)."""
+    cache dtype, recipe; None: the defaults under the paper's recipe,
+    ``bench.study.plan.STUDY_RECIPE``); ``local_only``: download nothing, list what is missing
+    (a dry run)."""
     from bench.study.paper import load_paper
     from bench.study.plan import plan_paper
 
