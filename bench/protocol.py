@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 from bench.metrics import TOP, Predictions
 from bench.registry import Registry
 
+# 2: the one protocol (select on val, refit on train+val, test once); 1 was never written
+# 3: the linear grid's AdamW in place, bf16 GEMMs under the bf16 policy, checkpoints every 5 epochs
 # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 # 5: halving never drops a point within one binomial standard error of the best on val
 # 6: successive halving is the linear grid's default; AdamW's weight update by torch's fused kernel

@@ -73,7 +73,8 @@ def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None
         add_data_args(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see README)")
+                   help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see "
+                   "docs/concepts/precision.md)")
     p.add_argument("--cache-dtype", default="auto", choices=list(CACHE_DTYPES),
                    help="type of the cached features (auto: the precision policy's, float32 on "
                    "the CPU, float16 under bf16; bf16 halves fp32's disk with fp32's range)")

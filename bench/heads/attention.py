@@ -4,7 +4,7 @@ Both heads read maps cached with pool ``map16`` (adaptive average pool to at mos
 paper's ``AdaptiveAvgPool2d(min(size, 16))``), so the frozen backbone runs once per image instead
 of once per training step as in the reference code.
 
-- ``attention`` (paper.md, "Heads"): per block LayerNorm([C, H, W]) -> 1x1 conv to ``dim`` ->
+- ``attention`` (docs/paper.md, "Heads"): per block LayerNorm([C, H, W]) -> 1x1 conv to ``dim`` ->
   tokens; a zero-initialised CLS token is prepended (no positional embedding); ``depth`` pre-LN
   transformer blocks (``heads`` heads, MLP ratio 4, no qkv bias, GELU, no dropout); the CLS output
   goes straight to a Linear classifier (no final LayerNorm, as in the paper and its code).

@@ -62,7 +62,8 @@ class ProbeConfig:
     # tied with the last one kept and every point within one binomial standard error of the best
     # (val noise is no reason to drop a point); the points dropped keep the validation scores
     # they reached, and selection is over all of them. The default: on benchmarks/halving_table.py's
-    # four feature sets it selects the full grid's point, in about 60% of its time (README).
+    # four feature sets it selects the full grid's point, in about 60% of its time
+    # (docs/concepts/protocols.md).
     halving: bool = True
 
     def __post_init__(self) -> None:
