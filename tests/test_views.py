@@ -81,7 +81,8 @@ def _by_hand(backbone, split, view: int, seed: int, request, rows: range) -> np.
         return backbone.eval().extract(x, [request], ids)[request].float().numpy()
 
 
-def test_each_view_is_extracted_once_into_its_own_entries(tmp_path):
+def test_each_view_is_extracted_once_into_its_own_entries(tmp_path, capsys):
+    from bench.cli import main
     from bench.run.jobs import ExtractJob
 
     options = _options(tmp_path)
@@ -117,6 +118,10 @@ def test_each_view_is_extracted_once_into_its_own_entries(tmp_path):
         np.testing.assert_array_equal(rerun[f"train view {v}"].load()[0], views[v])
     assert _entries(resolve(replace(spec, seed=4), options), options)[
         "train view 0"].key != entries["train view 0"].key
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache-dir", options.cache_dir]) == 0
+    listed = capsys.readouterr().out
+    assert "digits/train view 1 " in listed and "digits/train " in listed
 
 
 def test_a_stochastic_backbone_draws_each_views_noise_by_its_sample_ids(tmp_path):
