@@ -370,10 +370,10 @@ def train_grid(
 ) -> GridModel:
     """Train G = len(lrs) heads at once on (x, y), head g at (lrs[g], wds[g]).
 
-    ``x``: the training rows as ``bench.heads.streaming.Batches`` (labels inside, ``y`` None),
-    a ``ViewCycle`` of them (``--views``: epoch e reads view e mod V, statistics over every
-    view), or a tensor where it trains with ``y`` its labels. Every head sees the same
-    minibatches (``bench.heads.streaming``'s order, seeded by ``cfg.seed``) and the same cosine schedule
+    ``x``: the training rows as ``bench.heads.streaming.Batches`` (labels inside, ``y`` None;
+    a ``ViewCycle`` of them for ``--views``: epoch e reads view e mod V, statistics over all),
+    or a tensor where it trains with ``y`` its labels. Every head sees the same minibatches
+    (``bench.heads.streaming``'s order, seeded by ``cfg.seed``) and the same cosine schedule
     over ``cfg.epochs``; training stops after ``stop_at`` epochs (default all). At each epoch in
     ``evaluate_at`` the callback gets the model; with ``cfg.halving`` it returns one validation
     score per kept head (``model.points``, by the headline metric, in percent) and, from a

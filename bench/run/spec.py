@@ -12,9 +12,8 @@ identity is a digest of exactly that, so
   computed afresh; the old run stays in MLflow, marked superseded;
 - a setting the user chose (``ResolvedRun.settings``: backbone, task and head arguments given,
   an explicit precision or cache dtype, ``--skip-corrupt``, ``--no-keep-features``, ``--views``)
-  makes an
-  alternative of the same cell, never a successor: only a run with the same chosen settings
-  supersedes.
+  makes an alternative of the same cell, never a successor: only a run with the same chosen
+  settings supersedes.
 
 ``RunOptions`` says how and where to run (device, batch size, workers, cache folder...): nothing in
 it changes a number, so nothing in it enters an identity.
@@ -346,8 +345,9 @@ def user_settings(spec: RunSpec, head_settings: Any,
     ``Task.identity_excludes``: where the data is, what ``verify`` expects; the split manifests
     say what it is), the head settings given (those naming the cell aside,
     ``HeadKind.cell_settings``: few-shot's shots), an explicit precision or cache dtype,
-    ``--skip-corrupt``, ``--no-keep-features`` and ``--views`` above one. Defaults are not in it, so a changed default
-    supersedes; a run choosing otherwise is an alternative of the same cell."""
+    ``--skip-corrupt``, ``--no-keep-features`` and ``--views`` above one. Defaults are not in
+    it, so a changed default supersedes; a run choosing otherwise is an alternative of the same
+    cell."""
     head = _settings(head_settings)
     cell = head_kind(spec.head).cell_settings
     chosen = {
