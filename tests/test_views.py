@@ -15,7 +15,7 @@ import torch
 import bench
 from bench.backbone import view_sample_ids
 from bench.errors import UsageError
-from bench.features.augment import TrainView, ViewTransform
+from bench.features.augment import TrainView, ViewTransform, augmentation
 from bench.features.cache import FeatureCache
 from bench.run.spec import RunOptions, RunSpec, resolve
 
@@ -32,10 +32,11 @@ def _options(tmp_path, **kw) -> RunOptions:
 
 
 def _entries(prepared, options):
+    """Part name -> the cache entry of the run's one feature point."""
     from bench.run.costs import entries_of
 
-    return {part: by_part for part, by_part in
-            next(iter(entries_of(prepared, FeatureCache(options.cache_dir)).values())).items()}
+    [by_part] = entries_of(prepared, FeatureCache(options.cache_dir)).values()
+    return by_part
 
 
 def test_one_view_leaves_the_identity_and_the_cache_keys_as_they_were(tmp_path):
@@ -100,7 +101,8 @@ def test_each_view_is_extracted_once_into_its_own_entries(tmp_path, capsys):
     assert len({entries["train view 0"].key, entries["train view 1"].key,
                 centre["train"].key}) == 3
     assert entries["train view 1"].manifest["fields"]["view"] == {
-        **TrainView("paper", 1, 3).fields(), "seed": 3}
+        "augmentation": "paper", "description": augmentation("paper").description, "view": 1,
+        "seed": 3}
     centre_train = centre["train"].load()[0]
     assert views[0].shape == views[1].shape == centre_train.shape
     assert not np.allclose(views[0], views[1])

@@ -290,9 +290,9 @@ class _Normaliser:
         if not standardise:
             return
         if not batchnorm:  # fixed: computed once, not per step (over every view trained on)
-            self.mean, self.scale = standardisation(views.each())
+            self.mean, self.scale = standardisation(views)
             return
-        mean, var = moments(views.each())  # running statistics: updated by every minibatch
+        mean, var = moments(views)  # running statistics: updated by every minibatch
         self.mean = mean.float()
         if batchnorm:
             varying = var > 0

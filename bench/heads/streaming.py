@@ -339,10 +339,11 @@ class ViewCycle(Generic[Held]):
             self._held = (view, self.make(view))
         return self._held[1]
 
-    def each(self) -> Iterator[Held]:
-        """Every view in turn (statistics over all the rows training reads)."""
+    def chunks(self) -> Iterator[tuple[int, Any]]:
+        """The scoring chunks (``Batches.chunks``) of every view in turn: statistics over all
+        the rows training reads."""
         for view in range(self.views):
-            yield self(view)
+            yield from self(view).chunks()
 
 
 def step_bytes(rows: Rows, batch_size: int, dtype: torch.dtype) -> int:
@@ -378,18 +379,17 @@ def chunk_moments(chunks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     return shift + centred, var
 
 
-def moments(sources: Iterable[Batches]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``chunk_moments`` of the scoring chunks of each of ``sources`` in turn (one split, or
-    every augmented view of train: ``ViewCycle.each``): the same chunks in any reading mode,
-    so the same sums."""
-    return chunk_moments(chunk for batches in sources for _, chunk in batches.chunks())
+def moments(batches: Batches | ViewCycle[Batches]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunk_moments`` of ``batches``' scoring chunks (of every view: ``ViewCycle.chunks``):
+    the same chunks in any reading mode, so the same sums."""
+    return chunk_moments(chunk for _, chunk in batches.chunks())
 
 
-def standardisation(sources: Iterable[Batches]) -> tuple[torch.Tensor, torch.Tensor]:
+def standardisation(batches: Batches | ViewCycle[Batches]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, multiplier), float32 on the rows' device: ``(x - mean) * multiplier`` has unit
-    variance in every dimension that varies on the rows of ``sources`` and is exactly 0 in
-    every constant one (no epsilon: the same numbers at any overall scale of the features)."""
-    mean, var = moments(sources)
+    variance in every dimension that varies on these rows and is exactly 0 in every constant
+    one (no epsilon: the same numbers at any overall scale of the features)."""
+    mean, var = moments(batches)
     return mean.float(), multiplier(var).float()
 
 
