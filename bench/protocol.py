@@ -64,6 +64,19 @@ class ProbeData:
     train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
     headline: str = "top1"  # the selection metric (successive halving ranks by it too)
     memory_budget: int | None = None
+    # ``--views`` V >= 2: the train features of each augmented view, in the order and with the
+    # labels of ``features["train"]`` (view 0); epoch e reads view e mod V. Empty: one view.
+    views: list[Any] = field(default_factory=list)
+
+    @property
+    def view_count(self) -> int:
+        return max(1, len(self.views))
+
+    def split_features(self, split: str, view: int = 0) -> Any:
+        """The features of ``split``; of train, those of view ``view`` (mod the views)."""
+        if split == "train" and self.views:
+            return self.views[view % len(self.views)]
+        return self.features[split]
 
 
 class Trainer(Protocol):
@@ -267,6 +280,9 @@ class HeadKind:
     state: Any = None
     cell_settings: tuple[str, ...] = ()  # settings that name the cell (its variant): not a choice
     default_seeds: int = 1  # runs (seeds 0..n-1) when none are asked for
+    # whether it trains by epochs on augmented train views (``--views``: ``ProbeData.views``);
+    # a head fitting one fixed set of features refuses more than one view
+    views: bool = False
 
     @property
     def flags(self) -> dict[str, str]:

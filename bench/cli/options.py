@@ -92,6 +92,29 @@ def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None
                    help="gpu: decode JPEG files with nvJPEG on the GPU (CPU-poor GPU nodes)")
 
 
+def add_view_args(p: argparse.ArgumentParser) -> None:
+    """``--views`` and ``--augment``: the augmented train views epoch-trained heads read."""
+    from bench.features.augment import AUGMENTATIONS
+
+    p.add_argument("--views", type=int, default=1, metavar="V",
+                   help="train on V augmented views of each train image, cached (epoch e reads "
+                   "view e mod V; val and test stay one centre view); heads that train by "
+                   "epochs only (default 1: the centre view)")
+    p.add_argument("--augment", choices=AUGMENTATIONS.names(), metavar="NAME",
+                   help="the augmentation drawing the views of --views (default paper: the "
+                   "released code's random crop and flip); choices: %(choices)s")
+
+
+def view_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``RunSpec``'s views and augment from ``--views``/``--augment``; an augmentation without
+    views to draw is refused (it would reach nothing)."""
+    views, augment = getattr(args, "views", 1), getattr(args, "augment", None)
+    if augment is not None and views == 1:
+        raise UsageError(f"--augment {augment} draws the train views of --views V (V > 1); "
+                         "with one view nothing is augmented: give --views or drop --augment")
+    return {"views": views, "augment": augment or "paper"}
+
+
 def add_keep_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-keep-features", dest="keep_features", action="store_false",
                    help="delete each job's cache entries once its cells are logged (recorded in "
@@ -216,7 +239,7 @@ def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[st
                    backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
                    head_args=head_args(args), seed=args.seed or 0, precision=args.precision,
                    skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
-                   keep_features=args.keep_features)
+                   keep_features=args.keep_features, **view_settings(args))
 
 
 def run_options(args: argparse.Namespace):

@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-dtype", default="auto", choices=list(CACHE_DTYPES),
                    help="as given to bench reproduce")
     p.add_argument("--skip-corrupt", action="store_true", help="as given to bench reproduce")
+    options.add_view_args(p)
     p.set_defaults(func=main)
 
 

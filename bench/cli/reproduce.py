@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
                    "forward passes, cache, time, what a full run would download; run nothing")
     options.add_feature_args(p, spec_args=False)
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
+    options.add_view_args(p)
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
@@ -35,7 +36,8 @@ def spec_template(args: argparse.Namespace):
     from bench.run.spec import RunSpec
 
     return RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,
-                   skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype)
+                   skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
+                   **options.view_settings(args))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -25,10 +25,10 @@ SHOTS = HeadOption("--shots", "shots", parse_integers,
 GRID = (EPOCHS, LRS, WDS)
 GRID_AXES = {"lr": "lrs", "weight_decay": "weight_decays"}
 PROBE = dict(options=GRID, axes=GRID_AXES, memory="bench.heads.probe:grid_memory",
-             state="bench.heads.probe:grid_state")
+             state="bench.heads.probe:grid_state", views=True)
 ATTENTION = dict(options=(EPOCHS, LRS), axes={"lr": "lrs"},
                  memory="bench.heads.attention:attention_memory",
-                 state="bench.heads.attention:attention_state")
+                 state="bench.heads.attention:attention_state", views=True)
 
 
 @dataclass(frozen=True)
