@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 from bench.metrics import TOP, Predictions
 from bench.registry import Registry
 
+# 2: the one protocol (select on val, refit on train+val, test once); 1 was never written
+# 3: the linear grid's AdamW in place, bf16 GEMMs under the bf16 policy, checkpoints every 5 epochs
 # 4: one tie rule, halving never cuts ties nor before epochs/4, few-shot L2 + SGD
 # 5: halving never drops a point within one binomial standard error of the best on val
 # 6: successive halving is the linear grid's default; AdamW's weight update by torch's fused kernel
@@ -62,6 +64,19 @@ class ProbeData:
     train_items: list[Any] | None = None  # names of the train rows (few-shot draws need them)
     headline: str = "top1"  # the selection metric (successive halving ranks by it too)
     memory_budget: int | None = None
+    # ``--views`` V >= 2: the train features of each augmented view, in the order and with the
+    # labels of ``features["train"]`` (view 0); epoch e reads view e mod V. Empty: one view.
+    views: list[Any] = field(default_factory=list)
+
+    @property
+    def view_count(self) -> int:
+        return max(1, len(self.views))
+
+    def split_features(self, split: str, view: int = 0) -> Any:
+        """The features of ``split``; of train, those of view ``view`` (mod the views)."""
+        if split == "train" and self.views:
+            return self.views[view % len(self.views)]
+        return self.features[split]
 
 
 class Trainer(Protocol):
@@ -265,6 +280,9 @@ class HeadKind:
     state: Any = None
     cell_settings: tuple[str, ...] = ()  # settings that name the cell (its variant): not a choice
     default_seeds: int = 1  # runs (seeds 0..n-1) when none are asked for
+    # whether it trains by epochs on augmented train views (``--views``: ``ProbeData.views``);
+    # a head fitting one fixed set of features refuses more than one view
+    views: bool = False
     # recipe name -> the settings it fixes for this head (``RECIPES``; ``bench`` fixes none): a
     # recipe this head does not list is refused (``recipe_settings``)
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)

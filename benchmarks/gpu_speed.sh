@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU rows of the README's Speed section in one go, on one GPU, in under 10 minutes:
+# The GPU rows of docs/development/benchmarks.md's Speed section in one go, on one GPU, in under
+# 10 minutes:
 #   1. end-to-end extraction from JPEGs, --decode gpu (nvJPEG) vs CPU workers (pipeline_speed.py);
 #   2. ADM block 24 at batch 64, bf16: eager vs torch.compile (inductor's default mode, bench's
 #      choice, then max-autotune-no-cudagraphs), with the fraction of the dense bf16 peak.

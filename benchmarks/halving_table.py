@@ -6,7 +6,8 @@ class, 8 of them to train) the linear probe runs twice with the same seed, once 
 successive halving (``ProbeConfig.halving``), each selecting on the task's headline metric. The
 table gives each one's selected point, test headline metric, and the paired difference
 halving - full on the same test images with its 95% paired bootstrap interval
-(``bench.stats.compare``). The README's halving claim and the default come from this table.
+(``bench.stats.compare``). The halving claim of docs/concepts/protocols.md and the default come
+from this table.
 
 Run: python benchmarks/halving_table.py [--epochs 40] [--threads 1]
 """

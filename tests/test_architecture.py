@@ -1,4 +1,4 @@
-"""The layering README's "Architecture" section states, checked on every import in the source
+"""The layering docs/development/architecture.md states, checked on every import in the source
 (module level and inside functions): a change that breaks a boundary fails here, naming it."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _layer(module: str) -> str | None:
 
 def test_the_layout_has_one_folder_per_layer():
     """Every folder under bench/ is a layer (a new one is added to SUBPACKAGES and BELOW here
-    and to README's "Architecture" section), and each layer's package only documents it."""
+    and to docs/development/architecture.md), and each layer's package only documents it."""
     folders = {p.parent.name for p in (REPO / "bench").glob("*/__init__.py")}
     assert folders == SUBPACKAGES
     for layer in SUBPACKAGES - {"cli"}:

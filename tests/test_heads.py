@@ -1,4 +1,5 @@
-"""The paper's attention head and DifFormer head: architecture against paper.md, recipe, training."""
+"""The paper's attention head and DifFormer head: architecture against docs/paper.md, recipe,
+training."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ from bench.backbones._diffusers_tiny import tiny_tokenizer
 from bench.features.weights import file_sha256
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # refs/main of the timm/hf test repos
-# Pinned snapshot commits, each named by several independent public sources (see README's table):
+# Pinned snapshot commits, each named by several independent public sources (see the table in
+# docs/guides/diffusers.md):
 # google/ddpm-cifar10-32 at 267b167 (cache paths, `revision=` pins and a download script that
 # fetches config.json, scheduler_config.json, diffusion_pytorch_model.safetensors at it);
 # google/ddpm-celebahq-256 at cd5c944 (an `hf download ... --revision` of model_index.json,

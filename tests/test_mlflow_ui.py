@@ -139,7 +139,7 @@ def _chromium() -> str:
 
 
 def _browse(exe: str, url: str, *flags: str, budget_ms: int = 10000) -> subprocess.CompletedProcess:
-    """Headless Chromium with the flags from environment.md (fresh profile, no network extras)."""
+    """Headless Chromium with a fresh profile and no network extras."""
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

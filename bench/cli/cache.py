@@ -29,9 +29,10 @@ def main(args: argparse.Namespace) -> int:
             done = "complete" if entry.complete() else f"{len(entry.missing_shards())} shards missing"
             size = entry.size_bytes()
             total += size
+            split = f["split"] + (f" view {f['view']['view']}" if "view" in f else "")
             print(f"{entry.key[:12]}  {f['backbone'].get('family', '?'):10s} {f['layer']:>14s} "
                   f"pool={f['pool']:<6s} {f.get('storage', '?'):8s} "
-                  f"{f['task'].get('task', '?')}/{f['split']:<5s} "
+                  f"{f['task'].get('task', '?')}/{split:<5s} "
                   f"{m['num_items']:>8d} items  {size / 1e6:9.1f} MB  {done}")
         print(f"{cache.root}: {total / 1e6:.1f} MB")
         return 0

@@ -73,7 +73,8 @@ def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None
         add_data_args(p)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see README)")
+                   help="precision policy (auto: bf16 on a GPU, fp32 on the CPU; see "
+                   "docs/concepts/precision.md)")
     p.add_argument("--cache-dtype", default="auto", choices=list(CACHE_DTYPES),
                    help="type of the cached features (auto: the precision policy's, float32 on "
                    "the CPU, float16 under bf16; bf16 halves fp32's disk with fp32's range)")
@@ -89,6 +90,29 @@ def add_feature_args(p: argparse.ArgumentParser, spec_args: bool = True) -> None
                    "the same features and cache entries)")
     p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
                    help="gpu: decode JPEG files with nvJPEG on the GPU (CPU-poor GPU nodes)")
+
+
+def add_view_args(p: argparse.ArgumentParser) -> None:
+    """``--views`` and ``--augment``: the augmented train views epoch-trained heads read."""
+    from bench.features.augment import AUGMENTATIONS
+
+    p.add_argument("--views", type=int, default=1, metavar="V",
+                   help="train on V augmented views of each train image, cached (epoch e reads "
+                   "view e mod V; val and test stay one centre view); heads that train by "
+                   "epochs only (default 1: the centre view)")
+    p.add_argument("--augment", choices=AUGMENTATIONS.names(), metavar="NAME",
+                   help="the augmentation drawing the views of --views (default paper: the "
+                   "released code's random crop and flip); choices: %(choices)s")
+
+
+def view_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``RunSpec``'s views and augment from ``--views``/``--augment``; an augmentation without
+    views to draw is refused (it would reach nothing)."""
+    views, augment = getattr(args, "views", 1), getattr(args, "augment", None)
+    if augment is not None and views == 1:
+        raise UsageError(f"--augment {augment} draws the train views of --views V (V > 1); "
+                         "with one view nothing is augmented: give --views or drop --augment")
+    return {"views": views, "augment": augment or "paper"}
 
 
 def add_keep_arg(p: argparse.ArgumentParser) -> None:
@@ -229,7 +253,8 @@ def run_spec(args: argparse.Namespace, backbone: str, task: str, layers: list[st
                    backbone_args=key_values(args.backbone_arg), task_args=task_args(args, task),
                    head_args=head_args(args), seed=args.seed or 0, precision=args.precision,
                    skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
-                   keep_features=args.keep_features, recipe=args.recipe)
+                   keep_features=args.keep_features, recipe=args.recipe,
+                   **view_settings(args))
 
 
 def run_options(args: argparse.Namespace):

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     options.add_feature_args(p, spec_args=False)
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
     options.add_recipe_arg(p, STUDY_RECIPE, study=True)
+    options.add_view_args(p)
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")
@@ -39,7 +40,7 @@ def spec_template(args: argparse.Namespace):
 
     return RunSpec(backbone="", task="", seed=args.seed, precision=args.precision,
                    skip_corrupt=args.skip_corrupt, cache_dtype=args.cache_dtype,
-                   recipe=args.recipe)
+                   recipe=args.recipe, **options.view_settings(args))
 
 
 def main(args: argparse.Namespace) -> int:

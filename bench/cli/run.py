@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
                    help="pooling: 1,2,4,8 (p x p average), cls, mean, none... (default: preset's)")
     options.add_feature_args(p)
     options.add_keep_arg(p)
+    options.add_view_args(p)
     options.add_probe_args(p, head_kinds())
     p.add_argument("--seeds", type=options.ints,
                    help="several seeds, e.g. 0,1,2: one result per seed on the same cached "

@@ -106,3 +106,25 @@ class ViewTransform:
         draw = augmentation(self.augmentation).make(self.size)
         rng = random.Random(view_seed(self.seed, item, self.view))
         return self.transform(draw(image.convert("RGB"), rng))
+
+
+@dataclass(frozen=True)
+class TrainView:
+    """View ``view`` of a run's train split, drawn by ``augmentation`` from ``seed``: what its
+    images, its diffusion noise (``bench.backbone.view_sample_ids``) and its cache entry's key
+    depend on (``bench.features.extract``)."""
+
+    augmentation: str
+    view: int
+    seed: int
+
+    def fields(self) -> dict[str, Any]:
+        """The cache key's record of the view (the augmentation's description with its name: a
+        changed augmentation is another entry)."""
+        return {"augmentation": self.augmentation,
+                "description": augmentation(self.augmentation).description,
+                "view": self.view, "seed": self.seed}
+
+    def transform(self, size: int, transform: Callable[[Any], Any]) -> ViewTransform:
+        """The view's images at side ``size``, then the backbone's ``transform``."""
+        return ViewTransform(self.augmentation, size, self.seed, self.view, transform)

@@ -3,7 +3,7 @@
 An entry's key is the sha256 of everything that changes its features: the cache format version,
 the backbone's config and weights digest, the layer, the pooling, the numeric precision, the
 task's config, the split's name and file manifest. Nothing else can reach a cached feature, so a
-stale cache is never silently reused (anchors.md, complaint 7).
+stale cache is never silently reused.
 
 Layout of one entry (``ROOT/ab/abcdef.../``)::
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.backbone import Backbone, BackboneOutputError, describe
+from bench.backbone import Backbone, BackboneOutputError, describe, view_sample_ids
+from bench.features.augment import TrainView
 from bench.features.cache import CacheEntry, CacheError, FeatureCache, bf16_to_float32
 from bench.errors import NumericalError, UsageError
 from bench.features.pipeline import DECODES, Loader
@@ -213,10 +214,12 @@ def calibration_images(split: Split, transform: Callable[[Any], Any], n: int,
 
 def entry_fields(
     backbone: Backbone, task_config: dict, split: Split, layer: str, pool: str,
-    precision: PrecisionPolicy,
+    precision: PrecisionPolicy, view: TrainView | None = None,
 ) -> dict[str, Any]:
-    """Everything that changes a cached feature (see bench.features.cache)."""
+    """Everything that changes a cached feature (see bench.features.cache); an augmented train
+    ``view`` adds its augmentation, number and seed (none: the centre view, the key as ever)."""
     return {
+        **({} if view is None else {"view": view.fields()}),
         "backbone": backbone.config,
         "weights_sha256": backbone.weights_digest(),
         "layer": layer,
@@ -259,6 +262,7 @@ def extract(
     compile: bool = False,
     decode: str = "cpu",
     on_first_batch: Callable[[int, float, int], None] | None = None,
+    view: TrainView | None = None,
 ) -> ExtractionReport:
     """Fill the cache entries of ``requests`` (canonical layer, pool) for ``split``.
 
@@ -267,11 +271,17 @@ def extract(
     same features, same cache entries). ``decode``: "cpu" decodes images in the workers, "gpu"
     decodes JPEG files with nvJPEG on the device (see bench.features.pipeline). ``on_first_batch(images,
     seconds, cache bytes per image)`` hears how the first batch went (for a time estimate).
+    ``view``: an augmented view of the train split (``--views``): item i's image is the view's
+    augmentation of it (``ViewTransform``, decoded on the CPU: the GPU path only centre-crops)
+    and a stochastic backbone's noise is seeded by ``view_sample_ids``; its own cache entries.
     """
     check_ranges({"batch_size": batch_size, "shard_size": shard_size, "workers": workers},
                  OPTION_RANGES, "extract:")  # before any cache entry is created
     require(precision)
     decode_on = _decode_device(decode, device)
+    transform: Callable[..., Any] = backbone.transform()
+    if view is not None:
+        transform, decode_on = view.transform(backbone.input_size, transform), None
     if compile:
         from bench.features.compile import enable_compile
 
@@ -279,7 +289,7 @@ def extract(
     requests = list(dict.fromkeys(requests))
     entries = {}
     for req in requests:
-        fields = entry_fields(backbone, task_config, split, *req, precision)
+        fields = entry_fields(backbone, task_config, split, *req, precision, view)
         entries[req] = cache.entry(fields)
         entries[req].create(fields, split.labels, shard_size)
     sizes = {e.manifest["shard_size"] for e in entries.values()}
@@ -300,7 +310,7 @@ def extract(
     for shard in mine:
         lo, hi = shard * shard_size, min((shard + 1) * shard_size, len(split))
         batches += [list(range(i, min(i + batch_size, hi))) for i in range(lo, hi, batch_size)]
-    loader = Loader(split, backbone.transform(), batches, device=device, workers=workers,
+    loader = Loader(split, transform, batches, device=device, workers=workers,
                     decode_on=decode_on)
     from tqdm.auto import tqdm
 
@@ -342,8 +352,9 @@ def extract(
                 if not skip_corrupt:
                     raise DatasetError(message)
                 shard_skips.append(index - shard * shard_size)
+            sample_ids = ids if view is None else view_sample_ids(ids, view.view)
             with autocast(precision.extraction, device):
-                outputs = backbone.extract(images, requests, ids.to(device))
+                outputs = backbone.extract(images, requests, sample_ids.to(device))
             for req in requests:
                 features = outputs[req].float().cpu().numpy()
                 width = shapes.setdefault(req, features.shape[1:])

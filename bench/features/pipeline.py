@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from bench.errors import UsageError
+from bench.features.augment import ViewTransform
 from bench.features.filetask import FileTask
 from bench.features.images import load_rgb
 from bench.task import DatasetError, Split
@@ -124,9 +125,17 @@ class _Items(torch.utils.data.Dataset):
             if data.startswith(JPEG_MAGIC) and _stored_upright(data):
                 return None, torch.frombuffer(bytearray(data), dtype=torch.uint8), index, ""
         try:
-            return self.transform(self.split.load(index)), None, index, ""
+            return transformed(self.transform, self.split.load(index), index), None, index, ""
         except DatasetError as e:
-            return self.transform(_blank()), None, index, str(e)
+            return transformed(self.transform, _blank(), index), None, index, str(e)
+
+
+def transformed(transform: Callable, image: Any, index: int) -> torch.Tensor:
+    """``image`` (item ``index`` of its split) through ``transform``: an augmented view
+    (``ViewTransform``) draws its choices from the item's index, any other takes the image."""
+    if isinstance(transform, ViewTransform):
+        return transform(image, index)
+    return transform(image)
 
 
 def _stored_upright(data: bytes) -> bool:
@@ -187,7 +196,7 @@ class Loader:
                 f"[+ normalise]; this backbone's is {transform!r}. Use decode='cpu'."
             )
         read = file_of(split) if self.recipe is not None else None
-        probe = self.transform(_blank())  # the shape of a transformed image
+        probe = transformed(self.transform, _blank(), 0)  # the shape of a transformed image
         self.loader = torch.utils.data.DataLoader(
             _Items(split, transform, read),
             batch_sampler=batches,

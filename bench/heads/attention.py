@@ -4,7 +4,7 @@ Both heads read maps cached with pool ``map16`` (adaptive average pool to at mos
 paper's ``AdaptiveAvgPool2d(min(size, 16))``), so the frozen backbone runs once per image instead
 of once per training step as in the reference code.
 
-- ``attention`` (paper.md, "Heads"): per block LayerNorm([C, H, W]) -> 1x1 conv to ``dim`` ->
+- ``attention`` (docs/paper.md, "Heads"): per block LayerNorm([C, H, W]) -> 1x1 conv to ``dim`` ->
   tokens; a zero-initialised CLS token is prepended (no positional embedding); ``depth`` pre-LN
   transformer blocks (``heads`` heads, MLP ratio 4, no qkv bias, GELU, no dropout); the CLS output
   goes straight to a Linear classifier (no final LayerNorm, as in the paper and its code).
@@ -47,7 +47,7 @@ from torch import nn
 from bench.errors import UsageError
 from bench.precision import FP32, PrecisionPolicy, require
 from bench.heads.memory import HostBuffers, Inputs, MemoryPlan, Source, inputs_of
-from bench.heads.streaming import epoch_order
+from bench.heads.streaming import ViewCycle, epoch_order
 from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
 from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
                             top_predictions)
@@ -512,7 +512,7 @@ def _top(grid: HeadGrid, data: _Maps, layers: Sequence[str], device: torch.devic
 
 def train_grid(
     build: Callable[[], nn.Module],
-    data: _Maps,
+    data: _Maps | ViewCycle[_Maps],
     layers: Sequence[str],
     cfg: HeadConfig,
     lrs: Sequence[float],
@@ -526,8 +526,10 @@ def train_grid(
     schedule's ``cfg.epochs`` epochs; call ``evaluate_at[epoch](grid)`` at checkpoints.
 
     Identical to training each head alone from the same initial weights (``cfg.seed``) on the
-    same minibatch order (seeded by ``cfg.seed``), with ``make_optimizer``'s recipe.
+    same minibatch order (seeded by ``cfg.seed``), with ``make_optimizer``'s recipe. ``data``: a
+    ``ViewCycle`` of augmented train views (``--views``): epoch e reads view e mod V.
     """
+    views = data if isinstance(data, ViewCycle) else ViewCycle(lambda _: data)
     grid = HeadGrid(build, len(lrs), cfg.seed, device)
     optimizer = _GridOptimizer(grid.params, cfg, lrs)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -535,9 +537,10 @@ def train_grid(
 
     for epoch in tqdm(range(1, stop_at + 1), desc=f"{cfg.head} x{len(lrs)} lrs", unit="epoch",
                       disable=not progress, leave=False):
-        order = epoch_order(len(data), gen)
+        maps_of_epoch = views(epoch - 1)
+        order = epoch_order(len(maps_of_epoch), gen)
         chunks = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        for maps, y in data.batches(chunks, layers, device):
+        for maps, y in maps_of_epoch.batches(chunks, layers, device):
             with _autocast(device, autocast_kind):
                 logits = grid(maps).to(torch.get_default_dtype())
             # The sum over heads of each head's mean loss: head g's gradient is its own.
@@ -591,7 +594,7 @@ class AttentionTrainer:
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         build, layers = self._prepare(data)
-        train, val = self._maps(data, ["train"], "search"), self._maps(data, ["val"], "search")
+        train, val = self._views(data, ["train"], "search"), self._maps(data, ["val"], "search")
         records: list[dict[str, float]] = []
 
         def record(epoch: int) -> Callable[[HeadGrid], None]:
@@ -611,19 +614,24 @@ class AttentionTrainer:
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         build, layers = self._prepare(data)
-        grid = train_grid(build, self._maps(data, ["train", "val"], "refit"), layers, self.cfg,
+        grid = train_grid(build, self._views(data, ["train", "val"], "refit"), layers, self.cfg,
                           [point["lr"]], self.device, {}, int(point["epochs"]), self.progress,
                           self.autocast)
         return _logits(grid, self._maps(data, ["test"], "test"), layers, self.device,
                        self.cfg.batch_size, self.autocast)[0]
 
-    def _maps(self, data: ProbeData, splits: Sequence[str], phase: str) -> _Maps:
-        """The maps of ``splits`` in the plan's mode, each layer divided by its scale on train
-        (the same in every phase)."""
+    def _views(self, data: ProbeData, splits: Sequence[str], phase: str) -> ViewCycle[_Maps]:
+        """``_maps`` of each augmented view of train (``ProbeData.views``), one at a time."""
+        return ViewCycle(lambda view: self._maps(data, splits, phase, view), data.view_count)
+
+    def _maps(self, data: ProbeData, splits: Sequence[str], phase: str, view: int = 0) -> _Maps:
+        """The maps of ``splits`` (train's view ``view``) in the plan's mode, each layer divided
+        by its scale on train's first view (the same in every phase)."""
         plan = attention_memory(self.cfg, inputs_of(data, 4), data.memory_budget)
         if self._scales is None or self._scales[0] is not data.features["train"]:
             self._scales = (data.features["train"], map_scales(data.features["train"]))
-        return _Maps([data.features[s] for s in splits], [data.labels[s] for s in splits],
+        return _Maps([data.split_features(s, view) for s in splits],
+                     [data.labels[s] for s in splits],
                      plan.mode(phase, "+".join(splits)), self._scales[1])
 
 

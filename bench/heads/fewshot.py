@@ -36,7 +36,8 @@ SHOTS = (1, 2, 4, 8, 16)
 DRAWS = 5
 # "l2": unit-length rows (CLIP_benchmark's convention; the default); "pool": standardised with
 # the mean and variance of the whole train pool (no labels used), far better on anisotropic,
-# off-centre features, 2-3 points worse on isotropic ones and digit pixels (see README);
+# off-centre features, 2-3 points worse on isotropic ones and digit pixels
+# (docs/concepts/protocols.md);
 # "support": standardised on the k shots alone (bench's old rule: k images per class cannot
 # estimate a variance per dimension), kept to compare.
 NORMALISATIONS = ("l2", "pool", "support")

@@ -25,7 +25,7 @@ SHOTS = HeadOption("--shots", "shots", parse_integers,
 GRID = (EPOCHS, LRS, WDS)
 GRID_AXES = {"lr": "lrs", "weight_decay": "weight_decays"}
 PROBE = dict(options=GRID, axes=GRID_AXES, memory="bench.heads.probe:grid_memory",
-             state="bench.heads.probe:grid_state")
+             state="bench.heads.probe:grid_state", views=True)
 # The paper's recipe (``bench.protocol.RECIPES``; Mukhopadhyay et al. 2023's finetune.py and
 # scripts/*.sh: 28 epochs at batch 128, validation only at the end so nothing is selected)
 PAPER = dict(epochs=28, batch_size=128, eval_every=28)
@@ -34,7 +34,7 @@ PAPER_LINEAR = {"paper": PAPER | dict(optimizer="sgd-step", standardise=False, l
 PAPER_ATTENTION = {"paper": PAPER | dict(recipe="paper", lrs=(5e-2,), weight_decay=0.0)}
 ATTENTION = dict(options=(EPOCHS, LRS), axes={"lr": "lrs"},
                  memory="bench.heads.attention:attention_memory",
-                 state="bench.heads.attention:attention_state")
+                 state="bench.heads.attention:attention_state", views=True)
 
 
 @dataclass(frozen=True)

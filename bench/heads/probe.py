@@ -28,7 +28,8 @@ from bench.errors import UsageError
 from bench.heads.memory import Inputs, MemoryPlan, Source, inputs_of
 from bench.precision import FP32, PrecisionPolicy, require
 from bench.ranges import COUNT, NON_NEGATIVE, POSITIVE, check_settings, setting
-from bench.heads.streaming import Batches, Rows, batches_source, moments, standardisation
+from bench.heads.streaming import (Batches, Rows, ViewCycle, batches_source, moments,
+                                   standardisation)
 from bench.protocol import (ProbeData, ProbeResult, checkpoints, evaluate, top_classes,
                             top_predictions)
 
@@ -62,7 +63,8 @@ class ProbeConfig:
     # tied with the last one kept and every point within one binomial standard error of the best
     # (val noise is no reason to drop a point); the points dropped keep the validation scores
     # they reached, and selection is over all of them. The default: on benchmarks/halving_table.py's
-    # four feature sets it selects the full grid's point, in about 60% of its time (README).
+    # four feature sets it selects the full grid's point, in about 60% of its time
+    # (docs/concepts/protocols.md).
     halving: bool = True
     # The paper's recipe (``bench.protocol.RECIPES``) sets these: ``sgd-step`` (``_AdamW``) on
     # the raw features; in an identity only where not the default
@@ -303,21 +305,22 @@ class _Normaliser:
     used as given (already normalised by the caller).
     """
 
-    def __init__(self, batches: Batches, batchnorm: bool, standardise: bool = True):
+    def __init__(self, views: ViewCycle[Batches], batchnorm: bool, standardise: bool = True):
+        """``views``: the training rows (each augmented view of them: ``ViewCycle``)."""
         self.batchnorm, self.standardise = batchnorm, standardise
         if not standardise:
             return
-        if not batchnorm:  # fixed: computed once, not per step
-            self.mean, self.scale = standardisation(batches)
+        if not batchnorm:  # fixed: computed once, not per step (over every view trained on)
+            self.mean, self.scale = standardisation(views)
             return
-        mean, var = moments(batches)  # running statistics, updated by every training minibatch
+        mean, var = moments(views)  # running statistics: updated by every minibatch
         self.mean = mean.float()
         if batchnorm:
             varying = var > 0
             unit = var[varying].mean().sqrt() if bool(varying.any()) else var.new_ones(())
             self.scale = (varying.double() / unit).float()
-            self.running_mean = torch.zeros(batches.dim, device=batches.device)
-            self.running_var = torch.ones(batches.dim, device=batches.device)
+            self.running_mean = torch.zeros_like(self.mean)
+            self.running_var = torch.ones_like(self.mean)
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float()
@@ -372,7 +375,7 @@ Checkpoint = Callable[[GridModel], "Sequence[float] | None"]  # val scores for h
 
 
 def train_grid(
-    x: torch.Tensor | Batches,
+    x: torch.Tensor | Batches | ViewCycle[Batches],
     y: torch.Tensor | None,
     num_classes: int,
     lrs: torch.Tensor,
@@ -388,7 +391,8 @@ def train_grid(
 ) -> GridModel:
     """Train G = len(lrs) heads at once on (x, y), head g at (lrs[g], wds[g]).
 
-    ``x``: the training rows as ``bench.heads.streaming.Batches`` (labels inside, ``y`` None),
+    ``x``: the training rows as ``bench.heads.streaming.Batches`` (labels inside, ``y`` None;
+    a ``ViewCycle`` of them for ``--views``: epoch e reads view e mod V, statistics over all),
     or a tensor where it trains with ``y`` its labels. Every head sees the same minibatches
     (``bench.heads.streaming``'s order, seeded by ``cfg.seed``) and the same cosine schedule
     over ``cfg.epochs``; training stops after ``stop_at`` epochs (default all). At each epoch in
@@ -401,11 +405,14 @@ def train_grid(
     is used as given by ``linear`` and ``mlp`` heads (normalised by the caller, e.g. few-shot).
     ``optimizer``: ``adamw``, ``sgd`` (with momentum) or ``sgd-step`` (the paper's; ``_AdamW``).
     """
-    batches = x if isinstance(x, Batches) else Batches.holding(x, y, cfg.batch_size)
+    if not isinstance(x, ViewCycle):
+        one = x if isinstance(x, Batches) else Batches.holding(x, y, cfg.batch_size)
+        x = ViewCycle(lambda _: one)
+    views, batches = x, x(0)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = batches.device
     heads = _GridHeads(len(lrs), batches.dim, num_classes, cfg, gen, matmul).to(device)
-    norm = _Normaliser(batches, batchnorm=cfg.head == "bn-linear", standardise=standardise)
+    norm = _Normaliser(views, batchnorm=cfg.head == "bn-linear", standardise=standardise)
     model = GridModel(heads, norm, list(range(len(lrs))))
     steps_per_epoch = math.ceil(batches.n / cfg.batch_size)
     optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch, optimizer, steps_per_epoch)
@@ -414,7 +421,7 @@ def train_grid(
 
     for epoch in tqdm(range(1, last + 1), desc=f"probe {cfg.head} x{len(lrs)}",
                       unit="epoch", disable=not progress, leave=False):
-        for raw, labels in batches.epoch(gen):
+        for raw, labels in views(epoch - 1).epoch(gen):
             batch = norm(raw, train=True)
             if heads.linear:
                 grads = heads.linear_gradients(batch.to(matmul), labels)
@@ -483,17 +490,23 @@ class GridProbeTrainer:
         return grid_memory(self.cfg, inputs_of(data, compute), data.memory_budget,
                            "+".join(self.refit_splits))
 
-    def _batches(self, data: ProbeData, splits: Sequence[str], mode: str) -> Batches:
-        """The rows of ``splits`` (one after another) as the grid reads them, in ``mode``."""
+    def _batches(self, data: ProbeData, splits: Sequence[str], mode: str,
+                 view: int = 0) -> Batches:
+        """The rows of ``splits`` (one after another; train's view ``view``) as the grid reads
+        them, in ``mode``."""
         labels = np.concatenate([np.asarray(data.labels[s]) for s in splits])
-        return Batches(Rows([data.features[s] for s in splits]), labels, self.cfg.batch_size,
-                       self.device, self.store, mode=mode)
+        return Batches(Rows([data.split_features(s, view) for s in splits]), labels,
+                       self.cfg.batch_size, self.device, self.store, mode=mode)
+
+    def _views(self, data: ProbeData, splits: Sequence[str], mode: str) -> ViewCycle[Batches]:
+        """``_batches`` of each augmented view of train (``ProbeData.views``), one at a time."""
+        return ViewCycle(lambda view: self._batches(data, splits, mode, view), data.view_count)
 
     def search(self, data: ProbeData) -> list[dict[str, float]]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         plan = self.memory(data)
-        train = self._batches(data, ["train"], plan.mode("search", "train"))
+        train = self._views(data, ["train"], plan.mode("search", "train"))
         val = self._batches(data, ["val"], plan.mode("search", "val"))
         grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
         records: list[dict[str, float]] = []
@@ -520,7 +533,7 @@ class GridProbeTrainer:
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
         torch.manual_seed(self.cfg.seed)
         plan, refit = self.memory(data), "+".join(self.refit_splits)
-        model = train_grid(self._batches(data, self.refit_splits, plan.mode("refit", refit)),
+        model = train_grid(self._views(data, self.refit_splits, plan.mode("refit", refit)),
                            None, data.num_classes,
                            torch.tensor([point["lr"]]), torch.tensor([point["weight_decay"]]),
                            self.cfg, {}, stop_at=int(point["epochs"]), progress=self.progress,

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ BLOCK_ROWS = 64  # rows per block of the shuffled order (a protocol constant: it
 WINDOW_BLOCKS = 256  # blocks per window; their rows are permuted together
 WINDOW_ROWS = BLOCK_ROWS * WINDOW_BLOCKS
 CHUNK_ROWS = 256  # rows per scoring chunk and per float64 partial sum of the statistics
+Held = TypeVar("Held")  # what a ViewCycle serves (Batches, the attention head's maps)
 
 
 @dataclass
@@ -321,6 +322,30 @@ def _released(batches: Batches) -> Iterator[None]:
         batches.windows.clear()
 
 
+class ViewCycle(Generic[Held]):
+    """A training source per augmented view of train (``--views``: same rows, same labels),
+    made when its epoch comes: epoch e (0-based) reads view e mod ``views``. One view is held
+    at a time (the memory plan counts one), released before the next is made; one view is made
+    once and kept, as a plain source is."""
+
+    def __init__(self, make: Callable[[int], Held], views: int = 1):
+        self.make, self.views = make, views
+        self._held: tuple[int, Held] | None = None
+
+    def __call__(self, epoch: int) -> Held:
+        view = epoch % self.views
+        if self._held is None or self._held[0] != view:
+            self._held = None  # the view held is released before the next is read
+            self._held = (view, self.make(view))
+        return self._held[1]
+
+    def chunks(self) -> Iterator[tuple[int, Any]]:
+        """The scoring chunks (``Batches.chunks``) of every view in turn: statistics over all
+        the rows training reads."""
+        for view in range(self.views):
+            yield from self(view).chunks()
+
+
 def step_bytes(rows: Rows, batch_size: int, dtype: torch.dtype) -> int:
     """What one step holds: a minibatch (or a scoring chunk) as read, in the input ``dtype``
     and standardised in float32 (``batches_source``' step)."""
@@ -354,13 +379,13 @@ def chunk_moments(chunks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     return shift + centred, var
 
 
-def moments(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """``chunk_moments`` of ``batches``' scoring chunks: the same chunks in any reading mode,
-    so the same sums."""
+def moments(batches: Batches | ViewCycle[Batches]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunk_moments`` of ``batches``' scoring chunks (of every view: ``ViewCycle.chunks``):
+    the same chunks in any reading mode, so the same sums."""
     return chunk_moments(chunk for _, chunk in batches.chunks())
 
 
-def standardisation(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+def standardisation(batches: Batches | ViewCycle[Batches]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, multiplier), float32 on the rows' device: ``(x - mean) * multiplier`` has unit
     variance in every dimension that varies on these rows and is exactly 0 in every constant
     one (no epsilon: the same numbers at any overall scale of the features)."""

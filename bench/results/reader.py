@@ -9,8 +9,8 @@ few rows. A lookup needs none of it:
 - a SQLite store whose schema revision bench knows (``KNOWN_SCHEMAS``: MLflow's alembic
   revisions) is read with SQL over MLflow's tables, with the filters bench writes
   (``bench.results.record``: tag equality, a missing tag, the run status), MLflow's order (start
-  time descending, then run id) and its paging; tests/test_store.py checks every filter against
-  MLflow's own client on the same store.
+  time descending, then run id) and its paging; tests/test_store_reads.py checks every filter
+  against MLflow's own client on the same store.
 
 Anything else (another scheme, an unknown schema revision or filter, TLS settings, an artifact
 not on this file system or the server) goes through MLflow's client, as before (``fallback``).

@@ -3,7 +3,7 @@
 By default runs go to an embedded SQLite store under the results folder; ``MLFLOW_TRACKING_URI``
 (for example a shared ``mlflow server``) takes precedence (``bench.paths``). Experiments are
 created once by the driver and their id handed to jobs: concurrent ``set_experiment`` calls lose
-runs to the Default experiment (environment.md). What is written, under which names, is
+runs to the Default experiment. What is written, under which names, is
 ``bench.results.record``'s business; the modules beside this one move records in and out:
 ``runs`` (results), ``claims`` (the cell lock), ``outbox`` (results kept on disk), ``artifacts``,
 ``publish`` (leaderboard and report runs) and ``matrices`` (similarity runs).

@@ -42,9 +42,9 @@ class PointCost:
     layer: str
     pool: str
     dims: int  # numbers per image
-    bytes: dict[str, int]  # split -> bytes of its cache entry
-    new: dict[str, int]  # split -> bytes not in the cache yet
-    keys: dict[str, str]  # split -> cache entry key (entries shared by jobs are counted once)
+    bytes: dict[str, int]  # part (a split, or ``train view V``) -> bytes of its cache entry
+    new: dict[str, int]  # part -> bytes not in the cache yet
+    keys: dict[str, str]  # part -> cache entry key (entries shared by jobs are counted once)
     shape: tuple[int, ...] = ()  # one image's feature shape
 
 
@@ -55,7 +55,7 @@ class CellCost:
     name: str  # "layer pool=P"
     identity: str
     dims: int
-    bytes: dict[str, int]
+    bytes: dict[str, int]  # part -> bytes of its features
     probe_bytes: int | None  # the most feature bytes the head holds at once; None: not declared
     head_bytes: int | None  # the head's own state; None: not estimated for this head
     head_formula: str = ""  # how head_bytes was counted
@@ -72,8 +72,8 @@ class JobCost:
 
     label: str  # "backbone x task head=..."
     storage: str  # the cache dtype
-    images: dict[str, int]  # split -> images
-    to_extract: dict[str, int]  # split -> images whose features are not all cached
+    images: dict[str, int]  # part (a split, or ``train view V``: ``--views``) -> images
+    to_extract: dict[str, int]  # part -> images whose features are not all cached
     points: list[PointCost]
     cells: list[CellCost]
     seconds: float | None  # extraction estimate; None: unknown (no CUDA device to time)
@@ -89,7 +89,7 @@ class JobCost:
 
     def new_entries(self) -> dict[str, int]:
         """Cache entry key -> bytes it adds (for sums over jobs that share entries)."""
-        return {p.keys[s]: p.new[s] for p in self.points for s in SPLITS if p.new[s]}
+        return {p.keys[s]: p.new[s] for p in self.points for s in p.keys if p.new[s]}
 
     def lines(self, done: set[str] | None = None, summary: bool = True) -> list[str]:
         """The report, one line each: images, points and time (unless not ``summary``), the
@@ -107,7 +107,7 @@ class JobCost:
                          else "  extraction: none (every feature is cached)"]
         for cell in self.cells:
             state = "" if done is None else ("done: " if cell.identity in done else "to run: ")
-            disk = ", ".join(f"{s} {size(cell.bytes[s])}" for s in SPLITS)
+            disk = ", ".join(f"{s} {size(n)}" for s, n in cell.bytes.items())
             probe = ("not declared by the head" if cell.plan is None
                      else f"{size(cell.probe_bytes)} of inputs ({cell.plan.describe()})")
             head = ("" if cell.head_bytes is None else
@@ -141,15 +141,17 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
 
     run = prepared.run
     splits = {name: prepared.task.split(name) for name in SPLITS}
-    images = {name: len(split) for name, split in splits.items()}
+    rows = {name: len(split) for name, split in splits.items()}
+    parts = [part.name for part in run.parts]  # each train view counts its images
+    images = {part.name: rows[part.split] for part in run.parts}
     itemsize = storage_numpy(run.precision.storage).itemsize
     entries = entries_of(prepared, cache)
-    complete = {request: {name: e.complete() for name, e in by_split.items()}
-                for request, by_split in entries.items()}
-    to_extract = {name: images[name] for name in SPLITS
+    complete = {request: {name: e.complete() for name, e in by_part.items()}
+                for request, by_part in entries.items()}
+    to_extract = {name: images[name] for name in parts
                   if not all(complete[r][name] for r in run.requests)}
-    shapes = {r: tuple(entries[r]["train"].feature_shape()) for r in run.requests
-              if complete[r]["train"]}
+    shapes = {r: tuple(entries[r][parts[0]].feature_shape()) for r in run.requests
+              if complete[r][parts[0]]}
     seconds, calibration = None, "nothing to extract"
     if len(shapes) < len(run.requests) or to_extract:
         measured, seconds, calibration = _calibrate(prepared, splits["train"], batch_size)
@@ -158,18 +160,18 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
     points = []
     for request in run.requests:
         total, new = {}, {}
-        for name in SPLITS:
+        for name in parts:
             entry = entries[request][name]
             shards = -(-images[name] // (entry.manifest["shard_size"] if entry.exists()
                                          else shard_size))
             total[name] = images[name] * dims[request] * itemsize + shards * SHARD_OVERHEAD
             new[name] = 0 if complete[request][name] else _missing_bytes(entry, total[name])
         points.append(PointCost(*request, dims[request], total, new,
-                                {name: entries[request][name].key for name in SPLITS},
+                                {name: entries[request][name].key for name in parts},
                                 shapes[request]))
     by_request = {(p.layer, p.pool): p for p in points}
     budget = resolve_budget(memory_budget, prepared.device)
-    cells = [_cell_cost(one, cell, [by_request[f] for f in cell.features], images, budget)
+    cells = [_cell_cost(one, cell, [by_request[f] for f in cell.features], rows, budget)
              for one in cells_of or [prepared] for cell in one.run.cells]
     if to_extract and seconds is not None:
         seconds *= sum(to_extract.values())
@@ -178,14 +180,14 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
 
 
 def entries_of(prepared: Prepared, cache: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """The cache entries a resolved job reads: (layer, pool) -> split -> ``CacheEntry``."""
+    """The cache entries a resolved job reads: (layer, pool) -> part (a split, or ``train view
+    V``) -> ``CacheEntry``."""
     from bench.features.extract import entry_fields
 
     run = prepared.run
-    return {request: {name: cache.entry(entry_fields(prepared.backbone, run.task_config,
-                                                     prepared.task.split(name), *request,
-                                                     run.precision))
-                      for name in SPLITS} for request in run.requests}
+    return {request: {part.name: cache.entry(entry_fields(
+        prepared.backbone, run.task_config, prepared.task.split(part.split), *request,
+        run.precision, part.view)) for part in run.parts} for request in run.requests}
 
 
 def _missing_bytes(entry: Any, total: int) -> int:
@@ -242,7 +244,7 @@ def _cell_cost(prepared: Prepared, cell: Any, points: list[PointCost], rows: dic
     run = prepared.run
     kind = head_kind(run.spec.head)
     dims = sum(p.dims for p in points)
-    per_split = {s: sum(p.bytes[s] for p in points) for s in SPLITS}
+    per_split = {s: sum(p.bytes[s] for p in points) for s in points[0].bytes}
     # as a head reads the cache: bfloat16 bits come widened to float32 (ShardedArray)
     stored = 4 if run.precision.storage == BF16 else storage_numpy(run.precision.storage).itemsize
     inputs = Inputs(rows, dims, stored, storage_numpy(run.precision.probe_inputs).itemsize,

@@ -56,21 +56,21 @@ def extract_features(prepared: Prepared, options: RunOptions, heard: Any,
                      array_index: int = 0, array_size: int = 1,
                      requests: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Every request of the resolved run (or ``requests``: those of several heads on this
-    backbone and task) for train, val and test: split -> ExtractionReport. ``heard``: the
-    ``extraction_notice`` callback."""
+    backbone and task) for each of its parts (train, or each augmented train view, then val
+    and test): part name -> ExtractionReport. ``heard``: the ``extraction_notice`` callback."""
     from bench.features.cache import FeatureCache
     from bench.features.extract import extract
 
     run, cache = prepared.run, FeatureCache(options.cache_dir)
     requests = requests or run.requests
-    return {split: extract(
-        prepared.backbone, prepared.task.split(split), requests, cache, run.task_config,
+    return {part.name: extract(
+        prepared.backbone, prepared.task.split(part.split), requests, cache, run.task_config,
         device=prepared.device, precision=run.precision, batch_size=options.batch_size,
         workers=options.workers, shard_size=options.shard_size,
         skip_corrupt=run.spec.skip_corrupt, array_index=array_index, array_size=array_size,
         progress=options.progress, compile=options.compile, decode=options.decode,
-        on_first_batch=heard,
-    ) for split in SPLITS}
+        on_first_batch=heard, view=part.view,
+    ) for part in run.parts}
 
 
 def job_label(spec: RunSpec) -> str:
@@ -266,8 +266,10 @@ class BenchJob(_Requeueable):
 
         run = prepared.run
         kind = head_kind(run.spec.head)
-        entries = {s: [reports[s].entries[r] for r in cell.features] for s in SPLITS}
-        data = _probe_data(entries, kind.inputs == "maps", run.num_classes,
+        entries = {p.name: [reports[p.name].entries[r] for r in cell.features]
+                   for p in run.parts}
+        views = {s: [entries[p.name] for p in run.parts if p.split == s] for s in SPLITS}
+        data = _probe_data(views, kind.inputs == "maps", run.num_classes,
                            prepared.task.split("train").items,
                            resolve_budget(self.options.memory_budget, prepared.device))
         trainer = kind.make_trainer(head_config(run.spec),
@@ -283,7 +285,7 @@ class BenchJob(_Requeueable):
             run, cell, result, intervals=intervals,
             seconds={"probe": probe_seconds, "bootstrap": time.time() - bootstrap_started},
             cache_keys={s: [e.key for e in es] for s, es in entries.items()},
-            feature_shapes=[e.feature_shape() for e in entries["train"]],
+            feature_shapes=[e.feature_shape() for e in views["train"][0]],
             skipped=[item for r in reports.values() for item in r.skipped],
             start_time=run_started)
         artifacts = record.artifacts(_per_class_csv(prepared.task, result),
@@ -398,30 +400,36 @@ def share_features(jobs: list[BenchJob], sequential: bool) -> None:
         group[-1].group_specs = [job.spec for job in group[:-1]]
 
 
-def _probe_data(entries: dict[str, list[Any]], maps: bool, num_classes: int,
+def _probe_data(entries: dict[str, list[list[Any]]], maps: bool, num_classes: int,
                 train_items: list[Any], memory_budget: int | None = None):
     """Features of each split as the head reads them: memory-mapped cache shards at their stored
     precision, read by the head a minibatch (or, within ``memory_budget``, a split) at a time;
-    the names of the train rows kept (few-shot draws are chosen by name)."""
+    the names of the train rows kept (few-shot draws are chosen by name). ``entries``: split ->
+    its views (one, or train's augmented views: ``ProbeData.views``) -> the cell's entries."""
     import numpy as np
 
     from bench.protocol import ProbeData
 
     features: dict[str, Any] = {}
     labels: dict[str, Any] = {}
-    for split, split_entries in entries.items():
-        loaded = [e.open() for e in split_entries]
+    train_views: list[Any] = []
+    for split, views in entries.items():
+        loaded = [[e.open() for e in view] for view in views]
         # Entries written at different times may have left out different corrupt items.
-        keep = np.logical_and.reduce([mask for _, _, mask in loaded])
-        labels[split] = _kept(loaded[0][1], keep)
+        keep = np.logical_and.reduce([mask for view in loaded for _, _, mask in view])
+        labels[split] = _kept(loaded[0][0][1], keep)
         if maps:
-            features[split] = {e.manifest["fields"]["layer"]: _kept(x, keep)
-                               for e, (x, _, _) in zip(split_entries, loaded)}
+            arrays = [{e.manifest["fields"]["layer"]: _kept(x, keep)
+                       for e, (x, _, _) in zip(view, opened)}
+                      for view, opened in zip(views, loaded)]
         else:
-            features[split] = _kept(loaded[0][0], keep)
+            arrays = [_kept(opened[0][0], keep) for opened in loaded]
+        features[split] = arrays[0]
         if split == "train":
             train_items = [item for item, kept in zip(train_items, keep) if kept]
-    return ProbeData(features, labels, num_classes, train_items, memory_budget=memory_budget)
+            train_views = arrays if len(arrays) > 1 else []
+    return ProbeData(features, labels, num_classes, train_items, memory_budget=memory_budget,
+                     views=train_views)
 
 
 def _headline(record: RunRecord) -> str:

@@ -148,7 +148,7 @@ def load_profile(name: str, path: str | None = None) -> dict[str, Any]:
     file = profiles_file(path)
     if not file.exists():
         raise UsageError(f"profiles file {file} not found (needed for --profile {name}); "
-                         "see the README's SLURM section for its format")
+                         "see docs/getting-started/slurm.md#profiles for its format")
     profiles = yaml.safe_load(file.read_text()) or {}
     if name not in profiles:
         raise UsageError(f"no profile {name!r} in {file}; profiles: {', '.join(profiles)}")

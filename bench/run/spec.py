@@ -11,9 +11,9 @@ identity is a digest of exactly that, so
 - a changed preset default, head default, protocol version or weights file is a new result,
   computed afresh; the old run stays in MLflow, marked superseded;
 - a setting the user chose (``ResolvedRun.settings``: backbone, task and head arguments given,
-  an explicit precision or cache dtype, ``--skip-corrupt``, ``--no-keep-features``) makes an
-  alternative of the same cell, never a successor: only a run with the same chosen settings
-  supersedes.
+  an explicit precision or cache dtype, ``--skip-corrupt``, ``--no-keep-features``, ``--views``)
+  makes an alternative of the same cell, never a successor: only a run with the same chosen
+  settings supersedes.
 
 ``RunOptions`` says how and where to run (device, batch size, workers, cache folder...): nothing in
 it changes a number, so nothing in it enters an identity.
@@ -30,6 +30,7 @@ from bench.errors import UsageError
 from bench.precision import CACHE_DTYPES, PrecisionPolicy
 from bench import protocol as protocols
 from bench.protocol import HeadKind, head_kind
+from bench.features.augment import TrainView, augmentation
 from bench.features.images import IMAGE_READER
 from bench.ranges import OPTION_RANGES, TASK_RANGES, check_ranges
 
@@ -61,6 +62,11 @@ class RunSpec:
     skip_corrupt: bool = False  # leave unreadable images out (recorded) instead of stopping
     cache_dtype: str = "auto"  # the cached features' type (auto: the precision policy's storage)
     keep_features: bool = True  # False: the job deletes its cache entries once its cells are logged
+    # augmented train views (``--views``): epoch e of an epoch-trained head reads view e mod
+    # ``views`` of the train split, drawn by the augmentation ``augment`` from ``seed``
+    # (``bench.features.augment``); val and test stay one centre view. 1: today's one view.
+    views: int = 1
+    augment: str = "paper"
     # how the head is trained (bench.protocol.RECIPES): "bench", each head's own grid selected on
     # val; "paper", the settings the head's kind declares for the paper's recipe
     recipe: str = protocols.DEFAULT_RECIPE
@@ -149,13 +155,57 @@ class ResolvedRun:
             "image_reader": IMAGE_READER,
             # only when not kept, so that every identity from before the flag stays the same
             **({} if self.spec.keep_features else {"features_kept": False}),
+            **({} if self.spec.views == 1 else {"views": views_protocol(self.spec)}),
             **({} if self.spec.recipe == protocols.DEFAULT_RECIPE else
                {"recipe": self.spec.recipe}),
         }
 
+    @property
+    def parts(self) -> list[Part]:
+        """What is extracted, in order: each train view (one, the centre view, unless
+        ``--views``), then val and test."""
+        spec = self.spec
+        if spec.views == 1:
+            return [Part(split) for split in SPLITS]
+        train = [Part("train", TrainView(spec.augment, v, spec.seed)) for v in range(spec.views)]
+        return [*train, Part("val"), Part("test")]
+
     def run_name(self, cell: ResolvedCell) -> str:
         name = f"{self.spec.backbone}/{self.spec.task}/{cell.layer}/{cell.pool}/{self.spec.head}"
         return f"{name}/{self.variant}" if self.variant else name
+
+
+@dataclass(frozen=True)
+class Part:
+    """One extraction of a run: a split's centre view, or one augmented view of train."""
+
+    split: str
+    view: TrainView | None = None
+
+    @property
+    def name(self) -> str:
+        """The split's name, or ``train view V``: how reports, costs and records name it."""
+        return self.split if self.view is None else f"{self.split} view {self.view.view}"
+
+
+def views_protocol(spec: RunSpec) -> dict[str, Any]:
+    """What the resolved protocol records of ``--views`` (above one view)."""
+    return {"count": spec.views, "augmentation": spec.augment,
+            "description": augmentation(spec.augment).description}
+
+
+def check_views(spec: RunSpec) -> None:
+    """``views`` a whole number from 1, ``augment`` a registered augmentation, and more than
+    one view only for a head that trains by epochs on them (``HeadKind.views``)."""
+    views = spec.views
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise UsageError(f"views {views!r}: give a whole number of train views from 1 "
+                         "(--views V; 1: the centre view only)")
+    augmentation(spec.augment)  # an unknown name: a one-line error naming the others
+    if views > 1 and not head_kind(spec.head).views:
+        takes = ", ".join(k.name for k in protocols.head_kinds() if k.views)
+        raise UsageError(f"head {spec.head!r} fits on one fixed set of features and cannot "
+                         f"train on {views} augmented views; --views applies to {takes}")
 
 
 @dataclass
@@ -196,6 +246,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
 
     kind = head_kind(spec.head)
     head_settings = head_config(spec)  # bad settings fail first
+    check_views(spec)
     device = resolve_device(options.device)
     policy = with_cache_dtype(resolve_precision(spec.precision, device.type), spec.cache_dtype)
     task = build_task(spec)
@@ -299,9 +350,10 @@ def user_settings(spec: RunSpec, head_settings: Any,
     ``Task.identity_excludes``: where the data is, what ``verify`` expects; the split manifests
     say what it is), the head settings given (those naming the cell aside,
     ``HeadKind.cell_settings``: few-shot's shots), an explicit precision or cache dtype,
-    ``--skip-corrupt``, ``--no-keep-features`` and a recipe other than ``bench`` (the settings
-    it fixes are the recipe's, not chosen one by one). Defaults are not in it, so a changed
-    default supersedes; a run choosing otherwise is an alternative of the same cell."""
+    ``--skip-corrupt``, ``--no-keep-features``, ``--views`` above one and a recipe other than
+    ``bench`` (the settings it fixes are the recipe's, not chosen one by one). Defaults are not
+    in it, so a changed default supersedes; a run choosing otherwise is an alternative of the
+    same cell."""
     head = _settings(head_settings)
     kind = head_kind(spec.head)
     fixed = protocols.recipe_settings(kind, spec.recipe)
@@ -315,6 +367,7 @@ def user_settings(spec: RunSpec, head_settings: Any,
         "skip_corrupt": spec.skip_corrupt or None,
         "cache_dtype": spec.cache_dtype if spec.cache_dtype != "auto" else None,
         "no_keep_features": not spec.keep_features or None,
+        "views": {"count": spec.views, "augmentation": spec.augment} if spec.views > 1 else None,
     }
     return {k: v for k, v in chosen.items() if v}
 
@@ -338,6 +391,7 @@ def check_spec(spec: RunSpec) -> None:
     tasks.entry(spec.task)
     check_task_args(spec)
     head_config(spec)
+    check_views(spec)
     if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"precision {spec.precision!r}: use auto, fp32, bf16 or fp16")
     if spec.cache_dtype not in CACHE_DTYPES:
