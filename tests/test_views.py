@@ -6,6 +6,8 @@ work."""
 
 from __future__ import annotations
 
+import shlex
+
 from dataclasses import replace
 
 import numpy as np
@@ -305,7 +307,7 @@ def test_an_unknown_augmentation_is_refused(capsys):
 def _paper(tmp_path, head: str = "linear") -> str:
     import yaml
 
-    digits = {"task": "digits", "head": head, "metric": "top1",
+    digits = {"task": "digits", "head": head, "metric": "top1", "recipe": "bench",
               "head_args": {"epochs": 2} if head == "linear" else {}}
     paper = {"name": "views", "title": "Views", "citation": "test 2026", "tables": [
         {"key": "main", "kind": "table", "title": "Digits", "source": "Table 1",
@@ -333,6 +335,19 @@ def test_reproduce_passes_the_views_to_every_cell_or_refuses_them(tmp_path, caps
                               views=2), options)
     assert plan.cells["px"].identity == by_hand.run.cells[0].identity
     assert plan.cells["px"].identity != reproduce_plan(path, None, options).cells["px"].identity
+    # the one `bench run` the report prints for the cell recomputes it, views included
+    from bench.study.judge import run_command
+    from bench.study.paper import load_paper
+
+    cell = next(c for c in load_paper(path).cells() if c.id == "px")
+    command = shlex.split(run_command(cell, template, "bench"))
+    assert command[command.index("--views"):][:4] == ["--views", "2", "--augment", "paper"]
+    from bench.cli.options import csv, run_spec
+
+    args = parser.parse_args(command[1:])
+    spec = run_spec(args, args.backbone, args.task, [v for a in args.layer for v in csv(a)],
+                    [v for a in args.pool for v in csv(a)])
+    assert resolve(spec, options).run.cells[0].identity == plan.cells["px"].identity
     # a cell whose head cannot use views: the whole command refused, before any work
     assert main(["reproduce", _paper(tmp_path / "knn", "knn"), "--views", "2", "--dry-run",
                  "--workers", "0"]) == 2

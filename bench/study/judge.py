@@ -444,6 +444,8 @@ def run_command(cell: PaperCell, template: RunSpec | None, suite: str,
                 parts += [flag, value]
         if given.skip_corrupt:
             parts.append("--skip-corrupt")
+        if given.views > 1:
+            parts += ["--views", str(given.views), "--augment", given.augment]
     if suite != "bench":
         parts += ["--suite", suite]
     return shlex.join(parts)
