@@ -283,6 +283,9 @@ class HeadKind:
     # whether it trains by epochs on augmented train views (``--views``: ``ProbeData.views``);
     # a head fitting one fixed set of features refuses more than one view
     views: bool = False
+    # whether it can train through the frozen backbone (``--online``: ``bench.run.online``,
+    # the grid probe's trainer); a head needing cached features refuses it
+    online: bool = False
     # recipe name -> the settings it fixes for this head (``RECIPES``; ``bench`` fixes none): a
     # recipe this head does not list is refused (``recipe_settings``)
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -109,10 +109,19 @@ def view_settings(args: argparse.Namespace) -> dict[str, Any]:
     """``RunSpec``'s views and augment from ``--views``/``--augment``; an augmentation without
     views to draw is refused (it would reach nothing)."""
     views, augment = getattr(args, "views", 1), getattr(args, "augment", None)
+    if getattr(args, "online", False):
+        return {"views": views, "augment": augment or "paper", "online": True}
     if augment is not None and views == 1:
         raise UsageError(f"--augment {augment} draws the train views of --views V (V > 1); "
                          "with one view nothing is augmented: give --views or drop --augment")
     return {"views": views, "augment": augment or "paper"}
+
+
+def add_online_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--online", action="store_true",
+                   help="train the heads through the frozen backbone: epoch e on view e of each "
+                   "train image (--augment), fresh noise every epoch, no train features cached "
+                   "(val and test are); linear, bn-linear and mlp heads")
 
 
 def add_keep_arg(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     options.add_feature_args(p)
     options.add_keep_arg(p)
     options.add_view_args(p)
+    options.add_online_arg(p)
     options.add_probe_args(p, head_kinds())
     p.add_argument("--seeds", type=options.ints,
                    help="several seeds, e.g. 0,1,2: one result per seed on the same cached "

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     options.add_feature_args(p)
     options.add_keep_arg(p)
     options.add_view_args(p)
+    options.add_online_arg(p)
     options.add_probe_args(p, head_kinds())
     options.add_schedule_args(p)
     p.set_defaults(func=main)

@@ -25,7 +25,7 @@ SHOTS = HeadOption("--shots", "shots", parse_integers,
 GRID = (EPOCHS, LRS, WDS)
 GRID_AXES = {"lr": "lrs", "weight_decay": "weight_decays"}
 PROBE = dict(options=GRID, axes=GRID_AXES, memory="bench.heads.probe:grid_memory",
-             state="bench.heads.probe:grid_state", views=True)
+             state="bench.heads.probe:grid_state", views=True, online=True)
 # The paper's recipe (``bench.protocol.RECIPES``; Mukhopadhyay et al. 2023's finetune.py and
 # scripts/*.sh: 28 epochs at batch 128, validation only at the end so nothing is selected)
 PAPER = dict(epochs=28, batch_size=128, eval_every=28)

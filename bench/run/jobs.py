@@ -268,13 +268,19 @@ class BenchJob(_Requeueable):
         kind = head_kind(run.spec.head)
         entries = {p.name: [reports[p.name].entries[r] for r in cell.features]
                    for p in run.parts}
-        views = {s: [entries[p.name] for p in run.parts if p.split == s] for s in SPLITS}
+        views = {s: [entries[p.name] for p in run.parts if p.split == s] for s in SPLITS
+                 if s != "train" or not run.spec.online}  # online: train is never cached
         data = _probe_data(views, kind.inputs == "maps", run.num_classes,
                            prepared.task.split("train").items,
                            resolve_budget(self.options.memory_budget, prepared.device))
-        trainer = kind.make_trainer(head_config(run.spec),
-                                    prepared.device, run.precision, self.options.progress,
-                                    run.groups)
+        if run.spec.online:
+            from bench.run.online import online_trainer
+
+            data, trainer = online_trainer(prepared, cell, data, self.options)
+        else:
+            trainer = kind.make_trainer(head_config(run.spec),
+                                        prepared.device, run.precision, self.options.progress,
+                                        run.groups)
         probe_started = time.time()
         result = evaluate(trainer, data, run.headline, kind.widen)
         probe_seconds = time.time() - probe_started
@@ -285,7 +291,7 @@ class BenchJob(_Requeueable):
             run, cell, result, intervals=intervals,
             seconds={"probe": probe_seconds, "bootstrap": time.time() - bootstrap_started},
             cache_keys={s: [e.key for e in es] for s, es in entries.items()},
-            feature_shapes=[e.feature_shape() for e in views["train"][0]],
+            feature_shapes=[e.feature_shape() for e in views["val"][0]],
             skipped=[item for r in reports.values() for item in r.skipped],
             start_time=run_started)
         artifacts = record.artifacts(_per_class_csv(prepared.task, result),

@@ -70,6 +70,9 @@ class RunSpec:
     # how the head is trained (bench.protocol.RECIPES): "bench", each head's own grid selected on
     # val; "paper", the settings the head's kind declares for the paper's recipe
     recipe: str = protocols.DEFAULT_RECIPE
+    # heads trained through the frozen backbone (``--online``, ``bench.run.online``): epoch e
+    # trains on view e of each train image (``augment``), no train features cached
+    online: bool = False
 
 
 @dataclass
@@ -158,6 +161,7 @@ class ResolvedRun:
             **({} if self.spec.views == 1 else {"views": views_protocol(self.spec)}),
             **({} if self.spec.recipe == protocols.DEFAULT_RECIPE else
                {"recipe": self.spec.recipe}),
+            **({"online": online_protocol(self.spec)} if self.spec.online else {}),
         }
 
     @property
@@ -165,6 +169,8 @@ class ResolvedRun:
         """What is extracted, in order: each train view (one, the centre view, unless
         ``--views``), then val and test."""
         spec = self.spec
+        if spec.online:  # train is never cached: each epoch's view goes through the backbone
+            return [Part("val"), Part("test")]
         if spec.views == 1:
             return [Part(split) for split in SPLITS]
         train = [Part("train", TrainView(spec.augment, v, spec.seed)) for v in range(spec.views)]
@@ -192,6 +198,23 @@ def views_protocol(spec: RunSpec) -> dict[str, Any]:
     """What the resolved protocol records of ``--views`` (above one view)."""
     return {"count": spec.views, "augmentation": spec.augment,
             "description": augmentation(spec.augment).description}
+
+
+def online_protocol(spec: RunSpec) -> dict[str, Any]:
+    """What the resolved protocol records of ``--online``: the augmentation of its views."""
+    return {"augmentation": spec.augment, "description": augmentation(spec.augment).description}
+
+
+def check_online(spec: RunSpec) -> None:
+    """``--online`` only for a head that can train through the backbone (``HeadKind.online``),
+    and not with ``--views`` (an online run draws a fresh view every epoch)."""
+    if not spec.online:
+        return
+    if not head_kind(spec.head).online:
+        raise UsageError(f"head {spec.head} needs cached features; drop --online")
+    if spec.views != 1:
+        raise UsageError(f"--online trains epoch e on view e of each image; drop --views "
+                         f"{spec.views}")
 
 
 def check_views(spec: RunSpec) -> None:
@@ -247,6 +270,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     kind = head_kind(spec.head)
     head_settings = head_config(spec)  # bad settings fail first
     check_views(spec)
+    check_online(spec)
     device = resolve_device(options.device)
     policy = with_cache_dtype(resolve_precision(spec.precision, device.type), spec.cache_dtype)
     task = build_task(spec)
@@ -368,6 +392,7 @@ def user_settings(spec: RunSpec, head_settings: Any,
         "cache_dtype": spec.cache_dtype if spec.cache_dtype != "auto" else None,
         "no_keep_features": not spec.keep_features or None,
         "views": {"count": spec.views, "augmentation": spec.augment} if spec.views > 1 else None,
+        "online": {"augmentation": spec.augment} if spec.online else None,
     }
     return {k: v for k, v in chosen.items() if v}
 
@@ -392,6 +417,7 @@ def check_spec(spec: RunSpec) -> None:
     check_task_args(spec)
     head_config(spec)
     check_views(spec)
+    check_online(spec)
     if spec.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"precision {spec.precision!r}: use auto, fp32, bf16 or fp16")
     if spec.cache_dtype not in CACHE_DTYPES:

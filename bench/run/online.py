@@ -1,0 +1,181 @@
+"""Heads trained through the frozen backbone (``--online``): no train-feature cache.
+
+The released code of Mukhopadhyay et al. (soumik-kanad/diffssl, ``finetune.py``) trains its heads
+on augmented images with fresh diffusion noise at every pass, the backbone frozen inside the
+loop. Here epoch e (0-based) of an online run trains on view e of each training image: its
+pixels drawn by ``bench.features.augment.ViewTransform(augment, input_size, seed, view=e)``, its
+noise seeded by ``bench.backbone.view_sample_ids(ids, e)``; each minibatch (the grid probe's one
+order, ``bench.heads.streaming.epoch_order``) is loaded, augmented and passed through the
+truncated backbone under ``torch.no_grad`` (bf16/fp16 autocast by the precision policy; the
+compiled truncated forward with ``--compile`` on CUDA), and every head of the grid trains from
+that one forward pass (``bench.heads.probe.train_grid``: one GEMM for all linear heads). An
+online run of E epochs thus sees exactly the images and noise a cached ``--views E`` run sees.
+
+Validation and test are one deterministic centre view, read from the feature cache as in a
+cached run; selection, the refit on train+val (train online, val from the cache) and the test
+number are ``bench.protocol.evaluate``'s. Standardisation (the bench recipe's) uses statistics
+computed online in one first pass over view 0 of the training rows (a cached ``--views`` run
+takes them over all its views): one extra epoch of forwards, said here and in the costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.heads.probe import GridProbeTrainer
+from bench.heads.streaming import CHUNK_ROWS, ViewCycle, epoch_order
+from bench.precision import autocast
+
+
+@dataclass
+class OnlineSource:
+    """What an online run's training rows are made from: the train split's images through the
+    frozen backbone at one feature point, then (a refit) cached rows appended (val's)."""
+
+    backbone: Any  # bench.backbone.Backbone, frozen
+    split: Any  # bench.task.Split: train
+    request: tuple[str, str]  # (canonical layer, pool)
+    augment: str
+    seed: int
+    device: torch.device
+    extraction: str  # the precision policy's extraction type (fp32 | bf16 | fp16)
+    cached: Any = None  # (N_extra, D) rows after the train split's (a refit's val), or None
+    cached_labels: Any = None
+
+    def features(self, view: int, rows: np.ndarray) -> torch.Tensor:
+        """(len(rows), D) float32 features of rows ``rows``: view ``view`` of train images
+        through the backbone (rows below the split's length), cached rows after them."""
+        from bench.backbone import view_sample_ids
+        from bench.features.augment import ViewTransform
+
+        n_train = len(self.split)
+        out: torch.Tensor | None = None
+        online = np.flatnonzero(rows < n_train)
+        parts: list[tuple[np.ndarray, torch.Tensor]] = []
+        if len(online):
+            transform = ViewTransform(self.augment, self.backbone.input_size, self.seed, view,
+                                      self.backbone.transform())
+            ids = rows[online]
+            images = torch.stack([transform(self.split.load(int(i)), int(i)) for i in ids])
+            sample_ids = view_sample_ids(torch.from_numpy(ids.astype(np.int64)), view)
+            with torch.no_grad(), autocast(self.extraction, self.device):
+                x = self.backbone.extract(images.to(self.device), [self.request],
+                                          sample_ids.to(self.device))[self.request]
+            parts.append((online, x.float().reshape(len(ids), -1)))
+        kept = np.flatnonzero(rows >= n_train)
+        if len(kept):
+            x = np.asarray(self.cached[rows[kept] - n_train], dtype=np.float32)
+            parts.append((kept, torch.from_numpy(x).to(self.device).reshape(len(kept), -1)))
+        for where, x in parts:
+            if out is None:
+                out = x.new_empty((len(rows), x.shape[1]))
+            out[torch.from_numpy(where).to(self.device)] = x
+        return out
+
+    def labels(self) -> np.ndarray:
+        extra = [] if self.cached_labels is None else [np.asarray(self.cached_labels)]
+        return np.concatenate([np.asarray(self.split.labels), *extra]).astype(np.int64)
+
+
+class OnlineBatches:
+    """One view's training rows as the grid probe reads them (``bench.heads.streaming.Batches``'
+    ``n``, ``dim``, ``device``, ``epoch`` and ``chunks``), computed through the backbone when
+    asked for. ``skip``: minibatches of the next epoch already trained (a resumed job): their
+    order is drawn, their forwards are not paid."""
+
+    def __init__(self, source: OnlineSource, view: int, batch_size: int):
+        self.source, self.view, self.batch_size = source, view, batch_size
+        labels = source.labels()
+        self.n = len(labels)
+        self.device = source.device
+        self.labels = torch.from_numpy(labels).to(self.device)
+        self.dim = int(source.features(0, np.arange(1)).shape[1])
+        self.skip = 0
+
+    def epoch(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = epoch_order(self.n, gen)
+        skip, self.skip = self.skip, 0
+        for i in range(skip * self.batch_size, self.n, self.batch_size):
+            rows = order[i : i + self.batch_size]
+            yield (self.source.features(self.view, rows),
+                   self.labels[torch.from_numpy(rows).to(self.device)])
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """This view's rows in order, ``CHUNK_ROWS`` at a time (the cached reader's chunks)."""
+        for start in range(0, self.n, CHUNK_ROWS):
+            rows = np.arange(start, min(start + CHUNK_ROWS, self.n))
+            yield start, self.source.features(self.view, rows)
+
+
+class OnlineViews(ViewCycle[OnlineBatches]):
+    """Epoch e reads view e (as many views as epochs); the standardisation statistics
+    (``chunks``) are view 0's alone: one online pass, not one per epoch."""
+
+    def __init__(self, source: OnlineSource, epochs: int, batch_size: int):
+        super().__init__(lambda view: OnlineBatches(source, view, batch_size), epochs)
+
+    def chunks(self) -> Iterator[tuple[int, Any]]:
+        yield from self(0).chunks()
+
+
+class OnlineGridTrainer(GridProbeTrainer):
+    """The grid probe (``GridProbeTrainer``: its search, selection and refit) with its training
+    rows computed through the backbone every epoch (``OnlineViews``); val and test as cached.
+    ``source``: the train split's source (val's cached rows are appended for a refit)."""
+
+    def __init__(self, cfg: Any, device: Any, precision: Any, source: OnlineSource,
+                 progress: bool = False):
+        super().__init__(cfg, device, precision, progress)
+        self.source = source
+
+    def memory(self, data: Any) -> Any:
+        """Val and test are small beside what the backbone holds: each on the device whole."""
+        return _Whole()
+
+    def _views(self, data: Any, splits: Any, mode: Any) -> OnlineViews:
+        from dataclasses import replace
+
+        source = self.source
+        if list(splits) == ["train", "val"]:
+            source = replace(source, cached=data.features["val"], cached_labels=data.labels["val"])
+        elif list(splits) != ["train"]:
+            raise ValueError(f"an online probe trains on train or train+val, not {splits}")
+        return OnlineViews(source, self.cfg.epochs, self.cfg.batch_size)
+
+
+class _Whole:
+    def mode(self, phase: str, name: str) -> str:
+        return "memory"
+
+
+def online_source(prepared: Any, request: tuple[str, str], compile: bool = False) -> OnlineSource:
+    """The online training source of a resolved run's cell (one feature point)."""
+    device = prepared.device
+    backbone = prepared.backbone.eval().to(device)
+    if compile and device.type == "cuda":
+        from bench.features.compile import enable_compile
+
+        enable_compile(backbone)
+    spec = prepared.run.spec
+    return OnlineSource(backbone, prepared.task.split("train"), request, spec.augment, spec.seed,
+                        device, prepared.run.precision.extraction)
+
+
+def online_trainer(prepared: Any, cell: Any, data: Any, options: Any) -> tuple[Any, Any]:
+    """The probe data (val and test cached, train's labels) and the online grid trainer of a
+    resolved online run's cell (``bench.run.jobs.BenchJob`` dispatches here)."""
+    from dataclasses import replace
+
+    from bench.run.spec import head_config
+
+    [request] = cell.features
+    source = online_source(prepared, request, options.compile)
+    labels = {**data.labels, "train": np.asarray(source.split.labels)}
+    trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
+                                prepared.run.precision, source, options.progress)
+    return replace(data, labels=labels), trainer

@@ -1,0 +1,118 @@
+"""Heads trained through the frozen backbone (``--online``, issue 30): epoch e trains on view e
+of each train image with that view's noise, every head of the grid from one forward pass; the
+same numbers as a cached ``--views E`` run; no train cache; resumable at a step; heads that need
+cached features refuse it before any work."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+from bench.backbone import view_sample_ids
+from bench.features.augment import ViewTransform
+from bench.run.spec import RunOptions, RunSpec, resolve
+
+CPU = torch.device("cpu")
+PIXELS = dict(backbone="pixels", task="digits", backbone_args={"size": 8}, pools=["8"])
+# a grid of two points (selection happens), raw features (a cached --views run standardises
+# with the statistics of every view, an online one with view 0's: the same numbers only raw)
+GRID = {"epochs": 3, "lrs": (3e-2, 0.3), "weight_decays": (0.0,), "standardise": False,
+        "eval_every": 1}
+
+
+def _options(tmp_path, **kw) -> RunOptions:
+    return RunOptions(workers=0, progress=False, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def _by_hand(backbone, split, view: int, seed: int, request, rows) -> torch.Tensor:
+    transform = ViewTransform("paper", backbone.input_size, seed, view, backbone.transform())
+    x = torch.stack([transform(split.load(int(i)), int(i)) for i in rows])
+    ids = view_sample_ids(torch.as_tensor(np.asarray(rows, dtype=np.int64)), view)
+    with torch.no_grad():
+        return backbone.eval().extract(x, [request], ids)[request].float().reshape(len(rows), -1)
+
+
+def test_an_online_minibatch_is_its_view_through_the_backbone():
+    """Features of epoch e's minibatch: ``ViewTransform`` view e, noise ``view_sample_ids(ids,
+    e)`` (a stochastic backbone), rows in the probe's seeded order."""
+    from bench.heads.streaming import epoch_order
+    from bench.run.online import OnlineBatches, OnlineSource
+
+    backbone = bench.create_backbone("diffusion-tiny").eval()
+    task = bench.create_task("digits")
+    split = task.split("train").subset(range(20))
+    request = ("block24@t90", "2")
+    source = OnlineSource(backbone, split, request, "paper", 0, CPU, "fp32")
+    for view in (0, 2):
+        batches = OnlineBatches(source, view, batch_size=8)
+        gen = torch.Generator().manual_seed(5)
+        order = epoch_order(20, torch.Generator().manual_seed(5))
+        [(first, labels), *_] = list(batches.epoch(gen))
+        torch.testing.assert_close(first, _by_hand(backbone, split, view, 0, request,
+                                                   order[:8]), rtol=1e-5, atol=1e-6)
+        assert labels.tolist() == split.labels[order[:8]].tolist()
+    # fresh noise: view 1 of the same images with view 0's ids is not view 1
+    one = OnlineBatches(source, 1, 8).source.features(1, np.arange(4))
+    transform = ViewTransform("paper", backbone.input_size, 0, 1, backbone.transform())
+    x = torch.stack([transform(split.load(i), i) for i in range(4)])
+    with torch.no_grad():
+        same_ids = backbone.extract(x, [request], torch.arange(4))[request].reshape(4, -1)
+    assert not torch.allclose(one, same_ids, atol=1e-4)
+
+
+def test_an_online_run_gives_the_numbers_of_a_cached_run_of_as_many_views(tmp_path):
+    """The issue's equivalence: E online epochs see exactly the images (and noise) of a cached
+    ``--views E`` run, so selection, refit and test give the same numbers; no train cache."""
+    from bench.api import run
+    from bench.features.cache import FeatureCache
+
+    options = _options(tmp_path)
+    spec = RunSpec(**PIXELS, head_args=GRID, seed=2)
+    [online] = run(replace(spec, online=True), options)
+    cached_keys = {e.key for e in FeatureCache(options.cache_dir).entries()}
+    assert set(online.cache_keys) == {"val", "test"}  # train never cached
+    assert len(cached_keys) == 2
+    [views] = run(replace(spec, views=3), options)
+    assert online.identity != views.identity
+    assert online.protocol["online"]["augmentation"] == "paper"
+    def numbers(record):
+        return {k: v for k, v in record.metrics.items() if not k.endswith("seconds")}
+
+    assert numbers(online) == numbers(views) and "test_top1" in numbers(online)
+    assert online.metrics["test_top1"] > 50
+    assert online.best == views.best
+    [again] = run(replace(spec, online=True), options)
+    assert again.reused and again.identity == online.identity
+
+
+def test_online_leaves_existing_identities_as_they_were(tmp_path):
+    options = _options(tmp_path)
+    plain = resolve(RunSpec(**PIXELS), options).run
+    [cell] = plain.cells
+    assert "online" not in plain.protocol(cell) and "online" not in plain.settings
+    online = resolve(RunSpec(**PIXELS, online=True), options).run
+    assert online.cells[0].identity != cell.identity
+    assert online.settings["online"] == {"augmentation": "paper"}
+    assert [p.name for p in online.parts] == ["val", "test"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--head", "knn"], "head knn needs cached features; drop --online"),
+    (["--head", "logreg"], "head logreg needs cached features; drop --online"),
+    (["--head", "attention", "--pool", "map2"], "head attention needs cached features"),
+    (["--views", "2"], "drop --views 2"),
+])
+def test_heads_needing_cached_features_refuse_online_before_any_work(tmp_path, capsys, flags,
+                                                                      message):
+    from bench.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(["run", "--backbone", "pixels", "--task", "digits", "--workers", "0",
+                 "--cache-dir", str(cache), "--no-progress", "--online", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not cache.exists() or not any(cache.rglob("*.npy"))  # nothing extracted
