@@ -116,3 +116,51 @@ def test_heads_needing_cached_features_refuse_online_before_any_work(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not cache.exists() or not any(cache.rglob("*.npy"))  # nothing extracted
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("head, args, stop", [
+    ("linear", GRID, 8),  # in epoch 2 of the search, after halving at epoch 1
+    ("linear", GRID, 21),  # in the refit
+    ("bn-linear", {**GRID, "standardise": True}, 10),  # BatchNorm's running statistics too
+])
+def test_an_interrupted_online_run_resumes_to_the_same_numbers(tmp_path, monkeypatch, head,
+                                                                args, stop):
+    """A job stopped after ``stop`` steps and run again resumes at the step (its state written
+    every step here) and gives exactly the numbers of an uninterrupted run."""
+    from bench.api import run
+    from bench.run import online
+    from bench.run.online import OnlineCheckpoint, checkpoint_path
+
+    monkeypatch.setattr(online, "CHECKPOINT_STEPS", 1)
+    options = _options(tmp_path)
+    spec = RunSpec(**PIXELS, head=head, head_args=args, seed=1, online=True)
+    steps: list[int] = []
+    step = OnlineCheckpoint.step
+
+    def counted(self, phase, snapshot, boundary=False):
+        step(self, phase, snapshot, boundary)
+        steps.append(self.steps)
+        if self.steps == stop and not boundary and limit:
+            raise Interrupted
+
+    monkeypatch.setattr(OnlineCheckpoint, "step", counted)
+    limit = False
+    [whole] = run(spec, options)
+    total = max(steps)
+    assert total > stop
+    [cell] = resolve(spec, options).run.cells
+    assert not checkpoint_path(options, cell.identity).exists()  # deleted once computed
+    limit, steps[:] = True, []
+    with pytest.raises(Interrupted):
+        run(spec, replace(options, force=True))
+    assert checkpoint_path(options, cell.identity).exists()
+    limit, steps[:] = False, []
+    [resumed] = run(spec, replace(options, force=True))
+    assert max(steps) == total - stop  # it restarted at the step, not at the beginning
+    assert {k: v for k, v in resumed.metrics.items() if not k.endswith("seconds")} == {
+        k: v for k, v in whole.metrics.items() if not k.endswith("seconds")}
+    assert resumed.best == whole.best

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -374,6 +375,63 @@ class GridModel:
 Checkpoint = Callable[[GridModel], "Sequence[float] | None"]  # val scores for halving
 
 
+@dataclass
+class GridState:
+    """Where a grid's training stands between two steps: what resumes it exactly (``--online``
+    jobs, ``bench.run.online``). ``epoch`` (1-based) is in progress with ``step`` of its
+    minibatches done; ``generator`` is the order generator's state at that epoch's start (its
+    order is drawn again, the steps done are skipped); ``records``: the caller's validation
+    records so far."""
+
+    epoch: int
+    step: int
+    generator: torch.Tensor
+    points: list[int]
+    params: list[torch.Tensor]
+    moments: list[tuple[torch.Tensor, torch.Tensor]]
+    step_count: int
+    norm: dict[str, torch.Tensor]
+    records: list[dict[str, float]]
+
+
+class Resume(Protocol):
+    """Saves and restores a grid's training (``GridState``) by phase (``search``, ``refit``)."""
+
+    def restored(self, phase: str) -> GridState | None: ...
+
+    def step(self, phase: str, snapshot: Callable[[], GridState], boundary: bool = False
+             ) -> None: ...
+
+
+def _snapshot(model: GridModel, optimizer: _AdamW, epoch: int, step: int,
+              generator: torch.Tensor, records: list[dict[str, float]]) -> GridState:
+    return GridState(
+        epoch, step, generator.clone(), list(model.points),
+        [p.detach().clone() for p in model.heads.parameters()],
+        [(m.clone(), v.clone()) for m, v in optimizer.moments], optimizer.step_count,
+        {k: v.clone() for k, v in vars(model.norm).items() if isinstance(v, torch.Tensor)},
+        list(records))
+
+
+def _restore(state: GridState, model: GridModel, optimizer: _AdamW, gen: torch.Generator,
+             records: list[dict[str, float]]) -> None:
+    """``state`` into a freshly built grid (its full grid: kept points are selected first)."""
+    if state.points != model.points:
+        kept = torch.tensor(state.points, device=model.heads.weights[0].device)
+        model.heads.keep(kept)
+        optimizer.keep(kept)
+        model.points = list(state.points)
+    with torch.no_grad():
+        for p, saved in zip(model.heads.parameters(), state.params):
+            p.copy_(saved)
+    optimizer.moments = [(m.clone(), v.clone()) for m, v in state.moments]
+    optimizer.step_count = state.step_count
+    for k, v in state.norm.items():
+        setattr(model.norm, k, v.clone())
+    gen.set_state(state.generator)
+    records[:] = state.records
+
+
 def train_grid(
     x: torch.Tensor | Batches | ViewCycle[Batches],
     y: torch.Tensor | None,
@@ -388,6 +446,9 @@ def train_grid(
     standardise: bool = True,
     optimizer: str = "adamw",
     val_size: int = 0,
+    resume: Resume | None = None,
+    phase: str = "search",
+    records: list[dict[str, float]] | None = None,
 ) -> GridModel:
     """Train G = len(lrs) heads at once on (x, y), head g at (lrs[g], wds[g]).
 
@@ -404,6 +465,10 @@ def train_grid(
     heads' GEMM type (``_GridHeads``); MLP heads train in float32. ``standardise=False``: ``x``
     is used as given by ``linear`` and ``mlp`` heads (normalised by the caller, e.g. few-shot).
     ``optimizer``: ``adamw``, ``sgd`` (with momentum) or ``sgd-step`` (the paper's; ``_AdamW``).
+    ``resume``: where training of ``phase`` restarts (``Resume.restored``) and what hears of
+    each step and each finished epoch (``Resume.step``); ``records``, the caller's validation
+    records, saved and restored with it. The source must then skip the steps of a restarted
+    epoch (``x(epoch).skip``: ``bench.run.online``).
     """
     if not isinstance(x, ViewCycle):
         one = x if isinstance(x, Batches) else Batches.holding(x, y, cfg.batch_size)
@@ -417,11 +482,21 @@ def train_grid(
     steps_per_epoch = math.ceil(batches.n / cfg.batch_size)
     optimizer = _AdamW(heads, lrs, wds, cfg.epochs * steps_per_epoch, optimizer, steps_per_epoch)
     last = stop_at or cfg.epochs
+    records = [] if records is None else records
+    first, skip = 1, 0
+    state = resume.restored(phase) if resume is not None else None
+    if state is not None:
+        _restore(state, model, optimizer, gen, records)
+        first, skip = state.epoch, state.step
     from tqdm.auto import tqdm
 
-    for epoch in tqdm(range(1, last + 1), desc=f"probe {cfg.head} x{len(lrs)}",
+    for epoch in tqdm(range(first, last + 1), desc=f"probe {cfg.head} x{len(lrs)}",
                       unit="epoch", disable=not progress, leave=False):
-        for raw, labels in views(epoch - 1).epoch(gen):
+        started = gen.get_state()
+        source = views(epoch - 1)
+        if skip:
+            source.skip = skip  # the steps of this epoch trained before the restart
+        for step, (raw, labels) in enumerate(source.epoch(gen), start=skip + 1):
             batch = norm(raw, train=True)
             if heads.linear:
                 grads = heads.linear_gradients(batch.to(matmul), labels)
@@ -433,6 +508,10 @@ def train_grid(
                 (loss * heads.groups).backward()  # sum over heads of each head's mean loss
                 grads = [p.grad for p in heads.parameters()]
             optimizer.step(grads)
+            if resume is not None:
+                resume.step(phase, lambda: _snapshot(model, optimizer, epoch, step, started,
+                                                     records))
+        skip = 0
         if epoch in evaluate_at:
             scores = evaluate_at[epoch](model)
             if (cfg.halving and epoch < last and 4 * epoch >= cfg.epochs and scores is not None
@@ -441,6 +520,9 @@ def train_grid(
                 heads.keep(kept)
                 optimizer.keep(kept)
                 model.points = [model.points[g] for g in kept.tolist()]
+        if resume is not None:
+            resume.step(phase, lambda: _snapshot(model, optimizer, epoch + 1, 0, gen.get_state(),
+                                                 records), boundary=True)
     return model
 
 
@@ -483,6 +565,7 @@ class GridProbeTrainer:
         # The policy's head type: bf16 GEMMs for the linear grid's search (``_GridHeads``),
         # where G heads make them the cost; the selected point's refit is one head, in float32.
         self.matmul = torch.bfloat16 if precision.heads == "bf16" else torch.float32
+        self.resume: Resume | None = None  # restartable training (``--online`` jobs)
 
     def memory(self, data: ProbeData) -> MemoryPlan:
         """How the grid reads each split within the run's memory budget (``grid_memory``)."""
@@ -527,7 +610,8 @@ class GridProbeTrainer:
                    torch.tensor([g[1] for g in grid]), cfg,
                    {e: record(e) for e in cfg.checkpoints()}, progress=self.progress,
                    matmul=self.matmul, standardise=self.standardise,
-                   optimizer=self.optimizer, val_size=val.n)
+                   optimizer=self.optimizer, val_size=val.n, resume=self.resume,
+                   records=records)
         return records
 
     def refit_predict(self, data: ProbeData, point: dict[str, float]) -> torch.Tensor:
@@ -537,7 +621,8 @@ class GridProbeTrainer:
                            None, data.num_classes,
                            torch.tensor([point["lr"]]), torch.tensor([point["weight_decay"]]),
                            self.cfg, {}, stop_at=int(point["epochs"]), progress=self.progress,
-                           standardise=self.standardise, optimizer=self.optimizer)
+                           standardise=self.standardise, optimizer=self.optimizer,
+                           resume=self.resume, phase="refit")
         return model.logits(self._batches(data, ["test"], plan.mode("test", "test")))[0]
 
 

@@ -283,6 +283,8 @@ class BenchJob(_Requeueable):
                                         run.groups)
         probe_started = time.time()
         result = evaluate(trainer, data, run.headline, kind.widen)
+        if run.spec.online:
+            trainer.resume.finish()  # computed: a rerun reuses the result, not the state
         probe_seconds = time.time() - probe_started
         bootstrap_started = time.time()
         predictions = result.predictions

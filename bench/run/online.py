@@ -16,6 +16,15 @@ cached run; selection, the refit on train+val (train online, val from the cache)
 number are ``bench.protocol.evaluate``'s. Standardisation (the bench recipe's) uses statistics
 computed online in one first pass over view 0 of the training rows (a cached ``--views`` run
 takes them over all its views): one extra epoch of forwards, said here and in the costs.
+
+A job that stops (preemption, a timeout: submitit's ``checkpoint`` requeues the same job, a
+crash: run it again) resumes where it stood: the grid's state (heads, optimizer moments, kept
+points, normaliser, the order generator at the epoch's start, the validation records so far)
+is written atomically every ``CHECKPOINT_STEPS`` steps and at the end of every epoch to
+``<cache>/online/<cell identity>.pt`` (``OnlineCheckpoint``), read back by the restarted job,
+and deleted once the cell's result is computed. A resumed run gives exactly the numbers of an
+uninterrupted one; it recomputes the standardisation statistics (deterministic) and loses at
+most the steps since the last write.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import torch
 from bench.heads.probe import GridProbeTrainer
 from bench.heads.streaming import CHUNK_ROWS, ViewCycle, epoch_order
 from bench.precision import autocast
+
+CHECKPOINT_STEPS = 200  # steps between two writes of an online job's state
 
 
 @dataclass
@@ -178,4 +189,42 @@ def online_trainer(prepared: Any, cell: Any, data: Any, options: Any) -> tuple[A
     labels = {**data.labels, "train": np.asarray(source.split.labels)}
     trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
                                 prepared.run.precision, source, options.progress)
+    trainer.resume = OnlineCheckpoint(checkpoint_path(options, cell.identity))
     return replace(data, labels=labels), trainer
+
+
+def checkpoint_path(options: Any, identity: str) -> Any:
+    """Where an online cell's training state is kept between a stop and its restart."""
+    from bench.features.cache import FeatureCache
+
+    return FeatureCache(options.cache_dir).root / "online" / f"{identity}.pt"
+
+
+class OnlineCheckpoint:
+    """The grid's training state of one online cell (``bench.heads.probe.Resume``), by phase:
+    written to ``path`` every ``every`` steps and at each epoch's end (a temporary file, then
+    renamed: a job killed while writing leaves the previous state), read back on restart."""
+
+    def __init__(self, path: Any, every: int = 0):
+        from pathlib import Path
+
+        self.path, self.every = Path(path), every or CHECKPOINT_STEPS
+        self.saved: dict[str, Any] = (torch.load(self.path, weights_only=False)
+                                      if self.path.exists() else {})
+        self.steps = 0
+
+    def restored(self, phase: str) -> Any:
+        return self.saved.get(phase)
+
+    def step(self, phase: str, snapshot: Any, boundary: bool = False) -> None:
+        self.steps += not boundary
+        if boundary or self.steps % self.every == 0:
+            self.saved[phase] = snapshot()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".partial")
+            torch.save(self.saved, partial)
+            partial.replace(self.path)
+
+    def finish(self) -> None:
+        """The cell's result is computed: nothing left to resume."""
+        self.path.unlink(missing_ok=True)
