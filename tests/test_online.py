@@ -164,3 +164,61 @@ def test_an_interrupted_online_run_resumes_to_the_same_numbers(tmp_path, monkeyp
     assert {k: v for k, v in resumed.metrics.items() if not k.endswith("seconds")} == {
         k: v for k, v in whole.metrics.items() if not k.endswith("seconds")}
     assert resumed.best == whole.best
+
+
+class _Memory:
+    """A ``Resume`` in memory that stops training after ``stop`` steps."""
+
+    def __init__(self, stop: int | None = None):
+        self.saved, self.stop, self.steps = {}, stop, 0
+
+    def restored(self, phase):
+        return self.saved.get(phase)
+
+    def step(self, phase, snapshot, boundary=False):
+        self.steps += not boundary
+        self.saved[phase] = snapshot()
+        if self.steps == self.stop and not boundary:
+            raise Interrupted
+
+
+@pytest.mark.parametrize("head", ["bn-linear", "mlp"])
+def test_a_resumed_grid_ends_with_the_same_weights_and_statistics(head):
+    """Below the metrics: every parameter, BatchNorm running statistic and validation record
+    of a grid stopped mid-epoch and resumed equals the uninterrupted grid's, bit for bit."""
+    from bench.heads.probe import ProbeConfig, train_grid
+    from bench.run.online import OnlineSource, OnlineViews
+
+    backbone = bench.create_backbone("pixels", size=4)
+    split = bench.create_task("digits").split("train").subset(range(64))
+    source = OnlineSource(backbone, split, ("image", "4"), "paper", 0, CPU, "fp32")
+    cfg = ProbeConfig(head=head, epochs=3, batch_size=16, eval_every=1, hidden=8,
+                      lrs=(1e-2, 0.1), weight_decays=(0.0,))
+    lrs, wds = torch.tensor(cfg.lrs), torch.tensor([0.0, 0.0])
+
+    def train(resume):
+        records: list = []
+
+        def at(epoch):
+            def score(model):
+                records.append({"epoch": epoch, "w": float(model.heads.weights[0].detach().sum())})
+                return [50.0] * len(model.points)
+            return score
+
+        model = train_grid(OnlineViews(source, cfg.epochs, cfg.batch_size), None, 10, lrs, wds,
+                           cfg, {e: at(e) for e in (1, 2, 3)}, resume=resume, records=records)
+        return model, records
+
+    whole, whole_records = train(None)
+    memory = _Memory(stop=6)  # epoch 2, step 2
+    with pytest.raises(Interrupted):
+        train(memory)
+    memory.stop, memory.steps = None, 0
+    resumed, resumed_records = train(memory)
+    assert memory.steps == 3 * 4 - 6
+    for a, b in zip(whole.heads.parameters(), resumed.heads.parameters(), strict=True):
+        assert torch.equal(a, b)
+    norms = {k: v for k, v in vars(whole.norm).items() if isinstance(v, torch.Tensor)}
+    for k, v in norms.items():
+        assert torch.equal(v, getattr(resumed.norm, k)), k
+    assert resumed_records == whole_records and len(whole_records) == 3

@@ -494,8 +494,11 @@ def train_grid(
                       unit="epoch", disable=not progress, leave=False):
         started = gen.get_state()
         source = views(epoch - 1)
-        if skip:
-            source.skip = skip  # the steps of this epoch trained before the restart
+        if skip:  # the steps of this epoch trained before the restart
+            if not hasattr(source, "skip"):
+                raise ValueError("only a source that skips steps (bench.run.online) resumes "
+                                 "within an epoch")
+            source.skip = skip
         for step, (raw, labels) in enumerate(source.epoch(gen), start=skip + 1):
             batch = norm(raw, train=True)
             if heads.linear:
