@@ -222,3 +222,28 @@ def test_a_resumed_grid_ends_with_the_same_weights_and_statistics(head):
     for k, v in norms.items():
         assert torch.equal(v, getattr(resumed.norm, k)), k
     assert resumed_records == whole_records and len(whole_records) == 3
+
+
+def test_costs_of_an_online_run_count_forwards_not_a_train_cache(tmp_path, capsys):
+    from bench.cli import main
+    from bench.features.cache import FeatureCache
+    from bench.run.costs import job_cost
+
+    options = _options(tmp_path)
+    cache = FeatureCache(options.cache_dir)
+    plain = resolve(RunSpec(**PIXELS, head_args={"epochs": 3}), options)
+    online = resolve(RunSpec(**PIXELS, head_args={"epochs": 3}, online=True), options)
+    a, b = (job_cost(p, cache, "x", options.shard_size) for p in (plain, online))
+    train = len(plain.task.split("train"))
+    assert set(b.images) == {"val", "test"} and a.images["train"] == train
+    assert a.online_forwards == 0
+    assert b.online_forwards == train * (3 + 1)  # each epoch's view, view 0 for the statistics
+    raw = resolve(RunSpec(**PIXELS, head_args={"epochs": 3, "standardise": False},
+                          online=True), options)
+    assert job_cost(raw, cache, "x", options.shard_size).online_forwards == train * 3
+    assert main(["sweep", "--backbones", "pixels", "--tasks", "digits", "--backbone-arg",
+                 "size=8", "--grid", "pool=8", "--workers", "0", "--epochs", "3", "--online",
+                 "--cache-dir", options.cache_dir, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"online: {train * 4:,} train images through the backbone" in out
+    assert "train " not in out.split("images:")[1].splitlines()[0]

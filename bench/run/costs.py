@@ -78,6 +78,10 @@ class JobCost:
     cells: list[CellCost]
     seconds: float | None  # extraction estimate; None: unknown (no CUDA device to time)
     calibration: str  # how seconds was estimated, or why it is unknown
+    # ``--online``: train images through the backbone during the grid's search (each epoch's
+    # view, and view 0 once more for the standardisation statistics); its refit on train+val
+    # pays up to as many again. No train features are cached.
+    online_forwards: int = 0
 
     @property
     def new_bytes(self) -> int:
@@ -105,6 +109,9 @@ class JobCost:
                          f"{count(len(self.points), 'feature point')}",
                          f"  extraction: {todo:,} images through the backbone, {timing}" if todo
                          else "  extraction: none (every feature is cached)"]
+        if self.online_forwards:
+            lines.append(f"  online: {self.online_forwards:,} train images through the backbone "
+                         "in the search, up to as many again in the refit (no train cache)")
         for cell in self.cells:
             state = "" if done is None else ("done: " if cell.identity in done else "to run: ")
             disk = ", ".join(f"{s} {size(n)}" for s, n in cell.bytes.items())
@@ -176,7 +183,19 @@ def job_cost(prepared: Prepared, cache: Any, label: str, shard_size: int,
     if to_extract and seconds is not None:
         seconds *= sum(to_extract.values())
     return JobCost(label, run.precision.storage, images, to_extract, points, cells, seconds,
-                   calibration)
+                   calibration, online_forwards(prepared))
+
+
+def online_forwards(prepared: Prepared) -> int:
+    """``JobCost.online_forwards``: train images x epochs (+ 1 when standardised); 0 unless
+    ``--online``."""
+    from bench.run.spec import head_config
+
+    run = prepared.run
+    if not run.spec.online:
+        return 0
+    cfg = head_config(run.spec)
+    return len(prepared.task.split("train")) * (cfg.epochs + bool(cfg.standardise))
 
 
 def entries_of(prepared: Prepared, cache: Any) -> dict[tuple[str, str], dict[str, Any]]:
