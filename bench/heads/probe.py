@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -512,8 +513,8 @@ def train_grid(
                 grads = [p.grad for p in heads.parameters()]
             optimizer.step(grads)
             if resume is not None:
-                resume.step(phase, lambda: _snapshot(model, optimizer, epoch, step, started,
-                                                     records))
+                resume.step(phase, partial(_snapshot, model, optimizer, epoch, step, started,
+                                           records))
         skip = 0
         if epoch in evaluate_at:
             scores = evaluate_at[epoch](model)
@@ -524,8 +525,8 @@ def train_grid(
                 optimizer.keep(kept)
                 model.points = [model.points[g] for g in kept.tolist()]
         if resume is not None:
-            resume.step(phase, lambda: _snapshot(model, optimizer, epoch + 1, 0, gen.get_state(),
-                                                 records), boundary=True)
+            resume.step(phase, partial(_snapshot, model, optimizer, epoch + 1, 0,
+                                       gen.get_state(), records), boundary=True)
     return model
 
 
