@@ -57,36 +57,46 @@ class OnlineSource:
     extraction: str  # the precision policy's extraction type (fp32 | bf16 | fp16)
     cached: Any = None  # (N_extra, D) rows after the train split's (a refit's val), or None
     cached_labels: Any = None
+    workers: int = 0  # loader processes decoding and augmenting the train images
 
     def features(self, view: int, rows: np.ndarray) -> torch.Tensor:
-        """(len(rows), D) float32 features of rows ``rows``: view ``view`` of train images
-        through the backbone (rows below the split's length), cached rows after them."""
+        """(len(rows), D) float32 features of rows ``rows`` (``stream`` of one minibatch)."""
+        return next(self.stream(view, [rows]))
+
+    def stream(self, view: int, minibatches: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """(len(rows), D) float32 features of each minibatch of rows in turn: view ``view`` of
+        the train images among them through the backbone (decoded and augmented by
+        ``workers`` loader processes, read ahead: ``bench.features.pipeline.Loader``), cached
+        rows (those from the split's length on) after them."""
         from bench.backbone import view_sample_ids
         from bench.features.augment import ViewTransform
+        from bench.features.pipeline import Loader
+        from bench.task import DatasetError
 
         n_train = len(self.split)
-        out: torch.Tensor | None = None
-        online = np.flatnonzero(rows < n_train)
-        parts: list[tuple[np.ndarray, torch.Tensor]] = []
-        if len(online):
-            transform = ViewTransform(self.augment, self.backbone.input_size, self.seed, view,
-                                      self.backbone.transform())
-            ids = rows[online]
-            images = torch.stack([transform(self.split.load(int(i)), int(i)) for i in ids])
-            sample_ids = view_sample_ids(torch.from_numpy(ids.astype(np.int64)), view)
-            with torch.no_grad(), autocast(self.extraction, self.device):
-                x = self.backbone.extract(images.to(self.device), [self.request],
-                                          sample_ids.to(self.device))[self.request]
-            parts.append((online, x.float().reshape(len(ids), -1)))
-        kept = np.flatnonzero(rows >= n_train)
-        if len(kept):
-            x = np.asarray(self.cached[rows[kept] - n_train], dtype=np.float32)
-            parts.append((kept, torch.from_numpy(x).to(self.device).reshape(len(kept), -1)))
-        for where, x in parts:
-            if out is None:
-                out = x.new_empty((len(rows), x.shape[1]))
-            out[torch.from_numpy(where).to(self.device)] = x
-        return out
+        wanted = [[int(i) for i in rows[rows < n_train]] for rows in minibatches]
+        transform = ViewTransform(self.augment, self.backbone.input_size, self.seed, view,
+                                  self.backbone.transform())
+        loaded = iter(Loader(self.split, transform, [w for w in wanted if w], device=self.device,
+                             workers=self.workers))
+        for rows, train in zip(minibatches, wanted):
+            parts: list[tuple[np.ndarray, torch.Tensor]] = []
+            if train:
+                images, ids, errors = next(loaded)
+                if errors:
+                    raise DatasetError(errors[0][1])
+                sample_ids = view_sample_ids(ids.long(), view).to(self.device)
+                with torch.no_grad(), autocast(self.extraction, self.device):
+                    x = self.backbone.extract(images, [self.request], sample_ids)[self.request]
+                parts.append((np.flatnonzero(rows < n_train), x.float().reshape(len(train), -1)))
+            kept = np.flatnonzero(rows >= n_train)
+            if len(kept):
+                x = np.asarray(self.cached[rows[kept] - n_train], dtype=np.float32)
+                parts.append((kept, torch.from_numpy(x).to(self.device).reshape(len(kept), -1)))
+            out = parts[0][1].new_empty((len(rows), parts[0][1].shape[1]))
+            for where, x in parts:
+                out[torch.from_numpy(where).to(self.device)] = x
+            yield out
 
     def labels(self) -> np.ndarray:
         extra = [] if self.cached_labels is None else [np.asarray(self.cached_labels)]
@@ -111,16 +121,16 @@ class OnlineBatches:
     def epoch(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(self.n, gen)
         skip, self.skip = self.skip, 0
-        for i in range(skip * self.batch_size, self.n, self.batch_size):
-            rows = order[i : i + self.batch_size]
-            yield (self.source.features(self.view, rows),
-                   self.labels[torch.from_numpy(rows).to(self.device)])
+        minibatches = [order[i : i + self.batch_size]
+                       for i in range(skip * self.batch_size, self.n, self.batch_size)]
+        for rows, x in zip(minibatches, self.source.stream(self.view, minibatches)):
+            yield x, self.labels[torch.from_numpy(rows).to(self.device)]
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         """This view's rows in order, ``CHUNK_ROWS`` at a time (the cached reader's chunks)."""
-        for start in range(0, self.n, CHUNK_ROWS):
-            rows = np.arange(start, min(start + CHUNK_ROWS, self.n))
-            yield start, self.source.features(self.view, rows)
+        starts = range(0, self.n, CHUNK_ROWS)
+        chunks = [np.arange(start, min(start + CHUNK_ROWS, self.n)) for start in starts]
+        yield from zip(starts, self.source.stream(self.view, chunks))
 
 
 class OnlineViews(ViewCycle[OnlineBatches]):
@@ -164,7 +174,8 @@ class _Whole:
         return "memory"
 
 
-def online_source(prepared: Any, request: tuple[str, str], compile: bool = False) -> OnlineSource:
+def online_source(prepared: Any, request: tuple[str, str], compile: bool = False,
+                  workers: int = 0) -> OnlineSource:
     """The online training source of a resolved run's cell (one feature point)."""
     device = prepared.device
     backbone = prepared.backbone.eval().to(device)
@@ -174,7 +185,7 @@ def online_source(prepared: Any, request: tuple[str, str], compile: bool = False
         enable_compile(backbone)
     spec = prepared.run.spec
     return OnlineSource(backbone, prepared.task.split("train"), request, spec.augment, spec.seed,
-                        device, prepared.run.precision.extraction)
+                        device, prepared.run.precision.extraction, workers=workers)
 
 
 def online_trainer(prepared: Any, cell: Any, data: Any, options: Any) -> tuple[Any, Any]:
@@ -185,7 +196,7 @@ def online_trainer(prepared: Any, cell: Any, data: Any, options: Any) -> tuple[A
     from bench.run.spec import head_config
 
     [request] = cell.features
-    source = online_source(prepared, request, options.compile)
+    source = online_source(prepared, request, options.compile, options.workers)
     labels = {**data.labels, "train": np.asarray(source.split.labels)}
     trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
                                 prepared.run.precision, source, options.progress)
