@@ -33,7 +33,8 @@ BOOTSTRAP_SEED = 0  # the same predictions always give the same interval
 class _Requeueable:
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit calls this on preemption or timeout: requeue the same job, which resumes
-        extraction at the first missing shard and skips cells already logged."""
+        extraction at the first missing shard, skips cells already logged and resumes an online
+        cell's training at its last saved step (``bench.run.online.OnlineCheckpoint``)."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
