@@ -29,6 +29,7 @@ most the steps since the last write.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,11 @@ class OnlineSource:
     cached: Any = None  # (N_extra, D) rows after the train split's (a refit's val), or None
     cached_labels: Any = None
     workers: int = 0  # loader processes decoding and augmenting the train images
+
+    @functools.cached_property
+    def dim(self) -> int:
+        """Features per image (one image through the backbone, once)."""
+        return int(self.features(0, np.arange(1)).shape[1])
 
     def features(self, view: int, rows: np.ndarray) -> torch.Tensor:
         """(len(rows), D) float32 features of rows ``rows`` (``stream`` of one minibatch)."""
@@ -115,7 +121,7 @@ class OnlineBatches:
         self.n = len(labels)
         self.device = source.device
         self.labels = torch.from_numpy(labels).to(self.device)
-        self.dim = int(source.features(0, np.arange(1)).shape[1])
+        self.dim = source.dim
         self.skip = 0
 
     def epoch(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
