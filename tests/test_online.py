@@ -247,3 +247,52 @@ def test_costs_of_an_online_run_count_forwards_not_a_train_cache(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"online: {train * 4:,} train images through the backbone" in out
     assert "train " not in out.split("images:")[1].splitlines()[0]
+
+
+def test_reproduce_trains_online_every_cell_whose_head_can_and_says_which_cannot(tmp_path):
+    """``bench reproduce --online``: a linear cell resolves to the identity of ``bench run
+    --online`` of the same spec, and the one command the report prints for it recomputes it; a
+    knn cell (cached features only) is planned on its cached features, the plan saying why."""
+    import shlex
+
+    import yaml
+
+    from bench.api import reproduce_plan
+    from bench.cli import build_parser
+    from bench.cli.options import csv, run_spec
+    from bench.cli.reproduce import spec_template
+    from bench.study.judge import run_command
+    from bench.study.paper import load_paper
+
+    digits = {"task": "digits", "metric": "top1", "recipe": "bench"}
+    cells = [{"id": "lin", "backbone": "pixels", "pool": "8", "head": "linear", "value": 90.0,
+              "head_args": {"epochs": 2}, "backbone_args": {"size": 8}},
+             {"id": "nn", "backbone": "pixels", "pool": "8", "head": "knn", "value": 90.0,
+              "backbone_args": {"size": 8}}]
+    path = tmp_path / "online.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "online", "title": "Online", "citation": "test 2026", "tables": [
+            {"key": "main", "kind": "table", "title": "Digits", "source": "Table 1",
+             "defaults": digits, "cells": cells}]}))
+    parser = build_parser()
+    template = spec_template(parser.parse_args(["reproduce", str(path), "--online",
+                                                 "--recipe", "bench"]))
+    assert template.online
+    options = RunOptions(workers=0, progress=False, cache_dir=str(tmp_path / "cache"))
+    plan = reproduce_plan(str(path), None, options, template)
+    by_hand = resolve(RunSpec(**PIXELS, head_args={"epochs": 2}, online=True), options)
+    assert plan.cells["lin"].identity == by_hand.run.cells[0].identity
+    assert plan.cells["lin"].recipe_note == ""
+    cached = resolve(RunSpec(**{**PIXELS, "head": "knn"}), options)
+    assert plan.cells["nn"].identity == cached.run.cells[0].identity
+    assert plan.cells["nn"].recipe_note == "head knn cannot train online: on cached train features"
+
+    cell = next(c for c in load_paper(str(path)).cells() if c.id == "lin")
+    command = shlex.split(run_command(cell, template, "bench"))
+    assert "--online" in command
+    args = parser.parse_args(command[1:])
+    spec = run_spec(args, args.backbone, args.task, [v for a in args.layer for v in csv(a)],
+                    [v for a in args.pool for v in csv(a)])
+    assert resolve(spec, options).run.cells[0].identity == plan.cells["lin"].identity
+    knn = next(c for c in load_paper(str(path)).cells() if c.id == "nn")
+    assert "--online" not in run_command(knn, template, "bench")

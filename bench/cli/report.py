@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--skip-corrupt", action="store_true", help="as given to bench reproduce")
     options.add_recipe_arg(p, STUDY_RECIPE, study=True)
     options.add_view_args(p)
+    options.add_online_arg(p)
     p.set_defaults(func=main)
 
 

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="the probes' seed (default 0)")
     options.add_recipe_arg(p, STUDY_RECIPE, study=True)
     options.add_view_args(p)
+    options.add_online_arg(p)
     p.add_argument("--suite", default="bench", help="MLflow experiment (one per suite)")
     p.add_argument("--force", action="store_true",
                    help="recompute cells that already have a finished result")

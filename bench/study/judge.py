@@ -446,6 +446,9 @@ def run_command(cell: PaperCell, template: RunSpec | None, suite: str,
             parts.append("--skip-corrupt")
         if given.views > 1:
             parts += ["--views", str(given.views), "--augment", given.augment]
+        if given.online and head_kind(cell.head).online:
+            parts += ["--online"] + (["--augment", given.augment]
+                                     if given.augment != "paper" else [])
     if suite != "bench":
         parts += ["--suite", suite]
     return shlex.join(parts)

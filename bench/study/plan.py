@@ -164,6 +164,7 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     features = [] if fuses else [(cell.layer or "", cell.pool or "")]
     recipe, _ = cell_recipe(paper, cell, template)
     spec = replace(template, backbone=cell.backbone, task=cell.task, head=cell.head, recipe=recipe,
+                   online=cell_online(cell, template)[0],
                    layers=(cell.layer or "").split("+") if fuses and cell.layer else [],
                    pools=[cell.pool] if fuses and cell.pool else [],
                    features=features,
@@ -177,6 +178,17 @@ def cell_spec(paper: Paper, cell: PaperCell, template: RunSpec) -> RunSpec:
     with _naming(paper, cell, "head_args"):
         check_spec(spec)
     return spec
+
+
+def cell_online(cell: PaperCell, template: RunSpec) -> tuple[bool, str]:
+    """(whether ``cell`` trains through the backbone, why not where ``--online`` asked for it):
+    a head that needs cached features (``HeadKind.online`` false) trains on them, said per cell,
+    as a head without the asked recipe trains under bench's own."""
+    from bench.protocol import head_kind
+
+    if not template.online or head_kind(cell.head).online:
+        return template.online, ""
+    return False, f"head {cell.head} cannot train online: on cached train features"
 
 
 def cell_recipe(paper: Paper, cell: PaperCell, template: RunSpec) -> tuple[str, str]:
@@ -270,9 +282,9 @@ def _plan_group(plan: PaperPlan, heads: list[list[tuple[PaperCell, RunSpec]]],
 
 
 def _recipe(plan: PaperPlan, cell: PaperCell, spec: RunSpec) -> dict[str, str]:
-    """A planned cell's recipe and, where it is not the one asked for, why."""
-    return {"recipe": spec.recipe,
-            "recipe_note": cell_recipe(plan.paper, cell, plan.template)[1]}
+    """A planned cell's recipe and, where it or its training is not the one asked for, why."""
+    notes = (cell_recipe(plan.paper, cell, plan.template)[1], cell_online(cell, plan.template)[1])
+    return {"recipe": spec.recipe, "recipe_note": "; ".join(note for note in notes if note)}
 
 
 def _build(spec: RunSpec, plan: PaperPlan, cell: PaperCell,
