@@ -199,13 +199,20 @@ def online_trainer(prepared: Any, cell: Any, data: Any, options: Any) -> tuple[A
     resolved online run's cell (``bench.run.jobs.BenchJob`` dispatches here)."""
     from dataclasses import replace
 
+    from bench.protocol import head_kind
     from bench.run.spec import head_config
 
     [request] = cell.features
     source = online_source(prepared, request, options.compile, options.workers)
     labels = {**data.labels, "train": np.asarray(source.split.labels)}
-    trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
-                                prepared.run.precision, source, options.progress)
+    kind = head_kind(prepared.run.spec.head)
+    if kind.online_only:  # its own trainer, given the source and the task (val/test images)
+        trainer = kind.make_trainer(head_config(prepared.run.spec), prepared.device,
+                                    prepared.run.precision, options.progress)
+        trainer.attach(source, prepared.task)
+    else:
+        trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
+                                    prepared.run.precision, source, options.progress)
     trainer.resume = OnlineCheckpoint(checkpoint_path(options, cell.identity))
     return replace(data, labels=labels), trainer
 
