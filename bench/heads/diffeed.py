@@ -127,10 +127,7 @@ class DifFeedTrainer:
 
     def fit(self, labels: np.ndarray, num_classes: int) -> None:
         from bench.backbone import view_sample_ids
-        from bench.features.augment import ViewTransform
-        from bench.features.pipeline import Loader
         from bench.heads.streaming import epoch_order
-        from bench.task import DatasetError
 
         cfg, src = self.config, self.source
         model, head = self.build(num_classes)
@@ -145,13 +142,7 @@ class DifFeedTrainer:
             order = epoch_order(len(labels), gen)
             batches = [order[i:i + cfg.batch_size].tolist()
                        for i in range(0, len(order), cfg.batch_size)]
-            transform = ViewTransform(src.augment, src.backbone.input_size, src.seed, epoch,
-                                      src.backbone.transform())
-            for images, ids, errors in Loader(src.split, transform, batches, device=self.device,
-                                              workers=src.workers):
-                if errors:
-                    raise DatasetError(errors[0][1])
-                ids = ids.long()
+            for images, ids in src.views(epoch, batches):
                 train_step(model, head, optimizer, images, view_sample_ids(ids, epoch),
                            targets[ids].to(self.device), src.extraction)
             schedule.step()
@@ -160,9 +151,7 @@ class DifFeedTrainer:
     @torch.no_grad()
     def logits(self, split: Any) -> torch.Tensor:
         """(N, C) logits of ``split``'s centre views (view 0's noise), in the split's order."""
-        from bench.features.pipeline import Loader
         from bench.precision import autocast
-        from bench.task import DatasetError
 
         model, head, src = self.model, self.head, self.source
         model.eval()
@@ -170,11 +159,8 @@ class DifFeedTrainer:
         n = len(split)
         batches = [list(range(i, min(i + EVAL_BATCH, n))) for i in range(0, n, EVAL_BATCH)]
         out = []
-        for images, ids, errors in Loader(split, src.backbone.transform(), batches,
-                                          device=self.device, workers=src.workers):
-            if errors:
-                raise DatasetError(errors[0][1])
+        for images, ids in src.centre(split, batches):
             with autocast(src.extraction, self.device):
-                [features] = model(images, ids.long()).values()
+                [features] = model(images, ids).values()
             out.append(head(features).float().cpu())
         return torch.cat(out)
