@@ -107,3 +107,19 @@ def test_diffeed_is_refused_before_any_work(tmp_path, monkeypatch, capsys, flags
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not cache.exists() or not any(cache.rglob("*.npy"))  # nothing extracted
+
+
+def test_the_paper_recipe_and_ranges():
+    """--recipe paper is the authors' feedback.sh settings (28 epochs, lr 1e-2, batch 128, SGD
+    with StepLR(7, 0.1)); settings outside their ranges are refused."""
+    from dataclasses import replace
+
+    from bench.errors import UsageError
+    from bench.run.spec import RunSpec, head_config
+
+    spec = RunSpec("diffusion-tiny", "digits", head="diffeed", online=True, recipe="paper")
+    cfg = head_config(spec)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_step, cfg.lr_gamma) == (28, 128, 1e-2, 7, 0.1)
+    for bad in ({"lr_gamma": 2.0}, {"batch_size": 0}, {"epochs": 0}):
+        with pytest.raises(UsageError, match="out of range"):
+            head_config(replace(spec, recipe="bench", head_args=bad))
