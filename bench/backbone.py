@@ -93,6 +93,12 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         default; backbones with a second axis (a diffusion timestep) group along it."""
         return [list(layers)]
 
+    def feedback_model(self, layers: Sequence[str]) -> nn.Module:
+        """A trainable module around this frozen backbone returning its feedback (DifFeed)
+        features of ``layers``; backbones with such wiring override this."""
+        raise UsageError(f"backbone {self.name!r} has no feedback (DifFeed) wiring; use a "
+                         "diffusion/adm backbone")
+
     def feature_point(self, layer: str) -> FeaturePoint:
         points = {p.name: p for p in self.feature_points()}
         layer = self.canonical_layer(layer)

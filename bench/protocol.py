@@ -286,6 +286,9 @@ class HeadKind:
     # whether it can train through the frozen backbone (``--online``: ``bench.run.online``,
     # the grid probe's trainer); a head needing cached features refuses it
     online: bool = False
+    # whether it trains only through the frozen backbone (refused without ``--online``); its
+    # trainer then takes the run's source and task (``attach``, ``bench.run.online``)
+    online_only: bool = False
     # recipe name -> the settings it fixes for this head (``RECIPES``; ``bench`` fixes none): a
     # recipe this head does not list is refused (``recipe_settings``)
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -358,6 +361,9 @@ class HeadKind:
         return ("(C, h, w) maps: a map layer with pool mapN (e.g. map16)" if self.inputs == "maps"
                 else "one vector per image: a pool such as 1, 2, cls, mean or none (not mapN or "
                 "tokens)")
+
+    def check_backbone(self, backbone: Any, layers: list[str]) -> None:
+        """Refuse (a UsageError), before any extraction, a backbone this head cannot use."""
 
     def variant(self, config: Any) -> str:
         """The name of this configuration's variant ("" for none): appended to the run name

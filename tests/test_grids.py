@@ -25,7 +25,8 @@ def test_a_grid_edge_hint_names_the_flag_that_widens_the_axis():
     assert head_kind("knn").widen("k") == "--probe-arg ks=[...]"
 
 
-@pytest.mark.parametrize("head", [h for h in head_names() if h != "difformer"])
+@pytest.mark.parametrize("head", [h for h in head_names()
+                                  if h != "difformer" and not head_kind(h).online_only])
 def test_every_axis_a_built_in_head_selects_on_has_a_flag_to_widen_it(head):
     """The axes each head searches (two or more values in its records: what a grid-edge hint
     can name) are the axes its kind declares, each with the flag or --probe-arg setting that

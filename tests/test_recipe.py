@@ -160,7 +160,7 @@ def test_a_paper_run_is_recorded_and_marked(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--head", "knn", "--recipe", "paper"],
-     "head 'knn' has no 'paper' recipe; heads with one: linear, attention (or use --recipe "
+     "head 'knn' has no 'paper' recipe; heads with one: linear, attention, diffeed (or use --recipe "
      "bench)"),
     (["--recipe", "paper", "--lrs", "0.1"],
      "--recipe paper fixes lrs = (0.01,) for head 'linear': drop --lrs, or use --recipe bench"),

@@ -326,6 +326,12 @@ class ADMBackbone(Backbone):
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         return x_t, t, y
 
+    def feedback_model(self, layers: Sequence[str]) -> torch.nn.Module:
+        """DifFeed around this backbone (``bench.backbones.adm.diffeed``), reading ``layers``."""
+        from bench.backbones.adm.diffeed import DifFeed
+
+        return DifFeed(self, layers)
+
     def noise(self, sample_ids: Sequence[int], draw: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Gaussian noise per image, from its own generator: independent of the batch it is in."""
         return _diffusion.seeded_noise(self.noise_seed, sample_ids, draw, shape)

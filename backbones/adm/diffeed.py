@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones.adm.backbone import ADMBackbone
 from bench.errors import UsageError
 
 FEEDBACK_BLOCKS = (21, 24, 27, 30, 33, 36)  # scripts/feedback.sh line 32
@@ -75,12 +74,12 @@ class DifFeed(nn.Module):
 
     def __init__(
         self,
-        backbone: ADMBackbone,
+        backbone: Any,  # an ADMBackbone (not imported: it builds its DifFeed, feedback_model)
         layers: Sequence[str] = ("block24",),
         feedback_blocks: Sequence[int] = FEEDBACK_BLOCKS,
     ):
         super().__init__()
-        if not isinstance(backbone, ADMBackbone):
+        if not callable(getattr(backbone, "unet_features", None)):  # ADMBackbone's, duck-typed
             raise UsageError(
                 f"DifFeed needs an ADM backbone (a diffusion/adm preset), not {type(backbone).__name__}"
             )

@@ -51,6 +51,14 @@ class FewShotKind(HeadKind):
         return [settings]
 
 
+@dataclass(frozen=True)
+class DifFeedKind(HeadKind):
+    """Trains the backbone's feedback modules (``Backbone.feedback_model``) with its head."""
+
+    def check_backbone(self, backbone: Any, layers: list[str]) -> None:
+        backbone.feedback_model(layers)  # a backbone without the wiring: its UsageError
+
+
 KINDS = (
     HeadKind("linear", "standardised features, Linear; AdamW lr x wd x epochs grid, batched",
              "bench.heads.probe:ProbeConfig", "bench.heads.probe:GridProbeTrainer", "vectors",
@@ -84,4 +92,9 @@ KINDS = (
                 "vectors", options=(*GRID, SHOTS), axes=GRID_AXES,
                 memory="bench.heads.fewshot:fewshot_memory", state="bench.heads.fewshot:fewshot_state",
                 cell_settings=("shots",), default_seeds=5),
+    DifFeedKind("diffeed", "DifFeed: feedback modules + linear head trained through the frozen "
+                "ADM U-Net (a second pass); --online only, SGD + StepLR(7, 0.1), 28 epochs",
+                "bench.heads.diffeed:DifFeedConfig", "bench.heads.diffeed:DifFeedTrainer",
+                "vectors", options=(EPOCHS,), online=True, online_only=True,
+                recipes={"paper": dict(epochs=28, batch_size=128, lr=1e-2)}),
 )

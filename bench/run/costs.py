@@ -195,7 +195,7 @@ def online_forwards(prepared: Prepared) -> int:
     if not run.spec.online:
         return 0
     cfg = head_config(run.spec)
-    return len(prepared.task.split("train")) * (cfg.epochs + bool(cfg.standardise))
+    return len(prepared.task.split("train")) * (cfg.epochs + bool(getattr(cfg, "standardise", False)))
 
 
 def entries_of(prepared: Prepared, cache: Any) -> dict[tuple[str, str], dict[str, Any]]:

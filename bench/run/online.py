@@ -104,9 +104,38 @@ class OnlineSource:
                 out[torch.from_numpy(where).to(self.device)] = x
             yield out
 
+    def views(self, view: int, minibatches: list[list[int]]
+              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images on the device, split indices) of each minibatch of train rows: view ``view``
+        (``ViewTransform``), for a head that runs the backbone itself (``HeadKind.online_only``)."""
+        from bench.features.augment import ViewTransform
+
+        transform = ViewTransform(self.augment, self.backbone.input_size, self.seed, view,
+                                  self.backbone.transform())
+        yield from _loaded(self.split, transform, minibatches, self.device, self.workers)
+
+    def centre(self, split: Any, minibatches: list[list[int]]
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, split indices) of ``split``'s rows in the backbone's own transform: the one
+        deterministic centre view a cached split holds."""
+        yield from _loaded(split, self.backbone.transform(), minibatches, self.device,
+                           self.workers)
+
     def labels(self) -> np.ndarray:
         extra = [] if self.cached_labels is None else [np.asarray(self.cached_labels)]
         return np.concatenate([np.asarray(self.split.labels), *extra]).astype(np.int64)
+
+
+def _loaded(split: Any, transform: Any, minibatches: list[list[int]], device: torch.device,
+            workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    from bench.features.pipeline import Loader
+    from bench.task import DatasetError
+
+    for images, ids, errors in Loader(split, transform, minibatches, device=device,
+                                      workers=workers):
+        if errors:
+            raise DatasetError(errors[0][1])
+        yield images, ids.long()
 
 
 class OnlineBatches:
@@ -199,13 +228,20 @@ def online_trainer(prepared: Any, cell: Any, data: Any, options: Any) -> tuple[A
     resolved online run's cell (``bench.run.jobs.BenchJob`` dispatches here)."""
     from dataclasses import replace
 
+    from bench.protocol import head_kind
     from bench.run.spec import head_config
 
     [request] = cell.features
     source = online_source(prepared, request, options.compile, options.workers)
     labels = {**data.labels, "train": np.asarray(source.split.labels)}
-    trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
-                                prepared.run.precision, source, options.progress)
+    kind = head_kind(prepared.run.spec.head)
+    if kind.online_only:  # its own trainer, given the source and the task (val/test images)
+        trainer = kind.make_trainer(head_config(prepared.run.spec), prepared.device,
+                                    prepared.run.precision, options.progress)
+        trainer.attach(source, prepared.task)
+    else:
+        trainer = OnlineGridTrainer(head_config(prepared.run.spec), prepared.device,
+                                    prepared.run.precision, source, options.progress)
     trainer.resume = OnlineCheckpoint(checkpoint_path(options, cell.identity))
     return replace(data, labels=labels), trainer
 

@@ -209,6 +209,8 @@ def check_online(spec: RunSpec) -> None:
     """``--online`` only for a head that can train through the backbone (``HeadKind.online``),
     and not with ``--views`` (an online run draws a fresh view every epoch)."""
     if not spec.online:
+        if head_kind(spec.head).online_only:
+            raise UsageError(f"head {spec.head} trains through the frozen backbone: add --online")
         return
     if not head_kind(spec.head).online:
         raise UsageError(f"head {spec.head} needs cached features; drop --online")
@@ -280,6 +282,7 @@ def resolve(spec: RunSpec, options: RunOptions, backbone: Backbone | None = None
     requests = checked_requests(spec, backbone)
     policy = _kept_by_storage(spec, backbone, task, requests, policy, device)
     layers = [layer for layer, _ in requests]
+    kind.check_backbone(backbone, list(dict.fromkeys(layers)))
     groups = None
     if kind.fuses_layers:
         groups = backbone.layer_groups(list(dict.fromkeys(layers)))
