@@ -72,26 +72,18 @@ class OnlineSource:
     def stream(self, view: int, minibatches: list[np.ndarray]) -> Iterator[torch.Tensor]:
         """(len(rows), D) float32 features of each minibatch of rows in turn: view ``view`` of
         the train images among them through the backbone (decoded and augmented by
-        ``workers`` loader processes, read ahead: ``bench.features.pipeline.Loader``), cached
+        ``workers`` loader processes, read ahead: ``views``), cached
         rows (those from the split's length on) after them."""
         from bench.backbone import view_sample_ids
-        from bench.features.augment import ViewTransform
-        from bench.features.pipeline import Loader
-        from bench.task import DatasetError
 
         n_train = len(self.split)
         wanted = [[int(i) for i in rows[rows < n_train]] for rows in minibatches]
-        transform = ViewTransform(self.augment, self.backbone.input_size, self.seed, view,
-                                  self.backbone.transform())
-        loaded = iter(Loader(self.split, transform, [w for w in wanted if w], device=self.device,
-                             workers=self.workers))
+        loaded = self.views(view, [w for w in wanted if w])
         for rows, train in zip(minibatches, wanted):
             parts: list[tuple[np.ndarray, torch.Tensor]] = []
             if train:
-                images, ids, errors = next(loaded)
-                if errors:
-                    raise DatasetError(errors[0][1])
-                sample_ids = view_sample_ids(ids.long(), view).to(self.device)
+                images, ids = next(loaded)
+                sample_ids = view_sample_ids(ids, view).to(self.device)
                 with torch.no_grad(), autocast(self.extraction, self.device):
                     x = self.backbone.extract(images, [self.request], sample_ids)[self.request]
                 parts.append((np.flatnonzero(rows < n_train), x.float().reshape(len(train), -1)))
